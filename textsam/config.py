@@ -1,0 +1,135 @@
+"""Model variants as data: one frozen dataclass per component and a table of named configs.
+
+Every number here matches the official builders (segment-anything ``build_sam.py`` and MobileSAM
+``build_sam_vit_t``) so that the published checkpoints load with ``strict=True``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ViTEncoderConfig:
+    """SAM's ViT image encoder (``ImageEncoderViT``).
+
+    The image is ``img_size`` x ``img_size`` pixels; the embedding is
+    ``(out_chans, img_size // patch_size, img_size // patch_size)``.
+    """
+
+    img_size: int = 1024
+    patch_size: int = 16
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    out_chans: int = 256
+    qkv_bias: bool = True
+    use_abs_pos: bool = True
+    use_rel_pos: bool = True
+    window_size: int = 14
+    global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
+
+    @property
+    def embedding_size(self) -> int:
+        return self.img_size // self.patch_size
+
+
+@dataclass(frozen=True)
+class TinyViTEncoderConfig:
+    """MobileSAM's TinyViT image encoder; the embedding is ``(out_chans, img_size // 16, img_size // 16)``."""
+
+    img_size: int = 1024
+    in_chans: int = 3
+    embed_dims: tuple[int, ...] = (64, 128, 160, 320)
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (2, 4, 5, 10)
+    window_sizes: tuple[int, ...] = (7, 7, 14, 7)
+    mlp_ratio: float = 4.0
+    mbconv_expand_ratio: float = 4.0
+    local_conv_size: int = 3
+    num_classes: int = 1000
+    out_chans: int = 256
+
+    @property
+    def embedding_size(self) -> int:
+        return self.img_size // 16
+
+
+@dataclass(frozen=True)
+class PromptEncoderConfig:
+    """SAM's prompt encoder. Low-resolution masks are ``4 * image_embedding_size`` square."""
+
+    embed_dim: int = 256
+    mask_in_chans: int = 16
+
+
+@dataclass(frozen=True)
+class MaskDecoderConfig:
+    """SAM's mask decoder with its two-way transformer."""
+
+    transformer_dim: int = 256
+    depth: int = 2
+    num_heads: int = 8
+    mlp_dim: int = 2048
+    attention_downsample_rate: int = 2
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """The CLIP model used for text prompts (open_clip name and pretrained tag)."""
+
+    clip_model: str = "ViT-B-16-quickgelu"
+    clip_pretrained: str | None = "openai"
+    num_text_tokens: int = 2
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A complete textsam variant. ``weights`` names an entry of ``textsam.pretrained.WEIGHTS``."""
+
+    name: str
+    image_encoder: ViTEncoderConfig | TinyViTEncoderConfig
+    prompt_encoder: PromptEncoderConfig = field(default_factory=PromptEncoderConfig)
+    mask_decoder: MaskDecoderConfig = field(default_factory=MaskDecoderConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    weights: str | None = None
+
+    @property
+    def img_size(self) -> int:
+        return self.image_encoder.img_size
+
+    @property
+    def embedding_size(self) -> int:
+        return self.image_encoder.embedding_size
+
+
+MODEL_CONFIGS: dict[str, ModelConfig] = {
+    "sam_vit_b": ModelConfig(
+        name="sam_vit_b",
+        image_encoder=ViTEncoderConfig(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11)),
+        weights="sam_vit_b",
+    ),
+    "sam_vit_l": ModelConfig(
+        name="sam_vit_l",
+        image_encoder=ViTEncoderConfig(
+            embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)
+        ),
+        weights="sam_vit_l",
+    ),
+    "sam_vit_h": ModelConfig(
+        name="sam_vit_h",
+        image_encoder=ViTEncoderConfig(
+            embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)
+        ),
+        weights="sam_vit_h",
+    ),
+    "mobile_sam": ModelConfig(
+        name="mobile_sam",
+        image_encoder=TinyViTEncoderConfig(),
+        weights="mobile_sam",
+    ),
+}
