@@ -1,0 +1,37 @@
+"""textsam: segment what a phrase names, mixed with clicks, boxes and masks, in one SAM decoder call.
+
+Public API: :func:`create_model`, :func:`list_models`, :class:`TextSamPredictor`, :class:`Prediction`.
+Heavy modules (torch) are imported on first use, so ``import textsam`` and the CLI start fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["create_model", "list_models", "TextSamPredictor", "Prediction", "__version__"]
+
+if TYPE_CHECKING:
+    from .factory import create_model, list_models
+    from .predictor import Prediction, TextSamPredictor
+
+_LAZY = {
+    "create_model": ".factory",
+    "list_models": ".factory",
+    "TextSamPredictor": ".predictor",
+    "Prediction": ".predictor",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'textsam' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))

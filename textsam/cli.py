@@ -1,0 +1,246 @@
+"""The ``textsam`` command line: ``textsam <command> ...``.
+
+Each command registers itself with an ``_add_<command>_parser(subparsers)`` function listed in
+``_PARSER_BUILDERS``; it sets ``handler=<function(args) -> int>`` as a parser default. Handlers
+import their implementation lazily so that ``import textsam.cli`` (and ``textsam --help``) stays
+cheap: nothing here imports torch at module level.
+
+User errors (:class:`textsam.errors.TextSamError`, a missing file, bad arguments) print
+``textsam: error: <message>`` to stderr and return 2 without a traceback; ``-v`` shows INFO logs and
+the traceback of unexpected errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from textsam.errors import TextSamError
+
+PROG = "textsam"
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+Handler = Callable[[argparse.Namespace], int]
+_Subparsers = Any  # argparse._SubParsersAction is private
+
+
+class UsageError(Exception):
+    """A command line argparse could not parse; main() prints it and returns 2."""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser that raises :class:`UsageError` instead of exiting the process."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _version() -> str:
+    """The installed package version, or ``textsam.__version__`` when not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("textsam")
+    except metadata.PackageNotFoundError:
+        import textsam
+
+        return str(getattr(textsam, "__version__", "unknown"))
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """Options accepted after any subcommand too (``textsam weights list -v``)."""
+    common = _ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+        help="log at INFO level and show tracebacks of unexpected errors",
+    )
+    return common
+
+
+def add_command(subparsers: _Subparsers, name: str, help: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """Add subcommand ``name`` with the common options; builders for every command use this."""
+    return subparsers.add_parser(
+        name, help=help, description=kwargs.pop("description", help), parents=[_common_options()], **kwargs
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# textsam weights ...
+
+
+def _add_weights_parser(subparsers: _Subparsers) -> None:
+    """``textsam weights list|download|verify|path``: manage checkpoint files in the cache."""
+    weights = add_command(subparsers, "weights", "list, download, verify and locate checkpoint files")
+    actions = weights.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
+
+    p = add_command(actions, "list", "show the known checkpoints and whether they are cached")
+    p.set_defaults(handler=_weights_list)
+
+    p = add_command(actions, "download", "download checkpoints into the cache (resumes, verifies sha256)")
+    p.add_argument("names", nargs="*", metavar="NAME", help="weights names (see `textsam weights list`)")
+    p.add_argument("--all", action="store_true", help="download every known checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(handler=_weights_download)
+
+    p = add_command(actions, "verify", "re-hash cached checkpoints (exit 1 on mismatch or missing)")
+    p.add_argument("names", nargs="*", metavar="NAME", help="weights names; default: every cached one")
+    p.set_defaults(handler=_weights_verify)
+
+    p = add_command(actions, "path", "print where a checkpoint is (or will be) stored")
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(handler=_weights_path)
+
+
+def _weights_list(args: argparse.Namespace) -> int:
+    from textsam import pretrained
+
+    rows = [("NAME", "SIZE_MB", "LICENSE", "CACHED", "SOURCE")]
+    for name, entry in pretrained.WEIGHTS.items():
+        size = "?" if entry.size is None else f"{entry.size / 1e6:.1f}"
+        cached = "yes" if pretrained.is_cached(name) else "no"
+        source = f"hf:{entry.hf_repo}/{entry.hf_filename}" if entry.url is None else entry.url
+        rows.append((name, size, entry.license, cached, source))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths)]
+        print("  ".join([*cells, row[-1]]))
+    print(f"\ncache: {pretrained.cache_dir()}")
+    return EXIT_OK
+
+
+def _check_names(names: Sequence[str]) -> None:
+    """Raise WeightsError (listing known names) for the first unknown name."""
+    from textsam import pretrained
+
+    for name in names:
+        pretrained.get_entry(name)
+
+
+def _weights_download(args: argparse.Namespace) -> int:
+    from textsam import pretrained
+
+    if args.all and args.names:
+        raise UsageError("give weights names or --all, not both")
+    names = list(pretrained.WEIGHTS) if args.all else args.names
+    if not names:
+        raise UsageError("name the weights to download, or pass --all (see `textsam weights list`)")
+    _check_names(names)
+    for name in names:
+        path = pretrained.resolve_weights(name, progress=not args.no_progress)
+        print(f"{name}: {path}")
+    return EXIT_OK
+
+
+def _weights_verify(args: argparse.Namespace) -> int:
+    from textsam import pretrained
+    from textsam.errors import WeightsError
+
+    _check_names(args.names)
+    names = args.names or [n for n in pretrained.WEIGHTS if pretrained.is_cached(n)]
+    if not names:
+        print(f"no checkpoints cached in {pretrained.cache_dir()}")
+        return EXIT_OK
+    failed = 0
+    for name in names:
+        entry, path = pretrained.WEIGHTS[name], pretrained.weights_path(name)
+        if not path.is_file():
+            print(f"{name}: MISSING ({path})")
+            failed += 1
+            continue
+        try:
+            digest = pretrained.verify_cached(name)
+        except WeightsError as err:
+            print(f"{name}: FAILED: {err}")
+            failed += 1
+            continue
+        status = "OK" if entry.sha256 else "no reference sha256"
+        print(f"{name}: {status} sha256={digest}")
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _weights_path(args: argparse.Namespace) -> int:
+    from textsam import pretrained
+
+    path = pretrained.weights_path(args.name)
+    print(path)
+    if not path.is_file():
+        print(f"note: {args.name} is not downloaded yet", file=sys.stderr)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------
+# Parser and entry point
+
+# Other commands (segment, app, train, eval, export) add their own _add_<cmd>_parser here.
+_PARSER_BUILDERS: list[Callable[[_Subparsers], None]] = [_add_weights_parser]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``textsam`` parser with every registered subcommand."""
+    parser = _ArgumentParser(prog=PROG, description="Text-promptable Segment Anything.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="log at INFO level and show tracebacks of unexpected errors",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add_parser in _PARSER_BUILDERS:
+        add_parser(subparsers)
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _error(message: object) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``textsam`` command line with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    verbose = False
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        verbose = bool(args.verbose)
+        _setup_logging(verbose)
+        handler: Handler = args.handler
+        return int(handler(args))
+    except UsageError as err:
+        _error(err)
+    except (TextSamError, FileNotFoundError) as err:
+        if verbose:
+            traceback.print_exc()
+        _error(err)
+    except SystemExit as exc:  # --help / --version, or a handler calling sys.exit
+        code = exc.code
+        if code is None or isinstance(code, int):
+            return code or EXIT_OK
+        _error(code)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return EXIT_INTERRUPTED
+    except Exception as err:  # noqa: BLE001 - last resort: report instead of a raw traceback
+        if verbose:
+            traceback.print_exc()
+            _error(f"unexpected {type(err).__name__}: {err}")
+        else:
+            _error(f"unexpected {type(err).__name__}: {err} (run with -v for the traceback)")
+        return EXIT_FAILURE
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""SAM's ViT image encoder with the official attribute names (``image_encoder.*`` keys load strictly).
+
+Arithmetic follows segment-anything's ``ImageEncoderViT``; the speed-ups keep the same numbers:
+- attention runs through ``scaled_dot_product_attention`` with the decomposed relative-position
+  bias as an additive mask, in query chunks for the global blocks so the 4096x4096 bias is never
+  materialised whole;
+- in windowed blocks the qkv projection runs on the unpadded tokens and the padding rows get the qkv
+  bias (what a zero token projects to), and the output projection runs after cropping.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ViTEncoderConfig
+from ..layers import LayerNorm2d, MLPBlock
+
+# Upper bound on elements of one attention-bias chunk in global blocks (about 128 MB in fp32).
+_BIAS_CHUNK_ELEMENTS = 32 * 1024 * 1024
+
+
+class PatchEmbed(nn.Module):
+    """Image ``(B, 3, H, W)`` -> patch tokens ``(B, H/p, W/p, C)`` (channels last)."""
+
+    def __init__(self, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).permute(0, 2, 3, 1)
+
+
+def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    """Relative-position embeddings ``(q_size, k_size, C)`` gathered from a ``(L, C)`` table.
+
+    The table is linearly resized when its length is not ``2 * max(q_size, k_size) - 1``.
+    """
+    max_rel_dist = int(2 * max(q_size, k_size) - 1)
+    if rel_pos.shape[0] != max_rel_dist:
+        resized = F.interpolate(
+            rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1), size=max_rel_dist, mode="linear"
+        )
+        rel_pos = resized.reshape(-1, max_rel_dist).permute(1, 0)
+    q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
+    k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
+    relative = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
+    return rel_pos[relative.long()]
+
+
+class Attention(nn.Module):
+    """Multi-head attention over a ``(B, H, W, C)`` token map with decomposed relative positions."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = True,
+        use_rel_pos: bool = False,
+        input_size: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        head_dim = dim // num_heads
+        self.scale = head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.use_rel_pos = use_rel_pos
+        if use_rel_pos:
+            if input_size is None:
+                raise ValueError("input_size is needed when use_rel_pos is True")
+            self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
+
+    def attend(self, qkv: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """Attention from projected ``qkv (B, H*W, 3*C)`` -> ``(B, H*W, C)`` (before ``proj``)."""
+        b, n, _ = qkv.shape
+        h, w = hw
+        qkv = qkv.reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        if not self.use_rel_pos:
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            rh = get_rel_pos(h, h, self.rel_pos_h)
+            rw = get_rel_pos(w, w, self.rel_pos_w)
+            # Rows of whole image lines per chunk, so the bias chunk stays bounded.
+            rows = max(1, min(h, _BIAS_CHUNK_ELEMENTS // max(1, b * self.num_heads * w * n)))
+            if rows >= h:
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=self._bias(q, rh, rw, h, w))
+            else:
+                out = torch.empty_like(q)
+                for r0 in range(0, h, rows):
+                    r1 = min(h, r0 + rows)
+                    qc = q[:, :, r0 * w : r1 * w]
+                    bias = self._bias(qc, rh[r0:r1], rw, r1 - r0, w)
+                    out[:, :, r0 * w : r1 * w] = F.scaled_dot_product_attention(qc, k, v, attn_mask=bias)
+        return out.transpose(1, 2).reshape(b, n, -1)
+
+    @staticmethod
+    def _bias(q: torch.Tensor, rh: torch.Tensor, rw: torch.Tensor, qh: int, w: int) -> torch.Tensor:
+        """Decomposed rel-pos bias ``(B, heads, qh*w, Hk*Wk)`` for query rows ``qh`` (unscaled q)."""
+        b, nh, _, d = q.shape
+        r_q = q.reshape(b, nh, qh, w, d)
+        rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, rh)
+        rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, rw)
+        bias = rel_h[..., :, None] + rel_w[..., None, :]
+        return bias.reshape(b, nh, qh * w, rh.shape[1] * rw.shape[1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, C)`` -> ``(B, H, W, C)``."""
+        b, h, w, c = x.shape
+        out = self.attend(self.qkv(x).reshape(b, h * w, -1), (h, w))
+        return self.proj(out.reshape(b, h, w, c))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with windowed (``window_size > 0``) or global attention."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        use_rel_pos: bool = False,
+        window_size: int = 0,
+        input_size: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(
+            dim,
+            num_heads=num_heads,
+            qkv_bias=qkv_bias,
+            use_rel_pos=use_rel_pos,
+            input_size=input_size if window_size == 0 else (window_size, window_size),
+        )
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = MLPBlock(embedding_dim=dim, mlp_dim=int(dim * mlp_ratio), act=nn.GELU)
+        self.window_size = window_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, C)`` -> ``(B, H, W, C)``."""
+        x = x + (self._windowed_attention(self.norm1(x)) if self.window_size > 0 else self.attn(self.norm1(x)))
+        return x + self.mlp(self.norm2(x))
+
+    def _windowed_attention(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        ws = self.window_size
+        qkv = self.attn.qkv(x)  # (B, H, W, 3C) on real tokens only
+        pad_h, pad_w = (ws - h % ws) % ws, (ws - w % ws) % ws
+        if pad_h or pad_w:
+            # A zero (padding) token projects to the qkv bias.
+            fill = self.attn.qkv.bias if self.attn.qkv.bias is not None else qkv.new_zeros(3 * c)
+            padded = fill.to(qkv.dtype).expand(b, h + pad_h, w + pad_w, 3 * c).clone()
+            padded[:, :h, :w] = qkv
+            qkv = padded
+        hp, wp = h + pad_h, w + pad_w
+        windows = (
+            qkv.view(b, hp // ws, ws, wp // ws, ws, 3 * c).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, 3 * c)
+        )
+        out = self.attn.attend(windows, (ws, ws))  # (B*nW, ws*ws, C)
+        out = out.view(b, hp // ws, wp // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c)
+        return self.attn.proj(out[:, :h, :w])
+
+
+class ImageEncoderViT(nn.Module):
+    """SAM ViT: image ``(B, 3, S, S)`` normalised -> embedding ``(B, out_chans, S/16, S/16)``."""
+
+    def __init__(
+        self,
+        img_size: int = 1024,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        out_chans: int = 256,
+        qkv_bias: bool = True,
+        use_abs_pos: bool = True,
+        use_rel_pos: bool = True,
+        window_size: int = 14,
+        global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11),
+    ) -> None:
+        super().__init__()
+        self.img_size = img_size
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        grid = img_size // patch_size
+        self.pos_embed: nn.Parameter | None = None
+        if use_abs_pos:
+            self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, embed_dim))
+        self.blocks = nn.ModuleList(
+            Block(
+                dim=embed_dim,
+                num_heads=num_heads,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                use_rel_pos=use_rel_pos,
+                window_size=window_size if i not in global_attn_indexes else 0,
+                input_size=(grid, grid),
+            )
+            for i in range(depth)
+        )
+        self.neck = nn.Sequential(
+            nn.Conv2d(embed_dim, out_chans, kernel_size=1, bias=False),
+            LayerNorm2d(out_chans),
+            nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
+            LayerNorm2d(out_chans),
+        )
+
+    @classmethod
+    def from_config(cls, cfg: ViTEncoderConfig) -> ImageEncoderViT:
+        return cls(
+            img_size=cfg.img_size,
+            patch_size=cfg.patch_size,
+            embed_dim=cfg.embed_dim,
+            depth=cfg.depth,
+            num_heads=cfg.num_heads,
+            mlp_ratio=cfg.mlp_ratio,
+            out_chans=cfg.out_chans,
+            qkv_bias=cfg.qkv_bias,
+            use_abs_pos=cfg.use_abs_pos,
+            use_rel_pos=cfg.use_rel_pos,
+            window_size=cfg.window_size,
+            global_attn_indexes=tuple(cfg.global_attn_indexes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        for blk in self.blocks:
+            x = blk(x)
+        return self.neck(x.permute(0, 3, 1, 2))

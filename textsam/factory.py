@@ -1,0 +1,111 @@
+"""``create_model``: config -> modules -> weights -> eval mode."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import load_into, read_state_dict, to_sam_state_dict
+from .config import MODEL_CONFIGS, ModelConfig, TinyViTEncoderConfig, ViTEncoderConfig
+from .decoder.mask_decoder import MaskDecoder
+from .decoder.transformer import TwoWayTransformer
+from .encoders.image import ImageEncoderViT
+from .encoders.prompt import PromptEncoder
+from .errors import InputError
+from .model import TextSam
+
+logger = logging.getLogger(__name__)
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`."""
+    return sorted(MODEL_CONFIGS)
+
+
+def get_config(name: str) -> ModelConfig:
+    """The :class:`ModelConfig` registered under ``name``; the error lists the known names."""
+    try:
+        return MODEL_CONFIGS[name]
+    except KeyError:
+        raise InputError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+
+
+def build_image_encoder(cfg: ViTEncoderConfig | TinyViTEncoderConfig) -> nn.Module:
+    """The image encoder described by ``cfg`` (random weights)."""
+    if isinstance(cfg, TinyViTEncoderConfig):
+        from .encoders.tiny_vit import TinyViT
+
+        return TinyViT.from_config(cfg)
+    return ImageEncoderViT.from_config(cfg)
+
+
+def build_sam(config: ModelConfig) -> TextSam:
+    """A TextSam with random weights for ``config`` (no text parts)."""
+    grid = config.embedding_size
+    pcfg, dcfg = config.prompt_encoder, config.mask_decoder
+    prompt_encoder = PromptEncoder(
+        embed_dim=pcfg.embed_dim,
+        image_embedding_size=(grid, grid),
+        input_image_size=(config.img_size, config.img_size),
+        mask_in_chans=pcfg.mask_in_chans,
+    )
+    mask_decoder = MaskDecoder(
+        transformer_dim=dcfg.transformer_dim,
+        transformer=TwoWayTransformer(
+            depth=dcfg.depth,
+            embedding_dim=dcfg.transformer_dim,
+            num_heads=dcfg.num_heads,
+            mlp_dim=dcfg.mlp_dim,
+            attention_downsample_rate=dcfg.attention_downsample_rate,
+        ),
+        num_multimask_outputs=dcfg.num_multimask_outputs,
+        iou_head_depth=dcfg.iou_head_depth,
+        iou_head_hidden_dim=dcfg.iou_head_hidden_dim,
+    )
+    return TextSam(build_image_encoder(config.image_encoder), prompt_encoder, mask_decoder, config=config)
+
+
+def load_sam_weights(model: TextSam, path: str | Path) -> None:
+    """Load an official SAM/MobileSAM ``.pth`` or an HF ``SamModel`` file strictly into ``model``."""
+    state = to_sam_state_dict(read_state_dict(path))
+    parts = nn.ModuleDict(
+        {"image_encoder": model.image_encoder, "prompt_encoder": model.prompt_encoder, "mask_decoder": model.mask_decoder}
+    )
+    load_into(parts, state, strict=True)
+    logger.info("loaded SAM weights from %s", path)
+
+
+def create_model(
+    name: str,
+    *,
+    checkpoint: str | Path | None = None,
+    pretrained: bool = True,
+    device: str | torch.device | None = None,
+) -> TextSam:
+    """Build a textsam model by name and load its weights.
+
+    Args:
+        name: one of :func:`list_models`.
+        checkpoint: an official ``.pth`` (segment-anything / MobileSAM) or an HF ``SamModel``
+            ``.safetensors`` file (or folder); loaded with ``strict=True``.
+        pretrained: without ``checkpoint``, download (or take from the cache) the published weights;
+            ``False`` gives random weights and never touches the network.
+        device: where to put the model (default: CPU).
+
+    Returns:
+        the model in eval mode.
+    """
+    config = get_config(name)
+    model = build_sam(config)
+    if checkpoint is not None:
+        load_sam_weights(model, checkpoint)
+    elif pretrained and config.weights is not None:
+        from .pretrained import resolve_weights
+
+        load_sam_weights(model, resolve_weights(config.weights))
+    if device is not None:
+        model = model.to(device)
+    return model.eval()

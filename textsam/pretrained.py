@@ -1,0 +1,481 @@
+"""The weights table and the machinery that puts a checkpoint file on disk.
+
+``WEIGHTS`` maps a name (the ``weights`` field of a :class:`textsam.config.ModelConfig`) to where the
+file comes from (a URL or a Hugging Face hub id), its size, sha256 and license.
+:func:`resolve_weights` returns the local path of a checkpoint, downloading it into
+:func:`cache_dir` when needed and allowed.
+
+Downloads stream into ``<file>.part`` while hashing, resume with an HTTP ``Range`` request after an
+interruption, check size and sha256, and only then rename to the final name. A verified file gets
+a small ``<file>.sha256`` sidecar so that multi-GB checkpoints are not rehashed on every load.
+Nothing here touches the network at import time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import shutil
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+from tqdm.auto import tqdm
+
+from textsam.errors import WeightsError
+
+logger = logging.getLogger(__name__)
+
+WeightsFormat = Literal["sam", "hf", "textsam"]
+
+CHUNK_SIZE = 1 << 20
+TIMEOUT_S = 60.0
+_TRUE = {"1", "true", "yes"}
+_OFFLINE_VARS = ("TEXTSAM_OFFLINE", "HF_HUB_OFFLINE")
+
+
+@dataclass(frozen=True)
+class WeightsEntry:
+    """One downloadable checkpoint.
+
+    ``format`` is ``"sam"`` (official segment-anything / MobileSAM ``.pth`` state dict), ``"hf"``
+    (transformers ``SamModel`` safetensors) or ``"textsam"`` (our own bundle). Either ``url`` or
+    ``hf_repo`` + ``hf_filename`` says where the file comes from. ``size`` is in bytes; ``size`` and
+    ``sha256`` are ``None`` when not known.
+    """
+
+    name: str
+    filename: str
+    url: str | None
+    hf_repo: str | None
+    hf_filename: str | None
+    size: int | None
+    sha256: str | None
+    license: str
+    format: WeightsFormat
+    description: str
+
+    @property
+    def source(self) -> str:
+        """Where the file is downloaded from: a URL (hub entries give their ``resolve`` URL)."""
+        if self.url is not None:
+            return self.url
+        if self.hf_repo is not None and self.hf_filename is not None:
+            return f"https://huggingface.co/{self.hf_repo}/resolve/main/{self.hf_filename}"
+        return "(no download source)"
+
+
+_FB = "https://dl.fbaipublicfiles.com/segment_anything"
+
+
+def _sam_entry(name: str, url: str, size: int, sha256: str, description: str) -> WeightsEntry:
+    return WeightsEntry(
+        name=name,
+        filename=url.rsplit("/", 1)[-1],
+        url=url,
+        hf_repo=None,
+        hf_filename=None,
+        size=size,
+        sha256=sha256,
+        license="Apache-2.0",
+        format="sam",
+        description=description,
+    )
+
+
+def _hf_entry(name: str, repo: str, sha256: str | None, description: str) -> WeightsEntry:
+    return WeightsEntry(
+        name=name,
+        filename=f"{name}.safetensors",
+        url=None,
+        hf_repo=repo,
+        hf_filename="model.safetensors",
+        size=None,
+        sha256=sha256,
+        license="Apache-2.0",
+        format="hf",
+        description=description,
+    )
+
+
+WEIGHTS: dict[str, WeightsEntry] = {
+    "sam_vit_b": _sam_entry(
+        "sam_vit_b",
+        f"{_FB}/sam_vit_b_01ec64.pth",
+        375_042_383,
+        "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+        "Official SAM ViT-B (91M params)",
+    ),
+    "sam_vit_l": _sam_entry(
+        "sam_vit_l",
+        f"{_FB}/sam_vit_l_0b3195.pth",
+        1_249_524_607,
+        "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+        "Official SAM ViT-L (308M params)",
+    ),
+    "sam_vit_h": _sam_entry(
+        "sam_vit_h",
+        f"{_FB}/sam_vit_h_4b8939.pth",
+        2_564_550_879,
+        "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+        "Official SAM ViT-H (636M params)",
+    ),
+    "mobile_sam": _sam_entry(
+        "mobile_sam",
+        "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
+        40_728_226,
+        "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
+        "MobileSAM (TinyViT encoder, 10M params)",
+    ),
+    "sam_vit_b_hf": _hf_entry(
+        "sam_vit_b_hf",
+        "facebook/sam-vit-base",
+        "892c410e496344e527255ccdcb2cb7244a609acb5389c7c4fdba1288f861c579",
+        "SAM ViT-B in transformers SamModel format (~375 MB)",
+    ),
+    "sam_vit_l_hf": _hf_entry(
+        "sam_vit_l_hf",
+        "facebook/sam-vit-large",
+        None,
+        "SAM ViT-L in transformers SamModel format (~1.25 GB)",
+    ),
+    "sam_vit_h_hf": _hf_entry(
+        "sam_vit_h_hf",
+        "facebook/sam-vit-huge",
+        "edfb0462392541fca9af44ff039bfb32dbd0c939997f3abb77a26e23af7afd7c",
+        "SAM ViT-H in transformers SamModel format (~2.56 GB)",
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Locations and settings
+
+
+def cache_dir() -> Path:
+    """The folder holding downloaded checkpoints.
+
+    ``$TEXTSAM_HOME/checkpoints`` if ``TEXTSAM_HOME`` is set, else
+    ``$XDG_CACHE_HOME/textsam/checkpoints`` (``~/.cache/textsam/checkpoints`` by default).
+    The folder is not created here.
+    """
+    home = os.environ.get("TEXTSAM_HOME")
+    if home:
+        root = Path(home).expanduser()
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+        root = base / "textsam"
+    return root / "checkpoints"
+
+
+def is_offline() -> bool:
+    """True when ``TEXTSAM_OFFLINE`` or ``HF_HUB_OFFLINE`` is ``1``, ``true`` or ``yes``."""
+    return any(os.environ.get(var, "").strip().lower() in _TRUE for var in _OFFLINE_VARS)
+
+
+def get_entry(name: str) -> WeightsEntry:
+    """The table entry for ``name``; raises :class:`WeightsError` listing the known names."""
+    try:
+        return WEIGHTS[name]
+    except KeyError:
+        known = ", ".join(sorted(WEIGHTS))
+        raise WeightsError(f"Unknown weights name {name!r}. Known names: {known}.") from None
+
+
+def weights_path(name: str) -> Path:
+    """Where the checkpoint ``name`` lives (or will live) in the cache; does not download."""
+    return cache_dir() / get_entry(name).filename
+
+
+def is_cached(name: str) -> bool:
+    """True when the checkpoint file ``name`` is present in the cache (not verified)."""
+    return weights_path(name).is_file()
+
+
+def _part_path(dest: Path) -> Path:
+    return dest.with_suffix(dest.suffix + ".part")
+
+
+def _sidecar_path(dest: Path) -> Path:
+    return dest.with_suffix(dest.suffix + ".sha256")
+
+
+def _format_size(size: int | None) -> str:
+    return "unknown size" if size is None else f"{size / 1e6:.1f} MB"
+
+
+# --------------------------------------------------------------------------------------------------
+# Hashing
+
+
+def sha256_file(path: Path | str, chunk_size: int = CHUNK_SIZE) -> str:
+    """The hex sha256 digest of a file, read in chunks."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as f:
+        _hash_stream(f, hasher, chunk_size)
+    return hasher.hexdigest()
+
+
+def _hash_stream(f: BinaryIO, hasher: hashlib._Hash, chunk_size: int = CHUNK_SIZE) -> None:
+    while chunk := f.read(chunk_size):
+        hasher.update(chunk)
+
+
+def verify_file(path: Path, entry: WeightsEntry) -> str:
+    """Hash ``path`` and compare with ``entry`` (size and sha256 where known).
+
+    Returns the hex sha256. Raises :class:`WeightsError` with expected vs actual on a mismatch or
+    when the file does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"Checkpoint file {path} does not exist.")
+    actual_size = path.stat().st_size
+    if entry.size is not None and actual_size != entry.size:
+        raise WeightsError(
+            f"Checkpoint {path} for {entry.name!r} has the wrong size: expected {entry.size} bytes, "
+            f"got {actual_size}. Delete it and download it again."
+        )
+    digest = sha256_file(path)
+    if entry.sha256 is not None and digest != entry.sha256.lower():
+        raise WeightsError(
+            f"Checkpoint {path} for {entry.name!r} is corrupt: expected sha256 {entry.sha256}, "
+            f"got {digest}. Delete it and download it again."
+        )
+    return digest
+
+
+def verify_cached(name: str) -> str:
+    """Re-hash the cached checkpoint ``name`` (ignoring any sidecar) and return its sha256.
+
+    Raises :class:`WeightsError` when the file is missing or does not match the table.
+    """
+    entry = get_entry(name)
+    path = cache_dir() / entry.filename
+    if not path.is_file():
+        raise WeightsError(f"Weights {name!r} are not cached: {path} does not exist.")
+    digest = verify_file(path, entry)
+    _write_sidecar(path, digest)
+    return digest
+
+
+def _write_sidecar(path: Path, digest: str) -> None:
+    """Remember that ``path`` (as it is now: size and mtime) hashes to ``digest``."""
+    st = path.stat()
+    try:
+        _sidecar_path(path).write_text(f"{digest} {st.st_size} {st.st_mtime_ns}\n")
+    except OSError as err:  # a read-only cache still works, it just rehashes
+        logger.debug("Could not write %s: %s", _sidecar_path(path), err)
+
+
+def _sidecar_matches(path: Path, expected: str) -> bool:
+    """True when the sidecar says ``path`` (unchanged since) hashes to ``expected``."""
+    try:
+        digest, size, mtime_ns = _sidecar_path(path).read_text().split()
+        st = path.stat()
+    except (OSError, ValueError):
+        return False
+    return digest == expected.lower() and int(size) == st.st_size and int(mtime_ns) == st.st_mtime_ns
+
+
+def _check_cached(path: Path, entry: WeightsEntry) -> None:
+    """Check a cached file: sha256 once (then trust the sidecar), else its size when known."""
+    if entry.sha256 is not None:
+        if _sidecar_matches(path, entry.sha256):
+            return
+        logger.info("Verifying sha256 of %s (once)", path)
+        _write_sidecar(path, verify_file(path, entry))
+        return
+    actual = path.stat().st_size
+    if entry.size is not None and actual != entry.size:
+        raise WeightsError(
+            f"Checkpoint {path} for {entry.name!r} has the wrong size: expected {entry.size} bytes, "
+            f"got {actual}. Delete it and download it again."
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Resolution
+
+
+def _offline_message(entry: WeightsEntry, dest: Path) -> str:
+    set_vars = [v for v in _OFFLINE_VARS if os.environ.get(v, "").strip().lower() in _TRUE]
+    why = f"({', '.join(f'{v}=1' for v in set_vars)})" if set_vars else "(offline=True)"
+    sha = f", sha256 {entry.sha256}" if entry.sha256 else ""
+    return (
+        f"Weights {entry.name!r} are not in the cache and downloads are disabled {why}. "
+        f"Download {entry.source} ({_format_size(entry.size)}{sha}) and place it at {dest} "
+        f"(set TEXTSAM_HOME to use another cache folder). To download automatically, go online: "
+        f"unset TEXTSAM_OFFLINE and HF_HUB_OFFLINE (or pass offline=False), then run "
+        f"`textsam weights download {entry.name}`."
+    )
+
+
+def resolve_weights(name: str, *, offline: bool | None = None, progress: bool = True) -> Path:
+    """The local path of checkpoint ``name``, downloading it into :func:`cache_dir` if needed.
+
+    A cached file is checked once against the table's sha256 (the result is remembered in a
+    ``.sha256`` sidecar). ``offline=None`` follows :func:`is_offline`; when offline and the file is
+    missing a :class:`WeightsError` says what to download from where and where to put it.
+    """
+    entry = get_entry(name)
+    dest = cache_dir() / entry.filename
+    if dest.is_file():
+        logger.debug("Using cached %s", dest)
+        _check_cached(dest, entry)
+        return dest
+    if offline is None:
+        offline = is_offline()
+    if offline:
+        raise WeightsError(_offline_message(entry, dest))
+    return download(entry, dest, progress=progress)
+
+
+def download(entry: WeightsEntry, dest: Path, *, progress: bool = True) -> Path:
+    """Download ``entry`` to ``dest`` (verified, atomically renamed) and return ``dest``."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if entry.url is not None:
+        digest = _download_url(entry, dest, progress=progress)
+    elif entry.hf_repo is not None and entry.hf_filename is not None:
+        digest = _download_hf(entry, entry.hf_repo, entry.hf_filename, dest)
+    else:
+        raise WeightsError(f"Weights {entry.name!r} have no download source; place {entry.filename} by hand.")
+    _write_sidecar(dest, digest)
+    logger.info("Saved %s to %s", entry.name, dest)
+    return dest
+
+
+def _network_error(entry: WeightsEntry, dest: Path, err: BaseException) -> WeightsError:
+    part = _part_path(dest)
+    kept = f" The partial file {part} is kept; running again resumes it." if part.exists() else ""
+    return WeightsError(
+        f"Downloading {entry.name!r} from {entry.source} failed: {err}.{kept} "
+        f"Or download the file by hand and place it at {dest}."
+    )
+
+
+def _download_url(entry: WeightsEntry, dest: Path, *, progress: bool) -> str:
+    """Stream ``entry.url`` into ``dest`` via ``.part`` with resume; return the sha256."""
+    part = _part_path(dest)
+    for attempt in range(2):
+        offset = part.stat().st_size if part.exists() else 0
+        if entry.size is not None and offset > entry.size:
+            logger.warning("Partial file %s is larger than expected; restarting", part)
+            part.unlink()
+            offset = 0
+        try:
+            if entry.size is not None and offset == entry.size:
+                hasher = hashlib.sha256()
+                with open(part, "rb") as f:
+                    _hash_stream(f, hasher)
+            else:
+                hasher = _fetch(entry, part, offset, progress=progress)
+        except urllib.error.HTTPError as err:
+            if err.code == 416 and offset and attempt == 0:  # our Range is past the end: restart
+                logger.warning("Server refused to resume %s; restarting", part)
+                part.unlink()
+                continue
+            raise _network_error(entry, dest, err) from err
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+            raise _network_error(entry, dest, err) from err
+        break
+    _finish(entry, part, dest, hasher.hexdigest())
+    return hasher.hexdigest()
+
+
+def _fetch(entry: WeightsEntry, part: Path, offset: int, *, progress: bool) -> hashlib._Hash:
+    """One HTTP request: append to ``part`` from ``offset`` (HTTP 206) or rewrite it (HTTP 200)."""
+    request = urllib.request.Request(entry.source, headers={"User-Agent": "textsam"})
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    hasher = hashlib.sha256()
+    with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+        status = getattr(response, "status", None) or response.getcode()
+        if offset and status == 206:
+            logger.info("Resuming %s at byte %d", entry.name, offset)
+            with open(part, "rb") as f:
+                _hash_stream(f, hasher)
+            mode = "ab"
+        else:
+            if offset:
+                logger.info("Server ignored the Range request for %s; restarting", entry.name)
+            offset, mode = 0, "wb"
+        length = response.headers.get("Content-Length") if response.headers else None
+        total = offset + int(length) if length and length.isdigit() else entry.size
+        with (
+            open(part, mode) as f,
+            tqdm(
+                total=total,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=entry.filename,
+                disable=not progress,
+                leave=False,
+            ) as bar,
+        ):
+            while chunk := response.read(CHUNK_SIZE):
+                hasher.update(chunk)
+                f.write(chunk)
+                bar.update(len(chunk))
+    received = part.stat().st_size
+    if total is not None and received < total:
+        raise http.client.IncompleteRead(b"", total - received)
+    return hasher
+
+
+def _finish(entry: WeightsEntry, part: Path, dest: Path, digest: str) -> None:
+    """Check size and hash of the finished ``part``; rename it to ``dest`` or delete it."""
+    actual = part.stat().st_size
+    if entry.size is not None and actual != entry.size:
+        part.unlink()
+        raise WeightsError(
+            f"Download of {entry.name!r} from {entry.source} has the wrong size: expected {entry.size} "
+            f"bytes, got {actual}. The partial file was deleted; try again."
+        )
+    if entry.sha256 is not None and digest != entry.sha256.lower():
+        part.unlink()
+        raise WeightsError(
+            f"Download of {entry.name!r} from {entry.source} is corrupt: expected sha256 "
+            f"{entry.sha256}, got {digest}. The file was deleted; try again."
+        )
+    os.replace(part, dest)
+
+
+def _download_hf(entry: WeightsEntry, repo_id: str, filename: str, dest: Path) -> str:
+    """Fetch a hub file with ``huggingface_hub`` and link (or copy) it to ``dest``; return the sha256.
+
+    The hub library shows its own progress bar (``HF_HUB_DISABLE_PROGRESS_BARS`` turns it off).
+    """
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as err:  # pragma: no cover - a declared dependency
+        raise WeightsError("Hub weights need huggingface_hub: pip install huggingface_hub") from err
+    try:
+        hub_path = hf_hub_download(
+            repo_id=repo_id, filename=filename, cache_dir=str(cache_dir() / "hf")
+        )
+    except Exception as err:  # noqa: BLE001 - the hub raises many types; all mean "download failed"
+        raise _network_error(entry, dest, err) from err
+    source = Path(hub_path).resolve()
+    digest = verify_file(source, entry)
+    _place(source, dest)
+    return digest
+
+
+def _place(source: Path, dest: Path) -> None:
+    """Hard-link ``source`` to ``dest`` (no copy of multi-GB files); copy when linking fails."""
+    part = _part_path(dest)
+    part.unlink(missing_ok=True)
+    try:
+        os.link(source, part)
+    except OSError:
+        shutil.copyfile(source, part)
+    os.replace(part, dest)
