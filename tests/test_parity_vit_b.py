@@ -23,7 +23,7 @@ segment_anything = pytest.importorskip("segment_anything")
 LOGIT_TOL = 1e-4
 IOU_TOL = 1e-5
 BAND = 1e-5
-MAX_BAND_FLIPS = 8
+MAX_BAND_FLIP_FRACTION = 1e-6  # of all pixels, with a floor of 8 pixels
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def _compare(ref_call, ours_call) -> None:
 
     Binary masks must be identical wherever the official logit is farther than ``BAND`` from the 0.0
     threshold; inside that band float32 summation order decides and at most ``MAX_BAND_FLIPS`` pixels
-    may differ (the count is measured, not assumed).
+    may differ, at most one pixel per million (the count is measured, not assumed).
     """
     ref_logits, ref_iou, ref_low = ref_call(return_logits=True)
     ours = ours_call(return_logits=True)
@@ -85,7 +85,7 @@ def _compare(ref_call, ours_call) -> None:
     assert ours_masks.dtype == ref_masks.dtype == bool
     decided = np.abs(ref_logits) > BAND
     assert np.array_equal(ours_masks[decided], ref_masks[decided])
-    assert int((ours_masks != ref_masks).sum()) <= MAX_BAND_FLIPS
+    assert int((ours_masks != ref_masks).sum()) <= max(8, MAX_BAND_FLIP_FRACTION * ref_masks.size)
 
 
 def _prompts(h: int, w: int) -> dict[str, dict]:
