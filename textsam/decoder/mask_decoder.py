@@ -92,12 +92,14 @@ class MaskDecoder(nn.Module):
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 
-        src = src.transpose(1, 2).reshape(src.shape[0], c, h, w)
-        upscaled = self.output_upscaling(src)
+        # (B, h*w, C) is channels-last memory: keep it so the upscaling convs and norms run copy-free.
+        src = src.reshape(src.shape[0], h, w, c).permute(0, 3, 1, 2)
+        upscaled = self.output_upscaling(src)  # (B, C/8, 4h, 4w), channels-last in memory
         indices = range(self.num_mask_tokens)[token_slice]
         hyper_in = torch.stack([self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in indices], dim=1)
         _, cu, hu, wu = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(upscaled.shape[0], cu, hu * wu)).reshape(b, -1, hu, wu)
+        pixels = upscaled.permute(0, 2, 3, 1).reshape(upscaled.shape[0], hu * wu, cu)
+        masks = (pixels @ hyper_in.transpose(1, 2)).transpose(1, 2).reshape(b, -1, hu, wu)
         iou_pred = self.iou_prediction_head(iou_token_out)[:, token_slice]
         return masks, iou_pred
 

@@ -7,7 +7,6 @@ shared image are then computed once and broadcast, which gives the same numbers 
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -85,7 +84,7 @@ class TwoWayAttentionBlock(nn.Module):
 
         q = queries + query_pe
         attn_out = self.cross_attn_image_to_token(q=k, k=q, v=queries)
-        keys = self.norm4(keys + attn_out)
+        keys = self.norm4(attn_out + keys)  # (B,...) + (1,...): the fast broadcast order
         return queries, keys
 
 

@@ -104,8 +104,10 @@ class Attention(nn.Module):
         r_q = q.reshape(b, nh, qh, w, d)
         rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, rh)
         rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, rw)
-        bias = rel_h[..., :, None] + rel_w[..., None, :]
-        return bias.reshape(b, nh, qh * w, rh.shape[1] * rw.shape[1])
+        kh, kw = rh.shape[1], rw.shape[1]
+        bias = q.new_empty((b, nh, qh, w, kh, kw))  # contiguous, so SDPA takes it without a copy
+        torch.add(rel_h.unsqueeze(-1), rel_w.unsqueeze(-2), out=bias)
+        return bias.view(b, nh, qh * w, kh * kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, C)`` -> ``(B, H, W, C)``."""
