@@ -17,6 +17,7 @@ import logging
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from textsam.errors import TextSamError
@@ -176,10 +177,93 @@ def _weights_path(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
+# textsam segment ...
+
+_POINT_SYNTAX = "X,Y or X,Y,LABEL (pixels; LABEL 1 = foreground, the default, 0 = background), e.g. --point 120,80,0"
+_BOX_SYNTAX = "X0,Y0,X1,Y1 (pixels, top-left then bottom-right corner), e.g. --box 10,20,200,180"
+
+
+def _floats(text: str) -> list[float]:
+    values = [float(part) for part in text.split(",")]
+    if not all(v == v and abs(v) != float("inf") for v in values):
+        raise ValueError("not a finite number")
+    return values
+
+
+def _parse_point(text: str) -> tuple[float, float, int]:
+    """``X,Y[,LABEL]`` -> ``(x, y, label)``; argparse reports a clear error for anything else."""
+    try:
+        values = _floats(text)
+    except ValueError:
+        values = []
+    if len(values) not in (2, 3) or (len(values) == 3 and values[2] not in (0.0, 1.0)):
+        raise argparse.ArgumentTypeError(f"expected {_POINT_SYNTAX}; got {text!r}")
+    label = int(values[2]) if len(values) == 3 else 1
+    return values[0], values[1], label
+
+
+def _parse_box(text: str) -> tuple[float, float, float, float]:
+    """``X0,Y0,X1,Y1`` with ``X1 > X0`` and ``Y1 > Y0``."""
+    try:
+        values = _floats(text)
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"expected {_BOX_SYNTAX}; got {text!r}")
+    x0, y0, x1, y1 = values
+    if x1 <= x0 or y1 <= y0:
+        raise argparse.ArgumentTypeError(f"the box must have X1 > X0 and Y1 > Y0: expected {_BOX_SYNTAX}; got {text!r}")
+    return x0, y0, x1, y1
+
+
+def _parse_clip(text: str) -> str:
+    """``NAME/TAG`` as open_clip names them, e.g. ``ViT-B-16-quickgelu/openai``."""
+    name, sep, tag = text.partition("/")
+    if not sep or not name or not tag or "/" in tag:
+        raise argparse.ArgumentTypeError(f"expected NAME/TAG, e.g. ViT-B-16-quickgelu/openai; got {text!r}")
+    return text
+
+
+def _add_segment_parser(subparsers: _Subparsers) -> None:
+    """``textsam segment IMAGE|FOLDER ... -o OUT``: masks, overlays and JSON for each image."""
+    p = add_command(
+        subparsers, "segment", "segment images from a phrase, clicks and/or a box",
+        description=(
+            "Segment each image (folders are scanned for .jpg/.jpeg/.png/.bmp/.tif/.tiff/.webp) and write "
+            "<stem>_mask<i>.png, <stem>_overlay.png and <stem>.json (COCO RLE) into the output folder."
+        ),
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
+    p.add_argument("-t", "--text", metavar="PHRASE", help="what to segment, e.g. 'red car'")
+    p.add_argument("--negative-text", metavar="PHRASE", help="what not to segment, e.g. 'shadow'")
+    p.add_argument(
+        "--point", dest="points", action="append", type=_parse_point, default=[], metavar="X,Y[,LABEL]",
+        help="a click in pixels; LABEL 1 = foreground (default), 0 = background; repeatable",
+    )
+    p.add_argument("--box", type=_parse_box, metavar="X0,Y0,X1,Y1", help="a box in pixels")
+    p.add_argument("--all", dest="all_instances", action="store_true", help="segment every instance of the phrase")
+    p.add_argument("--multimask", action="store_true", help="write SAM's 3 candidate masks, best first")
+    p.add_argument("--model", default="sam_vit_b", metavar="NAME", help="model name (default: sam_vit_b)")
+    p.add_argument("--checkpoint", type=Path, metavar="PATH", help="SAM weights file instead of the published ones")
+    p.add_argument("--clip", type=_parse_clip, metavar="NAME/TAG", help="open_clip model, e.g. ViT-B-16-quickgelu/openai")
+    p.add_argument("--text-head", type=Path, metavar="PATH", help="trained text head (textsam bundle)")
+    p.add_argument("--device", metavar="DEVICE", help="cpu, cuda, cuda:1, mps (default: cpu)")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="folder to write results into")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(handler=_segment)
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from textsam.segment_cli import run_segment
+
+    return run_segment(args)
+
+
+# --------------------------------------------------------------------------------------------------
 # Parser and entry point
 
 # Other commands (segment, app, train, eval, export) add their own _add_<cmd>_parser here.
-_PARSER_BUILDERS: list[Callable[[_Subparsers], None]] = [_add_weights_parser]
+_PARSER_BUILDERS: list[Callable[[_Subparsers], None]] = [_add_weights_parser, _add_segment_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -78,12 +78,55 @@ def load_sam_weights(model: TextSam, path: str | Path) -> None:
     logger.info("loaded SAM weights from %s", path)
 
 
+def attach_text(
+    model: TextSam,
+    *,
+    clip: str | None = None,
+    pretrained: bool = True,
+    text_head: str | Path | None = None,
+) -> TextSam:
+    """Give ``model`` a CLIP text encoder (and a trained text head, when given).
+
+    Args:
+        clip: ``"NAME/TAG"`` of an open_clip model (default: the model config's CLIP, or the one the
+            text head names); ``"NAME/@/path/file"`` for local weights, ``"local-dir:/path"`` for a folder.
+        pretrained: load CLIP's published weights; ``False`` gives random CLIP weights (no network).
+        text_head: a text-head ``.safetensors`` trained for this SAM and CLIP.
+    """
+    from .encoders.text import TextEncoder, parse_clip_spec
+    from .text_head import load_text_head, read_text_head_info
+
+    if clip is not None:
+        clip_name, clip_tag = parse_clip_spec(clip)
+    elif text_head is not None:
+        info = read_text_head_info(text_head)
+        clip_name, clip_tag = info.clip_model, info.clip_pretrained
+    else:
+        cfg = model.config.text if model.config is not None else None
+        clip_name = cfg.clip_model if cfg else "ViT-B-16-quickgelu"
+        clip_tag = cfg.clip_pretrained if cfg else "openai"
+    current = model.text_encoder
+    if current is None or (current.model_name, current.pretrained) != (clip_name, clip_tag if pretrained else None):
+        model.text_encoder = TextEncoder.create(clip_name, clip_tag if pretrained else None, device=model.device)
+    if text_head is not None:
+        projector, _ = load_text_head(
+            text_head,
+            sam_model=model.config.name if model.config is not None else None,
+            clip_model=clip_name,
+            clip_pretrained=clip_tag,
+        )
+        model.text_projector = projector.to(model.device).eval()
+    return model
+
+
 def create_model(
     name: str,
     *,
     checkpoint: str | Path | None = None,
     pretrained: bool = True,
     device: str | torch.device | None = None,
+    clip: str | None = None,
+    text_head: str | Path | None = None,
 ) -> TextSam:
     """Build a textsam model by name and load its weights.
 
@@ -94,6 +137,9 @@ def create_model(
         pretrained: without ``checkpoint``, download (or take from the cache) the published weights;
             ``False`` gives random weights and never touches the network.
         device: where to put the model (default: CPU).
+        clip: load this open_clip text model now (``"NAME/TAG"``); otherwise CLIP is loaded on the
+            first text prompt, from the model config (random weights when ``pretrained=False``).
+        text_head: a trained text-head file for this SAM + CLIP pair (implies loading CLIP).
 
     Returns:
         the model in eval mode.
@@ -108,4 +154,7 @@ def create_model(
         load_sam_weights(model, resolve_weights(config.weights))
     if device is not None:
         model = model.to(device)
+    model.pretrained = pretrained
+    if clip is not None or text_head is not None:
+        attach_text(model, clip=clip, pretrained=pretrained, text_head=text_head)
     return model.eval()

@@ -51,6 +51,7 @@ class TextSam(nn.Module):
         self.config = config
         self.text_encoder = text_encoder
         self.text_projector = text_projector
+        self.pretrained = True  # whether published weights were asked for (CLIP follows this when lazily loaded)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
 

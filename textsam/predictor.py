@@ -17,22 +17,36 @@ from . import transforms
 from .errors import InputError
 from .model import TextSam
 from .prompts import PromptBatch, check_mask_input, check_points_and_box
+from .text_prompting import TextOptions, TextPrompter, mask_nms
 
 Precision = Literal["fp32", "bf16", "fp16"]
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class Prediction(NamedTuple):
+class _PredictionFields(NamedTuple):
+    masks: np.ndarray
+    scores: np.ndarray
+    low_res_logits: np.ndarray
+
+
+class Prediction(_PredictionFields):
     """Masks for one prompt (or a batch of prompts, with a leading ``B`` axis).
 
     masks: ``(C, H, W)`` bool in the original frame (float logits when ``return_logits=True``).
     scores: ``(C,)`` predicted IoU of each mask.
     low_res_logits: ``(C, 4h, 4w)`` decoder logits (256x256 for SAM), usable as ``mask_input``.
+
+    Unpacks like SAM's 3-tuple. For text prompts ``info`` also holds ``text_scores`` (CLIP score of
+    each mask region), ``ranking`` (the combined score masks are ordered by), ``labels`` (phrase per
+    mask) and ``prompts`` (the grounded points/boxes in original pixels).
     """
 
-    masks: np.ndarray
-    scores: np.ndarray
-    low_res_logits: np.ndarray
+    info: dict[str, Any]
+
+    def __new__(cls, masks: np.ndarray, scores: np.ndarray, low_res_logits: np.ndarray, info: dict | None = None):
+        self = super().__new__(cls, masks, scores, low_res_logits)
+        self.info = info or {}
+        return self
 
 
 class TextSamPredictor:
@@ -44,11 +58,14 @@ class TextSamPredictor:
             image encoder under autocast (faster on CPUs with AMX/AVX-512 BF16 and on GPUs).
     """
 
-    def __init__(self, model: TextSam, *, image_precision: Precision = "fp32") -> None:
+    def __init__(
+        self, model: TextSam, *, image_precision: Precision = "fp32", text_options: TextOptions | None = None
+    ) -> None:
         if image_precision not in ("fp32", "bf16", "fp16"):
             raise InputError(f"image_precision must be 'fp32', 'bf16' or 'fp16', not {image_precision!r}")
         self.model = model
         self.image_precision = image_precision
+        self.text = TextPrompter(model, text_options)
         self.reset_image()
 
     # ----------------------------------------------------------------------------------- image
@@ -58,6 +75,8 @@ class TextSamPredictor:
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
         self.image: np.ndarray | None = None
+        if hasattr(self, "text"):
+            self.text.reset()
 
     @property
     def is_image_set(self) -> bool:
@@ -85,6 +104,8 @@ class TextSamPredictor:
         self.input_size = (int(x.shape[-2]), int(x.shape[-1]))
         self.features = self._encode(self.model.preprocess(x.float()))
         self.image = rgb
+        if self.model.text_encoder is not None:
+            self.text.set_image(rgb)  # dense CLIP features, so later text prompts are fast
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         ctx: Any = contextlib.nullcontext()
@@ -114,22 +135,50 @@ class TextSamPredictor:
         mask_input: np.ndarray | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        *,
+        negative_text: str | None = None,
+        instances: Literal["one", "all"] = "one",
     ) -> Prediction:
         """Masks for one prompt: any mix of text, clicks, a box and a previous low-res mask.
 
+        All prompts become tokens of ONE mask-decoder call.
+
         Args:
-            text: a phrase naming the object (needs a model with text parts).
+            text: a phrase naming the object.
             point_coords: ``(N, 2)`` (x, y) pixels of the original image.
             point_labels: ``(N,)`` 1 = foreground, 0 = background.
             box: ``(4,)`` x0, y0, x1, y1 pixels.
             mask_input: ``(1, 256, 256)`` low-res logits from a previous call.
-            multimask_output: 3 candidate masks (best for a single click) instead of 1.
+            multimask_output: 3 candidate masks (best for a single click or a bare phrase) instead of 1.
             return_logits: return float logits instead of boolean masks.
+            negative_text: a phrase to suppress (its region gets a background point and is
+                subtracted from the phrase's similarity).
+            instances: ``"all"`` returns every instance of the phrase (several grounded candidates
+                decoded in one batch, de-duplicated by mask NMS), best first.
         """
         features = self._require_image()
-        assert self.original_size is not None
-        h, w = self.original_size
-        coords, labels, boxes = check_points_and_box(point_coords, point_labels, box, (h, w))
+        assert self.original_size is not None and self.image is not None
+        if instances not in ("one", "all"):
+            raise InputError(f"instances must be 'one' or 'all', not {instances!r}")
+        if negative_text is not None and text is None:
+            raise InputError("negative_text needs a text prompt too")
+        if instances == "all":
+            if text is None:
+                raise InputError("instances='all' needs a text prompt naming what to find")
+            return self._predict_all(text, negative_text, return_logits)
+        coords, labels, boxes = check_points_and_box(point_coords, point_labels, box, self.original_size)
+        extra = None
+        info: dict[str, Any] = {}
+        if text is not None:
+            tp = self.text.prompt_for(text, self.image, negative=negative_text, user_box=boxes)
+            if len(tp.points):
+                coords = tp.points if coords is None else np.concatenate([coords, tp.points])
+                labels = tp.labels if labels is None else np.concatenate([labels, tp.labels])
+            if boxes is None and tp.box is not None:
+                boxes = np.asarray(tp.box, float).reshape(1, 4)
+            extra = tp.tokens[None] if tp.tokens is not None else None
+            info["prompts"] = {"points": tp.points.tolist(), "labels": tp.labels.tolist(),
+                               "box": None if tp.box is None else np.asarray(tp.box).tolist()}
         batch = PromptBatch.from_original(
             coords[None] if coords is not None else None,
             labels[None] if labels is not None else None,
@@ -139,9 +188,81 @@ class TextSamPredictor:
             self.model.img_size,
             self.device,
         )
-        extra = self._text_tokens(text, batch.size) if text is not None else None
-        masks, scores, low = self._decode(features, batch, extra, multimask_output, return_logits)
-        return Prediction(masks[0], scores[0], low[0])
+        low_res, iou = self._decode_low_res(features, batch, extra, multimask_output)
+        order = torch.arange(iou.shape[1])
+        if text is not None:
+            text_scores = self.text.mask_text_scores(low_res[0], text).cpu()
+            ranking = iou[0].cpu() + self.text.options.text_weight * text_scores
+            order = torch.argsort(ranking, descending=True)
+            info.update(text_scores=text_scores[order].numpy(), ranking=ranking[order].numpy(),
+                        labels=[text] * len(order))
+        masks, scores, low = self._finish(low_res[:, order], iou[:, order], return_logits)
+        return Prediction(masks[0], scores[0], low[0], info)
+
+    def _predict_all(self, text: str, negative_text: str | None, return_logits: bool) -> Prediction:
+        """Every instance of ``text``: grounded candidates in one decoder batch, scored, NMS."""
+        assert self.image is not None and self.original_size is not None
+        cands = self.text.instance_prompts(text, self.image, negative=negative_text)
+        n = max(len(c.points) for c in cands)
+        coords = np.zeros((len(cands), n, 2))
+        labels = np.full((len(cands), n), -1.0)
+        for i, c in enumerate(cands):
+            coords[i, : len(c.points)] = c.points
+            labels[i, : len(c.points)] = c.labels
+        has_box = all(c.box is not None for c in cands)
+        boxes = np.stack([np.asarray(c.box, float) for c in cands]) if has_box else None
+        tokens = cands[0].tokens
+        extra = tokens[None].expand(len(cands), -1, -1) if tokens is not None else None
+        batch = PromptBatch.from_original(
+            coords if n else None, labels if n else None, boxes, None,
+            self.original_size, self.model.img_size, self.device,
+        )
+        low_res, iou = self._decode_low_res(self.features, batch, extra, True)
+        best = iou.argmax(dim=1)
+        rows = torch.arange(len(cands))
+        low_best, iou_best = low_res[rows, best], iou[rows, best]  # (B, h, w), (B,)
+        text_scores = self.text.mask_text_scores(low_best, text).cpu()
+        ranking = (iou_best.cpu() + self.text.options.text_weight * text_scores).numpy()
+        masks, _, _ = self._finish(low_best[:, None], iou_best[:, None], False)
+        keep = mask_nms(masks[:, 0], ranking, self.text.options.nms_iou)
+        if self.text.options.min_score is not None:
+            keep = [i for i in keep if ranking[i] >= self.text.options.min_score]
+        if not keep:
+            keep = [int(np.argmax(ranking))]
+        sel = torch.as_tensor(keep)
+        out_masks, scores, low = self._finish(low_best[sel][:, None], iou_best[sel][:, None], return_logits)
+        info = {
+            "text_scores": text_scores[sel].numpy(), "ranking": ranking[keep], "labels": [text] * len(keep),
+            "prompts": [{"points": cands[i].points.tolist(), "labels": cands[i].labels.tolist(),
+                         "box": None if cands[i].box is None else np.asarray(cands[i].box).tolist()} for i in keep],
+        }
+        return Prediction(out_masks[:, 0], scores[:, 0], low[:, 0], info)
+
+    @torch.inference_mode()
+    def predict_phrases(
+        self, phrases: list[str], *, multimask_output: bool = False, return_logits: bool = False
+    ) -> Prediction:
+        """Several phrases on the current image in ONE decoder call: arrays get a leading phrase axis."""
+        self._require_image()
+        assert self.image is not None and self.original_size is not None
+        if not phrases:
+            raise InputError("give at least one phrase")
+        prompts = [self.text.prompt_for(p, self.image) for p in phrases]
+        n = max(len(p.points) for p in prompts)
+        coords = np.zeros((len(prompts), n, 2))
+        labels = np.full((len(prompts), n), -1.0)
+        for i, p in enumerate(prompts):
+            coords[i, : len(p.points)] = p.points
+            labels[i, : len(p.points)] = p.labels
+        boxes = np.stack([p.box for p in prompts]) if all(p.box is not None for p in prompts) else None
+        extra = torch.stack([p.tokens for p in prompts]) if prompts[0].tokens is not None else None
+        batch = PromptBatch.from_original(
+            coords if n else None, labels if n else None, boxes, None,
+            self.original_size, self.model.img_size, self.device,
+        )
+        low_res, iou = self._decode_low_res(self.features, batch, extra, multimask_output)
+        masks, scores, low = self._finish(low_res, iou, return_logits)
+        return Prediction(masks, scores, low, {"labels": list(phrases)})
 
     @torch.inference_mode()
     def predict_batch(
@@ -167,17 +288,21 @@ class TextSamPredictor:
         coords, labels, box_arr = check_points_and_box(
             point_coords, point_labels, boxes, self.original_size, batched=True
         )
-        bsz = next(a.shape[0] for a in (coords, box_arr, mask_input) if a is not None) if (
-            coords is not None or box_arr is not None or mask_input is not None
-        ) else 1
+        if coords is not None:
+            bsz = coords.shape[0]
+        elif box_arr is not None:
+            bsz = box_arr.shape[0]
+        else:
+            bsz = None
+        size = self.model.prompt_encoder.mask_input_size
+        masks = None
+        if mask_input is not None:
+            first = check_mask_input(mask_input, size, batch=np.asarray(mask_input).size // (size[0] * size[1]))
+            masks = check_mask_input(first, size, batch=bsz if bsz is not None else first.shape[0])
+        if bsz == 0 or (masks is not None and masks.shape[0] == 0):
+            raise InputError("predict_batch got an empty batch: give at least one prompt")
         batch = PromptBatch.from_original(
-            coords,
-            labels,
-            box_arr,
-            check_mask_input(mask_input, self.model.prompt_encoder.mask_input_size, batch=bsz),
-            self.original_size,
-            self.model.img_size,
-            self.device,
+            coords, labels, box_arr, masks, self.original_size, self.model.img_size, self.device
         )
         return Prediction(*self._decode(features, batch, None, multimask_output, return_logits))
 
@@ -189,7 +314,14 @@ class TextSamPredictor:
         multimask_output: bool,
         return_logits: bool,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        low_res, iou = self.model.decode(
+        low_res, iou = self._decode_low_res(features, batch, extra_tokens, multimask_output)
+        return self._finish(low_res, iou, return_logits)
+
+    def _decode_low_res(
+        self, features: torch.Tensor, batch: PromptBatch, extra_tokens: torch.Tensor | None, multimask_output: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The one mask-decoder call: low-res logits ``(B, M, 4h, 4w)`` and IoU ``(B, M)``."""
+        return self.model.decode(
             features,
             points=batch.points,
             boxes=batch.boxes,
@@ -197,13 +329,13 @@ class TextSamPredictor:
             extra_tokens=extra_tokens,
             multimask_output=multimask_output,
         )
+
+    def _finish(
+        self, low_res: torch.Tensor, iou: torch.Tensor, return_logits: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Upsample to the original frame and threshold; numpy arrays out."""
         assert self.input_size is not None and self.original_size is not None
         masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
         if not return_logits:
             masks = masks > self.model.mask_threshold
         return masks.cpu().numpy(), iou.float().cpu().numpy(), low_res.float().cpu().numpy()
-
-    def _text_tokens(self, text: str, batch_size: int) -> torch.Tensor:
-        raise InputError(
-            "this model has no text pathway yet; text prompts need a text head (see the README)."
-        )

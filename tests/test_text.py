@@ -1,0 +1,198 @@
+"""The text pathway with tiny random models: tokens reach the decoder, one decoder call, caching, heads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from textsam.encoders.text import TextProjector, clean_phrase, parse_clip_spec
+from textsam.errors import InputError, WeightsError
+from textsam.predictor import TextSamPredictor
+from textsam.text_head import TextHeadInfo, load_text_head, read_text_head_info, save_text_head
+from textsam.text_prompting import TextOptions
+
+from .tiny import tiny_clip_encoder, tiny_sam
+
+
+@pytest.fixture()
+def image() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 60, (180, 300, 3), dtype=np.uint8)
+    img[40:120, 60:150] = (220, 30, 30)
+    img[100:170, 200:280] = (30, 30, 220)
+    return img
+
+
+def _with_head(model, num_tokens: int = 2):
+    model.text_projector = TextProjector(model.text_encoder.embed_dim, 256, num_tokens, 64).eval()
+    return model
+
+
+class DecoderSpy:
+    """Counts mask-decoder calls and records the sparse-token shapes they received."""
+
+    def __init__(self, model) -> None:
+        self.calls: list[tuple[int, ...]] = []
+        original = model.mask_decoder.forward
+
+        def spy(*args, **kwargs):
+            self.calls.append(tuple(kwargs["sparse_prompt_embeddings"].shape))
+            return original(*args, **kwargs)
+
+        model.mask_decoder.forward = spy
+
+
+def test_phrase_checks() -> None:
+    assert clean_phrase("  the   red\tcar ") == "the red car"
+    for bad in ["", "   ", "\n\t"]:
+        with pytest.raises(InputError, match="empty"):
+            clean_phrase(bad)
+    with pytest.raises(InputError, match="string"):
+        clean_phrase(3)
+    assert parse_clip_spec("ViT-B-16-quickgelu/openai") == ("ViT-B-16-quickgelu", "openai")
+    assert parse_clip_spec("local-dir:/x/y") == ("local-dir:/x/y", None)
+    assert parse_clip_spec("ViT-B-16/@//w/clip.safetensors") == ("ViT-B-16", "/w/clip.safetensors")
+
+
+def test_text_embedding_cache_skips_the_tower() -> None:
+    enc = tiny_clip_encoder()
+    a = enc.encode("a red circle")
+    assert enc.tower_calls == 1
+    b = enc.encode(["a red circle"])
+    assert enc.tower_calls == 1  # cached
+    assert torch.equal(a, b)
+    assert torch.allclose(a.norm(dim=-1), torch.ones(1), atol=1e-5)
+    enc.encode(["a red circle", "a blue square"])
+    assert enc.tower_calls == 2  # only the new phrase ran
+
+
+def test_non_ascii_and_long_phrases() -> None:
+    enc = tiny_clip_encoder()
+    assert enc.encode("Straße café 狗 🚗").shape == (1, enc.embed_dim)
+    long_phrase = " ".join(["very"] * 100) + " long dog"
+    with pytest.warns(UserWarning, match="truncated"):
+        emb = enc.encode(long_phrase)
+    assert torch.isfinite(emb).all()
+
+
+def test_text_tokens_change_the_output_and_carry_gradients(image) -> None:
+    model = _with_head(tiny_sam(with_text=True))
+    pred = TextSamPredictor(model, text_options=TextOptions(grounding=False))
+    pred.set_image(image)
+    a = pred.predict(text="a red square", multimask_output=False, return_logits=True)
+    b = pred.predict(text="a blue circle", multimask_output=False, return_logits=True)
+    assert np.abs(a.low_res_logits - b.low_res_logits).max() > 1e-4
+
+    # gradients from a mask loss reach the projector (training path, no inference_mode)
+    model.train()
+    emb = model.text_encoder.encode(["a red square"]).clone()
+    tokens = model.text_projector(emb)
+    low, iou = model.decode(pred.features.detach(), extra_tokens=tokens, multimask_output=False)
+    target = torch.zeros_like(low)
+    target[..., 10:30, 15:40] = 1
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(low, target)
+    loss.backward()
+    grads = [p.grad for p in model.text_projector.parameters()]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_text_clicks_and_box_make_one_decoder_call(image) -> None:
+    model = _with_head(tiny_sam(with_text=True), num_tokens=3)
+    pred = TextSamPredictor(model, text_options=TextOptions(num_positive=2, num_negative=1))
+    pred.set_image(image)
+    spy = DecoderSpy(model)
+    out = pred.predict(
+        text="the red square",
+        point_coords=np.array([[100.0, 80.0]]),
+        point_labels=np.array([1]),
+        box=np.array([50, 30, 160, 130]),
+    )
+    assert len(spy.calls) == 1
+    grounded = len(out.info["prompts"]["points"])
+    assert 2 <= grounded <= 3  # 1-2 positives (second only on the same object) + 1 negative
+    # 1 click + grounded points + 2 box corners + 3 text tokens, batch of 1: all in one sparse sequence
+    assert spy.calls[0] == (1, 1 + grounded + 2 + 3, 256)
+    assert out.masks.shape == (3, 180, 300) and out.masks.dtype == bool
+    assert out.scores.shape == (3,)
+    assert len(out.info["text_scores"]) == 3
+    assert np.all(np.diff(out.info["ranking"]) <= 0)  # masks come best first
+
+
+def test_text_alone_and_text_plus_one_click(image) -> None:
+    model = tiny_sam(with_text=True)  # no text head: grounding alone
+    pred = TextSamPredictor(model)
+    pred.set_image(image)
+    spy = DecoderSpy(model)
+    alone = pred.predict(text="red square")
+    click = pred.predict(text="red square", point_coords=np.array([[100, 80]]), point_labels=np.array([1]))
+    assert [c[0] for c in spy.calls] == [1, 1]
+    assert spy.calls[1][1] == spy.calls[0][1] + 1
+    pts = np.asarray(alone.info["prompts"]["points"])
+    assert pts.shape[1] == 2 and (pts[:, 0] <= 300).all() and (pts[:, 1] <= 180).all()
+    assert click.masks.shape == alone.masks.shape
+
+
+def test_without_text_results_are_unchanged(image) -> None:
+    plain = tiny_sam(seed=3)
+    texty = tiny_sam(seed=3, with_text=True)
+    p1, p2 = TextSamPredictor(plain), TextSamPredictor(texty)
+    p1.set_image(image)
+    p2.set_image(image)
+    kw = dict(point_coords=np.array([[120, 90]]), point_labels=np.array([1]), box=np.array([40, 20, 200, 150]))
+    a, b = p1.predict(**kw), p2.predict(**kw)
+    assert np.array_equal(a.masks, b.masks) and np.array_equal(a.low_res_logits, b.low_res_logits)
+
+
+def test_repeated_phrase_does_not_rerun_the_text_tower(image) -> None:
+    model = tiny_sam(with_text=True)
+    pred = TextSamPredictor(model)
+    pred.set_image(image)
+    pred.predict(text="red square")
+    calls = model.text_encoder.tower_calls
+    pred.predict(text="red square")
+    pred.predict(text="  red   square ")
+    assert model.text_encoder.tower_calls == calls
+
+
+def test_all_instances_one_decoder_batch(image) -> None:
+    model = tiny_sam(with_text=True)
+    pred = TextSamPredictor(model, text_options=TextOptions(max_instances=4))
+    pred.set_image(image)
+    spy = DecoderSpy(model)
+    out = pred.predict(text="square", instances="all")
+    assert len(spy.calls) == 1 and spy.calls[0][0] >= 1
+    n = out.masks.shape[0]
+    assert out.masks.shape[1:] == (180, 300) and out.scores.shape == (n,)
+    assert len(out.info["ranking"]) == n and np.all(np.diff(out.info["ranking"]) <= 0)
+
+
+def test_several_phrases_one_call_and_negative_text(image) -> None:
+    model = _with_head(tiny_sam(with_text=True))
+    pred = TextSamPredictor(model)
+    pred.set_image(image)
+    spy = DecoderSpy(model)
+    out = pred.predict_phrases(["red square", "blue square", "background"])
+    assert len(spy.calls) == 1 and spy.calls[0][0] == 3
+    assert out.masks.shape == (3, 1, 180, 300)
+    neg = pred.predict(text="square", negative_text="blue square")
+    assert neg.masks.shape[0] == 3
+    with pytest.raises(InputError, match="needs a text prompt"):
+        pred.predict(negative_text="dog", point_coords=np.array([[1, 1]]), point_labels=np.array([1]))
+
+
+def test_text_head_round_trip_and_wrong_models(tmp_path) -> None:
+    proj = TextProjector(32, 256, 2, 64)
+    info = TextHeadInfo("tiny_test", "tiny_clip", None, 32, 256, 2, 64, recipe="unit test")
+    path = save_text_head(tmp_path / "head.safetensors", proj, info)
+    assert read_text_head_info(path) == info
+    loaded, _ = load_text_head(path, sam_model="tiny_test", clip_model="tiny_clip", clip_pretrained=None)
+    emb = torch.nn.functional.normalize(torch.randn(2, 32), dim=-1)
+    assert torch.equal(loaded(emb), proj(emb))
+    with pytest.raises(WeightsError, match="trained for SAM model 'tiny_test'.*--model tiny_test"):
+        load_text_head(path, sam_model="sam_vit_b", clip_model="tiny_clip", clip_pretrained=None)
+    with pytest.raises(WeightsError, match="CLIP"):
+        load_text_head(path, sam_model="tiny_test", clip_model="ViT-B-16-quickgelu", clip_pretrained="openai")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a file")
+    with pytest.raises(WeightsError):
+        read_text_head_info(tmp_path / "junk.safetensors")

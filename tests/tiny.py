@@ -1,0 +1,43 @@
+"""Tiny random models for fast tests (no downloads)."""
+
+from __future__ import annotations
+
+import torch
+
+from textsam.config import ModelConfig, TextConfig, ViTEncoderConfig
+from textsam.encoders.text import TextEncoder
+from textsam.factory import build_sam
+from textsam.model import TextSam
+
+TINY_CONFIG = ModelConfig(
+    name="tiny_test",
+    image_encoder=ViTEncoderConfig(img_size=256, embed_dim=64, depth=2, num_heads=2, global_attn_indexes=(1,), window_size=7),
+    text=TextConfig(clip_model="tiny_clip", clip_pretrained=None),
+)
+
+
+def tiny_clip_encoder(seed: int = 0) -> TextEncoder:
+    """A 2-layer open_clip CLIP (64 px images, width 64, embed 32) with the real CLIP tokenizer."""
+    import open_clip
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    torch.manual_seed(seed)
+    clip = CLIP(
+        embed_dim=32,
+        vision_cfg=CLIPVisionCfg(layers=2, width=64, head_width=32, patch_size=16, image_size=64),
+        text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=2, layers=2),
+        quick_gelu=True,
+    ).eval()
+    return TextEncoder(clip, open_clip.get_tokenizer("ViT-B-16"), model_name="tiny_clip", pretrained=None)
+
+
+def tiny_sam(seed: int = 0, *, with_text: bool = False) -> TextSam:
+    """A SAM with a 2-block ViT at 256 px (16x16 embedding, 64x64 low-res masks), random weights."""
+    torch.manual_seed(seed)
+    model = build_sam(TINY_CONFIG)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    if with_text:
+        model.text_encoder = tiny_clip_encoder(seed)
+    return model.eval()

@@ -1,0 +1,445 @@
+"""Training-free localisation of a phrase with CLIP, and CLIP scoring of candidate masks.
+
+Frames (see also :mod:`textsam.transforms`):
+
+* *original*: pixels of the user's image, ``(H, W)``; points are ``(x, y)``, boxes ``x0, y0, x1, y1``.
+* *input*: the image resized so its longest side is ``input_size`` (``(h', w')``, SAM's rounding),
+  normalised with the CLIP mean/std and zero-padded bottom/right to ``input_size`` squared (zero after
+  normalisation is the CLIP mean colour).
+* *grid*: patch cells ``(col, row)`` of the ViT over the input frame, each ``patch`` input pixels wide;
+  only the ``(gh, gw) = (ceil(h'/patch), ceil(w'/patch))`` cells that touch the real image are kept.
+
+Dense features follow MaskCLIP (Zhou et al., ECCV 2022) or CLIP Surgery (Li et al., 2023); the maps
+become ordinary SAM prompts (positive/negative points, boxes) in original pixels by
+:func:`prompts_from_similarity` and :func:`instance_candidates` (:mod:`textsam.encoders.grounding_maps`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from textsam.encoders.grounding_maps import (
+    Geometry,
+    GroundedPrompts,
+    instance_candidates,
+    prompts_from_similarity,
+    square_crop,
+    upsample_to_image,
+)
+from textsam.encoders.templates import expand
+from textsam.errors import InputError
+
+__all__ = [
+    "DenseClip",
+    "Geometry",
+    "GroundedPrompts",
+    "crop_scores",
+    "instance_candidates",
+    "prompts_from_similarity",
+    "similarity_map",
+    "text_embeddings",
+    "upsample_to_image",
+]
+
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+Method = Literal["maskclip", "surgery"]
+
+
+def _check_image(image: np.ndarray) -> None:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        got = f"{type(image).__name__} {getattr(image, 'shape', '')} {getattr(image, 'dtype', '')}"
+        raise InputError(
+            f"expected an (H, W, 3) uint8 RGB array, got {got}; use textsam.transforms.load_image"
+        )
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise InputError(f"the image is empty (shape {image.shape})")
+
+
+def _check_visual(visual: nn.Module) -> None:
+    """Raise :class:`InputError` unless ``visual`` is an open_clip ``VisionTransformer`` we can open up."""
+    needed = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post", "proj")
+    missing = [name for name in needed if getattr(visual, name, None) is None]
+    if missing:
+        raise InputError(
+            f"dense CLIP features need an open_clip ViT image tower (missing {missing}); "
+            "use a ViT CLIP such as 'ViT-B-16-quickgelu' (timm/ResNet towers are not supported)"
+        )
+    if getattr(visual, "attn_pool", None) is not None:
+        raise InputError("CLIP towers with an attentional pooler (CoCa) are not supported for grounding")
+    for block in visual.transformer.resblocks:
+        if not isinstance(block.attn, nn.MultiheadAttention):
+            raise InputError("grounding supports open_clip's default ResidualAttentionBlock only")
+
+
+def _resize_pos_embed(pos: torch.Tensor, src: tuple[int, int], dst: tuple[int, int]) -> torch.Tensor:
+    """``(1 + src_h*src_w, C)`` -> ``(1 + dst_h*dst_w, C)``: bicubic on the patch part, class row kept."""
+    if tuple(src) == tuple(dst):
+        return pos
+    cls_pos, patch_pos = pos[:1], pos[1:]
+    grid = patch_pos.reshape(1, src[0], src[1], -1).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=dst, mode="bicubic", align_corners=False)
+    patch_pos = grid.permute(0, 2, 3, 1).reshape(dst[0] * dst[1], -1).to(pos.dtype)
+    return torch.cat([cls_pos, patch_pos], dim=0)
+
+
+def _value_proj(attn: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
+    """The value projection of a fused ``nn.MultiheadAttention``: ``(..., C) -> (..., C)``."""
+    width = attn.embed_dim
+    if attn.in_proj_weight is not None:
+        weight = attn.in_proj_weight[2 * width :]
+    else:
+        weight = attn.v_proj_weight
+    bias = attn.in_proj_bias[2 * width :] if attn.in_proj_bias is not None else None
+    return F.linear(x, weight, bias)
+
+
+def _run_block(block: nn.Module, x: torch.Tensor, batch_first: bool) -> torch.Tensor:
+    """An unmodified open_clip block on batch-first tokens ``(B, L, C)``."""
+    if batch_first:
+        return block(x)
+    return block(x.transpose(0, 1)).transpose(0, 1)
+
+
+def maskclip_last_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """MaskCLIP's last block: the q-k attention is skipped, every token keeps only its own value.
+
+    ``y = x + ls_1(out_proj(V(ln_1(x))))``, then ``y + ls_2(mlp(ln_2(y)))`` (MaskCLIP's
+    ``attn2ffn``/``return_qkv`` path keeps the residual and the block's FFN). ``x``: ``(B, L, C)``.
+    """
+    y = x + block.ls_1(block.attn.out_proj(_value_proj(block.attn, block.ln_1(x))))
+    return y + block.ls_2(block.mlp(block.ln_2(y)))
+
+
+def vv_attention(block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """CLIP Surgery's v-v self-attention of one block on ``h = ln_1(x)``, ``(B, L, C) -> (B, L, C)``.
+
+    q and k are replaced by v (per head, scale ``head_dim ** -0.5``), then the block's ``out_proj``.
+    """
+    attn = block.attn
+    batch, length, width = h.shape
+    heads = attn.num_heads
+    v = _value_proj(attn, h).reshape(batch, length, heads, width // heads).transpose(1, 2)
+    out = F.scaled_dot_product_attention(v, v, v)
+    out = out.transpose(1, 2).reshape(batch, length, width)
+    return block.ls_1(attn.out_proj(out))
+
+
+class DenseClip:
+    """Dense (per-patch) CLIP image features in the joint image-text space.
+
+    Wraps an open_clip ``CLIP`` whose ``visual`` is a ``VisionTransformer``; its weights are never
+    modified (the positional embedding is interpolated on the fly for ``input_size``).
+
+    Args:
+        clip_model: an open_clip ``CLIP`` (``encode_text`` is used by :func:`text_embeddings`).
+        input_size: side of the square CLIP input for dense features (multiple of the patch size).
+        method: ``"maskclip"`` (value path in the last block) or ``"surgery"`` (CLIP Surgery's v-v path
+            over the last ``surgery_depth`` blocks).
+        surgery_depth: number of final blocks with the v-v path (CLIP Surgery uses 6).
+    """
+
+    def __init__(
+        self,
+        clip_model: nn.Module,
+        input_size: int = 448,
+        method: Method = "maskclip",
+        surgery_depth: int = 6,
+    ) -> None:
+        visual = getattr(clip_model, "visual", None)
+        if visual is None:
+            raise InputError("clip_model has no 'visual' tower; pass an open_clip CLIP model")
+        _check_visual(visual)
+        if method not in ("maskclip", "surgery"):
+            raise InputError(f"method must be 'maskclip' or 'surgery', got {method!r}")
+        patch_h, patch_w = _pair(visual.patch_size)
+        native_h, native_w = _pair(visual.image_size)
+        if patch_h != patch_w or native_h != native_w:
+            raise InputError("grounding needs square patches and a square native CLIP input size")
+        if input_size < patch_h or input_size % patch_h:
+            raise InputError(
+                f"input_size {input_size} must be a positive multiple of the patch size {patch_h}"
+            )
+        if surgery_depth < 1:
+            raise InputError(f"surgery_depth must be >= 1, got {surgery_depth}")
+        self.model = clip_model
+        self.visual = visual
+        self.input_size = int(input_size)
+        self.method: Method = method
+        self.surgery_depth = int(surgery_depth)
+        self.patch_size = int(patch_h)
+        self.native_size = int(native_h)
+        mean, std = _mean_std(visual)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+    @property
+    def device(self) -> torch.device:
+        return self.visual.conv1.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.visual.conv1.weight.dtype
+
+    @property
+    def mean_color(self) -> np.ndarray:
+        """The CLIP mean colour as ``(3,)`` uint8 RGB (used to grey out and pad)."""
+        return np.round(self.mean.flatten().numpy() * 255.0).clip(0, 255).astype(np.uint8)
+
+    def _to_input(self, image: np.ndarray, size: int) -> tuple[torch.Tensor, Geometry]:
+        """``(H, W, 3)`` uint8 -> normalised, padded ``(3, size, size)`` float32 tensor on the CPU."""
+        _check_image(image)
+        geometry = Geometry.create(image.shape[0], image.shape[1], size, self.patch_size)
+        pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+        if (geometry.resized_h, geometry.resized_w) != image.shape[:2]:
+            pixels = F.interpolate(
+                pixels,
+                (geometry.resized_h, geometry.resized_w),
+                mode="bicubic",
+                align_corners=False,
+                antialias=True,
+            ).clamp_(0.0, 255.0)
+        pixels = (pixels[0] / 255.0 - self.mean) / self.std
+        pad = (0, size - geometry.resized_w, 0, size - geometry.resized_h)
+        return F.pad(pixels, pad), geometry
+
+    def prepare(self, image: np.ndarray) -> tuple[torch.Tensor, Geometry]:
+        """``(H, W, 3)`` uint8 RGB -> ``((1, 3, S, S)`` tensor on the model's device, :class:`Geometry`).
+
+        Longest side resized (bicubic, antialiased) to ``S = input_size``, CLIP mean/std normalisation,
+        zero padding bottom/right.
+        """
+        pixels, geometry = self._to_input(image, self.input_size)
+        return pixels[None].to(self.device, self.dtype), geometry
+
+    def _embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, S, S)`` -> tokens ``(B, 1 + G*G, C)`` after ``ln_pre`` (class token first)."""
+        visual = self.visual
+        x = visual.conv1(pixels)
+        batch, width, grid_h, grid_w = x.shape
+        x = x.flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.to(x.dtype).view(1, 1, width).expand(batch, 1, width)
+        pos = _resize_pos_embed(visual.positional_embedding, tuple(visual.grid_size), (grid_h, grid_w))
+        return visual.ln_pre(torch.cat([cls, x], dim=1) + pos.to(x.dtype))
+
+    def _dense_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens after ``ln_pre`` ``(B, L, C)`` -> dense last-layer tokens ``(B, L, C)`` (before ln_post)."""
+        blocks = list(self.visual.transformer.resblocks)
+        batch_first = getattr(self.visual.transformer, "batch_first", True)
+        depth = 1 if self.method == "maskclip" else min(self.surgery_depth, len(blocks))
+        for block in blocks[: len(blocks) - depth]:
+            x = _run_block(block, x, batch_first)
+        if self.method == "maskclip":
+            return maskclip_last_block(blocks[-1], x)
+        original = x
+        for block in blocks[len(blocks) - depth :]:
+            x = x + vv_attention(block, block.ln_1(original))
+            original = _run_block(block, original, batch_first)
+        return x
+
+    @torch.no_grad()
+    def dense_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Prepared ``(B, 3, S, S)`` -> L2-normalised patch features ``(B, S/p, S/p, D)`` (full grid)."""
+        x = self._dense_tokens(self._embed(pixels.to(self.device, self.dtype)))
+        feats = self.visual.ln_post(x[:, 1:]) @ self.visual.proj
+        grid = pixels.shape[-1] // self.patch_size
+        return F.normalize(feats.float(), dim=-1).reshape(pixels.shape[0], grid, grid, -1)
+
+    def patch_features(self, image: np.ndarray) -> tuple[torch.Tensor, Geometry]:
+        """``(H, W, 3)`` uint8 RGB -> (features ``(gh, gw, D)`` float32, unit norm, :class:`Geometry`).
+
+        Only the cells covering the real image are returned (rows/cols of pure padding are dropped).
+        """
+        pixels, geometry = self.prepare(image)
+        feats = self.dense_features(pixels)[0]
+        return feats[: geometry.grid_h, : geometry.grid_w].contiguous(), geometry
+
+    def to_native(self, image: np.ndarray) -> torch.Tensor:
+        """``(h, w, 3)`` uint8 -> ``(3, n, n)`` normalised CPU tensor at the CLIP's native size ``n``."""
+        return self._to_input(image, self.native_size)[0]
+
+    @torch.no_grad()
+    def image_embedding(self, images: np.ndarray | Sequence[np.ndarray] | torch.Tensor) -> torch.Tensor:
+        """Ordinary (pooled) CLIP image embeddings, L2-normalised, ``(N, D)`` float32.
+
+        Args:
+            images: one ``(H, W, 3)`` uint8 image, a list of them, an ``(N, H, W, 3)`` uint8 array, or
+                an already normalised ``(N, 3, n, n)`` tensor at the native size ``n``. Arrays are
+                resized longest side to ``n`` and padded. All go through the tower in ONE forward call.
+        """
+        if isinstance(images, torch.Tensor):
+            batch = images
+        else:
+            if isinstance(images, np.ndarray) and images.ndim == 3:
+                images = [images]
+            if len(images) == 0:
+                raise InputError("image_embedding needs at least one image")
+            batch = torch.stack([self.to_native(image) for image in images])
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != (3, self.native_size, self.native_size):
+            raise InputError(
+                f"expected a (N, 3, {self.native_size}, {self.native_size}) tensor, got {tuple(batch.shape)}"
+            )
+        features = self.visual(batch.to(self.device, self.dtype))
+        if isinstance(features, tuple):
+            features = features[0]
+        return F.normalize(features.float(), dim=-1)
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    return int(value[0]), int(value[1])
+
+
+def _mean_std(visual: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The tower's own normalisation (``image_mean/std``, else ``preprocess_cfg``, else OpenAI's)."""
+    mean, std = getattr(visual, "image_mean", None), getattr(visual, "image_std", None)
+    cfg = getattr(visual, "preprocess_cfg", None) or {}
+    mean = mean if mean is not None else cfg.get("mean", OPENAI_MEAN)
+    std = std if std is not None else cfg.get("std", OPENAI_STD)
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+@torch.no_grad()
+def text_embeddings(
+    clip_model: nn.Module,
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    phrases: str | Sequence[str],
+    templates: str | Sequence[str] = "default",
+) -> torch.Tensor:
+    """Prompt-ensembled CLIP text embeddings ``(N, D)`` float32, unit norm, one row per phrase.
+
+    Each phrase is put into every template (:func:`textsam.encoders.templates.expand`); the normalised
+    embeddings are averaged and normalised again (one text-tower batch for everything).
+    An empty string (CLIP Surgery's "redundant" prompt) is encoded as ``""`` without templates.
+    """
+    phrases = [phrases] if isinstance(phrases, str) else list(phrases)
+    sentences = [[""] if not p.strip() else expand(p, templates) for p in phrases]
+    flat = [s for group in sentences for s in group]
+    device = next(clip_model.parameters()).device
+    emb = F.normalize(clip_model.encode_text(tokenizer(flat).to(device)).float(), dim=-1)
+    chunks = torch.split(emb, [len(group) for group in sentences])
+    return F.normalize(torch.stack([chunk.mean(0) for chunk in chunks]), dim=-1)
+
+
+def _surgery(sim: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+    """CLIP Surgery's class-mean feature surgery on cosine maps ``(K, gh, gw)``, K >= 2.
+
+    Per patch: ``w_k = softmax_k(2 s_k) / mean_k(...)``; result ``w_k s_k - mean_j(w_j s_j)``
+    (the sum over channels of the element-wise image x text products, minus their class mean).
+    """
+    prob = torch.softmax(sim * temperature, dim=0)
+    weighted = sim * prob / prob.mean(dim=0, keepdim=True)
+    return weighted - weighted.mean(dim=0, keepdim=True)
+
+
+def similarity_map(
+    patch_feats: torch.Tensor,
+    text_emb: torch.Tensor,
+    *,
+    background_emb: torch.Tensor | None = None,
+    feature_surgery: bool = False,
+    empty_emb: torch.Tensor | None = None,
+    softmax_over: bool = False,
+    logit_scale: float = 100.0,
+) -> torch.Tensor:
+    """Per-patch similarity of N phrases, ``(N, gh, gw)`` float32 on the grid of ``patch_feats``.
+
+    Args:
+        patch_feats: ``(gh, gw, D)`` dense CLIP features (normalised here again).
+        text_emb: ``(D,)`` or ``(N, D)`` text embeddings.
+        background_emb: ``(M, D)`` embeddings of background / competing phrases; they join the class
+            set for ``feature_surgery`` (mean mode) and ``softmax_over`` but are not returned.
+        feature_surgery: CLIP Surgery feature surgery. With ``empty_emb`` (the embedding of ``""``):
+            ``s - f . e`` (``f . (t - e)``); otherwise the weighted class-mean subtraction over the
+            N + M classes (needs at least two).
+        empty_emb: ``(D,)`` embedding of the empty prompt, for ``feature_surgery``.
+        softmax_over: return per-patch probabilities ``softmax(logit_scale * s)`` over the N + M
+            classes (in [0, 1]) instead of cosines: sharpens a phrase against the background phrases.
+        logit_scale: CLIP's temperature for ``softmax_over`` (100 for OpenAI CLIP).
+
+    Surgery is applied before the softmax (the ``empty_emb`` form shifts all classes of a patch
+    equally, so it does not change the softmax).
+
+    Returns:
+        ``(N, gh, gw)``: cosines in [-1, 1] (shifted by surgery), or probabilities with ``softmax_over``.
+    """
+    if patch_feats.ndim != 3:
+        raise InputError(f"patch_feats must be (gh, gw, D), got {tuple(patch_feats.shape)}")
+    if text_emb.shape[-1] != patch_feats.shape[-1]:
+        raise InputError(f"text_emb has dim {text_emb.shape[-1]}, the patch features {patch_feats.shape[-1]}")
+    feats = F.normalize(patch_feats.float(), dim=-1)
+    texts = text_emb.float().reshape(-1, feats.shape[-1]).to(feats.device)
+    classes = (
+        texts
+        if background_emb is None
+        else torch.cat([texts, background_emb.float().reshape(-1, texts.shape[1]).to(feats.device)])
+    )
+    sim = torch.einsum("hwd,kd->khw", feats, F.normalize(classes, dim=-1))
+    if feature_surgery and empty_emb is not None:
+        sim = sim - torch.einsum(
+            "hwd,d->hw", feats, F.normalize(empty_emb.float().flatten().to(feats.device), dim=0)
+        )
+    elif feature_surgery:
+        if sim.shape[0] < 2:
+            raise InputError(
+                "feature_surgery over classes needs >= 2 phrases; pass background_emb or empty_emb"
+            )
+        sim = _surgery(sim)
+    if softmax_over:
+        if sim.shape[0] < 2:
+            raise InputError(
+                "softmax_over needs >= 2 classes; pass background_emb (e.g. 'background', 'sky')"
+            )
+        sim = torch.softmax(sim * logit_scale, dim=0)
+    return sim[: texts.shape[0]]
+
+
+def crop_scores(
+    dense_clip: DenseClip,
+    image: np.ndarray,
+    masks: np.ndarray | torch.Tensor,
+    text_emb: torch.Tensor,
+    *,
+    enlarge: float = 1.2,
+    grey_outside: bool = True,
+) -> torch.Tensor:
+    """CLIP image-text cosine of each mask's crop, ``(C,)`` float32 in [-1, 1]; -1 for empty masks.
+
+    Each crop is the mask's bounding box enlarged ``enlarge`` times around its centre and made square
+    (original pixels), with pixels outside the mask set to the CLIP mean colour; all crops go through
+    the CLIP image tower in one batch at its native resolution.
+
+    Args:
+        dense_clip: the :class:`DenseClip` whose tower embeds the crops.
+        image: ``(H, W, 3)`` uint8 RGB, original frame.
+        masks: ``(C, H, W)`` bool.
+        text_emb: ``(D,)`` text embedding (normalised here).
+    """
+    _check_image(image)
+    masks_np = masks.detach().cpu().numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
+    if masks_np.ndim != 3 or masks_np.shape[1:] != image.shape[:2]:
+        raise InputError(f"masks must be (C, {image.shape[0]}, {image.shape[1]}), got {masks_np.shape}")
+    if enlarge < 1.0:
+        raise InputError(f"enlarge must be >= 1, got {enlarge}")
+    masks_np = masks_np.astype(bool, copy=False)
+    scores = torch.full((masks_np.shape[0],), -1.0, dtype=torch.float32)
+    keep = [i for i in range(masks_np.shape[0]) if masks_np[i].any()]
+    if not keep:
+        return scores
+    fill = dense_clip.mean_color
+    batch = torch.stack(
+        [dense_clip.to_native(square_crop(image, masks_np[i], enlarge, fill, grey_outside)) for i in keep]
+    )
+    emb = dense_clip.image_embedding(batch)
+    text = F.normalize(text_emb.float().flatten().to(emb.device), dim=0)
+    scores[keep] = (emb @ text).clamp(-1.0, 1.0).cpu()
+    return scores

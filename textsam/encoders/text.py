@@ -1,0 +1,209 @@
+"""Text side: an open_clip text tower with a per-phrase cache, and the projector into SAM's token space.
+
+``TextEncoder.encode(phrases) -> (N, D)`` unit CLIP embeddings in the joint image-text space.
+``TextProjector(emb (B, D)) -> (B, K, C)`` prompt tokens of the decoder's width C (256 for SAM).
+The projector's weights live in a separate *text head* file (see ``textsam.text_head``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import warnings
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import InputError, WeightsError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CLIP = ("ViT-B-16-quickgelu", "openai")
+
+
+def parse_clip_spec(spec: str) -> tuple[str, str | None]:
+    """``"NAME/TAG"`` -> ``(NAME, TAG)``; ``"NAME"`` -> ``(NAME, None)``; ``local-dir:``/``hf-hub:`` kept whole.
+
+    A TAG may also be a path to a weights file (``"ViT-B-16/~/clip.safetensors"`` is ambiguous, so
+    paths are given as ``NAME/@/path/to/file``).
+    """
+    spec = spec.strip()
+    if spec.startswith(("local-dir:", "hf-hub:")):
+        return spec, None
+    if "/@/" in spec:
+        name, path = spec.split("/@/", 1)
+        return name, path
+    if "/" in spec:
+        name, tag = spec.split("/", 1)
+        return name, tag or None
+    return spec, None
+
+
+def clean_phrase(phrase: object) -> str:
+    """Strip and collapse whitespace; raise :class:`InputError` for a non-string or empty phrase."""
+    if not isinstance(phrase, str):
+        raise InputError(f"a text prompt must be a string, got {type(phrase).__name__}")
+    cleaned = re.sub(r"\s+", " ", phrase).strip()
+    if not cleaned:
+        raise InputError("the text prompt is empty: type a phrase naming the object, e.g. 'the red car'")
+    return cleaned
+
+
+class TextEncoder(nn.Module):
+    """CLIP text tower plus its tokenizer, with an LRU cache of phrase embeddings.
+
+    Args:
+        clip_model: an open_clip ``CLIP`` model (its visual tower serves grounding).
+        tokenizer: the tokenizer of the same open_clip model name.
+        model_name: open_clip model name (kept in text-head metadata).
+        pretrained: open_clip pretrained tag or weights path (kept in metadata), None for random.
+        cache_size: how many phrase embeddings to keep.
+    """
+
+    def __init__(
+        self,
+        clip_model: nn.Module,
+        tokenizer: object,
+        *,
+        model_name: str,
+        pretrained: str | None,
+        cache_size: int = 4096,
+    ) -> None:
+        super().__init__()
+        self.clip = clip_model
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.pretrained = pretrained
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, Tensor] = OrderedDict()
+        self.tower_calls = 0  # text-tower forward passes run so far (for cache measurements)
+
+    @classmethod
+    def create(
+        cls,
+        model_name: str = DEFAULT_CLIP[0],
+        pretrained: str | None = DEFAULT_CLIP[1],
+        *,
+        device: str | torch.device | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> TextEncoder:
+        """Build an open_clip model by name with pretrained weights (tag, local file or ``local-dir:``).
+
+        ``pretrained=None`` gives random weights and never touches the network.
+        """
+        import open_clip
+
+        try:
+            model = open_clip.create_model(
+                model_name,
+                pretrained=pretrained,
+                device=device,
+                cache_dir=str(cache_dir) if cache_dir else None,
+            )
+        except RuntimeError as err:  # open_clip raises RuntimeError for unknown names/tags
+            raise WeightsError(
+                f"cannot create CLIP model {model_name!r} with weights {pretrained!r}: {err}. "
+                f"See open_clip.list_pretrained() for valid NAME/TAG pairs."
+            ) from err
+        except OSError as err:  # download failures, missing files, offline hub
+            raise WeightsError(
+                f"cannot get the CLIP weights {model_name}/{pretrained} ({err}). Without network, download "
+                "them elsewhere and pass a local file as --clip NAME/@/path/to/open_clip_model.safetensors "
+                "or a folder as --clip local-dir:/path (with open_clip_config.json)."
+            ) from err
+        tokenizer = open_clip.get_tokenizer(model_name)
+        return cls(model.eval(), tokenizer, model_name=model_name, pretrained=pretrained)
+
+    @property
+    def embed_dim(self) -> int:
+        """Width ``D`` of the joint CLIP embedding."""
+        proj = getattr(self.clip, "text_projection", None)
+        if isinstance(proj, nn.Linear):
+            return proj.out_features
+        if isinstance(proj, Tensor):
+            return int(proj.shape[1])
+        return int(self.clip.visual.output_dim)
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.tokenizer, "context_length", 77) or 77)
+
+    def _device(self) -> torch.device:
+        return next(self.clip.parameters()).device
+
+    def _warn_if_truncated(self, phrase: str) -> None:
+        encode = getattr(self.tokenizer, "encode", None)
+        if encode is None:
+            return
+        n = len(encode(phrase)) + 2  # start and end tokens
+        if n > self.context_length:
+            msg = (
+                f"the text prompt has {n} tokens, more than CLIP's context of {self.context_length}; "
+                f"it was truncated: {phrase[:60]!r}..."
+            )
+            logger.warning(msg)
+            warnings.warn(msg, stacklevel=3)
+
+    @torch.inference_mode()
+    def encode(self, phrases: str | Sequence[str]) -> Tensor:
+        """Unit CLIP embeddings ``(N, D)`` (float32) of phrases; cached phrases skip the text tower."""
+        items = [phrases] if isinstance(phrases, str) else list(phrases)
+        if not items:
+            raise InputError("no phrase given")
+        cleaned = [clean_phrase(p) for p in items]
+        missing = list(dict.fromkeys(p for p in cleaned if p not in self._cache))
+        if missing:
+            for p in missing:
+                self._warn_if_truncated(p)
+            tokens = self.tokenizer(missing).to(self._device())
+            emb = self.clip.encode_text(tokens, normalize=True).float()
+            self.tower_calls += 1
+            for p, e in zip(missing, emb):
+                self._cache[p] = e
+                if len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        for p in cleaned:
+            self._cache.move_to_end(p)
+        return torch.stack([self._cache[p] for p in cleaned])
+
+    def encode_ensemble(self, phrase: str, templates: Sequence[str]) -> Tensor:
+        """One unit embedding ``(D,)``: the normalised mean over ``templates`` (each with one ``{}``)."""
+        cleaned = clean_phrase(phrase)
+        emb = self.encode([t.format(cleaned) for t in templates]) if templates else self.encode([cleaned])
+        mean = emb.mean(0)
+        return mean / mean.norm().clamp_min(1e-12)
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+
+class TextProjector(nn.Module):
+    """CLIP embedding ``(B, D)`` -> ``num_tokens`` prompt tokens ``(B, K, C)`` for the mask decoder.
+
+    A two-layer MLP plus a learned text-type embedding per token (like SAM's point-type embeddings),
+    so the decoder can tell text tokens from clicks.
+    """
+
+    def __init__(self, clip_dim: int, token_dim: int = 256, num_tokens: int = 2, hidden_dim: int = 512) -> None:
+        super().__init__()
+        self.clip_dim = clip_dim
+        self.token_dim = token_dim
+        self.num_tokens = num_tokens
+        self.hidden_dim = hidden_dim
+        self.mlp = nn.Sequential(
+            nn.Linear(clip_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, token_dim * num_tokens)
+        )
+        self.text_type_embed = nn.Parameter(torch.randn(num_tokens, token_dim) * 0.02)
+        nn.init.normal_(self.mlp[2].weight, std=0.02 / math.sqrt(hidden_dim))
+        nn.init.zeros_(self.mlp[2].bias)
+
+    def forward(self, emb: Tensor) -> Tensor:
+        if emb.ndim != 2 or emb.shape[1] != self.clip_dim:
+            raise InputError(f"TextProjector expects (B, {self.clip_dim}) CLIP embeddings, got {tuple(emb.shape)}")
+        x = emb.to(self.mlp[0].weight.dtype) * math.sqrt(self.clip_dim)  # unit vectors -> unit-variance entries
+        tokens = self.mlp(x).view(emb.shape[0], self.num_tokens, self.token_dim)
+        return tokens + self.text_type_embed

@@ -1,0 +1,249 @@
+"""Turning phrases into decoder prompts for one image.
+
+Two sources of text tokens, both ending in the decoder's sparse slot:
+- grounding (training-free): dense CLIP patch-text similarity -> positive/negative points and a box,
+  embedded by SAM's own prompt encoder exactly like clicks;
+- a trained text head: the CLIP text embedding -> ``K`` learned tokens (``TextProjector``).
+Candidate masks are then ranked by SAM's IoU head plus the CLIP similarity of the mask region.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import InputError
+from .model import TextSam
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TextOptions:
+    """Knobs of the text pathway.
+
+    grounding: use CLIP localisation (needed without a text head; adds clicks-like tokens).
+    clip_input_size: side of the image given to the CLIP tower for dense features.
+    method: ``"maskclip"`` or ``"surgery"`` dense features.
+    templates: prompt templates for ensembling (``None``: the default short list).
+    num_positive / num_negative: grounded points per phrase.
+    grounded_box: also give the box of the best similarity region.
+    text_weight: weight of the CLIP mask score against the IoU head when ranking masks.
+    max_instances / nms_iou / min_score: "all instances" mode.
+    """
+
+    grounding: bool = True
+    clip_input_size: int = 448
+    method: str = "maskclip"
+    templates: Sequence[str] | None = None
+    num_positive: int = 1
+    num_negative: int = 1
+    grounded_box: bool = False
+    text_weight: float = 1.0
+    max_instances: int = 8
+    nms_iou: float = 0.5
+    min_score: float | None = None
+
+
+@dataclass
+class TextPrompt:
+    """Prompts for one phrase, in original-image pixels, plus learned tokens."""
+
+    points: np.ndarray  # (N, 2) x, y
+    labels: np.ndarray  # (N,) 1 / 0
+    box: np.ndarray | None  # (4,) x0, y0, x1, y1
+    tokens: Tensor | None  # (K, C) text-head tokens
+
+
+class TextPrompter:
+    """Per-image text state of a predictor: dense CLIP features and the phrase -> prompt logic."""
+
+    def __init__(self, model: TextSam, options: TextOptions | None = None) -> None:
+        self.model = model
+        self.options = options or TextOptions()
+        self._dense = None
+        self._features: Tensor | None = None  # (gh, gw, D) unit patch features of the current image
+        self._geometry = None
+
+    # ---------------------------------------------------------------------------- set-up
+    def ensure_text_encoder(self) -> None:
+        """Load CLIP on first use (from the model config; random when the model was built unpretrained)."""
+        if self.model.text_encoder is None:
+            from .factory import attach_text
+
+            logger.info("loading the CLIP text encoder for text prompts")
+            attach_text(self.model, pretrained=getattr(self.model, "pretrained", True))
+
+    @property
+    def grounding_enabled(self) -> bool:
+        return self.options.grounding and hasattr(getattr(self.model.text_encoder, "clip", None), "visual")
+
+    def _dense_clip(self):
+        if self._dense is None:
+            from .encoders.grounding import DenseClip
+
+            self._dense = DenseClip(
+                self.model.text_encoder.clip, input_size=self.options.clip_input_size, method=self.options.method
+            )
+        return self._dense
+
+    def reset(self) -> None:
+        self._features = None
+        self._geometry = None
+
+    @torch.inference_mode()
+    def set_image(self, image: np.ndarray) -> None:
+        """Compute the dense CLIP patch features of ``image (H, W, 3)`` uint8 (when grounding is on)."""
+        self.reset()
+        if self.model.text_encoder is None or not self.grounding_enabled:
+            return
+        self._features, self._geometry = self._dense_clip().patch_features(image)
+
+    def _require_features(self, image: np.ndarray) -> None:
+        if self._features is None and self.grounding_enabled:
+            self.set_image(image)
+
+    # ---------------------------------------------------------------------------- embeddings
+    def templates(self) -> list[str]:
+        from .encoders import templates as tpl
+
+        return list(self.options.templates) if self.options.templates is not None else list(tpl.DEFAULT_TEMPLATES)
+
+    def phrase_embedding(self, phrase: str) -> Tensor:
+        """Template-ensembled unit CLIP embedding ``(D,)`` of a phrase (cached per template string)."""
+        return self.model.text_encoder.encode_ensemble(phrase, self.templates())
+
+    def text_tokens(self, phrases: Sequence[str]) -> Tensor | None:
+        """Text-head tokens ``(B, K, C)`` for the phrases, or None without a text head."""
+        if self.model.text_projector is None:
+            return None
+        emb = self.model.text_encoder.encode(list(phrases))
+        return self.model.text_projector(emb.to(self.model.device))
+
+    def similarity(self, phrase: str, negative: str | None = None) -> Tensor:
+        """Patch-text similarity ``(gh, gw)``; a negative phrase's similarity is subtracted."""
+        from .encoders.grounding import similarity_map
+
+        assert self._features is not None
+        sim = similarity_map(self._features, self.phrase_embedding(phrase))[0]
+        if negative is not None:
+            sim = sim - similarity_map(self._features, self.phrase_embedding(negative))[0]
+        return sim
+
+    # ---------------------------------------------------------------------------- prompts
+    def prompt_for(
+        self,
+        phrase: str,
+        image: np.ndarray,
+        *,
+        negative: str | None = None,
+        user_box: np.ndarray | None = None,
+    ) -> TextPrompt:
+        """Grounded points (and box) plus text-head tokens for one phrase on the current image."""
+        self.ensure_text_encoder()
+        tokens = self.text_tokens([phrase])
+        points = np.zeros((0, 2))
+        labels = np.zeros((0,), dtype=np.int64)
+        box = None
+        if self.grounding_enabled:
+            from .encoders.grounding import prompts_from_similarity
+
+            self._require_features(image)
+            sim = self.similarity(phrase, negative)
+            if user_box is not None:
+                sim = self._restrict_to_box(sim, user_box)
+            g = prompts_from_similarity(
+                sim,
+                self._geometry,
+                num_positive=self.options.num_positive,
+                num_negative=self.options.num_negative,
+                with_box=self.options.grounded_box,
+            )
+            points, labels, box = np.asarray(g.points, float), np.asarray(g.labels, np.int64), g.box
+            if negative is not None:
+                neg = prompts_from_similarity(
+                    self.similarity(negative), self._geometry, num_positive=1, num_negative=0, with_box=False
+                )
+                points = np.concatenate([points, np.asarray(neg.points, float)[:1]])
+                labels = np.concatenate([labels, np.zeros(1, np.int64)])
+        if tokens is None and len(points) == 0:
+            raise InputError("this model cannot use text: it has neither a text head nor a CLIP image tower")
+        return TextPrompt(points, labels, box, tokens[0] if tokens is not None else None)
+
+    def instance_prompts(self, phrase: str, image: np.ndarray, *, negative: str | None = None) -> list[TextPrompt]:
+        """One prompt per likely instance of the phrase (best first), at most ``max_instances``."""
+        self.ensure_text_encoder()
+        if not self.grounding_enabled:
+            return [self.prompt_for(phrase, image, negative=negative)]
+        from .encoders.grounding import instance_candidates
+
+        self._require_features(image)
+        sim = self.similarity(phrase, negative)
+        cands = instance_candidates(sim, self._geometry, max_instances=self.options.max_instances)
+        tokens = self.text_tokens([phrase])
+        tok = tokens[0] if tokens is not None else None
+        return [
+            TextPrompt(np.asarray(c.points, float), np.asarray(c.labels, np.int64), c.box, tok) for c in cands
+        ] or [self.prompt_for(phrase, image, negative=negative)]
+
+    def _restrict_to_box(self, sim: Tensor, box: np.ndarray) -> Tensor:
+        """Keep similarity only in grid cells whose centres fall inside the user's box."""
+        gh, gw = sim.shape
+        yy, xx = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
+        centres = self._geometry.grid_to_image(np.stack([xx.ravel(), yy.ravel()], axis=1).astype(float))
+        x0, y0, x1, y1 = np.asarray(box, float).reshape(4)
+        inside = (centres[:, 0] >= x0) & (centres[:, 0] <= x1) & (centres[:, 1] >= y0) & (centres[:, 1] <= y1)
+        if not inside.any():
+            return sim
+        mask = torch.as_tensor(inside.reshape(gh, gw), device=sim.device)
+        return torch.where(mask, sim, sim.min())
+
+    # ---------------------------------------------------------------------------- scoring
+    @torch.inference_mode()
+    def mask_text_scores(self, low_res_masks: Tensor, phrase: str) -> Tensor:
+        """CLIP score of each mask region: cosine between the phrase and the mask-pooled patch features.
+
+        ``low_res_masks (M, h, w)`` logits in the padded model-input frame -> ``(M,)`` in [-1, 1]
+        (0 for masks without grounding features).
+        """
+        if self._features is None:
+            return torch.zeros(low_res_masks.shape[0])
+        gh, gw, _ = self._features.shape
+        weights = self._mask_weights(low_res_masks, (gh, gw))  # (M, gh, gw)
+        pooled = torch.einsum("mhw,hwd->md", weights, self._features.float())
+        pooled = pooled / pooled.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return pooled @ self.phrase_embedding(phrase).to(pooled)
+
+    def _mask_weights(self, low_res_masks: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Masks resampled onto the CLIP patch grid, as soft weights summing to 1 per mask."""
+        geo = self._geometry
+        s = self.model.img_size
+        scale = s / max(geo.height, geo.width)
+        nh, nw = int(geo.height * scale + 0.5), int(geo.width * scale + 0.5)
+        up = F.interpolate(low_res_masks[:, None].float(), (s, s), mode="bilinear", align_corners=False)
+        probs = torch.sigmoid(up[:, 0, :nh, :nw])
+        weights = F.interpolate(probs[:, None], size=grid, mode="area")[:, 0]  # grid covers the real image
+        return weights / weights.sum(dim=(1, 2), keepdim=True).clamp_min(1e-6)
+
+
+def mask_nms(masks: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int]:
+    """Indices kept by greedy NMS on boolean masks ``(N, H, W)``, highest score first."""
+    order = np.argsort(-scores)
+    flat = masks.reshape(masks.shape[0], -1)
+    areas = flat.sum(1)
+    keep: list[int] = []
+    for i in order:
+        if areas[i] == 0:
+            continue
+        if all(
+            np.logical_and(flat[i], flat[j]).sum() / max(1, np.logical_or(flat[i], flat[j]).sum()) <= iou_threshold
+            for j in keep
+        ):
+            keep.append(int(i))
+    return keep
