@@ -67,6 +67,16 @@ def test_text_embedding_cache_skips_the_tower() -> None:
     assert enc.tower_calls == 2  # only the new phrase ran
 
 
+def test_short_sequence_fast_path_equals_open_clip() -> None:
+    enc = tiny_clip_encoder()
+    phrases = ["a red circle", "the leftmost small blue star on the right", "x"]
+    tokens = enc.tokenizer(phrases)
+    with torch.inference_mode():
+        full = enc.clip.encode_text(tokens, normalize=True)
+        fast = enc._encode_tokens(tokens)
+    assert torch.allclose(full, fast, atol=1e-5)
+
+
 def test_non_ascii_and_long_phrases() -> None:
     enc = tiny_clip_encoder()
     assert enc.encode("Straße café 狗 🚗").shape == (1, enc.embed_dim)

@@ -107,6 +107,27 @@ class ModelConfig:
         return self.image_encoder.embedding_size
 
 
+# The bundled demo model, trained by this project on its synthetic shapes data (docs/shapes_tiny.md).
+# 128 px images, patch 8 -> 16x16 embedding of width 64, 64x64 low-res masks; its CLIP is a small
+# open_clip model shipped as a local-dir folder beside the weights (textsam/weights/shapes_tiny_clip).
+SHAPES_TINY = ModelConfig(
+    name="shapes_tiny",
+    image_encoder=ViTEncoderConfig(
+        img_size=128,
+        patch_size=8,
+        embed_dim=96,
+        depth=4,
+        num_heads=3,
+        out_chans=64,
+        window_size=0,
+        global_attn_indexes=(0, 1, 2, 3),
+    ),
+    prompt_encoder=PromptEncoderConfig(embed_dim=64, mask_in_chans=16),
+    mask_decoder=MaskDecoderConfig(transformer_dim=64, depth=2, num_heads=4, mlp_dim=256, iou_head_hidden_dim=64),
+    text=TextConfig(clip_model="shapes_tiny_clip", clip_pretrained=None, num_text_tokens=2),
+    weights="shapes_tiny",
+)
+
 MODEL_CONFIGS: dict[str, ModelConfig] = {
     "sam_vit_b": ModelConfig(
         name="sam_vit_b",
@@ -132,4 +153,5 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
         image_encoder=TinyViTEncoderConfig(),
         weights="mobile_sam",
     ),
+    "shapes_tiny": SHAPES_TINY,
 }

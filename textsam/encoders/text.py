@@ -160,7 +160,7 @@ class TextEncoder(nn.Module):
             for p in missing:
                 self._warn_if_truncated(p)
             tokens = self.tokenizer(missing).to(self._device())
-            emb = self.clip.encode_text(tokens, normalize=True).float()
+            emb = self._encode_tokens(tokens).float()
             self.tower_calls += 1
             for p, e in zip(missing, emb):
                 self._cache[p] = e
@@ -169,6 +169,31 @@ class TextEncoder(nn.Module):
         for p in cleaned:
             self._cache.move_to_end(p)
         return torch.stack([self._cache[p] for p in cleaned])
+
+    def _encode_tokens(self, tokens: Tensor) -> Tensor:
+        """Unit embeddings of token ids ``(N, L)``.
+
+        For open_clip's causal text towers the padding after the last real token cannot influence the
+        pooled (end-of-text) feature, so the sequence is cut to the longest real length first: the
+        same embedding, several times faster for short phrases than running all 77 positions.
+        """
+        clip = self.clip
+        causal = isinstance(getattr(clip, "attn_mask", None), Tensor)
+        pool = getattr(clip, "text_pool_type", None)
+        if not (causal and pool == "argmax" and hasattr(clip, "token_embedding") and hasattr(clip, "ln_final")):
+            return clip.encode_text(tokens, normalize=True)
+        length = int((tokens != 0).sum(dim=1).max().item())
+        length = max(1, min(length, tokens.shape[1]))
+        tokens = tokens[:, :length]
+        cast_dtype = clip.transformer.get_cast_dtype()
+        x = clip.token_embedding(tokens).to(cast_dtype) + clip.positional_embedding[:length].to(cast_dtype)
+        x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
+        x = clip.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+        proj = clip.text_projection
+        if proj is not None:
+            x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
+        return torch.nn.functional.normalize(x, dim=-1)
 
     def encode_ensemble(self, phrase: str, templates: Sequence[str]) -> Tensor:
         """One unit embedding ``(D,)``: the normalised mean over ``templates`` (each with one ``{}``)."""
