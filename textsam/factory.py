@@ -105,16 +105,18 @@ def attach_text(
         cfg = model.config.text if model.config is not None else None
         clip_name = cfg.clip_model if cfg else "ViT-B-16-quickgelu"
         clip_tag = cfg.clip_pretrained if cfg else "openai"
-    current = model.text_encoder
-    if current is None or (current.model_name, current.pretrained) != (clip_name, clip_tag if pretrained else None):
-        model.text_encoder = TextEncoder.create(clip_name, clip_tag if pretrained else None, device=model.device)
-    if text_head is not None:
+    projector = None
+    if text_head is not None:  # checked against the SAM and CLIP names before any CLIP is built
         projector, _ = load_text_head(
             text_head,
             sam_model=model.config.name if model.config is not None else None,
             clip_model=clip_name,
             clip_pretrained=clip_tag,
         )
+    current = model.text_encoder
+    if current is None or (current.model_name, current.pretrained) != (clip_name, clip_tag if pretrained else None):
+        model.text_encoder = TextEncoder.create(clip_name, clip_tag if pretrained else None, device=model.device)
+    if projector is not None:
         model.text_projector = projector.to(model.device).eval()
     return model
 

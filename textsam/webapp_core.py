@@ -1,0 +1,345 @@
+"""The web app's logic, without Gradio: shared models, an embedding LRU, per-session prompt state.
+
+:mod:`textsam.webapp` wires these functions to Gradio components; tests and benchmarks call them
+directly. Nothing here holds global state: a :class:`ModelHub` (models + embedding cache) is made
+per app by ``build_demo`` and shared by its sessions; a :class:`Session` lives in each browser
+session's ``gr.State``.
+
+Frames: clicks are ``(x, y)`` pixels of the original image, boxes ``x0, y0, x1, y1`` pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+import uuid
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError, TextSamError, WeightsError
+
+logger = logging.getLogger(__name__)
+
+DEMO_MODEL = "shapes_tiny"
+DEFAULT_MAX_PIXELS = 20_000_000  # uploads above this are refused with a message (phones: 12-48 MP)
+MODE_POSITIVE, MODE_NEGATIVE, MODE_BOX = "Positive click", "Negative click", "Box (2 clicks)"
+MODES = [MODE_POSITIVE, MODE_NEGATIVE, MODE_BOX]
+_BOX_COLOUR, _CORNER_COLOUR = (255, 215, 0), (255, 215, 0)
+
+
+def short_message(err: BaseException, limit: int = 400) -> str:
+    """An error's message, cut to ``limit`` characters (CLIP errors list every model name)."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def default_model_factory(name: str) -> Any:
+    """``create_model(name)``; the demo model falls back to random weights when its file is missing."""
+    import textsam
+
+    try:
+        return textsam.create_model(name)
+    except WeightsError as err:
+        if name != DEMO_MODEL:
+            raise
+        logger.warning("%s weights unavailable (%s); using random weights", name, err)
+        return textsam.create_model(name, pretrained=False)
+
+
+def image_key(image: np.ndarray) -> str:
+    """A content hash of an ``(H, W, 3)`` uint8 image (shape included)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr(image.shape).encode())
+    h.update(np.ascontiguousarray(image).data)
+    return h.hexdigest()
+
+
+class ModelHub:
+    """Models loaded once and shared by every session, plus an LRU of embedded predictors.
+
+    ``predictor_factory(model)`` makes a predictor (``set_image``/``predict``); entries are keyed by
+    ``(model name, image hash)`` so an image is embedded once, whoever clicks on it. Each model has
+    a lock: one request at a time uses it (the queue's concurrency limit bounds waiting requests).
+    """
+
+    def __init__(
+        self, model_factory: Callable[[str], Any], predictor_factory: Callable[[Any], Any], cache_size: int = 8
+    ) -> None:
+        if cache_size < 1:
+            raise InputError(f"cache_size must be >= 1, got {cache_size}")
+        self._factory, self._predictor_factory, self.cache_size = model_factory, predictor_factory, cache_size
+        self._models: dict[str, Any] = {}
+        self._locks: dict[str, threading.RLock] = {}
+        self._load_lock = threading.Lock()
+        self._cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
+
+    def model(self, name: str) -> Any:
+        """The loaded model ``name`` (loaded on first use); raises TextSamError when it cannot load."""
+        with self._load_lock:
+            if name not in self._models:
+                self._models[name] = self._factory(name)
+                self._locks[name] = threading.RLock()
+            return self._models[name]
+
+    def notice(self, name: str) -> str:
+        """A warning for the page when ``name`` runs on random weights, else ``""``."""
+        if getattr(self.model(name), "pretrained", True) is False:
+            return (f"**Note:** the weights of `{name}` are not available here, so it runs with *random "
+                    "weights*: masks are not meaningful (and text prompts may be unavailable).")
+        return ""
+
+    def _predictor(self, name: str, image: np.ndarray, key: str) -> Any:
+        """Called with the model's lock held: the cached predictor, embedding the image when new."""
+        pred = self._cache.get((name, key))
+        if pred is None:
+            pred = self._predictor_factory(self.model(name))
+            pred.set_image(image)
+            self._cache[(name, key)] = pred
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end((name, key))
+        return pred
+
+    def embed(self, name: str, image: np.ndarray, key: str) -> None:
+        """Make sure ``image`` is embedded for ``name`` (so later clicks only run the decoder)."""
+        self.model(name)
+        with self._locks[name]:
+            self._predictor(name, image, key)
+
+    def predict(self, name: str, image: np.ndarray, key: str, **kwargs: Any) -> Any:
+        """``predictor.predict(**kwargs)`` on ``image``, embedding it only when not cached."""
+        self.model(name)
+        with self._locks[name]:
+            return self._predictor(name, image, key).predict(**kwargs)
+
+    def cached(self, name: str, key: str) -> bool:
+        return (name, key) in self._cache
+
+
+# ------------------------------------------------------------------------------------------ uploads
+def _payload_path(payload: Any) -> tuple[Path | None, str]:
+    """(path, display name) of an upload: a Gradio FileData dict/object, a path, or neither."""
+    path = payload.get("path") if isinstance(payload, dict) else getattr(payload, "path", None)
+    name = payload.get("orig_name") if isinstance(payload, dict) else getattr(payload, "orig_name", None)
+    if isinstance(payload, (str, Path)):
+        path = payload
+    if path is None:
+        return None, "image"
+    return Path(path), str(name or Path(path).name)
+
+
+def read_upload(payload: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
+    """An upload as ``(H, W, 3)`` uint8 RGB plus its file name; InputError with a clear message otherwise.
+
+    The pixel count is checked from the header, before decoding, so a huge image costs nothing.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from . import transforms
+
+    if payload is None:
+        raise InputError("No image: upload one (PNG, JPEG, WebP, BMP or TIFF) or pick an example.")
+    if isinstance(payload, (np.ndarray, Image.Image)):
+        return transforms.load_image(payload, max_pixels=max_pixels), "image"
+    path, name = _payload_path(payload)
+    if path is None or not path.is_file():
+        raise InputError("The upload did not arrive; please upload the image again.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:  # reads the header only
+                width, height = im.size
+    except Image.DecompressionBombError:
+        raise InputError(f"{name} is far too large to open safely. Downscale it and upload it again.") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise InputError(f"{name} is not an image this app can read. Upload a PNG, JPEG, WebP, BMP or "
+                         "TIFF file.") from None
+    if width * height > max_pixels:
+        raise InputError(f"{name} is {width}x{height} = {width * height / 1e6:.1f} megapixels; this app "
+                         f"accepts at most {max_pixels / 1e6:.0f} MP. Downscale it (SAM works at 1024 px "
+                         "on the long side anyway) and upload it again.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return transforms.load_image(path, max_pixels=max_pixels), name
+    except InputError as err:
+        raise InputError(f"{name} could not be decoded (is the file complete?): "
+                         f"{short_message(err).replace(str(path), name)}") from None
+
+
+# ------------------------------------------------------------------------------------------ session
+@dataclass
+class Session:
+    """One browser session's state (kept in ``gr.State``): its image, prompts and last result."""
+
+    model: str
+    image: np.ndarray | None = None
+    key: str | None = None
+    name: str = "image"
+    points: list[tuple[float, float, int]] = field(default_factory=list)
+    box: list[float] | None = None
+    corner: tuple[float, float] | None = None  # first box corner, waiting for the second click
+    history: list[tuple] = field(default_factory=list)
+    out_dir: str | None = None
+    doc: dict | None = None
+
+    def snapshot(self) -> tuple:
+        return (list(self.points), None if self.box is None else list(self.box), self.corner)
+
+    def clear_prompts(self) -> None:
+        self.points, self.box, self.corner, self.history, self.doc = [], None, None, [], None
+
+
+@dataclass
+class View:
+    """What the page shows after a request (mapped onto components by :mod:`textsam.webapp`)."""
+
+    canvas: np.ndarray | None = None
+    masks: list[tuple[np.ndarray, str]] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    doc: dict | None = None
+    status: str = ""
+    timing_ms: dict[str, float] = field(default_factory=dict)
+
+
+def draw_canvas(
+    image: np.ndarray, masks: np.ndarray | None = None, labels: list[str] | None = None,
+    scores: list[float] | None = None, points: list | None = None, box: list[float] | None = None,
+    corner: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """The image with masks (tinted, "label score" tags), clicks, the prompt box and a pending corner."""
+    from PIL import Image, ImageDraw
+
+    from . import viz
+
+    h, w = image.shape[:2]
+    m = masks if masks is not None and len(masks) else np.zeros((0, h, w), dtype=bool)
+    pts = np.asarray([p[:2] for p in points], float) if points else None
+    pl = np.asarray([p[2] for p in points], int) if points else None
+    out = viz.overlay(image, m, labels=labels if len(m) else None, scores=scores if len(m) else None,
+                      points=pts, point_labels=pl)
+    if box is None and corner is None:
+        return out
+    pil = Image.fromarray(out)
+    draw = ImageDraw.Draw(pil)
+    line = max(1, round(max(h, w) / 300))
+    if box is not None:
+        draw.rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=_BOX_COLOUR, width=line)
+    if corner is not None:
+        r = max(3, round(max(h, w) / 120))
+        x, y = corner
+        draw.line([x - r, y, x + r, y], fill=_CORNER_COLOUR, width=line)
+        draw.line([x, y - r, x, y + r], fill=_CORNER_COLOUR, width=line)
+    return np.asarray(pil)
+
+
+def parse_points(points: Any) -> list[tuple[float, float, int]]:
+    """``[[x, y], [x, y, label], ...]`` (label 1 = foreground, default; 0 = background)."""
+    import json
+
+    if isinstance(points, str):
+        points = json.loads(points) if points.strip() else None
+    out = []
+    for p in points or []:
+        vals = list(p) if isinstance(p, (list, tuple)) else []
+        if len(vals) not in (2, 3) or not all(isinstance(v, (int, float)) for v in vals) or (
+                len(vals) == 3 and vals[2] not in (0, 1)):
+            raise InputError(f"each point must be [x, y] or [x, y, label] with label 0 or 1; got {p!r}")
+        out.append((float(vals[0]), float(vals[1]), int(vals[2]) if len(vals) == 3 else 1))
+    return out
+
+
+def parse_box(box: Any) -> list[float] | None:
+    """``[x0, y0, x1, y1]`` pixels with x1 > x0, y1 > y0; ``None`` / ``[]`` for no box."""
+    import json
+
+    if isinstance(box, str):
+        box = json.loads(box) if box.strip() else None
+    if box is None or (isinstance(box, (list, tuple)) and len(box) == 0):
+        return None
+    vals = list(box) if isinstance(box, (list, tuple)) else []
+    if len(vals) != 4 or not all(isinstance(v, (int, float)) for v in vals):
+        raise InputError(f"box must be [x0, y0, x1, y1] in pixels; got {box!r}")
+    x0, y0, x1, y1 = (float(v) for v in vals)
+    return [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)]
+
+
+def _safe_stem(name: str) -> str:
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(name).stem)[:60]
+    return stem or "image"
+
+
+def segment(
+    hub: ModelHub, session: Session, text: str | None, *, all_instances: bool = False, multimask: bool = False,
+    workdir: str | Path,
+) -> View:
+    """Run the session's prompts (text, clicks, box) in one predict call; write the downloads.
+
+    Raises InputError when there is nothing to segment (the caller shows it in the page).
+    """
+    from .results import MaskResult, write_results
+
+    t0 = time.perf_counter()
+    if session.image is None or session.key is None:
+        raise InputError("Upload an image (or pick an example) first.")
+    phrase = (text or "").strip() or None
+    if phrase is None and not session.points and session.box is None:
+        raise InputError("Add a click, draw a box or type a text prompt, then press Segment.")
+    coords = np.asarray([p[:2] for p in session.points], float) if session.points else None
+    labels = np.asarray([p[2] for p in session.points], int) if session.points else None
+    box = np.asarray(session.box, float) if session.box is not None else None
+    notes = []
+    if all_instances and phrase is None:
+        notes.append("*All instances* needs a text prompt: segmented one object.")
+    instances = "all" if all_instances and phrase else "one"
+    if instances == "all" and (coords is not None or box is not None):
+        notes.append("clicks and the box are not used in *all instances* mode.")
+    one_click = coords is not None and len(coords) == 1 and box is None
+    kwargs: dict[str, Any] = dict(point_coords=coords, point_labels=labels, box=box, instances=instances,
+                                  multimask_output=multimask or (one_click and phrase is None))
+    if instances == "all":
+        kwargs.update(point_coords=None, point_labels=None, box=None, multimask_output=True)
+    try:
+        pred = hub.predict(session.model, session.image, session.key, text=phrase, **kwargs)
+    except TextSamError as err:
+        if phrase is None or instances == "all" or (coords is None and box is None):
+            raise InputError(f"Could not segment with the text prompt: {short_message(err)}") from None
+        notes.append(f"the text prompt was ignored ({short_message(err, 200)})")
+        phrase = None
+        pred = hub.predict(session.model, session.image, session.key, text=None, **kwargs)
+    t_pred = time.perf_counter()
+    masks, scores = np.asarray(pred.masks), np.asarray(pred.scores, float)
+    order = list(range(len(scores)))
+    if phrase is None:
+        order = sorted(order, key=lambda i: -scores[i])
+    if not multimask and instances == "one":
+        order = order[:1]
+    label = phrase or "mask"
+    results = [MaskResult(masks[i], float(scores[i]), label) for i in order]
+    prompt = {"model": session.model, "text": phrase, "point_coords": [p[:2] for p in session.points],
+              "point_labels": [p[2] for p in session.points], "box": session.box, "instances": instances,
+              "multimask": bool(multimask)}
+    if session.out_dir is None:
+        session.out_dir = str(Path(workdir) / uuid.uuid4().hex)
+    stem = _safe_stem(session.name)
+    doc = write_results(Path(session.out_dir), stem, session.image, results, prompt=prompt)
+    session.doc = doc
+    files = [str(Path(session.out_dir) / r["mask_file"]) for r in doc["results"]]
+    files.append(str(Path(session.out_dir) / f"{stem}.json"))
+    canvas = draw_canvas(session.image, np.stack([r.mask for r in results]) if results else None,
+                         [r.label for r in results], [r.score for r in results], session.points,
+                         session.box, session.corner)
+    t1 = time.perf_counter()
+    status = f"{len(results)} mask(s); best score {max((r.score for r in results), default=0):.2f}."
+    if notes:
+        status += " Note: " + " ".join(notes)
+    return View(canvas, [(r.mask, f"{i + 1}: {label} {r.score:.2f}") for i, r in enumerate(results)], files, doc, status,
+                {"predict": (t_pred - t0) * 1e3, "total": (t1 - t0) * 1e3})
