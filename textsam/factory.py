@@ -121,6 +121,20 @@ def attach_text(
     return model
 
 
+def _is_bundle(path: str | Path) -> bool:
+    """True for a textsam bundle (a .safetensors file whose metadata says so)."""
+    p = Path(path)
+    if p.suffix != ".safetensors" or not p.is_file():
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            return "textsam.bundle" in (f.metadata() or {}).get("textsam", "")
+    except Exception:  # noqa: BLE001 - anything unreadable is left to the ordinary loader's errors
+        return False
+
+
 def create_model(
     name: str,
     *,
@@ -146,13 +160,22 @@ def create_model(
     Returns:
         the model in eval mode.
     """
+    from .pretrained import BUNDLED, bundled_path, resolve_weights
+
     config = get_config(name)
     model = build_sam(config)
     if checkpoint is not None:
-        load_sam_weights(model, checkpoint)
-    elif pretrained and config.weights is not None:
-        from .pretrained import resolve_weights
+        if _is_bundle(checkpoint):
+            from .bundle import load_bundle
 
+            load_bundle(checkpoint, model)
+        else:
+            load_sam_weights(model, checkpoint)
+    elif pretrained and config.weights in BUNDLED:
+        from .bundle import load_bundle
+
+        load_bundle(bundled_path(config.weights), model)
+    elif pretrained and config.weights is not None:
         load_sam_weights(model, resolve_weights(config.weights))
     if device is not None:
         model = model.to(device)

@@ -152,6 +152,22 @@ WEIGHTS: dict[str, WeightsEntry] = {
 }
 
 
+# Models shipped inside the package (trained by this project; no download, always offline).
+PACKAGE_WEIGHTS = Path(__file__).resolve().parent / "weights"
+BUNDLED: dict[str, str] = {"shapes_tiny": "shapes_tiny.safetensors"}
+
+
+def bundled_path(name: str) -> Path:
+    """Path of a bundled model file; :class:`WeightsError` when the package does not contain it."""
+    path = PACKAGE_WEIGHTS / BUNDLED[name]
+    if not path.is_file():
+        raise WeightsError(
+            f"the bundled {name} weights are missing ({path}). Reinstall textsam, or train them again with "
+            f"the commands in docs/{name}.md."
+        )
+    return path
+
+
 # --------------------------------------------------------------------------------------------------
 # Locations and settings
 

@@ -208,6 +208,7 @@ class View:
     doc: dict | None = None
     status: str = ""
     timing_ms: dict[str, float] = field(default_factory=dict)
+    keep_result: bool = False  # leave the masks, downloads and JSON on the page as they are
 
 
 def draw_canvas(

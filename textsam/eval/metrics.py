@@ -4,8 +4,9 @@ Conventions
 - Masks are ``(H, W)`` bool arrays (or COCO RLE dicts where noted).
 - Referring segmentation: ``mIoU`` = mean of per-expression IoU; ``cIoU`` = cumulative intersection /
   cumulative union over all expressions; ``P@t`` = fraction of expressions with IoU > t (strictly,
-  as in the LAVT/ReLA code), for t = 0.5, 0.6, 0.7, 0.8, 0.9. An expression whose prediction and
-  target are both empty has IoU 0 here (it cannot be right by accident).
+  as in the LAVT/ReLA code), for t = 0.5, 0.6, 0.7, 0.8, 0.9. An expression whose target is empty
+  (gRefCOCO "no target") and whose prediction is empty too has IoU 1 (a correct rejection, as
+  gRefCOCO's gIoU counts it); it adds nothing to cIoU.
 - Semantic segmentation: a confusion matrix ``(C, C + 1)`` (rows ground truth, columns prediction, the
   last column = "no prediction"); ground-truth pixels equal to ``ignore_index`` (or outside ``[0, C)``)
   are skipped. Per-class IoU = TP / (GT + Pred - TP); **a class absent from both the ground truth and
@@ -70,7 +71,7 @@ def refer_metrics(inters: Sequence[int], unions: Sequence[int]) -> dict[str, flo
         raise InputError("no expressions to score")
     if i.shape != u.shape:
         raise InputError("intersections and unions differ in length")
-    ious = np.divide(i, u, out=np.zeros_like(i), where=u > 0)
+    ious = np.divide(i, u, out=np.ones_like(i), where=u > 0)  # 0/0: empty target, empty prediction
     out = {"mIoU": float(ious.mean()), "cIoU": float(i.sum() / u.sum()) if u.sum() > 0 else 0.0}
     for t in PRECISION_THRESHOLDS:
         out[f"P@{t}"] = float((ious > t).mean())

@@ -1,0 +1,245 @@
+"""The benchmark loop: progress bar, per-image records, resume, torchrun sharding, merge and report.
+
+Files in ``OUT``:
+
+- ``run.json``: what was run (benchmark, data, protocol, templates, model). A rerun into the same folder
+  with different settings is refused, so results of two configurations never mix.
+- ``results.jsonl`` (one process) or ``results.rank{r}.jsonl`` (rank ``r`` of a torchrun job): one line
+  per image, appended with flush + fsync. A rerun skips every image that already has a successful
+  record in any of these files (resume); failed images are retried.
+- After all ranks pass a (gloo) barrier, rank 0 merges every file into ``results.jsonl`` sorted in the
+  benchmark's canonical image order, removes the rank files, scores and writes ``report.json`` and
+  ``report.md``.
+
+Sharding: rank ``r`` of ``world`` takes ``keys[r::world]`` of the (``--limit``-cut) key list.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError, TextSamError
+from .base import Benchmark, JsonlWriter, read_jsonl
+from .report import build_report, write_report
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Runner", "DistContext", "score_predictions"]
+
+
+@dataclass
+class DistContext:
+    """Rank and world size from torchrun's environment; initialises a gloo group when world > 1."""
+
+    rank: int = 0
+    world: int = 1
+    owns_group: bool = False
+
+    @classmethod
+    def from_env(cls) -> DistContext:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        if world <= 1:
+            return cls()
+        import torch.distributed as dist
+
+        owns = False
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+            owns = True
+        return cls(dist.get_rank(), dist.get_world_size(), owns) if owns else cls(rank, world, False)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+            self.owns_group = False
+
+
+def _result_files(out: Path) -> list[Path]:
+    files = [out / "results.jsonl"] + sorted(out.glob("results.rank*.jsonl"))
+    return [f for f in files if f.is_file()]
+
+
+def _load_records(out: Path) -> dict[str, dict[str, Any]]:
+    """Records of every result file; a successful record beats a failed one, later beats earlier."""
+    records: dict[str, dict[str, Any]] = {}
+    for f in _result_files(out):
+        for rec in read_jsonl(f):
+            key = str(rec["key"])
+            old = records.get(key)
+            if old is None or old.get("error") or not rec.get("error"):
+                records[key] = rec
+    return records
+
+
+class Runner:
+    """Run ``benchmark`` over its images with a predictor, resumably and (under torchrun) sharded.
+
+    Args:
+        benchmark: a :class:`~textsam.eval.base.Benchmark`.
+        out_dir: the output folder (created).
+        predictor_factory: builds the predictor; called only when there is work left on this rank.
+        model_info: ``{"name", "checkpoint", "clip", "text_head"}`` for the report and ``run.json``.
+        limit: evaluate only the first ``limit`` images of the benchmark's order.
+        progress: show a tqdm bar (images/s).
+    """
+
+    def __init__(
+        self,
+        benchmark: Benchmark,
+        out_dir: str | Path,
+        predictor_factory: Callable[[], Any],
+        *,
+        model_info: dict[str, Any],
+        limit: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        if limit is not None and limit < 1:
+            raise InputError(f"--limit must be a positive number of images, got {limit}")
+        self.benchmark = benchmark
+        self.out = Path(out_dir)
+        self.factory = predictor_factory
+        self.model_info = dict(model_info)
+        self.limit = limit
+        self.progress = progress
+
+    def description(self) -> dict[str, Any]:
+        desc = {"benchmark": self.benchmark.name, "model": self.model_info}
+        desc.update(self.benchmark.describe())
+        return desc
+
+    def keys(self) -> list[str]:
+        keys = list(self.benchmark.keys())
+        if not keys:
+            raise InputError(f"the {self.benchmark.name} data has no images to evaluate")
+        return keys[: self.limit] if self.limit is not None else keys
+
+    def _check_run_file(self, ctx: DistContext) -> None:
+        path = self.out / "run.json"
+        desc = json.loads(json.dumps(self.description(), sort_keys=True))
+        if ctx.rank == 0 and not path.is_file():
+            tmp = path.with_name(f"run.json.tmp{os.getpid()}")
+            tmp.write_text(json.dumps(desc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            os.replace(tmp, path)
+        ctx.barrier()
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if old != desc:
+            diff = sorted(k for k in set(old) | set(desc) if old.get(k) != desc.get(k))
+            raise InputError(
+                f"{self.out} holds results of a different run (differs in: {', '.join(diff)}); "
+                "use a new --out folder or delete the old one"
+            )
+
+    def run(self) -> dict[str, Any] | None:
+        """Predict every unfinished image of this rank, then (rank 0) merge, score and report.
+
+        Returns the report dict on rank 0 (or a single process), None on other ranks.
+        """
+        start = time.perf_counter()
+        self.out.mkdir(parents=True, exist_ok=True)
+        ctx = DistContext.from_env()
+        try:
+            self._check_run_file(ctx)
+            keys = self.keys()
+            mine = keys[ctx.rank :: ctx.world]
+            done = {k for k, r in _load_records(self.out).items() if not r.get("error")}
+            todo = [k for k in mine if k not in done]
+            resumed = sum(1 for k in keys if k in done)
+            if todo:
+                self._predict(todo, ctx)
+            ctx.barrier()
+            if ctx.rank != 0:
+                return None
+            records = self._merge(keys)
+            scores = self.benchmark.score(records, keys)
+            timing = self._timing(records, keys, time.perf_counter() - start, ctx.world, resumed)
+            report = build_report(self.description(), scores, limit=self.limit, timing=timing)
+            write_report(self.out, report)
+            return report
+        finally:
+            ctx.close()
+
+    def _predict(self, todo: Sequence[str], ctx: DistContext) -> None:
+        from tqdm import tqdm
+
+        predictor = self.factory()
+        name = "results.jsonl" if ctx.world == 1 else f"results.rank{ctx.rank}.jsonl"
+        bar = tqdm(
+            todo, desc=f"{self.benchmark.name}" + (f" [rank {ctx.rank}]" if ctx.world > 1 else ""),
+            unit="img", disable=not self.progress, file=sys.stderr, position=ctx.rank, dynamic_ncols=True,
+        )
+        with JsonlWriter(self.out / name) as writer:
+            for key in bar:
+                t0 = time.perf_counter()
+                try:
+                    payload = self.benchmark.run_item(predictor, key)
+                except (TextSamError, OSError) as err:
+                    logger.warning("%s: %s", key, err)
+                    payload = {"error": str(err)}
+                writer.write({"key": key, **payload, "seconds": round(time.perf_counter() - t0, 4)})
+        bar.close()
+
+    def _merge(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Every record, deduplicated, rewritten to results.jsonl in canonical order; rank files removed."""
+        records = _load_records(self.out)
+        order = {k: i for i, k in enumerate(self.benchmark.keys())}
+        ordered = sorted(records, key=lambda k: (order.get(k, len(order)), k))
+        tmp = self.out / "results.jsonl.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            for k in ordered:
+                f.write(json.dumps(records[k], sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.out / "results.jsonl")
+        for p in self.out.glob("results.rank*.jsonl"):
+            p.unlink()
+        return records
+
+    @staticmethod
+    def _timing(records: dict, keys: Sequence[str], wall: float, world: int, resumed: int) -> dict[str, Any]:
+        secs = [float(records[k].get("seconds", 0.0)) for k in keys if k in records and not records[k].get("error")]
+        return {
+            "seconds_per_image": (sum(secs) / len(secs)) if secs else None,
+            "images_timed": len(secs),
+            "wall_seconds_this_run": round(wall, 3),
+            "processes": world,
+            "images_resumed_from_earlier_runs": resumed,
+        }
+
+
+def score_predictions(
+    benchmark: Benchmark,
+    predictions: str | Path,
+    out_dir: str | Path,
+    *,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """Score an existing predictions file without a model and write the report into ``out_dir``."""
+    start = time.perf_counter()
+    path = Path(predictions)
+    if not path.is_file():
+        raise InputError(f"predictions file not found: {path}")
+    records = benchmark.load_predictions(path)
+    runner = Runner(benchmark, out_dir, lambda: None, model_info={"name": f"predictions file {path}"}, limit=limit)
+    keys = runner.keys()
+    scores = benchmark.score(records, keys)
+    timing = {"wall_seconds_this_run": round(time.perf_counter() - start, 3), "processes": 1}
+    report = build_report(runner.description(), scores, limit=limit, timing=timing)
+    write_report(Path(out_dir), report)
+    return report

@@ -1,0 +1,237 @@
+"""``TrainConfig``: everything a training run needs, read from a small JSON or TOML file.
+
+Top-level keys are the fields of :class:`TrainConfig`; the tables ``data``, ``freeze`` and
+``prompt_mix`` fill :class:`DataConfig`, :class:`FreezeConfig` and :class:`PromptMix`. Unknown keys are
+errors (with the list of known ones). Paths are used as written (relative to the working directory).
+Example (TOML)::
+
+    model = "shapes_tiny"            # a key of textsam.config.MODEL_CONFIGS, or "from_checkpoint"
+    recipe = "clip_crops"            # "sam" | "text" | "clip_crops"
+    clip = "local-dir:runs/shapes_clip"
+    steps = 2000
+    batch_size = 32                  # global: all ranks and accumulation steps together
+    lr = 3e-4
+    output_dir = "runs/shapes_tiny"
+
+    [data]
+    root = "data/shapes"             # root/{train,val}/{images/, instances.json, refs.json}
+
+    [freeze]
+    image_encoder = false
+
+    [prompt_mix]
+    text = 0.4
+    point = 0.25
+    box = 0.25
+    text_point = 0.1
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+RECIPES = ("sam", "text", "clip_crops")
+AMP_MODES = ("auto", "bf16", "off")
+PROMPT_KINDS = ("point", "box", "text", "text_point")  # index = the prompt code in samples
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data is. ``{split}`` in the file templates is replaced by the split name.
+
+    With ``refs`` (a RefCOCO-style file next to the instances) samples are referring expressions;
+    without it (``refs = ""`` or a missing file) they are the COCO instances, phrased by category name.
+    ``refs_split_field``: the refs file holds every split and refs are filtered by their ``split``.
+    """
+
+    root: str = "."
+    train_split: str = "train"
+    val_split: str | None = "val"
+    instances: str = "{split}/instances.json"
+    refs: str = "{split}/refs.json"
+    images: str = "{split}/images"
+    refs_split_field: bool = False
+    min_area: float = 16.0  # object area in pixels of the model input frame; smaller ones are skipped
+    max_samples: int | None = None  # use only the first N samples of the training split
+    eval_samples: int = 128  # validation samples scored at each evaluation
+
+
+@dataclass(frozen=True)
+class FreezeConfig:
+    """Which parts stay fixed (True) and which are trained (False)."""
+
+    image_encoder: bool = True
+    prompt_encoder: bool = False
+    mask_decoder: bool = False
+    text_projector: bool = False
+
+
+@dataclass(frozen=True)
+class PromptMix:
+    """Relative frequency of each first prompt during training (normalised; text kinds need a text recipe)."""
+
+    text: float = 0.4
+    point: float = 0.25
+    box: float = 0.25
+    text_point: float = 0.1
+
+    def probabilities(self, recipe: str) -> tuple[float, float, float, float]:
+        """Normalised probabilities in :data:`PROMPT_KINDS` order; the "sam" recipe drops text kinds."""
+        raw = [self.point, self.box, self.text, self.text_point]
+        if recipe == "sam":
+            raw[2] = raw[3] = 0.0
+        total = sum(raw)
+        if total <= 0:
+            raise InputError(f"prompt_mix gives no usable prompt kind for recipe {recipe!r}: {self}")
+        return tuple(v / total for v in raw)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run (see the module docstring for the file format)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: str = "shapes_tiny"
+    checkpoint: str | None = None  # SAM weights to start from (required for model = "from_checkpoint")
+    pretrained: bool = False  # without checkpoint: start from the published weights of `model`
+    clip: str | None = None  # open_clip "NAME/TAG", "NAME" (random) or "local-dir:/path"; default: model's
+    text_head: str | None = None  # initialise the TextProjector from this text-head file
+    num_text_tokens: int | None = None  # default: the model config's
+    projector_hidden_dim: int = 512
+    recipe: str = "sam"
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    steps: int = 1000
+    batch_size: int = 8  # global batch per optimizer step (all ranks x accumulation steps)
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    cosine: bool = True
+    min_lr_ratio: float = 0.0
+    grad_clip: float | None = 1.0
+    amp: str = "auto"
+    seed: int = 0
+    num_workers: int = 0
+    device: str | None = None  # default: cuda:LOCAL_RANK when available, else cpu
+    deterministic: bool = True
+    output_dir: str = "runs/train"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    eval_every: int = 0  # 0: evaluate only at the end (when there is a validation split)
+    log_every: int = 10
+    progress: bool = True
+    prompt_mix: PromptMix = field(default_factory=PromptMix)
+    correction_clicks: int = 2  # extra decoder rounds with a click in the error region; 0 disables
+    focal_weight: float = 20.0
+    dice_weight: float = 1.0
+    iou_weight: float = 1.0
+    cache_dir: str | None = None  # frozen encoders: cache image / CLIP embeddings here
+    crop_variants: int = 8  # clip_crops: distinct random crops per object (what the cache holds)
+    crop_enlarge: tuple[float, float] = (1.0, 2.0)
+    crop_grey_prob: float = 0.5
+
+    def __post_init__(self) -> None:
+        from ..config import MODEL_CONFIGS
+
+        if self.model != "from_checkpoint" and self.model not in MODEL_CONFIGS:
+            known = ", ".join(sorted(MODEL_CONFIGS))
+            raise InputError(f"unknown model {self.model!r}; use one of {known} or 'from_checkpoint'")
+        if self.model == "from_checkpoint" and not self.checkpoint:
+            raise InputError("model = 'from_checkpoint' needs checkpoint = '/path/to/sam_weights'")
+        if self.recipe not in RECIPES:
+            raise InputError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
+        if self.amp not in AMP_MODES:
+            raise InputError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "crop_variants"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "correction_clicks", "num_workers", "checkpoint_every", "eval_every"):
+            if int(getattr(self, name)) < 0:
+                raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
+        lo, hi = self.crop_enlarge
+        if not 1.0 <= lo <= hi:
+            raise InputError(f"crop_enlarge must be [lo, hi] with 1 <= lo <= hi, got {self.crop_enlarge}")
+        if self.batch_size % self.grad_accum:
+            raise InputError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
+        self.prompt_mix.probabilities(self.recipe)
+        if self.freeze.image_encoder and self.freeze.prompt_encoder and self.freeze.mask_decoder and (
+            self.recipe == "sam" or self.freeze.text_projector
+        ):
+            raise InputError("every part is frozen: nothing to train (see [freeze])")
+
+    @property
+    def uses_text(self) -> bool:
+        return self.recipe in ("text", "clip_crops")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_overrides(self, **changes: Any) -> TrainConfig:
+        """A copy with some top-level fields replaced (``None`` values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+_SECTIONS = {"data": DataConfig, "freeze": FreezeConfig, "prompt_mix": PromptMix}
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise InputError(f"{where} must be a table/object, got {type(values).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InputError(f"unknown key(s) {unknown} in {where}; known keys: {', '.join(sorted(known))}")
+    kwargs = dict(values)
+    for name, section in _SECTIONS.items():
+        if cls is TrainConfig and name in kwargs:
+            kwargs[name] = _build(section, kwargs[name], f"[{name}]")
+    if "crop_enlarge" in kwargs:
+        kwargs["crop_enlarge"] = tuple(float(v) for v in kwargs["crop_enlarge"])
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise InputError(f"bad value in {where}: {err}") from err
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """A :class:`TrainConfig` from a plain dict (the parsed file, or ``TrainConfig.to_dict()``)."""
+    return _build(TrainConfig, values, "the training config")
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a ``.json`` or ``.toml`` training config."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"training config not found: {p}")
+    text = p.read_text(encoding="utf-8")
+    if p.suffix.lower() == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            try:
+                import tomli as tomllib  # type: ignore[no-redef]
+            except ModuleNotFoundError as err:
+                raise InputError("reading TOML on Python 3.10 needs `pip install tomli`; or use JSON") from err
+        try:
+            values = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise InputError(f"{p} is not valid TOML: {err}") from err
+    else:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{p} is not valid JSON: {err}") from err
+    return _build(TrainConfig, values, str(p))
+
+
+def save_config(config: TrainConfig, path: str | Path) -> Path:
+    """Write ``config`` as JSON (readable by :func:`load_config`)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return p

@@ -1,0 +1,368 @@
+"""The textsam web app (Gradio): upload, click / box / phrase, see masks, download PNGs and JSON.
+
+``build_demo(...) -> gr.Blocks``; ``main()`` (and ``textsam app``) launch it on 127.0.0.1 by default.
+:class:`WebApp` holds the request handlers (plain Python, testable without a browser); its models and
+embedding cache are shared by every session, while each session's image and prompts live in its own
+``gr.State``. Gradio is imported lazily (``pip install 'textsam[app]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import tempfile
+import weakref
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError, TextSamError
+from .webapp_core import (
+    DEFAULT_MAX_PIXELS,
+    DEMO_MODEL,
+    MODE_BOX,
+    MODE_POSITIVE,
+    MODES,
+    ModelHub,
+    Session,
+    View,
+    default_model_factory,
+    draw_canvas,
+    image_key,
+    parse_box,
+    parse_points,
+    read_upload,
+    segment,
+    short_message,
+)
+
+__all__ = ["WebApp", "build_demo", "main", "launch", "write_examples"]
+logger = logging.getLogger(__name__)
+MAX_FILE_SIZE = "25mb"
+
+
+def _error(err: BaseException) -> str:
+    return f"**⚠️ {short_message(err, 600)}**"
+
+
+class WebApp:
+    """Request handlers of the app. Each takes the session's :class:`Session` and returns a :class:`View`.
+
+    Args:
+        model_factory: ``name -> model`` (default: ``create_model``, with random weights for the demo
+            model when its file is missing). Called once per model name; the model is shared.
+        predictor_factory: ``model -> predictor`` with ``set_image`` / ``predict`` (default
+            :class:`~textsam.predictor.TextSamPredictor`).
+        default_model: the model new sessions use.
+        max_pixels: larger uploads are refused with a message.
+        cache_size: embedded images kept (LRU over all sessions, keyed by model and image hash).
+    """
+
+    def __init__(
+        self, model_factory: Callable[[str], Any] | None = None, predictor_factory: Callable[[Any], Any] | None = None,
+        *, default_model: str = DEMO_MODEL, max_pixels: int = DEFAULT_MAX_PIXELS, cache_size: int = 8,
+        models: Sequence[str] | None = None,
+    ) -> None:
+        import textsam
+
+        if predictor_factory is None:
+            predictor_factory = textsam.TextSamPredictor
+        self.hub = ModelHub(model_factory or default_model_factory, predictor_factory, cache_size)
+        self.default_model, self.max_pixels = default_model, max_pixels
+        self.models = list(models) if models is not None else textsam.list_models()
+        if default_model not in self.models:
+            self.models.insert(0, default_model)
+        self.workdir = Path(tempfile.mkdtemp(prefix="textsam_app_"))
+        weakref.finalize(self, shutil.rmtree, self.workdir, True)
+        try:
+            self.notice = self.hub.notice(default_model)
+        except TextSamError as err:
+            self.notice = f"**Could not load `{default_model}`:** {short_message(err)} Pick another model."
+
+    def new_session(self) -> Session:
+        return Session(model=self.default_model)
+
+    def _plain(self, s: Session, status: str, keep_result: bool = False) -> View:
+        canvas = None if s.image is None else draw_canvas(s.image, points=s.points, box=s.box, corner=s.corner)
+        return View(canvas, status=status, keep_result=keep_result)
+
+    # ------------------------------------------------------------------------------------ handlers
+    def upload(self, s: Session, payload: Any) -> View:
+        """A new image (``None`` when the upload was cleared): decode, check, embed once."""
+        s.clear_prompts()
+        s.image = s.key = None
+        if payload is None:
+            return View(status="")
+        try:
+            s.image, s.name = read_upload(payload, self.max_pixels)
+        except InputError as err:
+            return View(status=_error(err))
+        s.key = image_key(s.image)
+        try:
+            self.hub.embed(s.model, s.image, s.key)
+        except TextSamError as err:
+            return self._plain(s, _error(err))
+        h, w = s.image.shape[:2]
+        return self._plain(s, f"Loaded {s.name} ({w}x{h}). Click on an object, draw a box or type a phrase.")
+
+    def run(self, s: Session, text: str | None, all_instances: bool = False, multimask: bool = False) -> View:
+        """Segment with everything the session has (the Segment button)."""
+        try:
+            return segment(self.hub, s, text, all_instances=all_instances, multimask=multimask, workdir=self.workdir)
+        except TextSamError as err:
+            s.doc = None
+            return self._plain(s, _error(err))
+
+    def click(self, s: Session, x: float, y: float, mode: str, text: str | None = None,
+              all_instances: bool = False, multimask: bool = False) -> View:
+        """A click on the image: a positive/negative point, or a box corner; segments at once."""
+        if s.image is None:
+            return View(status=_error(InputError("Upload an image (or pick an example) first.")))
+        if mode not in MODES:
+            return self._plain(s, _error(InputError(f"unknown prompt mode {mode!r}")), keep_result=True)
+        s.history.append(s.snapshot())
+        if mode == MODE_BOX:
+            if s.corner is None:
+                s.corner = (float(x), float(y))
+                return self._plain(s, "Box: now click the opposite corner.", keep_result=True)
+            (x0, y0), s.corner = s.corner, None
+            box = parse_box([x0, y0, x, y])
+            if box is None or box[2] - box[0] < 2 or box[3] - box[1] < 2:
+                s.history.pop()
+                return self._plain(s, _error(InputError("That box is too small: click two opposite corners.")))
+            s.box = box
+        else:
+            s.points.append((float(x), float(y), 1 if mode == MODE_POSITIVE else 0))
+        return self.run(s, text, all_instances, multimask)
+
+    def undo(self, s: Session, text: str | None = None, all_instances: bool = False, multimask: bool = False) -> View:
+        if s.image is None or not s.history:
+            return self._plain(s, "Nothing to undo.", keep_result=True)
+        s.points, s.box, s.corner = s.history.pop()
+        if s.corner is None and (s.points or s.box is not None or (text or "").strip()):
+            return self.run(s, text, all_instances, multimask)
+        s.doc = None
+        return self._plain(s, "Undone.")
+
+    def clear(self, s: Session) -> View:
+        s.clear_prompts()
+        return self._plain(s, "Cleared clicks, box and masks." if s.image is not None else "")
+
+    def select_model(self, s: Session, name: str) -> tuple[View, str]:
+        """Switch the session's model; on failure keep the current one and say why."""
+        if name == s.model:
+            return self._plain(s, "", keep_result=True), name
+        try:
+            notice = self.hub.notice(name)
+        except TextSamError as err:
+            msg = f"**Could not load `{name}`:** {short_message(err)} Still using `{s.model}`."
+            return self._plain(s, msg, keep_result=True), s.model
+        s.model, s.doc = name, None
+        s.clear_prompts()
+        if s.image is not None and s.key is not None:
+            try:
+                self.hub.embed(name, s.image, s.key)
+            except TextSamError as err:
+                return self._plain(s, _error(err)), name
+        return self._plain(s, f"Using `{name}`. {notice}".strip()), name
+
+    def api_segment(self, image: Any, text: str | None, points: Any = None, box: Any = None,
+                    all_instances: bool = False, multimask: bool = False) -> tuple[np.ndarray, dict]:
+        """Stateless segmentation for the ``segment`` API: returns ``(overlay, result JSON)``.
+
+        ``points``: ``[[x, y, label], ...]`` pixels (label 1 = foreground, 0 = background);
+        ``box``: ``[x0, y0, x1, y1]`` pixels or ``None``. Raises InputError with a clear message.
+        """
+        s = self.new_session()
+        s.image, s.name = read_upload(image, self.max_pixels)
+        s.key = image_key(s.image)
+        s.points, s.box = parse_points(points), parse_box(box)
+        if s.box is not None and (s.box[2] - s.box[0] < 1 or s.box[3] - s.box[1] < 1):
+            raise InputError(f"box must have x1 > x0 and y1 > y0; got {box!r}")
+        view = segment(self.hub, s, text, all_instances=bool(all_instances), multimask=bool(multimask),
+                       workdir=self.workdir)
+        shutil.rmtree(s.out_dir or "", ignore_errors=True)
+        doc = dict(view.doc or {}, timing_ms={k: round(v, 2) for k, v in view.timing_ms.items()})
+        return view.canvas, doc
+
+
+# ------------------------------------------------------------------------------------------ examples
+def write_examples(folder: str | Path) -> list[str]:
+    """Small synthetic example images (written once into ``folder``); returns their paths."""
+    from PIL import Image, ImageDraw
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    specs = {
+        "shapes.png": ((240, 180), (200, 200, 200), [("ellipse", (30, 40, 100, 110), (220, 40, 40)),
+                                                     ("rectangle", (140, 60, 210, 130), (40, 80, 220))]),
+        "cells.png": ((200, 160), (30, 30, 40), [("ellipse", (20, 20, 60, 60), (240, 220, 60)),
+                                                 ("ellipse", (110, 30, 150, 70), (240, 220, 60)),
+                                                 ("ellipse", (60, 95, 100, 135), (240, 220, 60)),
+                                                 ("rectangle", (150, 100, 185, 140), (60, 200, 90))]),
+        "triangle.png": ((160, 160), (235, 225, 200), [("polygon", (80, 20, 140, 135, 20, 135), (30, 150, 60))]),
+    }
+    paths = []
+    for name, (size, bg, shapes) in specs.items():
+        path = folder / name
+        if not path.is_file():
+            im = Image.new("RGB", size, bg)
+            draw = ImageDraw.Draw(im)
+            for kind, xy, colour in shapes:
+                getattr(draw, kind)(list(xy), fill=colour)
+            im.save(path, optimize=True)
+        paths.append(str(path))
+    return paths
+
+
+# ------------------------------------------------------------------------------------------ gradio
+def _gradio() -> Any:
+    try:
+        import gradio as gr
+    except ImportError as err:
+        raise InputError("the web app needs Gradio: pip install 'textsam[app]'") from err
+    return gr
+
+
+def build_demo(
+    model_factory: Callable[[str], Any] | None = None, *, predictor_factory: Callable[[Any], Any] | None = None,
+    default_model: str = DEMO_MODEL, models: Sequence[str] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+    cache_size: int = 8, concurrency_limit: int = 2, examples_dir: str | Path | None = None,
+) -> Any:
+    """The app as a queued ``gr.Blocks`` (its :class:`WebApp` is ``demo.textsam``). See :class:`WebApp`."""
+    gr = _gradio()
+    app = WebApp(model_factory, predictor_factory, default_model=default_model, max_pixels=max_pixels,
+                 cache_size=cache_size, models=models)
+    examples = write_examples(examples_dir if examples_dir is not None else app.workdir / "examples")
+
+    def outputs(s: Session, v: View) -> tuple:
+        if v.keep_result:
+            return s, v.canvas, gr.skip(), gr.skip(), gr.skip(), v.status
+        result = (s.image, v.masks) if v.masks and s.image is not None else None
+        summary = None if v.doc is None else {
+            "image": v.doc["image"], "prompt": v.doc["prompt"],
+            "results": [{k: r[k] for k in ("label", "score", "box_xyxy", "area")} for r in v.doc["results"]]}
+        return s, v.canvas, result, v.files or None, summary, v.status
+
+    def guarded(fn: Callable[..., View]) -> Callable[..., tuple]:
+        def handler(s: Session, *args: Any) -> tuple:
+            try:
+                return outputs(s, fn(s, *args))
+            except Exception as err:  # noqa: BLE001 - the page shows it; the app keeps serving
+                logger.exception("request failed")
+                return outputs(s, View(status=f"**Unexpected error** ({type(err).__name__}): {short_message(err)}",
+                                       keep_result=True))
+        return handler
+
+    def on_select(s: Session, mode: str, text: str, all_inst: bool, multi: bool, evt: gr.SelectData) -> tuple:
+        x, y = evt.index[:2]
+        return guarded(app.click)(s, x, y, mode, text, all_inst, multi)
+
+    def on_model(s: Session, name: str) -> tuple:
+        try:
+            view, shown = app.select_model(s, name)
+        except Exception as err:  # noqa: BLE001
+            logger.exception("model switch failed")
+            view, shown = View(status=f"**Unexpected error:** {short_message(err)}", keep_result=True), s.model
+        return (*outputs(s, view), shown)
+
+    def on_api(image: Any, text: str | None, points: Any, box: Any, all_instances: bool) -> tuple:
+        try:
+            return app.api_segment(image, text, points, box, all_instances)
+        except TextSamError as err:
+            raise gr.Error(short_message(err, 600)) from None
+
+    with gr.Blocks(title="textsam", delete_cache=(1800, 3600)) as demo:
+        state = gr.State(app.new_session(), time_to_live=3 * 3600,
+                         delete_callback=lambda s: shutil.rmtree(s.out_dir or "", ignore_errors=True))
+        gr.Markdown("## textsam: segment what you name or click\nUpload an image, then click on an object, "
+                    "draw a box (two clicks) or type a phrase. Each click updates the mask.")
+        gr.Markdown(app.notice, elem_id="notice")
+        with gr.Row():
+            with gr.Column(scale=1, min_width=260):
+                image_in = gr.Image(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                                    height=240, elem_id="upload")
+                gr.Examples(examples=[[p] for p in examples], inputs=[image_in], label="Examples")
+                model_dd = gr.Dropdown(app.models, value=default_model, label="Model", elem_id="model")
+            with gr.Column(scale=2):
+                canvas = gr.Image(label="Click here to add prompts", interactive=False, format="png",
+                                  elem_id="canvas", height=420)
+                mode = gr.Radio(MODES, value=MODE_POSITIVE, label="A click adds", elem_id="mode")
+                text = gr.Textbox(label="Text prompt", placeholder="e.g. red circle (Enter to segment)",
+                                  elem_id="text")
+                with gr.Row():
+                    all_inst = gr.Checkbox(label="All instances (needs text)", elem_id="all-instances")
+                    multi = gr.Checkbox(label="Multimask (3 candidates)", elem_id="multimask")
+                with gr.Row():
+                    seg_btn = gr.Button("Segment", variant="primary", elem_id="segment")
+                    undo_btn = gr.Button("Undo", elem_id="undo")
+                    clear_btn = gr.Button("Clear", elem_id="clear")
+                status = gr.Markdown(elem_id="status")
+        with gr.Row():
+            result = gr.AnnotatedImage(label="Masks and scores", elem_id="result", height=320)
+            with gr.Column():
+                files = gr.File(label="Downloads: mask PNGs and JSON (COCO RLE)", file_count="multiple",
+                                interactive=False, elem_id="downloads")
+                summary = gr.JSON(label="Result", elem_id="summary")
+        with gr.Row(visible=False):  # the named API: gradio_client's predict(..., api_name="/segment")
+            api_image = gr.Image(type="filepath", image_mode=None, label="image")
+            api_text = gr.Textbox(label="text")
+            api_points = gr.JSON(label="points [[x, y, label], ...]")
+            api_box = gr.JSON(label="box [x0, y0, x1, y1]")
+            api_all = gr.Checkbox(label="all_instances")
+            api_overlay = gr.Image(format="png", label="overlay")
+            api_json = gr.JSON(label="result")
+            api_btn = gr.Button("segment")
+
+        outs = [state, canvas, result, files, summary, status]
+        ui = dict(api_visibility="private")
+        options = [text, all_inst, multi]
+        image_in.change(guarded(app.upload), [state, image_in], outs, preprocess=False, **ui)
+        canvas.select(on_select, [state, mode, *options], outs, **ui)
+        seg_btn.click(guarded(app.run), [state, *options], outs, **ui)
+        text.submit(guarded(app.run), [state, *options], outs, **ui)
+        undo_btn.click(guarded(app.undo), [state, *options], outs, **ui)
+        clear_btn.click(guarded(app.clear), [state], outs, **ui)
+        model_dd.change(on_model, [state, model_dd], [*outs, model_dd], **ui)
+        api_btn.click(on_api, [api_image, api_text, api_points, api_box, api_all], [api_overlay, api_json],
+                      api_name="segment", preprocess=False)
+    demo.queue(default_concurrency_limit=concurrency_limit, max_size=64)
+    demo.textsam = app
+    return demo
+
+
+def launch(demo: Any, *, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False,
+           max_file_size: str | int = MAX_FILE_SIZE, **kwargs: Any) -> Any:
+    """``demo.launch`` with the app's safe defaults (localhost, upload size limit, no share link)."""
+    return demo.launch(server_name=host, server_port=port, share=share, max_file_size=max_file_size,
+                       allowed_paths=kwargs.pop("allowed_paths", None), **kwargs)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The app's options (used by ``main`` and by ``textsam app``)."""
+    parser.add_argument("--model", default=DEMO_MODEL, metavar="NAME", help=f"default model (default: {DEMO_MODEL})")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+
+
+def run(args: argparse.Namespace, examples_dir: str | Path | None = None) -> int:
+    demo = build_demo(default_model=args.model, examples_dir=examples_dir)
+    allowed = [str(examples_dir)] if examples_dir is not None else None
+    launch(demo, host=args.host, port=args.port, share=args.share, allowed_paths=allowed)
+    return 0
+
+
+def main(argv: list[str] | None = None, examples_dir: str | Path | None = None) -> int:
+    """``python -m textsam.webapp [--model NAME] [--host H] [--port P] [--share]``."""
+    parser = argparse.ArgumentParser(description="textsam web app")
+    add_arguments(parser)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return run(parser.parse_args(argv), examples_dir)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
