@@ -17,7 +17,7 @@ from . import transforms
 from .errors import InputError
 from .model import TextSam
 from .prompts import PromptBatch, check_mask_input, check_points_and_box
-from .text_prompting import TextOptions, TextPrompter, mask_nms
+from .text_prompting import TextOptions, TextPrompt, TextPrompter, mask_nms
 
 Precision = Literal["fp32", "bf16", "fp16"]
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -203,21 +203,7 @@ class TextSamPredictor:
         """Every instance of ``text``: grounded candidates in one decoder batch, scored, NMS."""
         assert self.image is not None and self.original_size is not None
         cands = self.text.instance_prompts(text, self.image, negative=negative_text)
-        n = max(len(c.points) for c in cands)
-        coords = np.zeros((len(cands), n, 2))
-        labels = np.full((len(cands), n), -1.0)
-        for i, c in enumerate(cands):
-            coords[i, : len(c.points)] = c.points
-            labels[i, : len(c.points)] = c.labels
-        has_box = all(c.box is not None for c in cands)
-        boxes = np.stack([np.asarray(c.box, float) for c in cands]) if has_box else None
-        tokens = cands[0].tokens
-        extra = tokens[None].expand(len(cands), -1, -1) if tokens is not None else None
-        batch = PromptBatch.from_original(
-            coords if n else None, labels if n else None, boxes, None,
-            self.original_size, self.model.img_size, self.device,
-        )
-        low_res, iou = self._decode_low_res(self.features, batch, extra, True)
+        low_res, iou = self._decode_low_res(self.features, *self._text_batch(cands), True)
         best = iou.argmax(dim=1)
         rows = torch.arange(len(cands))
         low_best, iou_best = low_res[rows, best], iou[rows, best]  # (B, h, w), (B,)
@@ -248,19 +234,7 @@ class TextSamPredictor:
         if not phrases:
             raise InputError("give at least one phrase")
         prompts = [self.text.prompt_for(p, self.image) for p in phrases]
-        n = max(len(p.points) for p in prompts)
-        coords = np.zeros((len(prompts), n, 2))
-        labels = np.full((len(prompts), n), -1.0)
-        for i, p in enumerate(prompts):
-            coords[i, : len(p.points)] = p.points
-            labels[i, : len(p.points)] = p.labels
-        boxes = np.stack([p.box for p in prompts]) if all(p.box is not None for p in prompts) else None
-        extra = torch.stack([p.tokens for p in prompts]) if prompts[0].tokens is not None else None
-        batch = PromptBatch.from_original(
-            coords if n else None, labels if n else None, boxes, None,
-            self.original_size, self.model.img_size, self.device,
-        )
-        low_res, iou = self._decode_low_res(self.features, batch, extra, multimask_output)
+        low_res, iou = self._decode_low_res(self.features, *self._text_batch(prompts), multimask_output)
         masks, scores, low = self._finish(low_res, iou, return_logits)
         return Prediction(masks, scores, low, {"labels": list(phrases)})
 
@@ -305,6 +279,25 @@ class TextSamPredictor:
             coords, labels, box_arr, masks, self.original_size, self.model.img_size, self.device
         )
         return Prediction(*self._decode(features, batch, None, multimask_output, return_logits))
+
+    def _text_batch(self, prompts: list[TextPrompt]) -> tuple[PromptBatch, torch.Tensor | None]:
+        """Several text prompts as one decoder batch: points padded with "not a point" (-1) labels."""
+        assert self.original_size is not None
+        n = max(len(p.points) for p in prompts)
+        coords = np.zeros((len(prompts), n, 2))
+        labels = np.full((len(prompts), n), -1.0)
+        for i, p in enumerate(prompts):
+            coords[i, : len(p.points)] = p.points
+            labels[i, : len(p.points)] = p.labels
+        has_box = all(p.box is not None for p in prompts)
+        boxes = np.stack([np.asarray(p.box, float) for p in prompts]) if has_box else None
+        tokens = [p.tokens for p in prompts]
+        extra = torch.stack(tokens) if all(t is not None for t in tokens) else None
+        batch = PromptBatch.from_original(
+            coords if n else None, labels if n else None, boxes, None,
+            self.original_size, self.model.img_size, self.device,
+        )
+        return batch, extra
 
     def _decode(
         self,

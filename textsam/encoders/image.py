@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ViTEncoderConfig
-from ..layers import LayerNorm2d, MLPBlock
+from ..layers import MLPBlock, sam_neck
 
 # Upper bound on elements of one attention-bias chunk in global blocks (about 128 MB in fp32).
 _BIAS_CHUNK_ELEMENTS = 32 * 1024 * 1024
@@ -205,12 +205,7 @@ class ImageEncoderViT(nn.Module):
             )
             for i in range(depth)
         )
-        self.neck = nn.Sequential(
-            nn.Conv2d(embed_dim, out_chans, kernel_size=1, bias=False),
-            LayerNorm2d(out_chans),
-            nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
-            LayerNorm2d(out_chans),
-        )
+        self.neck = sam_neck(embed_dim, out_chans)
 
     @classmethod
     def from_config(cls, cfg: ViTEncoderConfig) -> ImageEncoderViT:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from textsam.config import TinyViTEncoderConfig
-from textsam.layers import LayerNorm2d
+from textsam.layers import sam_neck
 
 __all__ = [
     "Attention",
@@ -383,12 +383,7 @@ class TinyViT(nn.Module):
         self.norm_head = nn.LayerNorm(embed_dims[-1])
         self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
-        self.neck = nn.Sequential(
-            nn.Conv2d(embed_dims[-1], out_chans, kernel_size=1, bias=False),
-            LayerNorm2d(out_chans),
-            nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
-            LayerNorm2d(out_chans),
-        )
+        self.neck = sam_neck(embed_dims[-1], out_chans)
 
     @classmethod
     def from_config(cls, cfg: TinyViTEncoderConfig) -> TinyViT:
