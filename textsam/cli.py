@@ -260,10 +260,114 @@ def _segment(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
+# textsam app ...
+
+
+def _add_app_parser(subparsers: _Subparsers) -> None:
+    """``textsam app [--model NAME] [--host 127.0.0.1] [--port 7860] [--share]``: the web app."""
+    p = add_command(
+        subparsers, "app", "start the web app (Gradio) on this machine",
+        description="Start the textsam web app. It listens on 127.0.0.1 only unless --host says otherwise; "
+        "--share also opens a public gradio.live link. Needs the app extra: pip install 'textsam[app]'.",
+    )
+    p.add_argument("--model", default="shapes_tiny", metavar="NAME",
+                   help="model selected at start (default: shapes_tiny, the bundled offline demo model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=7860, help="port to listen on (default: 7860)")
+    p.add_argument("--share", action="store_true", help="also create a public share link (off by default)")
+    p.set_defaults(handler=_app)
+
+
+def _app(args: argparse.Namespace) -> int:
+    from textsam.webapp import run
+
+    return run(args)
+
+
+# --------------------------------------------------------------------------------------------------
+# textsam eval ...
+
+_BENCHMARK_HELP = (
+    "refer: RefCOCO-style referring expressions (mIoU, cIoU, P@k); synthetic: the synthetic generator's test "
+    "split, scored like refer; instances: COCO/LVIS mask AP of every category name; semseg: class-name "
+    "semantic segmentation (full- and oracle-vocabulary mIoU); points: SAM's single-point protocol (mIoU at "
+    "1, 2, 3, 5, 9 clicks)"
+)
+
+
+def _add_eval_parser(subparsers: _Subparsers) -> None:
+    """``textsam eval BENCHMARK --data ROOT --out DIR``: benchmarks with report.json / report.md."""
+    p = add_command(
+        subparsers, "eval", "evaluate on a benchmark (refer, synthetic, instances, semseg, points)",
+        description="Evaluate a model on a benchmark and write OUT/results.jsonl (one line per image, resumable), "
+        "OUT/report.json and OUT/report.md. Run under torchrun (python -m torch.distributed.run "
+        "--nproc_per_node N -m textsam eval ...) to shard images over processes. " + _BENCHMARK_HELP,
+    )
+    p.add_argument("benchmark", choices=("refer", "synthetic", "instances", "semseg", "points"), metavar="BENCHMARK",
+                   help="refer, synthetic, instances, semseg or points")
+    p.add_argument("--data", required=True, type=Path, metavar="ROOT", help="the dataset folder")
+    p.add_argument("--split", metavar="NAME", help="split (COCO: val2017; refer: a refs split; synthetic: test)")
+    p.add_argument("--model", default="sam_vit_b", metavar="NAME", help="model name (default: sam_vit_b)")
+    p.add_argument("--checkpoint", type=Path, metavar="PATH", help="SAM weights file instead of the published ones")
+    p.add_argument("--clip", type=_parse_clip, metavar="NAME/TAG", help="open_clip model, e.g. ViT-B-16-quickgelu/openai")
+    p.add_argument("--text-head", type=Path, metavar="PATH", help="trained text head (textsam bundle)")
+    p.add_argument("--templates", metavar="NAME|FILE",
+                   help="prompt templates: default, imagenet80, single, or a file with one template per line")
+    p.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N images")
+    p.add_argument("--predictions", type=Path, metavar="FILE",
+                   help="score this predictions file (results JSONL, or COCO results JSON for instances); no model")
+    p.add_argument("--layout", choices=("ade20k", "voc", "context", "camvid"), help="semseg folder layout (default: guessed)")
+    p.add_argument("--ignore-index", type=int, metavar="N", help="semseg label value to ignore (default: the layout's)")
+    p.add_argument("--protocol", choices=("full", "oracle", "both"), default="both",
+                   help="semseg vocabulary protocol (default: both)")
+    p.add_argument("--clicks", metavar="N,N,...", help="points: click counts to score (default: 1,2,3,5,9)")
+    p.add_argument("--categories", metavar="NAME,NAME,...",
+                   help="instances: prompt and score only these category names (default: all)")
+    p.add_argument("--device", metavar="DEVICE", help="cpu, cuda, cuda:1 (default: cpu; under torchrun cuda = cuda:LOCAL_RANK)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (rerun to resume)")
+    p.set_defaults(handler=_eval)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from textsam.eval.cli import run_eval
+
+    return run_eval(args)
+
+
+# --------------------------------------------------------------------------------------------------
+# textsam train ...
+
+
+def _add_train_parser(subparsers: _Subparsers) -> None:
+    """``textsam train CONFIG [--resume PATH|auto] [--out DIR] [--steps N]`` (torchrun-ready)."""
+    p = add_command(
+        subparsers, "train", "train a model or a text head from a JSON/TOML config",
+        description=(
+            "Train per CONFIG (a .json or .toml TrainConfig, see textsam.train.config). Multi-GPU / multi-process: "
+            "torchrun --nproc_per_node N -m textsam train CONFIG."
+        ),
+    )
+    p.add_argument("config", type=Path, metavar="CONFIG", help="training config (.json or .toml)")
+    p.add_argument("--resume", metavar="PATH|auto", help="continue from a checkpoint, or 'auto' for the latest one")
+    p.add_argument("--out", type=Path, metavar="DIR", help="output folder (overrides output_dir)")
+    p.add_argument("--steps", type=int, metavar="N", help="total optimizer steps (overrides steps)")
+    p.set_defaults(handler=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from textsam.train.loop import main_from_args
+
+    return main_from_args(args)
+
+
+# --------------------------------------------------------------------------------------------------
 # Parser and entry point
 
 # Other commands (segment, app, train, eval, export) add their own _add_<cmd>_parser here.
-_PARSER_BUILDERS: list[Callable[[_Subparsers], None]] = [_add_weights_parser, _add_segment_parser]
+_PARSER_BUILDERS: list[Callable[[_Subparsers], None]] = [
+    _add_weights_parser, _add_segment_parser, _add_app_parser, _add_eval_parser, _add_train_parser,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ import argparse
 import logging
 import shutil
 import tempfile
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,22 +25,28 @@ from .webapp_core import (
     DEFAULT_MAX_PIXELS,
     DEMO_MODEL,
     MODE_BOX,
+    MODE_NEGATIVE,
     MODE_POSITIVE,
     MODES,
+    Export,
     ModelHub,
     Session,
     View,
     default_model_factory,
+    display_factor,
     draw_canvas,
+    export,
     image_key,
     parse_box,
     parse_points,
     read_upload,
     segment,
     short_message,
+    to_image_xy,
 )
 
-__all__ = ["WebApp", "build_demo", "main", "launch", "write_examples"]
+__all__ = ["WebApp", "build_demo", "main", "launch", "write_examples", "MODES", "MODE_POSITIVE", "MODE_NEGATIVE",
+           "MODE_BOX", "InputError"]
 logger = logging.getLogger(__name__)
 MAX_FILE_SIZE = "25mb"
 
@@ -85,9 +92,12 @@ class WebApp:
     def new_session(self) -> Session:
         return Session(model=self.default_model)
 
-    def _plain(self, s: Session, status: str, keep_result: bool = False) -> View:
-        canvas = None if s.image is None else draw_canvas(s.image, points=s.points, box=s.box, corner=s.corner)
-        return View(canvas, status=status, keep_result=keep_result)
+    def _plain(self, s: Session, status: str) -> View:
+        if s.image is None:
+            return View(None, status=status)
+        canvas = draw_canvas(s.image, points=s.points, box=s.box, corner=s.corner,
+                             factor=display_factor(s.image.shape))
+        return View(canvas, status=status)
 
     # ------------------------------------------------------------------------------------ handlers
     def upload(self, s: Session, payload: Any) -> View:
@@ -109,12 +119,16 @@ class WebApp:
         return self._plain(s, f"Loaded {s.name} ({w}x{h}). Click on an object, draw a box or type a phrase.")
 
     def run(self, s: Session, text: str | None, all_instances: bool = False, multimask: bool = False) -> View:
-        """Segment with everything the session has (the Segment button)."""
+        """Segment with everything the session has (the Segment button); :meth:`export` writes downloads."""
         try:
-            return segment(self.hub, s, text, all_instances=all_instances, multimask=multimask, workdir=self.workdir)
+            return segment(self.hub, s, text, all_instances=all_instances, multimask=multimask)
         except TextSamError as err:
-            s.doc = None
+            s.last = None
             return self._plain(s, _error(err))
+
+    def export(self, s: Session) -> Export | None:
+        """Mask PNGs + JSON of the session's latest result (``None``: no result to show)."""
+        return export(s, self.workdir)
 
     def click(self, s: Session, x: float, y: float, mode: str, text: str | None = None,
               all_instances: bool = False, multimask: bool = False) -> View:
@@ -122,12 +136,12 @@ class WebApp:
         if s.image is None:
             return View(status=_error(InputError("Upload an image (or pick an example) first.")))
         if mode not in MODES:
-            return self._plain(s, _error(InputError(f"unknown prompt mode {mode!r}")), keep_result=True)
+            return self._plain(s, _error(InputError(f"unknown prompt mode {mode!r}")))
         s.history.append(s.snapshot())
         if mode == MODE_BOX:
             if s.corner is None:
                 s.corner = (float(x), float(y))
-                return self._plain(s, "Box: now click the opposite corner.", keep_result=True)
+                return self._plain(s, "Box: now click the opposite corner.")
             (x0, y0), s.corner = s.corner, None
             box = parse_box([x0, y0, x, y])
             if box is None or box[2] - box[0] < 2 or box[3] - box[1] < 2:
@@ -140,12 +154,12 @@ class WebApp:
 
     def undo(self, s: Session, text: str | None = None, all_instances: bool = False, multimask: bool = False) -> View:
         if s.image is None or not s.history:
-            return self._plain(s, "Nothing to undo.", keep_result=True)
+            return self._plain(s, "Nothing to undo.")
         s.points, s.box, s.corner = s.history.pop()
         if s.corner is None and (s.points or s.box is not None or (text or "").strip()):
             return self.run(s, text, all_instances, multimask)
-        s.doc = None
-        return self._plain(s, "Undone.")
+        s.last = None
+        return self._plain(s, "Undone: click the opposite corner of the box." if s.corner else "Undone.")
 
     def clear(self, s: Session) -> View:
         s.clear_prompts()
@@ -154,13 +168,13 @@ class WebApp:
     def select_model(self, s: Session, name: str) -> tuple[View, str]:
         """Switch the session's model; on failure keep the current one and say why."""
         if name == s.model:
-            return self._plain(s, "", keep_result=True), name
+            return self._plain(s, ""), name
         try:
             notice = self.hub.notice(name)
         except TextSamError as err:
             msg = f"**Could not load `{name}`:** {short_message(err)} Still using `{s.model}`."
-            return self._plain(s, msg, keep_result=True), s.model
-        s.model, s.doc = name, None
+            return self._plain(s, msg), s.model
+        s.model = name
         s.clear_prompts()
         if s.image is not None and s.key is not None:
             try:
@@ -182,11 +196,14 @@ class WebApp:
         s.points, s.box = parse_points(points), parse_box(box)
         if s.box is not None and (s.box[2] - s.box[0] < 1 or s.box[3] - s.box[1] < 1):
             raise InputError(f"box must have x1 > x0 and y1 > y0; got {box!r}")
-        view = segment(self.hub, s, text, all_instances=bool(all_instances), multimask=bool(multimask),
-                       workdir=self.workdir)
+        view = segment(self.hub, s, text, all_instances=bool(all_instances), multimask=bool(multimask), display=False)
+        t0 = time.perf_counter()
+        out = self.export(s)
         shutil.rmtree(s.out_dir or "", ignore_errors=True)
-        doc = dict(view.doc or {}, timing_ms={k: round(v, 2) for k, v in view.timing_ms.items()})
-        return view.canvas, doc
+        timing = dict(view.timing_ms, export=(time.perf_counter() - t0) * 1e3)
+        timing["total"] = timing["total"] + timing["export"]
+        assert out is not None
+        return view.canvas, dict(out.doc, timing_ms={k: round(v, 2) for k, v in timing.items()})
 
 
 # ------------------------------------------------------------------------------------------ examples
@@ -239,13 +256,7 @@ def build_demo(
     examples = write_examples(examples_dir if examples_dir is not None else app.workdir / "examples")
 
     def outputs(s: Session, v: View) -> tuple:
-        if v.keep_result:
-            return s, v.canvas, gr.skip(), gr.skip(), gr.skip(), v.status
-        result = (s.image, v.masks) if v.masks and s.image is not None else None
-        summary = None if v.doc is None else {
-            "image": v.doc["image"], "prompt": v.doc["prompt"],
-            "results": [{k: r[k] for k in ("label", "score", "box_xyxy", "area")} for r in v.doc["results"]]}
-        return s, v.canvas, result, v.files or None, summary, v.status
+        return s, v.canvas, v.status  # the canvas is at display_factor scale; on_select maps clicks back
 
     def guarded(fn: Callable[..., View]) -> Callable[..., tuple]:
         def handler(s: Session, *args: Any) -> tuple:
@@ -253,20 +264,37 @@ def build_demo(
                 return outputs(s, fn(s, *args))
             except Exception as err:  # noqa: BLE001 - the page shows it; the app keeps serving
                 logger.exception("request failed")
-                return outputs(s, View(status=f"**Unexpected error** ({type(err).__name__}): {short_message(err)}",
-                                       keep_result=True))
+                return s, gr.skip(), f"**Unexpected error** ({type(err).__name__}): {short_message(err)}"
         return handler
 
+    def on_export(s: Session) -> tuple:
+        """Second step of every request: the masks, downloads and JSON follow ``s.last``."""
+        if s.last is None:
+            return s, None, None, None, gr.skip()
+        if s.exported == s.runs:
+            return s, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        try:
+            e = app.export(s)
+        except Exception as err:  # noqa: BLE001
+            logger.exception("export failed")
+            return s, None, None, None, f"**Could not write the downloads:** {short_message(err)}"
+        assert e is not None
+        summary = {"image": e.doc["image"], "prompt": e.doc["prompt"],
+                   "results": [{k: r[k] for k in ("label", "score", "box_xyxy", "area")} for r in e.doc["results"]]}
+        return s, (s.image, e.masks), e.files, summary, f"{s.last.status} Downloads ready."
+
     def on_select(s: Session, mode: str, text: str, all_inst: bool, multi: bool, evt: gr.SelectData) -> tuple:
-        x, y = evt.index[:2]
+        x, y = to_image_xy(*evt.index[:2], s.image.shape) if s.image is not None else (0.0, 0.0)
         return guarded(app.click)(s, x, y, mode, text, all_inst, multi)
+
+    on_select.__annotations__["evt"] = gr.SelectData  # a real class: gradio finds the event-data parameter
 
     def on_model(s: Session, name: str) -> tuple:
         try:
             view, shown = app.select_model(s, name)
         except Exception as err:  # noqa: BLE001
             logger.exception("model switch failed")
-            view, shown = View(status=f"**Unexpected error:** {short_message(err)}", keep_result=True), s.model
+            return s, gr.skip(), f"**Unexpected error:** {short_message(err)}", s.model
         return (*outputs(s, view), shown)
 
     def on_api(image: Any, text: str | None, points: Any, box: Any, all_instances: bool) -> tuple:
@@ -317,16 +345,20 @@ def build_demo(
             api_json = gr.JSON(label="result")
             api_btn = gr.Button("segment")
 
-        outs = [state, canvas, result, files, summary, status]
+        outs, export_outs = [state, canvas, status], [state, result, files, summary, status]
         ui = dict(api_visibility="private")
         options = [text, all_inst, multi]
-        image_in.change(guarded(app.upload), [state, image_in], outs, preprocess=False, **ui)
-        canvas.select(on_select, [state, mode, *options], outs, **ui)
-        seg_btn.click(guarded(app.run), [state, *options], outs, **ui)
-        text.submit(guarded(app.run), [state, *options], outs, **ui)
-        undo_btn.click(guarded(app.undo), [state, *options], outs, **ui)
-        clear_btn.click(guarded(app.clear), [state], outs, **ui)
-        model_dd.change(on_model, [state, model_dd], [*outs, model_dd], **ui)
+        for event, fn, inputs, extra in [
+            (image_in.change, guarded(app.upload), [state, image_in], dict(preprocess=False)),
+            (canvas.select, on_select, [state, mode, *options], {}),
+            (seg_btn.click, guarded(app.run), [state, *options], {}),
+            (text.submit, guarded(app.run), [state, *options], {}),
+            (undo_btn.click, guarded(app.undo), [state, *options], {}),
+            (clear_btn.click, guarded(app.clear), [state], {}),
+            (model_dd.change, on_model, [state, model_dd], {"outputs": [*outs, model_dd]}),
+        ]:
+            extra.setdefault("outputs", outs)
+            event(fn, inputs, **extra, **ui).then(on_export, [state], export_outs, **ui)
         api_btn.click(on_api, [api_image, api_text, api_points, api_box, api_all], [api_overlay, api_json],
                       api_name="segment", preprocess=False)
     demo.queue(default_concurrency_limit=concurrency_limit, max_size=64)

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 DEMO_MODEL = "shapes_tiny"
 DEFAULT_MAX_PIXELS = 20_000_000  # uploads above this are refused with a message (phones: 12-48 MP)
+DISPLAY_LONG_SIDE = 960  # the click canvas is drawn at most this large
 MODE_POSITIVE, MODE_NEGATIVE, MODE_BOX = "Positive click", "Negative click", "Box (2 clicks)"
 MODES = [MODE_POSITIVE, MODE_NEGATIVE, MODE_BOX]
 _BOX_COLOUR, _CORNER_COLOUR = (255, 215, 0), (255, 215, 0)
@@ -78,7 +79,7 @@ class ModelHub:
         self._factory, self._predictor_factory, self.cache_size = model_factory, predictor_factory, cache_size
         self._models: dict[str, Any] = {}
         self._locks: dict[str, threading.RLock] = {}
-        self._load_lock = threading.Lock()
+        self._load_lock, self._cache_lock = threading.Lock(), threading.Lock()
         self._cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
 
     def model(self, name: str) -> Any:
@@ -98,14 +99,17 @@ class ModelHub:
 
     def _predictor(self, name: str, image: np.ndarray, key: str) -> Any:
         """Called with the model's lock held: the cached predictor, embedding the image when new."""
-        pred = self._cache.get((name, key))
-        if pred is None:
-            pred = self._predictor_factory(self.model(name))
-            pred.set_image(image)
+        with self._cache_lock:  # shared by every model's requests
+            pred = self._cache.get((name, key))
+            if pred is not None:
+                self._cache.move_to_end((name, key))
+                return pred
+        pred = self._predictor_factory(self.model(name))
+        pred.set_image(image)
+        with self._cache_lock:
             self._cache[(name, key)] = pred
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
-        self._cache.move_to_end((name, key))
         return pred
 
     def embed(self, name: str, image: np.ndarray, key: str) -> None:
@@ -189,41 +193,83 @@ class Session:
     corner: tuple[float, float] | None = None  # first box corner, waiting for the second click
     history: list[tuple] = field(default_factory=list)
     out_dir: str | None = None
-    doc: dict | None = None
+    runs: int = 0  # results shown so far (numbered in the status line)
+    last: Outcome | None = None  # the latest result, until export() writes its downloads
+    exported: int = 0  # the run whose downloads are on the page
 
     def snapshot(self) -> tuple:
         return (list(self.points), None if self.box is None else list(self.box), self.corner)
 
     def clear_prompts(self) -> None:
-        self.points, self.box, self.corner, self.history, self.doc = [], None, None, [], None
+        self.points, self.box, self.corner, self.history, self.last = [], None, None, [], None
+
+
+@dataclass
+class Outcome:
+    """The masks of one segmentation and the prompt that made them (not yet written to disk)."""
+
+    results: list  # list[MaskResult], best first
+    prompt: dict
+    status: str = ""  # the status line that announced it
 
 
 @dataclass
 class View:
-    """What the page shows after a request (mapped onto components by :mod:`textsam.webapp`)."""
+    """What a request changes at once: the click canvas and the status line (the masks, downloads and
+    JSON follow ``Session.last`` in a second step, :func:`export`)."""
 
     canvas: np.ndarray | None = None
-    masks: list[tuple[np.ndarray, str]] = field(default_factory=list)
-    files: list[str] = field(default_factory=list)
-    doc: dict | None = None
     status: str = ""
     timing_ms: dict[str, float] = field(default_factory=dict)
-    keep_result: bool = False  # leave the masks, downloads and JSON on the page as they are
+
+
+@dataclass
+class Export:
+    """The downloads of a result: ``(mask, "i: label score")`` pairs, file paths and the JSON doc."""
+
+    masks: list[tuple[np.ndarray, str]]
+    files: list[str]
+    doc: dict
+
+
+def display_factor(shape: tuple[int, ...], long_side: int = DISPLAY_LONG_SIDE) -> float:
+    """Scale of the click canvas: large images shrink to ``long_side``; small ones grow 1-4x (the
+    browser never upscales an image, and a 12 MP canvas would be slow to encode on every click)."""
+    m = max(1, max(shape[:2]))
+    return long_side / m if m > long_side else float(max(1, min(4, 480 // m)))
+
+
+def to_image_xy(x: float, y: float, shape: tuple[int, ...]) -> tuple[float, float]:
+    """A click on the canvas (display pixels) -> the pixel ``(x, y)`` of the original image."""
+    f, (h, w) = display_factor(shape), shape[:2]
+    if f >= 1:
+        return float(min(w - 1, x // f)), float(min(h - 1, y // f))
+    return (float(min(w - 1, max(0, round((x + 0.5) / f - 0.5)))),
+            float(min(h - 1, max(0, round((y + 0.5) / f - 0.5)))))
 
 
 def draw_canvas(
     image: np.ndarray, masks: np.ndarray | None = None, labels: list[str] | None = None,
     scores: list[float] | None = None, points: list | None = None, box: list[float] | None = None,
-    corner: tuple[float, float] | None = None,
+    corner: tuple[float, float] | None = None, factor: float = 1.0,
 ) -> np.ndarray:
-    """The image with masks (tinted, "label score" tags), clicks, the prompt box and a pending corner."""
+    """The image with masks (tinted, "label score" tags), clicks, the prompt box and a pending corner,
+    drawn at ``factor`` times the image size (coordinates are original pixels)."""
     from PIL import Image, ImageDraw
 
     from . import viz
 
     h, w = image.shape[:2]
     m = masks if masks is not None and len(masks) else np.zeros((0, h, w), dtype=bool)
-    pts = np.asarray([p[:2] for p in points], float) if points else None
+    if factor != 1.0:
+        dw, dh = max(1, round(w * factor)), max(1, round(h * factor))
+        cols = np.minimum(((np.arange(dw) + 0.5) / factor).astype(int), w - 1)
+        rows = np.minimum(((np.arange(dh) + 0.5) / factor).astype(int), h - 1)
+        image = (image[rows][:, cols] if factor > 1 else
+                 np.asarray(Image.fromarray(image).resize((dw, dh), Image.BILINEAR)))
+        m = m[:, rows][:, :, cols]
+        h, w = dh, dw
+    pts = np.asarray([[(p[0] + 0.5) * factor - 0.5, (p[1] + 0.5) * factor - 0.5] for p in points]) if points else None
     pl = np.asarray([p[2] for p in points], int) if points else None
     out = viz.overlay(image, m, labels=labels if len(m) else None, scores=scores if len(m) else None,
                       points=pts, point_labels=pl)
@@ -233,10 +279,11 @@ def draw_canvas(
     draw = ImageDraw.Draw(pil)
     line = max(1, round(max(h, w) / 300))
     if box is not None:
-        draw.rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=_BOX_COLOUR, width=line)
+        b = [v * factor for v in box]
+        draw.rectangle([b[0], b[1], b[2] - 1, b[3] - 1], outline=_BOX_COLOUR, width=line)
     if corner is not None:
         r = max(3, round(max(h, w) / 120))
-        x, y = corner
+        x, y = ((v + 0.5) * factor - 0.5 for v in corner)
         draw.line([x - r, y, x + r, y], fill=_CORNER_COLOUR, width=line)
         draw.line([x, y - r, x, y + r], fill=_CORNER_COLOUR, width=line)
     return np.asarray(pil)
@@ -280,13 +327,15 @@ def _safe_stem(name: str) -> str:
 
 def segment(
     hub: ModelHub, session: Session, text: str | None, *, all_instances: bool = False, multimask: bool = False,
-    workdir: str | Path,
+    display: bool = True,
 ) -> View:
-    """Run the session's prompts (text, clicks, box) in one predict call; write the downloads.
+    """Run the session's prompts (text, clicks, box) in one predict call and draw the canvas
+    (at :func:`display_factor` scale when ``display``, else at the image's size).
 
+    Returns the canvas at once; the result waits in ``session.last`` for :func:`export`.
     Raises InputError when there is nothing to segment (the caller shows it in the page).
     """
-    from .results import MaskResult, write_results
+    from .results import MaskResult
 
     t0 = time.perf_counter()
     if session.image is None or session.key is None:
@@ -328,19 +377,35 @@ def segment(
     prompt = {"model": session.model, "text": phrase, "point_coords": [p[:2] for p in session.points],
               "point_labels": [p[2] for p in session.points], "box": session.box, "instances": instances,
               "multimask": bool(multimask)}
+    canvas = draw_canvas(session.image, np.stack([r.mask for r in results]) if results else None,
+                         [r.label for r in results], [r.score for r in results], session.points,
+                         session.box, session.corner, display_factor(session.image.shape) if display else 1.0)
+    t1 = time.perf_counter()
+    session.runs += 1
+    best = max((r.score for r in results), default=0.0)
+    status = f"Result #{session.runs}: {len(results)} mask(s), best score {best:.2f} ({(t1 - t0) * 1e3:.0f} ms)."
+    if notes:
+        status += " Note: " + " ".join(notes)
+    session.last = Outcome(results, prompt, status)
+    return View(canvas, status, {"predict": (t_pred - t0) * 1e3, "total": (t1 - t0) * 1e3})
+
+
+def export(session: Session, workdir: str | Path) -> Export | None:
+    """Write the latest result's mask PNGs, overlay and JSON (COCO RLE) into the session's folder.
+
+    ``None`` when there is no result. Files are overwritten by the next result of the session.
+    """
+    from .results import write_results
+
+    if session.last is None or session.image is None:
+        return None
     if session.out_dir is None:
         session.out_dir = str(Path(workdir) / uuid.uuid4().hex)
     stem = _safe_stem(session.name)
-    doc = write_results(Path(session.out_dir), stem, session.image, results, prompt=prompt)
-    session.doc = doc
+    results = session.last.results
+    doc = write_results(Path(session.out_dir), stem, session.image, results, prompt=session.last.prompt)
+    session.exported = session.runs
     files = [str(Path(session.out_dir) / r["mask_file"]) for r in doc["results"]]
     files.append(str(Path(session.out_dir) / f"{stem}.json"))
-    canvas = draw_canvas(session.image, np.stack([r.mask for r in results]) if results else None,
-                         [r.label for r in results], [r.score for r in results], session.points,
-                         session.box, session.corner)
-    t1 = time.perf_counter()
-    status = f"{len(results)} mask(s); best score {max((r.score for r in results), default=0):.2f}."
-    if notes:
-        status += " Note: " + " ".join(notes)
-    return View(canvas, [(r.mask, f"{i + 1}: {label} {r.score:.2f}") for i, r in enumerate(results)], files, doc, status,
-                {"predict": (t_pred - t0) * 1e3, "total": (t1 - t0) * 1e3})
+    labels = [f"{i + 1}: {r.label} {r.score:.2f}" for i, r in enumerate(results)]
+    return Export([(r.mask, lab) for r, lab in zip(results, labels)], files, doc)

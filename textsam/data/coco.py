@@ -113,9 +113,10 @@ def polygons_to_mask(polygons: list[Any], height: int, width: int) -> np.ndarray
         t = (yc[rows] - y0[edge]) / (y1[edge] - y0[edge])
         xs = x0[edge] + t * (x1[edge] - x0[edge])
         cols = np.clip(np.ceil(xs - 0.5), 0, width).astype(np.int64)
-        toggles = np.zeros((height, width + 1), dtype=np.int32)
-        np.add.at(toggles, (rows, cols), 1)
-        out |= (np.cumsum(toggles[:, :width], axis=1) & 1).astype(bool)
+        top, bottom = int(rows.min()), int(rows.max()) + 1  # only the rows the polygon spans
+        flat = (rows - top) * (width + 1) + cols
+        toggles = np.bincount(flat, minlength=(bottom - top) * (width + 1)).reshape(bottom - top, width + 1)
+        out[top:bottom] |= (np.cumsum(toggles[:, :width], axis=1) & 1).astype(bool)
     return out
 
 

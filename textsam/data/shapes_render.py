@@ -43,6 +43,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SIZES: dict[str, tuple[float, float]] = {"small": (0.06, 0.09), "large": (0.14, 0.20)}
 BACKGROUNDS: tuple[str, ...] = ("noise", "stripes", "gradient", "checker")
 COLOUR_JITTER = 10  # +- per channel, uniform, per object
+SAME_COLOUR_GAP = 2  # pixels kept between objects of one colour name, so each stays a separate blob
 
 
 @dataclass
@@ -131,7 +132,8 @@ def background(rng: np.random.Generator, height: int, width: int) -> tuple[np.nd
     """``(H, W, 3)`` uint8 textured background and its kind (one of :data:`BACKGROUNDS`)."""
     kind = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
     a, b = _tone(rng), _tone(rng)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    yy = np.arange(height, dtype=np.float32)[:, None]
+    xx = np.arange(width, dtype=np.float32)[None, :]
     theta = rng.uniform(0, np.pi)
     u = xx * np.cos(theta) + yy * np.sin(theta)
     if kind == "noise":
@@ -139,19 +141,20 @@ def background(rng: np.random.Generator, height: int, width: int) -> tuple[np.nd
         gh, gw = -(-height // cell) + 1, -(-width // cell) + 1
         coarse = rng.random((gh, gw))
         fine = np.kron(coarse, np.ones((cell, cell)))[:height, :width]
-        t = 0.7 * fine + 0.3 * rng.random((height, width))
+        t = 0.7 * fine + 0.3 * rng.random((height, width), dtype=np.float32)
     elif kind == "stripes":
         period = rng.uniform(6, 24)
         t = 0.5 + 0.5 * np.sin(2 * np.pi * u / period + rng.uniform(0, 2 * np.pi))
     elif kind == "gradient":
+        u = np.broadcast_to(u, (height, width))
         span = np.ptp(u) or 1.0
         t = (u - u.min()) / span
     else:  # checker
         cell = rng.uniform(6, 20)
         v = -xx * np.sin(theta) + yy * np.cos(theta)
-        t = ((np.floor(u / cell) + np.floor(v / cell)) % 2).astype(np.float64)
-    img = a + (b - a) * t[..., None]
-    img += rng.normal(0.0, 4.0, size=img.shape)
+        t = ((np.floor(u / cell) + np.floor(v / cell)) % 2).astype(np.float32)
+    img = a.astype(np.float32) + (b - a).astype(np.float32) * t[..., None]
+    img += 4.0 * rng.standard_normal(size=img.shape, dtype=np.float32)
     return np.clip(img + 0.5, 0, 255).astype(np.uint8), kind
 
 
@@ -168,6 +171,19 @@ def paint(
         visible.append(m & ~cover)
         cover |= m
     return img, visible[::-1]
+
+
+def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
+    """Square (Chebyshev) dilation of a bool mask by ``r`` pixels."""
+    out = mask.copy()
+    h, w = mask.shape
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            if dy or dx:
+                out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] |= mask[
+                    max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+                ]
+    return out
 
 
 def _pick_pair(
@@ -201,7 +217,9 @@ def sample_scene(
 
     Objects failing the visibility rule (fraction of their in-image pixels left visible, or fewer than
     ``min_pixels`` visible pixels) are left out entirely (never painted); dropping later objects only
-    uncovers earlier ones, so one pass suffices. Resamples until at least ``min_objects`` remain.
+    uncovers earlier ones, so one pass suffices. Objects of the same colour name never touch (at least
+    :data:`SAME_COLOUR_GAP` pixels apart; an object with no such place in 8 tries is skipped).
+    Resamples until at least ``min_objects`` remain.
     """
     s = image_size
     objects: list[SceneObject] = []
@@ -211,21 +229,26 @@ def sample_scene(
         objects, masks, chosen = [], [], []
         for _ in range(n):
             colour, shape = _pick_pair(rng, pairs, chosen)
-            chosen.append((colour, shape))
             size = "small" if rng.random() < 0.5 else "large"
             lo, hi = SIZES[size]
             radius = float(rng.uniform(lo, hi) * s)
-            m = 0.75 * radius
-            cx, cy = (float(v) for v in rng.uniform(m, s - m, size=2))
             angle = float(rng.uniform(-0.5, 0.5) if shape == "heart" else rng.uniform(0, 2 * np.pi))
             jitter = rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, size=3)
             rgb = tuple(int(v) for v in np.clip(np.array(COLOURS[colour]) + jitter, 0, 255))
-            obj = SceneObject(shape, colour, size, rgb, cx, cy, radius, angle)  # type: ignore[arg-type]
-            objects.append(obj)
-            masks.append(render_shape(obj, s, s))
+            same = [m for o, m in zip(objects, masks) if o.colour == colour]
+            for _ in range(8):  # same-coloured objects must not touch: they would merge into one blob
+                cx, cy = (float(v) for v in rng.uniform(0.75 * radius, s - 0.75 * radius, size=2))
+                obj = SceneObject(shape, colour, size, rgb, cx, cy, radius, angle)  # type: ignore[arg-type]
+                mask = render_shape(obj, s, s)
+                grown = _dilate(mask, SAME_COLOUR_GAP)
+                if not any((grown & m).any() for m in same):
+                    objects.append(obj)
+                    masks.append(mask)
+                    chosen.append((colour, shape))
+                    break
         cover = np.zeros((s, s), dtype=bool)
-        keep = [False] * n
-        for i in range(n - 1, -1, -1):
+        keep = [False] * len(objects)
+        for i in range(len(objects) - 1, -1, -1):
             full = int(masks[i].sum())
             vis = int((masks[i] & ~cover).sum())
             keep[i] = full > 0 and vis >= min_pixels and vis >= min_visible * full

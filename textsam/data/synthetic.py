@@ -19,9 +19,10 @@ Phrases (``kind``):
 - ``attribute``: "the small red circle", "blue star", "the white shape" - emitted only when exactly one
   object in the image has those attributes; one ref per object, one sentence per unique description.
 - ``category``: "all triangles", "every red shape", "all small hearts" - every object matching (>= 2).
-- ``spatial``: "the leftmost star", "the topmost red shape", "the square on the right" (groups of two)
-  - the extreme object along x or y of a group (>= 2 members) whose position leads the runner-up by at
-  least 8% of the image side, so it is unique by construction.
+- ``spatial``: "the leftmost star", "the topmost red shape", and for groups of two also "the square on
+  the right", "the upper circle" - the extreme object along x or y (``position``, the visible centroid)
+  of a group (>= 2 members, same shape and/or colour) that leads the runner-up by at least 8% of the
+  image side, so it is unique by construction.
 
 Splits: ~20% of the (colour, shape) pairs (seeded) are held out; train and val use only seen pairs, test
 only held-out ones. Output is byte-identical for the same arguments (per-image seeds, so also for any
@@ -55,11 +56,11 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 MIN_VISIBLE = 0.4
 SPATIAL_MARGIN = 0.08  # fraction of the image side by which a spatial extreme must lead
 
-_DIRECTIONS = {  # name -> (axis, sign, superlative, phrase for a group of two)
-    "left": (0, 1, "leftmost", "on the left"),
-    "right": (0, -1, "rightmost", "on the right"),
-    "top": (1, 1, "topmost", "at the top"),
-    "bottom": (1, -1, "bottommost", "at the bottom"),
+_DIRECTIONS = {  # name -> (axis, sign, superlative, template for a group of two)
+    "left": (0, 1, "leftmost", "the {} on the left"),
+    "right": (0, -1, "rightmost", "the {} on the right"),
+    "top": (1, 1, "topmost", "the upper {}"),
+    "bottom": (1, -1, "bottommost", "the lower {}"),
 }
 
 
@@ -156,13 +157,13 @@ def make_phrases(
             group = members(desc)
             if len(group) < 2:
                 continue
-            for axis, sign, superlative, pair_phrase in _DIRECTIONS.values():
+            for axis, sign, superlative, pair_template in _DIRECTIONS.values():
                 ranked = sorted(group, key=lambda j: sign * objects[j]["position"][axis])
                 a, b = (objects[j]["position"][axis] for j in ranked[:2])
                 if abs(a - b) < margin:
                     continue
                 if len(group) == 2 and rng.random() < 0.5:
-                    text = f"the {noun(desc)} {pair_phrase}"
+                    text = pair_template.format(noun(desc))
                 else:
                     text = f"the {superlative} {noun(desc)}"
                 add("spatial", [ranked[0]], text)

@@ -105,9 +105,10 @@ class TextEncoder(nn.Module):
                 cache_dir=str(cache_dir) if cache_dir else None,
             )
         except RuntimeError as err:  # open_clip raises RuntimeError for unknown names/tags
+            detail = str(err).split("\n")[0][:160]
             raise WeightsError(
-                f"cannot create CLIP model {model_name!r} with weights {pretrained!r}: {err}. "
-                f"See open_clip.list_pretrained() for valid NAME/TAG pairs."
+                f"cannot create CLIP model {model_name!r} with weights {pretrained!r} ({detail}). "
+                f"open_clip.list_pretrained() lists the valid NAME/TAG pairs."
             ) from err
         except OSError as err:  # download failures, missing files, offline hub
             raise WeightsError(

@@ -61,7 +61,7 @@ class InstancesBenchmark(Benchmark):
     name = "instances"
 
     def __init__(self, dataset: Any, *, templates: dict[str, Any] | None = None,
-                 data_info: dict[str, Any] | None = None) -> None:
+                 data_info: dict[str, Any] | None = None, categories: Sequence[str] | None = None) -> None:
         self.dataset = dataset
         self.ann_file = Path(dataset.annotation_file)
         self.templates = templates
@@ -70,6 +70,11 @@ class InstancesBenchmark(Benchmark):
             self.lvis = is_lvis(json.load(f))
         self.prompted = {cid: name for cid, name in sorted(dataset.categories.items())
                          if name not in SKIPPED_CATEGORY_NAMES}
+        self.subset = None
+        if categories is not None:  # evaluate a subset: only these are prompted and scored
+            ids = sorted({dataset.category_id(name) for name in categories})  # InputError for unknown names
+            self.prompted = {cid: dataset.categories[cid] for cid in ids}
+            self.subset = [dataset.categories[cid] for cid in ids]
         if not self.prompted:
             raise InputError(f"{self.ann_file} has no categories to prompt")
 
@@ -78,9 +83,11 @@ class InstancesBenchmark(Benchmark):
 
     def describe(self) -> dict[str, Any]:
         evaluator = "lvis LVISEval (segm)" if self.lvis else "pycocotools COCOeval (segm)"
+        which = "every category name" if self.subset is None else \
+            f"{len(self.subset)} of {len(self.dataset.categories)} categories (AP over these only): {', '.join(self.subset)}"
         return {
             "data": self.data_info,
-            "protocol": f"instances: every category name prompted on every image with predict(text=name, "
+            "protocol": f"instances: {which} prompted on every image with predict(text=name, "
                         f"instances='all'); score = predictor ranking; AP by {evaluator}",
             "templates": self.templates,
         }
@@ -137,6 +144,8 @@ class InstancesBenchmark(Benchmark):
             if cid not in self.dataset.categories:
                 unknown.add(cid)
                 continue
+            if self.subset is not None and cid not in self.prompted:
+                continue
             if [int(v) for v in segm.get("size", [])] != [image.height, image.width]:
                 raise InputError(f"{where}: RLE size {segm.get('size')} is not the image size {[image.height, image.width]}")
             if not isinstance(segm.get("counts"), str):  # uncompressed or bytes -> the COCO string form
@@ -150,24 +159,22 @@ class InstancesBenchmark(Benchmark):
         if bad:
             raise InputError(f"images {describe_keys(bad)} are not in {self.ann_file}")
         ok, problems = split_records(records, keys)
-        extra = sorted(set(records) - known)
-        if extra:
-            problems.append(f"{len(extra)} predicted image id(s) not in the annotation file, ignored: {describe_keys(extra)}")
         unknown: set[int] = set()
         results = [r for k in keys if k in ok for r in self._check_results(k, ok[k].get("results"), unknown)]
         if unknown:
             problems.append(f"results with unknown category id(s) {sorted(unknown)} ignored")
         img_ids = [int(k) for k in keys]
-        counts = {"images": len(keys), "results": len(results),
-                  "ground-truth instances": sum(len(self.dataset.anns_for_image(i)) for i in img_ids)}
+        cat_ids = None if self.subset is None else sorted(self.prompted)
+        counts = {"images": len(keys), "results": len(results), "ground-truth instances": sum(
+            1 for i in img_ids for a in self.dataset.anns_for_image(i) if cat_ids is None or a.category_id in cat_ids)}
         if not results:
             problems.append("no predictions at all on the evaluated images: AP is 0 by definition, not measured")
             names = ("AP", "AP50", "AP75", "APs", "APm", "APl")
             return Scores({n: 0.0 for n in names}, counts, problems)
         if self.lvis:
-            metrics = lvis_eval(self.ann_file, results, img_ids=img_ids)
+            metrics = lvis_eval(self.ann_file, results, img_ids=img_ids, cat_ids=cat_ids)
         else:
-            metrics = coco_eval(self.ann_file, results, img_ids=img_ids)
+            metrics = coco_eval(self.ann_file, results, img_ids=img_ids, cat_ids=cat_ids)
         return Scores(metrics, counts, problems)
 
 

@@ -159,6 +159,7 @@ def coco_eval(
     results: Sequence[Mapping[str, Any]],
     *,
     img_ids: Sequence[int] | None = None,
+    cat_ids: Sequence[int] | None = None,
     iou_type: str = "segm",
 ) -> dict[str, float]:
     """COCO mask AP of ``results`` with pycocotools' ``COCOeval``.
@@ -167,6 +168,7 @@ def coco_eval(
         gt: a COCO annotation file path or a ``pycocotools.coco.COCO`` object.
         results: COCO results ``[{image_id, category_id, segmentation: RLE (counts str), score}, ...]``.
         img_ids: evaluate only these images (default: every image of ``gt``).
+        cat_ids: evaluate only these categories (default: every category of ``gt``).
         iou_type: ``"segm"`` (masks) or ``"bbox"``.
 
     Returns:
@@ -186,6 +188,8 @@ def coco_eval(
         ev = COCOeval(coco_gt, coco_dt, iou_type)
         if img_ids is not None:
             ev.params.imgIds = sorted(int(i) for i in img_ids)
+        if cat_ids is not None:
+            ev.params.catIds = sorted(int(i) for i in cat_ids)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
@@ -203,7 +207,11 @@ def is_lvis(data: Mapping[str, Any]) -> bool:
 
 
 def lvis_eval(
-    gt: str | Path, results: Sequence[Mapping[str, Any]], *, img_ids: Sequence[int] | None = None
+    gt: str | Path,
+    results: Sequence[Mapping[str, Any]],
+    *,
+    img_ids: Sequence[int] | None = None,
+    cat_ids: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """LVIS mask AP with the ``lvis`` package's ``LVISEval`` (``AP, AP50, AP75, APs, APm, APl, APr, APc, APf``).
 
@@ -224,6 +232,8 @@ def lvis_eval(
     ev = LVISEval(lvis_gt, lvis_dt, "segm")
     if img_ids is not None:
         ev.params.img_ids = sorted(int(i) for i in img_ids)
+    if cat_ids is not None:
+        ev.params.cat_ids = sorted(int(i) for i in cat_ids)
     with contextlib.redirect_stdout(io.StringIO()):
         ev.run()
     return {k: float(v) for k, v in ev.get_results().items()}

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, TextSamError
-from .base import Benchmark, JsonlWriter, read_jsonl
+from .base import Benchmark, JsonlWriter, describe_keys, read_jsonl
 from .report import build_report, write_report
 
 logger = logging.getLogger(__name__)
@@ -239,6 +239,9 @@ def score_predictions(
     runner = Runner(benchmark, out_dir, lambda: None, model_info={"name": f"predictions file {path}"}, limit=limit)
     keys = runner.keys()
     scores = benchmark.score(records, keys)
+    unknown = sorted(set(records) - set(benchmark.keys()))
+    if unknown:
+        scores.problems.append(f"{len(unknown)} predicted image(s) not in the data, ignored: {describe_keys(unknown)}")
     timing = {"wall_seconds_this_run": round(time.perf_counter() - start, 3), "processes": 1}
     report = build_report(runner.description(), scores, limit=limit, timing=timing)
     write_report(Path(out_dir), report)

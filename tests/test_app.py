@@ -1,0 +1,338 @@
+"""The web app: handlers called directly, and the running server through gradio_client.
+
+Models are tiny and random (tests/tiny.py); ``PerfectPredictor`` wraps the real predictor and
+returns the known object's mask for prompts on it, so prompt plumbing is checked for real.
+The helpers here are shared with test_app_browser.py.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.tiny import tiny_sam
+from textsam import TextSamPredictor, rle
+from textsam.errors import WeightsError
+from textsam.predictor import Prediction
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+gr = pytest.importorskip("gradio")
+webapp = pytest.importorskip("textsam.webapp")
+
+H, W = 150, 200
+SQUARE = (60, 40, 120, 100)  # x0, y0, x1, y1 of the red square (pixel edges)
+
+
+def make_image() -> np.ndarray:
+    """A grey 200x150 image with a red square (the known object) and a blue disc."""
+    img = np.full((H, W, 3), 190, np.uint8)
+    x0, y0, x1, y1 = SQUARE
+    img[y0:y1, x0:x1] = (220, 30, 30)
+    yy, xx = np.mgrid[:H, :W]
+    img[(xx - 165) ** 2 + (yy - 110) ** 2 < 18**2] = (30, 60, 220)
+    return img
+
+
+def known_mask() -> np.ndarray:
+    m = np.zeros((H, W), bool)
+    x0, y0, x1, y1 = SQUARE
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def save_image(folder: Path, name: str = "scene.png") -> Path:
+    path = Path(folder) / name
+    Image.fromarray(make_image()).save(path)
+    return path
+
+
+def model_factory(name: str):
+    """Tiny random models; 'sam_vit_b' fails like a missing checkpoint does offline."""
+    if name == "sam_vit_b":
+        raise WeightsError("Downloading 'sam_vit_b' failed: no network. Or place the file in the cache.")
+    return tiny_sam(with_text=True)
+
+
+class PerfectPredictor:
+    """Wraps a real predictor; returns the red object's mask for a positive click on it or a box around it."""
+
+    set_image_calls = 0
+
+    def __init__(self, model) -> None:
+        self.inner = TextSamPredictor(model)
+
+    def set_image(self, image) -> None:
+        PerfectPredictor.set_image_calls += 1
+        self.inner.set_image(image)
+        img = self.inner.image.astype(int)
+        self.object = (img[..., 0] > 150) & (img[..., 1] < 100) & (img[..., 2] < 100)
+
+    def predict(self, text=None, point_coords=None, point_labels=None, box=None, **kwargs) -> Prediction:
+        hit = False
+        if point_coords is not None:
+            for (x, y), lab in zip(np.asarray(point_coords), np.asarray(point_labels)):
+                inside = 0 <= int(y) < self.object.shape[0] and 0 <= int(x) < self.object.shape[1]
+                hit |= bool(lab == 1 and inside and self.object[int(y), int(x)])
+        if box is not None:
+            ys, xs = np.nonzero(self.object)
+            cx, cy = xs.mean(), ys.mean()
+            hit |= bool(box[0] <= cx <= box[2] and box[1] <= cy <= box[3])
+        if not hit:
+            return self.inner.predict(text=text, point_coords=point_coords, point_labels=point_labels, box=box,
+                                      **kwargs)
+        n = 3 if kwargs.get("multimask_output", True) else 1
+        masks = np.repeat(self.object[None], n, axis=0)
+        return Prediction(masks, np.full(n, 0.99, np.float32), np.zeros((n, 64, 64), np.float32), {})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(predictor_factory=None):
+    """Build the demo with tiny models and launch it on 127.0.0.1:<free port>; returns (demo, url)."""
+    demo = webapp.build_demo(model_factory, predictor_factory=predictor_factory, default_model="shapes_tiny")
+    webapp.launch(demo, port=free_port(), prevent_thread_lock=True, quiet=True)
+    return demo, demo.local_url
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+# ------------------------------------------------------------------------------------------ handlers
+@pytest.fixture(scope="module")
+def app():
+    return webapp.WebApp(model_factory, PerfectPredictor, default_model="shapes_tiny")
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory) -> Path:
+    return save_image(tmp_path_factory.mktemp("scene"))
+
+
+def test_click_segments_the_object_and_writes_downloads(app, scene):
+    s = app.new_session()
+    assert "Loaded scene.png (200x150)" in app.upload(s, {"path": str(scene), "orig_name": "scene.png"}).status
+    v = app.click(s, 90, 70, webapp.MODE_POSITIVE, "red square")
+    assert v.status.startswith("Result #1: 1 mask(s)"), v.status
+    assert v.canvas.shape == (2 * H, 2 * W, 3)  # small images are shown magnified
+    assert not np.array_equal(v.canvas[::2, ::2], make_image())
+    e = app.export(s)
+    assert [Path(f).name for f in e.files] == ["scene_mask0.png", "scene.json"] and s.exported == s.runs == 1
+    seg = e.doc["results"][0]["segmentation"]
+    assert seg["size"] == [H, W] and np.array_equal(rle.decode(seg), known_mask())
+    assert e.doc["results"][0]["box_xyxy"] == [60.0, 40.0, 120.0, 100.0] and e.masks[0][1] == "1: red square 0.99"
+    assert np.array_equal(np.asarray(Image.open(e.files[0])) > 0, known_mask())
+    assert e.doc["prompt"]["point_coords"] == [[90.0, 70.0]] and e.doc["prompt"]["text"] == "red square"
+    # the embedding is reused: more clicks on the same image never call set_image again
+    calls = PerfectPredictor.set_image_calls
+    app.click(s, 10, 10, webapp.MODE_NEGATIVE)
+    assert PerfectPredictor.set_image_calls == calls and s.points[-1] == (10.0, 10.0, 0)
+    app.undo(s)
+    assert s.points == [(90.0, 70.0, 1)]
+    v = app.clear(s)
+    assert s.points == [] and s.last is None and app.export(s) is None and v.status.startswith("Cleared")
+
+
+@pytest.mark.parametrize("shape, factor", [((150, 200), 2.0), ((90, 60), 4.0), ((700, 900), 1.0),
+                                           ((3000, 4000), 0.24)])
+def test_canvas_scale_and_click_mapping(shape, factor):
+    from textsam.webapp_core import display_factor, draw_canvas, to_image_xy
+
+    assert display_factor(shape) == pytest.approx(factor)
+    h, w = shape
+    for x, y in [(0, 0), (w - 1, h - 1), (w // 3, h // 2)]:
+        dx, dy = (x + 0.5) * factor - 0.5, (y + 0.5) * factor - 0.5  # where the pixel is drawn
+        assert to_image_xy(round(dx), round(dy), shape) == pytest.approx((x, y), abs=max(1.0, 0.5 / factor))
+    if h * w < 1e6:
+        img = np.zeros((h, w, 3), np.uint8)
+        out = draw_canvas(img, np.ones((1, h, w), bool), ["x"], [0.5], [(1, 1, 1)], [0, 0, 5, 5], (2, 2), factor)
+        assert out.shape == (round(h * factor), round(w * factor), 3)
+
+
+def test_box_needs_two_clicks(app, scene):
+    s = app.new_session()
+    app.upload(s, str(scene))
+    v = app.click(s, 50, 30, webapp.MODE_BOX)
+    assert "opposite corner" in v.status and s.box is None and s.last is None
+    app.click(s, 130, 110, webapp.MODE_BOX)
+    doc = app.export(s).doc
+    assert s.box == [50.0, 30.0, 130.0, 110.0] and doc["prompt"]["box"] == s.box
+    assert np.array_equal(rle.decode(doc["results"][0]["segmentation"]), known_mask())
+    app.click(s, 10, 10, webapp.MODE_BOX)
+    assert "too small" in app.click(s, 10, 11, webapp.MODE_BOX).status
+
+
+def test_multimask_and_all_instances(app, scene):
+    s = app.new_session()
+    app.upload(s, str(scene))
+    app.click(s, 5, 5, webapp.MODE_POSITIVE, None, False, True)  # off the object: the real (random) model
+    e = app.export(s)
+    assert len(e.doc["results"]) == 3 and len(e.masks) == 3
+    v = app.run(s, "", True, False)
+    assert "needs a text prompt" in v.status and len(app.export(s).doc["results"]) == 1
+    app.run(s, "red square", True, False)
+    doc = app.export(s).doc
+    assert doc["prompt"]["instances"] == "all" and doc["results"]
+
+
+def test_sessions_do_not_share_prompts(app, scene):
+    a, b = app.new_session(), app.new_session()
+    app.upload(a, str(scene))
+    app.upload(b, str(scene))
+    app.click(a, 90, 70, webapp.MODE_POSITIVE)
+    app.click(b, 20, 20, webapp.MODE_NEGATIVE)
+    app.click(a, 100, 80, webapp.MODE_POSITIVE)
+    doc_a, doc_b = app.export(a).doc, app.export(b).doc
+    assert doc_a["prompt"]["point_coords"] == [[90.0, 70.0], [100.0, 80.0]]
+    assert doc_b["prompt"]["point_coords"] == [[20.0, 20.0]] and b.points == [(20.0, 20.0, 0)]
+    assert a.out_dir != b.out_dir
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("bad")
+    (d / "notes.png").write_text("this is not an image")
+    data = (save_image(d, "full.png")).read_bytes()
+    (d / "truncated.png").write_bytes(data[: len(data) // 2])
+    Image.new("1", (8000, 6250)).save(d / "huge.png")  # 50 MP, a small file
+    return {p.stem: p for p in d.iterdir()}
+
+
+@pytest.mark.parametrize("name, message", [("notes", "not an image"), ("truncated", "could not be decoded"),
+                                           ("huge", "50.0 megapixels")])
+def test_bad_uploads_get_a_message(app, scene, bad_files, name, message):
+    s = app.new_session()
+    v = app.upload(s, {"path": str(bad_files[name]), "orig_name": f"{name}.png"})
+    assert message in v.status and f"{name}.png" in v.status and s.image is None and v.canvas is None
+    assert "Upload an image" in app.click(s, 5, 5, webapp.MODE_POSITIVE).status
+    assert app.upload(s, str(scene)).status.startswith("Loaded")  # and the app goes on
+
+
+def test_missing_checkpoint_is_a_message(app, scene):
+    s = app.new_session()
+    app.upload(s, str(scene))
+    v, shown = app.select_model(s, "sam_vit_b")
+    assert shown == "shapes_tiny" and s.model == "shapes_tiny"
+    assert "Could not load `sam_vit_b`" in v.status and "no network" in v.status and "Traceback" not in v.status
+    v, shown = app.select_model(s, "mobile_sam")
+    assert shown == "mobile_sam" and s.model == "mobile_sam" and "Using `mobile_sam`" in v.status
+
+
+def test_random_weights_fallback_notice(monkeypatch):
+    import textsam
+
+    real = textsam.create_model
+
+    def create_model(name, pretrained=True, **kw):
+        if pretrained:
+            raise WeightsError("the bundled shapes_tiny weights are missing")
+        return real(name, pretrained=False, **kw)
+
+    monkeypatch.setattr(textsam, "create_model", create_model)
+    app = webapp.WebApp(default_model="shapes_tiny")
+    assert "random weights" in app.notice and "shapes_tiny" in app.models
+
+
+def test_api_segment_validates_input(app, scene):
+    overlay, doc = app.api_segment(str(scene), "red square", [[90, 70, 1], [10, 10, 0]], [50, 30, 130, 110])
+    assert overlay.shape == (H, W, 3) and doc["prompt"]["point_labels"] == [1, 0] and "timing_ms" in doc
+    for points, box in [([[1, 2, 5]], None), ([[1]], None), (None, [1, 2, 3]), (None, [5, 5, 5, 9])]:
+        with pytest.raises(webapp.InputError):
+            app.api_segment(str(scene), None, points, box)
+
+
+# ------------------------------------------------------------------------------------------ server
+@pytest.fixture(scope="module")
+def server():
+    demo, url = start_server(PerfectPredictor)
+    yield demo, url
+    demo.close()
+
+
+def _client(url: str):
+    from gradio_client import Client
+
+    return Client(url, verbose=False, analytics_enabled=False)
+
+
+def test_server_defaults(server):
+    demo, url = server
+    assert url.startswith("http://127.0.0.1:") and demo.share is False
+    assert demo.max_file_size == 25 * 1024 * 1024
+    assert set(_client(url).view_api(print_info=False, return_format="dict")["named_endpoints"]) == {"/segment"}
+
+
+def test_cli_app_command(monkeypatch):
+    from textsam import cli
+
+    args = cli.build_parser().parse_args(["app"])
+    assert (args.model, args.host, args.port, args.share) == ("shapes_tiny", "127.0.0.1", 7860, False)
+    seen = {}
+    monkeypatch.setattr(webapp, "run", lambda a: seen.setdefault("args", a) and 0)
+    assert cli.main(["app", "--port", "7999", "--share"]) == 0
+    assert seen["args"].port == 7999 and seen["args"].share is True
+
+
+def test_app_wrapper_uses_bundled_examples(monkeypatch):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "app" / "app.py"
+    spec = importlib.util.spec_from_file_location("textsam_app_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert sorted(p.name for p in module.EXAMPLES.glob("*.png")) == ["cells.png", "shapes.png", "triangle.png"]
+    assert all(p.stat().st_size < 4096 for p in module.EXAMPLES.glob("*.png"))
+    seen = {}
+    monkeypatch.setattr(module, "_build_demo", lambda *a, **k: seen.update(k))
+    module.build_demo(model_factory)
+    assert seen["examples_dir"] == module.EXAMPLES
+
+
+def test_client_segment_endpoint(server, scene):
+    from gradio_client import handle_file
+
+    client = _client(server[1])
+    overlay, doc = client.predict(handle_file(str(scene)), "red square", [[90, 70, 1], [10, 10, 0]],
+                                  [50, 30, 130, 110], False, api_name="/segment")
+    assert np.asarray(Image.open(overlay)).shape == (H, W, 3)
+    assert doc["prompt"]["text"] == "red square" and doc["prompt"]["box"] == [50.0, 30.0, 130.0, 110.0]
+    assert np.array_equal(rle.decode(doc["results"][0]["segmentation"]), known_mask())
+
+
+def test_client_bad_upload_and_concurrent_clients(server, scene, bad_files):
+    from gradio_client import handle_file
+
+    with pytest.raises(Exception, match="not an image"):
+        _client(server[1]).predict(handle_file(str(bad_files["notes"])), "", [], None, False, api_name="/segment")
+    errors, seen = [], {}
+
+    def worker(k: int) -> None:
+        try:
+            client = _client(server[1])
+            for i in range(2):
+                pt = [10 + 40 * k + i, 12 + i, k % 2]
+                _, doc = client.predict(handle_file(str(scene)), "", [pt], None, False, api_name="/segment")
+                seen.setdefault(k, []).append((doc["prompt"]["point_coords"], doc["prompt"]["point_labels"], pt))
+        except Exception as err:  # noqa: BLE001
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    for runs in seen.values():
+        assert len(runs) == 2
+        for coords, labels, pt in runs:
+            assert coords == [[float(pt[0]), float(pt[1])]] and labels == [pt[2]]

@@ -1,0 +1,403 @@
+"""Recipes: the model to train, the frozen encoders that make its prompts, and the trainable graph.
+
+* ``"sam"``: points and boxes only (SAM's own interactive recipe).
+* ``"text"``: direct text supervision: the CLIP *text* embedding of the phrase -> ``TextProjector`` ->
+  ``K`` sparse tokens, mixed with points, boxes and text+point prompts (``prompt_mix``), so clicks keep
+  working.
+* ``"clip_crops"``: the SAM paper's recipe (section 7.5 / D.5): during training the text-kind prompt
+  is the CLIP *image* embedding of the object's enlarged square crop (random enlargement in [1, 2],
+  outside-mask pixels greyed with probability 0.5), through the same projector; evaluation prompts with
+  the CLIP *text* embedding. (The paper also masks CLIP's last-layer attention to the object; we only
+  grey out.)
+
+Every recipe trains with SAM's iterative correction clicks (:class:`PromptModel`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..checkpoint import load_into, read_state_dict, to_sam_state_dict
+from ..encoders.text import TextEncoder, TextProjector, parse_clip_spec
+from ..errors import InputError
+from ..factory import build_sam, get_config
+from ..model import TextSam
+from .config import TrainConfig
+from .data import BOX, POINT, TEXT, TEXT_KINDS, TEXT_POINT, ClipInput, EmbeddingCache, deepest_points
+from .losses import LossWeights, mask_iou, sam_loss
+
+logger = logging.getLogger(__name__)
+
+PARTS = ("image_encoder", "prompt_encoder", "mask_decoder", "text_projector")
+
+
+def error_clicks(pred: Tensor, target: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """SAM's next click: in the larger of the false-negative / false-positive regions, at its deepest pixel.
+
+    ``pred``, ``target``: ``(B, L, L)`` bool low-res masks; ``scale``: input pixels per low-res pixel.
+    Returns coords ``(B, 1, 2)`` in the input frame and labels ``(B, 1)`` (1 = add, 0 = remove). A
+    perfect prediction gets a positive click at the object's deepest point.
+    """
+    fn, fp = target & ~pred, pred & ~target
+    use_fn = fn.flatten(1).sum(1) >= fp.flatten(1).sum(1)
+    region = torch.where(use_fn[:, None, None], fn, fp)
+    perfect = ~region.flatten(1).any(1)
+    region = torch.where(perfect[:, None, None], target, region)
+    pts = deepest_points(region).float()
+    coords = (pts + 0.5) * scale - 0.5
+    labels = (use_fn | perfect).float()
+    return coords[:, None], labels[:, None]
+
+
+class PromptModel(nn.Module):
+    """The trainable graph: (image encoder) + prompt encoder + mask decoder (+ text projector).
+
+    ``forward(batch)`` runs every prompt kind present in the batch through ``1 + clicks`` decoder rounds
+    (round 0: the sampled prompt, no mask input; round r: one more error click and the previous round's
+    most confident low-res logits as mask input) and returns the mean SAM loss over samples and rounds.
+    Ambiguous first prompts (a single point, text alone) get 3 outputs and the min-loss rule; the rest
+    use the single-mask output. Module names match ``TextSam``'s, so state-dict keys are the official ones.
+    """
+
+    def __init__(self, model: TextSam, *, train_image_encoder: bool, clicks: int, weights: LossWeights) -> None:
+        super().__init__()
+        self.image_encoder = model.image_encoder if train_image_encoder else None
+        self.prompt_encoder = model.prompt_encoder
+        self.mask_decoder = model.mask_decoder
+        self.text_projector = model.text_projector
+        self.clicks, self.weights = clicks, weights
+        self.scale = model.img_size / self.prompt_encoder.mask_input_size[0]
+
+    def decode(self, emb: Tensor, points: tuple[Tensor, Tensor] | None, boxes: Tensor | None,
+               masks: Tensor | None, tokens: Tensor | None, multimask: bool) -> tuple[Tensor, Tensor]:
+        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks, extra_tokens=tokens)
+        return self.mask_decoder(emb, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask)
+
+    def text_tokens(self, batch: dict[str, Any]) -> Tensor | None:
+        """``(B, K, C)`` tokens, rows of non-text samples zero (unused), from ``prompt_emb`` rows."""
+        if self.text_projector is None or "prompt_emb" not in batch:
+            return None
+        tok = self.text_projector(batch["prompt_emb"])
+        full = tok.new_zeros((batch["kind"].shape[0], *tok.shape[1:]))
+        return full.index_copy(0, batch["prompt_rows"], tok)
+
+    def embeddings(self, batch: dict[str, Any]) -> Tensor:
+        return self.image_encoder(batch["image"]) if self.image_encoder is not None else batch["image_emb"]
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        emb = self.embeddings(batch)
+        tokens = self.text_tokens(batch)
+        totals: dict[str, Tensor] = {}
+        for kind in (POINT, BOX, TEXT, TEXT_POINT):
+            idx = torch.nonzero(batch["kind"] == kind).flatten()
+            if idx.numel() == 0:
+                continue
+            if kind in TEXT_KINDS and tokens is None:
+                raise InputError("text prompts in the batch but no text projector / prompt embeddings")
+            for name, value in self.interact(emb[idx], batch, idx, kind, tokens).items():
+                totals[name] = totals.get(name, 0.0) + value
+        n = batch["kind"].shape[0] * (1 + self.clicks)
+        return {name: value / n for name, value in totals.items()}
+
+    def interact(self, emb: Tensor, batch: dict[str, Any], idx: Tensor, kind: int,
+                 tokens: Tensor | None) -> dict[str, Tensor]:
+        """Summed losses of ``1 + clicks`` rounds for the samples ``idx`` of one prompt kind."""
+        target = batch["mask_lowres"][idx]
+        coords = labels = None
+        if kind in (POINT, TEXT_POINT):
+            coords = batch["point"][idx][:, None].float()
+            labels = torch.ones(coords.shape[:2], device=coords.device)
+        boxes = batch["box"][idx].float() if kind == BOX else None
+        toks = tokens[idx] if kind in TEXT_KINDS and tokens is not None else None
+        masks = None
+        sums: dict[str, Tensor] = {}
+        for rnd in range(1 + self.clicks):
+            points = (coords, labels) if coords is not None else None
+            multimask = rnd == 0 and kind in (POINT, TEXT)
+            low, iou = self.decode(emb, points, boxes, masks, toks, multimask)
+            parts = sam_loss(low, iou, target, self.weights)
+            for name in ("loss", "focal", "dice", "iou"):
+                sums[name] = sums.get(name, 0.0) + parts[name].sum()
+            if rnd < self.clicks:
+                rows = torch.arange(low.shape[0], device=low.device)
+                best = low[rows, iou.argmax(dim=1)].detach().float()
+                c, lab = error_clicks(best > 0, target[:, 0] > 0.5, self.scale)
+                coords = c if coords is None else torch.cat([coords, c], dim=1)
+                labels = lab if labels is None else torch.cat([labels, lab], dim=1)
+                masks = best[:, None]
+        return sums
+
+
+@dataclass
+class Recipe:
+    """A built recipe: the model, its trainable graph and the frozen prompt producers."""
+
+    name: str
+    config: TrainConfig
+    model: TextSam
+    module: PromptModel
+    probs: tuple[float, float, float, float]
+    clip_input: ClipInput | None = None
+
+    @property
+    def text_encoder(self) -> TextEncoder | None:
+        return self.model.text_encoder
+
+    def trainable_parts(self) -> list[str]:
+        return [p for p in PARTS if getattr(self.model, p) is not None and not getattr(self.config.freeze, p)]
+
+    def trainable_state(self) -> dict[str, Tensor]:
+        """State of the trained parts with ``TextSam`` key names (what checkpoints and exports hold)."""
+        parts = tuple(f"{p}." for p in self.trainable_parts())
+        return {k: v for k, v in self.model.state_dict().items() if k.startswith(parts)}
+
+    def text_embeddings(self, phrases: Sequence[str]) -> Tensor:
+        assert self.text_encoder is not None
+        return self.text_encoder.encode(list(phrases)).clone()  # clone: leave inference mode
+
+    @torch.no_grad()
+    def crop_embeddings(self, crops: Tensor) -> Tensor:
+        """``(N, 3, n, n)`` normalised crops -> unit CLIP image embeddings ``(N, D)`` float32."""
+        assert self.text_encoder is not None
+        clip = self.text_encoder.clip
+        feats = clip.visual(crops.to(next(clip.parameters()).device))
+        return F.normalize((feats[0] if isinstance(feats, tuple) else feats).float(), dim=-1)
+
+    @torch.no_grad()
+    def image_embeddings(self, images: Tensor) -> Tensor:
+        return self.model.image_encoder(images)
+
+    def prepare(self, batch: dict[str, Any], device: torch.device, train: bool = True) -> dict[str, Any]:
+        """Move a collated batch to ``device`` and add the frozen encoders' outputs: ``image_emb`` (frozen
+        image encoder) and, for text-kind rows, ``prompt_emb`` ``(R, D)`` with their ``prompt_rows``."""
+        out = {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in batch.items()}
+        if self.module.image_encoder is None and "image_emb" not in out:
+            out["image_emb"] = self.image_embeddings(out.pop("image"))
+        if self.module.text_projector is None:
+            return out
+        rows = torch.nonzero((out["kind"] == TEXT) | (out["kind"] == TEXT_POINT)).flatten()
+        if rows.numel() == 0:
+            return out
+        if train and self.name == "clip_crops":
+            key = "crop_emb" if "crop_emb" in out else "crop"
+            emb = out[key] if key == "crop_emb" else self.crop_embeddings(out[key])
+            have = out.get(f"{key}_rows", torch.arange(emb.shape[0], device=device))
+            if not torch.equal(have, rows):
+                raise RuntimeError("crop rows do not match the text-kind rows of the batch")
+        elif "text_emb" in out:
+            emb = out["text_emb"][rows]
+        else:
+            emb = self.text_embeddings([out["text"][int(i)] for i in rows])
+        out["prompt_emb"], out["prompt_rows"] = emb.to(device).float(), rows
+        return out
+
+
+def _load_start_weights(model: TextSam, config: TrainConfig) -> dict[str, Tensor]:
+    """Published weights (``pretrained``), then ``checkpoint`` on top: an official / HF SAM file, or a
+    textsam export holding only some parts (each part present loads strictly). Returns the
+    ``text_projector.*`` tensors found (without the prefix)."""
+    if config.pretrained and model.config is not None and model.config.weights:
+        from ..factory import load_sam_weights
+        from ..pretrained import resolve_weights
+
+        load_sam_weights(model, resolve_weights(model.config.weights))
+    if not config.checkpoint:
+        return {}
+    state = read_state_dict(config.checkpoint)
+    head = {k.removeprefix("text_projector."): v for k, v in state.items() if k.startswith("text_projector.")}
+    sam = {k: v for k, v in state.items() if not k.startswith("text_projector.")}
+    sam = to_sam_state_dict(sam) if sam else {}
+    present = [p for p in PARTS[:3] if any(k.startswith(f"{p}.") for k in sam)]
+    for part in present:
+        sub = {k.removeprefix(f"{part}."): v for k, v in sam.items() if k.startswith(f"{part}.")}
+        load_into(getattr(model, part), sub, strict=True)
+    if not present and not head:
+        raise InputError(f"{config.checkpoint} holds no SAM or text-projector weights")
+    missing = [p for p in PARTS[:3] if p not in present]
+    if missing:
+        logger.warning("%s has no %s weights: they keep their %s values", config.checkpoint, ", ".join(missing),
+                       "published" if config.pretrained else "random")
+    return head
+
+
+def build_model(config: TrainConfig, device: torch.device | str = "cpu") -> TextSam:
+    """The TextSam to train (seeded init, start weights, CLIP + projector for text recipes), on ``device``."""
+    name = config.model
+    if name == "from_checkpoint":
+        from ..checkpoint import guess_model_name
+
+        name = guess_model_name(read_state_dict(str(config.checkpoint))) or ""
+        if not name:
+            raise InputError(f"cannot tell which model {config.checkpoint} is for; set model = NAME")
+    torch.manual_seed(config.seed)
+    mcfg = get_config(name)
+    model = build_sam(mcfg)
+    head = _load_start_weights(model, config)
+    if config.uses_text:
+        spec = config.clip or (
+            f"{mcfg.text.clip_model}/{mcfg.text.clip_pretrained}" if mcfg.text.clip_pretrained else mcfg.text.clip_model
+        )
+        clip_name, clip_tag = parse_clip_spec(spec)
+        model.text_encoder = TextEncoder.create(clip_name, clip_tag, device=device)
+        model.text_encoder.requires_grad_(False).eval()
+        if config.text_head:
+            from ..text_head import load_text_head
+
+            projector, _ = load_text_head(config.text_head, sam_model=None, clip_model=None, clip_pretrained=None)
+        else:
+            projector = TextProjector(
+                model.text_encoder.embed_dim,
+                token_dim=mcfg.mask_decoder.transformer_dim,
+                num_tokens=config.num_text_tokens or mcfg.text.num_text_tokens,
+                hidden_dim=config.projector_hidden_dim,
+            )
+            if head:
+                projector.load_state_dict(head, strict=True)
+        model.text_projector = projector
+    model.to(device)
+    for part in PARTS:
+        module = getattr(model, part)
+        if module is not None:
+            frozen = bool(getattr(config.freeze, part))
+            module.requires_grad_(not frozen).train(not frozen)
+    return model
+
+
+def build_recipe(config: TrainConfig, device: torch.device | str = "cpu") -> Recipe:
+    """Model + trainable :class:`PromptModel` + prompt producers for ``config.recipe``."""
+    model = build_model(config, device)
+    weights = LossWeights(config.focal_weight, config.dice_weight, config.iou_weight)
+    module = PromptModel(
+        model, train_image_encoder=not config.freeze.image_encoder, clicks=config.correction_clicks, weights=weights
+    )
+    clip_input = None
+    if config.recipe == "clip_crops":
+        from ..encoders.grounding import DenseClip
+
+        dense = DenseClip(model.text_encoder.clip, input_size=int(_pair(model.text_encoder.clip.visual.image_size)))
+        clip_input = ClipInput(dense.native_size, tuple(dense.mean.flatten().tolist()), tuple(dense.std.flatten().tolist()))
+    return Recipe(config.recipe, config, model, module, config.prompt_mix.probabilities(config.recipe), clip_input)
+
+
+def _pair(size: Any) -> int:
+    return int(size[0]) if isinstance(size, (tuple, list)) else int(size)
+
+
+def fingerprint(module: nn.Module, *extra: object) -> str:
+    """16 hex digits of sha256 over a module's state (names, shapes, bytes) and ``extra``."""
+    h = hashlib.sha256(repr(extra).encode())
+    for k, v in sorted(module.state_dict().items()):
+        h.update(f"{k}{tuple(v.shape)}{v.dtype}".encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def warm_cache(recipe: Recipe, datasets: Sequence[Any], root: str | Path, *, write: bool = True,
+               batch_size: int = 8) -> EmbeddingCache:
+    """Compute (``write``) and describe the on-disk embeddings of the frozen encoders for ``datasets``.
+
+    Image embeddings when the image encoder is frozen; text embeddings of every phrase for text
+    recipes; for ``clip_crops`` the CLIP embeddings of ``crop_variants`` crops per training target.
+    Existing files are reused. Call with ``write=False`` on ranks other than 0 (after a barrier).
+    """
+    cfg, model = recipe.config, recipe.model
+    cache = EmbeddingCache(root)
+    if cfg.freeze.image_encoder:
+        cache.image_fp = fingerprint(model.image_encoder, model.img_size, tuple(model.pixel_mean.flatten().tolist()))
+    if recipe.text_encoder is not None:
+        clip = recipe.text_encoder.clip
+        cache.text_fp = fingerprint(clip, "text", recipe.text_encoder.model_name)
+        if recipe.name == "clip_crops":
+            cache.clip_fp = fingerprint(clip.visual, cfg.seed, cfg.crop_variants, cfg.crop_enlarge, cfg.crop_grey_prob)
+    if not write:
+        return cache
+    device = model.pixel_mean.device
+    for ds in datasets if cache.image_fp else ():
+        todo = sorted({e.image_id for e in ds.entries if not cache.image_path(ds.split, e.image_id).exists()})
+        cache.image_path(ds.split, 0).parent.mkdir(parents=True, exist_ok=True)
+        for i in range(0, len(todo), batch_size):
+            ids = todo[i : i + batch_size]
+            imgs = torch.stack([ds.input_image(ds.coco.load_image(j)) for j in ids]).to(device)
+            for j, e in zip(ids, recipe.image_embeddings(imgs)):
+                _atomic_save(e.cpu().clone(), cache.image_path(ds.split, j))
+    if cache.text_fp:
+        table = torch.load(cache.text_path(), weights_only=True) if cache.text_path().exists() else {}
+        missing = text_table(recipe, [e.phrase for ds in datasets for e in ds.entries], skip=table)
+        if missing:
+            table.update(missing)
+            cache.text_path().parent.mkdir(parents=True, exist_ok=True)
+            _atomic_save(table, cache.text_path())
+    for ds in datasets[:1] if cache.clip_fp else ():
+        cache.crop_path(ds.split, "x").parent.mkdir(parents=True, exist_ok=True)
+        for e in ds.entries:
+            if cache.crop_path(ds.split, e.key).exists():
+                continue
+            image, mask = ds.coco.load_image(e.image_id), ds.target_mask(e)
+            crops = torch.stack([ds.make_crop(image, mask, e.key, v) for v in range(cfg.crop_variants)])
+            _atomic_save(recipe.crop_embeddings(crops).cpu().clone(), cache.crop_path(ds.split, e.key))
+    return cache
+
+
+@torch.no_grad()
+def text_table(recipe: Recipe, phrases: Sequence[str], skip: Any = (), chunk: int = 256) -> dict[str, Tensor]:
+    """CLIP text embeddings of the distinct ``phrases`` (minus ``skip``), encoded in sorted chunks.
+
+    ``TextEncoder`` trims each batch to its longest phrase, so an embedding's rounding depends on its
+    batch; a table fixed up front keeps training bit-reproducible across resumes and world sizes.
+    """
+    todo = sorted({p for p in phrases if p not in skip})
+    table: dict[str, Tensor] = {}
+    for i in range(0, len(todo), chunk):
+        part = todo[i : i + chunk]
+        table.update({p: e.cpu().clone() for p, e in zip(part, recipe.text_embeddings(part))})
+    return table
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+@torch.no_grad()
+def evaluate(recipe: Recipe, dataset: Any, device: torch.device, batch_size: int = 16) -> dict[str, float]:
+    """Mean IoU on ``dataset`` (built with ``train=False``) per prompt kind: the deepest interior point
+    and the exact box for every recipe, plus the phrase's CLIP *text* embedding (alone and with the
+    point) for text recipes. Multimask outputs are reduced to the most confident mask, as at inference."""
+    from .data import collate
+
+    module = recipe.module
+    was_training = module.training
+    module.eval()
+    kinds = [POINT, BOX] + ([TEXT, TEXT_POINT] if module.text_projector is not None else [])
+    sums = dict.fromkeys(kinds, 0.0)
+    count = 0
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(len(dataset), start + batch_size))])
+        b = batch["point"].shape[0]
+        batch = recipe.prepare({**batch, "kind": torch.full((b,), TEXT)}, device, train=False)
+        emb = module.embeddings(batch)
+        tokens = module.text_tokens(batch)
+        pts = (batch["point"][:, None].float(), torch.ones(b, 1, device=device))
+        for kind in kinds:
+            points = pts if kind in (POINT, TEXT_POINT) else None
+            boxes = batch["box"].float() if kind == BOX else None
+            toks = tokens if kind in TEXT_KINDS else None
+            low, iou = module.decode(emb, points, boxes, None, toks, kind in (POINT, TEXT))
+            best = low[torch.arange(b, device=device), iou.argmax(dim=1)][:, None]
+            up = F.interpolate(best.float(), batch["mask"].shape[-2:], mode="bilinear", align_corners=False)
+            sums[kind] += float(mask_iou(up, batch["mask"]).sum())
+        count += b
+    module.train(was_training)
+    names = {POINT: "point", BOX: "box", TEXT: "text", TEXT_POINT: "text_point"}
+    return {f"miou_{names[k]}": v / max(count, 1) for k, v in sums.items()}
