@@ -28,6 +28,17 @@ pytest.importorskip("pycocotools")
 SINGLE = resolve_templates("single")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models on a shared, busy CPU: one intra-op thread is faster and far steadier than two."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def model():
     return tiny_sam(with_text=True)
@@ -262,3 +273,33 @@ def test_empty_predictions_file_is_an_error(shared_data, tmp_path, capsys) -> No
     with pytest.raises(InputError, match="empty list"):
         score_predictions(build_benchmark("instances", shared_data / "coco_val2017_tiny"),
                           tmp_path / "empty.json", tmp_path / "o")
+
+
+def test_semseg_layouts_and_label_values(tmp_path) -> None:
+    from PIL import Image
+
+    from textsam.data.semseg import SemsegDataset
+
+    root = tmp_path / "VOC2010"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClassContext").mkdir()
+    (root / "classes.txt").write_text("background\naeroplane\nbag\n")
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(root / "JPEGImages" / "a.jpg")
+    Image.fromarray(np.array([[0, 1, 2, 255, 0, 0]] * 4, np.uint8)).save(root / "SegmentationClassContext" / "a.png")
+    Image.fromarray(np.array([[0, 7, 0, 0, 0, 0]] * 4, np.uint8)).save(root / "SegmentationClassContext" / "b.png")
+    ds = SemsegDataset.from_layout("context", tmp_path)  # enters the single VOC2010/ sub-folder
+    assert ds.class_names == ["background", "aeroplane", "bag"] and ds.background_index == 0
+    assert ds.load_label("a")[0].tolist() == [0, 1, 2, 255, 0, 0]
+    assert ds.missing_images == ["b"]
+    with pytest.raises(InputError, match=r"label value\(s\) \[7\] have no class name"):
+        ds.load_label("b")
+    bench = build_benchmark("semseg", tmp_path, layout="context", templates=SINGLE)
+    assert bench.prompted == [1, 2]  # the background class is what "nothing confident" means, not a prompt
+
+    ade = tmp_path / "ade"
+    (ade / "images").mkdir(parents=True)
+    (ade / "annotations").mkdir()
+    (ade / "objectInfo150.csv").write_text("Idx,Ratio,Train,Val,Stuff,Name\n1,0.1,1,1,1,wall\n2,0.1,1,1,1,building;edifice\n")
+    Image.fromarray(np.array([[0, 1, 2]], np.uint8)).save(ade / "annotations" / "x.png")
+    ds = SemsegDataset.from_layout("ade20k", ade)
+    assert ds.class_names == ["wall", "building"] and ds.load_label("x").tolist() == [[255, 0, 1]]

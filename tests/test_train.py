@@ -309,13 +309,18 @@ def test_resume_gives_identical_weights(recipe: str, clip_spec: str, tmp_path: P
     cfg = make_config(tmp_path / "split", clip_spec, **common)
     ckpt = train(cfg, source=src, stop_at=3)
     assert ckpt.name == "step_0000003.pt"
-    resumed = train(cfg, source=src, resume="auto")
+    resumed = train(cfg, source=src, val_source=src, resume="auto")
     a, b = read_weights(full), read_weights(resumed)
     assert a.keys() == b.keys() and any(k.startswith("text_projector.") for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)
     logs = [json.loads(ln) for ln in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in logs] == [1, 2, 3, 4, 5, 6]
-    assert (tmp_path / "split" / "text_head.safetensors").is_file()
+    assert [r["step"] for r in logs if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert set(logs[-1]["eval"]) == {"miou_point", "miou_box", "miou_text", "miou_text_point"}
+    from textsam.text_head import load_text_head
+
+    projector, info = load_text_head(tmp_path / "split" / "text_head.safetensors", sam_model="shapes_tiny",
+                                     clip_model=clip_spec, clip_pretrained=None)
+    assert info.recipe == recipe and torch.equal(projector.text_type_embed, a["text_projector.text_type_embed"])
     if cache:
         assert list((tmp_path / "cache" / "crops").rglob("*.pt"))  # crop embeddings were cached
 
@@ -409,48 +414,30 @@ def test_clip_pretrain_lowers_infonce_and_saves_local_dir(tmp_path: Path) -> Non
     assert encoder.embed_dim == 32
 
 
-# ---------------------------------------------------------------------- CLI + the real COCO reader
+# ------------------------------------------------------------ CLI + the real dataset readers
 
 
-def _write_coco(root: Path, split: str, n: int = 3) -> None:
-    from PIL import Image
-
-    from textsam.rle import encode
-
-    fake = FakeCoco(n, seed=1)
-    (root / split / "images").mkdir(parents=True)
-    images, anns = [], []
-    for iid, im in fake.images.items():
-        Image.fromarray(fake.load_image(iid)).save(root / split / "images" / im.file_name)
-        images.append({"id": iid, "file_name": im.file_name, "height": im.height, "width": im.width})
-    for a in fake.annotations.values():
-        rle = encode(fake.mask(a.id))
-        anns.append({"id": a.id, "image_id": a.image_id, "category_id": a.category_id, "bbox": a.bbox,
-                     "area": a.area, "iscrowd": 0, "segmentation": rle})
-    cats = [{"id": k, "name": v} for k, v in fake.categories.items()]
-    (root / split / "instances.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
-
-
-def test_cli_train_on_coco_files(tmp_path: Path) -> None:
-    pytest.importorskip("textsam.data.coco")
+def test_cli_train_on_synthetic_files(clip_spec: str, tmp_path: Path) -> None:
+    """``textsam train run.toml`` on files from the synthetic generator (real COCO + refs readers)."""
+    synthetic = pytest.importorskip("textsam.data.synthetic")
     from textsam.cli import main
-
-    _write_coco(tmp_path / "data", "train")
-    cfg = {"model": "shapes_tiny", "recipe": "sam", "steps": 5, "batch_size": 2, "warmup_steps": 1,
-           "data": {"root": str(tmp_path / "data"), "val_split": None, "refs": "", "min_area": 0},
-           "output_dir": str(tmp_path / "unused"), "progress": False, "correction_clicks": 1, "log_every": 1,
-           "prompt_mix": {"point": 1.0, "box": 1.0}}
-    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
-    out = tmp_path / "run"
-    assert main(["train", str(tmp_path / "cfg.json"), "--out", str(out), "--steps", "2"]) == 0
-    weights = read_weights(out / "model.safetensors")
-    assert any(k.startswith("mask_decoder.") for k in weights) and not any(k.startswith("image_encoder.") for k in weights)
-    assert len((out / "log.jsonl").read_text().splitlines()) == 2
-    assert main(["train", str(tmp_path / "cfg.json"), "--out", str(out), "--steps", "3", "--resume", "auto"]) == 0
-    assert len((out / "log.jsonl").read_text().splitlines()) == 3
-    # an export (prompt encoder + decoder only) seeds another run; the image encoder keeps its init
     from textsam.train.recipes import build_model
 
-    model = build_model(config_from_dict({**cfg, "checkpoint": str(out / "model.safetensors"), "seed": 5}))
+    synthetic.generate(tmp_path / "data", seed=0, num_train=6, num_val=2, num_test=0)
+    (tmp_path / "run.toml").write_text(
+        f'model = "shapes_tiny"\nrecipe = "text"\nclip = "{clip_spec}"\nsteps = 5\nbatch_size = 2\n'
+        f'warmup_steps = 1\nprogress = false\ncorrection_clicks = 1\nlog_every = 1\nprojector_hidden_dim = 64\n'
+        f'output_dir = "{tmp_path / "unused"}"\n[data]\nroot = "{tmp_path / "data"}"\neval_samples = 4\n'
+    )
+    out = tmp_path / "run"
+    assert main(["train", str(tmp_path / "run.toml"), "--out", str(out), "--steps", "2"]) == 0
+    logs = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs] == [1, 2, 2] and "miou_text" in logs[-1]["eval"]
+    assert main(["train", str(tmp_path / "run.toml"), "--out", str(out), "--steps", "3", "--resume", "auto"]) == 0
+    assert [json.loads(ln)["step"] for ln in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 2, 3, 3]
     weights = read_weights(out / "model.safetensors")
+    assert not any(k.startswith("image_encoder.") for k in weights)
+    # the export (prompt encoder, decoder, projector) seeds another run; the image encoder keeps its init
+    cfg = replace(load_config(tmp_path / "run.toml"), checkpoint=str(out / "model.safetensors"), seed=5)
+    model = build_model(cfg)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())

@@ -103,7 +103,8 @@ def load_bundle(path: str | Path, model: nn.Module) -> nn.Module:
         clip_state.pop("token_embedding.rows")
         clip_state["token_embedding.weight"] = table
     load_into(clip, clip_state, strict=True)
-    tokenizer = open_clip.get_tokenizer("ViT-B-16")  # the standard CLIP BPE tokenizer (77 tokens)
+    context = int(meta["clip_config"].get("text_cfg", {}).get("context_length", 77))
+    tokenizer = open_clip.get_tokenizer("ViT-B-16", context_length=context)  # the standard CLIP BPE
     model.text_encoder = TextEncoder(clip.eval(), tokenizer, model_name=meta["clip_name"], pretrained=None)
 
     head = meta["text_head"]

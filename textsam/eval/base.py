@@ -23,7 +23,21 @@ from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Benchmark", "Scores", "read_jsonl", "JsonlWriter", "describe_keys", "split_records", "decode_rle"]
+__all__ = ["Benchmark", "Scores", "ItemError", "load_item", "read_jsonl", "JsonlWriter", "describe_keys",
+           "split_records", "decode_rle"]
+
+
+class ItemError(InputError):
+    """One work item cannot be evaluated (its image is missing or unreadable): it is recorded as failed,
+    listed in the report and scored as a miss, and the run goes on. Any other error stops the run."""
+
+
+def load_item(load: Any, *args: Any) -> Any:
+    """``load(*args)``, with a missing or unreadable file turned into an :class:`ItemError`."""
+    try:
+        return load(*args)
+    except (InputError, OSError) as err:
+        raise ItemError(str(err)) from err
 
 
 @dataclass
@@ -51,7 +65,7 @@ class Benchmark:
         raise NotImplementedError
 
     def run_item(self, predictor: Any, key: str) -> dict[str, Any]:
-        """Predict one image; the JSON-able payload of its record. Raise TextSamError/OSError to record a failure."""
+        """Predict one image; the JSON-able payload of its record. Raise :class:`ItemError` to record a failure."""
         raise NotImplementedError
 
     def score(self, records: dict[str, dict[str, Any]], keys: Sequence[str]) -> Scores:

@@ -20,7 +20,7 @@ from typing import Any
 
 from .. import rle as _rle
 from ..errors import InputError
-from .base import Benchmark, Scores, describe_keys, read_jsonl, split_records
+from .base import Benchmark, Scores, describe_keys, load_item, split_records
 from .metrics import coco_eval, is_lvis, lvis_eval
 
 __all__ = ["InstancesBenchmark", "find_coco_files", "SKIPPED_CATEGORY_NAMES"]
@@ -94,7 +94,7 @@ class InstancesBenchmark(Benchmark):
 
     def run_item(self, predictor: Any, key: str) -> dict[str, Any]:
         image_id = int(key)
-        predictor.set_image(self.dataset.load_image(image_id))
+        predictor.set_image(load_item(self.dataset.load_image, image_id))
         results = []
         for cid, name in self.prompted.items():
             out = predictor.predict(text=name, instances="all")
@@ -177,7 +177,3 @@ class InstancesBenchmark(Benchmark):
             metrics = coco_eval(self.ann_file, results, img_ids=img_ids, cat_ids=cat_ids)
         return Scores(metrics, counts, problems)
 
-
-def read_results_jsonl(path: Path) -> list[dict[str, Any]]:
-    """All COCO results of a results JSONL (for tools that want a flat list)."""
-    return [r for rec in read_jsonl(path) for r in rec.get("results", [])]

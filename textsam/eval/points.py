@@ -29,7 +29,7 @@ import numpy as np
 
 from .. import rle as _rle
 from ..errors import InputError
-from .base import Benchmark, Scores, decode_rle, describe_keys, split_records
+from .base import Benchmark, Scores, decode_rle, describe_keys, load_item, split_records
 from .clicks import first_click, next_click
 from .metrics import mask_iou
 
@@ -96,7 +96,7 @@ class PointsBenchmark(Benchmark):
 
     def run_item(self, predictor: Any, key: str) -> dict[str, Any]:
         image_id = int(key)
-        predictor.set_image(self.dataset.load_image(image_id))
+        predictor.set_image(load_item(self.dataset.load_image, image_id))
         masks = []
         for ann_id in self._anns[image_id]:
             gt = self.dataset.mask(ann_id)

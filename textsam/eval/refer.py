@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import rle as _rle
 from ..errors import InputError
-from .base import Benchmark, Scores, decode_rle, describe_keys, split_records
+from .base import Benchmark, Scores, decode_rle, describe_keys, load_item, split_records
 from .metrics import intersection_union, refer_metrics
 
 __all__ = ["ReferBenchmark", "find_refer_files"]
@@ -76,7 +76,7 @@ class ReferBenchmark(Benchmark):
 
     def run_item(self, predictor: Any, key: str) -> dict[str, Any]:
         image_id = int(key)
-        predictor.set_image(self.dataset.coco.load_image(image_id))
+        predictor.set_image(load_item(self.dataset.coco.load_image, image_id))
         preds = []
         for ref, idx, text in self._by_image[image_id]:
             out = predictor.predict(text=text)

@@ -6,7 +6,8 @@ Files in ``OUT``:
   with different settings is refused, so results of two configurations never mix.
 - ``results.jsonl`` (one process) or ``results.rank{r}.jsonl`` (rank ``r`` of a torchrun job): one line
   per image, appended with flush + fsync. A rerun skips every image that already has a successful
-  record in any of these files (resume); failed images are retried.
+  record in any of these files (resume); failed images (missing or unreadable: ``ItemError``) are
+  recorded as such and retried by a rerun. Any other error stops the run.
 - After all ranks pass a (gloo) barrier, rank 0 merges every file into ``results.jsonl`` sorted in the
   benchmark's canonical image order, removes the rank files, scores and writes ``report.json`` and
   ``report.md``.
@@ -26,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, TextSamError
-from .base import Benchmark, JsonlWriter, describe_keys, read_jsonl
+from ..errors import InputError
+from .base import Benchmark, ItemError, JsonlWriter, describe_keys, read_jsonl
 from .report import build_report, write_report
 
 logger = logging.getLogger(__name__)
@@ -189,7 +190,7 @@ class Runner:
                 t0 = time.perf_counter()
                 try:
                     payload = self.benchmark.run_item(predictor, key)
-                except (TextSamError, OSError) as err:
+                except ItemError as err:
                     logger.warning("%s: %s", key, err)
                     payload = {"error": str(err)}
                 writer.write({"key": key, **payload, "seconds": round(time.perf_counter() - t0, 4)})

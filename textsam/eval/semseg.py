@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import rle as _rle
 from ..errors import InputError
-from .base import Benchmark, Scores, decode_rle, split_records
+from .base import Benchmark, ItemError, Scores, decode_rle, load_item, split_records
 from .metrics import confusion_matrix, semseg_metrics
 
 __all__ = ["SemsegBenchmark", "PROTOCOLS", "prompt_name", "combine_masks"]
@@ -97,9 +97,9 @@ class SemsegBenchmark(Benchmark):
     def run_item(self, predictor: Any, key: str) -> dict[str, Any]:
         ds = self.dataset
         label = ds.load_label(key)
-        image = ds.load_image(key)
+        image = load_item(ds.load_image, key)
         if image.shape[:2] != label.shape:
-            raise InputError(f"{key}: image is {image.shape[1]}x{image.shape[0]} but its label is "
+            raise ItemError(f"{key}: image is {image.shape[1]}x{image.shape[0]} but its label is "
                              f"{label.shape[1]}x{label.shape[0]}")
         predictor.set_image(image)
         present = set(ds.present_classes(label))

@@ -134,6 +134,7 @@ class TrainConfig:
     crop_variants: int = 8  # clip_crops: distinct random crops per object (what the cache holds)
     crop_enlarge: tuple[float, float] = (1.0, 2.0)
     crop_grey_prob: float = 0.5
+    blind_text: bool = False  # baseline: the projector sees a zero vector instead of the prompt embedding
 
     def __post_init__(self) -> None:
         from ..config import MODEL_CONFIGS

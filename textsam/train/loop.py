@@ -24,7 +24,9 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,7 @@ logger = logging.getLogger(__name__)
 CKPT_FORMAT = "textsam.train_state"
 
 
-def lr_factor(config: TrainConfig):  # noqa: ANN201 - a picklable-free closure for LambdaLR
+def lr_factor(config: TrainConfig) -> Callable[[int], float]:
     """Multiplier of ``config.lr`` at each step: linear warmup, then cosine decay to ``min_lr_ratio``."""
 
     def factor(step: int) -> float:
@@ -187,7 +189,8 @@ def train(config: TrainConfig, *, source: Any = None, val_source: Any = None,
     if own_group:
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # long timeout: rank 0 may fill the embedding cache while the others wait at a barrier
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=2))
     prev_det = torch.are_deterministic_algorithms_enabled()
     if config.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -197,7 +197,10 @@ class Recipe:
             emb = out["text_emb"][rows]
         else:
             emb = self.text_embeddings([out["text"][int(i)] for i in rows])
-        out["prompt_emb"], out["prompt_rows"] = emb.to(device).float(), rows
+        emb = emb.to(device).float()
+        if self.config.blind_text:  # text-blind baseline: same training, but the prompt carries no information
+            emb = torch.zeros_like(emb)
+        out["prompt_emb"], out["prompt_rows"] = emb, rows
         return out
 
 

@@ -1,0 +1,101 @@
+"""Assemble the bundled ``shapes_tiny`` model from its three training stages.
+
+    python -m textsam.train.shapes_tiny --sam runs/shapes_sam --text runs/shapes_text \
+        --clip runs/shapes_clip --data runs/shapes_data --out textsam/weights/shapes_tiny.safetensors
+
+Stage outputs: ``--sam`` (recipe "sam": image encoder, prompt encoder, decoder), ``--text`` (recipe "text":
+prompt encoder, decoder and text projector, image encoder frozen), ``--clip`` (an open_clip
+``local-dir:`` folder from ``textsam.train.clip_pretrain``). The bundle stores the CLIP token table only
+for tokens that occur in the synthetic phrases and prompt templates (see ``textsam.bundle``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from ..bundle import save_bundle
+from ..config import SHAPES_TINY
+from ..encoders.templates import DEFAULT_TEMPLATES
+from ..encoders.text import TextEncoder
+from ..errors import InputError
+from ..factory import build_sam
+from ..text_head import load_text_head
+
+logger = logging.getLogger(__name__)
+
+
+def _load_parts(model: torch.nn.Module, path: Path) -> list[str]:
+    """Load the parts a stage trained (official key names) into ``model``; returns the part names."""
+    state = load_file(str(path))
+    own = model.state_dict()
+    unknown = [k for k in state if k not in own]
+    if unknown:
+        raise InputError(f"{path} has keys this model does not know: {unknown[:5]}")
+    model.load_state_dict(state, strict=False)
+    return sorted({k.split(".")[0] for k in state})
+
+
+def used_token_ids(data_root: Path, tokenizer: object) -> list[int]:
+    """Token ids of every phrase of the synthetic data (all splits) and of the prompt templates."""
+    phrases: set[str] = set()
+    for refs in sorted(data_root.glob("*/refs.json")):
+        for ref in json.loads(refs.read_text()):
+            phrases.update(s["sent"] for s in ref["sentences"])
+    for instances in sorted(data_root.glob("*/instances.json")):
+        phrases.update(c["name"] for c in json.loads(instances.read_text())["categories"])
+    texts = sorted(phrases) + [t.format(p) for t in DEFAULT_TEMPLATES for p in sorted(phrases)[:50]]
+    ids: set[int] = set()
+    for i in range(0, len(texts), 512):
+        ids.update(int(t) for t in tokenizer(texts[i : i + 512]).flatten().tolist())
+    ids.update(range(256))  # byte-level tokens, so unseen words still get non-zero embeddings
+    return sorted(ids)
+
+
+def assemble(sam_dir: Path, text_dir: Path, clip_dir: Path, data_root: Path, out: Path) -> Path:
+    """Combine the stages into one bundle file at ``out``."""
+    model = build_sam(SHAPES_TINY)
+    sam_parts = _load_parts(model, sam_dir / "model.safetensors")
+    text_parts = _load_parts(model, text_dir / "model.safetensors")
+    encoder = TextEncoder.create(f"local-dir:{clip_dir.resolve()}", None)
+    projector, info = load_text_head(text_dir / "text_head.safetensors", sam_model="shapes_tiny",
+                                     clip_model=None, clip_pretrained=None)
+    model.text_encoder = encoder
+    model.text_encoder.model_name = "shapes_tiny_clip"
+    model.text_projector = projector
+    clip_cfg = json.loads((clip_dir / "open_clip_config.json").read_text())["model_cfg"]
+    record = {
+        "stages": {"sam": str(sam_dir), "text": str(text_dir), "clip": str(clip_dir)},
+        "parts_from_sam_stage": sam_parts,
+        "parts_from_text_stage": text_parts,
+        "text_head_recipe": info.recipe,
+        "data": json.loads((data_root / "meta.json").read_text()).get("counts", {}),
+    }
+    for name, d in (("sam_config", sam_dir), ("text_config", text_dir)):
+        cfg = d / "train_config.json"
+        if cfg.is_file():
+            record[name] = json.loads(cfg.read_text())
+    return save_bundle(out, model, clip_config=clip_cfg,
+                       used_token_ids=used_token_ids(data_root, encoder.tokenizer), training=record)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sam", type=Path, required=True)
+    parser.add_argument("--text", type=Path, required=True)
+    parser.add_argument("--clip", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    path = assemble(args.sam, args.text, args.clip, args.data, args.out)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
