@@ -85,6 +85,9 @@ class TextConfig:
     clip_model: str = "ViT-B-16-quickgelu"
     clip_pretrained: str | None = "openai"
     num_text_tokens: int = 2
+    # An open_clip ``model_cfg`` for CLIPs that are not in open_clip's registry (our own small ones):
+    # used to build the architecture, e.g. with random weights when ``pretrained=False``.
+    clip_config: dict | None = field(default=None, hash=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,14 @@ class ModelConfig:
         return self.image_encoder.embedding_size
 
 
+# The small CLIP trained from scratch for shapes_tiny (contrastive crops vs phrases; real CLIP tokenizer).
+SHAPES_TINY_CLIP_CFG: dict = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 128, "layers": 4, "head_width": 32, "mlp_ratio": 4.0},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4},
+    "quick_gelu": False,
+}
+
 # The bundled demo model, trained by this project on its synthetic shapes data (docs/shapes_tiny.md).
 # 128 px images, patch 8 -> 16x16 embedding of width 64, 64x64 low-res masks; its CLIP is a small
 # open_clip model shipped as a local-dir folder beside the weights (textsam/weights/shapes_tiny_clip).
@@ -124,7 +135,9 @@ SHAPES_TINY = ModelConfig(
     ),
     prompt_encoder=PromptEncoderConfig(embed_dim=64, mask_in_chans=16),
     mask_decoder=MaskDecoderConfig(transformer_dim=64, depth=2, num_heads=4, mlp_dim=256, iou_head_hidden_dim=64),
-    text=TextConfig(clip_model="shapes_tiny_clip", clip_pretrained=None, num_text_tokens=2),
+    text=TextConfig(
+        clip_model="shapes_tiny_clip", clip_pretrained=None, num_text_tokens=2, clip_config=SHAPES_TINY_CLIP_CFG
+    ),
     weights="shapes_tiny",
 )
 

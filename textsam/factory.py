@@ -78,6 +78,18 @@ def load_sam_weights(model: TextSam, path: str | Path) -> None:
     logger.info("loaded SAM weights from %s", path)
 
 
+def _random_small_clip(name: str, clip_config: dict):
+    """A randomly initialised open_clip CLIP from an explicit ``model_cfg`` (our own small CLIPs)."""
+    import open_clip
+    from open_clip.model import CLIP
+
+    from .encoders.text import TextEncoder
+
+    context = int(clip_config.get("text_cfg", {}).get("context_length", 77))
+    tokenizer = open_clip.get_tokenizer("ViT-B-16", context_length=context)
+    return TextEncoder(CLIP(**clip_config).eval(), tokenizer, model_name=name, pretrained=None)
+
+
 def attach_text(
     model: TextSam,
     *,
@@ -114,7 +126,12 @@ def attach_text(
             clip_pretrained=clip_tag,
         )
     current = model.text_encoder
-    if current is None or (current.model_name, current.pretrained) != (clip_name, clip_tag if pretrained else None):
+    cfg_text = model.config.text if model.config is not None else None
+    if current is not None and (current.model_name, current.pretrained) == (clip_name, clip_tag if pretrained else None):
+        pass
+    elif not pretrained and cfg_text is not None and cfg_text.clip_config and clip_name == cfg_text.clip_model:
+        model.text_encoder = _random_small_clip(clip_name, cfg_text.clip_config).to(model.device)
+    else:
         model.text_encoder = TextEncoder.create(clip_name, clip_tag if pretrained else None, device=model.device)
     if projector is not None:
         model.text_projector = projector.to(model.device).eval()

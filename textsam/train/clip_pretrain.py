@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from ..config import SHAPES_TINY_CLIP_CFG
 from ..encoders.grounding import OPENAI_MEAN, OPENAI_STD
 from ..encoders.grounding_maps import square_crop
 from .data import ClipInput, StepSampler, build_entries, coco_of, crop_params
@@ -39,12 +40,7 @@ from .data import ClipInput, StepSampler, build_entries, coco_of, crop_params
 logger = logging.getLogger(__name__)
 
 # A ~9M-parameter CLIP (most of it the 49408-token embedding): 64 px crops, 8 px patches, width 128.
-SMALL_CLIP_CFG: dict[str, Any] = {
-    "embed_dim": 64,
-    "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 128, "layers": 4, "head_width": 32, "mlp_ratio": 4.0},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4},
-    "quick_gelu": False,
-}
+SMALL_CLIP_CFG: dict[str, Any] = SHAPES_TINY_CLIP_CFG  # the architecture shapes_tiny ships
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 
