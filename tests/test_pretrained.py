@@ -121,8 +121,10 @@ def test_real_table_is_consistent() -> None:
     assert len({e.filename for e in table.values()}) == len(table)
     assert table["sam_vit_b"].size == 375_042_383
     assert table["sam_vit_b"].sha256.startswith("ec2df627")
+    from textsam.pretrained import BUNDLED
+
     for config in MODEL_CONFIGS.values():
-        assert config.weights is None or config.weights in table
+        assert config.weights is None or config.weights in table or config.weights in BUNDLED
 
 
 # ---- settings -------------------------------------------------------------------------------------
