@@ -32,6 +32,7 @@ def save_bundle(
     clip_config: dict[str, Any],
     used_token_ids: list[int] | None = None,
     training: dict[str, Any] | None = None,
+    text_options: dict[str, Any] | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Write a TextSam with its text encoder and projector to one file (returns the path)."""
@@ -56,6 +57,7 @@ def save_bundle(
             "num_tokens": proj.num_tokens, "hidden_dim": proj.hidden_dim,
         },
         "training": training or {},
+        "text_options": text_options or {},
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

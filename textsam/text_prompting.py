@@ -51,6 +51,13 @@ class TextOptions:
     min_score: float | None = None
 
 
+def default_options(model: TextSam) -> TextOptions:
+    """The model's own text settings (a bundle may record e.g. ``{"grounding": false}``), else defaults."""
+    meta = getattr(model, "bundle_meta", None) or {}
+    fields = {k: v for k, v in (meta.get("text_options") or {}).items() if k in TextOptions.__dataclass_fields__}
+    return TextOptions(**fields)
+
+
 @dataclass
 class TextPrompt:
     """Prompts for one phrase, in original-image pixels, plus learned tokens."""
@@ -66,7 +73,7 @@ class TextPrompter:
 
     def __init__(self, model: TextSam, options: TextOptions | None = None) -> None:
         self.model = model
-        self.options = options or TextOptions()
+        self.options = options or default_options(model)
         self._dense = None
         self._features: Tensor | None = None  # (gh, gw, D) unit patch features of the current image
         self._geometry = None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +143,7 @@ def predictor_factory(
 
     def build() -> Any:
         import textsam
-        from textsam.text_prompting import TextOptions
+        from textsam.text_prompting import default_options
 
         kwargs: dict[str, Any] = {}
         if checkpoint is not None:
@@ -157,7 +158,7 @@ def predictor_factory(
         if dev is not None:
             kwargs["device"] = dev
         net = textsam.create_model(model, **kwargs)
-        options = TextOptions(templates=tuple(templates["templates"])) if templates else None
+        options = replace(default_options(net), templates=tuple(templates["templates"])) if templates else None
         return textsam.TextSamPredictor(net, text_options=options)
 
     return build

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 def _load_parts(model: torch.nn.Module, path: Path) -> list[str]:
     """Load the parts a stage trained (official key names) into ``model``; returns the part names."""
-    state = load_file(str(path))
+    state = {k: v for k, v in load_file(str(path)).items() if not k.startswith("text_projector.")}
     own = model.state_dict()
     unknown = [k for k in state if k not in own]
     if unknown:
@@ -57,7 +57,9 @@ def used_token_ids(data_root: Path, tokenizer: object) -> list[int]:
     return sorted(ids)
 
 
-def assemble(sam_dir: Path, text_dir: Path, clip_dir: Path, data_root: Path, out: Path) -> Path:
+def assemble(
+    sam_dir: Path, text_dir: Path, clip_dir: Path, data_root: Path, out: Path, text_options: dict | None = None
+) -> Path:
     """Combine the stages into one bundle file at ``out``."""
     model = build_sam(SHAPES_TINY)
     sam_parts = _load_parts(model, sam_dir / "model.safetensors")
@@ -81,7 +83,8 @@ def assemble(sam_dir: Path, text_dir: Path, clip_dir: Path, data_root: Path, out
         if cfg.is_file():
             record[name] = json.loads(cfg.read_text())
     return save_bundle(out, model, clip_config=clip_cfg,
-                       used_token_ids=used_token_ids(data_root, encoder.tokenizer), training=record)
+                       used_token_ids=used_token_ids(data_root, encoder.tokenizer), training=record,
+                       text_options=text_options, dtype=torch.float16)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clip", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--text-options", default="{}", help='default TextOptions as JSON, e.g. {"grounding": false}')
     args = parser.parse_args(argv)
-    path = assemble(args.sam, args.text, args.clip, args.data, args.out)
+    path = assemble(args.sam, args.text, args.clip, args.data, args.out, json.loads(args.text_options))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0
 
