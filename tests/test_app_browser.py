@@ -21,7 +21,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "app"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-TIMEOUT = 60_000
+TIMEOUT = 120_000  # generous: CI machines are shared and slow
 
 # Where gradio's click handler maps a click (image scaled down, never up, centred): the inverse.
 # The app shows small images magnified k times; aim at the middle of pixel (x, y)'s k x k block.

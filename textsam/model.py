@@ -83,7 +83,18 @@ class TextSam(nn.Module):
         Upsamples to the padded input, crops the padding, then resizes to the original size
         (bilinear, as SAM does).
         """
-        masks = F.interpolate(masks, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        low = masks.shape[-1]
+        if self.img_size % low == 0 and masks.shape[-2] == low:
+            # Upsample only the low-res rows/columns the crop needs (+2 so no kept pixel sees the edge
+            # clamp): the same values as upsampling the whole canvas and cropping, with less work.
+            scale = self.img_size // low
+            rows = min(low, (input_size[0] - 1) // scale + 2)
+            cols = min(low, (input_size[1] - 1) // scale + 2)
+            masks = F.interpolate(
+                masks[..., :rows, :cols], scale_factor=scale, mode="bilinear", align_corners=False
+            )
+        else:
+            masks = F.interpolate(masks, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
         masks = masks[..., : input_size[0], : input_size[1]]
         return F.interpolate(masks, original_size, mode="bilinear", align_corners=False)
 
