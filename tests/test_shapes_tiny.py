@@ -1,0 +1,58 @@
+"""The bundled shapes_tiny model end to end: offline load, text (head and grounding), clicks, one call."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import textsam
+from textsam.text_prompting import TextOptions
+
+
+@pytest.fixture(scope="module")
+def model():
+    return textsam.create_model("shapes_tiny")  # bundled file: no network
+
+
+def _scene() -> tuple[np.ndarray, np.ndarray]:
+    img = np.full((128, 128, 3), 110, np.uint8)
+    yy, xx = np.mgrid[:128, :128]
+    disc = (yy - 40) ** 2 + (xx - 36) ** 2 <= 14**2
+    img[disc] = (220, 30, 30)
+    img[80:110, 80:110] = (30, 60, 220)
+    return img, disc
+
+
+def test_bundle_loads_offline_with_its_text_parts(model) -> None:
+    assert model.text_encoder is not None and model.text_projector is not None
+    assert model.bundle_meta["model"] == "shapes_tiny"
+    assert textsam.TextSamPredictor(model).text.options.grounding is False  # the bundle's own default
+
+
+def test_click_segments_the_object(model) -> None:
+    img, disc = _scene()
+    pred = textsam.TextSamPredictor(model)
+    pred.set_image(img)
+    out = pred.predict(point_coords=np.array([[36, 40]]), point_labels=np.array([1]), multimask_output=False)
+    iou = (out.masks[0] & disc).sum() / (out.masks[0] | disc).sum()
+    assert iou > 0.8, iou
+
+
+@pytest.mark.parametrize("grounding", [False, True])
+def test_text_end_to_end_in_one_decoder_call(model, grounding: bool) -> None:
+    img, _ = _scene()
+    pred = textsam.TextSamPredictor(model, text_options=TextOptions(grounding=grounding))
+    pred.set_image(img)
+    calls = []
+    original = model.mask_decoder.forward
+    model.mask_decoder.forward = lambda *a, **k: calls.append(k["sparse_prompt_embeddings"].shape) or original(*a, **k)
+    try:
+        out = pred.predict(text="the red circle", point_coords=np.array([[36, 40]]), point_labels=np.array([1]))
+    finally:
+        model.mask_decoder.forward = original
+    assert len(calls) == 1
+    grounded = len(out.info["prompts"]["points"])
+    assert (grounded > 0) == grounding
+    # click + grounded points + SAM's padding point (no box) + text tokens, all in one sparse sequence
+    assert calls[0][1] == 1 + grounded + 1 + model.text_projector.num_tokens
+    assert out.masks.shape == (3, 128, 128)
