@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,26 +52,30 @@ class Scores:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-class Benchmark:
-    """Base class. Subclasses set ``name`` and implement the methods below."""
+class Benchmark(ABC):
+    """Base class. Subclasses set ``name`` and implement the abstract methods below."""
 
     name = "benchmark"
 
+    @abstractmethod
     def keys(self) -> list[str]:
         """Work items (image keys) in canonical order; ``--limit N`` takes the first N."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def describe(self) -> dict[str, Any]:
         """``{"data": {...}, "protocol": str, "templates": ...}``: deterministic, for the report."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def run_item(self, predictor: Any, key: str) -> dict[str, Any]:
         """Predict one image; the JSON-able payload of its record. Raise :class:`ItemError` to record a failure."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def score(self, records: dict[str, dict[str, Any]], keys: Sequence[str]) -> Scores:
         """Metrics over ``keys``: a key without a (successful) record scores as a miss and is listed."""
-        raise NotImplementedError
+        ...
 
     def load_predictions(self, path: Path) -> dict[str, dict[str, Any]]:
         """Records from a predictions file (default: a results JSONL)."""
