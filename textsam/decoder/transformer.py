@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import MLPBlock
+from .token_attention import image_to_tokens, token_space_pays, tokens_to_image
 
 
 class Attention(nn.Module):
@@ -78,13 +79,16 @@ class TwoWayAttentionBlock(nn.Module):
 
         q = queries + query_pe
         k = keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q=q, k=k, v=keys))
+        queries = self.norm2(queries + _token_to_image(self.cross_attn_token_to_image, q, k, keys))
 
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        attn_out = self.cross_attn_image_to_token(q=k, k=q, v=queries)
-        keys = self.norm4(attn_out + keys)  # (B,...) + (1,...): the fast broadcast order
+        if token_space_pays(self.cross_attn_image_to_token, q.shape[1]):
+            keys = self.norm4(image_to_tokens(self.cross_attn_image_to_token, k, q, queries, residual=keys))
+        else:
+            attn_out = self.cross_attn_image_to_token(q=k, k=q, v=queries)
+            keys = self.norm4(attn_out + keys)  # (B,...) + (1,...): the fast broadcast order
         return queries, keys
 
 
@@ -131,5 +135,12 @@ class TwoWayTransformer(nn.Module):
             queries, keys = layer(queries=queries, keys=keys, query_pe=point_embedding, key_pe=key_pe)
         q = queries + point_embedding
         k = keys + key_pe
-        queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q=q, k=k, v=keys))
+        queries = self.norm_final_attn(queries + _token_to_image(self.final_attn_token_to_image, q, k, keys))
         return queries, keys
+
+
+def _token_to_image(attention: Attention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Token->image attention, in token space when that is fewer multiply-adds (same result)."""
+    if token_space_pays(attention, q.shape[1]):
+        return tokens_to_image(attention, q, k, v)
+    return attention(q=q, k=k, v=v)
