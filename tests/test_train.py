@@ -441,3 +441,25 @@ def test_cli_train_on_synthetic_files(clip_spec: str, tmp_path: Path) -> None:
     cfg = replace(load_config(tmp_path / "run.toml"), checkpoint=str(out / "model.safetensors"), seed=5)
     model = build_model(cfg)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+
+
+def test_compare_scores_each_phrase_kind(clip_spec: str, tmp_path: Path) -> None:
+    """``python -m textsam.train.compare RUN --by-kind``: per-kind scores whose sample counts add up."""
+    synthetic = pytest.importorskip("textsam.data.synthetic")
+    from textsam.cli import main
+    from textsam.train import compare
+
+    synthetic.generate(tmp_path / "data", seed=0, num_train=4, num_val=3, num_test=0)
+    (tmp_path / "run.toml").write_text(
+        f'model = "shapes_tiny"\nrecipe = "text"\nclip = "{clip_spec}"\nsteps = 1\nbatch_size = 2\n'
+        f'warmup_steps = 1\nprogress = false\nprojector_hidden_dim = 64\neval_every = 0\n'
+        f'output_dir = "{tmp_path / "run"}"\n[data]\nroot = "{tmp_path / "data"}"\n'
+    )
+    assert main(["train", str(tmp_path / "run.toml")]) == 0
+    assert compare.main([str(tmp_path / "run"), "--split", "val", "--by-kind", "--out", str(tmp_path / "c.json")]) == 0
+    result = json.loads((tmp_path / "c.json").read_text())["results"][str(tmp_path / "run")]
+    kinds = result["by_kind"]
+    assert set(kinds) <= {"attribute", "category", "spatial"} and "attribute" in kinds
+    assert sum(k["samples"] for k in kinds.values()) == result["samples"]
+    for scores in [result, *kinds.values()]:
+        assert 0.0 <= scores["miou_text"] <= 1.0 and 0.0 <= scores["miou_point"] <= 1.0

@@ -8,6 +8,7 @@ config with its exported weights, then scored on the referring expressions of ``
 synthetic data, the unseen colour-shape combinations): mIoU of the most confident mask for one click at
 the deepest interior point, the exact box, the phrase (CLIP *text* embedding, whatever the recipe
 trained on) and phrase + click. Text-blind runs get the same zero vector they were trained with.
+``--by-kind`` also scores each phrase kind of the refs file (``kind``: attribute, category, spatial) alone.
 """
 
 from __future__ import annotations
@@ -28,8 +29,16 @@ from .loop import make_dataset, open_source
 from .recipes import build_recipe, evaluate, text_table
 
 
-def score_run(run: Path, split: str, limit: int | None) -> dict[str, float]:
-    """mIoU per prompt kind for the run in folder ``run`` on ``split``."""
+def phrase_kinds(source: object) -> dict[tuple[int, str], str]:
+    """``(image_id, sentence) -> kind`` from the refs' ``kind`` field (empty for sources without refs)."""
+    return {
+        (int(ref.image_id), str(text)): str(ref.extra.get("kind", "unknown"))
+        for ref, _i, text in getattr(source, "expressions", lambda: [])()
+    }
+
+
+def score_run(run: Path, split: str, limit: int | None, by_kind: bool = False) -> dict[str, object]:
+    """mIoU per prompt kind for the run in folder ``run`` on ``split`` (and per phrase kind if ``by_kind``)."""
     cfg = replace(load_config(run / "train_config.json"), cache_dir=None, progress=False)
     if cfg.recipe == "clip_crops":  # scored with text, on the referring phrases
         cfg = replace(cfg, data=replace(cfg.data, refs="{split}/refs.json"))
@@ -46,8 +55,19 @@ def score_run(run: Path, split: str, limit: int | None) -> dict[str, float]:
         dataset.cache = EmbeddingCache.in_memory(text_table(recipe, [e.phrase for e in dataset.entries]))
     t0 = time.perf_counter()
     with torch.no_grad():
-        metrics = evaluate(recipe, dataset, torch.device("cpu"))
-    metrics["samples"] = len(dataset)
+        metrics: dict[str, object] = dict(evaluate(recipe, dataset, torch.device("cpu")))
+        metrics["samples"] = len(dataset)
+        if by_kind:
+            kinds = phrase_kinds(source)
+            everything = dataset.entries
+            groups: dict[str, list] = {}
+            for entry in everything:
+                groups.setdefault(kinds.get((entry.image_id, entry.phrase), "unknown"), []).append(entry)
+            metrics["by_kind"] = {}
+            for kind, entries in sorted(groups.items()):
+                dataset.entries = entries
+                metrics["by_kind"][kind] = {**evaluate(recipe, dataset, torch.device("cpu")), "samples": len(entries)}
+            dataset.entries = everything
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
     return metrics
 
@@ -57,11 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--split", default="test")
     parser.add_argument("--limit", type=int, default=None, help="score at most N expressions (evenly spread)")
+    parser.add_argument("--by-kind", action="store_true", help="also score each phrase kind (refs 'kind') alone")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     results = {}
     for run in args.runs:
-        results[str(run)] = score_run(run, args.split, args.limit)
+        results[str(run)] = score_run(run, args.split, args.limit, args.by_kind)
         print(run, json.dumps(results[str(run)]))
     if args.out:
         args.out.write_text(json.dumps({"split": args.split, "results": results}, indent=2))
