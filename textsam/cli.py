@@ -394,8 +394,50 @@ def _data_synth(args: argparse.Namespace) -> int:
 # Parser and entry point
 
 # Other commands (segment, app, train, eval, export) add their own _add_<cmd>_parser here.
+# --------------------------------------------------------------------------------------------------
+# textsam export ...
+
+
+def _add_export_parser(subparsers: _Subparsers) -> None:
+    """``textsam export --model NAME -o decoder.onnx [--text] [--return-single-mask]``: ONNX decoder."""
+    p = add_command(
+        subparsers, "export", "export the prompt encoder + mask decoder to ONNX (SAM's ONNX interface)",
+        description=(
+            "Write an ONNX graph of the prompt encoder and mask decoder with SAM's official inputs "
+            "(image_embeddings, point_coords, point_labels, mask_input, has_mask_input, orig_im_size) and "
+            "outputs (masks, iou_predictions, low_res_masks). --text adds a text_embedding input "
+            "(model.text_encoder.encode([phrase])). The image encoder is not part of the graph: compute the "
+            "embedding with TextSamPredictor.get_image_embedding()."
+        ),
+    )
+    p.add_argument("--model", default="sam_vit_b", metavar="NAME", help="model name (default: sam_vit_b)")
+    p.add_argument("--checkpoint", type=Path, metavar="PATH", help="SAM weights file instead of the published ones")
+    p.add_argument("--text-head", type=Path, metavar="PATH", help="trained text head (textsam bundle)")
+    p.add_argument("--text", action="store_true", help="add the text_embedding input (needs a text head)")
+    p.add_argument("--return-single-mask", action="store_true",
+                   help="return one mask (SAM's choice rule) instead of all four mask tokens")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17, at least 11)")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="FILE", help="the .onnx file to write")
+    p.set_defaults(handler=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    import textsam
+    from textsam.onnx_export import export_onnx
+
+    kwargs: dict[str, Any] = {"checkpoint": args.checkpoint}
+    if args.text_head is not None:
+        kwargs["text_head"] = args.text_head
+    model = textsam.create_model(args.model, **kwargs)
+    path = export_onnx(model, args.output, return_single_mask=args.return_single_mask, with_text=args.text,
+                       opset=args.opset)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return EXIT_OK
+
+
 _PARSER_BUILDERS: list[Callable[[_Subparsers], None]] = [
     _add_weights_parser, _add_segment_parser, _add_app_parser, _add_eval_parser, _add_train_parser,
+    _add_export_parser,
     _add_data_parser,
 ]
 

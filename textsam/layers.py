@@ -19,7 +19,7 @@ class LayerNorm2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Same statistics as SAM's formula (biased variance, eps inside the sqrt), computed by the fused
         # kernel on a channels-last view: no copy when x is channels-last in memory.
-        y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        y = F.layer_norm(x.permute(0, 2, 3, 1), self.weight.shape, self.weight, self.bias, self.eps)
         return y.permute(0, 3, 1, 2)
 
 
