@@ -25,6 +25,7 @@ from textsam.transforms import load_image
 
 from .conftest import SHARED_DATA
 from .test_tiny_vit import expected_mobile_sam_encoder
+from .tiny import official_sam
 
 segment_anything = pytest.importorskip("segment_anything")
 
@@ -131,14 +132,10 @@ def _image() -> np.ndarray:
 @pytest.mark.slow
 def test_vit_l_matches_official_predictor(tmp_path: Path) -> None:
     """Random vit_l written by the official builder (every tensor perturbed) -> same predictions."""
-    torch.manual_seed(0)
-    sam = segment_anything.sam_model_registry["vit_l"]()
-    with torch.no_grad():
-        for p in sam.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
+    sam = official_sam("vit_l")
     ckpt = tmp_path / "sam_vit_l_random.pth"
     torch.save(sam.state_dict(), ckpt)
-    ref = segment_anything.SamPredictor(sam.eval())
+    ref = segment_anything.SamPredictor(sam)
     ours = textsam.TextSamPredictor(textsam.create_model("sam_vit_l", checkpoint=ckpt))
     ckpt.unlink()
 

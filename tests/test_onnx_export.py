@@ -12,6 +12,8 @@ import textsam
 from textsam.cli import main
 from textsam.onnx_export import OnnxPromptDecoder, example_inputs, export_onnx
 
+from .tiny import official_sam
+
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
@@ -25,15 +27,11 @@ def _run(path: Path, inputs: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def official_and_ours(tmp_path_factory: pytest.TempPathFactory):
-    segment_anything = pytest.importorskip("segment_anything")
-    torch.manual_seed(0)
-    sam = segment_anything.sam_model_registry["vit_b"]()
-    with torch.no_grad():
-        for p in sam.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
+    pytest.importorskip("segment_anything")
+    sam = official_sam("vit_b")
     ckpt = tmp_path_factory.mktemp("ckpt") / "sam_vit_b_random.pth"
     torch.save(sam.state_dict(), ckpt)
-    return sam.eval(), textsam.create_model("sam_vit_b", checkpoint=ckpt)
+    return sam, textsam.create_model("sam_vit_b", checkpoint=ckpt)
 
 
 def _sam_inputs(num_points: int, seed: int) -> tuple[torch.Tensor, ...]:

@@ -17,6 +17,7 @@ import textsam
 from textsam.transforms import load_image
 
 from .conftest import SHARED_DATA
+from .tiny import official_sam
 
 segment_anything = pytest.importorskip("segment_anything")
 
@@ -28,13 +29,8 @@ MAX_BAND_FLIP_FRACTION = 1e-6  # of all pixels, with a floor of 8 pixels
 
 @pytest.fixture(scope="module")
 def official_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    sam = segment_anything.sam_model_registry["vit_b"]()
-    with torch.no_grad():
-        for p in sam.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
     path = tmp_path_factory.mktemp("ckpt") / "sam_vit_b_random.pth"
-    torch.save(sam.state_dict(), path)
+    torch.save(official_sam("vit_b").state_dict(), path)
     return path
 
 

@@ -41,3 +41,15 @@ def tiny_sam(seed: int = 0, *, with_text: bool = False) -> TextSam:
     if with_text:
         model.text_encoder = tiny_clip_encoder(seed)
     return model.eval()
+
+
+def official_sam(variant: str = "vit_b", seed: int = 0):
+    """segment-anything's own ``Sam`` of ``variant`` from its builder, every tensor perturbed, in eval mode."""
+    import segment_anything
+
+    torch.manual_seed(seed)
+    sam = segment_anything.sam_model_registry[variant]()
+    with torch.no_grad():
+        for p in sam.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return sam.eval()

@@ -224,6 +224,28 @@ def _parse_clip(text: str) -> str:
     return text
 
 
+def _add_model_options(p: argparse.ArgumentParser, *, clip: bool = True) -> None:
+    """``--model``, ``--checkpoint``, ``--clip`` (optional) and ``--text-head``: which model to build."""
+    p.add_argument("--model", default="sam_vit_b", metavar="NAME", help="model name (default: sam_vit_b)")
+    p.add_argument("--checkpoint", type=Path, metavar="PATH", help="SAM weights file instead of the published ones")
+    if clip:
+        p.add_argument("--clip", type=_parse_clip, metavar="NAME/TAG",
+                       help="open_clip model, e.g. ViT-B-16-quickgelu/openai")
+    p.add_argument("--text-head", type=Path, metavar="PATH", help="trained text head (textsam bundle)")
+
+
+def create_model_from_args(args: argparse.Namespace) -> Any:
+    """``textsam.create_model`` with the options of :func:`_add_model_options` (and ``--device`` if present)."""
+    import textsam
+
+    kwargs: dict[str, Any] = {"checkpoint": args.checkpoint}
+    for option in ("device", "clip", "text_head"):
+        value = getattr(args, option, None)
+        if value is not None:
+            kwargs[option] = value
+    return textsam.create_model(args.model, **kwargs)
+
+
 def _add_segment_parser(subparsers: _Subparsers) -> None:
     """``textsam segment IMAGE|FOLDER ... -o OUT``: masks, overlays and JSON for each image."""
     p = add_command(
@@ -243,10 +265,7 @@ def _add_segment_parser(subparsers: _Subparsers) -> None:
     p.add_argument("--box", type=_parse_box, metavar="X0,Y0,X1,Y1", help="a box in pixels")
     p.add_argument("--all", dest="all_instances", action="store_true", help="segment every instance of the phrase")
     p.add_argument("--multimask", action="store_true", help="write SAM's 3 candidate masks, best first")
-    p.add_argument("--model", default="sam_vit_b", metavar="NAME", help="model name (default: sam_vit_b)")
-    p.add_argument("--checkpoint", type=Path, metavar="PATH", help="SAM weights file instead of the published ones")
-    p.add_argument("--clip", type=_parse_clip, metavar="NAME/TAG", help="open_clip model, e.g. ViT-B-16-quickgelu/openai")
-    p.add_argument("--text-head", type=Path, metavar="PATH", help="trained text head (textsam bundle)")
+    _add_model_options(p)
     p.add_argument("--device", metavar="DEVICE", help="cpu, cuda, cuda:1, mps (default: cpu)")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="folder to write results into")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -307,10 +326,7 @@ def _add_eval_parser(subparsers: _Subparsers) -> None:
                    help="refer, synthetic, instances, semseg or points")
     p.add_argument("--data", required=True, type=Path, metavar="ROOT", help="the dataset folder")
     p.add_argument("--split", metavar="NAME", help="split (COCO: val2017; refer: a refs split; synthetic: test)")
-    p.add_argument("--model", default="sam_vit_b", metavar="NAME", help="model name (default: sam_vit_b)")
-    p.add_argument("--checkpoint", type=Path, metavar="PATH", help="SAM weights file instead of the published ones")
-    p.add_argument("--clip", type=_parse_clip, metavar="NAME/TAG", help="open_clip model, e.g. ViT-B-16-quickgelu/openai")
-    p.add_argument("--text-head", type=Path, metavar="PATH", help="trained text head (textsam bundle)")
+    _add_model_options(p)
     p.add_argument("--templates", metavar="NAME|FILE",
                    help="prompt templates: default, imagenet80, single, or a file with one template per line")
     p.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N images")
@@ -410,9 +426,7 @@ def _add_export_parser(subparsers: _Subparsers) -> None:
             "embedding with TextSamPredictor.get_image_embedding()."
         ),
     )
-    p.add_argument("--model", default="sam_vit_b", metavar="NAME", help="model name (default: sam_vit_b)")
-    p.add_argument("--checkpoint", type=Path, metavar="PATH", help="SAM weights file instead of the published ones")
-    p.add_argument("--text-head", type=Path, metavar="PATH", help="trained text head (textsam bundle)")
+    _add_model_options(p, clip=False)
     p.add_argument("--text", action="store_true", help="add the text_embedding input (needs a text head)")
     p.add_argument("--return-single-mask", action="store_true",
                    help="return one mask (SAM's choice rule) instead of all four mask tokens")
@@ -422,15 +436,10 @@ def _add_export_parser(subparsers: _Subparsers) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    import textsam
     from textsam.onnx_export import export_onnx
 
-    kwargs: dict[str, Any] = {"checkpoint": args.checkpoint}
-    if args.text_head is not None:
-        kwargs["text_head"] = args.text_head
-    model = textsam.create_model(args.model, **kwargs)
-    path = export_onnx(model, args.output, return_single_mask=args.return_single_mask, with_text=args.text,
-                       opset=args.opset)
+    path = export_onnx(create_model_from_args(args), args.output, return_single_mask=args.return_single_mask,
+                       with_text=args.text, opset=args.opset)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return EXIT_OK
 

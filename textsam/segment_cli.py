@@ -146,16 +146,9 @@ def _predict_kwargs(prompt: dict) -> dict[str, Any]:
 
 def _build_predictor(args: argparse.Namespace) -> Any:
     import textsam
+    from textsam.cli import create_model_from_args
 
-    kwargs: dict[str, Any] = {"checkpoint": args.checkpoint}
-    if args.device is not None:
-        kwargs["device"] = args.device
-    if args.clip is not None:
-        kwargs["clip"] = args.clip
-    if args.text_head is not None:
-        kwargs["text_head"] = args.text_head
-    model = textsam.create_model(args.model, **kwargs)
-    return textsam.TextSamPredictor(model)
+    return textsam.TextSamPredictor(create_model_from_args(args))
 
 
 def run_segment(args: argparse.Namespace) -> int:

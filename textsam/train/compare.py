@@ -55,19 +55,24 @@ def score_run(run: Path, split: str, limit: int | None, by_kind: bool = False) -
         dataset.cache = EmbeddingCache.in_memory(text_table(recipe, [e.phrase for e in dataset.entries]))
     t0 = time.perf_counter()
     with torch.no_grad():
-        metrics: dict[str, object] = dict(evaluate(recipe, dataset, torch.device("cpu")))
-        metrics["samples"] = len(dataset)
-        if by_kind:
+        if not by_kind or not dataset.entries:
+            metrics: dict[str, object] = {**evaluate(recipe, dataset, torch.device("cpu")), "samples": len(dataset)}
+        else:
+            # Each expression is scored once, in its kind's group; the overall means are the
+            # sample-weighted means of the groups.
             kinds = phrase_kinds(source)
             everything = dataset.entries
             groups: dict[str, list] = {}
             for entry in everything:
                 groups.setdefault(kinds.get((entry.image_id, entry.phrase), "unknown"), []).append(entry)
-            metrics["by_kind"] = {}
+            per_kind: dict[str, dict[str, float]] = {}
             for kind, entries in sorted(groups.items()):
                 dataset.entries = entries
-                metrics["by_kind"][kind] = {**evaluate(recipe, dataset, torch.device("cpu")), "samples": len(entries)}
+                per_kind[kind] = {**evaluate(recipe, dataset, torch.device("cpu")), "samples": len(entries)}
             dataset.entries = everything
+            names = [k for k in next(iter(per_kind.values())) if k != "samples"]
+            metrics = {k: sum(g[k] * g["samples"] for g in per_kind.values()) / len(everything) for k in names}
+            metrics.update(samples=len(everything), by_kind=per_kind)
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
     return metrics
 
