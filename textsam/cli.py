@@ -392,6 +392,8 @@ def _add_data_parser(subparsers: _Subparsers) -> None:
     s.add_argument("--val", type=int, default=200, metavar="N")
     s.add_argument("--test", type=int, default=200, metavar="N")
     s.add_argument("--size", type=int, default=128, metavar="PX", help="image side in pixels")
+    s.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="render in N processes (the output is the same for any N)")
     s.set_defaults(handler=_data_synth)
 
 
@@ -399,7 +401,7 @@ def _data_synth(args: argparse.Namespace) -> int:
     from textsam.data.synthetic import generate
 
     meta = generate(args.out, seed=args.seed, num_train=args.train, num_val=args.val, num_test=args.test,
-                    image_size=args.size)
+                    image_size=args.size, workers=args.workers)
     for split, counts in meta["counts"].items():
         print(f"{split}: {counts['images']} images, {counts['annotations']} objects, {counts['refs']} refs")
     print(f"written to {args.out}")

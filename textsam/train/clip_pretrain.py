@@ -133,6 +133,7 @@ class ClipPretrainConfig:
     seed: int = 0
     num_workers: int = 0
     log_every: int = 50
+    device: str | None = None  # default: cuda when available, else cpu
 
 
 def _collate(items: list[tuple[Tensor, str]]) -> tuple[Tensor, list[str]]:
@@ -143,9 +144,10 @@ def batch_loss(model: nn.Module, tokenizer: Any, crops: Tensor, phrases: Sequenc
     """InfoNCE of one batch (phrases deduplicated: one text per distinct phrase)."""
     uniq = list(dict.fromkeys(phrases))
     ids = torch.tensor([uniq.index(p) for p in phrases])
-    img = model.encode_image(crops, normalize=True)
-    txt = model.encode_text(tokenizer(uniq), normalize=True)[ids]
-    return info_nce(img, txt, model.logit_scale, ids)
+    device = model.logit_scale.device
+    img = model.encode_image(crops.to(device, non_blocking=True), normalize=True)
+    txt = model.encode_text(tokenizer(uniq).to(device), normalize=True)[ids.to(device)]
+    return info_nce(img, txt, model.logit_scale, ids.to(device))
 
 
 @dataclass
@@ -159,7 +161,8 @@ def pretrain_clip(dataset: CropTextDataset, out_dir: str | Path, config: ClipPre
                   *, progress: bool = False) -> PretrainResult:
     """Train a CLIP from scratch on ``dataset`` and save it as a ``local-dir`` folder."""
     torch.manual_seed(config.seed)
-    model = build_clip(config.model_cfg).train()
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = build_clip(config.model_cfg).train().to(device)
     tokenizer = clip_tokenizer(int(config.model_cfg["text_cfg"]["context_length"]))
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
@@ -176,7 +179,7 @@ def pretrain_clip(dataset: CropTextDataset, out_dir: str | Path, config: ClipPre
     batch = min(config.batch_size, len(dataset))
     sampler = StepSampler(len(dataset), seed=config.seed, batch_size=batch, steps=config.steps)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=_collate,
-                                         num_workers=config.num_workers)
+                                         num_workers=config.num_workers, pin_memory=device.type == "cuda")
     from tqdm.auto import tqdm
 
     losses: list[float] = []
@@ -210,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=ClipPretrainConfig.lr)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     root = Path(args.data) / args.split
@@ -222,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
 
         source = CocoDataset(root / "instances.json", root / "images")
     cfg = ClipPretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                             num_workers=args.num_workers)
+                             num_workers=args.num_workers, device=args.device)
     ds = CropTextDataset(clip_input_for(cfg.model_cfg), source=source, seed=args.seed)
     result = pretrain_clip(ds, args.out, cfg, progress=True)
     print(f"{result.path} (final loss {result.losses[-1]:.4f})")

@@ -135,6 +135,10 @@ class TrainConfig:
     crop_enlarge: tuple[float, float] = (1.0, 2.0)
     crop_grey_prob: float = 0.5
     blind_text: bool = False  # baseline: the projector sees a zero vector instead of the prompt embedding
+    # auxiliary loss: a 1x1 conv on the image embedding classifies every low-res pixel per field (the
+    # COCO "category", or annotation fields such as "colour", "size"); trains the image encoder only
+    semantic_weight: float = 0.0
+    semantic_fields: tuple[str, ...] = ("category",)
 
     def __post_init__(self) -> None:
         from ..config import MODEL_CONFIGS
@@ -157,6 +161,11 @@ class TrainConfig:
         lo, hi = self.crop_enlarge
         if not 1.0 <= lo <= hi:
             raise InputError(f"crop_enlarge must be [lo, hi] with 1 <= lo <= hi, got {self.crop_enlarge}")
+        if self.semantic_weight < 0:
+            raise InputError(f"semantic_weight must be >= 0, got {self.semantic_weight}")
+        if self.semantic_weight > 0 and (self.freeze.image_encoder or not self.semantic_fields):
+            raise InputError("semantic_weight > 0 trains the image encoder: set [freeze] image_encoder = false "
+                             "and name at least one of semantic_fields")
         if self.batch_size % self.grad_accum:
             raise InputError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
         self.prompt_mix.probabilities(self.recipe)
@@ -193,6 +202,8 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
             kwargs[name] = _build(section, kwargs[name], f"[{name}]")
     if "crop_enlarge" in kwargs:
         kwargs["crop_enlarge"] = tuple(float(v) for v in kwargs["crop_enlarge"])
+    if "semantic_fields" in kwargs:
+        kwargs["semantic_fields"] = tuple(str(v) for v in kwargs["semantic_fields"])
     try:
         return cls(**kwargs)
     except TypeError as err:

@@ -9,6 +9,9 @@ A sample is one target mask (an instance, or the union of a referring expression
   embedding grid (area-downsampled, thresholded at 0.5);
 - prompts in the input frame: a random interior point ``(x, y)``, the mask's box ``x0, y0, x1, y1``
   (inclusive pixel indices) jittered by N(0, 10% of its side) up to 20 px at 1024 px, and a phrase;
+- optionally (``semantic``), per-pixel class maps ``(F, L, L)`` of the whole image at low resolution, one
+  channel per labelled field (the COCO category, or an annotation field such as ``colour``; 0 = no object),
+  for the auxiliary semantic loss that teaches the image encoder what its objects are;
 - for the ``clip_crops`` recipe, a square crop around the box enlarged by a random factor in
   ``crop_enlarge``, with probability ``crop_grey_prob`` the pixels outside the mask set to the CLIP mean
   colour, resized to the CLIP input size and normalised (or its cached CLIP embedding).
@@ -84,6 +87,51 @@ def build_entries(source: Any, img_size: int, min_area: float = 0.0) -> list[Ent
     return entries
 
 
+class SemanticLabels:
+    """Per-pixel class maps of an image's instances, one channel per field (training-only supervision).
+
+    ``fields``: ``"category"`` (the COCO category id) or the name of an annotation field kept in
+    ``CocoAnnotation.extra`` (the synthetic data's ``colour`` and ``size``). Class ``c + 1`` is the ``c``-th
+    sorted value of the field over the whole dataset; 0 is background (and objects that lack the field).
+    Later annotations paint over earlier ones.
+    """
+
+    def __init__(self, coco: Any, fields: Sequence[str]) -> None:
+        if not fields:
+            raise ValueError("SemanticLabels needs at least one field")
+        anns = list(coco.annotations.values())
+        self.fields = tuple(fields)
+        self.vocab: dict[str, dict[Any, int]] = {}
+        for name in self.fields:
+            values = {self.value(a, name) for a in anns} - {None}
+            if not values:
+                raise ValueError(f"no annotation has the field {name!r} (semantic_fields)")
+            self.vocab[name] = {v: i + 1 for i, v in enumerate(sorted(values, key=str))}
+
+    @staticmethod
+    def value(ann: Any, name: str) -> Any:
+        return ann.category_id if name == "category" else ann.extra.get(name)
+
+    @property
+    def num_classes(self) -> tuple[int, ...]:
+        """Classes per field, background included."""
+        return tuple(len(self.vocab[f]) + 1 for f in self.fields)
+
+    def maps(self, coco: Any, image_id: int, to_lowres: Any) -> torch.Tensor:
+        """``(F, L, L)`` int64 class maps; ``to_lowres`` turns an ``(H, W)`` bool mask into ``(L, L)`` bool."""
+        anns = coco.anns_for_image(image_id)
+        out: torch.Tensor | None = None
+        for ann in anns:
+            region = to_lowres(np.asarray(coco.mask(ann), dtype=bool))
+            if out is None:
+                out = torch.zeros((len(self.fields), *region.shape), dtype=torch.long)
+            for c, name in enumerate(self.fields):
+                out[c][region] = self.vocab[name].get(self.value(ann, name), 0)
+        if out is None:
+            raise ValueError(f"image {image_id} has no annotations for its semantic maps")
+        return out
+
+
 @dataclass(frozen=True)
 class ClipInput:
     """How crops become CLIP image-tower input (matches ``DenseClip.to_native`` for square crops)."""
@@ -124,7 +172,7 @@ def deepest_points(masks: torch.Tensor) -> torch.Tensor:
     m = masks.float().unsqueeze(1)
     depth = torch.zeros_like(m)
     for _ in range((max(m.shape[-2:]) + 1) // 2):
-        if not bool(m.any()):
+        if m.device.type == "cpu" and not bool(m.any()):  # on GPUs the check would sync every round
             break
         depth += m
         m = 1.0 - F.max_pool2d(F.pad(1.0 - m, (1, 1, 1, 1), value=1.0), 3, stride=1)
@@ -188,6 +236,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         clip_input: make crops for text-kind prompts (``clip_crops`` recipe).
         cache: use cached image embeddings (``use_image_cache``), crop and text embeddings.
         split: the split name (cache files are kept per split: image ids repeat across splits).
+        semantic: add ``semantic`` class maps ``(F, L, L)`` of the whole image to every sample.
     """
 
     def __init__(
@@ -209,6 +258,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         pixel_mean: Sequence[float] = PIXEL_MEAN,
         pixel_std: Sequence[float] = PIXEL_STD,
         split: str = "train",
+        semantic: SemanticLabels | None = None,
     ) -> None:
         if img_size % lowres:
             raise ValueError(f"img_size {img_size} must be a multiple of the low-res size {lowres}")
@@ -219,6 +269,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.clip_input = clip_input
         self.crop_variants, self.crop_enlarge, self.crop_grey_prob = crop_variants, crop_enlarge, crop_grey_prob
         self.cache, self.use_image_cache, self.split = cache, use_image_cache, split
+        self.semantic = semantic
         self.mean = torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1)
 
@@ -246,6 +297,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
         out[:h, :w] = torch.from_numpy(np.ascontiguousarray(m))
         return out
 
+    def lowres_mask(self, mask: np.ndarray) -> torch.Tensor:
+        """``(H, W)`` bool -> ``(L, L)`` bool low-res mask (input frame, area-downsampled, >= 0.5)."""
+        k = self.img_size // self.lowres
+        return F.avg_pool2d(self.input_mask(mask)[None, None].float(), k)[0, 0] >= 0.5
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, index = (key if isinstance(key, tuple) else (0, key))
         entry = self.entries[index]
@@ -265,6 +321,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         sample["mask"] = target[None].float()
         k = self.img_size // self.lowres
         sample["mask_lowres"] = (F.avg_pool2d(target[None, None].float(), k)[0] >= 0.5).float()
+        if self.semantic is not None:
+            sample["semantic"] = self.semantic.maps(self.coco, entry.image_id, self.lowres_mask)
         kind = int(rng.choice(4, p=self.probs)) if self.train else -1
         sample["kind"] = kind
         sample["point"], sample["box"] = self._prompts(target, rng)

@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 
 from ..errors import InputError
 from .config import TrainConfig, load_config, save_config
-from .data import EmbeddingCache, SegmentationDataset, StepSampler, build_entries, collate
+from .data import EmbeddingCache, SegmentationDataset, SemanticLabels, StepSampler, build_entries, coco_of, collate
 from .recipes import Recipe, build_recipe, evaluate, text_table, warm_cache
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,14 @@ def open_source(config: TrainConfig, split: str, *, want_refs: bool) -> Any:
 
 
 def make_dataset(recipe: Recipe, source: Any, *, train: bool, split: str, limit: int | None) -> SegmentationDataset:
+    """Samples of ``source`` for ``recipe``; training sets get semantic maps when ``semantic_weight > 0``
+    (and the recipe's module its semantic head)."""
     cfg, model = recipe.config, recipe.model
+    semantic = None
+    if train and cfg.semantic_weight > 0:
+        semantic = SemanticLabels(coco_of(source), cfg.semantic_fields)
+        if recipe.module.semantic_head is None:
+            recipe.module.add_semantic_head(semantic.num_classes, cfg.semantic_weight)
     entries = build_entries(source, model.img_size, cfg.data.min_area)
     if limit is not None and len(entries) > limit:
         entries = entries[:: max(1, len(entries) // limit)][:limit] if not train else entries[:limit]
@@ -133,7 +140,7 @@ def make_dataset(recipe: Recipe, source: Any, *, train: bool, split: str, limit:
         probs=recipe.probs, seed=cfg.seed, train=train, clip_input=recipe.clip_input if train else None,
         crop_variants=cfg.crop_variants, crop_enlarge=cfg.crop_enlarge, crop_grey_prob=cfg.crop_grey_prob,
         pixel_mean=tuple(model.pixel_mean.flatten().tolist()), pixel_std=tuple(model.pixel_std.flatten().tolist()),
-        split=split,
+        split=split, semantic=semantic,
     )
 
 
@@ -255,6 +262,10 @@ def _train(config: TrainConfig, source: Any, val_source: Any, resume: str | Path
         if missing:
             raise InputError(f"{ckpt_path} lacks trained weights {sorted(missing)[:5]}: another [freeze] setup?")
         recipe.model.load_state_dict(state["model"], strict=False)
+        if recipe.module.semantic_head is not None:
+            if "semantic_head" not in state:
+                raise InputError(f"{ckpt_path} has no semantic head: it was written with semantic_weight = 0")
+            recipe.module.semantic_head.load_state_dict(state["semantic_head"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start = int(state["step"])
@@ -303,11 +314,12 @@ def _train(config: TrainConfig, source: Any, val_source: Any, resume: str | Path
         done = step + 1
         bar.update(1)
         if done % config.log_every == 0 or done == config.steps:
-            values = torch.tensor([parts_sum.get(k, 0.0) for k in ("loss", "focal", "dice", "iou")])
+            names = ("loss", "focal", "dice", "iou") + (("semantic",) if "semantic" in parts_sum else ())
+            values = torch.tensor([parts_sum.get(k, 0.0) for k in names])
             if world > 1:
                 dist.all_reduce(values)
                 values /= world
-            record = dict(zip(("loss", "focal", "dice", "iou"), values.tolist()))
+            record = dict(zip(names, values.tolist()))
             record.update(step=done, lr=lr, time=time.perf_counter() - t0, grad_norm=grad_norm)
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
             if rank == 0:
@@ -356,6 +368,9 @@ def save_checkpoint(recipe: Recipe, optimizer: torch.optim.Optimizer, scheduler:
             "sampler": {"position": step * cfg.batch_size, "batch_size": cfg.batch_size, "seed": cfg.seed},
             "config": json.dumps(cfg.to_dict()),
         }
+        head = recipe.module.semantic_head
+        if head is not None:
+            state["semantic_head"] = {k: v.detach().cpu() for k, v in head.state_dict().items()}
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(state, path.with_suffix(".tmp"))
         path.with_suffix(".tmp").replace(path)

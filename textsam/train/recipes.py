@@ -76,6 +76,25 @@ class PromptModel(nn.Module):
         self.text_projector = model.text_projector
         self.clicks, self.weights = clicks, weights
         self.scale = model.img_size / self.prompt_encoder.mask_input_size[0]
+        self.semantic_head: nn.Conv2d | None = None
+        self.semantic_classes: tuple[int, ...] = ()
+        self.semantic_weight = 0.0
+
+    def add_semantic_head(self, num_classes: Sequence[int], weight: float) -> None:
+        """Training-only 1x1 conv on the image embedding ``(B, C, h, w)`` -> per-field class logits, upsampled
+        to the low-res mask grid and scored by cross-entropy against the batch's ``semantic`` maps."""
+        if self.image_encoder is None:
+            raise InputError("the semantic loss needs a trainable image encoder")
+        channels = self.mask_decoder.transformer_dim
+        self.semantic_head = nn.Conv2d(channels, sum(num_classes), kernel_size=1)
+        self.semantic_classes, self.semantic_weight = tuple(num_classes), float(weight)
+
+    def semantic_loss(self, emb: Tensor, labels: Tensor) -> Tensor:
+        """Mean over fields of the per-pixel cross-entropy; ``labels`` ``(B, F, L, L)`` int64."""
+        assert self.semantic_head is not None
+        logits = F.interpolate(self.semantic_head(emb).float(), labels.shape[-2:], mode="bilinear", align_corners=False)
+        parts = torch.split(logits, list(self.semantic_classes), dim=1)
+        return sum(F.cross_entropy(x, labels[:, i]) for i, x in enumerate(parts)) / len(parts)
 
     def decode(self, emb: Tensor, points: tuple[Tensor, Tensor] | None, boxes: Tensor | None,
                masks: Tensor | None, tokens: Tensor | None, multimask: bool) -> tuple[Tensor, Tensor]:
@@ -106,7 +125,11 @@ class PromptModel(nn.Module):
             for name, value in self.interact(emb[idx], batch, idx, kind, tokens).items():
                 totals[name] = totals.get(name, 0.0) + value
         n = batch["kind"].shape[0] * (1 + self.clicks)
-        return {name: value / n for name, value in totals.items()}
+        out = {name: value / n for name, value in totals.items()}
+        if self.semantic_head is not None:
+            out["semantic"] = self.semantic_loss(emb, batch["semantic"])
+            out["loss"] = out["loss"] + self.semantic_weight * out["semantic"]
+        return out
 
     def interact(self, emb: Tensor, batch: dict[str, Any], idx: Tensor, kind: int,
                  tokens: Tensor | None) -> dict[str, Tensor]:
