@@ -21,6 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from textsam.errors import InputError
 from textsam.train.config import (
     DataConfig,
     FreezeConfig,
@@ -248,7 +249,6 @@ def test_config_files_json_and_toml(tmp_path: Path) -> None:
     js = tmp_path / "run.json"
     js.write_text(json.dumps(cfg.to_dict()))
     assert load_config(js) == cfg
-    from textsam.errors import InputError
 
     with pytest.raises(InputError, match="unknown key"):
         config_from_dict({"stepz": 3})
@@ -323,6 +323,44 @@ def test_resume_gives_identical_weights(recipe: str, clip_spec: str, tmp_path: P
     assert info.recipe == recipe and torch.equal(projector.text_type_embed, a["text_projector.text_type_embed"])
     if cache:
         assert list((tmp_path / "cache" / "crops").rglob("*.pt"))  # crop embeddings were cached
+
+
+def test_semantic_maps_label_every_object_and_resume_exactly(clip_spec: str, tmp_path: Path) -> None:
+    """Class maps paint each object's low-res mask with its class per field; a run with the semantic loss
+    (image encoder trained) resumes to the same weights, semantic head included."""
+    from textsam.train.data import SemanticLabels
+    from textsam.train.loop import train
+
+    src = FakeRefer(FakeCoco(3))
+    labels = SemanticLabels(src.coco, ("category", "color"))
+    assert labels.num_classes == (3, 1 + len({a.color for a in src.coco.annotations.values()}))
+    ds = SegmentationDataset(src, build_entries(src, 128), img_size=128, lowres=64, seed=0, semantic=labels)
+    sample = ds[(0, 0)]
+    maps = sample["semantic"]
+    assert maps.shape == (2, 64, 64) and maps.dtype == torch.long
+    for ann in src.coco.anns_for_image(sample["image_id"]):
+        region = ds.lowres_mask(src.coco.mask(ann))
+        assert region.any()
+        assert bool((maps[0][region] == ann.category_id).all())
+        assert bool((maps[1][region] == labels.vocab["color"][ann.color]).all())
+    union = torch.zeros(64, 64, dtype=torch.bool)
+    for ann in src.coco.anns_for_image(sample["image_id"]):
+        union |= ds.lowres_mask(src.coco.mask(ann))
+    assert bool((maps[:, ~union] == 0).all())
+
+    common = dict(recipe="text", freeze=FreezeConfig(image_encoder=False), semantic_weight=1.0,
+                  semantic_fields=("category", "color"), steps=4)
+    full = train(make_config(tmp_path / "full", clip_spec, **common), source=src)
+    cfg = make_config(tmp_path / "split", clip_spec, **common)
+    train(cfg, source=src, stop_at=2)
+    resumed = train(cfg, source=src, resume="auto")
+    a, b = read_weights(full), read_weights(resumed)
+    assert any(k.startswith("image_encoder.") for k in a) and not any("semantic" in k for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    logs = [json.loads(ln) for ln in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    assert all(r["semantic"] > 0 for r in logs if "loss" in r)
+    with pytest.raises(InputError, match="semantic_weight"):
+        make_config(tmp_path, clip_spec, semantic_weight=1.0, freeze=FreezeConfig(image_encoder=True))
 
 
 # --------------------------------------------------------------------------- 4. torchrun parity

@@ -110,7 +110,13 @@ class SemanticLabels:
 
     @staticmethod
     def value(ann: Any, name: str) -> Any:
-        return ann.category_id if name == "category" else ann.extra.get(name)
+        """The annotation's value of ``name`` (``extra[name]``, else an attribute of that name; None if absent)."""
+        if name == "category":
+            return ann.category_id
+        extra = getattr(ann, "extra", None)
+        if isinstance(extra, dict) and name in extra:
+            return extra[name]
+        return getattr(ann, name, None)
 
     @property
     def num_classes(self) -> tuple[int, ...]:

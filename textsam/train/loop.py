@@ -37,7 +37,15 @@ from safetensors.torch import save_file
 
 from ..errors import InputError
 from .config import TrainConfig, load_config, save_config
-from .data import EmbeddingCache, SegmentationDataset, SemanticLabels, StepSampler, build_entries, coco_of, collate
+from .data import (
+    EmbeddingCache,
+    SegmentationDataset,
+    SemanticLabels,
+    StepSampler,
+    build_entries,
+    coco_of,
+    collate,
+)
 from .recipes import Recipe, build_recipe, evaluate, text_table, warm_cache
 
 logger = logging.getLogger(__name__)
