@@ -479,6 +479,13 @@ def test_cli_train_on_synthetic_files(clip_spec: str, tmp_path: Path) -> None:
     cfg = replace(load_config(tmp_path / "run.toml"), checkpoint=str(out / "model.safetensors"), seed=5)
     model = build_model(cfg)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+    # --stop-at: stop inside a longer schedule, with the checkpoint and the weights of that step
+    stopped = tmp_path / "stopped"
+    assert main(["train", str(tmp_path / "run.toml"), "--out", str(stopped), "--steps", "4", "--stop-at", "2"]) == 0
+    ckpt = torch.load(stopped / "checkpoints" / "step_0000002.pt", weights_only=True)
+    early = read_weights(stopped / "model.safetensors")
+    assert ckpt["step"] == 2 and all(torch.equal(ckpt["model"][k], v) for k, v in early.items())
+    assert main(["train", str(tmp_path / "run.toml"), "--out", str(stopped), "--stop-at", "9"]) == 2
 
 
 def test_compare_scores_each_phrase_kind(clip_spec: str, tmp_path: Path) -> None:

@@ -368,6 +368,8 @@ def _add_train_parser(subparsers: _Subparsers) -> None:
     p.add_argument("--resume", metavar="PATH|auto", help="continue from a checkpoint, or 'auto' for the latest one")
     p.add_argument("--out", type=Path, metavar="DIR", help="output folder (overrides output_dir)")
     p.add_argument("--steps", type=int, metavar="N", help="total optimizer steps (overrides steps)")
+    p.add_argument("--stop-at", type=int, metavar="N",
+                   help="stop after step N of the schedule: write its checkpoint and export its weights")
     p.set_defaults(handler=_train)
 
 

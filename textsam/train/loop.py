@@ -345,6 +345,8 @@ def _train(config: TrainConfig, source: Any, val_source: Any, resume: str | Path
         if (config.checkpoint_every and done % config.checkpoint_every == 0) or done in (config.steps, stop_at):
             path = save_checkpoint(recipe, optimizer, scheduler, done, out, world, rank)
             if done == stop_at and done < config.steps:
+                if rank == 0:  # the weights of this step, as the end of a run would write them
+                    export(recipe, out, done)
                 bar.close()
                 _barrier(world)
                 return path
@@ -389,13 +391,16 @@ def save_checkpoint(recipe: Recipe, optimizer: torch.optim.Optimizer, scheduler:
 
 
 def main_from_args(args: argparse.Namespace) -> int:
-    """``textsam train CONFIG [--resume PATH|auto] [--out DIR] [--steps N]``."""
+    """``textsam train CONFIG [--resume PATH|auto] [--out DIR] [--steps N] [--stop-at N]``."""
     config = load_config(args.config).with_overrides(output_dir=getattr(args, "out", None) and str(args.out),
                                                      steps=getattr(args, "steps", None))
     resume = getattr(args, "resume", None)
     if resume and resume != "auto" and not Path(resume).is_file():
         raise InputError(f"--resume: no checkpoint at {resume} (give a file or 'auto')")
-    path = train(config, resume=resume)
+    stop_at = getattr(args, "stop_at", None)
+    if stop_at is not None and not 1 <= stop_at <= config.steps:
+        raise InputError(f"--stop-at must be between 1 and steps ({config.steps}), got {stop_at}")
+    path = train(config, resume=resume, stop_at=stop_at)
     if _dist_env()[0] == 0:
         print(path)
     return 0
