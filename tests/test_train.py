@@ -145,6 +145,17 @@ def make_config(out: Path, clip: str, **kw: object) -> TrainConfig:
     return TrainConfig(**base)  # type: ignore[arg-type]
 
 
+def write_text_run(tmp_path: Path, clip: str, extra: str, *, output_dir: Path, data_extra: str = "") -> Path:
+    """``tmp_path/run.toml``: a tiny text-recipe run on the synthetic files in ``tmp_path/data``."""
+    path = tmp_path / "run.toml"
+    path.write_text(
+        f'model = "shapes_tiny"\nrecipe = "text"\nclip = "{clip}"\nbatch_size = 2\nwarmup_steps = 1\n'
+        f'progress = false\nprojector_hidden_dim = 64\n{extra}output_dir = "{output_dir}"\n'
+        f'[data]\nroot = "{tmp_path / "data"}"\n{data_extra}'
+    )
+    return path
+
+
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
@@ -462,11 +473,8 @@ def test_cli_train_on_synthetic_files(clip_spec: str, tmp_path: Path) -> None:
     from textsam.train.recipes import build_model
 
     synthetic.generate(tmp_path / "data", seed=0, num_train=6, num_val=2, num_test=0)
-    (tmp_path / "run.toml").write_text(
-        f'model = "shapes_tiny"\nrecipe = "text"\nclip = "{clip_spec}"\nsteps = 5\nbatch_size = 2\n'
-        f'warmup_steps = 1\nprogress = false\ncorrection_clicks = 1\nlog_every = 1\nprojector_hidden_dim = 64\n'
-        f'output_dir = "{tmp_path / "unused"}"\n[data]\nroot = "{tmp_path / "data"}"\neval_samples = 4\n'
-    )
+    write_text_run(tmp_path, clip_spec, 'steps = 5\ncorrection_clicks = 1\nlog_every = 1\n',
+                   output_dir=tmp_path / "unused", data_extra="eval_samples = 4\n")
     out = tmp_path / "run"
     assert main(["train", str(tmp_path / "run.toml"), "--out", str(out), "--steps", "2"]) == 0
     logs = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
@@ -495,11 +503,7 @@ def test_compare_scores_each_phrase_kind(clip_spec: str, tmp_path: Path) -> None
     from textsam.train import compare
 
     synthetic.generate(tmp_path / "data", seed=0, num_train=4, num_val=3, num_test=0)
-    (tmp_path / "run.toml").write_text(
-        f'model = "shapes_tiny"\nrecipe = "text"\nclip = "{clip_spec}"\nsteps = 1\nbatch_size = 2\n'
-        f'warmup_steps = 1\nprogress = false\nprojector_hidden_dim = 64\neval_every = 0\n'
-        f'output_dir = "{tmp_path / "run"}"\n[data]\nroot = "{tmp_path / "data"}"\n'
-    )
+    write_text_run(tmp_path, clip_spec, 'steps = 1\neval_every = 0\n', output_dir=tmp_path / "run")
     assert main(["train", str(tmp_path / "run.toml")]) == 0
     assert compare.main([str(tmp_path / "run"), "--split", "val", "--by-kind", "--out", str(tmp_path / "c.json")]) == 0
     result = json.loads((tmp_path / "c.json").read_text())["results"][str(tmp_path / "run")]

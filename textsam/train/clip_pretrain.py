@@ -142,12 +142,12 @@ def _collate(items: list[tuple[Tensor, str]]) -> tuple[Tensor, list[str]]:
 
 def batch_loss(model: nn.Module, tokenizer: Any, crops: Tensor, phrases: Sequence[str]) -> Tensor:
     """InfoNCE of one batch (phrases deduplicated: one text per distinct phrase)."""
-    uniq = list(dict.fromkeys(phrases))
-    ids = torch.tensor([uniq.index(p) for p in phrases])
     device = model.logit_scale.device
+    uniq = list(dict.fromkeys(phrases))
+    ids = torch.tensor([uniq.index(p) for p in phrases], device=device)
     img = model.encode_image(crops.to(device, non_blocking=True), normalize=True)
-    txt = model.encode_text(tokenizer(uniq).to(device), normalize=True)[ids.to(device)]
-    return info_nce(img, txt, model.logit_scale, ids.to(device))
+    txt = model.encode_text(tokenizer(uniq).to(device), normalize=True)[ids]
+    return info_nce(img, txt, model.logit_scale, ids)
 
 
 @dataclass

@@ -131,15 +131,10 @@ def open_source(config: TrainConfig, split: str, *, want_refs: bool) -> Any:
     return CocoDataset(instances, images)
 
 
-def make_dataset(recipe: Recipe, source: Any, *, train: bool, split: str, limit: int | None) -> SegmentationDataset:
-    """Samples of ``source`` for ``recipe``; training sets get semantic maps when ``semantic_weight > 0``
-    (and the recipe's module its semantic head)."""
+def make_dataset(recipe: Recipe, source: Any, *, train: bool, split: str, limit: int | None,
+                 semantic: SemanticLabels | None = None) -> SegmentationDataset:
+    """Samples of ``source`` for ``recipe`` (with ``semantic`` class maps when given)."""
     cfg, model = recipe.config, recipe.model
-    semantic = None
-    if train and cfg.semantic_weight > 0:
-        semantic = SemanticLabels(coco_of(source), cfg.semantic_fields)
-        if recipe.module.semantic_head is None:
-            recipe.module.add_semantic_head(semantic.num_classes, cfg.semantic_weight)
     entries = build_entries(source, model.img_size, cfg.data.min_area)
     if limit is not None and len(entries) > limit:
         entries = entries[:: max(1, len(entries) // limit)][:limit] if not train else entries[:limit]
@@ -231,7 +226,12 @@ def _train(config: TrainConfig, source: Any, val_source: Any, resume: str | Path
         source = open_source(config, config.data.train_split, want_refs=config.recipe == "text")
         if config.data.val_split:
             val_source = open_source(config, config.data.val_split, want_refs=config.uses_text)
-    train_ds = make_dataset(recipe, source, train=True, split="train", limit=config.data.max_samples)
+    semantic = None
+    if config.semantic_weight > 0:  # the auxiliary loss: class maps in the samples, a head on the module
+        semantic = SemanticLabels(coco_of(source), config.semantic_fields)
+        recipe.module.add_semantic_head(semantic.num_classes, config.semantic_weight)
+    train_ds = make_dataset(recipe, source, train=True, split="train", limit=config.data.max_samples,
+                            semantic=semantic)
     val_ds = None
     if val_source is not None:
         val_ds = make_dataset(recipe, val_source, train=False, split="val", limit=config.data.eval_samples)
