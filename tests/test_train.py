@@ -374,6 +374,51 @@ def test_semantic_maps_label_every_object_and_resume_exactly(clip_spec: str, tmp
         make_config(tmp_path, clip_spec, semantic_weight=1.0, freeze=FreezeConfig(image_encoder=True))
 
 
+def test_text_tower_fine_tuning_trains_resumes_and_reloads(clip_spec: str, tmp_path: Path) -> None:
+    """``[freeze] text_encoder = false``: the CLIP text tower trains (its visual tower does not), the export
+    holds the text tower, a stopped run resumes to the same weights, and a later run starts from them."""
+    from textsam.encoders.text import TextEncoder
+    from textsam.train.loop import train
+    from textsam.train.recipes import build_model
+
+    src = FakeRefer(FakeCoco(3))
+    common = dict(recipe="text", grad_accum=2, freeze=FreezeConfig(image_encoder=True, text_encoder=False),
+                  text_encoder_lr_scale=0.5)
+    full = train(make_config(tmp_path / "full", clip_spec, **common), source=src)
+    cfg = make_config(tmp_path / "split", clip_spec, **common)
+    train(cfg, source=src, stop_at=3)
+    resumed = train(cfg, source=src, resume="auto")
+    a, b = read_weights(full), read_weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    tower = {k.removeprefix("text_encoder.clip."): v for k, v in a.items() if k.startswith("text_encoder.clip.")}
+    assert "token_embedding.weight" in tower and "text_projection" in tower
+    assert not any(k.startswith(("visual.", "logit_scale")) for k in tower)
+
+    original = TextEncoder.create(clip_spec, None)
+    before = original.clip.state_dict()
+    changed = [k for k, v in tower.items() if not torch.equal(v, before[k])]
+    assert "text_projection" in changed and len(changed) > len(tower) // 2
+    # a run seeded with the export starts from the tuned tower (and keeps CLIP's visual tower)
+    model = build_model(replace(cfg, checkpoint=str(full), output_dir=str(tmp_path / "next")))
+    state = model.text_encoder.clip.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in tower.items())
+    assert all(torch.equal(state[k], v) for k, v in before.items() if k.startswith("visual."))
+    phrases = ["red square", "the green one"]
+    assert not torch.allclose(model.text_encoder.encode(phrases), original.encode(phrases), atol=1e-4)
+    head_info = json.loads(__import__("safetensors").safe_open(str(tmp_path / "full" / "text_head.safetensors"),
+                                                               "pt").metadata()["textsam"])
+    assert "fine-tuned" in head_info["extra"]["text_encoder"]
+
+    # the text-blind baseline gives the tower no signal: it stays as CLIP made it
+    blind = read_weights(train(make_config(tmp_path / "blind", clip_spec, blind_text=True, **common), source=src))
+    assert all(torch.equal(v, before[k.removeprefix("text_encoder.clip.")])
+               for k, v in blind.items() if k.startswith("text_encoder.clip."))
+    with pytest.raises(InputError, match="text_encoder = false"):
+        make_config(tmp_path, clip_spec, recipe="clip_crops", freeze=FreezeConfig(text_encoder=False))
+    with pytest.raises(InputError, match="text_encoder_lr_scale"):
+        make_config(tmp_path, clip_spec, recipe="text", text_encoder_lr_scale=0.0)
+
+
 # --------------------------------------------------------------------------- 4. torchrun parity
 
 _DDP_SCRIPT = """

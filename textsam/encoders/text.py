@@ -160,8 +160,7 @@ class TextEncoder(nn.Module):
         if missing:
             for p in missing:
                 self._warn_if_truncated(p)
-            tokens = self.tokenizer(missing).to(self._device())
-            emb = self._encode_tokens(tokens).float()
+            emb = self.embed_tokens(self.tokenize(missing)).float()
             self.tower_calls += 1
             for p, e in zip(missing, emb):
                 self._cache[p] = e
@@ -171,8 +170,14 @@ class TextEncoder(nn.Module):
             self._cache.move_to_end(p)
         return torch.stack([self._cache[p] for p in cleaned])
 
-    def _encode_tokens(self, tokens: Tensor) -> Tensor:
-        """Unit embeddings of token ids ``(N, L)``.
+    def tokenize(self, phrases: Sequence[str]) -> Tensor:
+        """Token ids ``(N, context_length)`` int64 of (already cleaned) phrases, on the tower's device."""
+        return self.tokenizer(list(phrases)).to(self._device())
+
+    def embed_tokens(self, tokens: Tensor) -> Tensor:
+        """Unit embeddings ``(N, D)`` of token ids ``(N, L)``, with autograd (for training the tower).
+
+        Bypasses the phrase cache: after changing the tower's weights call :meth:`clear_cache`.
 
         For open_clip's causal text towers the padding after the last real token cannot influence the
         pooled (end-of-text) feature, so the sequence is cut to the longest real length first: the
@@ -205,6 +210,20 @@ class TextEncoder(nn.Module):
 
     def clear_cache(self) -> None:
         self._cache.clear()
+
+    def set_text_tower_trainable(self, trainable: bool) -> None:
+        """Train (or freeze) the text tower only; the visual tower and the logit scale stay frozen."""
+        self.clip.requires_grad_(False)
+        for name, param in self.clip.named_parameters():
+            param.requires_grad_(trainable and is_text_tower_key(name))
+        self.clip.train(trainable)
+        self.clip.visual.eval()
+        self.clear_cache()
+
+
+def is_text_tower_key(name: str) -> bool:
+    """Whether an open_clip ``CLIP`` state-dict key (no prefix) belongs to the text tower."""
+    return not name.startswith(("visual.", "logit_scale", "logit_bias"))
 
 
 class TextProjector(nn.Module):

@@ -49,6 +49,8 @@ def score_run(run: Path, split: str, limit: int | None, by_kind: bool = False) -
     if missing:
         raise InputError(f"{run}/model.safetensors has keys the model lacks: {missing[:5]}")
     recipe.model.load_state_dict(trained, strict=False)
+    if recipe.text_encoder is not None:  # a fine-tuned text tower may just have been loaded
+        recipe.text_encoder.clear_cache()
     source = open_source(cfg, split, want_refs=True)
     dataset = make_dataset(recipe, source, train=False, split=split, limit=limit)
     if recipe.text_encoder is not None:

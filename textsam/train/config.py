@@ -69,6 +69,9 @@ class FreezeConfig:
     prompt_encoder: bool = False
     mask_decoder: bool = False
     text_projector: bool = False
+    # the CLIP text tower (text recipe only): False fine-tunes it with the mask loss, so words that
+    # CLIP's contrastive training never tied to pixels ("leftmost", "upper") get meaning
+    text_encoder: bool = True
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,7 @@ class TrainConfig:
     crop_variants: int = 8  # clip_crops: distinct random crops per object (what the cache holds)
     crop_enlarge: tuple[float, float] = (1.0, 2.0)
     crop_grey_prob: float = 0.5
+    text_encoder_lr_scale: float = 1.0  # the text tower's learning rate is lr x this (when trained)
     blind_text: bool = False  # baseline: the projector sees a zero vector instead of the prompt embedding
     # auxiliary loss: a 1x1 conv on the image embedding classifies every low-res pixel per field (the
     # COCO "category", or annotation fields such as "colour", "size"); trains the image encoder only
@@ -166,11 +170,16 @@ class TrainConfig:
         if self.semantic_weight > 0 and (self.freeze.image_encoder or not self.semantic_fields):
             raise InputError("semantic_weight > 0 trains the image encoder: set [freeze] image_encoder = false "
                              "and name at least one of semantic_fields")
+        if not self.freeze.text_encoder and self.recipe != "text":
+            raise InputError("[freeze] text_encoder = false trains the CLIP text tower with text supervision: "
+                             f"it needs recipe = 'text', not {self.recipe!r}")
+        if self.text_encoder_lr_scale <= 0:
+            raise InputError(f"text_encoder_lr_scale must be > 0, got {self.text_encoder_lr_scale}")
         if self.batch_size % self.grad_accum:
             raise InputError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
         self.prompt_mix.probabilities(self.recipe)
         if self.freeze.image_encoder and self.freeze.prompt_encoder and self.freeze.mask_decoder and (
-            self.recipe == "sam" or self.freeze.text_projector
+            self.recipe == "sam" or (self.freeze.text_projector and self.freeze.text_encoder)
         ):
             raise InputError("every part is frozen: nothing to train (see [freeze])")
 

@@ -148,10 +148,14 @@ def make_dataset(recipe: Recipe, source: Any, *, train: bool, split: str, limit:
 
 
 def _optimizer(recipe: Recipe, config: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in recipe.module.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    other = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    """AdamW: weight decay on matrices only; a trained text tower at ``lr x text_encoder_lr_scale``."""
+    tower = recipe.module.text_encoder
+    tower_ids = {id(p) for p in tower.parameters()} if tower is not None else set()
+    groups = []
+    for in_tower, lr in ((False, config.lr), (True, config.lr * config.text_encoder_lr_scale)):
+        params = [p for p in recipe.module.parameters() if p.requires_grad and (id(p) in tower_ids) == in_tower]
+        groups += [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay, "lr": lr},
+                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=(0.9, 0.999))
 
 
@@ -169,9 +173,13 @@ def export(recipe: Recipe, out_dir: Path, step: int) -> Path:
     if model.text_projector is not None and te is not None:
         from ..text_head import TextHeadInfo, save_text_head
 
+        te.clear_cache()  # the tower may have changed since phrases were last encoded
+        extra = {"step": str(step)}
+        if recipe.module.text_encoder is not None:
+            extra["text_encoder"] = "fine-tuned: its weights are the text_encoder.clip.* tensors of model.safetensors"
         p = model.text_projector
         info = TextHeadInfo(name, te.model_name, te.pretrained, p.clip_dim, p.token_dim, p.num_tokens,
-                            p.hidden_dim, recipe=cfg.recipe, extra={"step": str(step)})
+                            p.hidden_dim, recipe=cfg.recipe, extra=extra)
         save_text_head(out_dir / "text_head.safetensors", p, info)
     return path
 
@@ -243,7 +251,8 @@ def _train(config: TrainConfig, source: Any, val_source: Any, resume: str | Path
         cache = warm_cache(recipe, datasets, config.cache_dir, write=False)
         for d in datasets:
             d.cache, d.use_image_cache = cache, cache.image_fp is not None
-    elif recipe.text_encoder is not None:  # phrase embeddings fixed up front (see recipes.text_table)
+    elif recipe.text_encoder is not None and recipe.module.text_encoder is None:
+        # frozen text tower: phrase embeddings fixed up front (see recipes.text_table)
         datasets = [d for d in (train_ds, val_ds) if d is not None]
         cache = EmbeddingCache.in_memory(text_table(recipe, [e.phrase for d in datasets for e in d.entries]))
         for d in datasets:

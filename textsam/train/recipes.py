@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checkpoint import load_into, read_state_dict, to_sam_state_dict
-from ..encoders.text import TextEncoder, TextProjector, parse_clip_spec
+from ..encoders.text import TextEncoder, TextProjector, is_text_tower_key, parse_clip_spec
 from ..errors import InputError
 from ..factory import build_sam, get_config
 from ..model import TextSam
@@ -37,7 +37,8 @@ from .losses import LossWeights, mask_iou, sam_loss
 
 logger = logging.getLogger(__name__)
 
-PARTS = ("image_encoder", "prompt_encoder", "mask_decoder", "text_projector")
+PARTS = ("image_encoder", "prompt_encoder", "mask_decoder", "text_projector", "text_encoder")
+TOWER_PREFIX = "text_encoder.clip."  # state-dict keys of the CLIP text tower, when it is trained
 
 
 def error_clicks(pred: Tensor, target: Tensor, scale: float) -> tuple[Tensor, Tensor]:
@@ -68,12 +69,14 @@ class PromptModel(nn.Module):
     use the single-mask output. Module names match ``TextSam``'s, so state-dict keys are the official ones.
     """
 
-    def __init__(self, model: TextSam, *, train_image_encoder: bool, clicks: int, weights: LossWeights) -> None:
+    def __init__(self, model: TextSam, *, train_image_encoder: bool, clicks: int, weights: LossWeights,
+                 train_text_encoder: bool = False) -> None:
         super().__init__()
         self.image_encoder = model.image_encoder if train_image_encoder else None
         self.prompt_encoder = model.prompt_encoder
         self.mask_decoder = model.mask_decoder
         self.text_projector = model.text_projector
+        self.text_encoder = model.text_encoder if train_text_encoder else None
         self.clicks, self.weights = clicks, weights
         self.scale = model.img_size / self.prompt_encoder.mask_input_size[0]
         self.semantic_head: nn.Conv2d | None = None
@@ -102,10 +105,17 @@ class PromptModel(nn.Module):
         return self.mask_decoder(emb, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask)
 
     def text_tokens(self, batch: dict[str, Any]) -> Tensor | None:
-        """``(B, K, C)`` tokens, rows of non-text samples zero (unused), from ``prompt_emb`` rows."""
-        if self.text_projector is None or "prompt_emb" not in batch:
+        """``(B, K, C)`` tokens, rows of non-text samples zero (unused), from the ``prompt_emb`` rows, or
+        from the ``prompt_ids`` rows through the trained text tower."""
+        if self.text_projector is None or not ("prompt_emb" in batch or "prompt_ids" in batch):
             return None
-        tok = self.text_projector(batch["prompt_emb"])
+        if "prompt_ids" in batch:
+            if self.text_encoder is None:
+                raise InputError("token ids in the batch but the text tower is not trained here")
+            emb = self.text_encoder.embed_tokens(batch["prompt_ids"]).float()
+        else:
+            emb = batch["prompt_emb"]
+        tok = self.text_projector(emb)
         full = tok.new_zeros((batch["kind"].shape[0], *tok.shape[1:]))
         return full.index_copy(0, batch["prompt_rows"], tok)
 
@@ -179,9 +189,14 @@ class Recipe:
         return [p for p in PARTS if getattr(self.model, p) is not None and not getattr(self.config.freeze, p)]
 
     def trainable_state(self) -> dict[str, Tensor]:
-        """State of the trained parts with ``TextSam`` key names (what checkpoints and exports hold)."""
+        """State of the trained parts with ``TextSam`` key names (what checkpoints and exports hold); of a
+        trained CLIP, the text tower only (``text_encoder.clip.*``)."""
         parts = tuple(f"{p}." for p in self.trainable_parts())
-        return {k: v for k, v in self.model.state_dict().items() if k.startswith(parts)}
+        return {
+            k: v for k, v in self.model.state_dict().items()
+            if k.startswith(parts) and (not k.startswith("text_encoder.") or
+                                        (k.startswith(TOWER_PREFIX) and is_text_tower_key(k[len(TOWER_PREFIX):])))
+        }
 
     def text_embeddings(self, phrases: Sequence[str]) -> Tensor:
         assert self.text_encoder is not None
@@ -210,6 +225,14 @@ class Recipe:
         rows = torch.nonzero((out["kind"] == TEXT) | (out["kind"] == TEXT_POINT)).flatten()
         if rows.numel() == 0:
             return out
+        if self.config.blind_text:  # text-blind baseline: same training, but the prompt carries no information
+            dim = self.text_encoder.embed_dim if self.text_encoder is not None else self.model.text_projector.clip_dim
+            out["prompt_emb"], out["prompt_rows"] = torch.zeros(rows.numel(), dim, device=device), rows
+            return out
+        if self.module.text_encoder is not None:  # the trained text tower runs inside forward
+            phrases = [out["text"][int(i)] for i in rows]
+            out["prompt_ids"], out["prompt_rows"] = self.text_encoder.tokenize(phrases).to(device), rows
+            return out
         if train and self.name == "clip_crops":
             key = "crop_emb" if "crop_emb" in out else "crop"
             emb = out[key] if key == "crop_emb" else self.crop_embeddings(out[key])
@@ -221,38 +244,48 @@ class Recipe:
         else:
             emb = self.text_embeddings([out["text"][int(i)] for i in rows])
         emb = emb.to(device).float()
-        if self.config.blind_text:  # text-blind baseline: same training, but the prompt carries no information
-            emb = torch.zeros_like(emb)
         out["prompt_emb"], out["prompt_rows"] = emb, rows
         return out
 
 
-def _load_start_weights(model: TextSam, config: TrainConfig) -> dict[str, Tensor]:
+def _load_start_weights(model: TextSam, config: TrainConfig) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Published weights (``pretrained``), then ``checkpoint`` on top: an official / HF SAM file, or a
     textsam export holding only some parts (each part present loads strictly). Returns the
-    ``text_projector.*`` tensors found (without the prefix)."""
+    ``text_projector.*`` and the CLIP text-tower (``text_encoder.clip.*``) tensors found, without prefixes."""
     if config.pretrained and model.config is not None and model.config.weights:
         from ..factory import load_sam_weights
         from ..pretrained import resolve_weights
 
         load_sam_weights(model, resolve_weights(model.config.weights))
     if not config.checkpoint:
-        return {}
+        return {}, {}
     state = read_state_dict(config.checkpoint)
     head = {k.removeprefix("text_projector."): v for k, v in state.items() if k.startswith("text_projector.")}
-    sam = {k: v for k, v in state.items() if not k.startswith("text_projector.")}
+    tower = {k.removeprefix(TOWER_PREFIX): v for k, v in state.items() if k.startswith(TOWER_PREFIX)}
+    sam = {k: v for k, v in state.items() if not k.startswith(("text_projector.", "text_encoder."))}
     sam = to_sam_state_dict(sam) if sam else {}
     present = [p for p in PARTS[:3] if any(k.startswith(f"{p}.") for k in sam)]
     for part in present:
         sub = {k.removeprefix(f"{part}."): v for k, v in sam.items() if k.startswith(f"{part}.")}
         load_into(getattr(model, part), sub, strict=True)
-    if not present and not head:
-        raise InputError(f"{config.checkpoint} holds no SAM or text-projector weights")
+    if not present and not head and not tower:
+        raise InputError(f"{config.checkpoint} holds no SAM, text-projector or text-tower weights")
     missing = [p for p in PARTS[:3] if p not in present]
     if missing:
         logger.warning("%s has no %s weights: they keep their %s values", config.checkpoint, ", ".join(missing),
                        "published" if config.pretrained else "random")
-    return head
+    return head, tower
+
+
+def load_text_tower(encoder: TextEncoder, tower: dict[str, Tensor], source: str) -> None:
+    """Load CLIP text-tower tensors (keys without prefix) into ``encoder``; every tower key must be present."""
+    own = {k for k in encoder.clip.state_dict() if is_text_tower_key(k)}
+    unknown, missing = sorted(set(tower) - own), sorted(own - set(tower))
+    if unknown or missing:
+        raise InputError(f"{source}: the text-tower weights do not fit this CLIP model (unknown keys "
+                         f"{unknown[:3]}, missing {missing[:3]}); train with the same clip setting")
+    encoder.clip.load_state_dict(tower, strict=False)
+    encoder.clear_cache()
 
 
 def build_model(config: TrainConfig, device: torch.device | str = "cpu") -> TextSam:
@@ -267,14 +300,16 @@ def build_model(config: TrainConfig, device: torch.device | str = "cpu") -> Text
     torch.manual_seed(config.seed)
     mcfg = get_config(name)
     model = build_sam(mcfg)
-    head = _load_start_weights(model, config)
+    head, tower = _load_start_weights(model, config)
     if config.uses_text:
         spec = config.clip or (
             f"{mcfg.text.clip_model}/{mcfg.text.clip_pretrained}" if mcfg.text.clip_pretrained else mcfg.text.clip_model
         )
         clip_name, clip_tag = parse_clip_spec(spec)
         model.text_encoder = TextEncoder.create(clip_name, clip_tag, device=device)
-        model.text_encoder.requires_grad_(False).eval()
+        if tower:  # a text tower fine-tuned by an earlier run
+            load_text_tower(model.text_encoder, tower, str(config.checkpoint))
+        model.text_encoder.set_text_tower_trainable(not config.freeze.text_encoder)
         if config.text_head:
             from ..text_head import load_text_head
 
@@ -290,7 +325,7 @@ def build_model(config: TrainConfig, device: torch.device | str = "cpu") -> Text
                 projector.load_state_dict(head, strict=True)
         model.text_projector = projector
     model.to(device)
-    for part in PARTS:
+    for part in PARTS[:4]:  # the text tower is set up above
         module = getattr(model, part)
         if module is not None:
             frozen = bool(getattr(config.freeze, part))
@@ -303,7 +338,8 @@ def build_recipe(config: TrainConfig, device: torch.device | str = "cpu") -> Rec
     model = build_model(config, device)
     weights = LossWeights(config.focal_weight, config.dice_weight, config.iou_weight)
     module = PromptModel(
-        model, train_image_encoder=not config.freeze.image_encoder, clicks=config.correction_clicks, weights=weights
+        model, train_image_encoder=not config.freeze.image_encoder, clicks=config.correction_clicks, weights=weights,
+        train_text_encoder=config.recipe == "text" and not config.freeze.text_encoder,
     )
     clip_input = None
     if config.recipe == "clip_crops":
@@ -340,7 +376,7 @@ def warm_cache(recipe: Recipe, datasets: Sequence[Any], root: str | Path, *, wri
     cache = EmbeddingCache(root)
     if cfg.freeze.image_encoder:
         cache.image_fp = fingerprint(model.image_encoder, model.img_size, tuple(model.pixel_mean.flatten().tolist()))
-    if recipe.text_encoder is not None:
+    if recipe.text_encoder is not None and recipe.module.text_encoder is None:  # frozen text tower
         clip = recipe.text_encoder.clip
         cache.text_fp = fingerprint(clip, "text", recipe.text_encoder.model_name)
         if recipe.name == "clip_crops":

@@ -4,7 +4,8 @@
         --clip runs/shapes_clip --data runs/shapes_data --out textsam/weights/shapes_tiny.safetensors
 
 Stage outputs: ``--sam`` (recipe "sam": image encoder, prompt encoder, decoder), ``--text`` (recipe "text":
-prompt encoder, decoder and text projector, image encoder frozen), ``--clip`` (an open_clip
+prompt encoder, decoder and text projector, and whatever else it trained: image encoder, CLIP text
+tower; its parts replace the SAM stage's), ``--clip`` (an open_clip
 ``local-dir:`` folder from ``textsam.train.clip_pretrain``). The bundle stores the CLIP token table only
 for tokens that occur in the synthetic phrases and prompt templates (see ``textsam.bundle``).
 """
@@ -26,13 +27,14 @@ from ..encoders.text import TextEncoder
 from ..errors import InputError
 from ..factory import build_sam
 from ..text_head import load_text_head
+from .recipes import TOWER_PREFIX, load_text_tower
 
 logger = logging.getLogger(__name__)
 
 
 def _load_parts(model: torch.nn.Module, path: Path) -> list[str]:
-    """Load the parts a stage trained (official key names) into ``model``; returns the part names."""
-    state = {k: v for k, v in load_file(str(path)).items() if not k.startswith("text_projector.")}
+    """Load the SAM parts a stage trained (official key names) into ``model``; returns the part names."""
+    state = {k: v for k, v in load_file(str(path)).items() if not k.startswith(("text_projector.", "text_encoder."))}
     own = model.state_dict()
     unknown = [k for k in state if k not in own]
     if unknown:
@@ -65,6 +67,11 @@ def assemble(
     sam_parts = _load_parts(model, sam_dir / "model.safetensors")
     text_parts = _load_parts(model, text_dir / "model.safetensors")
     encoder = TextEncoder.create(f"local-dir:{clip_dir.resolve()}", None)
+    tower = {k.removeprefix(TOWER_PREFIX): v for k, v in load_file(str(text_dir / "model.safetensors")).items()
+             if k.startswith(TOWER_PREFIX)}
+    if tower:  # the text stage fine-tuned the CLIP text tower: it replaces the stage-1 one
+        load_text_tower(encoder, tower, str(text_dir / "model.safetensors"))
+        text_parts.append("text_encoder (CLIP text tower)")
     projector, info = load_text_head(text_dir / "text_head.safetensors", sam_model="shapes_tiny",
                                      clip_model=None, clip_pretrained=None)
     model.text_encoder = encoder
