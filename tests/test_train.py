@@ -419,6 +419,55 @@ def test_text_tower_fine_tuning_trains_resumes_and_reloads(clip_spec: str, tmp_p
         make_config(tmp_path, clip_spec, recipe="text", text_encoder_lr_scale=0.0)
 
 
+def test_greyscale_views_hide_colour_from_point_and_box_samples_only(clip_spec: str, tmp_path: Path) -> None:
+    """``greyscale_prob``: point/box samples sometimes show a luma-only image, with their colour classes
+    ignored by the semantic loss; text samples always keep their colours; the loss stays finite."""
+    from textsam.train.data import SemanticLabels, greyscale
+
+    rgb = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [10, 20, 30]]], np.uint8)
+    grey = greyscale(rgb)
+    assert grey.shape == rgb.shape and (grey == grey[..., :1]).all()
+    assert grey[0, :3, 0].tolist() == [76, 150, 29]  # ITU-R 601 luma of pure red, green, blue
+
+    src = FakeRefer(FakeCoco(3))
+    labels = SemanticLabels(src.coco, ("category", "color"))
+    assert labels.colour_fields == (1,)
+    ds = SegmentationDataset(src, build_entries(src, 128), img_size=128, lowres=64, seed=0, semantic=labels,
+                             probs=(0.25, 0.25, 0.25, 0.25), greyscale_prob=0.5)
+    plain = SegmentationDataset(src, build_entries(src, 128), img_size=128, lowres=64, seed=0, semantic=labels,
+                                probs=(0.25, 0.25, 0.25, 0.25))
+    seen = {"grey": 0, "colour": 0}
+    for i in range(len(ds)):
+        s, p = ds[(0, i)], plain[(0, i)]
+        assert s["kind"] == p["kind"] and torch.equal(s["point"], p["point"])  # same random stream as before
+        h, w = s["input_size"].tolist()
+        x = (s["image"] * ds.std + ds.mean)[:, :h, :w]  # back to 0..255 pixel values, padding cut off
+        is_grey = bool(torch.allclose(x[0], x[1], atol=1e-3) and torch.allclose(x[1], x[2], atol=1e-3))
+        seen["grey" if is_grey else "colour"] += 1
+        assert torch.equal(s["semantic"][0], p["semantic"][0])
+        if is_grey:
+            assert s["kind"] in (POINT, BOX) and bool((s["semantic"][1] == -100).all())
+        else:
+            assert torch.equal(s["image"], p["image"]) and torch.equal(s["semantic"], p["semantic"])
+    assert seen["grey"] > 0 and seen["colour"] > 0
+
+    from textsam.train.recipes import build_recipe
+
+    cfg = make_config(tmp_path, clip_spec, recipe="text", freeze=FreezeConfig(image_encoder=False),
+                      semantic_weight=1.0, semantic_fields=("category", "color"), greyscale_prob=1.0)
+    rec = build_recipe(cfg)
+    rec.module.add_semantic_head(labels.num_classes, 1.0)
+    samples = [ds[(0, i)] for i in range(len(ds))]
+    for sample in samples:
+        sample["semantic"][1] = -100  # every pixel's colour ignored: still a finite loss
+    out = rec.module(rec.prepare(collate(samples[:4]), torch.device("cpu")))
+    assert torch.isfinite(out["semantic"]) and float(out["semantic"]) > 0
+    with pytest.raises(InputError, match="greyscale_prob"):
+        make_config(tmp_path, clip_spec, greyscale_prob=0.5, freeze=FreezeConfig(image_encoder=True))
+    with pytest.raises(InputError, match="greyscale_prob"):
+        make_config(tmp_path, clip_spec, greyscale_prob=1.5, freeze=FreezeConfig(image_encoder=False))
+
+
 # --------------------------------------------------------------------------- 4. torchrun parity
 
 _DDP_SCRIPT = """

@@ -143,6 +143,9 @@ class TrainConfig:
     # COCO "category", or annotation fields such as "colour", "size"); trains the image encoder only
     semantic_weight: float = 0.0
     semantic_fields: tuple[str, ...] = ("category",)
+    # augmentation: the chance that a point/box training sample shows its image in greyscale (trains the
+    # image encoder to see shapes without their colours; text samples keep colour)
+    greyscale_prob: float = 0.0
 
     def __post_init__(self) -> None:
         from ..config import MODEL_CONFIGS
@@ -170,6 +173,11 @@ class TrainConfig:
         if self.semantic_weight > 0 and (self.freeze.image_encoder or not self.semantic_fields):
             raise InputError("semantic_weight > 0 trains the image encoder: set [freeze] image_encoder = false "
                              "and name at least one of semantic_fields")
+        if not 0.0 <= self.greyscale_prob <= 1.0:
+            raise InputError(f"greyscale_prob must be in [0, 1], got {self.greyscale_prob}")
+        if self.greyscale_prob > 0 and self.freeze.image_encoder:
+            raise InputError("greyscale_prob > 0 changes the images the image encoder sees: set [freeze] "
+                             "image_encoder = false (a frozen encoder's cached embeddings cannot be augmented)")
         if not self.freeze.text_encoder and self.recipe != "text":
             raise InputError("[freeze] text_encoder = false trains the CLIP text tower with text supervision: "
                              f"it needs recipe = 'text', not {self.recipe!r}")

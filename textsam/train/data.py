@@ -119,6 +119,11 @@ class SemanticLabels:
         return getattr(ann, name, None)
 
     @property
+    def colour_fields(self) -> tuple[int, ...]:
+        """Indices of the fields that name a colour (``colour``/``color``): unknowable in greyscale."""
+        return tuple(i for i, f in enumerate(self.fields) if f.lower() in ("colour", "color"))
+
+    @property
     def num_classes(self) -> tuple[int, ...]:
         """Classes per field, background included."""
         return tuple(len(self.vocab[f]) + 1 for f in self.fields)
@@ -160,6 +165,12 @@ class ClipInput:
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)
         return (pixels[0] / 255.0 - mean) / std
+
+
+def greyscale(image: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB -> the same shape with the ITU-R 601 luma in every channel."""
+    luma = image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return np.repeat(np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
 
 
 def crop_params(seed: int, key: str, variant: int, enlarge: tuple[float, float], grey_prob: float) -> tuple[float, bool]:
@@ -243,6 +254,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
         cache: use cached image embeddings (``use_image_cache``), crop and text embeddings.
         split: the split name (cache files are kept per split: image ids repeat across splits).
         semantic: add ``semantic`` class maps ``(F, L, L)`` of the whole image to every sample.
+        greyscale_prob: in training, the chance that a point or box sample shows its image in greyscale
+            (ITU-R 601 luma in all three channels; its colour class maps are then ignored, -100). Shape
+            evidence without colour, so shape features do not lean on the colours seen with each shape;
+            text samples keep their colours, which their phrases may name. Drawn from its own stream.
     """
 
     def __init__(
@@ -265,6 +280,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         pixel_std: Sequence[float] = PIXEL_STD,
         split: str = "train",
         semantic: SemanticLabels | None = None,
+        greyscale_prob: float = 0.0,
     ) -> None:
         if img_size % lowres:
             raise ValueError(f"img_size {img_size} must be a multiple of the low-res size {lowres}")
@@ -276,6 +292,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.crop_variants, self.crop_enlarge, self.crop_grey_prob = crop_variants, crop_enlarge, crop_grey_prob
         self.cache, self.use_image_cache, self.split = cache, use_image_cache, split
         self.semantic = semantic
+        self.greyscale_prob = greyscale_prob
         self.mean = torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1)
 
@@ -316,11 +333,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
         mask = self.target_mask(entry)
         image = None
         sample: dict[str, Any] = {"index": index, "image_id": entry.image_id, "text": entry.phrase}
-        if self.use_image_cache and self.cache is not None:
+        kind = int(rng.choice(4, p=self.probs)) if self.train else -1
+        grey = (self.train and self.greyscale_prob > 0 and kind in (POINT, BOX)
+                and np.random.default_rng([self.seed, epoch, index, 2]).random() < self.greyscale_prob)
+        if self.use_image_cache and self.cache is not None and not grey:
             sample["image_emb"] = self.cache.image(self.split, entry.image_id)
         else:
             image = self.coco.load_image(entry.image_id)
-            sample["image"] = self.input_image(image)
+            sample["image"] = self.input_image(greyscale(image) if grey else image)
         h, w = get_preprocess_shape(info.height, info.width, self.img_size)
         sample["input_size"] = torch.tensor([h, w])
         target = self.input_mask(mask)
@@ -329,7 +349,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         sample["mask_lowres"] = (F.avg_pool2d(target[None, None].float(), k)[0] >= 0.5).float()
         if self.semantic is not None:
             sample["semantic"] = self.semantic.maps(self.coco, entry.image_id, self.lowres_mask)
-        kind = int(rng.choice(4, p=self.probs)) if self.train else -1
+            if grey:
+                sample["semantic"][list(self.semantic.colour_fields)] = -100
         sample["kind"] = kind
         sample["point"], sample["box"] = self._prompts(target, rng)
         if self.cache is not None and self.cache.text_fp is not None:

@@ -143,7 +143,7 @@ def make_dataset(recipe: Recipe, source: Any, *, train: bool, split: str, limit:
         probs=recipe.probs, seed=cfg.seed, train=train, clip_input=recipe.clip_input if train else None,
         crop_variants=cfg.crop_variants, crop_enlarge=cfg.crop_enlarge, crop_grey_prob=cfg.crop_grey_prob,
         pixel_mean=tuple(model.pixel_mean.flatten().tolist()), pixel_std=tuple(model.pixel_std.flatten().tolist()),
-        split=split, semantic=semantic,
+        split=split, semantic=semantic, greyscale_prob=cfg.greyscale_prob if train else 0.0,
     )
 
 

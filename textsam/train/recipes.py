@@ -93,11 +93,15 @@ class PromptModel(nn.Module):
         self.semantic_classes, self.semantic_weight = tuple(num_classes), float(weight)
 
     def semantic_loss(self, emb: Tensor, labels: Tensor) -> Tensor:
-        """Mean over fields of the per-pixel cross-entropy; ``labels`` ``(B, F, L, L)`` int64."""
+        """Mean over fields of the per-pixel cross-entropy; ``labels`` ``(B, F, L, L)`` int64 (-100: ignored)."""
         assert self.semantic_head is not None
         logits = F.interpolate(self.semantic_head(emb).float(), labels.shape[-2:], mode="bilinear", align_corners=False)
         parts = torch.split(logits, list(self.semantic_classes), dim=1)
-        return sum(F.cross_entropy(x, labels[:, i]) for i, x in enumerate(parts)) / len(parts)
+        total = emb.new_zeros((), dtype=torch.float32)
+        for i, x in enumerate(parts):  # pixels labelled -100 (colours of greyscale samples) do not count
+            y = labels[:, i]
+            total = total + F.cross_entropy(x, y, ignore_index=-100, reduction="sum") / (y != -100).sum().clamp_min(1)
+        return total / len(parts)
 
     def decode(self, emb: Tensor, points: tuple[Tensor, Tensor] | None, boxes: Tensor | None,
                masks: Tensor | None, tokens: Tensor | None, multimask: bool) -> tuple[Tensor, Tensor]:
