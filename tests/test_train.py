@@ -606,3 +606,33 @@ def test_compare_scores_each_phrase_kind(clip_spec: str, tmp_path: Path) -> None
     assert sum(k["samples"] for k in kinds.values()) == result["samples"]
     for scores in [result, *kinds.values()]:
         assert 0.0 <= scores["miou_text"] <= 1.0 and 0.0 <= scores["miou_point"] <= 1.0
+
+
+def test_shapes_tiny_assembler_carries_a_fine_tuned_text_tower(clip_spec: str, tmp_path: Path) -> None:
+    """``python -m textsam.train.shapes_tiny``: a text stage that tuned the CLIP text tower puts that tower
+    (not stage 1's) into the bundle, and ``create_model`` loads a model whose phrases embed as in training."""
+    synthetic = pytest.importorskip("textsam.data.synthetic")
+    import textsam
+    from textsam.cli import main
+    from textsam.encoders.text import TextEncoder
+    from textsam.train import shapes_tiny
+    from textsam.train.recipes import TOWER_PREFIX, load_text_tower
+
+    synthetic.generate(tmp_path / "data", seed=0, num_train=4, num_val=2, num_test=0)
+    write_text_run(tmp_path, clip_spec, 'steps = 3\nlr = 1e-2\nnum_text_tokens = 2\n'
+                   'freeze = { image_encoder = false, text_encoder = false }\n', output_dir=tmp_path / "run")
+    assert main(["train", str(tmp_path / "run.toml")]) == 0
+    clip_dir = Path(clip_spec.removeprefix("local-dir:"))
+    out = tmp_path / "bundle.safetensors"
+    assert shapes_tiny.main(["--sam", str(tmp_path / "run"), "--text", str(tmp_path / "run"), "--clip", str(clip_dir),
+                             "--data", str(tmp_path / "data"), "--out", str(out)]) == 0
+    model = textsam.create_model("shapes_tiny", checkpoint=str(out))
+    trained = read_weights(tmp_path / "run" / "model.safetensors")
+    tuned = TextEncoder.create(clip_spec, None)
+    load_text_tower(tuned, {k.removeprefix(TOWER_PREFIX): v for k, v in trained.items() if k.startswith(TOWER_PREFIX)},
+                    "run")
+    stage1 = TextEncoder.create(clip_spec, None)
+    phrases = ["the leftmost star", "small red circle"]
+    got, want, old = model.text_encoder.encode(phrases), tuned.encode(phrases), stage1.encode(phrases)
+    assert torch.allclose(got, want, atol=2e-3)  # the bundle stores fp16
+    assert not torch.allclose(got, old, atol=2e-3)
