@@ -451,6 +451,20 @@ def test_greyscale_views_hide_colour_from_point_and_box_samples_only(clip_spec: 
             assert torch.equal(s["image"], p["image"]) and torch.equal(s["semantic"], p["semantic"])
     assert seen["grey"] > 0 and seen["colour"] > 0
 
+    # with colour words, text samples whose phrase names no colour may be grey too; the others never
+    for ref in src.refs:
+        ref.sentences.append("the shape")
+    words = labels.colour_words()
+    assert words == set(COLORS)
+    wide = SegmentationDataset(src, build_entries(src, 128), img_size=128, lowres=64, seed=0, semantic=labels,
+                               probs=(0.0, 0.0, 0.5, 0.5), greyscale_prob=1.0, colour_words=words)
+    for i, entry in enumerate(wide.entries):
+        s = wide[(0, i)]
+        h, w = s["input_size"].tolist()
+        x = (s["image"] * wide.std + wide.mean)[:, :h, :w]
+        is_grey = bool(torch.allclose(x[0], x[1], atol=1e-3) and torch.allclose(x[1], x[2], atol=1e-3))
+        assert is_grey == (entry.phrase == "the shape"), entry.phrase
+
     from textsam.train.recipes import build_recipe
 
     cfg = make_config(tmp_path, clip_spec, recipe="text", freeze=FreezeConfig(image_encoder=False),

@@ -146,6 +146,7 @@ class TrainConfig:
     # augmentation: the chance that a point/box training sample shows its image in greyscale (trains the
     # image encoder to see shapes without their colours; text samples keep colour)
     greyscale_prob: float = 0.0
+    greyscale_text: bool = False  # text samples whose phrase names no colour may be greyscale as well
 
     def __post_init__(self) -> None:
         from ..config import MODEL_CONFIGS

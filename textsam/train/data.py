@@ -23,6 +23,7 @@ Everything random comes from ``numpy.random.default_rng([seed, epoch, index])``:
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,10 @@ class SemanticLabels:
         """Indices of the fields that name a colour (``colour``/``color``): unknowable in greyscale."""
         return tuple(i for i, f in enumerate(self.fields) if f.lower() in ("colour", "color"))
 
+    def colour_words(self) -> set[str]:
+        """The values of the colour fields, as lower-case words."""
+        return {str(v).lower() for i in self.colour_fields for v in self.vocab[self.fields[i]]}
+
     @property
     def num_classes(self) -> tuple[int, ...]:
         """Classes per field, background included."""
@@ -165,6 +170,11 @@ class ClipInput:
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)
         return (pixels[0] / 255.0 - mean) / std
+
+
+# Colour names that make a phrase unanswerable in greyscale (with the values of any colour field).
+BASIC_COLOUR_WORDS = ("black", "blue", "brown", "colored", "coloured", "cyan", "golden", "gray", "green", "grey",
+                      "magenta", "orange", "pink", "purple", "red", "silver", "violet", "white", "yellow")
 
 
 def greyscale(image: np.ndarray) -> np.ndarray:
@@ -256,8 +266,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
         semantic: add ``semantic`` class maps ``(F, L, L)`` of the whole image to every sample.
         greyscale_prob: in training, the chance that a point or box sample shows its image in greyscale
             (ITU-R 601 luma in all three channels; its colour class maps are then ignored, -100). Shape
-            evidence without colour, so shape features do not lean on the colours seen with each shape;
-            text samples keep their colours, which their phrases may name. Drawn from its own stream.
+            evidence without colour, so shape features do not lean on the colours seen with each shape.
+            Drawn from its own stream.
+        colour_words: text samples whose phrase names none of these words may be greyscale too ("the
+            leftmost star" means the same in greyscale); without them text samples keep their colours.
     """
 
     def __init__(
@@ -281,6 +293,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         split: str = "train",
         semantic: SemanticLabels | None = None,
         greyscale_prob: float = 0.0,
+        colour_words: Sequence[str] = (),
     ) -> None:
         if img_size % lowres:
             raise ValueError(f"img_size {img_size} must be a multiple of the low-res size {lowres}")
@@ -293,6 +306,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.cache, self.use_image_cache, self.split = cache, use_image_cache, split
         self.semantic = semantic
         self.greyscale_prob = greyscale_prob
+        self.colour_words = frozenset(w.lower() for w in colour_words)
         self.mean = torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1)
 
@@ -325,6 +339,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
         k = self.img_size // self.lowres
         return F.avg_pool2d(self.input_mask(mask)[None, None].float(), k)[0, 0] >= 0.5
 
+    def _may_be_grey(self, kind: int, phrase: str) -> bool:
+        if kind in (POINT, BOX):
+            return True
+        return bool(self.colour_words) and not (set(re.findall(r"[a-z]+", phrase.lower())) & self.colour_words)
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, index = (key if isinstance(key, tuple) else (0, key))
         entry = self.entries[index]
@@ -334,7 +353,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         image = None
         sample: dict[str, Any] = {"index": index, "image_id": entry.image_id, "text": entry.phrase}
         kind = int(rng.choice(4, p=self.probs)) if self.train else -1
-        grey = (self.train and self.greyscale_prob > 0 and kind in (POINT, BOX)
+        grey = (self.train and self.greyscale_prob > 0 and self._may_be_grey(kind, entry.phrase)
                 and np.random.default_rng([self.seed, epoch, index, 2]).random() < self.greyscale_prob)
         if self.use_image_cache and self.cache is not None and not grey:
             sample["image_emb"] = self.cache.image(self.split, entry.image_id)

@@ -38,6 +38,7 @@ from safetensors.torch import save_file
 from ..errors import InputError
 from .config import TrainConfig, load_config, save_config
 from .data import (
+    BASIC_COLOUR_WORDS,
     EmbeddingCache,
     SegmentationDataset,
     SemanticLabels,
@@ -135,6 +136,9 @@ def make_dataset(recipe: Recipe, source: Any, *, train: bool, split: str, limit:
                  semantic: SemanticLabels | None = None) -> SegmentationDataset:
     """Samples of ``source`` for ``recipe`` (with ``semantic`` class maps when given)."""
     cfg, model = recipe.config, recipe.model
+    colour_words: set[str] = set()
+    if cfg.greyscale_text:
+        colour_words = set(BASIC_COLOUR_WORDS) | (semantic.colour_words() if semantic is not None else set())
     entries = build_entries(source, model.img_size, cfg.data.min_area)
     if limit is not None and len(entries) > limit:
         entries = entries[:: max(1, len(entries) // limit)][:limit] if not train else entries[:limit]
@@ -144,6 +148,7 @@ def make_dataset(recipe: Recipe, source: Any, *, train: bool, split: str, limit:
         crop_variants=cfg.crop_variants, crop_enlarge=cfg.crop_enlarge, crop_grey_prob=cfg.crop_grey_prob,
         pixel_mean=tuple(model.pixel_mean.flatten().tolist()), pixel_std=tuple(model.pixel_std.flatten().tolist()),
         split=split, semantic=semantic, greyscale_prob=cfg.greyscale_prob if train else 0.0,
+        colour_words=colour_words,
     )
 
 
