@@ -10,7 +10,10 @@
   the CLIP *text* embedding. (The paper also masks CLIP's last-layer attention to the object; we only
   grey out.)
 
-Every recipe trains with SAM's iterative correction clicks (:class:`PromptModel`).
+Every recipe trains with SAM's iterative correction clicks (:class:`PromptModel`). With ``[freeze]
+text_encoder = false`` the "text" recipe also trains the CLIP text tower (never its visual tower): the
+phrases' token ids then go through the tower inside the graph, and exports hold its weights as
+``text_encoder.clip.*``.
 """
 
 from __future__ import annotations
