@@ -270,6 +270,16 @@ def test_config_files_json_and_toml(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- 2. recipes overfit
 
 
+def test_every_config_in_the_repository_loads() -> None:
+    """The TOML files under configs/ (the README's and the model card's commands) are valid configs."""
+    paths = sorted((REPO / "configs").glob("*.toml"))
+    assert len(paths) >= 10
+    configs = {p.name: load_config(p) for p in paths}
+    tower = configs["shapes_tiny_text_tower.toml"]
+    assert tower.recipe == "text" and not tower.freeze.text_encoder and tower.freeze.image_encoder
+    assert configs["shapes_tiny_text_tower_blind.toml"].blind_text
+
+
 @pytest.mark.parametrize("recipe", ["sam", "text", "clip_crops"])
 def test_recipe_overfits_a_fixed_batch(recipe: str, clip_spec: str, tmp_path: Path) -> None:
     from textsam.train.recipes import build_recipe
