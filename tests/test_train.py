@@ -418,6 +418,18 @@ def test_text_tower_fine_tuning_trains_resumes_and_reloads(clip_spec: str, tmp_p
     head_info = json.loads(__import__("safetensors").safe_open(str(tmp_path / "full" / "text_head.safetensors"),
                                                                "pt").metadata()["textsam"])
     assert "fine-tuned" in head_info["extra"]["text_encoder"]
+    # create_model(text_head=...) finds the tuned tower in the run's model.safetensors beside the head
+    import shutil
+
+    import textsam
+
+    served = textsam.create_model("shapes_tiny", text_head=str(tmp_path / "full" / "text_head.safetensors"))
+    assert torch.allclose(served.text_encoder.encode(phrases), model.text_encoder.encode(phrases), atol=1e-6)
+    alone = tmp_path / "alone" / "text_head.safetensors"
+    alone.parent.mkdir()
+    shutil.copy(tmp_path / "full" / "text_head.safetensors", alone)
+    with pytest.warns(UserWarning, match="fine-tuned CLIP text tower"):
+        textsam.create_model("shapes_tiny", text_head=str(alone))
 
     # the text-blind baseline gives the tower no signal: it stays as CLIP made it
     blind = read_weights(train(make_config(tmp_path / "blind", clip_spec, blind_text=True, **common), source=src))
@@ -638,9 +650,9 @@ def test_shapes_tiny_assembler_carries_a_fine_tuned_text_tower(clip_spec: str, t
     synthetic = pytest.importorskip("textsam.data.synthetic")
     import textsam
     from textsam.cli import main
-    from textsam.encoders.text import TextEncoder
+    from textsam.encoders.text import TextEncoder, load_text_tower
     from textsam.train import shapes_tiny
-    from textsam.train.recipes import TOWER_PREFIX, load_text_tower
+    from textsam.train.recipes import TOWER_PREFIX
 
     synthetic.generate(tmp_path / "data", seed=0, num_train=4, num_val=2, num_test=0)
     write_text_run(tmp_path, clip_spec, 'steps = 3\nlr = 1e-2\nnum_text_tokens = 2\n'

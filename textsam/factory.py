@@ -118,13 +118,15 @@ def attach_text(
         clip_name = cfg.clip_model if cfg else "ViT-B-16-quickgelu"
         clip_tag = cfg.clip_pretrained if cfg else "openai"
     projector = None
+    info_extra: dict[str, str] = {}
     if text_head is not None:  # checked against the SAM and CLIP names before any CLIP is built
-        projector, _ = load_text_head(
+        projector, head_info = load_text_head(
             text_head,
             sam_model=model.config.name if model.config is not None else None,
             clip_model=clip_name,
             clip_pretrained=clip_tag,
         )
+        info_extra = head_info.extra
     current = model.text_encoder
     cfg_text = model.config.text if model.config is not None else None
     if current is not None and (current.model_name, current.pretrained) == (clip_name, clip_tag if pretrained else None):
@@ -134,8 +136,35 @@ def attach_text(
     else:
         model.text_encoder = TextEncoder.create(clip_name, clip_tag if pretrained else None, device=model.device)
     if projector is not None:
+        if "text_encoder" in info_extra:
+            _load_tuned_tower(model, Path(str(text_head)))
         model.text_projector = projector.to(model.device).eval()
     return model
+
+
+def _load_tuned_tower(model: TextSam, head_path: Path) -> None:
+    """A head trained with a fine-tuned CLIP text tower needs that tower: it is in the training run's
+    ``model.safetensors`` beside the head (``text_encoder.clip.*``). Without it, warn: text would be wrong."""
+    import warnings
+
+    from safetensors.torch import load_file
+
+    run_weights = head_path.with_name("model.safetensors")
+    prefix = "text_encoder.clip."
+    tower = {}
+    if run_weights.is_file():
+        tower = {k[len(prefix):]: v for k, v in load_file(str(run_weights)).items() if k.startswith(prefix)}
+    if not tower:
+        msg = (f"the text head {head_path} was trained with a fine-tuned CLIP text tower, but no "
+               f"{run_weights.name} with its weights (text_encoder.clip.*) lies beside it: text prompts will "
+               "use the original tower and give poor masks. Copy the run's model.safetensors next to the head.")
+        logger.warning(msg)
+        warnings.warn(msg, stacklevel=3)
+        return
+    from .encoders.text import load_text_tower
+
+    load_text_tower(model.text_encoder, {k: v.to(model.device) for k, v in tower.items()}, str(run_weights))
+    logger.info("loaded the fine-tuned CLIP text tower from %s", run_weights)
 
 
 def _is_bundle(path: str | Path) -> bool:

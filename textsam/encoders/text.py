@@ -226,6 +226,18 @@ def is_text_tower_key(name: str) -> bool:
     return not name.startswith(("visual.", "logit_scale", "logit_bias"))
 
 
+def load_text_tower(encoder: TextEncoder, tower: dict[str, Tensor], source: str) -> None:
+    """Load CLIP text-tower tensors (state-dict keys without prefix) into ``encoder`` and clear its phrase
+    cache; every text-tower key must be present (raises :class:`WeightsError` naming ``source``)."""
+    own = {k for k in encoder.clip.state_dict() if is_text_tower_key(k)}
+    unknown, missing = sorted(set(tower) - own), sorted(own - set(tower))
+    if unknown or missing:
+        raise WeightsError(f"{source}: the text-tower weights do not fit this CLIP model (unknown keys "
+                           f"{unknown[:3]}, missing {missing[:3]}); use the CLIP the tower was trained from")
+    encoder.clip.load_state_dict(tower, strict=False)
+    encoder.clear_cache()
+
+
 class TextProjector(nn.Module):
     """CLIP embedding ``(B, D)`` -> ``num_tokens`` prompt tokens ``(B, K, C)`` for the mask decoder.
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checkpoint import load_into, read_state_dict, to_sam_state_dict
-from ..encoders.text import TextEncoder, TextProjector, is_text_tower_key, parse_clip_spec
+from ..encoders.text import TextEncoder, TextProjector, is_text_tower_key, load_text_tower, parse_clip_spec
 from ..errors import InputError
 from ..factory import build_sam, get_config
 from ..model import TextSam
@@ -282,17 +282,6 @@ def _load_start_weights(model: TextSam, config: TrainConfig) -> tuple[dict[str, 
         logger.warning("%s has no %s weights: they keep their %s values", config.checkpoint, ", ".join(missing),
                        "published" if config.pretrained else "random")
     return head, tower
-
-
-def load_text_tower(encoder: TextEncoder, tower: dict[str, Tensor], source: str) -> None:
-    """Load CLIP text-tower tensors (keys without prefix) into ``encoder``; every tower key must be present."""
-    own = {k for k in encoder.clip.state_dict() if is_text_tower_key(k)}
-    unknown, missing = sorted(set(tower) - own), sorted(own - set(tower))
-    if unknown or missing:
-        raise InputError(f"{source}: the text-tower weights do not fit this CLIP model (unknown keys "
-                         f"{unknown[:3]}, missing {missing[:3]}); train with the same clip setting")
-    encoder.clip.load_state_dict(tower, strict=False)
-    encoder.clear_cache()
 
 
 def build_model(config: TrainConfig, device: torch.device | str = "cpu") -> TextSam:

@@ -23,11 +23,11 @@ from safetensors.torch import load_file
 from ..bundle import save_bundle
 from ..config import SHAPES_TINY
 from ..encoders.templates import DEFAULT_TEMPLATES
-from ..encoders.text import TextEncoder
+from ..encoders.text import TextEncoder, load_text_tower
 from ..errors import InputError
 from ..factory import build_sam
 from ..text_head import load_text_head
-from .recipes import TOWER_PREFIX, load_text_tower
+from .recipes import TOWER_PREFIX
 
 logger = logging.getLogger(__name__)
 
