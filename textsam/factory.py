@@ -149,11 +149,10 @@ def _load_tuned_tower(model: TextSam, head_path: Path) -> None:
 
     from safetensors.torch import load_file
 
+    from .encoders.text import load_text_tower, text_tower_state
+
     run_weights = head_path.with_name("model.safetensors")
-    prefix = "text_encoder.clip."
-    tower = {}
-    if run_weights.is_file():
-        tower = {k[len(prefix):]: v for k, v in load_file(str(run_weights)).items() if k.startswith(prefix)}
+    tower = text_tower_state(load_file(str(run_weights))) if run_weights.is_file() else {}
     if not tower:
         msg = (f"the text head {head_path} was trained with a fine-tuned CLIP text tower, but no "
                f"{run_weights.name} with its weights (text_encoder.clip.*) lies beside it: text prompts will "
@@ -161,8 +160,6 @@ def _load_tuned_tower(model: TextSam, head_path: Path) -> None:
         logger.warning(msg)
         warnings.warn(msg, stacklevel=3)
         return
-    from .encoders.text import load_text_tower
-
     load_text_tower(model.text_encoder, {k: v.to(model.device) for k, v in tower.items()}, str(run_weights))
     logger.info("loaded the fine-tuned CLIP text tower from %s", run_weights)
 

@@ -221,6 +221,14 @@ class TextEncoder(nn.Module):
         self.clear_cache()
 
 
+TOWER_PREFIX = "text_encoder.clip."  # TextSam state-dict keys of the CLIP model (the text tower, when trained)
+
+
+def text_tower_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The ``text_encoder.clip.*`` tensors of a TextSam state dict, keys without that prefix (empty: none)."""
+    return {k[len(TOWER_PREFIX):]: v for k, v in state.items() if k.startswith(TOWER_PREFIX)}
+
+
 def is_text_tower_key(name: str) -> bool:
     """Whether an open_clip ``CLIP`` state-dict key (no prefix) belongs to the text tower."""
     return not name.startswith(("visual.", "logit_scale", "logit_bias"))

@@ -53,7 +53,7 @@ def score_run(run: Path, split: str, limit: int | None, by_kind: bool = False) -
         recipe.text_encoder.clear_cache()
     source = open_source(cfg, split, want_refs=True)
     dataset = make_dataset(recipe, source, train=False, split=split, limit=limit)
-    if recipe.text_encoder is not None:
+    if recipe.text_encoder is not None and recipe.module.text_encoder is None:  # a trained tower runs per batch
         dataset.cache = EmbeddingCache.in_memory(text_table(recipe, [e.phrase for e in dataset.entries]))
     t0 = time.perf_counter()
     with torch.no_grad():

@@ -336,8 +336,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def lowres_mask(self, mask: np.ndarray) -> torch.Tensor:
         """``(H, W)`` bool -> ``(L, L)`` bool low-res mask (input frame, area-downsampled, >= 0.5)."""
+        return self._pool_lowres(self.input_mask(mask))
+
+    def _pool_lowres(self, target: torch.Tensor) -> torch.Tensor:
+        """``(S, S)`` bool input-frame mask -> ``(L, L)`` bool (area-downsampled, >= 0.5)."""
         k = self.img_size // self.lowres
-        return F.avg_pool2d(self.input_mask(mask)[None, None].float(), k)[0, 0] >= 0.5
+        return F.avg_pool2d(target[None, None].float(), k)[0, 0] >= 0.5
 
     def _may_be_grey(self, kind: int, phrase: str) -> bool:
         if kind in (POINT, BOX):
@@ -364,8 +368,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         sample["input_size"] = torch.tensor([h, w])
         target = self.input_mask(mask)
         sample["mask"] = target[None].float()
-        k = self.img_size // self.lowres
-        sample["mask_lowres"] = (F.avg_pool2d(target[None, None].float(), k)[0] >= 0.5).float()
+        sample["mask_lowres"] = self._pool_lowres(target)[None].float()
         if self.semantic is not None:
             sample["semantic"] = self.semantic.maps(self.coco, entry.image_id, self.lowres_mask)
             if grey:

@@ -30,7 +30,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checkpoint import load_into, read_state_dict, to_sam_state_dict
-from ..encoders.text import TextEncoder, TextProjector, is_text_tower_key, load_text_tower, parse_clip_spec
+from ..encoders.text import (
+    TOWER_PREFIX,
+    TextEncoder,
+    TextProjector,
+    is_text_tower_key,
+    load_text_tower,
+    parse_clip_spec,
+    text_tower_state,
+)
 from ..errors import InputError
 from ..factory import build_sam, get_config
 from ..model import TextSam
@@ -41,7 +49,6 @@ from .losses import LossWeights, mask_iou, sam_loss
 logger = logging.getLogger(__name__)
 
 PARTS = ("image_encoder", "prompt_encoder", "mask_decoder", "text_projector", "text_encoder")
-TOWER_PREFIX = "text_encoder.clip."  # state-dict keys of the CLIP text tower, when it is trained
 
 
 def error_clicks(pred: Tensor, target: Tensor, scale: float) -> tuple[Tensor, Tensor]:
@@ -268,7 +275,7 @@ def _load_start_weights(model: TextSam, config: TrainConfig) -> tuple[dict[str, 
         return {}, {}
     state = read_state_dict(config.checkpoint)
     head = {k.removeprefix("text_projector."): v for k, v in state.items() if k.startswith("text_projector.")}
-    tower = {k.removeprefix(TOWER_PREFIX): v for k, v in state.items() if k.startswith(TOWER_PREFIX)}
+    tower = text_tower_state(state)
     sam = {k: v for k, v in state.items() if not k.startswith(("text_projector.", "text_encoder."))}
     sam = to_sam_state_dict(sam) if sam else {}
     present = [p for p in PARTS[:3] if any(k.startswith(f"{p}.") for k in sam)]

@@ -23,11 +23,10 @@ from safetensors.torch import load_file
 from ..bundle import save_bundle
 from ..config import SHAPES_TINY
 from ..encoders.templates import DEFAULT_TEMPLATES
-from ..encoders.text import TextEncoder, load_text_tower
+from ..encoders.text import TextEncoder, load_text_tower, text_tower_state
 from ..errors import InputError
 from ..factory import build_sam
 from ..text_head import load_text_head
-from .recipes import TOWER_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +66,7 @@ def assemble(
     sam_parts = _load_parts(model, sam_dir / "model.safetensors")
     text_parts = _load_parts(model, text_dir / "model.safetensors")
     encoder = TextEncoder.create(f"local-dir:{clip_dir.resolve()}", None)
-    tower = {k.removeprefix(TOWER_PREFIX): v for k, v in load_file(str(text_dir / "model.safetensors")).items()
-             if k.startswith(TOWER_PREFIX)}
+    tower = text_tower_state(load_file(str(text_dir / "model.safetensors")))
     if tower:  # the text stage fine-tuned the CLIP text tower: it replaces the stage-1 one
         load_text_tower(encoder, tower, str(text_dir / "model.safetensors"))
         text_parts.append("text_encoder (CLIP text tower)")
