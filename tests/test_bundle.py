@@ -58,3 +58,14 @@ def test_missing_bundled_file_is_a_clear_error(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(pretrained, "PACKAGE_WEIGHTS", tmp_path)
     with pytest.raises(WeightsError, match="bundled shapes_tiny weights are missing"):
         factory.create_model("shapes_tiny")
+
+
+def test_a_model_without_published_weights_asks_for_a_checkpoint() -> None:
+    """``shapes_tiny_v1`` (the first shapes_tiny architecture) has no weights to load: a clear error, not
+    silently random weights; ``pretrained=False`` gives the random model on purpose."""
+    from textsam.errors import InputError
+
+    with pytest.raises(InputError, match="checkpoint=PATH"):
+        factory.create_model("shapes_tiny_v1")
+    model = factory.create_model("shapes_tiny_v1", pretrained=False)
+    assert model.config.embedding_size == 16 and not model.pretrained

@@ -81,7 +81,8 @@ def test_onnx_text_graph_matches_the_predictor(tmp_path: Path) -> None:
     with torch.no_grad():
         text = model.text_encoder.encode(["red square"]).float()
     inputs = (predictor.get_image_embedding().float(), coords, torch.tensor([[1.0, -1.0]]),
-              torch.zeros(1, 1, 64, 64), torch.tensor([0.0]), torch.tensor([96.0, 128.0]), text)
+              torch.zeros(1, 1, *model.prompt_encoder.mask_input_size), torch.tensor([0.0]), torch.tensor([96.0, 128.0]),
+              text)
     masks, scores, _ = _run(path, inputs)
     assert masks.shape == (1, 4, 96, 128)
     order = 1 + np.argsort(-scores[0, 1:], kind="stable")  # the predictor orders its 3 masks by score
@@ -95,7 +96,9 @@ def test_onnx_text_graph_matches_the_predictor(tmp_path: Path) -> None:
 def test_example_inputs_shapes() -> None:
     model = textsam.create_model("shapes_tiny")
     inputs = example_inputs(model, num_points=4, with_text=True)
-    assert inputs[0].shape == (1, 64, 16, 16) and inputs[1].shape == (1, 4, 2) and inputs[6].shape[0] == 1
+    grid, dim = model.config.embedding_size, model.config.prompt_encoder.embed_dim
+    assert inputs[0].shape == (1, dim, grid, grid) == (1, 128, 32, 32)
+    assert inputs[1].shape == (1, 4, 2) and inputs[3].shape == (1, 1, 4 * grid, 4 * grid) and inputs[6].shape[0] == 1
 
 
 def test_cli_export_and_its_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -104,7 +107,7 @@ def test_cli_export_and_its_errors(tmp_path: Path, capsys: pytest.CaptureFixture
     assert out.is_file() and not (tmp_path / "tiny.onnx.part").exists()
     inputs = example_inputs(textsam.create_model("shapes_tiny"), num_points=2, with_text=True)
     masks, scores, low = _run(out, inputs)
-    assert masks.shape[:2] == (1, 1) and scores.shape == (1, 1) and low.shape == (1, 1, 64, 64)
+    assert masks.shape[:2] == (1, 1) and scores.shape == (1, 1) and low.shape == (1, 1, 128, 128)
     capsys.readouterr()
     assert main(["export", "--model", "sam_vit_b", "--checkpoint", str(tmp_path / "missing.pth"), "-o", str(out)]) != 0
     assert "missing.pth" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """textsam.train: losses, prompt sampling, recipes (overfit), exact resume, torchrun parity, CLIP pretraining.
 
-Models: ``shapes_tiny`` (128 px, 16x16x64 embedding, random weights) and a 1-layer open_clip CLIP saved
+Models: ``shapes_tiny_v1`` (128 px, 16x16x64 embedding, random weights; fast on CPU; the assembler test
+builds the shipped ``shapes_tiny`` architecture) and a 1-layer open_clip CLIP saved
 as a ``local-dir`` folder. Data: in-memory datasets with the CocoDataset / ReferDataset API (coloured
 squares and discs on 64 px images), plus one COCO file on disk read by the real reader.
 """
@@ -137,7 +138,7 @@ def clip_spec(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def make_config(out: Path, clip: str, **kw: object) -> TrainConfig:
     base = dict(
-        data=DataConfig(min_area=0), model="shapes_tiny", clip=clip, steps=6, batch_size=4, lr=1e-3, warmup_steps=1,
+        data=DataConfig(min_area=0), model="shapes_tiny_v1", clip=clip, steps=6, batch_size=4, lr=1e-3, warmup_steps=1,
         output_dir=str(out), log_every=1, checkpoint_every=0, progress=False, correction_clicks=1,
         projector_hidden_dim=64,
     )
@@ -145,11 +146,12 @@ def make_config(out: Path, clip: str, **kw: object) -> TrainConfig:
     return TrainConfig(**base)  # type: ignore[arg-type]
 
 
-def write_text_run(tmp_path: Path, clip: str, extra: str, *, output_dir: Path, data_extra: str = "") -> Path:
+def write_text_run(tmp_path: Path, clip: str, extra: str, *, output_dir: Path, data_extra: str = "",
+                   model: str = "shapes_tiny_v1") -> Path:
     """``tmp_path/run.toml``: a tiny text-recipe run on the synthetic files in ``tmp_path/data``."""
     path = tmp_path / "run.toml"
     path.write_text(
-        f'model = "shapes_tiny"\nrecipe = "text"\nclip = "{clip}"\nbatch_size = 2\nwarmup_steps = 1\n'
+        f'model = "{model}"\nrecipe = "text"\nclip = "{clip}"\nbatch_size = 2\nwarmup_steps = 1\n'
         f'progress = false\nprojector_hidden_dim = 64\n{extra}output_dir = "{output_dir}"\n'
         f'[data]\nroot = "{tmp_path / "data"}"\n{data_extra}'
     )
@@ -339,7 +341,7 @@ def test_resume_gives_identical_weights(recipe: str, clip_spec: str, tmp_path: P
     assert set(logs[-1]["eval"]) == {"miou_point", "miou_box", "miou_text", "miou_text_point"}
     from textsam.text_head import load_text_head
 
-    projector, info = load_text_head(tmp_path / "split" / "text_head.safetensors", sam_model="shapes_tiny",
+    projector, info = load_text_head(tmp_path / "split" / "text_head.safetensors", sam_model="shapes_tiny_v1",
                                      clip_model=clip_spec, clip_pretrained=None)
     assert info.recipe == recipe and torch.equal(projector.text_type_embed, a["text_projector.text_type_embed"])
     if cache:
@@ -423,13 +425,14 @@ def test_text_tower_fine_tuning_trains_resumes_and_reloads(clip_spec: str, tmp_p
 
     import textsam
 
-    served = textsam.create_model("shapes_tiny", text_head=str(tmp_path / "full" / "text_head.safetensors"))
+    head = str(tmp_path / "full" / "text_head.safetensors")
+    served = textsam.create_model("shapes_tiny_v1", pretrained=False, text_head=head)
     assert torch.allclose(served.text_encoder.encode(phrases), model.text_encoder.encode(phrases), atol=1e-6)
     alone = tmp_path / "alone" / "text_head.safetensors"
     alone.parent.mkdir()
     shutil.copy(tmp_path / "full" / "text_head.safetensors", alone)
     with pytest.warns(UserWarning, match="fine-tuned CLIP text tower"):
-        textsam.create_model("shapes_tiny", text_head=str(alone))
+        textsam.create_model("shapes_tiny_v1", pretrained=False, text_head=str(alone))
 
     # the text-blind baseline gives the tower no signal: it stays as CLIP made it
     blind = read_weights(train(make_config(tmp_path / "blind", clip_spec, blind_text=True, **common), source=src))
@@ -635,7 +638,8 @@ def test_compare_scores_each_phrase_kind(clip_spec: str, tmp_path: Path) -> None
     synthetic.generate(tmp_path / "data", seed=0, num_train=4, num_val=3, num_test=0)
     write_text_run(tmp_path, clip_spec, 'steps = 1\neval_every = 0\n', output_dir=tmp_path / "run")
     assert main(["train", str(tmp_path / "run.toml")]) == 0
-    assert compare.main([str(tmp_path / "run"), "--split", "val", "--by-kind", "--out", str(tmp_path / "c.json")]) == 0
+    args = [str(tmp_path / "run"), "--split", "val", "--by-kind", "--device", "cpu", "--out", str(tmp_path / "c.json")]
+    assert compare.main(args) == 0
     result = json.loads((tmp_path / "c.json").read_text())["results"][str(tmp_path / "run")]
     kinds = result["by_kind"]
     assert set(kinds) <= {"attribute", "category", "spatial"} and "attribute" in kinds
@@ -656,7 +660,8 @@ def test_shapes_tiny_assembler_carries_a_fine_tuned_text_tower(clip_spec: str, t
 
     synthetic.generate(tmp_path / "data", seed=0, num_train=4, num_val=2, num_test=0)
     write_text_run(tmp_path, clip_spec, 'steps = 3\nlr = 1e-2\nnum_text_tokens = 2\n'
-                   'freeze = { image_encoder = false, text_encoder = false }\n', output_dir=tmp_path / "run")
+                   'freeze = { image_encoder = false, text_encoder = false }\n', output_dir=tmp_path / "run",
+                   model="shapes_tiny")
     assert main(["train", str(tmp_path / "run.toml")]) == 0
     clip_dir = Path(clip_spec.removeprefix("local-dir:"))
     out = tmp_path / "bundle.safetensors"

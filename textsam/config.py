@@ -119,10 +119,32 @@ SHAPES_TINY_CLIP_CFG: dict = {
 }
 
 # The bundled demo model, trained by this project on its synthetic shapes data (docs/shapes_tiny.md).
-# 128 px images, patch 8 -> 16x16 embedding of width 64, 64x64 low-res masks; its CLIP is a small
-# open_clip model shipped as a local-dir folder beside the weights (textsam/weights/shapes_tiny_clip).
+# 128 px images, patch 4 -> 32x32 embedding of width 128, 128x128 low-res masks (one per input pixel);
+# its CLIP is a small open_clip model stored in the same bundle file.
 SHAPES_TINY = ModelConfig(
     name="shapes_tiny",
+    image_encoder=ViTEncoderConfig(
+        img_size=128,
+        patch_size=4,
+        embed_dim=128,
+        depth=6,
+        num_heads=4,
+        out_chans=128,
+        window_size=0,
+        global_attn_indexes=(0, 1, 2, 3, 4, 5),
+    ),
+    prompt_encoder=PromptEncoderConfig(embed_dim=128, mask_in_chans=16),
+    mask_decoder=MaskDecoderConfig(transformer_dim=128, depth=2, num_heads=4, mlp_dim=512, iou_head_hidden_dim=128),
+    text=TextConfig(
+        clip_model="shapes_tiny_clip", clip_pretrained=None, num_text_tokens=2, clip_config=SHAPES_TINY_CLIP_CFG
+    ),
+    weights="shapes_tiny",
+)
+
+# The first shapes_tiny architecture (sessions 1-4; the earlier configs/shapes_tiny_*.toml recipes train it):
+# patch 8 -> 16x16 embedding of width 64, 64x64 low-res masks. It has no shipped weights.
+SHAPES_TINY_V1 = ModelConfig(
+    name="shapes_tiny_v1",
     image_encoder=ViTEncoderConfig(
         img_size=128,
         patch_size=8,
@@ -135,10 +157,7 @@ SHAPES_TINY = ModelConfig(
     ),
     prompt_encoder=PromptEncoderConfig(embed_dim=64, mask_in_chans=16),
     mask_decoder=MaskDecoderConfig(transformer_dim=64, depth=2, num_heads=4, mlp_dim=256, iou_head_hidden_dim=64),
-    text=TextConfig(
-        clip_model="shapes_tiny_clip", clip_pretrained=None, num_text_tokens=2, clip_config=SHAPES_TINY_CLIP_CFG
-    ),
-    weights="shapes_tiny",
+    text=SHAPES_TINY.text,
 )
 
 MODEL_CONFIGS: dict[str, ModelConfig] = {
@@ -167,4 +186,5 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
         weights="mobile_sam",
     ),
     "shapes_tiny": SHAPES_TINY,
+    "shapes_tiny_v1": SHAPES_TINY_V1,
 }

@@ -220,6 +220,9 @@ def create_model(
         load_bundle(bundled_path(config.weights), model)
     elif pretrained and config.weights is not None:
         load_sam_weights(model, resolve_weights(config.weights))
+    elif pretrained:
+        raise InputError(f"model {name!r} has no published or bundled weights: pass checkpoint=PATH (e.g. a "
+                         "training run's weights), or pretrained=False for random weights")
     if device is not None:
         model = model.to(device)
     model.pretrained = pretrained

@@ -37,12 +37,14 @@ def phrase_kinds(source: object) -> dict[tuple[int, str], str]:
     }
 
 
-def score_run(run: Path, split: str, limit: int | None, by_kind: bool = False) -> dict[str, object]:
+def score_run(run: Path, split: str, limit: int | None, by_kind: bool = False,
+              device: torch.device | str = "cpu") -> dict[str, object]:
     """mIoU per prompt kind for the run in folder ``run`` on ``split`` (and per phrase kind if ``by_kind``)."""
+    device = torch.device(device)
     cfg = replace(load_config(run / "train_config.json"), cache_dir=None, progress=False)
     if cfg.recipe == "clip_crops":  # scored with text, on the referring phrases
         cfg = replace(cfg, data=replace(cfg.data, refs="{split}/refs.json"))
-    recipe = build_recipe(cfg, torch.device("cpu"))  # start weights as in training (e.g. the SAM stage)
+    recipe = build_recipe(cfg, device)  # start weights as in training (e.g. the SAM stage)
     trained = load_file(str(run / "model.safetensors"))  # then the parts this run trained
     own = recipe.model.state_dict()
     missing = [k for k in trained if k not in own]
@@ -58,7 +60,7 @@ def score_run(run: Path, split: str, limit: int | None, by_kind: bool = False) -
     t0 = time.perf_counter()
     with torch.no_grad():
         if not by_kind or not dataset.entries:
-            metrics: dict[str, object] = {**evaluate(recipe, dataset, torch.device("cpu")), "samples": len(dataset)}
+            metrics: dict[str, object] = {**evaluate(recipe, dataset, device), "samples": len(dataset)}
         else:
             # Each expression is scored once, in its kind's group; the overall means are the
             # sample-weighted means of the groups.
@@ -70,7 +72,7 @@ def score_run(run: Path, split: str, limit: int | None, by_kind: bool = False) -
             per_kind: dict[str, dict[str, float]] = {}
             for kind, entries in sorted(groups.items()):
                 dataset.entries = entries
-                per_kind[kind] = {**evaluate(recipe, dataset, torch.device("cpu")), "samples": len(entries)}
+                per_kind[kind] = {**evaluate(recipe, dataset, device), "samples": len(entries)}
             dataset.entries = everything
             names = [k for k in next(iter(per_kind.values())) if k != "samples"]
             metrics = {k: sum(g[k] * g["samples"] for g in per_kind.values()) / len(everything) for k in names}
@@ -86,10 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="score at most N expressions (evenly spread)")
     parser.add_argument("--by-kind", action="store_true", help="also score each phrase kind (refs 'kind') alone")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--device", default="cpu", help="torch device to score on, e.g. cuda (default: cpu)")
     args = parser.parse_args(argv)
     results = {}
     for run in args.runs:
-        results[str(run)] = score_run(run, args.split, args.limit, args.by_kind)
+        results[str(run)] = score_run(run, args.split, args.limit, args.by_kind, args.device)
         print(run, json.dumps(results[str(run)]))
     if args.out:
         args.out.write_text(json.dumps({"split": args.split, "results": results}, indent=2))
