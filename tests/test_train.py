@@ -677,3 +677,35 @@ def test_shapes_tiny_assembler_carries_a_fine_tuned_text_tower(clip_spec: str, t
     got, want, old = model.text_encoder.encode(phrases), tuned.encode(phrases), stage1.encode(phrases)
     assert torch.allclose(got, want, atol=2e-3)  # the bundle stores fp16
     assert not torch.allclose(got, old, atol=2e-3)
+
+
+def test_shapes_tiny_assembler_takes_frozen_parts_from_the_text_runs_start_weights(clip_spec: str,
+                                                                                   tmp_path: Path) -> None:
+    """A text run that froze the image encoder exports only what it trained; the bundle must carry the
+    encoder it was trained with (its ``checkpoint``'s), not the SAM stage's or a random one."""
+    synthetic = pytest.importorskip("textsam.data.synthetic")
+    import textsam
+    from textsam.cli import main
+    from textsam.train import shapes_tiny
+
+    synthetic.generate(tmp_path / "data", seed=0, num_train=4, num_val=2, num_test=0)
+    write_text_run(tmp_path, clip_spec, 'steps = 2\nlr = 1e-2\nnum_text_tokens = 2\n'
+                   'freeze = { image_encoder = false }\n', output_dir=tmp_path / "e2e", model="shapes_tiny")
+    assert main(["train", str(tmp_path / "run.toml")]) == 0
+    write_text_run(tmp_path, clip_spec, f'steps = 1\nnum_text_tokens = 2\ncheckpoint = "{tmp_path / "e2e"}/'
+                   'model.safetensors"\nfreeze = { image_encoder = true }\n', output_dir=tmp_path / "tuned",
+                   model="shapes_tiny")
+    assert main(["train", str(tmp_path / "run.toml")]) == 0
+    tuned = read_weights(tmp_path / "tuned" / "model.safetensors")
+    assert not any(k.startswith("image_encoder.") for k in tuned)
+    assert shapes_tiny.start_chain(tmp_path / "tuned") == [tmp_path / "e2e" / "model.safetensors"]
+    out = tmp_path / "bundle.safetensors"
+    clip_dir = str(Path(clip_spec.removeprefix("local-dir:")))
+    assert shapes_tiny.main(["--sam", str(tmp_path / "tuned"), "--text", str(tmp_path / "tuned"), "--clip", clip_dir,
+                             "--data", str(tmp_path / "data"), "--out", str(out)]) == 0
+    model = textsam.create_model("shapes_tiny", checkpoint=str(out))
+    e2e = read_weights(tmp_path / "e2e" / "model.safetensors")
+    key = "image_encoder.patch_embed.proj.weight"
+    assert torch.allclose(model.state_dict()[key], e2e[key], atol=1e-3)  # fp16 storage
+    assert torch.allclose(model.state_dict()["mask_decoder.iou_token.weight"], tuned["mask_decoder.iou_token.weight"],
+                          atol=1e-3)

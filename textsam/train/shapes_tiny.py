@@ -58,12 +58,39 @@ def used_token_ids(data_root: Path, tokenizer: object) -> list[int]:
     return sorted(ids)
 
 
+def start_chain(run_dir: Path, max_depth: int = 10) -> list[Path]:
+    """The start weights a run was trained from (its config's ``checkpoint``), and theirs, oldest first.
+
+    A run that froze a part (e.g. the image encoder of a stage-4 run) exports only what it trained; the
+    frozen part is the one in its ``checkpoint``, possibly inherited from that run's own ``checkpoint``."""
+    chain: list[Path] = []
+    cfg_path = run_dir / "train_config.json"
+    while cfg_path.is_file() and len(chain) < max_depth:
+        checkpoint = json.loads(cfg_path.read_text()).get("checkpoint")
+        if not checkpoint:
+            break
+        path = Path(checkpoint)
+        if not path.is_file():
+            logger.warning("%s names start weights %s that are not here; the bundle uses --sam's parts instead",
+                           cfg_path, path)
+            break
+        chain.append(path)
+        cfg_path = path.parent / "train_config.json"
+    return chain[::-1]
+
+
 def assemble(
     sam_dir: Path, text_dir: Path, clip_dir: Path, data_root: Path, out: Path, text_options: dict | None = None
 ) -> Path:
-    """Combine the stages into one bundle file at ``out``."""
+    """Combine the stages into one bundle file at ``out``.
+
+    Layers, later ones replacing earlier ones: the SAM stage's parts, then the start weights the text run
+    was trained from (:func:`start_chain`; they hold any part the text run froze), then the text run's own."""
     model = build_sam(SHAPES_TINY)
     sam_parts = _load_parts(model, sam_dir / "model.safetensors")
+    chain = start_chain(text_dir)
+    for start in chain:
+        _load_parts(model, start)
     text_parts = _load_parts(model, text_dir / "model.safetensors")
     encoder = TextEncoder.create(f"local-dir:{clip_dir.resolve()}", None)
     tower = text_tower_state(load_file(str(text_dir / "model.safetensors")))
@@ -79,6 +106,7 @@ def assemble(
     record = {
         "stages": {"sam": str(sam_dir), "text": str(text_dir), "clip": str(clip_dir)},
         "parts_from_sam_stage": sam_parts,
+        "start_weights_of_text_stage": [str(p) for p in chain],
         "parts_from_text_stage": text_parts,
         "text_head_recipe": info.recipe,
         "data": json.loads((data_root / "meta.json").read_text()).get("counts", {}),
