@@ -681,8 +681,9 @@ def test_shapes_tiny_assembler_carries_a_fine_tuned_text_tower(clip_spec: str, t
 
 def test_shapes_tiny_assembler_takes_frozen_parts_from_the_text_runs_start_weights(clip_spec: str,
                                                                                    tmp_path: Path) -> None:
-    """A text run that froze the image encoder exports only what it trained; the bundle must carry the
-    encoder it was trained with (its ``checkpoint``'s), not the SAM stage's or a random one."""
+    """A text run that froze the image encoder and the CLIP text tower exports only what it trained; the bundle
+    must carry the encoder and tower it was trained with (its ``checkpoint``'s), not the SAM stage's, stage 1's
+    or a random one."""
     synthetic = pytest.importorskip("textsam.data.synthetic")
     import textsam
     from textsam.cli import main
@@ -690,14 +691,15 @@ def test_shapes_tiny_assembler_takes_frozen_parts_from_the_text_runs_start_weigh
 
     synthetic.generate(tmp_path / "data", seed=0, num_train=4, num_val=2, num_test=0)
     write_text_run(tmp_path, clip_spec, 'steps = 2\nlr = 1e-2\nnum_text_tokens = 2\n'
-                   'freeze = { image_encoder = false }\n', output_dir=tmp_path / "e2e", model="shapes_tiny")
+                   'freeze = { image_encoder = false, text_encoder = false }\n', output_dir=tmp_path / "e2e",
+                   model="shapes_tiny")
     assert main(["train", str(tmp_path / "run.toml")]) == 0
     write_text_run(tmp_path, clip_spec, f'steps = 1\nnum_text_tokens = 2\ncheckpoint = "{tmp_path / "e2e"}/'
                    'model.safetensors"\nfreeze = { image_encoder = true }\n', output_dir=tmp_path / "tuned",
                    model="shapes_tiny")
     assert main(["train", str(tmp_path / "run.toml")]) == 0
     tuned = read_weights(tmp_path / "tuned" / "model.safetensors")
-    assert not any(k.startswith("image_encoder.") for k in tuned)
+    assert not any(k.startswith(("image_encoder.", "text_encoder.")) for k in tuned)
     assert shapes_tiny.start_chain(tmp_path / "tuned") == [tmp_path / "e2e" / "model.safetensors"]
     out = tmp_path / "bundle.safetensors"
     clip_dir = str(Path(clip_spec.removeprefix("local-dir:")))
@@ -709,3 +711,11 @@ def test_shapes_tiny_assembler_takes_frozen_parts_from_the_text_runs_start_weigh
     assert torch.allclose(model.state_dict()[key], e2e[key], atol=1e-3)  # fp16 storage
     assert torch.allclose(model.state_dict()["mask_decoder.iou_token.weight"], tuned["mask_decoder.iou_token.weight"],
                           atol=1e-3)
+    from textsam.encoders.text import TextEncoder, load_text_tower, text_tower_state
+
+    e2e_tower = TextEncoder.create(clip_spec, None)
+    load_text_tower(e2e_tower, text_tower_state(e2e), "e2e")
+    phrases = ["the leftmost star", "small red circle"]
+    got, want = model.text_encoder.encode(phrases), e2e_tower.encode(phrases)
+    assert torch.allclose(got, want, atol=2e-3)  # the bundle stores fp16
+    assert not torch.allclose(got, TextEncoder.create(clip_spec, None).encode(phrases), atol=2e-3)

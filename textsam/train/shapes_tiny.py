@@ -31,9 +31,10 @@ from ..text_head import load_text_head
 logger = logging.getLogger(__name__)
 
 
-def _load_parts(model: torch.nn.Module, path: Path) -> list[str]:
-    """Load the SAM parts a stage trained (official key names) into ``model``; returns the part names."""
-    state = {k: v for k, v in load_file(str(path)).items() if not k.startswith(("text_projector.", "text_encoder."))}
+def _load_parts(model: torch.nn.Module, path: Path, weights: dict[str, torch.Tensor]) -> list[str]:
+    """Load the SAM parts of ``weights`` (read from ``path``; official key names) into ``model``; returns
+    the part names."""
+    state = {k: v for k, v in weights.items() if not k.startswith(("text_projector.", "text_encoder."))}
     own = model.state_dict()
     unknown = [k for k in state if k not in own]
     if unknown:
@@ -87,15 +88,22 @@ def assemble(
     Layers, later ones replacing earlier ones: the SAM stage's parts, then the start weights the text run
     was trained from (:func:`start_chain`; they hold any part the text run froze), then the text run's own."""
     model = build_sam(SHAPES_TINY)
-    sam_parts = _load_parts(model, sam_dir / "model.safetensors")
+    sam_path = sam_dir / "model.safetensors"
+    sam_parts = _load_parts(model, sam_path, load_file(str(sam_path)))
     chain = start_chain(text_dir)
-    for start in chain:
-        _load_parts(model, start)
-    text_parts = _load_parts(model, text_dir / "model.safetensors")
     encoder = TextEncoder.create(f"local-dir:{clip_dir.resolve()}", None)
-    tower = text_tower_state(load_file(str(text_dir / "model.safetensors")))
-    if tower:  # the text stage fine-tuned the CLIP text tower: it replaces the stage-1 one
-        load_text_tower(encoder, tower, str(text_dir / "model.safetensors"))
+    tower: dict[str, torch.Tensor] = {}
+    tower_from = None
+    for path in [*chain, text_dir / "model.safetensors"]:
+        weights = load_file(str(path))
+        text_parts = _load_parts(model, path, weights)
+        # a CLIP text tower fine-tuned by the text run (or by a run it started from, if it kept the tower
+        # frozen) replaces the stage-1 one
+        tuned = text_tower_state(weights)
+        if tuned:
+            tower, tower_from = tuned, path
+    if tower:
+        load_text_tower(encoder, tower, str(tower_from))
         text_parts.append("text_encoder (CLIP text tower)")
     projector, info = load_text_head(text_dir / "text_head.safetensors", sam_model="shapes_tiny",
                                      clip_model=None, clip_pretrained=None)
