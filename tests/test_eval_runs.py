@@ -144,6 +144,34 @@ def test_synthetic_end_to_end(model, tmp_path) -> None:
     assert report["counts"]["images"] == 1 and report["counts"]["expressions"] >= 1
 
 
+def test_synthetic_report_scores_each_phrase_kind(tmp_path) -> None:
+    """Refs with a ``kind`` get per-kind metrics: ground truth everywhere but empty masks for spatial phrases
+    scores 1 on attribute and category phrases and 0 on spatial ones."""
+    import numpy as np
+
+    from textsam.data.synthetic import generate
+
+    generate(tmp_path / "syn", seed=0, num_train=0, num_val=0, num_test=4, image_size=64)
+    bench = build_benchmark("synthetic", tmp_path / "syn")
+    recs = []
+    for key in bench.keys():
+        preds = []
+        for ref, i, _ in bench._by_image[int(key)]:
+            mask = bench.dataset.target_mask(ref)
+            if ref.extra["kind"] == "spatial":
+                mask = np.zeros_like(mask)
+            preds.append({"ref_id": ref.ref_id, "sent_idx": i, "segmentation": rle.encode(mask), "score": 1.0})
+        recs.append({"key": key, "predictions": preds})
+    rep = score_predictions(bench, _write_jsonl(tmp_path / "p.jsonl", recs), tmp_path / "r")
+    kinds = rep["details"]["by phrase kind"]
+    assert set(kinds) == {"attribute", "category", "spatial"}
+    assert kinds["attribute"]["mIoU"] == kinds["category"]["mIoU"] == 1.0 and kinds["spatial"]["mIoU"] == 0.0
+    counts = rep["counts"]
+    assert sum(counts[f"{k} expressions"] for k in kinds) == counts["expressions"]
+    assert rep["metrics"]["mIoU"] == pytest.approx(1 - counts["spatial expressions"] / counts["expressions"])
+    assert "## by phrase kind" in (tmp_path / "r" / "report.md").read_text()
+
+
 # ------------------------------------------------------------------------------ ground truth fed back
 def _write_jsonl(path: Path, records: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))

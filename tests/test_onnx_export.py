@@ -122,3 +122,40 @@ def test_text_export_needs_a_text_head() -> None:
     model.text_projector = None
     with pytest.raises(InputError, match="no text head"):
         OnnxPromptDecoder(model, with_text=True)
+
+
+def _with_word_path(model: textsam.TextSam) -> textsam.TextSam:
+    """``model`` with its text head rebuilt with a word path whose output layer is non-zero (so it matters)."""
+    from textsam.encoders.text import TextProjector
+
+    old = model.text_projector
+    proj = TextProjector(old.clip_dim, old.token_dim, old.num_tokens, old.hidden_dim,
+                         word_dim=model.text_encoder.word_dim)
+    proj.load_state_dict(old.state_dict(), strict=False)
+    torch.manual_seed(0)
+    torch.nn.init.normal_(proj.word_out.weight, std=0.5)
+    model.text_projector = proj.eval()
+    return model
+
+
+def test_onnx_word_path_graph_matches_the_predictor(tmp_path: Path) -> None:
+    """A text head with a word path exports the word inputs; any phrase length works (dynamic axis)."""
+    model = _with_word_path(textsam.create_model("shapes_tiny"))
+    path = export_onnx(model, tmp_path / "words.onnx", with_text=True)  # traced with 5 word positions
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()][-3:] == ["text_embedding", "text_word_features", "text_word_mask"]
+    image = np.random.default_rng(1).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    predictor = textsam.TextSamPredictor(model)
+    predictor.set_image(image)
+    for phrase in ("the leftmost small red star", "star"):
+        pred = predictor.predict(text=phrase, return_logits=True)
+        emb, words, mask = model.text_encoder.encode_words([phrase])
+        inputs = (predictor.get_image_embedding().float(), torch.zeros(1, 1, 2), torch.tensor([[-1.0]]),
+                  torch.zeros(1, 1, *model.prompt_encoder.mask_input_size), torch.tensor([0.0]),
+                  torch.tensor([128.0, 128.0]), emb, words, mask.float())
+        masks, scores, _ = _run(path, inputs)
+        order = 1 + np.argsort(-scores[0, 1:], kind="stable")
+        np.testing.assert_allclose(masks[0, order], pred.masks, atol=1e-4)
+    left = model.text_projector(*model.text_encoder.encode_words(["the leftmost star"]))
+    right = model.text_projector(*model.text_encoder.encode_words(["the rightmost star"]))
+    assert float((left - right).abs().max()) > 1e-2  # the word path sees the word the pooled embedding hardly does

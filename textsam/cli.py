@@ -426,7 +426,8 @@ def _add_export_parser(subparsers: _Subparsers) -> None:
             "Write an ONNX graph of the prompt encoder and mask decoder with SAM's official inputs "
             "(image_embeddings, point_coords, point_labels, mask_input, has_mask_input, orig_im_size) and "
             "outputs (masks, iou_predictions, low_res_masks). --text adds a text_embedding input "
-            "(model.text_encoder.encode([phrase])). The image encoder is not part of the graph: compute the "
+            "(model.text_encoder.encode([phrase])) and, for a text head with a word path, text_word_features "
+            "and text_word_mask (model.text_encoder.encode_words([phrase])). The image encoder is not part of the graph: compute the "
             "embedding with TextSamPredictor.get_image_embedding()."
         ),
     )

@@ -12,12 +12,15 @@ is not part of it) and the prompts, and returns upscaled mask logits in the orig
 | ``has_mask_input`` | ``(1,)`` float32 | 1 to use ``mask_input`` |
 | ``orig_im_size`` | ``(2,)`` float32 | (H, W) of the original image |
 | ``text_embedding`` (``with_text``) | ``(1, D)`` float32 | ``model.text_encoder.encode([phrase])`` |
+| ``text_word_features`` (``with_text``, word path) | ``(1, L, W)`` float32 | ``encode_words([phrase])[1]`` |
+| ``text_word_mask`` (``with_text``, word path) | ``(1, L)`` float32 | ``encode_words([phrase])[2]``, 1 = token |
 
 Outputs ``masks (1, M, H, W)`` logits, ``iou_predictions (1, M)``, ``low_res_masks (1, M, 4h, 4w)``;
 M = 4 (token 0 is the single-mask output) or 1 with ``return_single_mask`` (SAM's rule: token 0 when
 there are more than 2 point tokens, else the best of tokens 1-3). As in SAM, callers append the (0, 0)
 point with label -1 when no box is given. Text tokens follow the point tokens, as in
-``PromptEncoder(extra_tokens=...)``.
+``PromptEncoder(extra_tokens=...)``. The word inputs exist only for a text head with a word path
+(``model.text_projector.word_dim > 0``); L (the phrase's token count) is a dynamic axis.
 """
 
 from __future__ import annotations
@@ -79,12 +82,16 @@ class OnnxPromptDecoder(nn.Module):
         has_mask_input: Tensor,
         orig_im_size: Tensor,
         text_embedding: Tensor | None = None,
+        text_word_features: Tensor | None = None,
+        text_word_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         pe = self.model.prompt_encoder
         sparse = self._embed_points(point_coords, point_labels)
         if self.with_text:
             assert text_embedding is not None
-            sparse = torch.cat([sparse, self.model.text_projector(text_embedding).to(sparse.dtype)], dim=1)
+            mask = text_word_mask > 0.5 if text_word_mask is not None else None
+            tokens = self.model.text_projector(text_embedding, text_word_features, mask)
+            sparse = torch.cat([sparse, tokens.to(sparse.dtype)], dim=1)
         dense = pe.mask_downscaling(mask_input) * has_mask_input
         dense = dense + (1 - has_mask_input) * pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
         low_res, scores = self.model.mask_decoder.predict_masks(
@@ -116,7 +123,19 @@ def example_inputs(model: TextSam, num_points: int = 3, with_text: bool = False)
     ]
     if with_text:
         inputs.append(torch.randn(1, model.text_projector.clip_dim))
+        if model.text_projector.word_dim:
+            inputs += [torch.randn(1, 5, model.text_projector.word_dim), torch.ones(1, 5)]
     return tuple(inputs)
+
+
+def input_names(model: TextSam, with_text: bool) -> list[str]:
+    """The graph's input names, in order (see the module docstring)."""
+    names = list(INPUT_NAMES)
+    if with_text:
+        names.append("text_embedding")
+        if model.text_projector is not None and model.text_projector.word_dim:
+            names += ["text_word_features", "text_word_mask"]
+    return names
 
 
 def export_onnx(
@@ -138,7 +157,10 @@ def export_onnx(
     out.parent.mkdir(parents=True, exist_ok=True)
     wrapper = OnnxPromptDecoder(model.float().eval().cpu(), return_single_mask=return_single_mask,
                                 with_text=with_text)
-    names = list(INPUT_NAMES) + (["text_embedding"] if with_text else [])
+    names = input_names(model, with_text)
+    dynamic = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}
+    if "text_word_features" in names:
+        dynamic.update(text_word_features={1: "num_words"}, text_word_mask={1: "num_words"})
     tmp = out.with_name(out.name + ".part")
     with torch.no_grad(), warnings.catch_warnings():
         # Shape checks become trace-time constants, which is intended here: N is the only dynamic axis and
@@ -151,7 +173,7 @@ def export_onnx(
             str(tmp),
             input_names=names,
             output_names=list(OUTPUT_NAMES),
-            dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
+            dynamic_axes=dynamic,
             opset_version=opset,
             do_constant_folding=True,
             dynamo=False,

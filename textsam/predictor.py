@@ -179,6 +179,12 @@ class TextSamPredictor:
             extra = tp.tokens[None] if tp.tokens is not None else None
             info["prompts"] = {"points": tp.points.tolist(), "labels": tp.labels.tolist(),
                                "box": None if tp.box is None else np.asarray(tp.box).tolist()}
+            if point_coords is None and box is None and self.text.can_locate:  # the locator's click
+                assert self.input_size is not None
+                located = self.text.locate(text, features, self.input_size, self.original_size)
+                coords = located if coords is None else np.concatenate([coords, located])
+                labels = np.ones(1, np.int64) if labels is None else np.concatenate([labels, np.ones(1, np.int64)])
+                info["prompts"]["located"] = located[0].tolist()
         batch = PromptBatch.from_original(
             coords[None] if coords is not None else None,
             labels[None] if labels is not None else None,

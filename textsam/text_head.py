@@ -34,6 +34,9 @@ class TextHeadInfo:
     hidden_dim: int
     recipe: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    word_dim: int = 0  # > 0: the projector's word path reads per-token CLIP features of this width
+    word_heads: int = 0
+    locator_dim: int = 0  # > 0: the head holds a TextLocator of this width (phrase -> click)
 
     @property
     def clip_spec(self) -> str:
@@ -87,7 +90,8 @@ def load_text_head(
             f"--model {info.sam_model} --clip {info.clip_spec} (create_model({info.sam_model!r}, "
             f"clip={info.clip_spec!r}, text_head=...)), or a head trained for your models."
         )
-    projector = TextProjector(info.clip_dim, info.token_dim, info.num_tokens, info.hidden_dim)
+    projector = TextProjector(info.clip_dim, info.token_dim, info.num_tokens, info.hidden_dim,
+                              word_dim=info.word_dim, word_heads=info.word_heads or 4, locator_dim=info.locator_dim)
     state = {k.removeprefix("text_projector."): v for k, v in load_file(str(path)).items()}
     try:
         projector.load_state_dict(state, strict=True)

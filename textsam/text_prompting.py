@@ -1,9 +1,11 @@
 """Turning phrases into decoder prompts for one image.
 
-Two sources of text tokens, both ending in the decoder's sparse slot:
+Sources of text tokens, all ending in the decoder's sparse slot:
 - grounding (training-free): dense CLIP patch-text similarity -> positive/negative points and a box,
   embedded by SAM's own prompt encoder exactly like clicks;
-- a trained text head: the CLIP text embedding -> ``K`` learned tokens (``TextProjector``).
+- a trained text head: the CLIP text embedding -> ``K`` learned tokens (``TextProjector``);
+- the text head's learned locator, when it has one: phrase x SAM image embedding -> the best cell,
+  given as a positive click (:meth:`TextPrompter.locate`; used when the user gives no click or box).
 Candidate masks are then ranked by SAM's IoU head plus the CLIP similarity of the mask region.
 """
 
@@ -36,6 +38,8 @@ class TextOptions:
     grounded_box: also give the box of the best similarity region.
     text_weight: weight of the CLIP mask score against the IoU head when ranking masks.
     max_instances / nms_iou / min_score: "all instances" mode.
+    locate: use the text head's locator (if it has one): a phrase without a user click or box gets the
+        locator's click in the same decoder call.
     """
 
     grounding: bool = True
@@ -49,6 +53,7 @@ class TextOptions:
     max_instances: int = 8
     nms_iou: float = 0.5
     min_score: float | None = None
+    locate: bool = True
 
 
 def default_options(model: TextSam) -> TextOptions:
@@ -126,12 +131,46 @@ class TextPrompter:
         """Template-ensembled unit CLIP embedding ``(D,)`` of a phrase (cached per template string)."""
         return self.model.text_encoder.encode_ensemble(phrase, self.templates())
 
+    @property
+    def can_locate(self) -> bool:
+        proj = self.model.text_projector
+        return self.options.locate and proj is not None and getattr(proj, "locator", None) is not None
+
+    def _phrase_inputs(self, phrases: Sequence[str]) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        device = self.model.device
+        if self.model.text_projector.word_dim:
+            emb, words, mask = self.model.text_encoder.encode_words(list(phrases))
+            return emb.to(device), words.to(device), mask.to(device)
+        return self.model.text_encoder.encode(list(phrases)).to(device), None, None
+
+    @torch.inference_mode()
+    def locate_scores(self, phrases: Sequence[str], features: Tensor, input_size: tuple[int, int]) -> Tensor:
+        """The locator's cell scores ``(B, h, w)`` on the image embedding ``features (1, C, h, w)``; cells of
+        the padding (outside the resized ``input_size`` image) get -inf."""
+        self.ensure_text_encoder()
+        h, w = features.shape[-2:]
+        scores = self.model.text_projector.locator(features, *self._phrase_inputs(phrases)).view(-1, h, w)
+        stride = self.model.img_size / h
+        valid_y = (torch.arange(h, device=scores.device) + 0.5) * stride <= input_size[0]
+        valid_x = (torch.arange(w, device=scores.device) + 0.5) * stride <= input_size[1]
+        return scores.masked_fill(~(valid_y[:, None] & valid_x[None]), float("-inf"))
+
+    def locate(self, phrase: str, features: Tensor, input_size: tuple[int, int],
+               original_size: tuple[int, int]) -> np.ndarray:
+        """The locator's click for ``phrase``: ``(1, 2)`` x, y in original-image pixels (the best cell's centre)."""
+        scores = self.locate_scores([phrase], features, input_size)[0]
+        h, w = scores.shape
+        best = int(scores.flatten().argmax())
+        stride = self.model.img_size / h
+        xy = np.array([(best % w + 0.5) * stride - 0.5, (best // w + 0.5) * stride - 0.5])
+        ratio = np.array([original_size[1] / input_size[1], original_size[0] / input_size[0]])
+        return ((xy + 0.5) * ratio - 0.5)[None]
+
     def text_tokens(self, phrases: Sequence[str]) -> Tensor | None:
         """Text-head tokens ``(B, K, C)`` for the phrases, or None without a text head."""
         if self.model.text_projector is None:
             return None
-        emb = self.model.text_encoder.encode(list(phrases))
-        return self.model.text_projector(emb.to(self.model.device))
+        return self.model.text_projector(*self._phrase_inputs(phrases))
 
     def similarity(self, phrase: str, negative: str | None = None) -> Tensor:
         """Patch-text similarity ``(gh, gw)``; a negative phrase's similarity is subtracted."""

@@ -1,8 +1,14 @@
 """Text side: an open_clip text tower with a per-phrase cache, and the projector into SAM's token space.
 
-``TextEncoder.encode(phrases) -> (N, D)`` unit CLIP embeddings in the joint image-text space.
-``TextProjector(emb (B, D)) -> (B, K, C)`` prompt tokens of the decoder's width C (256 for SAM).
-The projector's weights live in a separate *text head* file (see ``textsam.text_head``).
+``TextEncoder.encode(phrases) -> (N, D)`` unit CLIP embeddings in the joint image-text space;
+``TextEncoder.encode_words(phrases)`` adds the tower's per-token features ``(N, L, W)`` and their mask.
+``TextProjector(emb (B, D)[, words, word_mask]) -> (B, K, C)`` prompt tokens of the decoder's width C
+(256 for SAM). The projector's weights live in a separate *text head* file (see ``textsam.text_head``).
+
+Why per-token features: CLIP's pooled embedding is close to a bag of words; phrases that differ only in
+a word such as "left" / "right" get nearly the same vector (shapes_tiny's tower: 1 - cosine 3e-4 between
+"the leftmost star" and "the rightmost star"). A projector with a word path (``word_dim > 0``) lets its
+tokens attend to the tower's last-layer feature of every token, where such words stay distinct.
 """
 
 from __future__ import annotations
@@ -80,6 +86,7 @@ class TextEncoder(nn.Module):
         self.pretrained = pretrained
         self.cache_size = cache_size
         self._cache: OrderedDict[str, Tensor] = OrderedDict()
+        self._word_cache: OrderedDict[str, tuple[Tensor, Tensor]] = OrderedDict()
         self.tower_calls = 0  # text-tower forward passes run so far (for cache measurements)
 
     @classmethod
@@ -130,6 +137,18 @@ class TextEncoder(nn.Module):
         return int(self.clip.visual.output_dim)
 
     @property
+    def word_dim(self) -> int:
+        """Width ``W`` of the per-token features (:meth:`encode_words`); 0 when the tower has none."""
+        if not self._has_causal_tower():
+            return 0
+        return int(self.clip.ln_final.normalized_shape[0])
+
+    def _has_causal_tower(self) -> bool:
+        clip = self.clip
+        return (isinstance(getattr(clip, "attn_mask", None), Tensor) and getattr(clip, "text_pool_type", None) == "argmax"
+                and hasattr(clip, "token_embedding") and hasattr(clip, "ln_final"))
+
+    @property
     def context_length(self) -> int:
         return int(getattr(self.tokenizer, "context_length", 77) or 77)
 
@@ -170,12 +189,44 @@ class TextEncoder(nn.Module):
             self._cache.move_to_end(p)
         return torch.stack([self._cache[p] for p in cleaned])
 
+    @torch.inference_mode()
+    def encode_words(self, phrases: str | Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
+        """Pooled unit embeddings ``(N, D)``, per-token features ``(N, L, W)`` and their mask ``(N, L)``
+        (True = a real token: start, words, end; padding rows are zero), float32; cached per phrase."""
+        items = [phrases] if isinstance(phrases, str) else list(phrases)
+        if not items:
+            raise InputError("no phrase given")
+        cleaned = [clean_phrase(p) for p in items]
+        missing = list(dict.fromkeys(p for p in cleaned if p not in self._word_cache))
+        if missing:
+            for p in missing:
+                self._warn_if_truncated(p)
+            pooled, words, mask = self.embed_tokens(self.tokenize(missing), with_words=True)
+            self.tower_calls += 1
+            for p, e, w, m in zip(missing, pooled.float(), words.float(), mask):
+                self._word_cache[p] = (e, w[m])
+                if len(self._word_cache) > self.cache_size:
+                    self._word_cache.popitem(last=False)
+        for p in cleaned:
+            self._word_cache.move_to_end(p)
+        entries = [self._word_cache[p] for p in cleaned]
+        length = max(w.shape[0] for _, w in entries)
+        words = entries[0][1].new_zeros(len(entries), length, entries[0][1].shape[1])
+        mask = torch.zeros(len(entries), length, dtype=torch.bool, device=words.device)
+        for i, (_, w) in enumerate(entries):
+            words[i, : w.shape[0]], mask[i, : w.shape[0]] = w, True
+        return torch.stack([e for e, _ in entries]), words, mask
+
     def tokenize(self, phrases: Sequence[str]) -> Tensor:
         """Token ids ``(N, context_length)`` int64 of (already cleaned) phrases, on the tower's device."""
         return self.tokenizer(list(phrases)).to(self._device())
 
-    def embed_tokens(self, tokens: Tensor) -> Tensor:
+    def embed_tokens(self, tokens: Tensor, with_words: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         """Unit embeddings ``(N, D)`` of token ids ``(N, L)``, with autograd (for training the tower).
+
+        ``with_words``: also the last-layer per-token features ``(N, L', W)`` (after the final layer norm,
+        before the joint projection) and their mask ``(N, L')`` (True up to and including the end token;
+        ``L'`` = the longest phrase), as ``(pooled, words, mask)``.
 
         Bypasses the phrase cache: after changing the tower's weights call :meth:`clear_cache`.
 
@@ -184,9 +235,10 @@ class TextEncoder(nn.Module):
         same embedding, several times faster for short phrases than running all 77 positions.
         """
         clip = self.clip
-        causal = isinstance(getattr(clip, "attn_mask", None), Tensor)
-        pool = getattr(clip, "text_pool_type", None)
-        if not (causal and pool == "argmax" and hasattr(clip, "token_embedding") and hasattr(clip, "ln_final")):
+        if not self._has_causal_tower():
+            if with_words:
+                raise InputError(f"the CLIP text tower of {self.model_name!r} gives no per-token features here; "
+                                 "use a text head without a word path (word_tokens = false)")
             return clip.encode_text(tokens, normalize=True)
         length = int((tokens != 0).sum(dim=1).max().item())
         length = max(1, min(length, tokens.shape[1]))
@@ -194,12 +246,17 @@ class TextEncoder(nn.Module):
         cast_dtype = clip.transformer.get_cast_dtype()
         x = clip.token_embedding(tokens).to(cast_dtype) + clip.positional_embedding[:length].to(cast_dtype)
         x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
-        x = clip.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+        words = clip.ln_final(x)
+        end = tokens.argmax(dim=-1)  # the end-of-text token has the largest id
+        x = words[torch.arange(words.shape[0], device=words.device), end]
         proj = clip.text_projection
         if proj is not None:
             x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
-        return torch.nn.functional.normalize(x, dim=-1)
+        pooled = torch.nn.functional.normalize(x, dim=-1)
+        if not with_words:
+            return pooled
+        mask = torch.arange(length, device=tokens.device)[None] <= end[:, None]
+        return pooled, words * mask[..., None].to(words.dtype), mask
 
     def encode_ensemble(self, phrase: str, templates: Sequence[str]) -> Tensor:
         """One unit embedding ``(D,)``: the normalised mean over ``templates`` (each with one ``{}``)."""
@@ -210,6 +267,7 @@ class TextEncoder(nn.Module):
 
     def clear_cache(self) -> None:
         self._cache.clear()
+        self._word_cache.clear()
 
     def set_text_tower_trainable(self, trainable: bool) -> None:
         """Train (or freeze) the text tower only; the visual tower and the logit scale stay frozen."""
@@ -250,25 +308,73 @@ class TextProjector(nn.Module):
     """CLIP embedding ``(B, D)`` -> ``num_tokens`` prompt tokens ``(B, K, C)`` for the mask decoder.
 
     A two-layer MLP plus a learned text-type embedding per token (like SAM's point-type embeddings),
-    so the decoder can tell text tokens from clicks.
+    so the decoder can tell text tokens from clicks. With ``word_dim > 0`` a word path follows the MLP:
+    each token attends (one cross-attention, ``word_heads`` heads) to the tower's per-token features
+    ``(B, L, word_dim)`` and adds the result. Its output layer starts at zero, so a projector given a
+    word path starts out giving exactly the tokens of the same projector without one; without word
+    features (``words=None``: a CLIP image embedding in the SAM-paper recipe, or a text-blind baseline)
+    the word path is skipped.
+
+    With ``locator_dim > 0`` the head also holds a :class:`~textsam.encoders.locator.TextLocator`
+    (``self.locator``; image embeddings of ``token_dim`` channels, as in SAM) that turns a phrase into a
+    click on the image; it is not used by :meth:`forward`.
     """
 
-    def __init__(self, clip_dim: int, token_dim: int = 256, num_tokens: int = 2, hidden_dim: int = 512) -> None:
+    def __init__(self, clip_dim: int, token_dim: int = 256, num_tokens: int = 2, hidden_dim: int = 512,
+                 word_dim: int = 0, word_heads: int = 4, locator_dim: int = 0) -> None:
         super().__init__()
+        from .locator import TextLocator
+
         self.clip_dim = clip_dim
         self.token_dim = token_dim
         self.num_tokens = num_tokens
         self.hidden_dim = hidden_dim
+        self.word_dim = word_dim
+        self.word_heads = word_heads if word_dim else 0
         self.mlp = nn.Sequential(
             nn.Linear(clip_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, token_dim * num_tokens)
         )
         self.text_type_embed = nn.Parameter(torch.randn(num_tokens, token_dim) * 0.02)
         nn.init.normal_(self.mlp[2].weight, std=0.02 / math.sqrt(hidden_dim))
         nn.init.zeros_(self.mlp[2].bias)
+        if word_dim:
+            if token_dim % word_heads:
+                raise InputError(f"word_heads {word_heads} must divide the token width {token_dim}")
+            self.word_norm = nn.LayerNorm(word_dim)
+            self.word_kv = nn.Linear(word_dim, 2 * token_dim)
+            self.word_query = nn.Parameter(torch.randn(num_tokens, token_dim) * 0.02)
+            self.word_q = nn.Linear(token_dim, token_dim)
+            self.word_out = nn.Linear(token_dim, token_dim)
+            nn.init.zeros_(self.word_out.weight)
+            nn.init.zeros_(self.word_out.bias)
+        self.locator_dim = locator_dim
+        self.locator = (TextLocator(clip_dim, token_dim, word_dim, hidden_dim=locator_dim, heads=4,
+                                    head_dim=max(1, locator_dim // 4)) if locator_dim else None)
 
-    def forward(self, emb: Tensor) -> Tensor:
+    def forward(self, emb: Tensor, words: Tensor | None = None, word_mask: Tensor | None = None) -> Tensor:
+        """``emb (B, D)`` unit CLIP embeddings; ``words (B, L, word_dim)`` per-token features with
+        ``word_mask (B, L)`` bool (True = real token) -> tokens ``(B, K, C)``."""
         if emb.ndim != 2 or emb.shape[1] != self.clip_dim:
             raise InputError(f"TextProjector expects (B, {self.clip_dim}) CLIP embeddings, got {tuple(emb.shape)}")
         x = emb.to(self.mlp[0].weight.dtype) * math.sqrt(self.clip_dim)  # unit vectors -> unit-variance entries
         tokens = self.mlp(x).view(emb.shape[0], self.num_tokens, self.token_dim)
+        if self.word_dim and words is not None:
+            tokens = tokens + self.attend_words(tokens, words, word_mask)
         return tokens + self.text_type_embed
+
+    def attend_words(self, tokens: Tensor, words: Tensor, word_mask: Tensor | None) -> Tensor:
+        """Cross-attention of the tokens ``(B, K, C)`` over the word features ``(B, L, W)`` -> ``(B, K, C)``."""
+        if words.ndim != 3 or words.shape[0] != tokens.shape[0] or words.shape[2] != self.word_dim:
+            raise InputError(f"TextProjector expects word features (B, L, {self.word_dim}) for {tokens.shape[0]} "
+                             f"phrases, got {tuple(words.shape)}")
+        b, k, c = tokens.shape
+        h = self.word_heads
+        q = self.word_q(tokens + self.word_query).view(b, k, h, c // h).transpose(1, 2)
+        key, value = self.word_kv(self.word_norm(words.to(tokens.dtype))).chunk(2, dim=-1)
+        key = key.view(b, -1, h, c // h).transpose(1, 2)
+        value = value.view(b, -1, h, c // h).transpose(1, 2)
+        logits = q @ key.transpose(-1, -2) / math.sqrt(c // h)  # (B, h, K, L)
+        if word_mask is not None:
+            logits = logits.masked_fill(~word_mask[:, None, None, :].bool(), torch.finfo(logits.dtype).min)
+        out = (logits.softmax(dim=-1) @ value).transpose(1, 2).reshape(b, k, c)
+        return self.word_out(out)

@@ -2,7 +2,9 @@
 
 Protocol: every sentence of every ref is one expression; ``predictor.predict(text=sentence)`` and its
 best mask (masks are sorted best first for text) is compared with the union of the ref's target masks.
-Metrics: mIoU, cIoU and P@0.5..0.9 over expressions (:func:`textsam.eval.metrics.refer_metrics`).
+Metrics: mIoU, cIoU and P@0.5..0.9 over expressions (:func:`textsam.eval.metrics.refer_metrics`); when
+the refs carry a ``kind`` (the synthetic generator's attribute / category / spatial phrases), the same
+metrics per kind as well (``details["by phrase kind"]``).
 
 Record of one image: ``{"key": "<image_id>", "predictions": [{"ref_id", "sent_idx", "text",
 "segmentation": RLE (counts str), "score"}, ...]}``.
@@ -89,6 +91,7 @@ class ReferBenchmark(Benchmark):
     def score(self, records: dict[str, dict[str, Any]], keys: Sequence[str]) -> Scores:
         ok, problems = split_records(records, keys)
         inters, unions = [], []
+        kinds: list[str | None] = []
         missing_expr: list[str] = []
         no_target = 0
         for key in keys:
@@ -107,6 +110,7 @@ class ReferBenchmark(Benchmark):
                     except (KeyError, TypeError, ValueError) as err:
                         raise InputError(f"image {key}: a prediction needs ref_id, sent_idx, segmentation ({err})") from err
             for ref, idx, _text in exprs:
+                kinds.append((getattr(ref, "extra", None) or {}).get("kind"))
                 gt = self.dataset.target_mask(ref)
                 no_target += not gt.any()
                 segm = by_expr.get((int(ref.ref_id), idx))
@@ -127,4 +131,12 @@ class ReferBenchmark(Benchmark):
             problems.append(f"{no_target} expression(s) have no target (empty ground truth): IoU 1 only for an empty prediction")
         metrics = refer_metrics(inters, unions)
         counts = {"images": len(keys), "expressions": len(inters)}
-        return Scores(metrics, counts, problems)
+        details: dict[str, Any] = {}
+        if any(k is not None for k in kinds):
+            by_kind: dict[str, Any] = {}
+            for kind in sorted({str(k) for k in kinds}):
+                rows = [i for i, k in enumerate(kinds) if str(k) == kind]
+                by_kind[kind] = refer_metrics([inters[i] for i in rows], [unions[i] for i in rows])
+                counts[f"{kind} expressions"] = len(rows)
+            details["by phrase kind"] = by_kind
+        return Scores(metrics, counts, problems, details)

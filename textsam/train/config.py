@@ -37,6 +37,7 @@ from ..errors import InputError
 
 RECIPES = ("sam", "text", "clip_crops")
 AMP_MODES = ("auto", "bf16", "off")
+TEXT_MULTIMASK = ("min", "all")
 PROMPT_KINDS = ("point", "box", "text", "text_point")  # index = the prompt code in samples
 
 
@@ -72,6 +73,9 @@ class FreezeConfig:
     # the CLIP text tower (text recipe only): False fine-tunes it with the mask loss, so words that
     # CLIP's contrastive training never tied to pixels ("leftmost", "upper") get meaning
     text_encoder: bool = True
+    # the text head's locator (locator_dim > 0); with everything else frozen a run trains only the locator
+    # and skips the decoder
+    text_locator: bool = False
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,19 @@ class TrainConfig:
     # image encoder to see shapes without their colours; text samples keep colour)
     greyscale_prob: float = 0.0
     greyscale_text: bool = False  # text samples whose phrase names no colour may be greyscale as well
+    # a bare phrase's 3 decoder outputs: "min" trains only the best one (SAM's rule for an ambiguous
+    # click), "all" trains every output on the target (a phrase names one target; the outputs cannot
+    # hedge over candidates, e.g. put each star in its own output for "the leftmost star")
+    text_multimask: str = "min"
+    # the text projector also attends to the CLIP tower's per-token features (a word path), so words the
+    # pooled embedding hardly tells apart ("left" / "right") reach the decoder; text recipe only
+    word_tokens: bool = False
+    # a text locator in the text head (phrase x image embedding -> the cell to click), this wide (0: none);
+    # trained to put its softmax mass on the target (weight locator_weight). locate_text: text-alone
+    # samples get its click in training, as the predictor gives it at inference
+    locator_dim: int = 0
+    locator_weight: float = 1.0
+    locate_text: bool = False
 
     def __post_init__(self) -> None:
         from ..config import MODEL_CONFIGS
@@ -174,6 +191,17 @@ class TrainConfig:
         if self.semantic_weight > 0 and (self.freeze.image_encoder or not self.semantic_fields):
             raise InputError("semantic_weight > 0 trains the image encoder: set [freeze] image_encoder = false "
                              "and name at least one of semantic_fields")
+        if self.word_tokens and self.recipe != "text":
+            raise InputError("word_tokens = true needs recipe = 'text' (per-token features exist for phrases, not "
+                             f"for the CLIP image embeddings of recipe {self.recipe!r})")
+        if self.locator_dim < 0 or self.locator_weight < 0:
+            raise InputError("locator_dim and locator_weight must be >= 0")
+        if self.locator_dim and not self.uses_text:
+            raise InputError(f"locator_dim > 0 adds a text locator: it needs a text recipe, not {self.recipe!r}")
+        if self.locate_text and not self.locator_dim:
+            raise InputError("locate_text = true gives text samples the locator's click: set locator_dim > 0")
+        if self.text_multimask not in TEXT_MULTIMASK:
+            raise InputError(f"text_multimask must be one of {TEXT_MULTIMASK}, got {self.text_multimask!r}")
         if not 0.0 <= self.greyscale_prob <= 1.0:
             raise InputError(f"greyscale_prob must be in [0, 1], got {self.greyscale_prob}")
         if self.greyscale_prob > 0 and self.freeze.image_encoder:
@@ -188,9 +216,17 @@ class TrainConfig:
             raise InputError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
         self.prompt_mix.probabilities(self.recipe)
         if self.freeze.image_encoder and self.freeze.prompt_encoder and self.freeze.mask_decoder and (
-            self.recipe == "sam" or (self.freeze.text_projector and self.freeze.text_encoder)
+            self.recipe == "sam" or (self.freeze.text_projector and self.freeze.text_encoder
+                                     and (self.freeze.text_locator or not self.locator_dim))
         ):
             raise InputError("every part is frozen: nothing to train (see [freeze])")
+
+    @property
+    def locator_only(self) -> bool:
+        """Only the text locator trains: a run that needs no decoder calls."""
+        f = self.freeze
+        return bool(self.locator_dim) and not f.text_locator and all(
+            (f.image_encoder, f.prompt_encoder, f.mask_decoder, f.text_projector, f.text_encoder))
 
     @property
     def uses_text(self) -> bool:

@@ -184,7 +184,8 @@ def export(recipe: Recipe, out_dir: Path, step: int) -> Path:
             extra["text_encoder"] = "fine-tuned: its weights are the text_encoder.clip.* tensors of model.safetensors"
         p = model.text_projector
         info = TextHeadInfo(name, te.model_name, te.pretrained, p.clip_dim, p.token_dim, p.num_tokens,
-                            p.hidden_dim, recipe=cfg.recipe, extra=extra)
+                            p.hidden_dim, recipe=cfg.recipe, extra=extra, word_dim=p.word_dim,
+                            word_heads=p.word_heads, locator_dim=p.locator_dim)
         save_text_head(out_dir / "text_head.safetensors", p, info)
     return path
 
@@ -336,7 +337,7 @@ def _train(config: TrainConfig, source: Any, val_source: Any, resume: str | Path
         done = step + 1
         bar.update(1)
         if done % config.log_every == 0 or done == config.steps:
-            names = ("loss", "focal", "dice", "iou") + (("semantic",) if "semantic" in parts_sum else ())
+            names = ("loss", "focal", "dice", "iou") + tuple(k for k in ("semantic", "locate") if k in parts_sum)
             values = torch.tensor([parts_sum.get(k, 0.0) for k in names])
             if world > 1:
                 dist.all_reduce(values)

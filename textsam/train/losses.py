@@ -77,7 +77,8 @@ class LossWeights:
 
 
 def sam_loss(
-    logits: Tensor, iou_pred: Tensor, targets: Tensor, weights: LossWeights = LossWeights()
+    logits: Tensor, iou_pred: Tensor, targets: Tensor, weights: LossWeights = LossWeights(),
+    min_over_outputs: bool = True,
 ) -> dict[str, Tensor]:
     """SAM's loss of one decoder call, per sample, with the min-over-outputs rule.
 
@@ -85,10 +86,14 @@ def sam_loss(
         logits: ``(B, M, H, W)`` mask logits (M = 3 for ambiguous prompts, 1 otherwise).
         iou_pred: ``(B, M)`` IoU-head output.
         targets: ``(B, 1, H, W)`` or ``(B, H, W)`` binary target.
+        min_over_outputs: SAM's rule for ambiguous prompts (below); ``False`` trains every one of the M
+            outputs on the target (a prompt with one meaning, such as a referring phrase: no output may
+            hedge on another candidate object).
     Returns:
         ``{"loss", "focal", "dice", "iou", "best"}``: ``(B,)`` tensors. The mask terms are those of the
-        output with the lowest ``focal * w_f + dice * w_d`` (only it gets mask gradients); the IoU term
-        averages over all M outputs, so the head learns to rank the candidates. ``best`` is the index.
+        output with the lowest ``focal * w_f + dice * w_d`` (only it gets mask gradients), or the means
+        over the outputs without the min rule; the IoU term averages over all M outputs, so the head
+        learns to rank the candidates. ``best`` is the index of the lowest mask loss.
     """
     focal = sigmoid_focal_loss(logits, targets)
     dice = dice_loss(logits, targets)
@@ -96,5 +101,8 @@ def sam_loss(
     best = mask_loss.detach().argmin(dim=1)
     rows = torch.arange(logits.shape[0], device=logits.device)
     iou = iou_mse_loss(iou_pred, logits, targets).mean(dim=1)
+    if not min_over_outputs:
+        loss = mask_loss.mean(dim=1) + weights.iou * iou
+        return {"loss": loss, "focal": focal.mean(dim=1), "dice": dice.mean(dim=1), "iou": iou, "best": best}
     loss = mask_loss[rows, best] + weights.iou * iou
     return {"loss": loss, "focal": focal[rows, best], "dice": dice[rows, best], "iou": iou, "best": best}

@@ -44,6 +44,7 @@ from ..factory import build_sam, get_config
 from ..model import TextSam
 from .config import TrainConfig
 from .data import BOX, POINT, TEXT, TEXT_KINDS, TEXT_POINT, ClipInput, EmbeddingCache, deepest_points
+from ..encoders.locator import locator_loss, target_cells
 from .losses import LossWeights, mask_iou, sam_loss
 
 logger = logging.getLogger(__name__)
@@ -75,12 +76,12 @@ class PromptModel(nn.Module):
     ``forward(batch)`` runs every prompt kind present in the batch through ``1 + clicks`` decoder rounds
     (round 0: the sampled prompt, no mask input; round r: one more error click and the previous round's
     most confident low-res logits as mask input) and returns the mean SAM loss over samples and rounds.
-    Ambiguous first prompts (a single point, text alone) get 3 outputs and the min-loss rule; the rest
-    use the single-mask output. Module names match ``TextSam``'s, so state-dict keys are the official ones.
+    Ambiguous first prompts (a single point, text alone) get 3 outputs and the min-loss rule (text alone:
+    every output trained on the target when ``text_min_loss`` is False); the rest use the single-mask output. Module names match ``TextSam``'s, so state-dict keys are the official ones.
     """
 
     def __init__(self, model: TextSam, *, train_image_encoder: bool, clicks: int, weights: LossWeights,
-                 train_text_encoder: bool = False) -> None:
+                 train_text_encoder: bool = False, text_min_loss: bool = True) -> None:
         super().__init__()
         self.image_encoder = model.image_encoder if train_image_encoder else None
         self.prompt_encoder = model.prompt_encoder
@@ -88,6 +89,11 @@ class PromptModel(nn.Module):
         self.text_projector = model.text_projector
         self.text_encoder = model.text_encoder if train_text_encoder else None
         self.clicks, self.weights = clicks, weights
+        self.text_min_loss = text_min_loss  # False: every output of a bare phrase learns the target
+        self.locator_weight = 0.0  # > 0: the text head's locator is trained to find the target
+        self.locate_text = False  # text-alone samples also get the locator's click (as at inference)
+        self.locator_only = False  # only the locator trains: forward computes its loss alone
+        self.img_size = model.img_size
         self.scale = model.img_size / self.prompt_encoder.mask_input_size[0]
         self.semantic_head: nn.Conv2d | None = None
         self.semantic_classes: tuple[int, ...] = ()
@@ -118,27 +124,61 @@ class PromptModel(nn.Module):
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks, extra_tokens=tokens)
         return self.mask_decoder(emb, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask)
 
-    def text_tokens(self, batch: dict[str, Any]) -> Tensor | None:
-        """``(B, K, C)`` tokens, rows of non-text samples zero (unused), from the ``prompt_emb`` rows, or
-        from the ``prompt_ids`` rows through the trained text tower."""
+    def text_inputs(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None, Tensor | None] | None:
+        """The text rows' pooled CLIP embeddings ``(R, D)`` and word features ``(R, L, W)`` + mask (None without
+        a word path): from ``prompt_emb`` (and ``prompt_words``/``prompt_word_mask``), or from ``prompt_ids``
+        through the trained text tower. None when the batch has no text rows."""
         if self.text_projector is None or not ("prompt_emb" in batch or "prompt_ids" in batch):
             return None
-        if "prompt_ids" in batch:
-            if self.text_encoder is None:
-                raise InputError("token ids in the batch but the text tower is not trained here")
-            emb = self.text_encoder.embed_tokens(batch["prompt_ids"]).float()
-        else:
-            emb = batch["prompt_emb"]
-        tok = self.text_projector(emb)
+        if "prompt_ids" not in batch:
+            return batch["prompt_emb"], batch.get("prompt_words"), batch.get("prompt_word_mask")
+        if self.text_encoder is None:
+            raise InputError("token ids in the batch but the text tower is not trained here")
+        if self.text_projector.word_dim:
+            emb, words, mask = self.text_encoder.embed_tokens(batch["prompt_ids"], with_words=True)
+            return emb.float(), words.float(), mask
+        return self.text_encoder.embed_tokens(batch["prompt_ids"]).float(), None, None
+
+    def text_tokens(self, batch: dict[str, Any], inputs: Any = None) -> Tensor | None:
+        """``(B, K, C)`` tokens, rows of non-text samples zero (unused), from :meth:`text_inputs`."""
+        inputs = inputs if inputs is not None else self.text_inputs(batch)
+        if inputs is None:
+            return None
+        emb, words, mask = inputs
+        tok = self.text_projector(emb, words if self.text_projector.word_dim else None, mask)
         full = tok.new_zeros((batch["kind"].shape[0], *tok.shape[1:]))
         return full.index_copy(0, batch["prompt_rows"], tok)
+
+    def locate(self, emb: Tensor, batch: dict[str, Any], inputs: Any) -> tuple[Tensor, Tensor] | None:
+        """The locator's cell scores ``(R, h * w)`` for the text rows, and their best cells as clicks
+        ``(B, 2)`` in the input frame (rows of non-text samples zero); None without a locator."""
+        locator = self.text_projector.locator if self.text_projector is not None else None
+        if locator is None or inputs is None:
+            return None
+        rows = batch["prompt_rows"]
+        scores = locator(emb[rows], *inputs)
+        h, w = emb.shape[-2:]
+        best = scores.detach().argmax(dim=-1)
+        xy = torch.stack([best % w, torch.div(best, w, rounding_mode="floor")], dim=-1).float()
+        clicks = (xy + 0.5) * (self.img_size / h) - 0.5  # cell centre, in input pixels
+        full = clicks.new_zeros((batch["kind"].shape[0], 2))
+        return scores, full.index_copy(0, rows, clicks)
 
     def embeddings(self, batch: dict[str, Any]) -> Tensor:
         return self.image_encoder(batch["image"]) if self.image_encoder is not None else batch["image_emb"]
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         emb = self.embeddings(batch)
-        tokens = self.text_tokens(batch)
+        inputs = self.text_inputs(batch)
+        tokens = self.text_tokens(batch, inputs)
+        located = self.locate(emb, batch, inputs)
+        if self.locator_only:  # nothing but the locator trains: no decoder calls
+            if located is None:
+                raise InputError("a locator-only run needs text samples (prompt_mix text or text_point > 0)")
+            cells = target_cells(batch["mask_lowres"][batch["prompt_rows"]], tuple(emb.shape[-2:]))
+            loss = locator_loss(located[0], cells).mean()
+            return {"loss": self.locator_weight * loss, "locate": loss}
+        clicks = located[1] if located is not None and self.locate_text else None
         totals: dict[str, Tensor] = {}
         for kind in (POINT, BOX, TEXT, TEXT_POINT):
             idx = torch.nonzero(batch["kind"] == kind).flatten()
@@ -146,22 +186,30 @@ class PromptModel(nn.Module):
                 continue
             if kind in TEXT_KINDS and tokens is None:
                 raise InputError("text prompts in the batch but no text projector / prompt embeddings")
-            for name, value in self.interact(emb[idx], batch, idx, kind, tokens).items():
+            for name, value in self.interact(emb[idx], batch, idx, kind, tokens, clicks).items():
                 totals[name] = totals.get(name, 0.0) + value
         n = batch["kind"].shape[0] * (1 + self.clicks)
         out = {name: value / n for name, value in totals.items()}
+        if located is not None and self.locator_weight > 0:
+            cells = target_cells(batch["mask_lowres"][batch["prompt_rows"]], tuple(emb.shape[-2:]))
+            out["locate"] = locator_loss(located[0], cells).mean()
+            out["loss"] = out["loss"] + self.locator_weight * out["locate"]
         if self.semantic_head is not None:
             out["semantic"] = self.semantic_loss(emb, batch["semantic"])
             out["loss"] = out["loss"] + self.semantic_weight * out["semantic"]
         return out
 
     def interact(self, emb: Tensor, batch: dict[str, Any], idx: Tensor, kind: int,
-                 tokens: Tensor | None) -> dict[str, Tensor]:
-        """Summed losses of ``1 + clicks`` rounds for the samples ``idx`` of one prompt kind."""
+                 tokens: Tensor | None, located: Tensor | None = None) -> dict[str, Tensor]:
+        """Summed losses of ``1 + clicks`` rounds for the samples ``idx`` of one prompt kind (``located``:
+        ``(B, 2)`` the locator's clicks, given to text-alone samples as at inference)."""
         target = batch["mask_lowres"][idx]
         coords = labels = None
         if kind in (POINT, TEXT_POINT):
             coords = batch["point"][idx][:, None].float()
+            labels = torch.ones(coords.shape[:2], device=coords.device)
+        elif kind == TEXT and located is not None:
+            coords = located[idx][:, None]
             labels = torch.ones(coords.shape[:2], device=coords.device)
         boxes = batch["box"][idx].float() if kind == BOX else None
         toks = tokens[idx] if kind in TEXT_KINDS and tokens is not None else None
@@ -171,7 +219,7 @@ class PromptModel(nn.Module):
             points = (coords, labels) if coords is not None else None
             multimask = rnd == 0 and kind in (POINT, TEXT)
             low, iou = self.decode(emb, points, boxes, masks, toks, multimask)
-            parts = sam_loss(low, iou, target, self.weights)
+            parts = sam_loss(low, iou, target, self.weights, min_over_outputs=kind != TEXT or self.text_min_loss)
             for name in ("loss", "focal", "dice", "iou"):
                 sums[name] = sums.get(name, 0.0) + parts[name].sum()
             if rnd < self.clicks:
@@ -200,12 +248,19 @@ class Recipe:
         return self.model.text_encoder
 
     def trainable_parts(self) -> list[str]:
-        return [p for p in PARTS if getattr(self.model, p) is not None and not getattr(self.config.freeze, p)]
+        parts = [p for p in PARTS if getattr(self.model, p) is not None and not getattr(self.config.freeze, p)]
+        proj = self.model.text_projector
+        if proj is not None and proj.locator is not None and not self.config.freeze.text_locator:
+            parts.append("text_locator")
+        return parts
 
     def trainable_state(self) -> dict[str, Tensor]:
         """State of the trained parts with ``TextSam`` key names (what checkpoints and exports hold); of a
-        trained CLIP, the text tower only (``text_encoder.clip.*``)."""
-        parts = tuple(f"{p}." for p in self.trainable_parts())
+        trained CLIP, the text tower only (``text_encoder.clip.*``); of a trained locator alone,
+        ``text_projector.locator.*``."""
+        parts = tuple(f"{p}." for p in self.trainable_parts() if p != "text_locator")
+        if "text_locator" in self.trainable_parts():
+            parts += ("text_projector.locator.",)
         return {
             k: v for k, v in self.model.state_dict().items()
             if k.startswith(parts) and (not k.startswith("text_encoder.") or
@@ -259,6 +314,9 @@ class Recipe:
             emb = self.text_embeddings([out["text"][int(i)] for i in rows])
         emb = emb.to(device).float()
         out["prompt_emb"], out["prompt_rows"] = emb, rows
+        if self.model.text_projector.word_dim and self.name == "text":  # the frozen tower's per-token features
+            _, words, mask = self.text_encoder.encode_words([out["text"][int(i)] for i in rows])
+            out["prompt_words"], out["prompt_word_mask"] = words.clone().to(device), mask.clone().to(device)
         return out
 
 
@@ -291,6 +349,21 @@ def _load_start_weights(model: TextSam, config: TrainConfig) -> tuple[dict[str, 
     return head, tower
 
 
+def _load_head(projector: TextProjector, state: dict[str, Tensor], source: str) -> None:
+    """Load start weights into ``projector``. A word path or locator the start weights lack starts untrained
+    (a word path's zero output layer makes it a no-op); weights this projector has no place for are an error."""
+    own = projector.state_dict()
+    unknown = sorted(set(state) - set(own))
+    missing = sorted(set(own) - set(state))
+    if unknown or any(not k.startswith(("word_", "locator.")) for k in missing):
+        raise InputError(f"the text head in {source} does not fit this projector (unknown {unknown[:3]}, missing "
+                         f"{missing[:3]}): check num_text_tokens, projector_hidden_dim and word_tokens")
+    projector.load_state_dict(state, strict=False)
+    if missing:
+        logger.info("%s has no %s: it starts untrained", source,
+                    " or ".join(sorted({"word path" if k.startswith("word_") else "locator" for k in missing})))
+
+
 def build_model(config: TrainConfig, device: torch.device | str = "cpu") -> TextSam:
     """The TextSam to train (seeded init, start weights, CLIP + projector for text recipes), on ``device``."""
     name = config.model
@@ -313,19 +386,27 @@ def build_model(config: TrainConfig, device: torch.device | str = "cpu") -> Text
         if tower:  # a text tower fine-tuned by an earlier run
             load_text_tower(model.text_encoder, tower, str(config.checkpoint))
         model.text_encoder.set_text_tower_trainable(not config.freeze.text_encoder)
+        word_dim = model.text_encoder.word_dim if config.word_tokens else 0
+        if config.word_tokens and not word_dim:
+            raise InputError(f"word_tokens = true: the CLIP text tower of {spec!r} gives no per-token features")
         if config.text_head:
             from ..text_head import load_text_head
 
-            projector, _ = load_text_head(config.text_head, sam_model=None, clip_model=None, clip_pretrained=None)
+            loaded, _ = load_text_head(config.text_head, sam_model=None, clip_model=None, clip_pretrained=None)
+            projector = TextProjector(loaded.clip_dim, loaded.token_dim, loaded.num_tokens, loaded.hidden_dim,
+                                      word_dim=word_dim, locator_dim=config.locator_dim)
+            _load_head(projector, loaded.state_dict(), config.text_head)
         else:
             projector = TextProjector(
                 model.text_encoder.embed_dim,
                 token_dim=mcfg.mask_decoder.transformer_dim,
                 num_tokens=config.num_text_tokens or mcfg.text.num_text_tokens,
                 hidden_dim=config.projector_hidden_dim,
+                word_dim=word_dim,
+                locator_dim=config.locator_dim,
             )
             if head:
-                projector.load_state_dict(head, strict=True)
+                _load_head(projector, head, str(config.checkpoint))
         model.text_projector = projector
     model.to(device)
     for part in PARTS[:4]:  # the text tower is set up above
@@ -333,6 +414,9 @@ def build_model(config: TrainConfig, device: torch.device | str = "cpu") -> Text
         if module is not None:
             frozen = bool(getattr(config.freeze, part))
             module.requires_grad_(not frozen).train(not frozen)
+    locator = model.text_projector.locator if model.text_projector is not None else None
+    if locator is not None:
+        locator.requires_grad_(not config.freeze.text_locator).train(not config.freeze.text_locator)
     return model
 
 
@@ -343,7 +427,10 @@ def build_recipe(config: TrainConfig, device: torch.device | str = "cpu") -> Rec
     module = PromptModel(
         model, train_image_encoder=not config.freeze.image_encoder, clicks=config.correction_clicks, weights=weights,
         train_text_encoder=config.recipe == "text" and not config.freeze.text_encoder,
+        text_min_loss=config.text_multimask == "min",
     )
+    module.locator_weight, module.locate_text = config.locator_weight, config.locate_text
+    module.locator_only = config.locator_only
     clip_input = None
     if config.recipe == "clip_crops":
         from ..encoders.grounding import DenseClip
@@ -438,31 +525,49 @@ def _atomic_save(obj: Any, path: Path) -> None:
 def evaluate(recipe: Recipe, dataset: Any, device: torch.device, batch_size: int = 16) -> dict[str, float]:
     """Mean IoU on ``dataset`` (built with ``train=False``) per prompt kind: the deepest interior point
     and the exact box for every recipe, plus the phrase's CLIP *text* embedding (alone and with the
-    point) for text recipes. Multimask outputs are reduced to the most confident mask, as at inference."""
+    point) for text recipes. Multimask outputs are reduced to the most confident mask, as at inference.
+    With a text locator, "text" adds its click as the predictor does, ``miou_text_tokens_only`` scores
+    the phrase without it and ``locate_hit`` is the fraction of clicks that land on the target."""
     from .data import collate
 
     module = recipe.module
     was_training = module.training
     module.eval()
+    has_locator = module.text_projector is not None and module.text_projector.locator is not None
     kinds = [POINT, BOX] + ([TEXT, TEXT_POINT] if module.text_projector is not None else [])
     sums = dict.fromkeys(kinds, 0.0)
+    extra = {"miou_text_tokens_only": 0.0, "locate_hit": 0.0} if has_locator else {}
     count = 0
     for start in range(0, len(dataset), batch_size):
         batch = collate([dataset[i] for i in range(start, min(len(dataset), start + batch_size))])
         b = batch["point"].shape[0]
         batch = recipe.prepare({**batch, "kind": torch.full((b,), TEXT)}, device, train=False)
         emb = module.embeddings(batch)
-        tokens = module.text_tokens(batch)
-        pts = (batch["point"][:, None].float(), torch.ones(b, 1, device=device))
-        for kind in kinds:
-            points = pts if kind in (POINT, TEXT_POINT) else None
-            boxes = batch["box"].float() if kind == BOX else None
-            toks = tokens if kind in TEXT_KINDS else None
-            low, iou = module.decode(emb, points, boxes, None, toks, kind in (POINT, TEXT))
+        inputs = module.text_inputs(batch)
+        tokens = module.text_tokens(batch, inputs)
+        located = module.locate(emb, batch, inputs) if has_locator else None
+        ones = torch.ones(b, 1, device=device)
+        pts = (batch["point"][:, None].float(), ones)
+
+        def score(points: Any, boxes: Tensor | None, toks: Tensor | None, multimask: bool) -> float:
+            low, iou = module.decode(emb, points, boxes, None, toks, multimask)
             best = low[torch.arange(b, device=device), iou.argmax(dim=1)][:, None]
             up = F.interpolate(best.float(), batch["mask"].shape[-2:], mode="bilinear", align_corners=False)
-            sums[kind] += float(mask_iou(up, batch["mask"]).sum())
+            return float(mask_iou(up, batch["mask"]).sum())
+
+        for kind in kinds:
+            points = pts if kind in (POINT, TEXT_POINT) else None
+            if kind == TEXT and located is not None:
+                points = (located[1][:, None], ones)
+            boxes = batch["box"].float() if kind == BOX else None
+            sums[kind] += score(points, boxes, tokens if kind in TEXT_KINDS else None, kind in (POINT, TEXT))
+        if located is not None:
+            extra["miou_text_tokens_only"] += score(None, None, tokens, True)
+            xy = located[1].round().long().clamp(0, batch["mask"].shape[-1] - 1)
+            rows = torch.arange(b, device=device)
+            extra["locate_hit"] += float(batch["mask"][rows, 0, xy[:, 1], xy[:, 0]].float().sum())
         count += b
     module.train(was_training)
     names = {POINT: "point", BOX: "box", TEXT: "text", TEXT_POINT: "text_point"}
-    return {f"miou_{names[k]}": v / max(count, 1) for k, v in sums.items()}
+    out = {f"miou_{names[k]}": v / max(count, 1) for k, v in sums.items()}
+    return out | {k: v / max(count, 1) for k, v in extra.items()}

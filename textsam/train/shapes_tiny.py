@@ -8,6 +8,13 @@ prompt encoder, decoder and text projector, and whatever else it trained: image 
 tower; its parts replace the SAM stage's), ``--clip`` (an open_clip
 ``local-dir:`` folder from ``textsam.train.clip_pretrain``). The bundle stores the CLIP token table only
 for tokens that occur in the synthetic phrases and prompt templates (see ``textsam.bundle``).
+
+    python -m textsam.train.shapes_tiny --unpack textsam/weights/shapes_tiny.safetensors --out runs/shipped
+
+writes a bundle back out as a run folder (``model.safetensors`` with every part, ``text_head.safetensors``
+and the CLIP as ``clip/``, an open_clip ``local-dir:``), so a later stage can start from shipped weights
+(``checkpoint = "runs/shipped/model.safetensors"``, ``clip = "local-dir:runs/shipped/clip"``) and the
+assembler can take it as ``--sam``/``--clip``.
 """
 
 from __future__ import annotations
@@ -128,15 +135,57 @@ def assemble(
                        text_options=text_options, dtype=torch.float16)
 
 
+def unpack(bundle: Path, out_dir: Path) -> Path:
+    """Write the bundle ``bundle`` as a run folder ``out_dir`` (see the module docstring); returns it.
+
+    The weights are the bundle's (fp16-rounded) values as float32; CLIP tokens the bundle does not store
+    get zero embedding rows, as when the bundle is loaded."""
+    from safetensors.torch import save_file
+
+    from ..bundle import load_bundle, read_bundle_meta
+    from ..encoders.text import TOWER_PREFIX, is_text_tower_key
+    from ..text_head import TextHeadInfo, save_text_head
+    from .clip_pretrain import save_local_dir
+
+    meta = read_bundle_meta(bundle)
+    model = load_bundle(bundle, build_sam(SHAPES_TINY))
+    clip = model.text_encoder.clip
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_local_dir(clip, meta["clip_config"], out_dir / "clip")
+    tensors = dict(model.sam_state_dict())
+    tensors.update({f"text_projector.{k}": v for k, v in model.text_projector.state_dict().items()})
+    tensors.update({TOWER_PREFIX + k: v for k, v in clip.state_dict().items() if is_text_tower_key(k)})
+    record = {"format": "textsam.trained", "sam_model": "shapes_tiny", "recipe": "text",
+              "unpacked_from": str(bundle), "parts": ["image_encoder", "prompt_encoder", "mask_decoder",
+                                                      "text_projector", "text_encoder"]}
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(out_dir / "model.safetensors"),
+              metadata={"textsam": json.dumps(record)})
+    p = model.text_projector
+    info = TextHeadInfo("shapes_tiny", meta["clip_name"], None, p.clip_dim, p.token_dim, p.num_tokens, p.hidden_dim,
+                        recipe=str(meta.get("training", {}).get("text_head_recipe", "text")),
+                        extra={"text_encoder": "fine-tuned: its weights are the text_encoder.clip.* tensors of "
+                                               "model.safetensors", "unpacked_from": str(bundle)},
+                        word_dim=p.word_dim, word_heads=p.word_heads, locator_dim=p.locator_dim)
+    save_text_head(out_dir / "text_head.safetensors", p, info)
+    return out_dir
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sam", type=Path, required=True)
-    parser.add_argument("--text", type=Path, required=True)
-    parser.add_argument("--clip", type=Path, required=True)
-    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--sam", type=Path)
+    parser.add_argument("--text", type=Path)
+    parser.add_argument("--clip", type=Path)
+    parser.add_argument("--data", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--text-options", default="{}", help='default TextOptions as JSON, e.g. {"grounding": false}')
+    parser.add_argument("--unpack", type=Path, metavar="BUNDLE", help="write this bundle as a run folder --out")
     args = parser.parse_args(argv)
+    if args.unpack is not None:
+        print(f"wrote {unpack(args.unpack, args.out)}")
+        return 0
+    lacking = [f"--{n}" for n in ("sam", "text", "clip", "data") if getattr(args, n) is None]
+    if lacking:
+        parser.error(f"assembling a bundle needs {', '.join(lacking)} (or --unpack BUNDLE)")
     path = assemble(args.sam, args.text, args.clip, args.data, args.out, json.loads(args.text_options))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0

@@ -1,0 +1,266 @@
+"""The text locator (phrase -> click) and the projector's word path: units, training, bundles, predictor."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import textsam
+from textsam.encoders.locator import TextLocator, cell_centres, locator_loss, target_cells
+from textsam.encoders.text import TextProjector
+from textsam.errors import InputError
+from textsam.train.config import FreezeConfig
+
+from .test_train import FakeCoco, FakeRefer, clip_spec, make_config, write_text_run  # noqa: F401  (fixture)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------------------------ units
+
+
+def test_cells_targets_and_loss() -> None:
+    xy = cell_centres(2, 4)
+    assert torch.allclose(xy[0], torch.tensor([-0.75, -0.25, 0.25, 0.75] * 2))
+    assert torch.allclose(xy[1], torch.tensor([-0.5] * 4 + [0.5] * 4))
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[0, 0, :4, :4] = 1  # exactly the top-left cell of a 2x2 grid
+    mask[1, 0, 7, 7] = 1  # one pixel: too small to cover half a cell, so its cell is taken
+    cells = target_cells(mask, (2, 2))
+    assert cells.tolist() == [[True, False, False, False], [False, False, False, True]]
+    scores = torch.tensor([[5.0, 0.0, 0.0, 0.0], [5.0, 0.0, 0.0, 0.0]])
+    loss = locator_loss(scores, cells)
+    assert loss[0] < 0.05 and loss[1] > 4.0  # mass on the target is cheap, mass elsewhere is not
+    assert float(locator_loss(scores, torch.zeros_like(cells))[0]) == 0.0  # nothing to find
+
+
+def test_locator_learns_to_pick_the_leftmost_of_two_look_alikes() -> None:
+    """Two identical blobs; the phrase says left or right. Content alone cannot tell them apart: the learned
+    position term must. A few hundred steps on a toy problem reach near-perfect pointing."""
+    torch.manual_seed(0)
+    grid, dim = 8, 16
+    loc = TextLocator(clip_dim=4, image_dim=dim, hidden_dim=32, heads=2, head_dim=8)
+    opt = torch.optim.Adam(loc.parameters(), lr=3e-3)
+    phrase = torch.eye(4)[:2]  # 0 = "left", 1 = "right"
+
+    def batch(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        emb = torch.randn(n, dim, grid, grid) * 0.1
+        cells = torch.zeros(n, grid * grid, dtype=torch.bool)
+        which = torch.randint(0, 2, (n,))
+        for i in range(n):
+            y0, y1 = torch.randint(0, grid, (2,)).tolist()
+            x0, x1 = sorted(torch.randperm(grid)[:2].tolist())
+            emb[i, :, y0, x0] += 1.0
+            emb[i, :, y1, x1] += 1.0
+            cells[i, (y0 * grid + x0) if which[i] == 0 else (y1 * grid + x1)] = True
+        return emb, phrase[which], cells
+
+    for _ in range(300):
+        emb, p, cells = batch(32)
+        loss = locator_loss(loc(emb, p), cells).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    emb, p, cells = batch(200)
+    with torch.no_grad():
+        best = loc(emb, p).argmax(-1)
+    assert float(cells[torch.arange(200), best].float().mean()) > 0.95
+
+
+def test_word_path_starts_as_a_no_op_and_sees_words() -> None:
+    torch.manual_seed(0)
+    plain = TextProjector(8, 16, 2, 32)
+    words = TextProjector(8, 16, 2, 32, word_dim=12, word_heads=4)
+    missing = set(words.state_dict()) - set(plain.state_dict())
+    assert missing and all(k.startswith("word_") for k in missing)
+    words.load_state_dict(plain.state_dict(), strict=False)
+    emb = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    feats, mask = torch.randn(3, 5, 12), torch.ones(3, 5, dtype=torch.bool)
+    mask[0, 3:] = False
+    assert torch.equal(plain(emb), words(emb, feats, mask))  # zero output layer: the same tokens
+    torch.nn.init.normal_(words.word_out.weight)
+    changed = feats.clone()
+    changed[1, 2] += torch.randn(12)  # one word of phrase 1
+    changed[0, 4] += torch.randn(12)  # a padding position of phrase 0: masked out
+    a, b = words(emb, feats, mask), words(emb, changed, mask)
+    assert torch.equal(a[0], b[0]) and not torch.allclose(a[1], b[1]) and torch.equal(a[2], b[2])
+    with pytest.raises(InputError, match="word features"):
+        words(emb, torch.randn(3, 5, 7), mask)
+
+
+def test_encode_words_matches_encode_and_keeps_position_words_apart() -> None:
+    model = textsam.create_model("shapes_tiny")
+    te = model.text_encoder
+    phrases = ["the leftmost star", "the rightmost star", "star"]
+    pooled, words, mask = te.encode_words(phrases)
+    assert torch.allclose(pooled, te.encode(phrases), atol=1e-5)
+    real = (te.tokenize(phrases) != 0).sum(1)  # start, word pieces, end
+    assert words.shape == (3, int(real.max()), te.word_dim) and torch.equal(mask.sum(1), real)
+    assert torch.count_nonzero(words[2, int(real[2]):]) == 0  # padding rows are zero
+    pooled_gap = 1 - torch.cosine_similarity(pooled[0], pooled[1], dim=0)
+    word_gap = 1 - torch.cosine_similarity(words[0, 2], words[1, 2], dim=0)  # "leftmost" vs "rightmost"
+    assert word_gap > 100 * pooled_gap
+    calls = te.tower_calls
+    te.encode_words(phrases[:2])
+    assert te.tower_calls == calls  # cached
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+def test_locator_only_run_trains_just_the_locator_and_ships_in_the_head(clip_spec: str, tmp_path: Path) -> None:
+    """Everything frozen but the locator: the export holds only ``text_projector.locator.*``, the head file
+    carries the whole projector with its locator, and the locator's pointing improves."""
+    from textsam.train.loop import make_dataset, train
+    from textsam.train.recipes import build_recipe, evaluate
+
+    src = FakeRefer(FakeCoco(4))
+    freeze = FreezeConfig(image_encoder=True, prompt_encoder=True, mask_decoder=True, text_projector=True,
+                          text_encoder=True, text_locator=False)
+    cfg = make_config(tmp_path / "loc", clip_spec, recipe="text", freeze=freeze, locator_dim=32, word_tokens=True,
+                      steps=40, batch_size=8, lr=3e-3)
+    assert cfg.locator_only
+    path = train(cfg, source=src)
+    weights = load_file(str(path))
+    assert weights and all(k.startswith("text_projector.locator.") for k in weights)
+    head = json.loads(__import__("safetensors").safe_open(str(tmp_path / "loc" / "text_head.safetensors"),
+                                                          "pt").metadata()["textsam"])
+    assert head["locator_dim"] == 32 and head["word_dim"] == 64
+    logs = [json.loads(ln) for ln in (tmp_path / "loc" / "log.jsonl").read_text().splitlines() if "locate" in ln]
+    assert logs[-1]["locate"] < logs[0]["locate"]
+    recipe = build_recipe(replace(cfg, checkpoint=None))
+    recipe.model.load_state_dict(weights, strict=False)
+    ds = make_dataset(recipe, src, train=False, split="train", limit=None)
+    metrics = evaluate(recipe, ds, torch.device("cpu"))
+    assert {"locate_hit", "miou_text_tokens_only"} <= set(metrics) and 0.0 <= metrics["locate_hit"] <= 1.0
+
+
+def test_full_run_with_locator_word_path_and_commit_loss(clip_spec: str, tmp_path: Path) -> None:
+    """A text run with every new option trains, resumes exactly, and rejects impossible settings."""
+    from textsam.train.loop import train
+
+    src = FakeRefer(FakeCoco(3))
+    common = dict(recipe="text", freeze=FreezeConfig(image_encoder=True, text_encoder=False), word_tokens=True,
+                  locator_dim=16, locate_text=True, text_multimask="all", steps=4)
+    full = load_file(str(train(make_config(tmp_path / "full", clip_spec, **common), source=src)))
+    assert any(k.startswith("text_projector.word_") for k in full)
+    assert any(k.startswith("text_projector.locator.") for k in full)
+    cfg = make_config(tmp_path / "split", clip_spec, **common)
+    train(cfg, source=src, stop_at=2)
+    resumed = load_file(str(train(cfg, source=src, resume="auto")))
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    with pytest.raises(InputError, match="locate_text"):
+        make_config(tmp_path, clip_spec, recipe="text", locate_text=True)
+    with pytest.raises(InputError, match="word_tokens"):
+        make_config(tmp_path, clip_spec, recipe="clip_crops", word_tokens=True)
+    with pytest.raises(InputError, match="text_multimask"):
+        make_config(tmp_path, clip_spec, recipe="text", text_multimask="best")
+
+
+def test_commit_loss_trains_every_output_of_a_bare_phrase() -> None:
+    from textsam.train.losses import sam_loss
+
+    logits = torch.randn(2, 3, 8, 8, requires_grad=True)
+    target = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    iou = torch.rand(2, 3)
+    sam_loss(logits, iou, target, min_over_outputs=False)["loss"].sum().backward()
+    assert (logits.grad.flatten(2).abs().sum(-1) > 0).all()  # every output gets gradients
+    logits.grad = None
+    sam_loss(logits, iou, target)["loss"].sum().backward()
+    assert int((logits.grad.flatten(2).abs().sum(-1) > 0).sum()) == 2  # SAM's rule: the best output only
+
+
+# ------------------------------------------------------------------------------------ serving
+
+
+def _with_locator(model: textsam.TextSam) -> textsam.TextSam:
+    old = model.text_projector
+    proj = TextProjector(old.clip_dim, old.token_dim, old.num_tokens, old.hidden_dim,
+                         word_dim=model.text_encoder.word_dim, locator_dim=32)
+    proj.load_state_dict(old.state_dict(), strict=False)
+    model.text_projector = proj.eval()
+    return model
+
+
+def test_predictor_adds_the_located_click_in_original_pixels() -> None:
+    """The click is the best valid cell's centre mapped to the original frame (padding cells never win), it
+    joins the text tokens only when the user gives no click or box, and ``locate=False`` turns it off."""
+    from textsam.text_prompting import TextOptions
+
+    model = _with_locator(textsam.create_model("shapes_tiny"))
+    predictor = textsam.TextSamPredictor(model)
+    image = np.random.default_rng(0).integers(0, 255, (64, 128, 3), dtype=np.uint8)  # padded below
+    predictor.set_image(image)
+    scores = predictor.text.locate_scores(["red star"], predictor.features, predictor.input_size)[0]
+    assert torch.isinf(scores[16:]).all() and torch.isfinite(scores[:16]).all()
+    with torch.no_grad():  # make one known cell win: row 3, column 20 (4-pixel cells at 128 px)
+        loc = model.text_projector.locator
+        loc.key[2].weight.zero_()
+        loc.key[2].bias.zero_()
+        loc.slope.weight.zero_()
+        loc.slope.bias.zero_()
+        loc.beta.fill_(-30.0)
+        loc.gate.bias.fill_(30.0)
+    feats = predictor.features.clone()
+    predictor.features[:] = 0
+    predictor.features[0, :, 3, 20] = 1.0
+    with torch.no_grad():
+        loc.key[0].weight.zero_()
+        loc.key[0].bias.zero_()
+        loc.key[0].weight[:, 0, 0, 0] = 1.0
+        loc.key[2].weight[:, :, 0, 0] = 1.0
+        loc.query.bias.fill_(1.0)
+        loc.query.weight.zero_()
+    out = predictor.predict(text="red star")
+    assert out.info["prompts"]["located"] == pytest.approx([20 * 4 + 1.5, 3 * 4 + 1.5])
+    assert "located" not in predictor.predict(text="red star", point_coords=np.array([[5, 5]]),
+                                              point_labels=np.array([1])).info["prompts"]
+    predictor.features = feats
+    off = textsam.TextSamPredictor(model, text_options=TextOptions(grounding=False, locate=False))
+    off.set_image(image)
+    assert "located" not in off.predict(text="red star").info["prompts"]
+
+
+def test_bundle_and_unpack_round_trip_keep_the_locator(tmp_path: Path) -> None:
+    """A bundle with a word path and a locator loads with both; ``--unpack`` writes a run folder whose
+    weights rebuild the same model for training."""
+    from textsam.bundle import read_bundle_meta, save_bundle
+    from textsam.pretrained import bundled_path
+    from textsam.train import shapes_tiny
+    from textsam.train.config import TrainConfig
+    from textsam.train.recipes import build_model
+
+    model = _with_locator(textsam.create_model("shapes_tiny"))
+    torch.manual_seed(1)
+    for p in model.text_projector.locator.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    meta = read_bundle_meta(bundled_path("shapes_tiny"))
+    path = save_bundle(tmp_path / "b.safetensors", model, clip_config=meta["clip_config"])
+    loaded = textsam.create_model("shapes_tiny", checkpoint=str(path))
+    assert loaded.text_projector.locator_dim == 32 and loaded.text_projector.word_dim == 128
+    a, b = model.text_projector.state_dict(), loaded.text_projector.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    run = tmp_path / "run"
+    assert shapes_tiny.main(["--unpack", str(path), "--out", str(run)]) == 0
+    cfg = TrainConfig(model="shapes_tiny", recipe="text", checkpoint=str(run / "model.safetensors"),
+                      clip=f"local-dir:{run / 'clip'}", word_tokens=True, locator_dim=32, num_text_tokens=4,
+                      output_dir=str(tmp_path / "next"))
+    rebuilt = build_model(cfg)
+    phrases = ["the leftmost star", "all red objects"]
+    want = model.text_projector(*model.text_encoder.encode_words(phrases))
+    got = rebuilt.text_projector(*rebuilt.text_encoder.encode_words(phrases))
+    assert torch.allclose(got, want, atol=1e-5)
+    assert torch.equal(rebuilt.state_dict()["mask_decoder.iou_token.weight"],
+                       model.state_dict()["mask_decoder.iou_token.weight"])
