@@ -27,3 +27,15 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     """No test ever writes to (or reads weights from) the user's real cache, or touches the network."""
     monkeypatch.setenv("TEXTSAM_HOME", str(tmp_path_factory.getbasetemp() / "textsam_home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def clip_spec(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """``local-dir:`` spec of a tiny random CLIP (tests.tiny.TINY_CLIP_CFG) written once per session."""
+    from textsam.train.clip_pretrain import build_clip, save_local_dir
+
+    from .tiny import TINY_CLIP_CFG
+
+    torch.manual_seed(0)
+    path = save_local_dir(build_clip(TINY_CLIP_CFG), TINY_CLIP_CFG, tmp_path_factory.mktemp("clip") / "tiny_clip")
+    return f"local-dir:{path}"

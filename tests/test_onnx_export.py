@@ -147,15 +147,49 @@ def test_onnx_word_path_graph_matches_the_predictor(tmp_path: Path) -> None:
     image = np.random.default_rng(1).integers(0, 255, (128, 128, 3), dtype=np.uint8)
     predictor = textsam.TextSamPredictor(model)
     predictor.set_image(image)
-    for phrase in ("the leftmost small red star", "star"):
-        pred = predictor.predict(text=phrase, return_logits=True)
+    for phrase in ("the leftmost small red star", "star"):  # with a click (SAM's graph always has a point)
+        pred = predictor.predict(text=phrase, point_coords=np.array([[40.0, 70.0]]), point_labels=np.array([1]),
+                                 return_logits=True)
         emb, words, mask = model.text_encoder.encode_words([phrase])
-        inputs = (predictor.get_image_embedding().float(), torch.zeros(1, 1, 2), torch.tensor([[-1.0]]),
+        inputs = (predictor.get_image_embedding().float(), torch.tensor([[[40.0, 70.0], [0.0, 0.0]]]),
+                  torch.tensor([[1.0, -1.0]]),
                   torch.zeros(1, 1, *model.prompt_encoder.mask_input_size), torch.tensor([0.0]),
                   torch.tensor([128.0, 128.0]), emb, words, mask.float())
         masks, scores, _ = _run(path, inputs)
         order = 1 + np.argsort(-scores[0, 1:], kind="stable")
         np.testing.assert_allclose(masks[0, order], pred.masks, atol=1e-4)
-    left = model.text_projector(*model.text_encoder.encode_words(["the leftmost star"]))
-    right = model.text_projector(*model.text_encoder.encode_words(["the rightmost star"]))
+    with torch.no_grad():
+        left = model.text_projector(*model.text_encoder.encode_words(["the leftmost star"]))
+        right = model.text_projector(*model.text_encoder.encode_words(["the rightmost star"]))
     assert float((left - right).abs().max()) > 1e-2  # the word path sees the word the pooled embedding hardly does
+
+
+def test_onnx_locator_click_matches_the_predictor(tmp_path: Path) -> None:
+    """A text head with a locator: the graph finds the same click as the predictor (padding cells excluded,
+    here a 96 x 128 image) and adds it where ``text_locate`` is 1; at 0 a padding token fills its slot."""
+    from textsam.encoders.text import TextProjector
+
+    model = _with_word_path(textsam.create_model("shapes_tiny"))
+    old = model.text_projector
+    proj = TextProjector(old.clip_dim, old.token_dim, old.num_tokens, old.hidden_dim, word_dim=old.word_dim,
+                         locator_dim=32)
+    proj.load_state_dict(old.state_dict(), strict=False)
+    model.text_projector = proj.eval()
+    path = export_onnx(model, tmp_path / "loc.onnx", with_text=True)
+    image = np.random.default_rng(2).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    predictor = textsam.TextSamPredictor(model)
+    predictor.set_image(image)
+    phrase = "the upper red star"
+    emb, words, mask = model.text_encoder.encode_words([phrase])
+    base = (predictor.get_image_embedding().float(), torch.zeros(1, 1, 2), torch.tensor([[-1.0]]),
+            torch.zeros(1, 1, *model.prompt_encoder.mask_input_size), torch.tensor([0.0]), torch.tensor([96.0, 128.0]),
+            emb, words, mask.float())
+    pred = predictor.predict(text=phrase, return_logits=True)
+    masks, scores, _ = _run(path, (*base, torch.tensor([1.0])))
+    order = 1 + np.argsort(-scores[0, 1:], kind="stable")
+    np.testing.assert_allclose(masks[0, order], pred.masks, atol=1e-4)
+    masks, _, _ = _run(path, (*base, torch.tensor([0.0])))
+    with torch.no_grad():
+        want = OnnxPromptDecoder(model, with_text=True)(*base, torch.tensor([0.0]))[0].numpy()
+    np.testing.assert_allclose(masks, want, atol=1e-4)
+    assert np.abs(masks[0, order] - pred.masks).max() > 1e-3  # the click changed the masks

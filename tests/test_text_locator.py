@@ -17,7 +17,7 @@ from textsam.encoders.text import TextProjector
 from textsam.errors import InputError
 from textsam.train.config import FreezeConfig
 
-from .test_train import FakeCoco, FakeRefer, clip_spec, make_config, write_text_run  # noqa: F401  (fixture)
+from .test_train import FakeCoco, FakeRefer, make_config
 
 
 @pytest.fixture(autouse=True)
@@ -213,9 +213,10 @@ def test_predictor_adds_the_located_click_in_original_pixels() -> None:
         loc.slope.bias.zero_()
         loc.beta.fill_(-30.0)
         loc.gate.bias.fill_(30.0)
-    feats = predictor.features.clone()
-    predictor.features[:] = 0
-    predictor.features[0, :, 3, 20] = 1.0
+    feats = predictor.features
+    planted = torch.zeros_like(feats)
+    planted[0, :, 3, 20] = 1.0
+    predictor.features = planted
     with torch.no_grad():
         loc.key[0].weight.zero_()
         loc.key[0].bias.zero_()
@@ -259,8 +260,130 @@ def test_bundle_and_unpack_round_trip_keep_the_locator(tmp_path: Path) -> None:
                       output_dir=str(tmp_path / "next"))
     rebuilt = build_model(cfg)
     phrases = ["the leftmost star", "all red objects"]
-    want = model.text_projector(*model.text_encoder.encode_words(phrases))
-    got = rebuilt.text_projector(*rebuilt.text_encoder.encode_words(phrases))
+    with torch.no_grad():
+        want = model.text_projector(*model.text_encoder.encode_words(phrases))
+        got = rebuilt.text_projector(*rebuilt.text_encoder.encode_words(phrases))
     assert torch.allclose(got, want, atol=1e-5)
     assert torch.equal(rebuilt.state_dict()["mask_decoder.iou_token.weight"],
                        model.state_dict()["mask_decoder.iou_token.weight"])
+
+
+# ------------------------------------------------------------------------------------ regions
+
+
+def test_region_geometry_and_silhouettes() -> None:
+    from textsam.encoders.regions import deepest_points, region_geometry, silhouettes
+
+    masks = torch.zeros(2, 16, 16, dtype=torch.bool)
+    masks[0, 2:6, 8:16] = True  # 8 wide, 4 high, top right
+    masks[1, 10:14, 0:4] = True  # a small square, bottom left
+    centroid, feats = region_geometry(masks)
+    assert torch.allclose(centroid[0], torch.tensor([0.5, -0.5])) and torch.allclose(centroid[1], torch.tensor([-0.75, 0.5]))
+    assert feats[0, 3] > 0.5 and abs(float(feats[1, 3])) < 1e-6  # log width/height
+    sil = silhouettes(masks, size=8)
+    assert sil.shape == (2, 1, 8, 8)
+    assert torch.allclose(sil[1], sil[1].flip(-1), atol=1e-5)  # a square fills its crop symmetrically
+    assert float(sil[1].mean()) > 0.5  # whatever its size, the object fills most of its crop
+    assert deepest_points(masks).tolist() == [[9, 3], [1, 11]]
+
+
+def test_region_locator_learns_shape_and_position_of_objects() -> None:
+    """Candidates are squares and discs of one random colour; phrases "left disc" / "right disc" / "square". The
+    silhouette tells the shape apart whatever the colour, the centroid term picks the side."""
+    from textsam.encoders.regions import RegionLocator, region_loss
+
+    torch.manual_seed(0)
+    size = 32
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    loc = RegionLocator(clip_dim=4, image_dim=8, hidden_dim=32)
+    opt = torch.optim.Adam(loc.parameters(), lr=3e-3)
+    phrases = torch.eye(4)[:3]  # 0 = "left disc", 1 = "right disc", 2 = "square"
+
+    def scene() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        cxs = torch.randperm(6)[:3] * 5 + 4
+        cys = torch.randint(6, size - 6, (3,))
+        kinds = [0, 0, 1]  # two discs and a square
+        masks = torch.zeros(3, size, size, dtype=torch.bool)
+        for i, (cx, cy, k) in enumerate(zip(cxs.tolist(), cys.tolist(), kinds)):
+            r = 3
+            masks[i] = ((xx - cx) ** 2 + (yy - cy) ** 2 <= r * r) if k == 0 else ((xx - cx).abs() <= r) & ((yy - cy).abs() <= r)
+        which = int(torch.randint(0, 3, ()))
+        discs = [0, 1] if cxs[0] < cxs[1] else [1, 0]
+        target = torch.zeros(3, dtype=torch.bool)
+        target[discs[0] if which == 0 else discs[1] if which == 1 else 2] = True
+        emb = torch.randn(1, 8, 8, 8)  # appearance is noise: only shape and position can decide
+        return emb, masks, target, which
+
+    def batch(n: int):
+        items = [scene() for _ in range(n)]
+        return (torch.cat([e for e, *_ in items]), torch.stack([m for _, m, *_ in items]),
+                torch.stack([t for _, _, t, _ in items]), phrases[[w for *_, w in items]])
+
+    for _ in range(150):
+        emb, masks, target, p = batch(32)
+        loss = region_loss(loc(emb, masks, None, p), target).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    emb, masks, target, p = batch(100)
+    with torch.no_grad():
+        best = loc(emb, masks, torch.ones(100, 3, dtype=torch.bool), p).argmax(-1)
+    assert float(target[torch.arange(100), best].float().mean()) > 0.9
+
+
+def test_region_samples_and_a_region_locator_run(clip_spec: str, tmp_path: Path) -> None:
+    """``max_regions``: every object of the image is a candidate, the targets are marked, training adds non-object
+    candidates; a region-locator-only run trains and its clicks land on objects."""
+    from textsam.train.data import SegmentationDataset, build_entries
+    from textsam.train.loop import make_dataset, train
+    from textsam.train.recipes import build_recipe, evaluate
+
+    src = FakeRefer(FakeCoco(4))
+    entries = build_entries(src, 128)
+    ds = SegmentationDataset(src, entries, img_size=128, lowres=32, probs=(0, 0, 1, 0), train=False, max_regions=4)
+    sample = ds[0]
+    assert sample["regions"].shape == (4, 32, 32) and sample["regions"].dtype == torch.bool
+    assert sample["region_valid"].tolist() == [True, True, False, False]  # a square and a disc
+    assert int(sample["region_target"].sum()) == 1 and bool(sample["region_target"][0])  # targets first
+    train_ds = SegmentationDataset(src, entries, img_size=128, lowres=32, probs=(0, 0, 1, 0), train=True, max_regions=4)
+    assert int(train_ds[(0, 0)]["region_valid"].sum()) >= 3  # plus a union and/or a background patch
+
+    freeze = FreezeConfig(image_encoder=True, prompt_encoder=True, mask_decoder=True, text_projector=True,
+                          text_encoder=True, text_locator=False)
+    cfg = make_config(tmp_path / "reg", clip_spec, recipe="text", freeze=freeze, locator_dim=16,
+                      locator_kind="regions", max_regions=4, steps=10, batch_size=8, lr=3e-3)
+    weights = load_file(str(train(cfg, source=src)))
+    assert weights and all(k.startswith("text_projector.locator.") for k in weights)
+    recipe = build_recipe(replace(cfg, checkpoint=None))
+    recipe.model.load_state_dict(weights, strict=False)
+    metrics = evaluate(recipe, make_dataset(recipe, src, train=False, split="train", limit=None), torch.device("cpu"))
+    assert metrics["locate_hit"] >= 0.5  # half the candidates are targets; clicks are inside objects
+
+
+def test_predictor_region_candidates_and_click(tmp_path: Path) -> None:
+    """With a region locator the predictor decodes a grid of clicks once per image, keeps distinct confident
+    masks, and clicks the deepest pixel of the chosen one."""
+    from textsam.text_prompting import TextOptions
+
+    model = textsam.create_model("shapes_tiny")
+    old = model.text_projector
+    proj = TextProjector(old.clip_dim, old.token_dim, old.num_tokens, old.hidden_dim, locator_dim=16,
+                         locator_kind="regions")
+    proj.load_state_dict(old.state_dict(), strict=False)
+    model.text_projector = proj.eval()
+    image = np.full((128, 128, 3), 90, np.uint8)
+    image[20:50, 70:110] = (220, 40, 40)  # a red box
+    image[80:110, 10:40] = (40, 60, 220)  # a blue box
+    predictor = textsam.TextSamPredictor(model, text_options=TextOptions(grounding=False, region_grid=8))
+    predictor.set_image(image)
+    out = predictor.predict(text="the red square")
+    regions = predictor.text._regions
+    assert regions is not None and 1 <= len(regions) <= 32
+    x, y = out.info["prompts"]["located"]
+    k = regions.shape[-1] / 128  # low-res pixels per input pixel
+    chosen = [r for r in regions if r[int((y + 0.5) * k), int((x + 0.5) * k)]]  # the click lies inside a candidate
+    assert chosen
+    calls = predictor.text.region_candidates(predictor.features, predictor.input_size)
+    assert calls is regions  # cached for the image
+    predictor.set_image(image)
+    assert predictor.text._regions is None

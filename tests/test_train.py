@@ -43,14 +43,10 @@ from textsam.train.data import (
 )
 from textsam.train.losses import dice_loss, iou_mse_loss, sam_loss, sigmoid_focal_loss
 
+from .tiny import TINY_CLIP_CFG
+
 REPO = Path(__file__).resolve().parents[1]
 COLORS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220), "yellow": (230, 220, 40)}
-TINY_CLIP_CFG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 1, "head_width": 32},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
-}
-
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -125,15 +121,6 @@ class FakeRefer:
 
     def expressions(self) -> list[tuple[SimpleNamespace, int, str]]:
         return [(r, i, s) for r in self.refs for i, s in enumerate(r.sentences)]
-
-
-@pytest.fixture(scope="session")
-def clip_spec(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from textsam.train.clip_pretrain import build_clip, save_local_dir
-
-    torch.manual_seed(0)
-    path = save_local_dir(build_clip(TINY_CLIP_CFG), TINY_CLIP_CFG, tmp_path_factory.mktemp("clip") / "tiny_clip")
-    return f"local-dir:{path}"
 
 
 def make_config(out: Path, clip: str, **kw: object) -> TrainConfig:

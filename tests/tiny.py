@@ -53,3 +53,12 @@ def official_sam(variant: str = "vit_b", seed: int = 0):
         for p in sam.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     return sam.eval()
+
+
+# a 1-layer open_clip CLIP (saved as a local-dir folder by the ``clip_spec`` fixture in conftest.py)
+TINY_CLIP_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 1, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
+}
+

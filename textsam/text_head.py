@@ -36,7 +36,8 @@ class TextHeadInfo:
     extra: dict[str, str] = field(default_factory=dict)
     word_dim: int = 0  # > 0: the projector's word path reads per-token CLIP features of this width
     word_heads: int = 0
-    locator_dim: int = 0  # > 0: the head holds a TextLocator of this width (phrase -> click)
+    locator_dim: int = 0  # > 0: the head holds a locator of this width (phrase -> click)
+    locator_kind: str = "cells"  # "cells" (TextLocator) or "regions" (RegionLocator)
 
     @property
     def clip_spec(self) -> str:
@@ -91,7 +92,8 @@ def load_text_head(
             f"clip={info.clip_spec!r}, text_head=...)), or a head trained for your models."
         )
     projector = TextProjector(info.clip_dim, info.token_dim, info.num_tokens, info.hidden_dim,
-                              word_dim=info.word_dim, word_heads=info.word_heads or 4, locator_dim=info.locator_dim)
+                              word_dim=info.word_dim, word_heads=info.word_heads or 4, locator_dim=info.locator_dim,
+                              locator_kind=info.locator_kind)
     state = {k.removeprefix("text_projector."): v for k, v in load_file(str(path)).items()}
     try:
         projector.load_state_dict(state, strict=True)

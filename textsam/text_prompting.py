@@ -40,6 +40,10 @@ class TextOptions:
     max_instances / nms_iou / min_score: "all instances" mode.
     locate: use the text head's locator (if it has one): a phrase without a user click or box gets the
         locator's click in the same decoder call.
+    region_grid / region_min_iou / region_nms_iou / max_regions: candidate objects for a region locator:
+        the decoder's most confident mask for each click of a ``region_grid`` x ``region_grid`` grid over
+        the image (one batched decoder call per image, cached), kept above ``region_min_iou`` predicted IoU,
+        de-duplicated by mask IoU ``region_nms_iou``, at most ``max_regions``.
     """
 
     grounding: bool = True
@@ -54,6 +58,10 @@ class TextOptions:
     nms_iou: float = 0.5
     min_score: float | None = None
     locate: bool = True
+    region_grid: int = 16
+    region_min_iou: float = 0.5
+    region_nms_iou: float = 0.7
+    max_regions: int = 32
 
 
 def default_options(model: TextSam) -> TextOptions:
@@ -82,6 +90,7 @@ class TextPrompter:
         self._dense = None
         self._features: Tensor | None = None  # (gh, gw, D) unit patch features of the current image
         self._geometry = None
+        self._regions: Tensor | None = None
 
     # ---------------------------------------------------------------------------- set-up
     def ensure_text_encoder(self) -> None:
@@ -108,6 +117,7 @@ class TextPrompter:
     def reset(self) -> None:
         self._features = None
         self._geometry = None
+        self._regions: Tensor | None = None  # candidate object masks of the current image (region locator)
 
     @torch.inference_mode()
     def set_image(self, image: np.ndarray) -> None:
@@ -157,14 +167,65 @@ class TextPrompter:
 
     def locate(self, phrase: str, features: Tensor, input_size: tuple[int, int],
                original_size: tuple[int, int]) -> np.ndarray:
-        """The locator's click for ``phrase``: ``(1, 2)`` x, y in original-image pixels (the best cell's centre)."""
-        scores = self.locate_scores([phrase], features, input_size)[0]
-        h, w = scores.shape
-        best = int(scores.flatten().argmax())
-        stride = self.model.img_size / h
-        xy = np.array([(best % w + 0.5) * stride - 0.5, (best // w + 0.5) * stride - 0.5])
+        """The locator's click for ``phrase``: ``(1, 2)`` x, y in original-image pixels (the best cell's centre,
+        or the deepest pixel of the best candidate object for a region locator)."""
+        s = self.model.img_size
+        if self.model.text_projector.locator_kind == "regions":
+            from .encoders.regions import deepest_points
+
+            self.ensure_text_encoder()
+            regions = self.region_candidates(features, input_size)
+            if len(regions) == 0:  # nothing found: the image centre
+                xy = np.array([input_size[1] / 2 - 0.5, input_size[0] / 2 - 0.5])
+            else:
+                with torch.inference_mode():
+                    scores = self.model.text_projector.locator(features, regions[None], None,
+                                                               *self._phrase_inputs([phrase]))[0]
+                best = regions[int(scores.argmax())]
+                xy = (deepest_points(best[None])[0].cpu().numpy() + 0.5) * (s / best.shape[-1]) - 0.5
+        else:
+            scores = self.locate_scores([phrase], features, input_size)[0]
+            h, w = scores.shape
+            cell = int(scores.flatten().argmax())
+            stride = s / h
+            xy = np.array([(cell % w + 0.5) * stride - 0.5, (cell // w + 0.5) * stride - 0.5])
         ratio = np.array([original_size[1] / input_size[1], original_size[0] / input_size[0]])
         return ((xy + 0.5) * ratio - 0.5)[None]
+
+    @torch.inference_mode()
+    def region_candidates(self, features: Tensor, input_size: tuple[int, int]) -> Tensor:
+        """Candidate object masks ``(M, L, L)`` bool (low-res, input frame) of the current image: see
+        :class:`TextOptions` (``region_*``); computed once per image."""
+        if self._regions is not None:
+            return self._regions
+        o = self.options
+        g = max(1, int(o.region_grid))
+        ys = (np.arange(g) + 0.5) * input_size[0] / g - 0.5
+        xs = (np.arange(g) + 0.5) * input_size[1] / g - 0.5
+        grid = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 1, 2)
+        coords = torch.as_tensor(grid, dtype=torch.float32, device=self.model.device)
+        labels = torch.ones(coords.shape[:2], device=self.model.device)
+        low, iou = self.model.decode(features, points=(coords, labels), boxes=None, masks=None, extra_tokens=None,
+                                     multimask_output=True)
+        best = iou.argmax(dim=1)
+        rows = torch.arange(len(best), device=best.device)
+        masks, scores = low[rows, best] > self.model.mask_threshold, iou[rows, best]
+        keep = (scores >= o.region_min_iou) & masks.flatten(1).any(1)
+        masks, scores = masks[keep], scores[keep]
+        order = torch.argsort(scores, descending=True)
+        masks = masks[order]
+        small = F.adaptive_avg_pool2d(masks[:, None].float(), 64).flatten(1) if len(masks) else masks.flatten(1).float()
+        inter = small @ small.T
+        area = small.sum(1)
+        overlap = inter / (area[:, None] + area[None] - inter).clamp_min(1e-6)
+        chosen: list[int] = []
+        for i in range(len(masks)):
+            if len(chosen) >= o.max_regions:
+                break
+            if not chosen or float(overlap[i, chosen].max()) <= o.region_nms_iou:
+                chosen.append(i)
+        self._regions = masks[chosen]
+        return self._regions
 
     def text_tokens(self, phrases: Sequence[str]) -> Tensor | None:
         """Text-head tokens ``(B, K, C)`` for the phrases, or None without a text head."""

@@ -29,7 +29,43 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 
-__all__ = ["TextLocator", "locator_loss", "target_cells", "cell_centres"]
+__all__ = ["PhraseVector", "TextLocator", "locator_loss", "target_cells", "cell_centres", "saturating_score"]
+
+
+class PhraseVector(nn.Module):
+    """A phrase as one vector ``(B, hidden_dim)``: an MLP of its pooled CLIP embedding ``(B, D)``, refined by
+    one attention over the tower's per-token features ``(B, L, word_dim)`` when ``word_dim > 0``."""
+
+    def __init__(self, clip_dim: int, word_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.clip_dim, self.word_dim, self.hidden_dim = clip_dim, word_dim, hidden_dim
+        self.mlp = nn.Sequential(nn.Linear(clip_dim, 2 * hidden_dim), nn.GELU(), nn.Linear(2 * hidden_dim, hidden_dim))
+        if word_dim:
+            self.word_norm = nn.LayerNorm(word_dim)
+            self.word_kv = nn.Linear(word_dim, 2 * hidden_dim)
+            self.word_q = nn.Linear(hidden_dim, hidden_dim)
+            self.word_out = nn.Linear(hidden_dim, hidden_dim)
+
+    def forward(self, emb: Tensor, words: Tensor | None = None, word_mask: Tensor | None = None) -> Tensor:
+        if emb.ndim != 2 or emb.shape[1] != self.clip_dim:
+            raise InputError(f"expected (B, {self.clip_dim}) CLIP embeddings for the phrases, got {tuple(emb.shape)}")
+        g = self.mlp(emb.to(self.mlp[0].weight.dtype) * math.sqrt(self.clip_dim))
+        if self.word_dim and words is not None:
+            key, value = self.word_kv(self.word_norm(words.to(g.dtype))).chunk(2, dim=-1)  # (B, L, hidden)
+            logits = (self.word_q(g)[:, None] * key).sum(-1) / math.sqrt(self.hidden_dim)
+            if word_mask is not None:
+                logits = logits.masked_fill(~word_mask.bool(), torch.finfo(logits.dtype).min)
+            g = g + self.word_out((logits.softmax(-1)[..., None] * value).sum(1))
+        return g
+
+
+def saturating_score(content: Tensor, g: Tensor, pos: Tensor, beta: Tensor, gate: nn.Linear, slope: nn.Linear) -> Tensor:
+    """``beta * sigmoid(content) + gate(g) * content + slope(g) . pos``: content ``(B, N)``, phrase vectors
+    ``g (B, hidden)``, positions ``pos`` ``(2, N)`` or ``(B, 2, N)`` in [-1, 1]. The bounded first term lets
+    the position term decide among candidates that all match the phrase's content."""
+    sl = slope(g) * 10
+    position = sl @ pos if pos.ndim == 2 else (sl[:, :, None] * pos).sum(1)
+    return F.softplus(beta) * 5 * torch.sigmoid(content) + content * torch.sigmoid(gate(g)) + position
 
 
 class TextLocator(nn.Module):
@@ -48,36 +84,18 @@ class TextLocator(nn.Module):
         super().__init__()
         self.clip_dim, self.image_dim, self.word_dim = clip_dim, image_dim, word_dim
         self.hidden_dim, self.heads, self.head_dim = hidden_dim, heads, head_dim
-        self.phrase = nn.Sequential(nn.Linear(clip_dim, 2 * hidden_dim), nn.GELU(), nn.Linear(2 * hidden_dim, hidden_dim))
-        if word_dim:
-            self.word_norm = nn.LayerNorm(word_dim)
-            self.word_kv = nn.Linear(word_dim, 2 * hidden_dim)
-            self.word_q = nn.Linear(hidden_dim, hidden_dim)
-            self.word_out = nn.Linear(hidden_dim, hidden_dim)
+        self.phrase = PhraseVector(clip_dim, word_dim, hidden_dim)
         self.query = nn.Linear(hidden_dim, heads * head_dim)
         self.slope = nn.Linear(hidden_dim, 2)
         self.gate = nn.Linear(hidden_dim, 1)
         self.key = nn.Sequential(nn.Conv2d(image_dim, hidden_dim, 1), nn.GELU(), nn.Conv2d(hidden_dim, heads * head_dim, 1))
         self.beta = nn.Parameter(torch.tensor(2.0))
 
-    def phrase_vector(self, emb: Tensor, words: Tensor | None, word_mask: Tensor | None) -> Tensor:
-        """``(B, hidden_dim)`` from the pooled embedding ``(B, D)`` and, with a word path, the word features."""
-        if emb.ndim != 2 or emb.shape[1] != self.clip_dim:
-            raise InputError(f"TextLocator expects (B, {self.clip_dim}) CLIP embeddings, got {tuple(emb.shape)}")
-        g = self.phrase(emb.to(self.query.weight.dtype) * math.sqrt(self.clip_dim))
-        if self.word_dim and words is not None:
-            key, value = self.word_kv(self.word_norm(words.to(g.dtype))).chunk(2, dim=-1)  # (B, L, hidden)
-            logits = (self.word_q(g)[:, None] * key).sum(-1) / math.sqrt(self.hidden_dim)
-            if word_mask is not None:
-                logits = logits.masked_fill(~word_mask.bool(), torch.finfo(logits.dtype).min)
-            g = g + self.word_out((logits.softmax(-1)[..., None] * value).sum(1))
-        return g
-
     def forward(self, image_embedding: Tensor, emb: Tensor, words: Tensor | None = None,
                 word_mask: Tensor | None = None) -> Tensor:
         """Cell scores ``(B, h * w)`` (logits of where the phrase's object is). ``image_embedding`` may have
         batch 1 for many phrases on one image."""
-        g = self.phrase_vector(emb, words, word_mask)
+        g = self.phrase(emb, words, word_mask)
         b = g.shape[0]
         _, _, h, w = image_embedding.shape
         keys = self.key(image_embedding.to(g.dtype)).flatten(2)  # (B or 1, heads * head_dim, hw)
@@ -85,8 +103,7 @@ class TextLocator(nn.Module):
         q = self.query(g).view(b, self.heads, self.head_dim, 1)
         content = (q * keys).sum(2).sum(1) / math.sqrt(self.head_dim)  # (B, hw)
         pos = cell_centres(h, w, g.device, g.dtype)  # (2, hw)
-        return (F.softplus(self.beta) * 5 * torch.sigmoid(content) + content * torch.sigmoid(self.gate(g))
-                + (self.slope(g) * 10) @ pos)
+        return saturating_score(content, g, pos, self.beta, self.gate, self.slope)
 
 
 def cell_centres(h: int, w: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -279,6 +279,7 @@ class TextEncoder(nn.Module):
         self.clear_cache()
 
 
+LOCATOR_KINDS = ("cells", "regions")
 TOWER_PREFIX = "text_encoder.clip."  # TextSam state-dict keys of the CLIP model (the text tower, when trained)
 
 
@@ -315,15 +316,18 @@ class TextProjector(nn.Module):
     features (``words=None``: a CLIP image embedding in the SAM-paper recipe, or a text-blind baseline)
     the word path is skipped.
 
-    With ``locator_dim > 0`` the head also holds a :class:`~textsam.encoders.locator.TextLocator`
-    (``self.locator``; image embeddings of ``token_dim`` channels, as in SAM) that turns a phrase into a
-    click on the image; it is not used by :meth:`forward`.
+    With ``locator_dim > 0`` the head also holds a locator (``self.locator``; image embeddings of
+    ``token_dim`` channels, as in SAM) that turns a phrase into a click on the image: a
+    :class:`~textsam.encoders.locator.TextLocator` over embedding cells (``locator_kind = "cells"``) or a
+    :class:`~textsam.encoders.regions.RegionLocator` over candidate object masks (``"regions"``). It is
+    not used by :meth:`forward`.
     """
 
     def __init__(self, clip_dim: int, token_dim: int = 256, num_tokens: int = 2, hidden_dim: int = 512,
-                 word_dim: int = 0, word_heads: int = 4, locator_dim: int = 0) -> None:
+                 word_dim: int = 0, word_heads: int = 4, locator_dim: int = 0, locator_kind: str = "cells") -> None:
         super().__init__()
         from .locator import TextLocator
+        from .regions import RegionLocator
 
         self.clip_dim = clip_dim
         self.token_dim = token_dim
@@ -347,9 +351,15 @@ class TextProjector(nn.Module):
             self.word_out = nn.Linear(token_dim, token_dim)
             nn.init.zeros_(self.word_out.weight)
             nn.init.zeros_(self.word_out.bias)
-        self.locator_dim = locator_dim
-        self.locator = (TextLocator(clip_dim, token_dim, word_dim, hidden_dim=locator_dim, heads=4,
-                                    head_dim=max(1, locator_dim // 4)) if locator_dim else None)
+        if locator_kind not in LOCATOR_KINDS:
+            raise InputError(f"locator_kind must be one of {LOCATOR_KINDS}, got {locator_kind!r}")
+        self.locator_dim, self.locator_kind = locator_dim, locator_kind
+        self.locator: nn.Module | None = None
+        if locator_dim and locator_kind == "cells":
+            self.locator = TextLocator(clip_dim, token_dim, word_dim, hidden_dim=locator_dim, heads=4,
+                                       head_dim=max(1, locator_dim // 4))
+        elif locator_dim:
+            self.locator = RegionLocator(clip_dim, token_dim, word_dim, hidden_dim=locator_dim)
 
     def forward(self, emb: Tensor, words: Tensor | None = None, word_mask: Tensor | None = None) -> Tensor:
         """``emb (B, D)`` unit CLIP embeddings; ``words (B, L, word_dim)`` per-token features with

@@ -162,6 +162,8 @@ class TrainConfig:
     # trained to put its softmax mass on the target (weight locator_weight). locate_text: text-alone
     # samples get its click in training, as the predictor gives it at inference
     locator_dim: int = 0
+    locator_kind: str = "cells"  # "cells": embedding cells; "regions": candidate objects (max_regions per image)
+    max_regions: int = 16
     locator_weight: float = 1.0
     locate_text: bool = False
 
@@ -198,6 +200,10 @@ class TrainConfig:
             raise InputError("locator_dim and locator_weight must be >= 0")
         if self.locator_dim and not self.uses_text:
             raise InputError(f"locator_dim > 0 adds a text locator: it needs a text recipe, not {self.recipe!r}")
+        if self.locator_kind not in ("cells", "regions"):
+            raise InputError(f"locator_kind must be 'cells' or 'regions', got {self.locator_kind!r}")
+        if self.max_regions < 1:
+            raise InputError(f"max_regions must be >= 1, got {self.max_regions}")
         if self.locate_text and not self.locator_dim:
             raise InputError("locate_text = true gives text samples the locator's click: set locator_dim > 0")
         if self.text_multimask not in TEXT_MULTIMASK:

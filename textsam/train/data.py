@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..encoders.grounding_maps import square_crop
+from ..encoders.regions import deepest_points
 from ..model import PIXEL_MEAN, PIXEL_STD
 from ..transforms import get_preprocess_shape, resize_longest_side
 
@@ -190,27 +191,6 @@ def crop_params(seed: int, key: str, variant: int, enlarge: tuple[float, float],
     return float(rng.uniform(enlarge[0], enlarge[1])), bool(rng.random() < grey_prob)
 
 
-def deepest_points(masks: torch.Tensor) -> torch.Tensor:
-    """The pixel of each mask farthest from its boundary (the image border counts as boundary).
-
-    ``masks (B, H, W)`` bool -> ``(B, 2)`` long ``(x, y)``; ties go to the first pixel in raster order;
-    an empty mask gives ``(W // 2, H // 2)``. Chessboard distance, by repeated 3x3 erosion.
-    """
-    m = masks.float().unsqueeze(1)
-    depth = torch.zeros_like(m)
-    for _ in range((max(m.shape[-2:]) + 1) // 2):
-        if m.device.type == "cpu" and not bool(m.any()):  # on GPUs the check would sync every round
-            break
-        depth += m
-        m = 1.0 - F.max_pool2d(F.pad(1.0 - m, (1, 1, 1, 1), value=1.0), 3, stride=1)
-    b, _, h, w = depth.shape
-    flat = depth.view(b, -1).argmax(dim=1)
-    pts = torch.stack([flat % w, flat // w], dim=1)
-    empty = ~masks.view(b, -1).any(dim=1)
-    pts[empty] = torch.tensor([w // 2, h // 2], device=masks.device)
-    return pts
-
-
 class EmbeddingCache:
     """On-disk embeddings of frozen encoders under ``root``; see ``recipes.warm_cache``.
 
@@ -270,6 +250,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
             Drawn from its own stream.
         colour_words: text samples whose phrase names none of these words may be greyscale too ("the
             leftmost star" means the same in greyscale); without them text samples keep their colours.
+        max_regions: > 0 adds the image's objects as candidates for a region locator: ``regions``
+            ``(R, L, L)`` bool low-res masks, ``region_valid`` and ``region_target`` ``(R,)`` bool (R =
+            ``max_regions``; targets are always kept). In training the masks are jittered (one pixel of
+            growth or erosion) and two non-object candidates are added: the union of two objects, and a
+            patch of background.
     """
 
     def __init__(
@@ -294,6 +279,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         semantic: SemanticLabels | None = None,
         greyscale_prob: float = 0.0,
         colour_words: Sequence[str] = (),
+        max_regions: int = 0,
     ) -> None:
         if img_size % lowres:
             raise ValueError(f"img_size {img_size} must be a multiple of the low-res size {lowres}")
@@ -307,6 +293,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.semantic = semantic
         self.greyscale_prob = greyscale_prob
         self.colour_words = frozenset(w.lower() for w in colour_words)
+        self.max_regions = max_regions
         self.mean = torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1)
 
@@ -375,6 +362,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 sample["semantic"][list(self.semantic.colour_fields)] = -100
         sample["kind"] = kind
         sample["point"], sample["box"] = self._prompts(target, rng)
+        if self.max_regions:
+            region_rng = np.random.default_rng([self.seed, epoch, index, 3])
+            sample["regions"], sample["region_valid"], sample["region_target"] = self._regions(entry, region_rng)
         if self.cache is not None and self.cache.text_fp is not None:
             sample["text_emb"] = self.cache.text(entry.phrase)
         if self.train and self.clip_input is not None and kind in TEXT_KINDS:
@@ -385,6 +375,41 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 image = self.coco.load_image(entry.image_id) if image is None else image
                 sample["crop"] = self.make_crop(image, mask, entry.key, variant)
         return sample
+
+    def _regions(self, entry: Entry, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Candidate masks ``(R, L, L)`` of the entry's image, their validity and which are targets."""
+        anns = self.coco.anns_for_image(entry.image_id)
+        targets = {int(a) for a in entry.ann_ids}
+        order = [a for a in anns if int(a.id) in targets] + [a for a in anns if int(a.id) not in targets]
+        masks = [self.lowres_mask(np.asarray(self.coco.mask(a), dtype=bool)) for a in order]
+        is_target = [int(a.id) in targets for a in order]
+        if self.train and len(masks) >= 2:  # candidates that are not one object
+            i, j = rng.choice(len(masks), 2, replace=False)
+            masks.append(masks[i] | masks[j])
+            is_target.append(False)
+        if self.train:
+            ground = ~torch.stack(masks).any(0) if masks else torch.ones(self.lowres, self.lowres, dtype=torch.bool)
+            side = max(2, self.lowres // 6)
+            y, x = (int(v) for v in rng.integers(0, self.lowres - side, 2))
+            patch = torch.zeros_like(ground)
+            patch[y : y + side, x : x + side] = True
+            if bool((patch & ground).any()):
+                masks.append(patch & ground)
+                is_target.append(False)
+        keep = list(range(len(masks)))
+        if len(keep) > self.max_regions:  # targets come first and stay
+            keep = keep[: self.max_regions]
+        out = torch.zeros(self.max_regions, self.lowres, self.lowres, dtype=torch.bool)
+        valid = torch.zeros(self.max_regions, dtype=torch.bool)
+        target = torch.zeros(self.max_regions, dtype=torch.bool)
+        for slot, k in enumerate(rng.permutation(keep) if self.train else keep):
+            m = masks[k].float()
+            if self.train and rng.random() < 0.5:  # a decoder's mask is a pixel larger or smaller
+                grow = rng.random() < 0.5
+                pooled = F.max_pool2d((m if grow else 1 - m)[None, None], 3, stride=1, padding=1)[0, 0]
+                m = pooled if grow else 1 - pooled
+            out[slot], valid[slot], target[slot] = m > 0.5, bool(m.any()), is_target[k]
+        return out, valid, target & valid
 
     def make_crop(self, image: np.ndarray, mask: np.ndarray, key: str, variant: int) -> torch.Tensor:
         """CLIP input ``(3, n, n)`` of crop ``variant`` of a target (see :func:`crop_params`)."""

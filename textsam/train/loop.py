@@ -149,6 +149,7 @@ def make_dataset(recipe: Recipe, source: Any, *, train: bool, split: str, limit:
         pixel_mean=tuple(model.pixel_mean.flatten().tolist()), pixel_std=tuple(model.pixel_std.flatten().tolist()),
         split=split, semantic=semantic, greyscale_prob=cfg.greyscale_prob if train else 0.0,
         colour_words=colour_words,
+        max_regions=cfg.max_regions if cfg.locator_dim and cfg.locator_kind == "regions" else 0,
     )
 
 
@@ -185,7 +186,8 @@ def export(recipe: Recipe, out_dir: Path, step: int) -> Path:
         p = model.text_projector
         info = TextHeadInfo(name, te.model_name, te.pretrained, p.clip_dim, p.token_dim, p.num_tokens,
                             p.hidden_dim, recipe=cfg.recipe, extra=extra, word_dim=p.word_dim,
-                            word_heads=p.word_heads, locator_dim=p.locator_dim)
+                            word_heads=p.word_heads, locator_dim=p.locator_dim,
+                        locator_kind=p.locator_kind)
         save_text_head(out_dir / "text_head.safetensors", p, info)
     return path
 

@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checkpoint import load_into, read_state_dict, to_sam_state_dict
+from ..encoders.locator import locator_loss, target_cells
+from ..encoders.regions import region_loss
 from ..encoders.text import (
     TOWER_PREFIX,
     TextEncoder,
@@ -44,7 +46,6 @@ from ..factory import build_sam, get_config
 from ..model import TextSam
 from .config import TrainConfig
 from .data import BOX, POINT, TEXT, TEXT_KINDS, TEXT_POINT, ClipInput, EmbeddingCache, deepest_points
-from ..encoders.locator import locator_loss, target_cells
 from .losses import LossWeights, mask_iou, sam_loss
 
 logger = logging.getLogger(__name__)
@@ -149,20 +150,40 @@ class PromptModel(nn.Module):
         full = tok.new_zeros((batch["kind"].shape[0], *tok.shape[1:]))
         return full.index_copy(0, batch["prompt_rows"], tok)
 
-    def locate(self, emb: Tensor, batch: dict[str, Any], inputs: Any) -> tuple[Tensor, Tensor] | None:
-        """The locator's cell scores ``(R, h * w)`` for the text rows, and their best cells as clicks
-        ``(B, 2)`` in the input frame (rows of non-text samples zero); None without a locator."""
+    def locate(self, emb: Tensor, batch: dict[str, Any], inputs: Any,
+               clicks: bool = True) -> tuple[Tensor, Tensor | None] | None:
+        """The locator's scores for the text rows (``(R, h * w)`` cells, or ``(R, N)`` candidate regions) and
+        (``clicks``) its clicks ``(B, 2)`` in the input frame (the best cell's centre, or the best region's
+        deepest pixel; rows of non-text samples zero); None without a locator."""
         locator = self.text_projector.locator if self.text_projector is not None else None
         if locator is None or inputs is None:
             return None
         rows = batch["prompt_rows"]
-        scores = locator(emb[rows], *inputs)
-        h, w = emb.shape[-2:]
-        best = scores.detach().argmax(dim=-1)
-        xy = torch.stack([best % w, torch.div(best, w, rounding_mode="floor")], dim=-1).float()
-        clicks = (xy + 0.5) * (self.img_size / h) - 0.5  # cell centre, in input pixels
+        if self.text_projector.locator_kind == "regions":
+            regions = batch["regions"][rows]
+            scores = locator(emb[rows], regions, batch["region_valid"][rows], *inputs)
+            if not clicks:
+                return scores, None
+            best = regions[torch.arange(len(rows), device=emb.device), scores.detach().argmax(dim=-1)].bool()
+            clicks = (deepest_points(best).float() + 0.5) * self.scale - 0.5
+        else:
+            scores = locator(emb[rows], *inputs)
+            if not clicks:
+                return scores, None
+            h, w = emb.shape[-2:]
+            best = scores.detach().argmax(dim=-1)
+            xy = torch.stack([best % w, torch.div(best, w, rounding_mode="floor")], dim=-1).float()
+            clicks = (xy + 0.5) * (self.img_size / h) - 0.5  # cell centre, in input pixels
         full = clicks.new_zeros((batch["kind"].shape[0], 2))
         return scores, full.index_copy(0, rows, clicks)
+
+    def locator_loss(self, emb: Tensor, batch: dict[str, Any], scores: Tensor) -> Tensor:
+        """Mean locator loss of the text rows: softmax mass on the target's cells or candidates."""
+        rows = batch["prompt_rows"]
+        if self.text_projector.locator_kind == "regions":
+            return region_loss(scores, batch["region_target"][rows]).mean()
+        cells = target_cells(batch["mask_lowres"][rows], tuple(emb.shape[-2:]))
+        return locator_loss(scores, cells).mean()
 
     def embeddings(self, batch: dict[str, Any]) -> Tensor:
         return self.image_encoder(batch["image"]) if self.image_encoder is not None else batch["image_emb"]
@@ -171,12 +192,11 @@ class PromptModel(nn.Module):
         emb = self.embeddings(batch)
         inputs = self.text_inputs(batch)
         tokens = self.text_tokens(batch, inputs)
-        located = self.locate(emb, batch, inputs)
+        located = self.locate(emb, batch, inputs, clicks=self.locate_text)
         if self.locator_only:  # nothing but the locator trains: no decoder calls
             if located is None:
                 raise InputError("a locator-only run needs text samples (prompt_mix text or text_point > 0)")
-            cells = target_cells(batch["mask_lowres"][batch["prompt_rows"]], tuple(emb.shape[-2:]))
-            loss = locator_loss(located[0], cells).mean()
+            loss = self.locator_loss(emb, batch, located[0])
             return {"loss": self.locator_weight * loss, "locate": loss}
         clicks = located[1] if located is not None and self.locate_text else None
         totals: dict[str, Tensor] = {}
@@ -191,8 +211,7 @@ class PromptModel(nn.Module):
         n = batch["kind"].shape[0] * (1 + self.clicks)
         out = {name: value / n for name, value in totals.items()}
         if located is not None and self.locator_weight > 0:
-            cells = target_cells(batch["mask_lowres"][batch["prompt_rows"]], tuple(emb.shape[-2:]))
-            out["locate"] = locator_loss(located[0], cells).mean()
+            out["locate"] = self.locator_loss(emb, batch, located[0])
             out["loss"] = out["loss"] + self.locator_weight * out["locate"]
         if self.semantic_head is not None:
             out["semantic"] = self.semantic_loss(emb, batch["semantic"])
@@ -394,7 +413,8 @@ def build_model(config: TrainConfig, device: torch.device | str = "cpu") -> Text
 
             loaded, _ = load_text_head(config.text_head, sam_model=None, clip_model=None, clip_pretrained=None)
             projector = TextProjector(loaded.clip_dim, loaded.token_dim, loaded.num_tokens, loaded.hidden_dim,
-                                      word_dim=word_dim, locator_dim=config.locator_dim)
+                                      word_dim=word_dim, locator_dim=config.locator_dim,
+                                      locator_kind=config.locator_kind)
             _load_head(projector, loaded.state_dict(), config.text_head)
         else:
             projector = TextProjector(
@@ -404,6 +424,7 @@ def build_model(config: TrainConfig, device: torch.device | str = "cpu") -> Text
                 hidden_dim=config.projector_hidden_dim,
                 word_dim=word_dim,
                 locator_dim=config.locator_dim,
+                locator_kind=config.locator_kind,
             )
             if head:
                 _load_head(projector, head, str(config.checkpoint))
@@ -521,6 +542,15 @@ def _atomic_save(obj: Any, path: Path) -> None:
     tmp.replace(path)
 
 
+def _iou_sum(module: PromptModel, emb: Tensor, points: Any, boxes: Tensor | None, tokens: Tensor | None,
+             multimask: bool, target: Tensor) -> float:
+    """Summed IoU of the most confident mask of one decoder call with ``target (B, 1, S, S)``."""
+    low, iou = module.decode(emb, points, boxes, None, tokens, multimask)
+    best = low[torch.arange(low.shape[0], device=low.device), iou.argmax(dim=1)][:, None]
+    up = F.interpolate(best.float(), target.shape[-2:], mode="bilinear", align_corners=False)
+    return float(mask_iou(up, target).sum())
+
+
 @torch.no_grad()
 def evaluate(recipe: Recipe, dataset: Any, device: torch.device, batch_size: int = 16) -> dict[str, float]:
     """Mean IoU on ``dataset`` (built with ``train=False``) per prompt kind: the deepest interior point
@@ -549,20 +579,15 @@ def evaluate(recipe: Recipe, dataset: Any, device: torch.device, batch_size: int
         ones = torch.ones(b, 1, device=device)
         pts = (batch["point"][:, None].float(), ones)
 
-        def score(points: Any, boxes: Tensor | None, toks: Tensor | None, multimask: bool) -> float:
-            low, iou = module.decode(emb, points, boxes, None, toks, multimask)
-            best = low[torch.arange(b, device=device), iou.argmax(dim=1)][:, None]
-            up = F.interpolate(best.float(), batch["mask"].shape[-2:], mode="bilinear", align_corners=False)
-            return float(mask_iou(up, batch["mask"]).sum())
-
         for kind in kinds:
             points = pts if kind in (POINT, TEXT_POINT) else None
             if kind == TEXT and located is not None:
                 points = (located[1][:, None], ones)
             boxes = batch["box"].float() if kind == BOX else None
-            sums[kind] += score(points, boxes, tokens if kind in TEXT_KINDS else None, kind in (POINT, TEXT))
+            toks = tokens if kind in TEXT_KINDS else None
+            sums[kind] += _iou_sum(module, emb, points, boxes, toks, kind in (POINT, TEXT), batch["mask"])
         if located is not None:
-            extra["miou_text_tokens_only"] += score(None, None, tokens, True)
+            extra["miou_text_tokens_only"] += _iou_sum(module, emb, None, None, tokens, True, batch["mask"])
             xy = located[1].round().long().clamp(0, batch["mask"].shape[-1] - 1)
             rows = torch.arange(b, device=device)
             extra["locate_hit"] += float(batch["mask"][rows, 0, xy[:, 1], xy[:, 0]].float().sum())

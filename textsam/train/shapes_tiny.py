@@ -165,7 +165,8 @@ def unpack(bundle: Path, out_dir: Path) -> Path:
                         recipe=str(meta.get("training", {}).get("text_head_recipe", "text")),
                         extra={"text_encoder": "fine-tuned: its weights are the text_encoder.clip.* tensors of "
                                                "model.safetensors", "unpacked_from": str(bundle)},
-                        word_dim=p.word_dim, word_heads=p.word_heads, locator_dim=p.locator_dim)
+                        word_dim=p.word_dim, word_heads=p.word_heads, locator_dim=p.locator_dim,
+                        locator_kind=p.locator_kind)
     save_text_head(out_dir / "text_head.safetensors", p, info)
     return out_dir
 

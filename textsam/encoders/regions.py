@@ -1,0 +1,171 @@
+"""RegionLocator: choose, among candidate object masks, the one a phrase names (and where to click on it).
+
+The cell locator (:mod:`textsam.encoders.locator`) scores embedding cells, so it can only recognise what the
+image embedding says about a cell. A region locator scores whole candidate objects (masks the decoder made
+from a grid of clicks, or ground-truth instances in training) by features of the object itself:
+
+- its silhouette (the mask cropped to its box, resampled to ``silhouette_size``^2, through a small CNN): the
+  shape of an object, free of its colour, so a colour-shape pair never seen in training is still recognised;
+- its appearance: the image embedding averaged over the mask (colour, texture, what the encoder knows);
+- its geometry: centroid, size, aspect of the box.
+
+Score of candidate ``i`` for a phrase (vector ``g``, :class:`~textsam.encoders.locator.PhraseVector`)::
+
+    content_i = q(g) . r_i / sqrt(d) + mlp(g * r_i)        r_i = MLP([silhouette, appearance, geometry])
+    score_i   = beta * sigmoid(content_i) + gate(g) * content_i + slope(g) . centroid_i
+
+(the linear centroid term picks the extreme candidate along a direction among those that match). The best
+candidate's deepest pixel becomes the click (:func:`deepest_points`). Trained with :func:`region_loss`: minus the
+log softmax mass on the target candidates.
+
+Masks are low-resolution decoder masks ``(L, L)`` in the padded model-input frame.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .locator import PhraseVector, saturating_score
+
+__all__ = ["RegionLocator", "region_loss", "region_geometry", "silhouettes", "deepest_points"]
+
+
+def deepest_points(masks: Tensor) -> Tensor:
+    """The pixel of each mask farthest from its boundary (the image border counts as boundary).
+
+    ``masks (B, H, W)`` bool -> ``(B, 2)`` long ``(x, y)``; ties go to the first pixel in raster order;
+    an empty mask gives ``(W // 2, H // 2)``. Chessboard distance, by repeated 3x3 erosion.
+    """
+    m = masks.float().unsqueeze(1)
+    depth = torch.zeros_like(m)
+    for _ in range((max(m.shape[-2:]) + 1) // 2):
+        if m.device.type == "cpu" and not bool(m.any()):  # on GPUs the check would sync every round
+            break
+        depth += m
+        m = 1.0 - F.max_pool2d(F.pad(1.0 - m, (1, 1, 1, 1), value=1.0), 3, stride=1)
+    b, _, h, w = depth.shape
+    flat = depth.reshape(b, -1).argmax(dim=1)
+    pts = torch.stack([flat % w, flat // w], dim=1)
+    empty = ~masks.reshape(b, -1).any(dim=1)
+    pts[empty] = torch.tensor([w // 2, h // 2], device=masks.device)
+    return pts
+
+
+def region_geometry(masks: Tensor) -> tuple[Tensor, Tensor]:
+    """``masks (..., L, L)`` in [0, 1] -> centroids ``(..., 2)`` (x, y in [-1, 1] of the frame) and
+    ``(..., 4)`` features: centroid, sqrt of the area fraction, log of the box's width / height."""
+    size = masks.shape[-1]
+    m = masks.float()
+    coords = (torch.arange(size, device=m.device, dtype=m.dtype) + 0.5) / size * 2 - 1
+    area = m.sum((-2, -1)).clamp_min(1e-6)
+    cx = (m.sum(-2) * coords).sum(-1) / area
+    cy = (m.sum(-1) * coords).sum(-1) / area
+    on_x, on_y = m.amax(-2) > 0.5, m.amax(-1) > 0.5
+    width = (on_x.sum(-1).float() + 1) / size
+    height = (on_y.sum(-1).float() + 1) / size
+    centroid = torch.stack([cx, cy], dim=-1)
+    feats = torch.stack([cx, cy, torch.sqrt(area / size**2), torch.log(width / height)], dim=-1)
+    return centroid, feats
+
+
+def silhouettes(masks: Tensor, size: int = 32, margin: float = 1.15) -> Tensor:
+    """``masks (N, L, L)`` -> ``(N, 1, size, size)``: each mask resampled from a square around its box
+    (side = the longer box side x ``margin``), so every object fills the crop whatever its size."""
+    n, h, w = masks.shape
+    m = masks.float()
+    if n == 0:
+        return m.new_zeros(0, 1, size, size)
+    xs = torch.arange(w, device=m.device, dtype=m.dtype)
+    ys = torch.arange(h, device=m.device, dtype=m.dtype)
+    on_x, on_y = m.amax(1) > 0.5, m.amax(2) > 0.5
+    big = torch.tensor(1e9, device=m.device, dtype=m.dtype)
+    x0 = torch.where(on_x, xs, big).amin(1)
+    x1 = torch.where(on_x, xs, -big).amax(1)
+    y0 = torch.where(on_y, ys, big).amin(1)
+    y1 = torch.where(on_y, ys, -big).amax(1)
+    empty = ~on_x.any(1)
+    x0, x1 = torch.where(empty, 0.0, x0), torch.where(empty, w - 1.0, x1)
+    y0, y1 = torch.where(empty, 0.0, y0), torch.where(empty, h - 1.0, y1)
+    half = torch.maximum(x1 - x0 + 1, y1 - y0 + 1) * margin / 2
+    cx, cy = (x0 + x1 + 1) / 2, (y0 + y1 + 1) / 2
+    theta = torch.zeros(n, 2, 3, device=m.device, dtype=m.dtype)
+    theta[:, 0, 0], theta[:, 1, 1] = half / (w / 2), half / (h / 2)
+    theta[:, 0, 2], theta[:, 1, 2] = cx / (w / 2) - 1, cy / (h / 2) - 1
+    grid = F.affine_grid(theta, [n, 1, size, size], align_corners=False)
+    return F.grid_sample(m[:, None], grid, align_corners=False)
+
+
+class RegionLocator(nn.Module):
+    """Phrase x candidate masks -> scores ``(B, N)`` (see the module docstring).
+
+    Args:
+        clip_dim: width ``D`` of the pooled CLIP embedding.
+        image_dim: channels ``C`` of the image embedding.
+        word_dim: width of the tower's per-token features (0: the pooled embedding only).
+        hidden_dim: width of the phrase and region vectors.
+        silhouette_size: side of the silhouette crops.
+    """
+
+    def __init__(self, clip_dim: int, image_dim: int, word_dim: int = 0, hidden_dim: int = 128,
+                 silhouette_size: int = 32) -> None:
+        super().__init__()
+        self.clip_dim, self.image_dim, self.word_dim = clip_dim, image_dim, word_dim
+        self.hidden_dim, self.silhouette_size = hidden_dim, silhouette_size
+        self.phrase = PhraseVector(clip_dim, word_dim, hidden_dim)
+        self.shape_net = nn.Sequential(
+            nn.Conv2d(1, 16, 3, 1, 1), nn.GELU(), nn.Conv2d(16, 32, 3, 2, 1), nn.GELU(),
+            nn.Conv2d(32, 32, 3, 1, 1), nn.GELU(), nn.Conv2d(32, 64, 3, 2, 1), nn.GELU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, hidden_dim),
+        )
+        self.appearance = nn.Sequential(nn.LayerNorm(image_dim), nn.Linear(image_dim, hidden_dim))
+        self.geometry = nn.Linear(4, hidden_dim)
+        self.region = nn.Sequential(nn.GELU(), nn.Linear(3 * hidden_dim, hidden_dim), nn.GELU(),
+                                    nn.Linear(hidden_dim, hidden_dim))
+        self.query = nn.Linear(hidden_dim, hidden_dim)
+        self.joint = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, 1))
+        self.slope = nn.Linear(hidden_dim, 2)
+        self.gate = nn.Linear(hidden_dim, 1)
+        self.beta = nn.Parameter(torch.tensor(2.0))
+
+    def region_vectors(self, image_embedding: Tensor, masks: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``masks (B, N, L, L)`` on ``image_embedding (B or 1, C, h, w)`` -> region vectors ``(B, N, hidden)``
+        and centroids ``(B, N, 2)``; only the ``valid (B, N)`` candidates are computed (the rest are zero)."""
+        b, n, size, _ = masks.shape
+        dtype = self.query.weight.dtype
+        keep = valid.bool() if valid is not None else torch.ones(b, n, dtype=torch.bool, device=masks.device)
+        rows, cols = torch.nonzero(keep, as_tuple=True)
+        m = masks[rows, cols].to(dtype)  # (V, L, L)
+        h, w = image_embedding.shape[-2:]
+        weights = F.adaptive_avg_pool2d(m[:, None], (h, w)).flatten(1)
+        weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-6)  # (V, hw)
+        full = weights.new_zeros(b, n, h * w).index_put((rows, cols), weights)
+        emb = image_embedding.to(dtype).flatten(2).transpose(1, 2)  # (B or 1, hw, C)
+        pooled = torch.matmul(full, emb)[rows, cols]  # mask-averaged embedding (V, C)
+        shape = self.shape_net(silhouettes(m, self.silhouette_size))
+        centroid, geo = region_geometry(m)
+        vec = self.region(torch.cat([shape, self.appearance(pooled), self.geometry(geo)], dim=-1))
+        vectors = vec.new_zeros(b, n, vec.shape[-1]).index_put((rows, cols), vec)
+        centroids = centroid.new_zeros(b, n, 2).index_put((rows, cols), centroid)
+        return vectors, centroids
+
+    def forward(self, image_embedding: Tensor, masks: Tensor, valid: Tensor | None, emb: Tensor,
+                words: Tensor | None = None, word_mask: Tensor | None = None) -> Tensor:
+        """Scores ``(B, N)`` of the candidates ``masks (B, N, L, L)`` for the phrases (invalid ones: -inf)."""
+        g = self.phrase(emb, words, word_mask)
+        r, centroid = self.region_vectors(image_embedding, masks, valid)
+        content = (self.query(g)[:, None] * r).sum(-1) / math.sqrt(self.hidden_dim)
+        content = content + self.joint(g[:, None] * r)[..., 0]
+        scores = saturating_score(content, g, centroid.transpose(1, 2), self.beta, self.gate, self.slope)
+        return scores if valid is None else scores.masked_fill(~valid.bool(), float("-inf"))
+
+
+def region_loss(scores: Tensor, target: Tensor) -> Tensor:
+    """``(B,)`` minus the log softmax mass of ``scores (B, N)`` on the ``target (B, N)`` candidates (0 where a
+    sample has no target candidate)."""
+    logp = scores.float().log_softmax(dim=-1)
+    inside = logp.masked_fill(~target.bool(), float("-inf")).logsumexp(dim=-1)
+    return torch.where(target.any(dim=-1), -inside, torch.zeros_like(inside))
