@@ -347,11 +347,19 @@ def test_region_samples_and_a_region_locator_run(clip_spec: str, tmp_path: Path)
     assert int(sample["region_target"].sum()) == 1 and bool(sample["region_target"][0])  # targets first
     train_ds = SegmentationDataset(src, entries, img_size=128, lowres=32, probs=(0, 0, 1, 0), train=True, max_regions=4)
     assert int(train_ds[(0, 0)]["region_valid"].sum()) >= 3  # plus a union and/or a background patch
+    colours = sample["region_colour"]  # the pixels' mean colour: the square's and the disc's own
+    ann = src.coco.annotations[src.refs[0].ann_ids[0]]
+    from .test_train import COLORS
+
+    table = {name: torch.tensor(rgb, dtype=torch.float32) / 255 for name, rgb in COLORS.items()}
+    nearest = min(table, key=lambda name: float((table[name] - colours[0, :3]).norm()))
+    assert nearest == ann.color  # (edge pixels of the low-res masks mix in some background)
 
     freeze = FreezeConfig(image_encoder=True, prompt_encoder=True, mask_decoder=True, text_projector=True,
                           text_encoder=True, text_locator=False)
     cfg = make_config(tmp_path / "reg", clip_spec, recipe="text", freeze=freeze, locator_dim=16,
-                      locator_kind="regions", max_regions=4, steps=10, batch_size=8, lr=3e-3)
+                      locator_kind="regions", locator_appearance="colour", max_regions=4, steps=10, batch_size=8,
+                      lr=3e-3)
     weights = load_file(str(train(cfg, source=src)))
     assert weights and all(k.startswith("text_projector.locator.") for k in weights)
     recipe = build_recipe(replace(cfg, checkpoint=None))
@@ -368,7 +376,7 @@ def test_predictor_region_candidates_and_click(tmp_path: Path) -> None:
     model = textsam.create_model("shapes_tiny")
     old = model.text_projector
     proj = TextProjector(old.clip_dim, old.token_dim, old.num_tokens, old.hidden_dim, locator_dim=16,
-                         locator_kind="regions")
+                         locator_kind="regions", locator_appearance="colour")
     proj.load_state_dict(old.state_dict(), strict=False)
     model.text_projector = proj.eval()
     image = np.full((128, 128, 3), 90, np.uint8)
@@ -385,5 +393,7 @@ def test_predictor_region_candidates_and_click(tmp_path: Path) -> None:
     assert chosen
     calls = predictor.text.region_candidates(predictor.features, predictor.input_size)
     assert calls is regions  # cached for the image
+    with pytest.raises(InputError, match="pixel colours"):
+        predictor.text.locate("red", predictor.features, predictor.input_size, predictor.original_size)
     predictor.set_image(image)
     assert predictor.text._regions is None

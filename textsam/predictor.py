@@ -181,7 +181,7 @@ class TextSamPredictor:
                                "box": None if tp.box is None else np.asarray(tp.box).tolist()}
             if point_coords is None and box is None and self.text.can_locate:  # the locator's click
                 assert self.input_size is not None
-                located = self.text.locate(text, features, self.input_size, self.original_size)
+                located = self.text.locate(text, features, self.input_size, self.original_size, self.image)
                 coords = located if coords is None else np.concatenate([coords, located])
                 labels = np.ones(1, np.int64) if labels is None else np.concatenate([labels, np.ones(1, np.int64)])
                 info["prompts"]["located"] = located[0].tolist()

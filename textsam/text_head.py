@@ -38,6 +38,7 @@ class TextHeadInfo:
     word_heads: int = 0
     locator_dim: int = 0  # > 0: the head holds a locator of this width (phrase -> click)
     locator_kind: str = "cells"  # "cells" (TextLocator) or "regions" (RegionLocator)
+    locator_appearance: str = "embedding"  # a region locator's appearance features: "embedding" or "colour"
 
     @property
     def clip_spec(self) -> str:
@@ -93,7 +94,7 @@ def load_text_head(
         )
     projector = TextProjector(info.clip_dim, info.token_dim, info.num_tokens, info.hidden_dim,
                               word_dim=info.word_dim, word_heads=info.word_heads or 4, locator_dim=info.locator_dim,
-                              locator_kind=info.locator_kind)
+                              locator_kind=info.locator_kind, locator_appearance=info.locator_appearance)
     state = {k.removeprefix("text_projector."): v for k, v in load_file(str(path)).items()}
     try:
         projector.load_state_dict(state, strict=True)

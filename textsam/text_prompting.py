@@ -166,21 +166,28 @@ class TextPrompter:
         return scores.masked_fill(~(valid_y[:, None] & valid_x[None]), float("-inf"))
 
     def locate(self, phrase: str, features: Tensor, input_size: tuple[int, int],
-               original_size: tuple[int, int]) -> np.ndarray:
+               original_size: tuple[int, int], image: np.ndarray | None = None) -> np.ndarray:
         """The locator's click for ``phrase``: ``(1, 2)`` x, y in original-image pixels (the best cell's centre,
-        or the deepest pixel of the best candidate object for a region locator)."""
+        or the deepest pixel of the best candidate object for a region locator; ``image``, the original
+        ``(H, W, 3)`` uint8 picture, is needed by a region locator that reads pixel colours)."""
         s = self.model.img_size
         if self.model.text_projector.locator_kind == "regions":
-            from .encoders.regions import deepest_points
+            from .encoders.regions import deepest_points, lowres_rgb, region_colours
 
             self.ensure_text_encoder()
             regions = self.region_candidates(features, input_size)
+            colours = None
+            if self.model.text_projector.locator_appearance == "colour":
+                if image is None:
+                    raise InputError("this text head's region locator reads pixel colours: pass the image")
+                rgb = lowres_rgb(image, s, regions.shape[-1]).to(regions.device)
+                colours = region_colours(rgb, regions)[None]
             if len(regions) == 0:  # nothing found: the image centre
                 xy = np.array([input_size[1] / 2 - 0.5, input_size[0] / 2 - 0.5])
             else:
                 with torch.inference_mode():
                     scores = self.model.text_projector.locator(features, regions[None], None,
-                                                               *self._phrase_inputs([phrase]))[0]
+                                                               *self._phrase_inputs([phrase]), colours=colours)[0]
                 best = regions[int(scores.argmax())]
                 xy = (deepest_points(best[None])[0].cpu().numpy() + 0.5) * (s / best.shape[-1]) - 0.5
         else:

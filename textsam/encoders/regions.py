@@ -6,7 +6,11 @@ from a grid of clicks, or ground-truth instances in training) by features of the
 
 - its silhouette (the mask cropped to its box, resampled to ``silhouette_size``^2, through a small CNN): the
   shape of an object, free of its colour, so a colour-shape pair never seen in training is still recognised;
-- its appearance: the image embedding averaged over the mask (colour, texture, what the encoder knows);
+- its appearance: the image embedding averaged over the mask (colour, texture, what the encoder knows;
+  ``appearance="embedding"``), or only the colour of its pixels (mean and spread of R, G, B;
+  ``appearance="colour"``). An image encoder trained on data where each shape came in a few colours
+  ties its shape features to those colours; with colour-only appearance the shape can come from the
+  silhouette alone, so the locator cannot learn that shortcut;
 - its geometry: centroid, size, aspect of the box.
 
 Score of candidate ``i`` for a phrase (vector ``g``, :class:`~textsam.encoders.locator.PhraseVector`)::
@@ -25,13 +29,19 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import InputError
+from ..transforms import resize_longest_side
 from .locator import PhraseVector, saturating_score
 
-__all__ = ["RegionLocator", "region_loss", "region_geometry", "silhouettes", "deepest_points"]
+__all__ = ["RegionLocator", "region_loss", "region_geometry", "silhouettes", "deepest_points", "region_colours",
+           "lowres_rgb", "APPEARANCES"]
+
+APPEARANCES = ("embedding", "colour")
 
 
 def deepest_points(masks: Tensor) -> Tensor:
@@ -53,6 +63,25 @@ def deepest_points(masks: Tensor) -> Tensor:
     empty = ~masks.reshape(b, -1).any(dim=1)
     pts[empty] = torch.tensor([w // 2, h // 2], device=masks.device)
     return pts
+
+
+def lowres_rgb(image: np.ndarray, img_size: int, size: int) -> Tensor:
+    """``image (H, W, 3)`` uint8 RGB -> ``(3, size, size)`` float in [0, 1]: resized to the model input (longest
+    side ``img_size``), zero-padded to a square as the model input is, then area-averaged to ``size``."""
+    resized = torch.from_numpy(np.array(resize_longest_side(image, img_size))).permute(2, 0, 1).float() / 255
+    padded = F.pad(resized, (0, img_size - resized.shape[2], 0, img_size - resized.shape[1]))
+    return F.adaptive_avg_pool2d(padded[None], size)[0]
+
+
+def region_colours(image: Tensor, masks: Tensor) -> Tensor:
+    """Colour statistics of each candidate: ``image (3, L, L)`` RGB in [0, 1] on the masks' grid (input frame),
+    ``masks (..., N, L, L)`` -> ``(..., N, 6)``: mean and standard deviation of R, G, B inside each mask."""
+    m = masks.float()
+    area = m.sum((-2, -1)).clamp_min(1e-6)[..., None]  # (..., N, 1)
+    img = image.float()
+    mean = torch.einsum("...hw,chw->...c", m, img) / area
+    sq = torch.einsum("...hw,chw->...c", m, img * img) / area
+    return torch.cat([mean, (sq - mean * mean).clamp_min(0).sqrt()], dim=-1)
 
 
 def region_geometry(masks: Tensor) -> tuple[Tensor, Tensor]:
@@ -108,11 +137,16 @@ class RegionLocator(nn.Module):
         word_dim: width of the tower's per-token features (0: the pooled embedding only).
         hidden_dim: width of the phrase and region vectors.
         silhouette_size: side of the silhouette crops.
+        appearance: ``"embedding"`` (mask-pooled image embedding) or ``"colour"`` (pixel colour statistics,
+            :func:`region_colours`: the candidates' ``colours`` must then be given).
     """
 
     def __init__(self, clip_dim: int, image_dim: int, word_dim: int = 0, hidden_dim: int = 128,
-                 silhouette_size: int = 32) -> None:
+                 silhouette_size: int = 32, appearance: str = "embedding") -> None:
         super().__init__()
+        if appearance not in APPEARANCES:
+            raise InputError(f"appearance must be one of {APPEARANCES}, got {appearance!r}")
+        self.appearance_kind = appearance
         self.clip_dim, self.image_dim, self.word_dim = clip_dim, image_dim, word_dim
         self.hidden_dim, self.silhouette_size = hidden_dim, silhouette_size
         self.phrase = PhraseVector(clip_dim, word_dim, hidden_dim)
@@ -121,7 +155,8 @@ class RegionLocator(nn.Module):
             nn.Conv2d(32, 32, 3, 1, 1), nn.GELU(), nn.Conv2d(32, 64, 3, 2, 1), nn.GELU(),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, hidden_dim),
         )
-        self.appearance = nn.Sequential(nn.LayerNorm(image_dim), nn.Linear(image_dim, hidden_dim))
+        width = image_dim if appearance == "embedding" else 6
+        self.appearance = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden_dim))
         self.geometry = nn.Linear(4, hidden_dim)
         self.region = nn.Sequential(nn.GELU(), nn.Linear(3 * hidden_dim, hidden_dim), nn.GELU(),
                                     nn.Linear(hidden_dim, hidden_dim))
@@ -131,32 +166,41 @@ class RegionLocator(nn.Module):
         self.gate = nn.Linear(hidden_dim, 1)
         self.beta = nn.Parameter(torch.tensor(2.0))
 
-    def region_vectors(self, image_embedding: Tensor, masks: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``masks (B, N, L, L)`` on ``image_embedding (B or 1, C, h, w)`` -> region vectors ``(B, N, hidden)``
-        and centroids ``(B, N, 2)``; only the ``valid (B, N)`` candidates are computed (the rest are zero)."""
+    def region_vectors(self, image_embedding: Tensor, masks: Tensor, valid: Tensor | None = None,
+                       colours: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``masks (B, N, L, L)`` on ``image_embedding (B or 1, C, h, w)`` (and ``colours (B, N, 6)``) -> region
+        vectors ``(B, N, hidden)`` and centroids ``(B, N, 2)``; only the ``valid (B, N)`` candidates are
+        computed (the rest are zero)."""
         b, n, size, _ = masks.shape
         dtype = self.query.weight.dtype
         keep = valid.bool() if valid is not None else torch.ones(b, n, dtype=torch.bool, device=masks.device)
         rows, cols = torch.nonzero(keep, as_tuple=True)
         m = masks[rows, cols].to(dtype)  # (V, L, L)
-        h, w = image_embedding.shape[-2:]
-        weights = F.adaptive_avg_pool2d(m[:, None], (h, w)).flatten(1)
-        weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-6)  # (V, hw)
-        full = weights.new_zeros(b, n, h * w).index_put((rows, cols), weights)
-        emb = image_embedding.to(dtype).flatten(2).transpose(1, 2)  # (B or 1, hw, C)
-        pooled = torch.matmul(full, emb)[rows, cols]  # mask-averaged embedding (V, C)
+        if self.appearance_kind == "colour":
+            if colours is None:
+                raise InputError("this region locator reads the candidates' pixel colours: pass colours (B, N, 6)")
+            appearance = colours[rows, cols].to(dtype)
+        else:
+            h, w = image_embedding.shape[-2:]
+            weights = F.adaptive_avg_pool2d(m[:, None], (h, w)).flatten(1)
+            weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-6)  # (V, hw)
+            full = weights.new_zeros(b, n, h * w).index_put((rows, cols), weights)
+            emb = image_embedding.to(dtype).flatten(2).transpose(1, 2)  # (B or 1, hw, C)
+            appearance = torch.matmul(full, emb)[rows, cols]  # mask-averaged embedding (V, C)
         shape = self.shape_net(silhouettes(m, self.silhouette_size))
         centroid, geo = region_geometry(m)
-        vec = self.region(torch.cat([shape, self.appearance(pooled), self.geometry(geo)], dim=-1))
+        vec = self.region(torch.cat([shape, self.appearance(appearance), self.geometry(geo)], dim=-1))
         vectors = vec.new_zeros(b, n, vec.shape[-1]).index_put((rows, cols), vec)
         centroids = centroid.new_zeros(b, n, 2).index_put((rows, cols), centroid)
         return vectors, centroids
 
     def forward(self, image_embedding: Tensor, masks: Tensor, valid: Tensor | None, emb: Tensor,
-                words: Tensor | None = None, word_mask: Tensor | None = None) -> Tensor:
-        """Scores ``(B, N)`` of the candidates ``masks (B, N, L, L)`` for the phrases (invalid ones: -inf)."""
+                words: Tensor | None = None, word_mask: Tensor | None = None, *,
+                colours: Tensor | None = None) -> Tensor:
+        """Scores ``(B, N)`` of the candidates ``masks (B, N, L, L)`` for the phrases (invalid ones: -inf);
+        ``colours (B, N, 6)``: :func:`region_colours` of the candidates (needed with colour appearance)."""
         g = self.phrase(emb, words, word_mask)
-        r, centroid = self.region_vectors(image_embedding, masks, valid)
+        r, centroid = self.region_vectors(image_embedding, masks, valid, colours)
         content = (self.query(g)[:, None] * r).sum(-1) / math.sqrt(self.hidden_dim)
         content = content + self.joint(g[:, None] * r)[..., 0]
         scores = saturating_score(content, g, centroid.transpose(1, 2), self.beta, self.gate, self.slope)

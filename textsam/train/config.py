@@ -164,6 +164,7 @@ class TrainConfig:
     locator_dim: int = 0
     locator_kind: str = "cells"  # "cells": embedding cells; "regions": candidate objects (max_regions per image)
     max_regions: int = 16
+    locator_appearance: str = "embedding"  # a region locator's appearance: "embedding" or "colour" (pixels only)
     locator_weight: float = 1.0
     locate_text: bool = False
 
@@ -202,6 +203,8 @@ class TrainConfig:
             raise InputError(f"locator_dim > 0 adds a text locator: it needs a text recipe, not {self.recipe!r}")
         if self.locator_kind not in ("cells", "regions"):
             raise InputError(f"locator_kind must be 'cells' or 'regions', got {self.locator_kind!r}")
+        if self.locator_appearance not in ("embedding", "colour"):
+            raise InputError(f"locator_appearance must be 'embedding' or 'colour', got {self.locator_appearance!r}")
         if self.max_regions < 1:
             raise InputError(f"max_regions must be >= 1, got {self.max_regions}")
         if self.locate_text and not self.locator_dim:

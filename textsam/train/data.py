@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..encoders.grounding_maps import square_crop
-from ..encoders.regions import deepest_points
+from ..encoders.regions import deepest_points, lowres_rgb, region_colours
 from ..model import PIXEL_MEAN, PIXEL_STD
 from ..transforms import get_preprocess_shape, resize_longest_side
 
@@ -252,7 +252,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
             leftmost star" means the same in greyscale); without them text samples keep their colours.
         max_regions: > 0 adds the image's objects as candidates for a region locator: ``regions``
             ``(R, L, L)`` bool low-res masks, ``region_valid`` and ``region_target`` ``(R,)`` bool (R =
-            ``max_regions``; targets are always kept). In training the masks are jittered (one pixel of
+            ``max_regions``; targets are always kept) and ``region_colour`` ``(R, 6)`` (their pixels' colour
+            statistics, :func:`~textsam.encoders.regions.region_colours`; greyscale samples give grey ones). In training the masks are jittered (one pixel of
             growth or erosion) and two non-object candidates are added: the union of two objects, and a
             patch of background.
     """
@@ -365,6 +366,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if self.max_regions:
             region_rng = np.random.default_rng([self.seed, epoch, index, 3])
             sample["regions"], sample["region_valid"], sample["region_target"] = self._regions(entry, region_rng)
+            pixels = self.coco.load_image(entry.image_id) if image is None else image
+            rgb = lowres_rgb(greyscale(pixels) if grey else pixels, self.img_size, self.lowres)
+            sample["region_colour"] = region_colours(rgb, sample["regions"])
         if self.cache is not None and self.cache.text_fp is not None:
             sample["text_emb"] = self.cache.text(entry.phrase)
         if self.train and self.clip_input is not None and kind in TEXT_KINDS:

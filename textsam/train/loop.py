@@ -187,7 +187,7 @@ def export(recipe: Recipe, out_dir: Path, step: int) -> Path:
         info = TextHeadInfo(name, te.model_name, te.pretrained, p.clip_dim, p.token_dim, p.num_tokens,
                             p.hidden_dim, recipe=cfg.recipe, extra=extra, word_dim=p.word_dim,
                             word_heads=p.word_heads, locator_dim=p.locator_dim,
-                        locator_kind=p.locator_kind)
+                        locator_kind=p.locator_kind, locator_appearance=p.locator_appearance)
         save_text_head(out_dir / "text_head.safetensors", p, info)
     return path
 

@@ -161,7 +161,8 @@ class PromptModel(nn.Module):
         rows = batch["prompt_rows"]
         if self.text_projector.locator_kind == "regions":
             regions = batch["regions"][rows]
-            scores = locator(emb[rows], regions, batch["region_valid"][rows], *inputs)
+            scores = locator(emb[rows], regions, batch["region_valid"][rows], *inputs,
+                             colours=batch["region_colour"][rows])
             if not clicks:
                 return scores, None
             best = regions[torch.arange(len(rows), device=emb.device), scores.detach().argmax(dim=-1)].bool()
@@ -414,7 +415,8 @@ def build_model(config: TrainConfig, device: torch.device | str = "cpu") -> Text
             loaded, _ = load_text_head(config.text_head, sam_model=None, clip_model=None, clip_pretrained=None)
             projector = TextProjector(loaded.clip_dim, loaded.token_dim, loaded.num_tokens, loaded.hidden_dim,
                                       word_dim=word_dim, locator_dim=config.locator_dim,
-                                      locator_kind=config.locator_kind)
+                                      locator_kind=config.locator_kind,
+                                      locator_appearance=config.locator_appearance)
             _load_head(projector, loaded.state_dict(), config.text_head)
         else:
             projector = TextProjector(
@@ -425,6 +427,7 @@ def build_model(config: TrainConfig, device: torch.device | str = "cpu") -> Text
                 word_dim=word_dim,
                 locator_dim=config.locator_dim,
                 locator_kind=config.locator_kind,
+                locator_appearance=config.locator_appearance,
             )
             if head:
                 _load_head(projector, head, str(config.checkpoint))
