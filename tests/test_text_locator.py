@@ -287,7 +287,8 @@ def test_region_geometry_and_silhouettes() -> None:
     assert deepest_points(masks).tolist() == [[9, 3], [1, 11]]
 
 
-def test_region_locator_learns_shape_and_position_of_objects() -> None:
+@pytest.mark.parametrize("factors", ["joint", "separate"])
+def test_region_locator_learns_shape_and_position_of_objects(factors: str) -> None:
     """Candidates are squares and discs of one random colour; phrases "left disc" / "right disc" / "square". The
     silhouette tells the shape apart whatever the colour, the centroid term picks the side."""
     from textsam.encoders.regions import RegionLocator, region_loss
@@ -295,7 +296,7 @@ def test_region_locator_learns_shape_and_position_of_objects() -> None:
     torch.manual_seed(0)
     size = 32
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    loc = RegionLocator(clip_dim=4, image_dim=8, hidden_dim=32)
+    loc = RegionLocator(clip_dim=4, image_dim=8, hidden_dim=32, factors=factors)
     opt = torch.optim.Adam(loc.parameters(), lr=3e-3)
     phrases = torch.eye(4)[:3]  # 0 = "left disc", 1 = "right disc", 2 = "square"
 
@@ -366,6 +367,65 @@ def test_region_samples_and_a_region_locator_run(clip_spec: str, tmp_path: Path)
     recipe.model.load_state_dict(weights, strict=False)
     metrics = evaluate(recipe, make_dataset(recipe, src, train=False, split="train", limit=None), torch.device("cpu"))
     assert metrics["locate_hit"] >= 0.5  # half the candidates are targets; clicks are inside objects
+
+
+def test_separate_factors_add_up_and_shuffled_colours_only_for_colourless_phrases() -> None:
+    """``factors="separate"``: a candidate's content score is a sum over silhouette, colour and geometry, so the
+    score gap between two shapes is the same in any colour. ``region_colour_shuffle``: phrases that name no
+    colour see the candidates' colours with the image's channels permuted; phrases that name one never do."""
+    from textsam.encoders.regions import RegionLocator
+    from textsam.train.data import SegmentationDataset, build_entries
+
+    torch.manual_seed(0)
+    masks = torch.zeros(1, 2, 32, 32, dtype=torch.bool)
+    masks[0, 0, 4:12, 4:12] = True  # a square
+    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    masks[0, 1] = (xx - 8) ** 2 + (yy - 8) ** 2 <= 16  # a disc at the same place
+
+    def gaps_and_scores(factors: str) -> tuple[list[float], list[float]]:
+        loc = RegionLocator(clip_dim=4, image_dim=8, hidden_dim=16, appearance="colour", factors=factors).double()
+        loc.beta.data.fill_(-60.0)  # softplus(beta) ~ 0: score = content * sigmoid(gate) + position
+        loc.slope.weight.data.zero_()
+        loc.slope.bias.data.zero_()
+        gaps, scores = [], []
+        for rgb in ([0.9, 0.1, 0.1, 0.05, 0.0, 0.1], [0.1, 0.2, 0.9, 0.0, 0.2, 0.0]):
+            with torch.no_grad():
+                s = loc(torch.zeros(1, 8, 8, 8, dtype=torch.float64), masks, None, torch.eye(4, dtype=torch.float64)[:1],
+                        colours=torch.tensor(rgb, dtype=torch.float64).repeat(1, 2, 1))[0]
+            gaps.append(float(s[0] - s[1]))
+            scores.append(float(s[0]))
+        return gaps, scores
+
+    gaps, scores = gaps_and_scores("separate")
+    assert abs(scores[0] - scores[1]) > 1e-3  # the colour matters ...
+    assert gaps[0] == pytest.approx(gaps[1], rel=1e-9, abs=1e-12)  # ... but not to which shape is preferred
+    joint_gaps, _ = gaps_and_scores("joint")
+    assert abs(joint_gaps[0] - joint_gaps[1]) > 1e-9  # a joint region vector can mix colour into shape
+
+    src = FakeRefer(FakeCoco(4))
+    for ref in src.refs:
+        ref.sentences.append("the shape")
+    entries = build_entries(src, 128)
+    common = dict(img_size=128, lowres=32, probs=(0, 0, 1, 0), train=True, max_regions=4,
+                  colour_words=["red", "blue", "green"], greyscale_text=False)
+    plain = SegmentationDataset(src, entries, **common)
+    shuffled = SegmentationDataset(src, entries, region_colour_shuffle=1.0, **common)
+    changed = {True: 0, False: 0}
+    for i, entry in enumerate(entries):
+        a, b = plain[(0, i)], shuffled[(0, i)]
+        assert torch.equal(a["regions"], b["regions"]) and torch.equal(a["image"], b["image"])  # only colours
+        names_colour = any(w in entry.phrase.split() for w in common["colour_words"])
+        same = torch.allclose(a["region_colour"], b["region_colour"])
+        if names_colour:
+            assert same
+        else:
+            means = a["region_colour"][..., :3]
+            assert any(torch.allclose(means[..., list(p)], b["region_colour"][..., :3], atol=1e-6)
+                       for p in ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)))
+        changed[names_colour] += not same
+    assert changed[False] > 0 and changed[True] == 0
+    with pytest.raises(InputError, match="locator_factors"):
+        make_config(Path("unused"), "x", locator_factors="both")
 
 
 def test_predictor_region_candidates_and_click(tmp_path: Path) -> None:

@@ -57,6 +57,7 @@ def save_bundle(
             "num_tokens": proj.num_tokens, "hidden_dim": proj.hidden_dim,
             "word_dim": proj.word_dim, "word_heads": proj.word_heads, "locator_dim": proj.locator_dim,
             "locator_kind": proj.locator_kind, "locator_appearance": proj.locator_appearance,
+            "locator_factors": proj.locator_factors,
         },
         "training": training or {},
         "text_options": text_options or {},
@@ -116,7 +117,8 @@ def load_bundle(path: str | Path, model: nn.Module) -> nn.Module:
                               word_dim=int(head.get("word_dim", 0)), word_heads=int(head.get("word_heads") or 4),
                               locator_dim=int(head.get("locator_dim", 0)),
                               locator_kind=str(head.get("locator_kind", "cells")),
-                              locator_appearance=str(head.get("locator_appearance", "embedding")))
+                              locator_appearance=str(head.get("locator_appearance", "embedding")),
+                              locator_factors=str(head.get("locator_factors", "joint")))
     load_into(projector, {k.removeprefix("text_projector."): v for k, v in state.items()
                           if k.startswith("text_projector.")}, strict=True)
     model.text_projector = projector.eval()

@@ -39,6 +39,7 @@ class TextHeadInfo:
     locator_dim: int = 0  # > 0: the head holds a locator of this width (phrase -> click)
     locator_kind: str = "cells"  # "cells" (TextLocator) or "regions" (RegionLocator)
     locator_appearance: str = "embedding"  # a region locator's appearance features: "embedding" or "colour"
+    locator_factors: str = "joint"  # a region locator's matching: "joint" or "separate" (per feature group)
 
     @property
     def clip_spec(self) -> str:
@@ -94,7 +95,8 @@ def load_text_head(
         )
     projector = TextProjector(info.clip_dim, info.token_dim, info.num_tokens, info.hidden_dim,
                               word_dim=info.word_dim, word_heads=info.word_heads or 4, locator_dim=info.locator_dim,
-                              locator_kind=info.locator_kind, locator_appearance=info.locator_appearance)
+                              locator_kind=info.locator_kind, locator_appearance=info.locator_appearance,
+                              locator_factors=info.locator_factors)
     state = {k.removeprefix("text_projector."): v for k, v in load_file(str(path)).items()}
     try:
         projector.load_state_dict(state, strict=True)

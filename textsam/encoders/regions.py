@@ -18,6 +18,11 @@ Score of candidate ``i`` for a phrase (vector ``g``, :class:`~textsam.encoders.l
     content_i = q(g) . r_i / sqrt(d) + mlp(g * r_i)        r_i = MLP([silhouette, appearance, geometry])
     score_i   = beta * sigmoid(content_i) + gate(g) * content_i + slope(g) . centroid_i
 
+With ``factors="separate"`` each feature group f (silhouette, appearance, geometry) has its own region
+vector and matching, and the content is their sum, ``sum_f q_f(g) . r_fi / sqrt(d) + mlp_f(g * r_fi)``: the
+score cannot use a conjunction such as "round and purple, so a hexagon" (which a training set where
+circles are never purple teaches, and which fails on exactly the pairs held out of training).
+
 (the linear centroid term picks the extreme candidate along a direction among those that match). The best
 candidate's deepest pixel becomes the click (:func:`deepest_points`). Trained with :func:`region_loss`: minus the
 log softmax mass on the target candidates.
@@ -39,9 +44,10 @@ from ..transforms import resize_longest_side
 from .locator import PhraseVector, saturating_score
 
 __all__ = ["RegionLocator", "region_loss", "region_geometry", "silhouettes", "deepest_points", "region_colours",
-           "lowres_rgb", "APPEARANCES"]
+           "lowres_rgb", "APPEARANCES", "FACTORS"]
 
 APPEARANCES = ("embedding", "colour")
+FACTORS = ("joint", "separate")
 
 
 def deepest_points(masks: Tensor) -> Tensor:
@@ -139,14 +145,18 @@ class RegionLocator(nn.Module):
         silhouette_size: side of the silhouette crops.
         appearance: ``"embedding"`` (mask-pooled image embedding) or ``"colour"`` (pixel colour statistics,
             :func:`region_colours`: the candidates' ``colours`` must then be given).
+        factors: ``"joint"`` (one region vector from all features) or ``"separate"`` (a sum of per-feature
+            matches; see the module docstring).
     """
 
     def __init__(self, clip_dim: int, image_dim: int, word_dim: int = 0, hidden_dim: int = 128,
-                 silhouette_size: int = 32, appearance: str = "embedding") -> None:
+                 silhouette_size: int = 32, appearance: str = "embedding", factors: str = "joint") -> None:
         super().__init__()
         if appearance not in APPEARANCES:
             raise InputError(f"appearance must be one of {APPEARANCES}, got {appearance!r}")
-        self.appearance_kind = appearance
+        if factors not in FACTORS:
+            raise InputError(f"factors must be one of {FACTORS}, got {factors!r}")
+        self.appearance_kind, self.factors = appearance, factors
         self.clip_dim, self.image_dim, self.word_dim = clip_dim, image_dim, word_dim
         self.hidden_dim, self.silhouette_size = hidden_dim, silhouette_size
         self.phrase = PhraseVector(clip_dim, word_dim, hidden_dim)
@@ -158,10 +168,18 @@ class RegionLocator(nn.Module):
         width = image_dim if appearance == "embedding" else 6
         self.appearance = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden_dim))
         self.geometry = nn.Linear(4, hidden_dim)
-        self.region = nn.Sequential(nn.GELU(), nn.Linear(3 * hidden_dim, hidden_dim), nn.GELU(),
-                                    nn.Linear(hidden_dim, hidden_dim))
-        self.query = nn.Linear(hidden_dim, hidden_dim)
-        self.joint = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, 1))
+        if factors == "joint":
+            self.region = nn.Sequential(nn.GELU(), nn.Linear(3 * hidden_dim, hidden_dim), nn.GELU(),
+                                        nn.Linear(hidden_dim, hidden_dim))
+            self.query = nn.Linear(hidden_dim, hidden_dim)
+            self.joint = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, 1))
+        else:  # one region MLP, query and joint match per feature group
+            self.factor_region = nn.ModuleList(
+                nn.Sequential(nn.GELU(), nn.Linear(hidden_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim))
+                for _ in range(3))
+            self.factor_query = nn.ModuleList(nn.Linear(hidden_dim, hidden_dim) for _ in range(3))
+            self.factor_joint = nn.ModuleList(
+                nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, 1)) for _ in range(3))
         self.slope = nn.Linear(hidden_dim, 2)
         self.gate = nn.Linear(hidden_dim, 1)
         self.beta = nn.Parameter(torch.tensor(2.0))
@@ -169,10 +187,10 @@ class RegionLocator(nn.Module):
     def region_vectors(self, image_embedding: Tensor, masks: Tensor, valid: Tensor | None = None,
                        colours: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``masks (B, N, L, L)`` on ``image_embedding (B or 1, C, h, w)`` (and ``colours (B, N, 6)``) -> region
-        vectors ``(B, N, hidden)`` and centroids ``(B, N, 2)``; only the ``valid (B, N)`` candidates are
-        computed (the rest are zero)."""
+        vectors ``(B, N, hidden)`` (``(B, N, 3, hidden)``, one per feature group, with separate factors) and
+        centroids ``(B, N, 2)``; only the ``valid (B, N)`` candidates are computed (the rest are zero)."""
         b, n, size, _ = masks.shape
-        dtype = self.query.weight.dtype
+        dtype = self.geometry.weight.dtype
         keep = valid.bool() if valid is not None else torch.ones(b, n, dtype=torch.bool, device=masks.device)
         rows, cols = torch.nonzero(keep, as_tuple=True)
         m = masks[rows, cols].to(dtype)  # (V, L, L)
@@ -187,10 +205,14 @@ class RegionLocator(nn.Module):
             full = weights.new_zeros(b, n, h * w).index_put((rows, cols), weights)
             emb = image_embedding.to(dtype).flatten(2).transpose(1, 2)  # (B or 1, hw, C)
             appearance = torch.matmul(full, emb)[rows, cols]  # mask-averaged embedding (V, C)
-        shape = self.shape_net(silhouettes(m, self.silhouette_size))
-        centroid, geo = region_geometry(m)
-        vec = self.region(torch.cat([shape, self.appearance(appearance), self.geometry(geo)], dim=-1))
-        vectors = vec.new_zeros(b, n, vec.shape[-1]).index_put((rows, cols), vec)
+        shape = self.shape_net(silhouettes(m, self.silhouette_size).to(dtype))
+        centroid, geo = (t.to(dtype) for t in region_geometry(m))
+        parts = [shape, self.appearance(appearance), self.geometry(geo)]
+        if self.factors == "joint":
+            vec = self.region(torch.cat(parts, dim=-1))
+        else:
+            vec = torch.stack([mlp(x) for mlp, x in zip(self.factor_region, parts, strict=True)], dim=1)
+        vectors = vec.new_zeros(b, n, *vec.shape[1:]).index_put((rows, cols), vec)
         centroids = centroid.new_zeros(b, n, 2).index_put((rows, cols), centroid)
         return vectors, centroids
 
@@ -201,8 +223,13 @@ class RegionLocator(nn.Module):
         ``colours (B, N, 6)``: :func:`region_colours` of the candidates (needed with colour appearance)."""
         g = self.phrase(emb, words, word_mask)
         r, centroid = self.region_vectors(image_embedding, masks, valid, colours)
-        content = (self.query(g)[:, None] * r).sum(-1) / math.sqrt(self.hidden_dim)
-        content = content + self.joint(g[:, None] * r)[..., 0]
+        if self.factors == "joint":
+            content = (self.query(g)[:, None] * r).sum(-1) / math.sqrt(self.hidden_dim)
+            content = content + self.joint(g[:, None] * r)[..., 0]
+        else:
+            content = sum((q(g)[:, None] * r[:, :, f]).sum(-1) / math.sqrt(self.hidden_dim)
+                          + joint(g[:, None] * r[:, :, f])[..., 0]
+                          for f, (q, joint) in enumerate(zip(self.factor_query, self.factor_joint, strict=True)))
         scores = saturating_score(content, g, centroid.transpose(1, 2), self.beta, self.gate, self.slope)
         return scores if valid is None else scores.masked_fill(~valid.bool(), float("-inf"))
 

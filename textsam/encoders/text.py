@@ -325,7 +325,7 @@ class TextProjector(nn.Module):
 
     def __init__(self, clip_dim: int, token_dim: int = 256, num_tokens: int = 2, hidden_dim: int = 512,
                  word_dim: int = 0, word_heads: int = 4, locator_dim: int = 0, locator_kind: str = "cells",
-                 locator_appearance: str = "embedding") -> None:
+                 locator_appearance: str = "embedding", locator_factors: str = "joint") -> None:
         super().__init__()
         from .locator import TextLocator
         from .regions import RegionLocator
@@ -355,13 +355,14 @@ class TextProjector(nn.Module):
         if locator_kind not in LOCATOR_KINDS:
             raise InputError(f"locator_kind must be one of {LOCATOR_KINDS}, got {locator_kind!r}")
         self.locator_dim, self.locator_kind, self.locator_appearance = locator_dim, locator_kind, locator_appearance
+        self.locator_factors = locator_factors
         self.locator: nn.Module | None = None
         if locator_dim and locator_kind == "cells":
             self.locator = TextLocator(clip_dim, token_dim, word_dim, hidden_dim=locator_dim, heads=4,
                                        head_dim=max(1, locator_dim // 4))
         elif locator_dim:
             self.locator = RegionLocator(clip_dim, token_dim, word_dim, hidden_dim=locator_dim,
-                                         appearance=locator_appearance)
+                                         appearance=locator_appearance, factors=locator_factors)
 
     def forward(self, emb: Tensor, words: Tensor | None = None, word_mask: Tensor | None = None) -> Tensor:
         """``emb (B, D)`` unit CLIP embeddings; ``words (B, L, word_dim)`` per-token features with

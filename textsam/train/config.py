@@ -165,6 +165,11 @@ class TrainConfig:
     locator_kind: str = "cells"  # "cells": embedding cells; "regions": candidate objects (max_regions per image)
     max_regions: int = 16
     locator_appearance: str = "embedding"  # a region locator's appearance: "embedding" or "colour" (pixels only)
+    locator_factors: str = "joint"  # a region locator's matching: "joint" or "separate" (sum over feature groups)
+    # text samples whose phrase names no colour: the chance that their candidates' colours come from the image
+    # with its R, G, B channels shuffled (a region locator with colour appearance): "the circle" then cannot
+    # learn which colours circles came in
+    region_colour_shuffle: float = 0.0
     locator_weight: float = 1.0
     locate_text: bool = False
 
@@ -205,6 +210,10 @@ class TrainConfig:
             raise InputError(f"locator_kind must be 'cells' or 'regions', got {self.locator_kind!r}")
         if self.locator_appearance not in ("embedding", "colour"):
             raise InputError(f"locator_appearance must be 'embedding' or 'colour', got {self.locator_appearance!r}")
+        if self.locator_factors not in ("joint", "separate"):
+            raise InputError(f"locator_factors must be 'joint' or 'separate', got {self.locator_factors!r}")
+        if not 0.0 <= self.region_colour_shuffle <= 1.0:
+            raise InputError(f"region_colour_shuffle must be in [0, 1], got {self.region_colour_shuffle}")
         if self.max_regions < 1:
             raise InputError(f"max_regions must be >= 1, got {self.max_regions}")
         if self.locate_text and not self.locator_dim:

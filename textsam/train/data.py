@@ -249,13 +249,17 @@ class SegmentationDataset(torch.utils.data.Dataset):
             evidence without colour, so shape features do not lean on the colours seen with each shape.
             Drawn from its own stream.
         colour_words: text samples whose phrase names none of these words may be greyscale too ("the
-            leftmost star" means the same in greyscale); without them text samples keep their colours.
+            leftmost star" means the same in greyscale; ``greyscale_text``); without them text samples keep
+            their colours.
         max_regions: > 0 adds the image's objects as candidates for a region locator: ``regions``
             ``(R, L, L)`` bool low-res masks, ``region_valid`` and ``region_target`` ``(R,)`` bool (R =
             ``max_regions``; targets are always kept) and ``region_colour`` ``(R, 6)`` (their pixels' colour
             statistics, :func:`~textsam.encoders.regions.region_colours`; greyscale samples give grey ones). In training the masks are jittered (one pixel of
             growth or erosion) and two non-object candidates are added: the union of two objects, and a
             patch of background.
+        region_colour_shuffle: in training, the chance that a text sample whose phrase names none of
+            ``colour_words`` takes its candidates' colours from the image with its R, G, B channels in a
+            random order (so "the circle" cannot learn which colours circles came in).
     """
 
     def __init__(
@@ -281,6 +285,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         greyscale_prob: float = 0.0,
         colour_words: Sequence[str] = (),
         max_regions: int = 0,
+        region_colour_shuffle: float = 0.0,
+        greyscale_text: bool = True,
     ) -> None:
         if img_size % lowres:
             raise ValueError(f"img_size {img_size} must be a multiple of the low-res size {lowres}")
@@ -294,7 +300,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.semantic = semantic
         self.greyscale_prob = greyscale_prob
         self.colour_words = frozenset(w.lower() for w in colour_words)
-        self.max_regions = max_regions
+        self.max_regions, self.region_colour_shuffle = max_regions, region_colour_shuffle
+        self.greyscale_text = greyscale_text
         self.mean = torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1)
 
@@ -331,10 +338,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
         k = self.img_size // self.lowres
         return F.avg_pool2d(target[None, None].float(), k)[0, 0] >= 0.5
 
+    def _names_no_colour(self, phrase: str) -> bool:
+        return bool(self.colour_words) and not (set(re.findall(r"[a-z]+", phrase.lower())) & self.colour_words)
+
     def _may_be_grey(self, kind: int, phrase: str) -> bool:
         if kind in (POINT, BOX):
             return True
-        return bool(self.colour_words) and not (set(re.findall(r"[a-z]+", phrase.lower())) & self.colour_words)
+        return self.greyscale_text and self._names_no_colour(phrase)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, index = (key if isinstance(key, tuple) else (0, key))
@@ -368,6 +378,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
             sample["regions"], sample["region_valid"], sample["region_target"] = self._regions(entry, region_rng)
             pixels = self.coco.load_image(entry.image_id) if image is None else image
             rgb = lowres_rgb(greyscale(pixels) if grey else pixels, self.img_size, self.lowres)
+            if (self.train and self.region_colour_shuffle > 0 and kind in TEXT_KINDS
+                    and self._names_no_colour(entry.phrase) and region_rng.random() < self.region_colour_shuffle):
+                rgb = rgb[torch.from_numpy(region_rng.permutation(3))]
             sample["region_colour"] = region_colours(rgb, sample["regions"])
         if self.cache is not None and self.cache.text_fp is not None:
             sample["text_emb"] = self.cache.text(entry.phrase)

@@ -137,7 +137,7 @@ def make_dataset(recipe: Recipe, source: Any, *, train: bool, split: str, limit:
     """Samples of ``source`` for ``recipe`` (with ``semantic`` class maps when given)."""
     cfg, model = recipe.config, recipe.model
     colour_words: set[str] = set()
-    if cfg.greyscale_text:
+    if cfg.greyscale_text or cfg.region_colour_shuffle > 0:
         colour_words = set(BASIC_COLOUR_WORDS) | (semantic.colour_words() if semantic is not None else set())
     entries = build_entries(source, model.img_size, cfg.data.min_area)
     if limit is not None and len(entries) > limit:
@@ -150,6 +150,7 @@ def make_dataset(recipe: Recipe, source: Any, *, train: bool, split: str, limit:
         split=split, semantic=semantic, greyscale_prob=cfg.greyscale_prob if train else 0.0,
         colour_words=colour_words,
         max_regions=cfg.max_regions if cfg.locator_dim and cfg.locator_kind == "regions" else 0,
+        region_colour_shuffle=cfg.region_colour_shuffle if train else 0.0, greyscale_text=cfg.greyscale_text,
     )
 
 
@@ -187,7 +188,8 @@ def export(recipe: Recipe, out_dir: Path, step: int) -> Path:
         info = TextHeadInfo(name, te.model_name, te.pretrained, p.clip_dim, p.token_dim, p.num_tokens,
                             p.hidden_dim, recipe=cfg.recipe, extra=extra, word_dim=p.word_dim,
                             word_heads=p.word_heads, locator_dim=p.locator_dim,
-                        locator_kind=p.locator_kind, locator_appearance=p.locator_appearance)
+                        locator_kind=p.locator_kind, locator_appearance=p.locator_appearance,
+                        locator_factors=p.locator_factors)
         save_text_head(out_dir / "text_head.safetensors", p, info)
     return path
 

@@ -416,7 +416,8 @@ def build_model(config: TrainConfig, device: torch.device | str = "cpu") -> Text
             projector = TextProjector(loaded.clip_dim, loaded.token_dim, loaded.num_tokens, loaded.hidden_dim,
                                       word_dim=word_dim, locator_dim=config.locator_dim,
                                       locator_kind=config.locator_kind,
-                                      locator_appearance=config.locator_appearance)
+                                      locator_appearance=config.locator_appearance,
+                                      locator_factors=config.locator_factors)
             _load_head(projector, loaded.state_dict(), config.text_head)
         else:
             projector = TextProjector(
@@ -428,6 +429,7 @@ def build_model(config: TrainConfig, device: torch.device | str = "cpu") -> Text
                 locator_dim=config.locator_dim,
                 locator_kind=config.locator_kind,
                 locator_appearance=config.locator_appearance,
+                locator_factors=config.locator_factors,
             )
             if head:
                 _load_head(projector, head, str(config.checkpoint))

@@ -166,7 +166,8 @@ def unpack(bundle: Path, out_dir: Path) -> Path:
                         extra={"text_encoder": "fine-tuned: its weights are the text_encoder.clip.* tensors of "
                                                "model.safetensors", "unpacked_from": str(bundle)},
                         word_dim=p.word_dim, word_heads=p.word_heads, locator_dim=p.locator_dim,
-                        locator_kind=p.locator_kind, locator_appearance=p.locator_appearance)
+                        locator_kind=p.locator_kind, locator_appearance=p.locator_appearance,
+                        locator_factors=p.locator_factors)
     save_text_head(out_dir / "text_head.safetensors", p, info)
     return out_dir
 
