@@ -79,10 +79,14 @@ def test_onnx_text_graph_matches_the_predictor(tmp_path: Path) -> None:
                              return_logits=True)
     coords = torch.tensor([[[60.0, 45.0], [0.0, 0.0]]]) * (model.img_size / 128)
     with torch.no_grad():
-        text = model.text_encoder.encode(["red square"]).float()
+        if model.text_projector.word_dim:  # a head with a word path also takes the per-token features
+            emb, words, mask = model.text_encoder.encode_words(["red square"])
+            text: tuple[torch.Tensor, ...] = (emb.float(), words.float(), mask.float())
+        else:
+            text = (model.text_encoder.encode(["red square"]).float(),)
     inputs = (predictor.get_image_embedding().float(), coords, torch.tensor([[1.0, -1.0]]),
               torch.zeros(1, 1, *model.prompt_encoder.mask_input_size), torch.tensor([0.0]), torch.tensor([96.0, 128.0]),
-              text)
+              *text)
     masks, scores, _ = _run(path, inputs)
     assert masks.shape == (1, 4, 96, 128)
     order = 1 + np.argsort(-scores[0, 1:], kind="stable")  # the predictor orders its 3 masks by score

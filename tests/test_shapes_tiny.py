@@ -56,3 +56,34 @@ def test_text_end_to_end_in_one_decoder_call(model, grounding: bool) -> None:
     # click + grounded points + SAM's padding point (no box) + text tokens, all in one sparse sequence
     assert calls[0][1] == 1 + grounded + 1 + model.text_projector.num_tokens
     assert out.masks.shape == (3, 128, 128)
+
+
+
+def _synthetic_scene() -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A scene drawn as the training data are (textured background, object sizes of the "large" and "small"
+    bins) with a large red circle, a large blue square and a small green triangle, and their visible masks."""
+    from textsam.data.shapes_render import COLOURS, SceneObject, background, paint, render_shape
+
+    objects = [SceneObject("circle", "red", "large", COLOURS["red"], 36, 40, 20, 0.0),
+               SceneObject("square", "blue", "large", COLOURS["blue"], 88, 92, 21, 0.3),
+               SceneObject("triangle", "green", "small", COLOURS["green"], 96, 28, 10, 0.5)]
+    canvas, _ = background(np.random.default_rng(3), 128, 128)
+    image, visible = paint(canvas, objects, [render_shape(o, 128, 128) for o in objects])
+    return image, {o.shape: m for o, m in zip(objects, visible)}
+
+
+@pytest.mark.parametrize(("phrase", "target"), [("the red circle", "circle"), ("the square", "square"),
+                                                ("the small object", "triangle"), ("green triangle", "triangle")])
+def test_text_alone_clicks_the_named_object(model, phrase: str, target: str) -> None:
+    """The shipped head's region locator picks the named object among the decoder's candidates and clicks it; the
+    phrase's tokens and that click go into the prompt decode."""
+    assert model.text_projector.locator_kind == "regions" and model.text_projector.locator_factors == "separate"
+    image, masks = _synthetic_scene()
+    want = masks[target]
+    pred = textsam.TextSamPredictor(model)
+    pred.set_image(image)
+    out = pred.predict(text=phrase, multimask_output=False)
+    x, y = out.info["prompts"]["located"]
+    assert want[int(round(y)), int(round(x))], (x, y)
+    iou = (out.masks[0] & want).sum() / (out.masks[0] | want).sum()
+    assert iou > 0.8, iou

@@ -185,11 +185,16 @@ def test_commit_loss_trains_every_output_of_a_bare_phrase() -> None:
 # ------------------------------------------------------------------------------------ serving
 
 
+def _head_without_locator(projector: TextProjector) -> dict[str, torch.Tensor]:
+    """The projector's weights without its locator (the shipped head has one; tests swap in their own)."""
+    return {k: v for k, v in projector.state_dict().items() if not k.startswith("locator.")}
+
+
 def _with_locator(model: textsam.TextSam) -> textsam.TextSam:
     old = model.text_projector
     proj = TextProjector(old.clip_dim, old.token_dim, old.num_tokens, old.hidden_dim,
                          word_dim=model.text_encoder.word_dim, locator_dim=32)
-    proj.load_state_dict(old.state_dict(), strict=False)
+    proj.load_state_dict(_head_without_locator(old), strict=False)
     model.text_projector = proj.eval()
     return model
 
@@ -437,7 +442,7 @@ def test_predictor_region_candidates_and_click(tmp_path: Path) -> None:
     old = model.text_projector
     proj = TextProjector(old.clip_dim, old.token_dim, old.num_tokens, old.hidden_dim, locator_dim=16,
                          locator_kind="regions", locator_appearance="colour")
-    proj.load_state_dict(old.state_dict(), strict=False)
+    proj.load_state_dict(_head_without_locator(old), strict=False)
     model.text_projector = proj.eval()
     image = np.full((128, 128, 3), 90, np.uint8)
     image[20:50, 70:110] = (220, 40, 40)  # a red box
