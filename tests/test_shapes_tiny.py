@@ -87,3 +87,24 @@ def test_text_alone_clicks_the_named_object(model, phrase: str, target: str) -> 
     assert want[int(round(y)), int(round(x))], (x, y)
     iou = (out.masks[0] & want).sum() / (out.masks[0] | want).sum()
     assert iou > 0.8, iou
+
+
+def test_cli_reports_the_located_click(tmp_path) -> None:
+    """``textsam segment --text`` alone: the JSON gives the locator's click (image pixels) on the named object;
+    with a click of the user's there is none."""
+    import json
+
+    from PIL import Image
+
+    from textsam.cli import main
+
+    image, masks = _synthetic_scene()
+    path = tmp_path / "scene.png"
+    Image.fromarray(image).save(path)
+    assert main(["segment", str(path), "--model", "shapes_tiny", "--text", "the square", "-o", str(tmp_path / "a"),
+                 "--no-progress"]) == 0
+    x, y = json.loads((tmp_path / "a" / "scene.json").read_text())["prompt"]["located_click"]
+    assert masks["square"][int(round(y)), int(round(x))]
+    assert main(["segment", str(path), "--model", "shapes_tiny", "--text", "the square", "--point", "88,92",
+                 "-o", str(tmp_path / "b"), "--no-progress"]) == 0
+    assert "located_click" not in json.loads((tmp_path / "b" / "scene.json").read_text())["prompt"]

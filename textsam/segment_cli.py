@@ -184,7 +184,11 @@ def run_segment(args: argparse.Namespace) -> int:
             logger.warning("skipping %s: %s", path, err)
             failed.append((path, str(err)))
             continue
-        write_results(out_dir, stem, image, results, prompt=prompt, source=str(path))
+        asked = dict(prompt)
+        located = (prediction.info or {}).get("prompts", {}).get("located")
+        if located is not None:  # the text head's locator clicked here (x, y in image pixels)
+            asked["located_click"] = [float(v) for v in located]
+        write_results(out_dir, stem, image, results, prompt=asked, source=str(path))
         written += 1
         logger.info("%s: %d mask(s) -> %s", path, len(results), out_dir / f"{stem}.json")
     bar.close()
