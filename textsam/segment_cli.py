@@ -185,7 +185,7 @@ def run_segment(args: argparse.Namespace) -> int:
             failed.append((path, str(err)))
             continue
         asked = dict(prompt)
-        located = (prediction.info or {}).get("prompts", {}).get("located")
+        located = (getattr(prediction, "info", None) or {}).get("prompts", {}).get("located")
         if located is not None:  # the text head's locator clicked here (x, y in image pixels)
             asked["located_click"] = [float(v) for v in located]
         write_results(out_dir, stem, image, results, prompt=asked, source=str(path))
