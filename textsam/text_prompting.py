@@ -90,7 +90,8 @@ class TextPrompter:
         self._dense = None
         self._features: Tensor | None = None  # (gh, gw, D) unit patch features of the current image
         self._geometry = None
-        self._regions: Tensor | None = None
+        self._regions: Tensor | None = None  # candidate object masks of the current image (region locator)
+        self._region_colours: Tensor | None = None  # their pixels' colour statistics
 
     # ---------------------------------------------------------------------------- set-up
     def ensure_text_encoder(self) -> None:
@@ -117,7 +118,8 @@ class TextPrompter:
     def reset(self) -> None:
         self._features = None
         self._geometry = None
-        self._regions: Tensor | None = None  # candidate object masks of the current image (region locator)
+        self._regions = None
+        self._region_colours = None
 
     @torch.inference_mode()
     def set_image(self, image: np.ndarray) -> None:
@@ -180,8 +182,10 @@ class TextPrompter:
             if self.model.text_projector.locator_appearance == "colour":
                 if image is None:
                     raise InputError("this text head's region locator reads pixel colours: pass the image")
-                rgb = lowres_rgb(image, s, regions.shape[-1]).to(regions.device)
-                colours = region_colours(rgb, regions)[None]
+                if self._region_colours is None:  # once per image, like the candidates
+                    rgb = lowres_rgb(image, s, regions.shape[-1]).to(regions.device)
+                    self._region_colours = region_colours(rgb, regions)[None]
+                colours = self._region_colours
             if len(regions) == 0:  # nothing found: the image centre
                 xy = np.array([input_size[1] / 2 - 0.5, input_size[0] / 2 - 0.5])
             else:
@@ -219,18 +223,7 @@ class TextPrompter:
         masks, scores = low[rows, best] > self.model.mask_threshold, iou[rows, best]
         keep = (scores >= o.region_min_iou) & masks.flatten(1).any(1)
         masks, scores = masks[keep], scores[keep]
-        order = torch.argsort(scores, descending=True)
-        masks = masks[order]
-        small = F.adaptive_avg_pool2d(masks[:, None].float(), 64).flatten(1) if len(masks) else masks.flatten(1).float()
-        inter = small @ small.T
-        area = small.sum(1)
-        overlap = inter / (area[:, None] + area[None] - inter).clamp_min(1e-6)
-        chosen: list[int] = []
-        for i in range(len(masks)):
-            if len(chosen) >= o.max_regions:
-                break
-            if not chosen or float(overlap[i, chosen].max()) <= o.region_nms_iou:
-                chosen.append(i)
+        chosen = mask_nms(masks.cpu().numpy(), scores.float().cpu().numpy(), o.region_nms_iou)[: o.max_regions]
         self._regions = masks[chosen]
         return self._regions
 
