@@ -18,7 +18,7 @@ import math
 import re
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -175,19 +175,11 @@ class TextEncoder(nn.Module):
         if not items:
             raise InputError("no phrase given")
         cleaned = [clean_phrase(p) for p in items]
-        missing = list(dict.fromkeys(p for p in cleaned if p not in self._cache))
-        if missing:
-            for p in missing:
-                self._warn_if_truncated(p)
-            emb = self.embed_tokens(self.tokenize(missing)).float()
-            self.tower_calls += 1
-            for p, e in zip(missing, emb):
-                self._cache[p] = e
-                if len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
-        for p in cleaned:
-            self._cache.move_to_end(p)
-        return torch.stack([self._cache[p] for p in cleaned])
+
+        def compute(missing: list[str]) -> list[Tensor]:
+            return list(self.embed_tokens(self.tokenize(missing)).float())
+
+        return torch.stack(self._cached(self._cache, cleaned, compute))
 
     @torch.inference_mode()
     def encode_words(self, phrases: str | Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
@@ -197,25 +189,39 @@ class TextEncoder(nn.Module):
         if not items:
             raise InputError("no phrase given")
         cleaned = [clean_phrase(p) for p in items]
-        missing = list(dict.fromkeys(p for p in cleaned if p not in self._word_cache))
-        if missing:
-            for p in missing:
-                self._warn_if_truncated(p)
+
+        def compute(missing: list[str]) -> list[tuple[Tensor, Tensor]]:
             pooled, words, mask = self.embed_tokens(self.tokenize(missing), with_words=True)
-            self.tower_calls += 1
-            for p, e, w, m in zip(missing, pooled.float(), words.float(), mask):
-                self._word_cache[p] = (e, w[m])
-                if len(self._word_cache) > self.cache_size:
-                    self._word_cache.popitem(last=False)
-        for p in cleaned:
-            self._word_cache.move_to_end(p)
-        entries = [self._word_cache[p] for p in cleaned]
+            return [(e, w[m]) for e, w, m in zip(pooled.float(), words.float(), mask)]
+
+        entries = self._cached(self._word_cache, cleaned, compute)
         length = max(w.shape[0] for _, w in entries)
         words = entries[0][1].new_zeros(len(entries), length, entries[0][1].shape[1])
         mask = torch.zeros(len(entries), length, dtype=torch.bool, device=words.device)
         for i, (_, w) in enumerate(entries):
             words[i, : w.shape[0]], mask[i, : w.shape[0]] = w, True
         return torch.stack([e for e, _ in entries]), words, mask
+
+    def _cached(self, cache: OrderedDict, phrases: list[str], compute: Callable[[list[str]], list]) -> list:
+        """The cached value of every phrase (``compute(missing)`` fills the misses in one tower call).
+
+        The answer is assembled before the cache is trimmed, so a batch larger than the cache, or one that
+        mixes an old entry with new ones, is always answered in full; the cache keeps the most recently
+        used ``cache_size`` phrases.
+        """
+        found = {p: cache[p] for p in dict.fromkeys(phrases) if p in cache}
+        missing = [p for p in dict.fromkeys(phrases) if p not in found]
+        if missing:
+            for p in missing:
+                self._warn_if_truncated(p)
+            found.update(zip(missing, compute(missing)))
+            self.tower_calls += 1
+        for p in dict.fromkeys(phrases):
+            cache[p] = found[p]
+            cache.move_to_end(p)
+        while len(cache) > self.cache_size:
+            cache.popitem(last=False)
+        return [found[p] for p in phrases]
 
     def tokenize(self, phrases: Sequence[str]) -> Tensor:
         """Token ids ``(N, context_length)`` int64 of (already cleaned) phrases, on the tower's device."""
