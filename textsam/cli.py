@@ -224,9 +224,10 @@ def _parse_clip(text: str) -> str:
     return text
 
 
-def _add_model_options(p: argparse.ArgumentParser, *, clip: bool = True) -> None:
+def _add_model_options(p: argparse.ArgumentParser, *, clip: bool = True, default: str | None = "sam_vit_b") -> None:
     """``--model``, ``--checkpoint``, ``--clip`` (optional) and ``--text-head``: which model to build."""
-    p.add_argument("--model", default="sam_vit_b", metavar="NAME", help="model name (default: sam_vit_b)")
+    p.add_argument("--model", default=default, metavar="NAME",
+                   help="model name (default: sam_vit_b" + ("; shapes_tiny with --example)" if default is None else ")"))
     p.add_argument("--checkpoint", type=Path, metavar="PATH", help="SAM weights file instead of the published ones")
     if clip:
         p.add_argument("--clip", type=_parse_clip, metavar="NAME/TAG",
@@ -252,10 +253,15 @@ def _add_segment_parser(subparsers: _Subparsers) -> None:
         subparsers, "segment", "segment images from a phrase, clicks and/or a box",
         description=(
             "Segment each image (folders are scanned for .jpg/.jpeg/.png/.bmp/.tif/.tiff/.webp) and write "
-            "<stem>_mask<i>.png, <stem>_overlay.png and <stem>.json (COCO RLE) into the output folder."
+            "<stem>_mask<i>.png, <stem>_overlay.png and <stem>.json (COCO RLE) into the output folder. "
+            "Only files textsam wrote are ever replaced; images already done for the same request are skipped, "
+            "so the same command again resumes. Exit status: 0 every image done, 2 some inputs could not be "
+            "read (listed; the others are written) or a bad argument, 1 an unexpected error, 130 interrupted."
         ),
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders of images")
+    p.add_argument("--example", action="store_true",
+                   help="also segment the example image shipped with textsam (default model then: shapes_tiny)")
     p.add_argument("-t", "--text", metavar="PHRASE", help="what to segment, e.g. 'red car'")
     p.add_argument("--negative-text", metavar="PHRASE", help="what not to segment, e.g. 'shadow'")
     p.add_argument(
@@ -265,7 +271,7 @@ def _add_segment_parser(subparsers: _Subparsers) -> None:
     p.add_argument("--box", type=_parse_box, metavar="X0,Y0,X1,Y1", help="a box in pixels")
     p.add_argument("--all", dest="all_instances", action="store_true", help="segment every instance of the phrase")
     p.add_argument("--multimask", action="store_true", help="write SAM's 3 candidate masks, best first")
-    _add_model_options(p)
+    _add_model_options(p, default=None)
     p.add_argument("--device", metavar="DEVICE", help="cpu, cuda, cuda:1, mps (default: cpu)")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="folder to write results into")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")

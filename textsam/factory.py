@@ -178,6 +178,31 @@ def _is_bundle(path: str | Path) -> bool:
         return False
 
 
+def check_device(device: str | torch.device | None) -> torch.device | None:
+    """``device`` as a ``torch.device`` after checking that this machine has it (raises :class:`InputError`
+    saying what to use instead: a CPU-only torch has no ``cuda``, only Apple GPUs have ``mps``)."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {str(device)!r}: use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build of torch" if torch.version.cuda is None else "no usable NVIDIA GPU or driver"
+            raise InputError(f"device {str(device)!r} asked for, but this machine has no CUDA device ({build}): "
+                             "use --device cpu (or leave --device out)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"device {str(device)!r} asked for, but this machine has {torch.cuda.device_count()} "
+                             "CUDA device(s): use cuda:0 .. cuda:N-1")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise InputError(f"device {str(device)!r} asked for, but MPS (Apple GPU) is not available here: "
+                         "use --device cpu (or leave --device out)")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"device {str(device)!r} is not supported: use cpu, cuda, cuda:N or mps")
+    return dev
+
+
 def create_model(
     name: str,
     *,
@@ -206,6 +231,7 @@ def create_model(
     from .pretrained import BUNDLED, bundled_path, resolve_weights
 
     config = get_config(name)
+    device = check_device(device)
     model = build_sam(config)
     if checkpoint is not None:
         if _is_bundle(checkpoint):

@@ -21,6 +21,8 @@ from .text_prompting import TextOptions, TextPrompt, TextPrompter, mask_nms
 
 Precision = Literal["fp32", "bf16", "fp16"]
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+DECODE_CHUNK = 32  # prompts per decoder call: memory stays bounded whatever the batch size
+UPSAMPLE_BUDGET = 1 << 25  # full-resolution logits (floats) upsampled at once
 
 
 class _PredictionFields(NamedTuple):
@@ -319,22 +321,39 @@ class TextSamPredictor:
     def _decode_low_res(
         self, features: torch.Tensor, batch: PromptBatch, extra_tokens: torch.Tensor | None, multimask_output: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The one mask-decoder call: low-res logits ``(B, M, 4h, 4w)`` and IoU ``(B, M)``."""
-        return self.model.decode(
-            features,
-            points=batch.points,
-            boxes=batch.boxes,
-            masks=batch.masks,
-            extra_tokens=extra_tokens,
-            multimask_output=multimask_output,
-        )
+        """Low-res logits ``(B, M, 4h, 4w)`` and IoU ``(B, M)``: one mask-decoder call per
+        :data:`DECODE_CHUNK` prompts, so the decoder's working memory does not grow with ``B``."""
+        lows, ious = [], []
+        for start in range(0, max(1, batch.size), DECODE_CHUNK):
+            stop = start + DECODE_CHUNK
+            part = batch if batch.size <= DECODE_CHUNK else batch.rows(start, stop)
+            extra = None if extra_tokens is None or extra_tokens.shape[0] == 1 else extra_tokens[start:stop]
+            low, iou = self.model.decode(
+                features if features.shape[0] == 1 else features[start:stop],
+                points=part.points,
+                boxes=part.boxes,
+                masks=part.masks,
+                extra_tokens=extra_tokens if extra is None else extra,
+                multimask_output=multimask_output,
+            )
+            lows.append(low)
+            ious.append(iou)
+        if len(lows) == 1:
+            return lows[0], ious[0]
+        return torch.cat(lows), torch.cat(ious)
 
     def _finish(
         self, low_res: torch.Tensor, iou: torch.Tensor, return_logits: bool
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Upsample to the original frame and threshold; numpy arrays out."""
+        """Upsample to the original frame and threshold, a few prompts at a time; numpy arrays out:
+        masks ``(B, M, H, W)`` bool (float32 logits with ``return_logits``), IoU ``(B, M)``, low-res ``(B, M, 4h, 4w)``."""
         assert self.input_size is not None and self.original_size is not None
-        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
-        if not return_logits:
-            masks = masks > self.model.mask_threshold
-        return masks.cpu().numpy(), iou.float().cpu().numpy(), low_res.float().cpu().numpy()
+        b, m = low_res.shape[:2]
+        h, w = self.original_size
+        canvas = self.model.img_size ** 2 + h * w  # floats per mask while upsampling
+        step = max(1, UPSAMPLE_BUDGET // max(1, m * canvas))
+        masks = np.empty((b, m, h, w), dtype=np.float32 if return_logits else bool)
+        for start in range(0, b, step):
+            up = self.model.postprocess_masks(low_res[start : start + step], self.input_size, self.original_size)
+            masks[start : start + step] = (up if return_logits else up > self.model.mask_threshold).cpu().numpy()
+        return masks, iou.float().cpu().numpy(), low_res.float().cpu().numpy()

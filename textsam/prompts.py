@@ -134,3 +134,11 @@ class PromptBatch:
         if mask_t is not None:
             size = mask_t.shape[0]
         return cls(points, box_t, mask_t, size)
+
+    def rows(self, start: int, stop: int) -> PromptBatch:
+        """Prompts ``start:stop`` of the batch (a batch of one shared prompt part is kept whole)."""
+        def cut(t: torch.Tensor | None) -> torch.Tensor | None:
+            return t if t is None or t.shape[0] == 1 else t[start:stop]
+
+        points = None if self.points is None else (cut(self.points[0]), cut(self.points[1]))
+        return PromptBatch(points, cut(self.boxes), cut(self.masks), min(stop, self.size) - start)

@@ -7,8 +7,11 @@ Used by the CLI (``textsam segment``) and the app. For an image with stem ``s`` 
 - ``s.json``: ``{"image": {...}, "prompt": {...}, "results": [...]}`` (see :func:`write_results`).
 
 Every file is written to a temporary file in ``out_dir`` and renamed over its target, so a crash
-never leaves a half-written file; the JSON is written last. Existing outputs with the same names are
-replaced; no other file is ever deleted.
+never leaves a half-written file under a final name; the JSON is written last, so an image whose JSON
+exists is complete. Files textsam writes carry a mark (the PNG text chunk ``Software: textsam``, the
+JSON key ``"textsam"``): only marked files are ever replaced or removed (:func:`foreign_outputs` finds
+the user's files that a run would replace, so the CLI can refuse before writing anything), and masks
+left over from an earlier result with more masks are removed once the new JSON is in place.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
-from collections.abc import Callable
+import re
+import secrets
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -27,7 +31,10 @@ import numpy as np
 from . import rle
 from .errors import InputError
 
-__all__ = ["MaskResult", "write_results", "mask_box_xyxy", "atomic_write"]
+__all__ = ["MaskResult", "write_results", "mask_box_xyxy", "atomic_write", "is_own_output", "foreign_outputs",
+           "remove_leftovers", "read_own_json"]
+
+MARK_KEY, MARK_VALUE = "Software", "textsam"  # the PNG text chunk of every PNG textsam writes
 
 
 def mask_box_xyxy(mask: np.ndarray) -> list[float]:
@@ -75,9 +82,11 @@ class MaskResult:
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write(file)`` on a temporary file next to ``path``, then rename it to ``path``."""
+    """Call ``write(file)`` on a temporary file next to ``path`` (``.<name>.<hex>.tmp``), then rename it
+    to ``path``. The file gets the usual permissions (``0o666`` less the umask)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -93,9 +102,71 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
 
 
 def _save_png(path: Path, image: Any) -> None:
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text(MARK_KEY, MARK_VALUE)
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
+    image.save(buf, format="PNG", pnginfo=info)
     atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def read_own_json(path: Path) -> dict | None:
+    """The JSON document at ``path`` when textsam wrote it (it has the ``"textsam"`` key), else None."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and isinstance(doc.get("textsam"), dict) else None
+
+
+def is_own_output(path: Path) -> bool:
+    """Whether ``path`` is a file textsam wrote (a marked PNG or JSON)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    if path.suffix.lower() == ".json":
+        return read_own_json(path) is not None
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return im.format == "PNG" and im.info.get(MARK_KEY) == MARK_VALUE
+    except Exception:  # noqa: BLE001 - anything unreadable is not ours
+        return False
+
+
+def _output_names(stem: str) -> re.Pattern[str]:
+    return re.compile(re.escape(stem) + r"(\.json|_overlay\.png|_mask\d+\.png)")
+
+
+def foreign_outputs(out_dir: Path, stems: Iterable[str]) -> list[Path]:
+    """Files in ``out_dir`` that results for ``stems`` would replace but that textsam did not write."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    names = {p.name: p for p in out_dir.iterdir()}
+    found = []
+    for stem in stems:
+        pattern = _output_names(stem)
+        for name, path in names.items():
+            if pattern.fullmatch(name) and not is_own_output(path):
+                found.append(path)
+    return sorted(set(found))
+
+
+def remove_leftovers(out_dir: Path, stems: Iterable[str]) -> list[Path]:
+    """Remove the temporary files (``.<name>.<hex>.tmp``) that an interrupted run left for ``stems``."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    patterns = [re.compile(r"\." + _output_names(stem).pattern + r"\.[0-9a-f]{8}\.tmp") for stem in stems]
+    removed = []
+    for path in out_dir.iterdir():
+        if path.name.startswith(".") and path.name.endswith(".tmp") and any(p.fullmatch(path.name) for p in patterns):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def _jsonable(value: Any) -> Any:
@@ -128,8 +199,12 @@ def write_results(
     *,
     prompt: dict,
     source: str | None = None,
+    request: str | None = None,
 ) -> dict:
     """Write masks, an overlay and a JSON for one image; return the JSON dict.
+
+    Only files textsam wrote are replaced (callers check :func:`foreign_outputs` first); masks
+    ``<stem>_mask<j>.png`` of an earlier result with more masks are removed after the JSON is written.
 
     Args:
         out_dir: folder to write into (created if missing).
@@ -139,9 +214,12 @@ def write_results(
         prompt: what was asked, stored as is in the JSON (numpy values are converted). Clicks given
             as ``point_coords`` / ``point_labels`` are drawn on the overlay.
         source: optional path of the input image, stored as ``image.file``.
+        request: optional fingerprint of what produced the result (the CLI's resume key), stored as
+            ``textsam.request``.
 
     Returns:
-        ``{"image": {"file", "height", "width"}, "prompt": prompt, "overlay": "<stem>_overlay.png",
+        ``{"textsam": {"version", "request"}, "image": {"file", "height", "width"}, "prompt": prompt,
+        "overlay": "<stem>_overlay.png",
         "results": [{"label", "score", "box_xyxy", "bbox_xywh", "area", "segmentation", "mask_file"}]}``
         where ``segmentation`` is a COCO RLE with ``counts`` as a str (``pycocotools.mask.decode``
         reads it back once ``counts`` is encoded to bytes).
@@ -188,7 +266,10 @@ def write_results(
     overlay_name = f"{stem}_overlay.png"
     _save_png(out_dir / overlay_name, Image.fromarray(drawn))
 
+    from . import __version__
+
     doc = {
+        "textsam": {"version": __version__, "request": request},
         "image": {"file": source, "height": h, "width": w},
         "prompt": prompt,
         "overlay": overlay_name,
@@ -196,4 +277,14 @@ def write_results(
     }
     text = json.dumps(doc, indent=2, default=_jsonable)
     atomic_write(out_dir / f"{stem}.json", lambda f: f.write(text.encode("utf-8")))
+    _remove_stale_masks(out_dir, stem, len(results))
     return json.loads(text)
+
+
+def _remove_stale_masks(out_dir: Path, stem: str, count: int) -> None:
+    """Remove textsam's own ``<stem>_mask<j>.png`` with ``j >= count`` (left by an earlier, larger result)."""
+    pattern = re.compile(re.escape(stem) + r"_mask(\d+)\.png")
+    for path in out_dir.iterdir():
+        found = pattern.fullmatch(path.name)
+        if found and int(found.group(1)) >= count and is_own_output(path):
+            path.unlink(missing_ok=True)

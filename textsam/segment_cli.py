@@ -8,7 +8,10 @@ the command runs. It is a thin client of the public API: ``textsam.create_model`
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import InputError, TextSamError
+from .factory import check_device
 
 if TYPE_CHECKING:
     from .results import MaskResult
@@ -31,9 +35,14 @@ __all__ = ["run_segment", "collect_images", "prediction_to_results", "IMAGE_SUFF
 def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
     """Image files named in ``inputs``, folders expanded (not recursively) to their images, sorted.
 
+    A folder's files that textsam wrote itself (masks and overlays of an earlier run) are not images to
+    segment; files named explicitly always are.
+
     Raises:
         InputError: listing every input that does not exist, or when no image is found at all.
     """
+    from .results import is_own_output
+
     missing = [str(p) for p in inputs if not Path(p).exists()]
     if missing:
         listed = "\n  ".join(missing)
@@ -43,7 +52,8 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.iterdir()
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not is_own_output(p))
             if not found:
                 logger.warning("no images (%s) in folder %s", ", ".join(IMAGE_SUFFIXES), path)
         else:
@@ -151,52 +161,184 @@ def _build_predictor(args: argparse.Namespace) -> Any:
     return textsam.TextSamPredictor(create_model_from_args(args))
 
 
+EXAMPLES = Path(__file__).resolve().parent / "examples"
+
+
+def example_images() -> list[Path]:
+    """The example image(s) shipped inside the package (``textsam segment --example``)."""
+    return sorted(EXAMPLES.glob("*.png"))
+
+
+def prepare_output_dir(out_dir: Path) -> None:
+    """Create ``out_dir`` and prove it is writable before any model is loaded (InputError otherwise)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"the output path {out_dir} is a file: give a folder with -o (it is created if missing)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".textsam-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise InputError(f"cannot write to the output folder {out_dir} ({reason}): give a folder you can "
+                         "write to with -o") from None
+
+
+def _file_digest(path: Path) -> str | None:
+    """sha256 of a regular file's bytes (None for anything else: it will fail later with a clear message)."""
+    try:
+        if not path.is_file():
+            return None
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+    except OSError:
+        return None
+
+
+def _model_key(args: argparse.Namespace) -> dict[str, Any]:
+    """What names the model in a request (a checkpoint or head file is named by path, size and mtime)."""
+    def file_key(value: Any) -> Any:
+        if value is None:
+            return None
+        p = Path(value)
+        st = p.stat() if p.is_file() else None
+        return [str(p), st.st_size if st else None, st.st_mtime_ns if st else None]
+
+    return {"model": args.model, "checkpoint": file_key(args.checkpoint), "clip": getattr(args, "clip", None),
+            "text_head": file_key(getattr(args, "text_head", None))}
+
+
+def request_key(prompt: dict, model_key: dict, source_digest: str | None) -> str | None:
+    """A fingerprint of one image's request: the prompt, the model and the image's bytes (None: unknown)."""
+    from . import __version__
+
+    if source_digest is None:
+        return None
+    blob = json.dumps({"prompt": prompt, "model": model_key, "image": source_digest, "version": __version__},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def is_finished(out_dir: Path, stem: str, request: str | None) -> bool:
+    """Whether ``out_dir`` already holds this image's complete result for the same request."""
+    from .results import read_own_json
+
+    if request is None:
+        return False
+    doc = read_own_json(out_dir / f"{stem}.json")
+    if doc is None or doc["textsam"].get("request") != request:
+        return False
+    files = [doc.get("overlay")] + [r.get("mask_file") for r in doc.get("results", [])]
+    return all(isinstance(f, str) and (out_dir / f).is_file() for f in files)
+
+
+def _located_click(prediction: Any) -> list[float] | None:
+    """The text head's click (x, y image pixels) when the prediction reports one (single-object requests)."""
+    prompts = (getattr(prediction, "info", None) or {}).get("prompts")
+    located = prompts.get("located") if isinstance(prompts, dict) else None
+    return None if located is None else [float(v) for v in located]
+
+
 def run_segment(args: argparse.Namespace) -> int:
-    """Run ``textsam segment``; return 0, or 1 when any image failed (the others are still written)."""
+    """Run ``textsam segment``.
+
+    Returns 0 when every image was segmented; 2 when some inputs could not be read (each is listed, the
+    others are written); 1 after an unexpected error on some image; 130 when interrupted (finished images
+    are kept: the same command again finishes the rest). Images whose complete result for the same request
+    is already in the output folder are skipped, so a rerun resumes. Files of the user's in the output
+    folder are never replaced: the run stops before writing anything if a result would replace one.
+    """
     from tqdm import tqdm
 
-    from .results import write_results
+    from .results import foreign_outputs, remove_leftovers, write_results
     from .transforms import load_image
 
     prompt = _prompt(args)
-    images = collect_images(args.inputs)  # missing inputs fail here, before the model is built
+    inputs = list(args.inputs) + (example_images() if getattr(args, "example", False) else [])
+    if not inputs:
+        raise InputError("give the images or folders to segment (or --example for the bundled example image).")
+    if args.model is None:
+        args.model = "shapes_tiny" if getattr(args, "example", False) else "sam_vit_b"
+    out_dir = Path(args.output)
+    check_device(getattr(args, "device", None))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"the output path {out_dir} is a file: give a folder with -o (it is created if missing)")
+    images = collect_images(inputs)  # missing inputs fail here, before the model is built
+    prepare_output_dir(out_dir)
     stems = _stems(images)
+    foreign = foreign_outputs(out_dir, stems)
+    if foreign:
+        shown = ", ".join(p.name for p in foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise InputError(f"{out_dir} holds files that textsam did not write and the results would replace "
+                         f"({shown}): give another output folder with -o (nothing was written)")
+    remove_leftovers(out_dir, stems)
+    model_key = _model_key(args)
+    todo = []
+    for path, stem in zip(images, stems):
+        request = request_key(prompt, model_key, _file_digest(path))
+        if not is_finished(out_dir, stem, request):
+            todo.append((path, stem, request))
+    done_before = len(images) - len(todo)
+    if done_before:
+        print(f"{done_before} of {len(images)} image(s) already done in {out_dir} (same request): skipped",
+              file=sys.stderr)
+    if not todo:
+        return 0
     predictor = _build_predictor(args)
     kwargs = _predict_kwargs(prompt)
-    out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
+    skipped: list[tuple[Path, str]] = []
     failed: list[tuple[Path, str]] = []
     written = 0
-    bar = tqdm(
-        list(zip(images, stems)), desc="segment", unit="img", disable=bool(args.no_progress), file=sys.stderr,
-    )
-    for path, stem in bar:
-        try:
-            image = load_image(path)
-            predictor.set_image(image)
-            prediction = predictor.predict(**kwargs)
-            results = prediction_to_results(
-                prediction, label=prompt["text"] or "", multimask=prompt["multimask"],
-                all_instances=prompt["instances"] is not None,
-            )
-        except (TextSamError, OSError) as err:
-            logger.warning("skipping %s: %s", path, err)
-            failed.append((path, str(err)))
-            continue
-        asked = dict(prompt)
-        located = (getattr(prediction, "info", None) or {}).get("prompts", {}).get("located")
-        if located is not None:  # the text head's locator clicked here (x, y in image pixels)
-            asked["located_click"] = [float(v) for v in located]
-        write_results(out_dir, stem, image, results, prompt=asked, source=str(path))
-        written += 1
-        logger.info("%s: %d mask(s) -> %s", path, len(results), out_dir / f"{stem}.json")
+    bar = tqdm(todo, desc="segment", unit="img", disable=bool(args.no_progress), file=sys.stderr)
+    try:
+        for path, stem, request in bar:
+            try:
+                image = load_image(path)
+                predictor.set_image(image)
+                prediction = predictor.predict(**kwargs)
+                results = prediction_to_results(
+                    prediction, label=prompt["text"] or "", multimask=prompt["multimask"],
+                    all_instances=prompt["instances"] is not None,
+                )
+            except (TextSamError, OSError) as err:
+                skipped.append((path, str(err)))
+                tqdm.write(f"textsam: skipped {path}: {err}", file=sys.stderr)
+                continue
+            except Exception as err:  # noqa: BLE001 - reported per image; the other images go on
+                logger.debug("unexpected error on %s", path, exc_info=True)
+                failed.append((path, f"{type(err).__name__}: {err}"))
+                tqdm.write(f"textsam: failed on {path}: unexpected {type(err).__name__}: {err}", file=sys.stderr)
+                continue
+            asked = dict(prompt)
+            located = _located_click(prediction)
+            if located is not None:  # the text head's locator clicked here (x, y in image pixels)
+                asked["located_click"] = located
+            try:
+                write_results(out_dir, stem, image, results, prompt=asked, source=str(path), request=request)
+            except OSError as err:
+                raise InputError(f"cannot write the results of {path} to {out_dir} ({err.strerror or err}): "
+                                 f"free some space or give another folder with -o; {written} image(s) were "
+                                 "written, run the same command again to finish") from None
+            written += 1
+            logger.info("%s: %d mask(s) -> %s", path, len(results), out_dir / f"{stem}.json")
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"textsam: interrupted: {done_before + written} of {len(images)} image(s) are done in {out_dir}; "
+              "run the same command again to finish the rest", file=sys.stderr)
+        return 130
     bar.close()
 
-    print(f"wrote results for {written} of {len(images)} image(s) to {out_dir}", file=sys.stderr)
+    total = done_before + written
+    print(f"wrote results for {total} of {len(images)} image(s) to {out_dir}", file=sys.stderr)
     if failed:
-        print(f"{len(failed)} image(s) failed:", file=sys.stderr)
-        for path, reason in failed:
-            print(f"  {path}: {reason}", file=sys.stderr)
+        print(f"textsam: error: unexpected errors on {len(failed)} image(s) (listed above; run with -v for "
+              "details and report them)", file=sys.stderr)
         return 1
+    if skipped:
+        print(f"textsam: error: {len(skipped)} of {len(images)} image(s) could not be read (listed above); the "
+              f"other {total} are in {out_dir}", file=sys.stderr)
+        return 2
     return 0

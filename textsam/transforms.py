@@ -9,6 +9,9 @@ Frames used throughout textsam:
 from __future__ import annotations
 
 import io
+import re
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -40,21 +43,15 @@ def load_image(
             raise InputError(f"image file not found: {path}. Check the path.")
         if path.is_dir():
             raise InputError(f"{path} is a folder, not an image file.")
-        try:
-            with Image.open(path) as im:
-                im.load()
-                return _pil_to_rgb(im, max_pixels, str(path))
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-            raise InputError(
-                f"cannot read {path} as an image ({err}). Give a JPEG, PNG, TIFF, BMP or WebP file."
-            ) from err
+        if not path.is_file():  # a FIFO, socket or device would block or never end
+            raise InputError(f"{path} is not a regular file (a pipe or a device?): give an image file.")
+        if path.stat().st_size == 0:
+            raise InputError(f"{path} is empty (0 bytes): the file was not written completely. Give an image file.")
+        return _decode(lambda: Image.open(path), max_pixels, str(path), readable_hint=True)
     if isinstance(source, bytes):
-        try:
-            with Image.open(io.BytesIO(source)) as im:
-                im.load()
-                return _pil_to_rgb(im, max_pixels, "the uploaded data")
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-            raise InputError(f"the data is not a readable image ({err}).") from err
+        if not source:
+            raise InputError("the data is empty (0 bytes): give the bytes of an image file.")
+        return _decode(lambda: Image.open(io.BytesIO(source)), max_pixels, "the uploaded data")
     if isinstance(source, Image.Image):
         return _pil_to_rgb(source, max_pixels, "the PIL image")
     if isinstance(source, np.ndarray):
@@ -62,6 +59,33 @@ def load_image(
     raise InputError(
         f"unsupported image type {type(source).__name__}: give an HxWx3 uint8 RGB array, a PIL image or a path."
     )
+
+
+def _decode(opener: Callable[[], Image.Image], max_pixels: int | None, what: str, *,
+            readable_hint: bool = False) -> np.ndarray:
+    """Open an encoded image, check its size from the header (before any pixel is decoded), then decode
+    it to RGB. PIL's own decompression-bomb checks are replaced by ``max_pixels``."""
+    hint = " Give a JPEG, PNG, TIFF, BMP or WebP file." if readable_hint else ""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with opener() as im:  # reads the header only
+                _check_size(im.height, im.width, max_pixels, what)
+                im.load()
+                return _pil_to_rgb(im, max_pixels, what)
+    except InputError:
+        raise
+    except PermissionError:
+        raise InputError(f"cannot read {what}: permission denied. Check the file's permissions.") from None
+    except Image.DecompressionBombError as err:
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        size = f" ({int(found.group(1)) / 1e6:.0f} megapixels)" if found else ""
+        raise InputError(f"{what} claims a size far beyond any photo{size}: it was not decoded (a decompression "
+                         "bomb?). Downscale it, or give another image.") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
+        if readable_hint:
+            raise InputError(f"cannot read {what} as an image ({err}).{hint}") from None
+        raise InputError(f"{what} is not a readable image ({err}).") from None
 
 
 def _check_size(h: int, w: int, max_pixels: int | None, what: str) -> None:
