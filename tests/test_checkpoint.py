@@ -346,6 +346,65 @@ def test_read_non_checkpoint_pickles(tmp_path: Path) -> None:
         read_state_dict(tmp_path / "objzip.pth")
 
 
+class _MakesMarker:
+    """Unpickling this would create a folder: a checkpoint must never be able to run code."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):  # noqa: D105
+        import os
+
+        return (os.mkdir, (self.path,))
+
+
+def test_random_bytes_are_not_called_pickled_objects(tmp_path: Path) -> None:
+    path = tmp_path / "weights.pth"
+    path.write_bytes(bytes(range(256)) * 16)  # starts with 0x00: no zip, no pickle
+    with pytest.raises(WeightsError) as info:
+        read_state_dict(path)
+    msg = str(info.value)
+    assert "neither a zip archive nor a pickle" in msg and "weights.pth" in msg
+    assert "python objects" not in msg.lower() and "pickled" not in msg.lower()
+
+
+def test_html_page_never_suggests_weights_only_false(tmp_path: Path) -> None:
+    path = tmp_path / "sam_vit_b_01ec64.pth"
+    path.write_text("<!DOCTYPE html><html><head><title>Sign in</title></head><body>login</body></html>\n")
+    with pytest.raises(WeightsError) as info:
+        read_state_dict(path)
+    msg = str(info.value)
+    assert "HTML" in msg and "download it again" in msg
+    assert "weights_only" not in msg and "weights only" not in msg.lower() and "\n" not in msg
+    import traceback
+
+    shown = "".join(traceback.format_exception(info.value))  # what `textsam -v` would print
+    assert "set to `False`" not in shown  # torch's advice is not chained in either
+
+
+@pytest.mark.parametrize("how", ["zip", "legacy", "pickle4"])
+def test_a_pickle_that_would_run_code_is_refused_unrun(tmp_path: Path, how: str) -> None:
+    marker, path = tmp_path / "ran", tmp_path / "evil.pth"
+    if how == "pickle4":
+        path.write_bytes(pickle.dumps({"w": _MakesMarker(marker)}, protocol=4))
+    else:
+        torch.save({"w": torch.zeros(2), "x": _MakesMarker(marker)}, path,
+                   _use_new_zipfile_serialization=how == "zip")
+    with pytest.raises(WeightsError, match=r"Python objects besides tensors \(it references posix\.mkdir") as info:
+        read_state_dict(path)
+    assert not marker.exists(), "loading the checkpoint ran code"
+    assert "weights_only" not in str(info.value)
+
+
+def test_legacy_and_misnamed_safetensors_files_load(tmp_path: Path, small_sd: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    torch.save(small_sd, tmp_path / "old.pth", _use_new_zipfile_serialization=False)
+    _assert_same(read_state_dict(tmp_path / "old.pth"), small_sd)
+    save_file(small_sd, str(tmp_path / "really_safetensors.pth"))
+    _assert_same(read_state_dict(tmp_path / "really_safetensors.pth"), small_sd)
+
+
 # ------------------------------------------------------------------------------------- formats, guesses
 
 
@@ -404,6 +463,7 @@ def test_load_into_reports_mismatches(official: nn.Module) -> None:
     assert "1 unexpected keys" in msg and "mask_decoder.hf_token.weight" in msg
     assert "image_encoder.pos_embed: model [1, 16, 16, 64] vs file [1, 8, 8, 64]" in msg
     assert "SAM-HQ" in msg
+    assert "\n" not in msg  # the CLI prints it as one line
 
     # non-strict: missing/unexpected are tolerated, shapes are not
     with pytest.raises(CheckpointMismatchError, match="shape mismatches"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import pickle
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -53,31 +54,47 @@ _HF_MARKERS = (
 )
 _TEXT_HEAD_PREFIX = "text_projector."
 _MAX_LISTED = 20
+_MAX_LISTED_IN_MESSAGE = 8  # an error message is one line: fewer keys
 
 
 # --------------------------------------------------------------------------------------------- reading
 
 
+def _head(path: Path, n: int = 64) -> tuple[int, bytes]:
+    """Size and first ``n`` bytes of a file."""
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        return size, fh.read(n)
+
+
 def _describe_file(path: Path) -> str:
     """A short human description of what an unreadable file seems to be."""
     try:
-        size = path.stat().st_size
-        with path.open("rb") as fh:
-            head = fh.read(64)
+        size, head = _head(path)
     except OSError as exc:  # pragma: no cover - races with deletion etc.
-        return f"Could not inspect it ({exc})"
+        return f"Could not inspect it ({exc.strerror or exc})"
     if size == 0:
         return "The file is empty (0 bytes)"
     if head.startswith(b"version https://git-lfs"):
         return f"It is a Git LFS pointer ({size} bytes), not the weights themselves"
     if head.lstrip().lower().startswith((b"<!doctype", b"<html", b"<?xml")):
         return f"It is an HTML/XML page ({size} bytes), probably an error page saved instead of the weights"
+    if _kind(head) == "unknown":
+        return (f"Its {size:,} bytes are neither a zip archive nor a pickle (the two torch.save formats) nor "
+                "safetensors: it is not a weights file, or a badly corrupted one")
     return f"It is {size:,} bytes long and is probably truncated or corrupt (an interrupted download?)"
 
 
-def _is_not_weights(path: Path) -> bool:
-    """True for files that are clearly not weights at all (empty, LFS pointer, web page)."""
-    return "truncated or corrupt" not in _describe_file(path)
+def _kind(head: bytes) -> str:
+    """``"zip"`` (torch.save since 1.6), ``"pickle"`` (legacy torch.save, protocol 2+), ``"safetensors"``
+    (an 8-byte little-endian header length, then the JSON header) or ``"unknown"``, from the first bytes."""
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"
+    if len(head) >= 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100_000_000:
+        return "safetensors"
+    return "unknown"
 
 
 def _resolve_path(path: str | Path) -> Path:
@@ -98,32 +115,94 @@ def _resolve_path(path: str | Path) -> Path:
     return p
 
 
-def _load_raw(p: Path) -> object:
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
+_GLOBAL = re.compile(r"GLOBAL\s+([\w.]+)")
 
-        try:
-            return load_file(str(p), device="cpu")
-        except Exception as exc:  # SafetensorError, OSError, ...
-            raise WeightsError(
-                f"cannot read {p} as a safetensors file: {exc}. {_describe_file(p)}. {_FIX_HINT}"
-            ) from exc
+
+def _torch_reason(exc: BaseException) -> str:
+    """The first sentence of torch's error, or ``""`` when it is empty or gives advice textsam must not pass
+    on (torch suggests ``weights_only=False``, which would run whatever code the file holds)."""
+    text = " ".join(str(exc).split())
+    first = text.split(". ")[0].rstrip(".")
+    if not first or "weights_only" in first or "weights only" in first.lower():
+        return ""
+    return f" ({first[:200]})"
+
+
+def _unreadable(p: Path, exc: BaseException) -> WeightsError:
+    return WeightsError(f"cannot read {p} as a PyTorch checkpoint{_torch_reason(exc)}. {_describe_file(p)}. {_FIX_HINT}")
+
+
+def _load_safetensors(p: Path) -> object:
+    from safetensors.torch import load_file
+
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        return load_file(str(p), device="cpu")
+    except Exception as exc:  # SafetensorError, OSError, ...
+        raise WeightsError(
+            f"cannot read {p} as a safetensors file{_torch_reason(exc)}. {_describe_file(p)}. {_FIX_HINT}"
+        ) from exc
+
+
+# what torch.save itself writes into a pickle of tensors: skipped when looking for the offending global
+_TORCH_OWN_GLOBALS = frozenset({"collections.OrderedDict", "_codecs.encode", "builtins.set", "builtins.frozenset",
+                                "builtins.slice", "builtins.bytearray", "builtins.complex"})
+
+
+def _foreign_globals(p: Path, max_pickles: int = 4) -> str | None:
+    """The first class or function a (legacy torch.save or plain) pickle file names outside torch's own
+    tensor-rebuilding ones, found by reading its opcodes (nothing is unpickled or run); None if none."""
+    import pickletools
+
+    strings: list[str] = []
+    try:
+        with p.open("rb") as fh:
+            for _ in range(max_pickles):
+                for op, arg, _pos in pickletools.genops(fh):
+                    if isinstance(arg, str):
+                        strings = [*strings[-1:], arg]
+                    name = None
+                    if op.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                        name = arg.replace(" ", ".")
+                    elif op.name == "STACK_GLOBAL" and len(strings) == 2:
+                        name = ".".join(strings)
+                    if name and not name.startswith("torch.") and name not in _TORCH_OWN_GLOBALS:
+                        return name
+    except Exception:  # noqa: BLE001 - a corrupt stream: no (more) globals to report
+        return None
+    return None
+
+
+def _load_raw(p: Path) -> object:
+    """The object in a checkpoint file: safetensors, or ``torch.load(weights_only=True)`` (tensors and plain
+    containers only; nothing in the file is executed). Every failure is a :class:`WeightsError` that says
+    what the file looks like and what to do; it never repeats torch's advice to load with
+    ``weights_only=False``."""
+    try:
+        size, head = _head(p)
+    except OSError as exc:
+        raise WeightsError(f"cannot read {p}: {exc.strerror or exc}. Check the file's permissions.") from exc
+    kind = _kind(head)
+    if p.suffix == ".safetensors" or kind == "safetensors":
+        return _load_safetensors(p)
+    if kind == "unknown":  # empty, a web page, random bytes: torch's own message would only confuse
+        raise WeightsError(f"cannot read {p} as a PyTorch checkpoint. {_describe_file(p)}. {_FIX_HINT}")
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise for a file we refuse anyway
+            warnings.simplefilter("ignore")
+            return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower() and not _is_not_weights(p):
+        found = _GLOBAL.search(str(exc))
+        name = found.group(1) if found else (_foreign_globals(p) if kind == "pickle" else None)
+        if name:
             raise WeightsError(
-                f"{p} holds Python objects besides tensors (a pickled model or training state?), which "
-                "textsam does not unpickle for safety. Load it in trusted code and re-save the weights "
-                "with torch.save(model.state_dict(), path), or use the official checkpoint file."
-            ) from exc
-        raise WeightsError(
-            f"cannot read {p} as a PyTorch checkpoint: {exc}. {_describe_file(p)}. {_FIX_HINT}"
-        ) from exc
+                f"{p} holds Python objects besides tensors (it references {name}: a pickled model, "
+                "training state, or code), which textsam does not unpickle for safety. If the file is yours, "
+                "load it in trusted code and re-save the weights with torch.save(model.state_dict(), path); "
+                "otherwise use the official checkpoint file."
+            ) from None
+        raise _unreadable(p, exc) from None
     except Exception as exc:  # RuntimeError (zip archive), EOFError, ...
-        raise WeightsError(
-            f"cannot read {p} as a PyTorch checkpoint: {exc}. {_describe_file(p)}. {_FIX_HINT}"
-        ) from exc
+        raise _unreadable(p, exc) from None
 
 
 def _strip_prefix(key: str) -> str:
@@ -440,38 +519,31 @@ def _mismatch_message(
     shape_mismatch: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
     strict: bool,
 ) -> str:
-    lines = [
-        f"the checkpoint does not fit {type(module).__name__}" + (" (strict load)" if strict else "") + ":"
-    ]
+    """One line: what does not fit (counts and the first keys of each kind), then which model the file
+    seems to belong to and what to do."""
+    limit = _MAX_LISTED_IN_MESSAGE
+    parts = []
     if missing:
-        lines.append(f"  {len(missing)} missing keys (in the model, not in the file): {_short_list(missing)}")
+        parts.append(f"{len(missing)} missing keys (in the model, not in the file): {_short_list(missing, limit)}")
     if unexpected:
-        lines.append(
-            f"  {len(unexpected)} unexpected keys (in the file, not in the model): {_short_list(unexpected)}"
+        parts.append(
+            f"{len(unexpected)} unexpected keys (in the file, not in the model): {_short_list(unexpected, limit)}"
         )
     if shape_mismatch:
-        shown = "; ".join(
-            f"{k}: model {list(a)} vs file {list(b)}" for k, a, b in shape_mismatch[:_MAX_LISTED]
-        )
-        more = (
-            f"; ... ({len(shape_mismatch) - _MAX_LISTED} more)" if len(shape_mismatch) > _MAX_LISTED else ""
-        )
-        lines.append(f"  {len(shape_mismatch)} shape mismatches: {shown}{more}")
+        shown = "; ".join(f"{k}: model {list(a)} vs file {list(b)}" for k, a, b in shape_mismatch[:limit])
+        more = f"; ... ({len(shape_mismatch) - limit} more)" if len(shape_mismatch) > limit else ""
+        parts.append(f"{len(shape_mismatch)} shape mismatches: {shown}{more}")
+    head = f"the checkpoint does not fit {type(module).__name__}" + (" (strict load)" if strict else "")
     file_guess = guess_model_name(sd)
     model_guess = guess_model_name(module.state_dict())
     if file_guess and file_guess != model_guess:
         target = f" but the model was built as {model_guess}" if model_guess else ""
-        lines.append(
-            f"The file looks like {file_guess}{target}: create the model with "
-            f"create_model({file_guess!r}, checkpoint=...)."
-        )
+        hint = (f"The file looks like {file_guess}{target}: use --model {file_guess} "
+                f"(create_model({file_guess!r}, checkpoint=...)).")
     elif file_guess:
-        lines.append(
-            f"The file looks like {file_guess}, like the model; it may be a modified or partial copy."
-        )
+        hint = f"The file looks like {file_guess}, like the model; it may be a modified or partial copy."
     elif sd and all(k.startswith(_TEXT_HEAD_PREFIX) for k in sd):
-        lines.append("The file holds only a textsam text head (text_projector.*), not SAM weights.")
+        hint = "The file holds only a textsam text head (text_projector.*), not SAM weights."
     else:
-        hint = _foreign_hint(list(sd))
-        lines.append(hint.strip() or "The file matches none of textsam's models.")
-    return "\n".join(lines)
+        hint = _foreign_hint(list(sd)).strip() or "The file matches none of textsam's models."
+    return f"{head}: {'; '.join(parts)}. {hint}"
