@@ -195,3 +195,31 @@ def test_python_dash_m_and_cheap_import(home: Path) -> None:
     code = "import sys, textsam.cli; bad = {'torch', 'numpy', 'open_clip'} & set(sys.modules); print(sorted(bad))"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=False)
     assert run.returncode == 0 and run.stdout.strip() == "[]", run.stdout + run.stderr
+
+
+def test_unwritable_cache_is_a_user_error(
+    tmp_path: Path, served: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "home_file").write_text("not a folder")
+    monkeypatch.setenv("TEXTSAM_HOME", str(tmp_path / "home_file"))
+    rc = main(["weights", "download", "tiny", "--no-progress"])
+    assert_user_error(rc, capsys.readouterr().err, "cannot write to the weights cache")
+    assert served == []  # nothing was downloaded into nowhere
+    assert (tmp_path / "home_file").read_text() == "not a folder"
+
+
+def test_network_failure_keeps_the_partial_file_and_says_how_to_resume(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class Broken(FakeResponse):
+        def read(self, n: int = -1) -> bytes:
+            if len(self.body) < len(DATA) // 2:
+                raise ConnectionResetError(104, "Connection reset by peer")
+            return super().read(64)
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda request, timeout=None: Broken(DATA))
+    rc = main(["weights", "download", "tiny", "--no-progress"])
+    err = capsys.readouterr().err
+    assert_user_error(rc, err, "Connection reset by peer")
+    assert "running the command again resumes it" in err and str(home / "tiny.pth") in err
+    assert (home / "tiny.pth.part").stat().st_size > 0 and not (home / "tiny.pth").exists()

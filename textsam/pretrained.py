@@ -251,6 +251,14 @@ def verify_file(path: Path, entry: WeightsEntry) -> str:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"Checkpoint file {path} does not exist.")
+    try:
+        return _verify_file(path, entry)
+    except OSError as err:
+        raise WeightsError(f"cannot read checkpoint {path}: {err.strerror or err}. Check its permissions, or "
+                           "delete it and download it again.") from None
+
+
+def _verify_file(path: Path, entry: WeightsEntry) -> str:
     actual_size = path.stat().st_size
     if entry.size is not None and actual_size != entry.size:
         raise WeightsError(
@@ -355,7 +363,7 @@ def resolve_weights(name: str, *, offline: bool | None = None, progress: bool = 
 def download(entry: WeightsEntry, dest: Path, *, progress: bool = True) -> Path:
     """Download ``entry`` to ``dest`` (verified, atomically renamed) and return ``dest``."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    _check_writable(dest)
     if entry.url is not None:
         digest = _download_url(entry, dest, progress=progress)
     elif entry.hf_repo is not None and entry.hf_filename is not None:
@@ -367,12 +375,30 @@ def download(entry: WeightsEntry, dest: Path, *, progress: bool = True) -> Path:
     return dest
 
 
+def _check_writable(dest: Path) -> None:
+    """Create the cache folder and make sure a file can be written in it (before any download starts)."""
+    part = _part_path(dest)
+    existed = part.exists()
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(part, "ab"):
+            pass
+    except OSError as err:
+        raise WeightsError(
+            f"cannot write to the weights cache {dest.parent}: {err.strerror or err}. Set TEXTSAM_HOME to a "
+            "folder you can write to (the checkpoints go into its checkpoints/ subfolder)."
+        ) from None
+    if not existed:
+        part.unlink(missing_ok=True)
+
+
 def _network_error(entry: WeightsEntry, dest: Path, err: BaseException) -> WeightsError:
     part = _part_path(dest)
-    kept = f" The partial file {part} is kept; running again resumes it." if part.exists() else ""
+    has_part = part.is_file() and part.stat().st_size > 0
+    kept = f" The partial file {part} is kept; running the command again resumes it." if has_part else ""
     return WeightsError(
-        f"Downloading {entry.name!r} from {entry.source} failed: {err}.{kept} "
-        f"Or download the file by hand and place it at {dest}."
+        f"Downloading {entry.name!r} from {entry.source} failed: {err}.{kept} Check the network connection and "
+        f"try again, or download the file by hand and place it at {dest} (TEXTSAM_OFFLINE=1 never downloads)."
     )
 
 
