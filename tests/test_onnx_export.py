@@ -197,3 +197,36 @@ def test_onnx_locator_click_matches_the_predictor(tmp_path: Path) -> None:
         want = OnnxPromptDecoder(model, with_text=True)(*base, torch.tensor([0.0]))[0].numpy()
     np.testing.assert_allclose(masks, want, atol=1e-4)
     assert np.abs(masks[0, order] - pred.masks).max() > 1e-3  # the click changed the masks
+
+
+def test_output_path_errors_and_interrupted_exports_leave_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from textsam.errors import InputError
+
+    model = textsam.create_model("shapes_tiny")
+    (tmp_path / "folder.onnx").mkdir()
+    with pytest.raises(InputError, match="is a folder"):
+        export_onnx(model, tmp_path / "folder.onnx")
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="notes.txt is a file, not a folder"):
+        export_onnx(model, tmp_path / "notes.txt" / "decoder.onnx")
+
+    out = tmp_path / "decoder.onnx"
+    old = os.umask(0o022)
+    try:
+        export_onnx(model, out)
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o644
+    before = out.read_bytes()
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        Path(args[2]).write_bytes(b"half a graph")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch.onnx, "export", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        export_onnx(model, out)
+    assert out.read_bytes() == before  # the earlier export is intact, no temporary file is left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["decoder.onnx", "folder.onnx", "notes.txt"]

@@ -33,6 +33,7 @@ locator (candidate masks from a grid of clicks, NMS) is not part of the graph: c
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -190,16 +191,10 @@ def export_onnx(
     opset: int = 17,
 ) -> Path:
     """Write the prompt-encoder + decoder graph of ``model`` to ``out`` (see the module docstring)."""
-    try:
-        import onnx  # noqa: F401  (torch.onnx.export needs it)
-    except ImportError as err:
-        raise InputError("ONNX export needs the onnx package: pip install onnx") from err
-    if opset < 11:
-        raise InputError(f"opset {opset} is too old; use 11 or newer (default 17).")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = check_export(out, opset)
     wrapper = OnnxPromptDecoder(model.float().eval().cpu(), return_single_mask=return_single_mask,
                                 with_text=with_text)
+    tmp = _writable_tmp(out)
     names = input_names(model, with_text)
     proj = model.text_projector
     if with_text and proj is not None and proj.locator is not None and not _cell_locator(model):
@@ -207,7 +202,51 @@ def export_onnx(
     dynamic = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}
     if "text_word_features" in names:
         dynamic.update(text_word_features={1: "num_words"}, text_word_mask={1: "num_words"})
-    tmp = out.with_name(out.name + ".part")
+    try:
+        _export(wrapper, model, tmp, names, dynamic, with_text, opset)
+        os.replace(tmp, out)
+    except OSError as err:
+        raise InputError(f"cannot write {out}: {err.strerror or err}. Choose another -o path.") from None
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed or interrupted export leaves nothing behind
+    logger.info("wrote %s", out)
+    return out
+
+
+def check_export(out: str | Path, opset: int = 17) -> Path:
+    """Check what can be checked before a model is built: the onnx package, the opset, the output path
+    (not a folder, its parent not a file). Returns ``out`` as a Path; :class:`InputError` otherwise."""
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export needs it)
+    except ImportError as err:
+        raise InputError("ONNX export needs the onnx package: pip install onnx") from err
+    if opset < 11:
+        raise InputError(f"opset {opset} is too old; use 11 or newer (default 17).")
+    out = Path(out)
+    if out.is_dir():
+        raise InputError(f"{out} is a folder: give the path of the .onnx file to write, e.g. {out / 'decoder.onnx'}")
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise InputError(f"cannot write {out}: {parent} is a file, not a folder. Choose another -o path.")
+    return out
+
+
+def _writable_tmp(out: Path) -> Path:
+    """The temporary file the graph is written to before it is renamed to ``out``, created now (empty, with
+    the usual permissions) so that a folder, a missing parent or a read-only place is reported at once."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.part")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb"):
+            pass
+    except OSError as err:
+        raise InputError(f"cannot write {out}: {err.strerror or err}. Choose another -o path "
+                         "(a folder you can write to).") from None
+    return tmp
+
+
+def _export(wrapper: nn.Module, model: TextSam, tmp: Path, names: list[str], dynamic: dict, with_text: bool,
+            opset: int) -> None:
     with torch.no_grad(), warnings.catch_warnings():
         # Shape checks become trace-time constants, which is intended here: N is the only dynamic axis and
         # both attention paths are valid for any N. The legacy exporter is chosen on purpose (SAM's own).
@@ -224,6 +263,3 @@ def export_onnx(
             do_constant_folding=True,
             dynamo=False,
         )
-    tmp.replace(out)
-    logger.info("wrote %s", out)
-    return out
