@@ -24,6 +24,10 @@ Phrases (``kind``):
   of a group (>= 2 members, same shape and/or colour) that leads the runner-up by at least 8% of the
   image side, so it is unique by construction.
 
+Everything is written into a hidden ``root/.synth-partial-<pid>/`` folder first and moved into place at
+the end, so an interrupted run leaves no half-written dataset; a root that already holds any of these
+names is refused (nothing is ever replaced).
+
 Splits: ~20% of the (colour, shape) pairs (seeded) are held out; train and val use only seen pairs, test
 only held-out ones. Output is byte-identical for the same arguments (per-image seeds, so also for any
 ``workers``).
@@ -35,6 +39,8 @@ import itertools
 import json
 import logging
 import math
+import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -54,6 +60,7 @@ logger = logging.getLogger(__name__)
 GENERATOR_VERSION = "1.0"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 MIN_VISIBLE = 0.4
+MAX_IMAGE_SIZE = 4096  # pixels per side; larger images take gigabytes per worker
 SPATIAL_MARGIN = 0.08  # fraction of the image side by which a spatial extreme must lead
 
 _DIRECTIONS = {  # name -> (axis, sign, superlative, template for a group of two)
@@ -243,12 +250,55 @@ def generate(
     for name, n in counts_in.items():
         if n < 0:
             raise InputError(f"num_{name} must be >= 0, got {n}.")
-    if image_size < 32:
-        raise InputError(f"image_size must be at least 32 pixels, got {image_size}.")
+    if not sum(counts_in.values()):
+        raise InputError("num_train, num_val and num_test are all 0: there is nothing to write.")
+    if not 32 <= image_size <= MAX_IMAGE_SIZE:
+        raise InputError(f"image_size must be between 32 and {MAX_IMAGE_SIZE} pixels, got {image_size}.")
     if workers < 1:
         raise InputError(f"workers must be >= 1, got {workers}.")
     root = Path(root)
     seen, held = split_pairs(seed, holdout_fraction)
+    _check_root(root)
+    stage = root / f".synth-partial-{os.getpid()}"  # renamed into place only when everything is written
+    made_root = not root.exists()
+    done = False
+    try:
+        stage.mkdir(parents=True)
+        meta = _write(stage, seed, counts_in, image_size, workers, holdout_fraction, seen, held)
+        for name in (*SPLITS, "meta.json"):
+            os.replace(stage / name, root / name)
+        done = True
+    except OSError as err:
+        raise InputError(f"cannot write the synthetic data into {root}: {err.strerror or err}. Choose an --out "
+                         "folder you can write to, with enough free space.") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        if made_root and not done and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()
+    return meta
+
+
+def _check_root(root: Path) -> None:
+    """Refuse a file, or a folder that already holds what :func:`generate` writes (nothing is replaced)."""
+    if root.exists() and not root.is_dir():
+        raise InputError(f"{root} is a file, not a folder: give a new folder for the synthetic data.")
+    taken = [name for name in (*SPLITS, "meta.json") if (root / name).exists()]
+    if taken:
+        raise InputError(f"{root} already holds {', '.join(taken)} (a dataset written before?): choose a new "
+                         "folder, or delete those first. Nothing was changed.")
+
+
+def _write(
+    root: Path,
+    seed: int,
+    counts_in: dict[str, int],
+    image_size: int,
+    workers: int,
+    holdout_fraction: float,
+    seen: list[tuple[str, str]],
+    held: list[tuple[str, str]],
+) -> dict[str, Any]:
+    """The body of :func:`generate`, writing into ``root`` (a fresh folder)."""
     min_pixels = max(12, round(40 * (image_size / 128) ** 2))
     categories = [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(SHAPES)]
     cat_id = {s: i + 1 for i, s in enumerate(SHAPES)}
