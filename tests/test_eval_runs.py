@@ -331,3 +331,87 @@ def test_semseg_layouts_and_label_values(tmp_path) -> None:
     Image.fromarray(np.array([[0, 1, 2]], np.uint8)).save(ade / "annotations" / "x.png")
     ds = SemsegDataset.from_layout("ade20k", ade)
     assert ds.class_names == ["wall", "building"] and ds.load_label("x").tolist() == [[255, 0, 1]]
+
+
+# ------------------------------------------------------------------------------- output folder, files
+@pytest.fixture(scope="module")
+def syn_points(tmp_path_factory) -> Path:
+    from textsam.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("syn_points") / "syn"
+    generate(root, seed=0, num_train=0, num_val=0, num_test=3, image_size=64)
+    return root / "test"
+
+
+def _points(model, data, out, **kw):
+    return _run(model, "points", data, out, limit=kw.pop("limit", 2), clicks=[1], **kw)
+
+
+def test_output_folder_problems_are_refused_and_nothing_changes(model, syn_points, tmp_path) -> None:
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        _points(model, syn_points, tmp_path / "file")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "report.md").write_text("my own report")
+    with pytest.raises(InputError, match="report.md but no run.json"):
+        _points(model, syn_points, foreign)
+    assert sorted(p.name for p in foreign.iterdir()) == ["report.md"]
+    _points(model, syn_points, tmp_path / "run", limit=1)
+    (tmp_path / "run" / "run.json").write_text('{"benchmark": "poi')
+    with pytest.raises(InputError, match="run.json is unreadable"):
+        _points(model, syn_points, tmp_path / "run")
+
+
+def test_a_run_that_stopped_before_its_first_image_does_not_block_the_corrected_command(
+    model, syn_points, tmp_path
+) -> None:
+    bench = build_benchmark("points", syn_points, clicks=[1])
+
+    def broken():
+        raise InputError("cannot read the checkpoint")
+
+    with pytest.raises(InputError, match="checkpoint"):
+        run_benchmark(bench, tmp_path / "out", factory=broken, model_info={"name": "tiny", "checkpoint": "bad.pth"},
+                      progress=False)
+    report = run_benchmark(bench, tmp_path / "out", factory=_factory(model), model_info={"name": "tiny"}, limit=1,
+                           progress=False)
+    assert report["counts"]["images"] == 1
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["model"] == {"name": "tiny"}
+
+
+def test_a_last_line_without_its_newline_is_redone(model, syn_points, tmp_path) -> None:
+    """A kill can cut a results line anywhere, even just before its newline: such a line is not trusted."""
+    out = tmp_path / "out"
+    first = _points(model, syn_points, out)
+    results = out / "results.jsonl"
+    lines = results.read_text().splitlines(keepends=True)
+    results.write_text(lines[0] + lines[1].rstrip("\n"))  # complete JSON, but no newline
+    again = _points(model, syn_points, out)
+    assert again["timing"]["images_resumed_from_earlier_runs"] == 1
+    assert strip_timing(again) == strip_timing(first)
+    assert results.read_text().endswith("\n") and len(results.read_text().splitlines()) == 2
+
+
+def test_outputs_are_renamed_into_place_with_the_usual_permissions(model, syn_points, tmp_path) -> None:
+    old = os.umask(0o022)
+    try:
+        _points(model, syn_points, tmp_path / "out")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()}
+    assert modes == dict.fromkeys(["report.json", "report.md", "results.jsonl", "run.json"], 0o644), modes
+
+
+def test_predictions_that_are_a_folder_or_binary(syn_points, tmp_path) -> None:
+    bench = build_benchmark("points", syn_points, clicks=[1])
+    with pytest.raises(InputError, match="is a folder"):
+        score_predictions(bench, tmp_path, tmp_path / "o")
+    (tmp_path / "p.jsonl").write_bytes(b'{"key": "5"}\n\xff\xfe\x00garbage\n')
+    with pytest.raises(InputError, match="not a UTF-8 text file"):
+        score_predictions(bench, tmp_path / "p.jsonl", tmp_path / "o")
+    key = bench.keys()[0]
+    (tmp_path / "q.jsonl").write_text(json.dumps({"key": key, "masks": [{"best": []}]}))  # no final newline: fine
+    with pytest.raises(InputError, match="needs an integer 'ann_id'"):
+        score_predictions(bench, tmp_path / "q.jsonl", tmp_path / "o")
+    assert not (tmp_path / "o").exists()

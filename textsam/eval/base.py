@@ -86,13 +86,33 @@ class Benchmark(ABC):
 
 
 def read_jsonl(path: Path, *, strict: bool = False) -> list[dict[str, Any]]:
-    """Records of a JSONL file. A truncated last line (a killed run) is skipped with a warning;
-    ``strict`` raises :class:`InputError` for any bad line (a user's predictions file)."""
+    """Records of a JSONL file.
+
+    Without ``strict`` (a run's own results file) a last line without its newline is dropped: a killed
+    run may have cut it anywhere, even right before the newline, so :class:`JsonlWriter` cuts it off and
+    the image is predicted again; other unreadable lines are skipped with a warning. ``strict`` (a user's
+    predictions file) reads a last line without a newline and raises :class:`InputError` for any bad line.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, not a JSONL file")
     if not path.is_file():
         raise InputError(f"file not found: {path}")
     out: list[dict[str, Any]] = []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise InputError(f"cannot read {path}: {err.strerror or err}") from None
+    if not strict and data and not data.endswith(b"\n"):
+        logger.warning("%s: dropping its last line, cut off by an interrupted run (that image is redone)", path)
+        data = data[: data.rfind(b"\n") + 1]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if strict:
+            raise InputError(f"{path} is not a UTF-8 text file of JSON lines ({err.reason} at byte {err.start})") from None
+        text = data.decode("utf-8", errors="replace")
+    lines = text.splitlines()
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -119,17 +139,26 @@ class JsonlWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        if self.path.is_file() and self.path.stat().st_size:
-            data = self.path.read_bytes()
-            if not data.endswith(b"\n"):
-                with open(self.path, "r+b") as f:
-                    f.truncate(data.rfind(b"\n") + 1)
-        self._f = open(self.path, "a", encoding="utf-8")
+        try:
+            if self.path.is_file() and self.path.stat().st_size:
+                data = self.path.read_bytes()
+                if not data.endswith(b"\n"):
+                    with open(self.path, "r+b") as f:
+                        f.truncate(data.rfind(b"\n") + 1)
+            self._f = open(self.path, "ab")
+        except OSError as err:
+            raise InputError(f"cannot write {self.path}: {err.strerror or err}. Use an --out folder you can "
+                             "write to.") from None
 
     def write(self, record: dict[str, Any]) -> None:
-        self._f.write(json.dumps(record, sort_keys=True) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
+        try:
+            self._f.write(line)
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as err:
+            raise InputError(f"cannot write {self.path}: {err.strerror or err}. Free some space (or fix the "
+                             "folder) and run the same command again: finished images are kept.") from None
 
     def close(self) -> None:
         self._f.close()

@@ -80,6 +80,10 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.predictions is not None:
         report = score_predictions(benchmark, args.predictions, out, limit=args.limit)
     else:
+        from ..factory import check_device, get_config
+
+        get_config(args.model)  # an unknown name or device fails before any output is written
+        check_device(args.device)
         model_info = {
             "name": args.model,
             "checkpoint": None if args.checkpoint is None else str(args.checkpoint),
@@ -88,8 +92,13 @@ def run_eval(args: argparse.Namespace) -> int:
         }
         factory = predictor_factory(args.model, checkpoint=args.checkpoint, clip=args.clip,
                                     text_head=args.text_head, device=args.device, templates=templates)
-        report = run_benchmark(benchmark, out, factory=factory, model_info=model_info, limit=args.limit,
-                               progress=not args.no_progress)
+        try:
+            report = run_benchmark(benchmark, out, factory=factory, model_info=model_info, limit=args.limit,
+                                   progress=not args.no_progress)
+        except KeyboardInterrupt:
+            print(f"stopped: the images finished so far are kept in {out}; run the same command again to "
+                  "resume", file=sys.stderr)
+            raise
     if report is not None:  # rank 0 (or a single process)
         _print_summary(report, out)
     return 0

@@ -117,7 +117,11 @@ class PointsBenchmark(Benchmark):
             if rec is not None:
                 if not isinstance(rec.get("masks"), list):
                     raise InputError(f"record of image {key} has no 'masks' list")
-                preds = {int(m["ann_id"]): m for m in rec["masks"]}
+                try:
+                    preds = {int(m["ann_id"]): m for m in rec["masks"]}
+                except (KeyError, TypeError, ValueError) as err:
+                    raise InputError(f"record of image {key}: each entry of 'masks' needs an integer 'ann_id' "
+                                     f"({type(err).__name__}: {err})") from None
             for ann_id in self._anns.get(int(key), []):
                 gt = self.dataset.mask(ann_id)
                 if not gt.any():

@@ -12,9 +12,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
 from .base import Scores
 
-__all__ = ["build_report", "write_report", "render_markdown", "strip_timing"]
+__all__ = ["build_report", "write_report", "render_markdown", "strip_timing", "atomic_write_text"]
 
 TIMING_HEADER = "## Timing"
 
@@ -38,19 +39,36 @@ def strip_timing(report: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in report.items() if k != "timing"}
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder (flushed to disk, then
+    renamed), so ``path`` is never half written; the file gets the usual permissions (umask).
+    An OSError becomes an :class:`InputError` naming the file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        raise InputError(f"cannot write {path}: {err.strerror or err}. Use an --out folder you can write to "
+                         "(with free space).") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_report(out_dir: Path, report: dict[str, Any]) -> tuple[Path, Path]:
     """Write ``report.json`` and ``report.md`` into ``out_dir``; return both paths."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create the --out folder {out_dir}: {err.strerror or err}. Choose a folder you "
+                         "can write to.") from None
     js, md = out_dir / "report.json", out_dir / "report.md"
-    _atomic_write(js, json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n")
-    _atomic_write(md, render_markdown(report))
+    atomic_write_text(js, json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    atomic_write_text(md, render_markdown(report))
     return js, md
 
 

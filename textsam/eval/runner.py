@@ -29,7 +29,7 @@ from typing import Any
 
 from ..errors import InputError
 from .base import Benchmark, ItemError, JsonlWriter, describe_keys, read_jsonl
-from .report import build_report, write_report
+from .report import atomic_write_text, build_report, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,9 @@ class DistContext:
 
             dist.destroy_process_group()
             self.owns_group = False
+
+
+_OUTPUT_NAMES = ("results.jsonl", "report.json", "report.md")
 
 
 def _result_files(out: Path) -> list[Path]:
@@ -131,15 +134,36 @@ class Runner:
             raise InputError(f"the {self.benchmark.name} data has no images to evaluate")
         return keys[: self.limit] if self.limit is not None else keys
 
+    def _prepare_out(self) -> None:
+        """Create the output folder, refusing a file, or a folder holding result files of something else."""
+        if self.out.exists() and not self.out.is_dir():
+            raise InputError(f"--out {self.out} is a file, not a folder: give a new folder for the results")
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InputError(f"cannot create the --out folder {self.out}: {err.strerror or err}. "
+                             "Choose a folder you can write to.") from None
+        if not (self.out / "run.json").exists():
+            ours = [n for n in _OUTPUT_NAMES if (self.out / n).exists()] + [p.name for p in self.out.glob("results.rank*.jsonl")]
+            if ours:
+                raise InputError(f"{self.out} holds {', '.join(ours)} but no run.json, so it is not the folder of a "
+                                 "textsam eval run that can be resumed: use a new --out folder (nothing was changed)")
+
     def _check_run_file(self, ctx: DistContext) -> None:
         path = self.out / "run.json"
         desc = json.loads(json.dumps(self.description(), sort_keys=True))
-        if ctx.rank == 0 and not path.is_file():
-            tmp = path.with_name(f"run.json.tmp{os.getpid()}")
-            tmp.write_text(json.dumps(desc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-            os.replace(tmp, path)
+        # a run that stopped before its first image (a bad checkpoint, ...) holds nothing to keep: its
+        # run.json is replaced, so the corrected command is not refused as "a different run"
+        if ctx.rank == 0 and (not path.exists() or not _load_records(self.out)):
+            atomic_write_text(path, json.dumps(desc, indent=2, sort_keys=True) + "\n")
         ctx.barrier()
-        old = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise InputError(f"{path} is unreadable ({err}), so {self.out} cannot be resumed: use a new --out folder "
+                             "or delete the old one") from None
+        if not isinstance(old, dict):
+            old = {"run.json": old}
         if old != desc:
             diff = sorted(k for k in set(old) | set(desc) if old.get(k) != desc.get(k))
             raise InputError(
@@ -153,7 +177,7 @@ class Runner:
         Returns the report dict on rank 0 (or a single process), None on other ranks.
         """
         start = time.perf_counter()
-        self.out.mkdir(parents=True, exist_ok=True)
+        self._prepare_out()
         ctx = DistContext.from_env()
         try:
             self._check_run_file(ctx)
@@ -201,13 +225,8 @@ class Runner:
         records = _load_records(self.out)
         order = {k: i for i, k in enumerate(self.benchmark.keys())}
         ordered = sorted(records, key=lambda k: (order.get(k, len(order)), k))
-        tmp = self.out / "results.jsonl.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            for k in ordered:
-                f.write(json.dumps(records[k], sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.out / "results.jsonl")
+        atomic_write_text(self.out / "results.jsonl", "".join(json.dumps(records[k], sort_keys=True) + "\n"
+                                                             for k in ordered))
         for p in self.out.glob("results.rank*.jsonl"):
             p.unlink()
         return records
@@ -234,16 +253,35 @@ def score_predictions(
     """Score an existing predictions file without a model and write the report into ``out_dir``."""
     start = time.perf_counter()
     path = Path(predictions)
+    if path.is_dir():
+        raise InputError(f"--predictions {path} is a folder: give the results JSONL file (e.g. {path / 'results.jsonl'})")
     if not path.is_file():
         raise InputError(f"predictions file not found: {path}")
     records = benchmark.load_predictions(path)
     runner = Runner(benchmark, out_dir, lambda: None, model_info={"name": f"predictions file {path}"}, limit=limit)
     keys = runner.keys()
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a folder: give a folder for the report")
+    for name in ("report.json", "report.md"):
+        if (out / name).exists() and not _is_scoring_report(out / "report.json", runner.description()):
+            raise InputError(f"{out} already holds a report of another run: use a new --out folder "
+                             "(nothing was changed)")
     scores = benchmark.score(records, keys)
     unknown = sorted(set(records) - set(benchmark.keys()))
     if unknown:
         scores.problems.append(f"{len(unknown)} predicted image(s) not in the data, ignored: {describe_keys(unknown)}")
     timing = {"wall_seconds_this_run": round(time.perf_counter() - start, 3), "processes": 1}
     report = build_report(runner.description(), scores, limit=limit, timing=timing)
-    write_report(Path(out_dir), report)
+    write_report(out, report)
     return report
+
+
+def _is_scoring_report(path: Path, description: dict[str, Any]) -> bool:
+    """Whether ``path`` is a report of scoring the same predictions file on the same data (safe to replace)."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    desc = json.loads(json.dumps(description, sort_keys=True))
+    return isinstance(old, dict) and all(old.get(k) == v for k, v in desc.items())
