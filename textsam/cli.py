@@ -447,8 +447,9 @@ def _add_export_parser(subparsers: _Subparsers) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from textsam.onnx_export import export_onnx
+    from textsam.onnx_export import check_export, export_onnx
 
+    check_export(args.output, args.opset)  # before the (possibly slow) model build
     path = export_onnx(create_model_from_args(args), args.output, return_single_mask=args.return_single_mask,
                        with_text=args.text, opset=args.opset)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
