@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -161,12 +160,8 @@ class TextEncoder(nn.Module):
             return
         n = len(encode(phrase)) + 2  # start and end tokens
         if n > self.context_length:
-            msg = (
-                f"the text prompt has {n} tokens, more than CLIP's context of {self.context_length}; "
-                f"it was truncated: {phrase[:60]!r}..."
-            )
-            logger.warning(msg)
-            warnings.warn(msg, stacklevel=3)
+            logger.warning("the text prompt has %d tokens, more than CLIP's context of %d; only the start was "
+                           "used: %r...", n, self.context_length, phrase[:60])
 
     @torch.inference_mode()
     def encode(self, phrases: str | Sequence[str]) -> Tensor:
