@@ -54,7 +54,7 @@ _HF_MARKERS = (
 )
 _TEXT_HEAD_PREFIX = "text_projector."
 _MAX_LISTED = 20
-_MAX_LISTED_IN_MESSAGE = 8  # an error message is one line: fewer keys
+_MAX_LISTED_IN_MESSAGE = 5  # an error message is one line: fewer keys
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -501,7 +501,7 @@ def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, stri
         )
     if missing or unexpected:
         logger.warning(
-            "loading non-strictly into %s: %d missing keys %s, %d unexpected keys %s",
+            "loading non-strictly into %s: %d missing keys %s, %d extra keys %s",
             type(module).__name__,
             len(missing),
             _short_list(missing),
@@ -526,14 +526,13 @@ def _mismatch_message(
     if missing:
         parts.append(f"{len(missing)} missing keys (in the model, not in the file): {_short_list(missing, limit)}")
     if unexpected:
-        parts.append(
-            f"{len(unexpected)} unexpected keys (in the file, not in the model): {_short_list(unexpected, limit)}"
-        )
+        parts.append(f"{len(unexpected)} extra keys (in the file, not in the model): {_short_list(unexpected, limit)}")
     if shape_mismatch:
         shown = "; ".join(f"{k}: model {list(a)} vs file {list(b)}" for k, a, b in shape_mismatch[:limit])
         more = f"; ... ({len(shape_mismatch) - limit} more)" if len(shape_mismatch) > limit else ""
         parts.append(f"{len(shape_mismatch)} shape mismatches: {shown}{more}")
-    head = f"the checkpoint does not fit {type(module).__name__}" + (" (strict load)" if strict else "")
+    what = "the model" if isinstance(module, nn.ModuleDict) else type(module).__name__
+    head = f"the checkpoint does not fit {what}" + (" (strict load)" if strict else "")
     file_guess = guess_model_name(sd)
     model_guess = guess_model_name(module.state_dict())
     if file_guess and file_guess != model_guess:
