@@ -148,21 +148,24 @@ def _weights_verify(args: argparse.Namespace) -> int:
     if not names:
         print(f"no checkpoints cached in {pretrained.cache_dir()}")
         return EXIT_OK
-    failed = 0
+    failed: list[str] = []
     for name in names:
         entry, path = pretrained.WEIGHTS[name], pretrained.weights_path(name)
         if not path.is_file():
             print(f"{name}: MISSING ({path})")
-            failed += 1
+            failed.append(name)
             continue
         try:
             digest = pretrained.verify_cached(name)
         except WeightsError as err:
             print(f"{name}: FAILED: {err}")
-            failed += 1
+            failed.append(name)
             continue
         status = "OK" if entry.sha256 else "no reference sha256"
         print(f"{name}: {status} sha256={digest}")
+    if failed:
+        print(f"{PROG}: {len(failed)} of {len(names)} checkpoint(s) missing or damaged; delete the damaged files and "
+              f"run `textsam weights download {' '.join(failed)}`", file=sys.stderr)
     return EXIT_FAILURE if failed else EXIT_OK
 
 
