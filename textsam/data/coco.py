@@ -280,7 +280,7 @@ class CocoDataset:
             raise InputError(f"image id {image_id} is not in {self.annotation_file}.")
         info = self.images[image_id]
         if not info.path.is_file():
-            raise InputError(f"image file not found: {info.path} (image id {image_id}). Check image_dir.")
+            raise InputError(f"image file not found: {info.path} (image id {image_id}); check the image folder.")
         return _load_image(info.path)
 
     def category_id(self, name: str) -> int:

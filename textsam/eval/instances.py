@@ -51,6 +51,10 @@ def find_coco_files(root: Path, split: str | None = None) -> tuple[Path, Path]:
     for ann, images in candidates:
         if ann.is_file() and images.is_dir():
             return ann, images
+    for ann, images in candidates:
+        if ann.is_file():
+            raise InputError(f"{ann} is there but its image folder {images} is not: put the images there, or "
+                             "point --data at the annotation JSON itself (its images are then looked up next to it)")
     tried = ", ".join(str(a.relative_to(root)) for a, _ in candidates)
     raise InputError(f"no COCO annotation file found in {root} (tried {tried}); pass --split or point --data at the JSON")
 

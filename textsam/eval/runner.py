@@ -7,7 +7,9 @@ Files in ``OUT``:
 - ``results.jsonl`` (one process) or ``results.rank{r}.jsonl`` (rank ``r`` of a torchrun job): one line
   per image, appended with flush + fsync. A rerun skips every image that already has a successful
   record in any of these files (resume); failed images (missing or unreadable: ``ItemError``) are
-  recorded as such and retried by a rerun. Any other error stops the run.
+  recorded as such, listed in the report and retried by a rerun; when every image failed, the command
+  ends with an error (after writing the report). Any other error stops the run. A last line without its
+  newline (cut by a kill) is dropped and that image redone.
 - After all ranks pass a (gloo) barrier, rank 0 merges every file into ``results.jsonl`` sorted in the
   benchmark's canonical image order, removes the rank files, scores and writes ``report.json`` and
   ``report.md``.
@@ -196,6 +198,13 @@ class Runner:
             timing = self._timing(records, keys, time.perf_counter() - start, ctx.world, resumed)
             report = build_report(self.description(), scores, limit=self.limit, timing=timing)
             write_report(self.out, report)
+            failed = [k for k in keys if k in records and records[k].get("error")]
+            if len(failed) == len(keys):  # a report of nothing but misses is no result: say what is wrong
+                raise InputError(
+                    f"none of the {len(keys)} image(s) could be read (e.g. image {failed[0]}: "
+                    f"{records[failed[0]]['error']}); check --data and its image folder, then run the same "
+                    f"command again (the list is in {self.out / 'report.md'})"
+                )
             return report
         finally:
             ctx.close()
