@@ -706,3 +706,37 @@ def test_shapes_tiny_assembler_takes_frozen_parts_from_the_text_runs_start_weigh
     got, want = model.text_encoder.encode(phrases), e2e_tower.encode(phrases)
     assert torch.allclose(got, want, atol=2e-3)  # the bundle stores fp16
     assert not torch.allclose(got, TextEncoder.create(clip_spec, None).encode(phrases), atol=2e-3)
+
+
+# ------------------------------------------------------------------------------ config errors
+
+
+def test_config_errors_name_the_key_and_what_to_write(tmp_path: Path) -> None:
+    """Wrong types and values are InputErrors (``steps = "sixty"`` was an unexpected ValueError, ``lr = -1`` an
+    AdamW error); an unknown key names the closest known one; bad TOML names the line."""
+    cases = {
+        'steps = "sixty"': "steps must be a whole number",
+        "steps = 8.5": "steps must be a whole number",
+        "batch_size = true": "batch_size must be a whole number",
+        "lr = -0.001": "lr must be a positive",
+        "lr = 0": "lr must be a positive",
+        'progress = "no"': "progress must be true or false",
+        'crop_enlarge = "big"': "crop_enlarge must be a list of 2 numbers",
+        "stepz = 3": "unknown key 'stepz'; did you mean 'steps'",
+        'root = "d"': "'root' belongs in the [data] table",
+        "[data]\nrot = 'd'": "unknown key 'rot' in [data]; did you mean 'root'",
+        "[prompt_mix]\ntext = -1": "[prompt_mix] text",
+        "steps = 8 8": "not valid TOML.*fix line 1 `steps = 8 8`",
+        "seed = -1": "seed must be a whole number >= 0",
+    }
+    for text, words in cases.items():
+        path = tmp_path / "c.toml"
+        path.write_text(text + "\n")
+        with pytest.raises(InputError, match=words.replace("[", r"\[").replace("]", r"\]") if "TOML" not in words
+                           else words):
+            load_config(path)
+    path = tmp_path / "c.json"
+    path.write_text('{"steps": 3,\n "lr": }')
+    with pytest.raises(InputError, match="not valid JSON.*line 2"):
+        load_config(path)
+    assert config_from_dict({"lr": 1, "crop_enlarge": [1, 2]}).crop_enlarge == (1.0, 2.0)

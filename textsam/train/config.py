@@ -28,8 +28,12 @@ Example (TOML)::
 
 from __future__ import annotations
 
+import difflib
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+import re
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +65,15 @@ class DataConfig:
     max_samples: int | None = None  # use only the first N samples of the training split
     eval_samples: int = 128  # validation samples scored at each evaluation
 
+    def __post_init__(self) -> None:
+        _check_types(self, "[data] ")
+        if self.min_area < 0:
+            raise InputError(f"[data] min_area must be >= 0 (pixels of the model input), got {self.min_area}")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise InputError(f"[data] max_samples must be >= 1 (or left out for all), got {self.max_samples}")
+        if self.eval_samples < 1:
+            raise InputError(f"[data] eval_samples must be >= 1, got {self.eval_samples}")
+
 
 @dataclass(frozen=True)
 class FreezeConfig:
@@ -77,6 +90,9 @@ class FreezeConfig:
     # and skips the decoder
     text_locator: bool = False
 
+    def __post_init__(self) -> None:
+        _check_types(self, "[freeze] ")
+
 
 @dataclass(frozen=True)
 class PromptMix:
@@ -86,6 +102,13 @@ class PromptMix:
     point: float = 0.25
     box: float = 0.25
     text_point: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check_types(self, "[prompt_mix] ")
+        for f in fields(self):
+            if getattr(self, f.name) < 0:
+                raise InputError(f"[prompt_mix] {f.name} is a relative frequency: it must be >= 0, "
+                                 f"got {getattr(self, f.name)}")
 
     def probabilities(self, recipe: str) -> tuple[float, float, float, float]:
         """Normalised probabilities in :data:`PROMPT_KINDS` order; the "sam" recipe drops text kinds."""
@@ -176,6 +199,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         from ..config import MODEL_CONFIGS
 
+        _check_types(self, "")
         if self.model != "from_checkpoint" and self.model not in MODEL_CONFIGS:
             known = ", ".join(sorted(MODEL_CONFIGS))
             raise InputError(f"unknown model {self.model!r}; use one of {known} or 'from_checkpoint'")
@@ -185,12 +209,25 @@ class TrainConfig:
             raise InputError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
         if self.amp not in AMP_MODES:
             raise InputError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
-        for name in ("steps", "batch_size", "grad_accum", "log_every", "crop_variants"):
-            if int(getattr(self, name)) < 1:
-                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "correction_clicks", "num_workers", "checkpoint_every", "eval_every"):
-            if int(getattr(self, name)) < 0:
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "crop_variants", "keep_checkpoints",
+                     "projector_hidden_dim"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be a whole number >= 1, got {getattr(self, name)}")
+        if self.num_text_tokens is not None and self.num_text_tokens < 1:
+            raise InputError(f"num_text_tokens must be >= 1 (or left out for the model's), got {self.num_text_tokens}")
+        for name in ("warmup_steps", "correction_clicks", "num_workers", "checkpoint_every", "eval_every", "seed"):
+            if getattr(self, name) < 0:
+                raise InputError(f"{name} must be a whole number >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:  # also catches nan
+            raise InputError(f"lr must be a positive learning rate (e.g. lr = 1e-4), got {self.lr}")
+        for name in ("weight_decay", "focal_weight", "dice_weight", "iou_weight", "locator_weight"):
+            if not getattr(self, name) >= 0:
                 raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.grad_clip is not None and not self.grad_clip >= 0:
+            raise InputError(f"grad_clip must be >= 0 (0 turns clipping off), got {self.grad_clip}")
+        for name in ("min_lr_ratio", "crop_grey_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise InputError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         lo, hi = self.crop_enlarge
         if not 1.0 <= lo <= hi:
             raise InputError(f"crop_enlarge must be [lo, hi] with 1 <= lo <= hi, got {self.crop_enlarge}")
@@ -202,8 +239,8 @@ class TrainConfig:
         if self.word_tokens and self.recipe != "text":
             raise InputError("word_tokens = true needs recipe = 'text' (per-token features exist for phrases, not "
                              f"for the CLIP image embeddings of recipe {self.recipe!r})")
-        if self.locator_dim < 0 or self.locator_weight < 0:
-            raise InputError("locator_dim and locator_weight must be >= 0")
+        if self.locator_dim < 0:
+            raise InputError(f"locator_dim must be >= 0 (0: no locator), got {self.locator_dim}")
         if self.locator_dim and not self.uses_text:
             raise InputError(f"locator_dim > 0 adds a text locator: it needs a text recipe, not {self.recipe!r}")
         if self.locator_kind not in ("cells", "regions"):
@@ -259,40 +296,117 @@ class TrainConfig:
 
 
 _SECTIONS = {"data": DataConfig, "freeze": FreezeConfig, "prompt_mix": PromptMix}
+_KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+_PLURAL = {bool: "true/false values", int: "whole numbers", float: "numbers", str: "strings"}
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+def _toml(value: Any) -> str:
+    """``value`` as it would be written in a config file (for messages)."""
+    try:
+        return json.dumps(list(value) if isinstance(value, tuple) else value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _type_problem(value: Any, hint: Any) -> str | None:
+    """What ``value`` should have been for the type ``hint`` (None: it fits)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        wanted = [_type_problem(value, a) for a in args if a is not type(None)]
+        return None if None in wanted else wanted[0]
+    if origin is tuple:
+        items = [args[0]] * len(value) if args[-1] is Ellipsis and isinstance(value, (list, tuple)) else list(args)
+        kind = f"a list of {'' if args[-1] is Ellipsis else f'{len(args)} '}{_PLURAL[args[0]]}"
+        if not isinstance(value, (list, tuple)) or len(value) != len(items):
+            return kind
+        return kind if any(_type_problem(v, t) for v, t in zip(value, items)) else None
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif hint is str:
+        ok = isinstance(value, str)
+    else:  # a section (DataConfig, ...)
+        return None if isinstance(value, hint) else "a table"
+    return None if ok else _KINDS[hint]
+
+
+def _check_types(obj: Any, prefix: str) -> None:
+    """Raise an InputError for the first field of dataclass ``obj`` whose value has the wrong type; turn
+    lists into tuples and whole numbers into floats where the field says so."""
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        value, hint = getattr(obj, f.name), hints[f.name]
+        wanted = _type_problem(value, hint)
+        if wanted is not None:
+            example = "" if f.default is MISSING or f.default is None else f" (e.g. {f.name} = {_toml(f.default)})"
+            raise InputError(f"{prefix}{f.name} must be {wanted}{example}, got {_toml(value)}")
+        if isinstance(value, list):
+            object.__setattr__(obj, f.name, tuple(float(v) if isinstance(v, int) and float in typing.get_args(hint)
+                                                  else v for v in value))
+        elif hint is float and isinstance(value, int):
+            object.__setattr__(obj, f.name, float(value))
+
+
+def _unknown_key(cls: type, key: str, section: str | None) -> str:
+    """The message for an unknown ``key`` of ``cls`` (the table ``section``; None: the top level)."""
+    where = f" in [{section}]" if section else ""
+    if section is None:
+        for name, sub in _SECTIONS.items():
+            if key in {f.name for f in fields(sub)}:
+                return f"{key!r} belongs in the [{name}] table: move it under [{name}]"
+    elif key in {f.name for f in fields(TrainConfig)}:
+        return f"{key!r} is a top-level key, not one of [{section}]: move it above the first [table]"
+    known = sorted(f.name for f in fields(cls))
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}?" if close else f"the known keys are {', '.join(known)}"
+    return f"unknown key {key!r}{where}; {hint}"
+
+
+def _build(cls: type, values: dict[str, Any], section: str | None = None) -> Any:
     if not isinstance(values, dict):
-        raise InputError(f"{where} must be a table/object, got {type(values).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
+        raise InputError(f"[{section}] must be a table (key = value lines under [{section}]), "
+                         f"got {_toml(values)}")
+    unknown = sorted(set(values) - {f.name for f in fields(cls)})
     if unknown:
-        raise InputError(f"unknown key(s) {unknown} in {where}; known keys: {', '.join(sorted(known))}")
+        raise InputError(_unknown_key(cls, unknown[0], section))
     kwargs = dict(values)
-    for name, section in _SECTIONS.items():
+    for name, sub in _SECTIONS.items():
         if cls is TrainConfig and name in kwargs:
-            kwargs[name] = _build(section, kwargs[name], f"[{name}]")
-    if "crop_enlarge" in kwargs:
-        kwargs["crop_enlarge"] = tuple(float(v) for v in kwargs["crop_enlarge"])
-    if "semantic_fields" in kwargs:
-        kwargs["semantic_fields"] = tuple(str(v) for v in kwargs["semantic_fields"])
+            kwargs[name] = _build(sub, kwargs[name], name)
     try:
         return cls(**kwargs)
     except TypeError as err:
-        raise InputError(f"bad value in {where}: {err}") from err
+        raise InputError(f"bad value{f' in [{section}]' if section else ''}: {err}") from err
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     """A :class:`TrainConfig` from a plain dict (the parsed file, or ``TrainConfig.to_dict()``)."""
-    return _build(TrainConfig, values, "the training config")
+    if not isinstance(values, dict):
+        raise InputError(f"a training config is a table of key = value pairs, got {_toml(values)}")
+    return _build(TrainConfig, values)
+
+
+def _at_line(text: str, line: int) -> str:
+    lines = text.splitlines()
+    return f" `{lines[line - 1].strip()}`" if 1 <= line <= len(lines) and lines[line - 1].strip() else ""
 
 
 def load_config(path: str | Path) -> TrainConfig:
-    """Read a ``.json`` or ``.toml`` training config."""
+    """Read a ``.json`` or ``.toml`` training config (InputError naming the file and what to fix)."""
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"training config not found: {p}")
-    text = p.read_text(encoding="utf-8")
+        raise InputError(f"training config not found: {p}. Check the path (a .toml or .json file).")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"{p} is not UTF-8 text: a training config is a .toml or .json file") from err
+    except OSError as err:
+        raise InputError(f"cannot read the training config {p}: {err.strerror or err}") from err
     if p.suffix.lower() == ".toml":
         try:
             import tomllib
@@ -304,13 +418,20 @@ def load_config(path: str | Path) -> TrainConfig:
         try:
             values = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
-            raise InputError(f"{p} is not valid TOML: {err}") from err
+            found = re.search(r"at line (\d+)", str(err))
+            line = int(found[1]) if found else 0
+            fix = f"; fix line {line}{_at_line(text, line)}" if line else ""
+            raise InputError(f"{p} is not valid TOML: {str(err).splitlines()[0]}{fix}") from err
     else:
         try:
             values = json.loads(text)
         except json.JSONDecodeError as err:
-            raise InputError(f"{p} is not valid JSON: {err}") from err
-    return _build(TrainConfig, values, str(p))
+            raise InputError(f"{p} is not valid JSON: {err.msg} (line {err.lineno}, column {err.colno}); "
+                             f"fix line {err.lineno}{_at_line(text, err.lineno)}") from err
+    try:
+        return config_from_dict(values)
+    except InputError as err:
+        raise InputError(f"{p}: {err}") from err
 
 
 def save_config(config: TrainConfig, path: str | Path) -> Path:
