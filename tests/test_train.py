@@ -740,3 +740,167 @@ def test_config_errors_name_the_key_and_what_to_write(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not valid JSON.*line 2"):
         load_config(path)
     assert config_from_dict({"lr": 1, "crop_enlarge": [1, 2]}).crop_enlarge == (1.0, 2.0)
+
+
+# --------------------------------------------------- run folders: nothing lost, bad checkpoints, faults
+
+
+def _files(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``folder``: its bytes and its modification time (ns)."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(clip_spec: str, tmp_path: Path) -> None:
+    """Training into a folder that holds an earlier run (finished, or stopped part-way) without ``resume`` used to
+    replace its weights and config silently, append to its log, and keep its checkpoints beside the new ones."""
+    from textsam.train.loop import train
+
+    src = FakeRefer(FakeCoco(2))
+    out = tmp_path / "run"
+    cfg = make_config(out, clip_spec, recipe="text", steps=3, checkpoint_every=1)
+    train(cfg, source=src, stop_at=2)  # stopped part-way
+    stopped = _files(out)
+    with pytest.raises(InputError, match="already holds a training run.*--resume auto.*--out.*--overwrite"):
+        train(cfg, source=src)
+    train(cfg, source=src, resume="auto")  # finished
+    finished = _files(out)
+    other = replace(cfg, steps=2, lr=5e-4)
+    with pytest.raises(InputError, match="already holds a training run"):
+        train(other, source=src)
+    assert _files(out) == finished and stopped.keys() <= finished.keys()
+    # --overwrite: the old run's files go first, so no checkpoint or log line of it is left
+    train(other, source=src, overwrite=True)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000001.pt", "step_0000002.pt"]
+    logs = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs] == [1, 2] and json.loads((out / "train_config.json").read_text())["lr"] == 5e-4
+    with pytest.raises(InputError, match="only one"):
+        train(other, source=src, resume="auto", overwrite=True)
+
+
+def test_resume_auto_on_a_finished_run_changes_no_file_and_on_a_fresh_folder_starts(clip_spec: str,
+                                                                                   tmp_path: Path) -> None:
+    from textsam.train.loop import train
+
+    src = FakeRefer(FakeCoco(2))
+    cfg = make_config(tmp_path / "run", clip_spec, recipe="text", steps=2)
+    path = train(cfg, source=src, resume="auto")  # nothing there yet: a fresh start
+    before = _files(tmp_path / "run")
+    assert train(cfg, source=src, val_source=src, resume="auto") == path
+    assert _files(tmp_path / "run") == before  # same bytes, same timestamps: no export, no log or config rewrite
+    with pytest.raises(InputError, match="past steps"):
+        train(replace(cfg, steps=1), source=src, resume="auto")
+
+
+def _spoil(path: Path, how: str, marker: Path) -> None:
+    """Make a checkpoint truncated, random bytes, or a pickle that would create ``marker`` if it ever ran."""
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "random":
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    else:
+        class Payload:
+            def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+                return (Path.touch, (marker,))
+
+        torch.save({"format": "textsam.train_state", "step": 99, "payload": Payload()}, path)
+
+
+@pytest.mark.parametrize("how", ["truncated", "random", "unsafe"])
+def test_resume_skips_an_unreadable_latest_checkpoint_and_refuses_a_named_one(how: str, clip_spec: str,
+                                                                             tmp_path: Path,
+                                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """``resume="auto"``: the latest checkpoint is truncated, random bytes or a pickle that would run code (it
+    never runs: weights_only); it is skipped with a warning naming it and the one before is used, giving the
+    uninterrupted run's weights. Named explicitly, it is an InputError that never suggests weights_only=False."""
+    from textsam.train.loop import train
+
+    src = FakeRefer(FakeCoco(2))
+    full = read_weights(train(make_config(tmp_path / "full", clip_spec, recipe="text", steps=4), source=src))
+    cfg = make_config(tmp_path / "split", clip_spec, recipe="text", steps=4, checkpoint_every=1)
+    train(cfg, source=src, stop_at=3)
+    bad, marker = tmp_path / "split" / "checkpoints" / "step_0000003.pt", tmp_path / "it_ran"
+    _spoil(bad, how, marker)
+    with pytest.raises(InputError, match="step_0000003.pt") as err:
+        train(replace(cfg, output_dir=str(tmp_path / "other")), source=src, resume=bad)
+    assert "weights_only" not in str(err.value) and not (tmp_path / "other").exists()
+    with caplog.at_level("WARNING", logger="textsam.train.loop"):
+        resumed = train(cfg, source=src, resume="auto")
+    assert "step_0000003.pt" in caplog.text and "weights_only" not in caplog.text
+    assert not marker.exists()
+    assert bad.with_name("step_0000003.pt.corrupt").is_file()  # set aside, not deleted, not used again
+    a, b = full, read_weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    logs = [json.loads(ln) for ln in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs] == [1, 2, 3, 4]
+
+
+def test_sigint_writes_the_last_completed_step_and_resume_is_exact(clip_spec: str, tmp_path: Path) -> None:
+    """SIGINT arriving mid-step (while an image loads): the step completes, its checkpoint is written and
+    TrainingInterrupted says which; resuming gives the uninterrupted run's weights."""
+    import os
+    import signal
+
+    from textsam.train.loop import TrainingInterrupted, train
+
+    src = FakeRefer(FakeCoco(2))
+    full = read_weights(train(make_config(tmp_path / "full", clip_spec, recipe="text", steps=5), source=src))
+    coco = FakeCoco(2)
+    load = coco.load_image
+    calls = []
+
+    def load_and_interrupt(image_id: int) -> np.ndarray:
+        calls.append(image_id)
+        if len(calls) == 9:  # step 3 of 5 (batch 4 + correction rounds load images once per sample)
+            os.kill(os.getpid(), signal.SIGINT)
+        return load(image_id)
+
+    coco.load_image = load_and_interrupt  # type: ignore[method-assign]
+    cfg = make_config(tmp_path / "split", clip_spec, recipe="text", steps=5)
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(cfg, source=FakeRefer(coco))
+    step = stop.value.step
+    assert 1 <= step < 5 and stop.value.checkpoint == tmp_path / "split" / "checkpoints" / f"step_{step:07d}.pt"
+    assert torch.load(stop.value.checkpoint, weights_only=True)["step"] == step
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+    b = read_weights(train(cfg, source=src, resume="auto"))
+    assert all(torch.equal(full[k], b[k]) for k in full)
+
+
+def test_a_crash_while_writing_leaves_no_half_file_under_a_final_name(clip_spec: str, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process killed while a checkpoint is written leaves only ``step_N.tmp`` (and maybe a cut log line);
+    ``resume="auto"`` uses the previous checkpoint, removes the leftover and finishes exactly."""
+    from textsam.train.loop import train
+
+    src = FakeRefer(FakeCoco(2))
+    full = read_weights(train(make_config(tmp_path / "full", clip_spec, recipe="text", steps=4), source=src))
+    cfg = make_config(tmp_path / "split", clip_spec, recipe="text", steps=4, checkpoint_every=1)
+    real_save = torch.save
+
+    class Killed(BaseException):
+        pass
+
+    def dying_save(obj: object, f: object, *args: object, **kw: object) -> None:
+        if isinstance(obj, dict) and obj.get("step") == 3:  # killed half-way through writing step 3
+            if isinstance(f, (str, Path)):
+                Path(f).write_bytes(b"PK\x03\x04 half a checkpoint")
+            else:
+                f.write(b"PK\x03\x04 half a checkpoint")  # type: ignore[attr-defined]
+            raise Killed
+        real_save(obj, f, *args, **kw)
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(Killed):
+        train(cfg, source=src)
+    monkeypatch.setattr(torch, "save", real_save)
+    ckpts = tmp_path / "split" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step_0000001.pt", "step_0000002.pt", "step_0000003.tmp"]
+    assert not (tmp_path / "split" / "model.safetensors").exists()
+    with open(tmp_path / "split" / "log.jsonl", "a") as f:
+        f.write('{"loss": 1.0, "st')  # a line cut short by the kill
+    b = read_weights(train(cfg, source=src, resume="auto"))
+    assert all(torch.equal(full[k], b[k]) for k in full)
+    assert not list(ckpts.glob("*.tmp"))
+    logs = [json.loads(ln) for ln in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs] == [1, 2, 3, 4]
