@@ -365,7 +365,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _add_train_parser(subparsers: _Subparsers) -> None:
-    """``textsam train CONFIG [--resume PATH|auto] [--out DIR] [--steps N]`` (torchrun-ready)."""
+    """``textsam train CONFIG [--resume PATH|auto] [--out DIR] [--overwrite] [--steps N] [--stop-at N] [--device D]``
+    (torchrun-ready)."""
     p = add_command(
         subparsers, "train", "train a model or a text head from a JSON/TOML config",
         description=(
@@ -379,13 +380,28 @@ def _add_train_parser(subparsers: _Subparsers) -> None:
     p.add_argument("--steps", type=int, metavar="N", help="total optimizer steps (overrides steps)")
     p.add_argument("--stop-at", type=int, metavar="N",
                    help="stop after step N of the schedule: write its checkpoint and export its weights")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the files of an earlier run in the output folder first (without it, or --resume, "
+                   "such a folder is refused)")
+    p.add_argument("--device", metavar="DEV", help="cpu, cuda or cuda:N (overrides device)")
     p.set_defaults(handler=_train)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from textsam.train.loop import main_from_args
+    """Ctrl-C (SIGINT) or SIGTERM: the loop writes the checkpoint of the last completed step; say how to go on."""
+    import shlex
 
-    return main_from_args(args)
+    from textsam.train.loop import TrainingInterrupted, main_from_args
+
+    try:
+        return main_from_args(args)
+    except TrainingInterrupted as stop:
+        again = ["textsam", "train", str(args.config), "--out", str(stop.output_dir), "--resume", "auto"]
+        again += ["--steps", str(args.steps)] if args.steps else []
+        again += ["--device", args.device] if args.device else []
+        _error(f"interrupted after step {stop.step}, checkpoint {stop.checkpoint} written; continue with: "
+               f"{shlex.join(again)}")
+        return 128 + stop.signum
 
 
 def _add_data_parser(subparsers: _Subparsers) -> None:
