@@ -778,6 +778,24 @@ def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(clip_sp
         train(other, source=src, resume="auto", overwrite=True)
 
 
+def test_a_run_that_failed_before_its_first_step_may_be_run_again(clip_spec: str, tmp_path: Path) -> None:
+    """A data error in the first step leaves only ``train_config.json``: the same command, once the data is
+    fixed, starts without --resume or --overwrite."""
+    from textsam.train.loop import train
+
+    coco = FakeCoco(2)
+
+    def unreadable(image_id: int) -> np.ndarray:
+        raise InputError(f"cannot read image {image_id}")
+
+    coco.load_image = unreadable  # type: ignore[method-assign]
+    cfg = make_config(tmp_path / "run", clip_spec, recipe="text", steps=1)
+    with pytest.raises(InputError, match="cannot read image"):
+        train(cfg, source=FakeRefer(coco))
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["train_config.json"]
+    assert train(cfg, source=FakeRefer(FakeCoco(2))).is_file()
+
+
 def test_resume_auto_on_a_finished_run_changes_no_file_and_on_a_fresh_folder_starts(clip_spec: str,
                                                                                    tmp_path: Path) -> None:
     from textsam.train.loop import train

@@ -247,6 +247,13 @@ def _run_files(out: Path) -> list[Path]:
     return [out / n for n in RUN_FILES if (out / n).is_file()] + _checkpoints(out)
 
 
+def _has_run(out: Path) -> bool:
+    """``out`` holds a run that got somewhere: weights, a checkpoint or a log line (a config alone is a start
+    that failed before its first step, which a new run may replace)."""
+    return any(p.name != "train_config.json" and (p.name != "log.jsonl" or p.stat().st_size)
+               for p in _run_files(out))
+
+
 def _holds_run(out: Path) -> str:
     ckpts = _checkpoints(out)
     latest = f" (its latest checkpoint is step {_step_of(ckpts[-1])})" if ckpts else ""
@@ -294,9 +301,9 @@ def _starting_point(config: TrainConfig, out: Path, resume: str | Path | None, o
             raise InputError(f"{out} has checkpoints after step {state['step']} (up to {later[-1].name}): resuming "
                              f"from {ckpt.name} there would mix two histories; use --resume auto, or resume into a "
                              "new --out folder")
-        if not inside and _run_files(out) and not overwrite:
+        if not inside and _has_run(out) and not overwrite:
             raise InputError(_holds_run(out))
-    elif _run_files(out) and not overwrite:
+    elif _has_run(out) and not overwrite:
         raise InputError(_holds_run(out))
     if state is not None:
         step, sampler = int(state["step"]), state["sampler"]
