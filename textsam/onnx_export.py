@@ -222,6 +222,10 @@ def check_export(out: str | Path, opset: int = 17) -> Path:
         raise InputError("ONNX export needs the onnx package: pip install onnx") from err
     if opset < 11:
         raise InputError(f"opset {opset} is too old; use 11 or newer (default 17).")
+    newest = _max_opset()
+    if opset > newest:
+        raise InputError(f"opset {opset} is newer than this torch can export (up to {newest}); use 11 to {newest} "
+                         "(default 17).")
     out = Path(out)
     if out.is_dir():
         raise InputError(f"{out} is a folder: give the path of the .onnx file to write, e.g. {out / 'decoder.onnx'}")
@@ -229,6 +233,16 @@ def check_export(out: str | Path, opset: int = 17) -> Path:
     if parent is not None and not parent.is_dir():
         raise InputError(f"cannot write {out}: {parent} is a file, not a folder. Choose another -o path.")
     return out
+
+
+def _max_opset() -> int:
+    """The newest opset torch's TorchScript exporter (the one used here) writes."""
+    try:
+        from torch.onnx import _constants
+
+        return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", _constants.ONNX_MAX_OPSET))
+    except (ImportError, AttributeError):  # a torch that moved its constants: let torch itself decide
+        return 10**6
 
 
 def _writable_tmp(out: Path) -> Path:

@@ -103,6 +103,7 @@ CASES = [
     Case("size-not-a-number", _synth("--size", "big"), 2, ("--size", "invalid int value"), after=_nothing_written),
     Case("size-fraction", _synth("--size", "64.5"), 2, ("invalid int value",), after=_nothing_written),
     Case("count-negative", _synth("--train", "-1"), 2, ("num_train must be >= 0",), after=_nothing_written),
+    Case("seed-negative", _synth(*SMALL, "--seed", "-1"), 2, ("seed must be >= 0",), after=_nothing_written),
     Case("counts-all-zero", _synth("--train", "0", "--val", "0", "--test", "0"), 2, ("nothing to write",),
          after=_nothing_written),
     Case("workers-zero", _synth(*SMALL, "--workers", "0"), 2, ("workers must be >= 1",), after=_nothing_written),

@@ -307,6 +307,9 @@ CASES = [
     Case("templates-file-missing", lambda t, s: ["eval", "synthetic", "--data", str(s), "--templates",
                                                  str(t / "none.txt"), "--out", str(t / "out")], 2,
          ("neither a template set", "none.txt")),
+    Case("templates-file-binary", lambda t, s: (t / "tpl.txt").write_bytes(b"\xff\xfe\x00a {}") and [
+        "eval", "synthetic", "--data", str(s), "--templates", str(t / "tpl.txt"), "--out", str(t / "out")], 2,
+         ("cannot read the templates file", "utf-8"), after=_no_output),
     Case("limit-zero", _points(None, "--limit", "0"), 2, ("--limit must be a positive",)),
     Case("limit-not-a-number", _points(None, "--limit", "all"), 2, ("invalid int value",)),
     Case("split-unknown", lambda t, s: ["eval", "synthetic", "--data", str(s), "--split", "holdout", "--out",
@@ -339,6 +342,13 @@ CASES = [
          ("rle",), after=_no_output),
     Case("predictions-of-another-benchmark", _predictions('{"key": "{key}", "predictions": []}\n'), 2,
          ("has no 'masks' list",), after=_no_output),
+    Case("predictions-coco-results-bad-image-id", lambda t, s: (t / "res.json").write_text(
+        '[{"image_id": "cat.jpg", "category_id": 1, "segmentation": {}, "score": 1}]') and [
+        "eval", "instances", "--data", str(s / "test"), "--predictions", str(t / "res.json"), "--out", str(t / "out")],
+         2, ("res.json", "image ids are integers"), after=_no_output),
+    Case("predictions-coco-results-not-a-list", lambda t, s: (t / "res.json").write_text('{"image_id": 1}') and [
+        "eval", "instances", "--data", str(s / "test"), "--predictions", str(t / "res.json"), "--out", str(t / "out")],
+         2, ("res.json",), after=_no_output),
     Case("predictions-into-a-model-run", _predictions('{"key": "{key}", "masks": []}\n', out=_into_model_run), 2,
          ("already holds a report of another run",)),
     # models and devices

@@ -198,6 +198,8 @@ CASES = [
          after=_nothing_written),
     Case("opset-too-old", lambda t: ["export", "--model", "shapes_tiny", "--opset", "9", "-o", str(_output(t))], 2,
          ("opset 9 is too old",), after=_nothing_written),
+    Case("opset-too-new", lambda t: ["export", "--model", "shapes_tiny", "--opset", "99", "-o", str(_output(t))], 2,
+         ("opset 99 is newer than this torch can export",), after=_nothing_written),
     Case("output-is-a-folder", _export_to(_folder), 2, ("is a folder", "decoder.onnx")),
     Case("output-under-a-file", _export_to(_under_a_file), 2, ("notes.txt is a file",)),
     Case("output-read-only-folder", _export_to(_read_only_folder), 2, ("cannot write", "permission denied")),

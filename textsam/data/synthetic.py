@@ -250,6 +250,8 @@ def generate(
     for name, n in counts_in.items():
         if n < 0:
             raise InputError(f"num_{name} must be >= 0, got {n}.")
+    if seed < 0:
+        raise InputError(f"seed must be >= 0, got {seed}.")
     if not sum(counts_in.values()):
         raise InputError("num_train, num_val and num_test are all 0: there is nothing to write.")
     if not 32 <= image_size <= MAX_IMAGE_SIZE:

@@ -124,11 +124,16 @@ class InstancesBenchmark(Benchmark):
             if not results:
                 raise InputError(f"the COCO results file {path} is an empty list: no predictions to score")
             records: dict[str, dict[str, Any]] = {}
+            if not isinstance(results, list):
+                raise InputError(f"{path} is not a COCO results list")
             for n, r in enumerate(results):
                 if not isinstance(r, dict) or "image_id" not in r:
                     raise InputError(f"{path}: result {n} is not a COCO result with an image_id")
-                records.setdefault(str(int(r["image_id"])), {"key": str(int(r["image_id"])), "results": []})
-                records[str(int(r["image_id"]))]["results"].append(r)
+                try:
+                    key = str(int(r["image_id"]))
+                except (TypeError, ValueError):
+                    raise InputError(f"{path}: result {n} has image_id {r['image_id']!r}; image ids are integers") from None
+                records.setdefault(key, {"key": key, "results": []})["results"].append(r)
             return records
         return super().load_predictions(path)
 

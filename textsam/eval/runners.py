@@ -48,7 +48,11 @@ def resolve_templates(spec: str | None) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"--templates {spec!r} is neither a template set ({', '.join(tpl.list_template_sets())}) "
                          "nor a file of templates")
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    try:
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read the templates file {path} ({err}); it must be UTF-8 text with one "
+                         "template per line, such as 'a photo of a {}.'") from None
     return {"name": path.name, "templates": tpl.get_templates([ln for ln in lines if ln and not ln.startswith("#")])}
 
 
