@@ -13,6 +13,7 @@ Nothing here touches the network at import time.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import logging
@@ -451,7 +452,7 @@ def _fetch(entry: WeightsEntry, part: Path, offset: int, *, progress: bool) -> h
         length = response.headers.get("Content-Length") if response.headers else None
         total = offset + int(length) if length and length.isdigit() else entry.size
         with (
-            open(part, mode) as f,
+            _open_part(part, mode) as f,
             tqdm(
                 total=total,
                 initial=offset,
@@ -465,12 +466,40 @@ def _fetch(entry: WeightsEntry, part: Path, offset: int, *, progress: bool) -> h
         ):
             while chunk := response.read(CHUNK_SIZE):
                 hasher.update(chunk)
-                f.write(chunk)
+                _write_all(f, chunk, part)
                 bar.update(len(chunk))
     received = part.stat().st_size
     if total is not None and received < total:
         raise http.client.IncompleteRead(b"", total - received)
     return hasher
+
+
+def _disk_error(part: Path, err: OSError) -> WeightsError:
+    """A write to the cache failed (disk full, ...): not a network problem, so not retried as one."""
+    return WeightsError(
+        f"cannot write {part}: {err.strerror or err}. Free some space in {part.parent} (or set TEXTSAM_HOME to "
+        "another folder) and run the command again: the part already downloaded is kept and resumed."
+    )
+
+
+def _open_part(part: Path, mode: str) -> BinaryIO:
+    """``part`` opened unbuffered, so that a failing write (disk full) raises at once, from :func:`_write_all`."""
+    try:
+        return open(part, mode, buffering=0)  # noqa: SIM115 - closed by the caller's with-block
+    except OSError as err:
+        raise _disk_error(part, err) from None
+
+
+def _write_all(f: BinaryIO, data: bytes, part: Path) -> None:
+    view = memoryview(data)
+    try:
+        while view:
+            written = f.write(view)
+            if not written:  # nothing taken: the disk is full
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            view = view[written:]
+    except OSError as err:
+        raise _disk_error(part, err) from None
 
 
 def _finish(entry: WeightsEntry, part: Path, dest: Path, digest: str) -> None:

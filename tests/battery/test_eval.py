@@ -14,6 +14,7 @@ to check --data.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -386,3 +387,26 @@ def test_a_failed_model_does_not_block_the_corrected_command(tmp_path: Path, syn
     fixed = [a for a in argv if a not in ("--checkpoint", str(tmp_path / "weights.pth"))]
     outcome = run_cli([*fixed, "--limit", "1"])
     check("eval/corrected-after-a-bad-checkpoint", outcome, rc=0, words=("mIoU@1",))
+
+
+def test_disk_full_while_writing_results(tmp_path: Path, synth: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills up at the second image's record: one line saying what to do; space freed, the same
+    command goes on from the images already recorded."""
+    real, calls = os.fsync, []
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 3:  # run.json, the first record, then the second record
+            raise OSError(28, "No space left on device")
+        real(fd)
+
+    argv = _points()(tmp_path, synth)
+    monkeypatch.setattr(os, "fsync", fsync)
+    outcome = run_cli(argv)
+    monkeypatch.setattr(os, "fsync", real)
+    check("eval/disk-full-while-writing-results", outcome, rc=2,
+          words=("results.jsonl", "no space left on device", "run the same command again", "finished images are kept"))
+    outcome = run_cli(argv)
+    check("eval/rerun-after-disk-full", outcome, rc=0, words=("mIoU@1",),
+          may_change=_results_and_reports(tmp_path))
+    assert _report(tmp_path)["timing"]["images_resumed_from_earlier_runs"] >= 1

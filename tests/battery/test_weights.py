@@ -250,6 +250,47 @@ def test_a_download_is_never_visible_half_written(home: Path, monkeypatch: pytes
     assert (home / "tiny.pth").read_bytes() == DATA
 
 
+def test_disk_full_during_a_download_is_not_called_a_network_error(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import builtins
+
+    real_open = builtins.open
+
+    class FullDisk:
+        """A .part file that takes 300 bytes, then reports a full disk."""
+
+        def __init__(self, f) -> None:
+            self.f, self.room = f, 300
+
+        def write(self, data) -> int:
+            if self.room <= 0:
+                raise OSError(28, "No space left on device")
+            n = self.f.write(data[: self.room])
+            self.room -= n
+            return n
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.f.close()
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        return FullDisk(f) if str(file).endswith(".part") and "b" in mode and "r" not in mode else f
+
+    serve(monkeypatch, lambda: _Response(DATA))
+    monkeypatch.setattr(builtins, "open", fake_open)
+    before = snapshot(tmp_path)
+    outcome = run_cli(["weights", "download", "tiny", "--no-progress"])
+    monkeypatch.setattr(builtins, "open", real_open)
+    check("weights/download-disk-full", outcome, rc=2, before=before,
+          words=("no space left on device", "free some space", "tiny.pth.part", "resumed"),
+          extra=lambda: _part_kept(home))
+    assert "network" not in outcome.err.lower()
+
+
 def test_incomplete_read_is_a_network_error() -> None:
     err = pretrained._network_error(_entry("tiny"), Path("/nowhere/tiny.pth"), http.client.IncompleteRead(b"", 5))
     assert "failed" in str(err) and "place it at /nowhere/tiny.pth" in str(err)
