@@ -415,3 +415,14 @@ def test_predictions_that_are_a_folder_or_binary(syn_points, tmp_path) -> None:
     with pytest.raises(InputError, match="needs an integer 'ann_id'"):
         score_predictions(bench, tmp_path / "q.jsonl", tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (a device whose writes fail with ENOSPC)")
+def test_a_full_disk_while_appending_a_record_is_a_clear_error(tmp_path) -> None:
+    from textsam.eval.base import JsonlWriter
+
+    path = tmp_path / "results.jsonl"
+    path.symlink_to("/dev/full")
+    with pytest.raises(InputError, match="No space left on device.*finished images are kept"):
+        with JsonlWriter(path) as writer:
+            writer.write({"key": "1", "masks": []})

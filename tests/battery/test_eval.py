@@ -14,7 +14,6 @@ to check --data.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -390,23 +389,40 @@ def test_a_failed_model_does_not_block_the_corrected_command(tmp_path: Path, syn
 
 
 def test_disk_full_while_writing_results(tmp_path: Path, synth: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The disk fills up at the second image's record: one line saying what to do; space freed, the same
-    command goes on from the images already recorded."""
-    real, calls = os.fsync, []
+    """The disk fills up halfway through the second image's record: one line saying what to do; once space is
+    freed the same command goes on, keeping the first image and redoing the cut one."""
+    import builtins
 
-    def fsync(fd: int) -> None:
-        calls.append(fd)
-        if len(calls) == 3:  # run.json, the first record, then the second record
-            raise OSError(28, "No space left on device")
-        real(fd)
+    from textsam.eval import base
+
+    class FillsUp:
+        """results.jsonl on a disk with room for one record and a half."""
+
+        def __init__(self, f) -> None:
+            self.f, self.records = f, 0
+
+        def write(self, data) -> int:
+            self.records += 1
+            if self.records == 2:
+                self.f.write(bytes(data[: len(data) // 2]))
+                raise OSError(28, "No space left on device")
+            return self.f.write(data)
+
+        def __getattr__(self, name: str):
+            return getattr(self.f, name)
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        f = builtins.open(file, mode, *args, **kwargs)
+        return FillsUp(f) if str(file).endswith("results.jsonl") and "a" in mode else f
 
     argv = _points()(tmp_path, synth)
-    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(base, "open", fake_open, raising=False)
     outcome = run_cli(argv)
-    monkeypatch.setattr(os, "fsync", real)
+    monkeypatch.delattr(base, "open")
     check("eval/disk-full-while-writing-results", outcome, rc=2,
           words=("results.jsonl", "no space left on device", "run the same command again", "finished images are kept"))
+    assert not (tmp_path / "out" / "results.jsonl").read_bytes().endswith(b"\n")  # the cut record is there
     outcome = run_cli(argv)
-    check("eval/rerun-after-disk-full", outcome, rc=0, words=("mIoU@1",),
-          may_change=_results_and_reports(tmp_path))
-    assert _report(tmp_path)["timing"]["images_resumed_from_earlier_runs"] >= 1
+    check("eval/rerun-after-disk-full", outcome, rc=0, words=("mIoU@1",), may_change=_results_and_reports(tmp_path))
+    assert _report(tmp_path)["timing"]["images_resumed_from_earlier_runs"] == 1
+    assert len(_lines(tmp_path)) == 3

@@ -8,6 +8,7 @@ item gives a JSON-able record; scoring turns the records of all items into metri
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -145,16 +146,19 @@ class JsonlWriter:
                 if not data.endswith(b"\n"):
                     with open(self.path, "r+b") as f:
                         f.truncate(data.rfind(b"\n") + 1)
-            self._f = open(self.path, "ab")
+            self._f = open(self.path, "ab", buffering=0)  # noqa: SIM115 - unbuffered: a failed write leaves nothing to flush
         except OSError as err:
             raise InputError(f"cannot write {self.path}: {err.strerror or err}. Use an --out folder you can "
                              "write to.") from None
 
     def write(self, record: dict[str, Any]) -> None:
-        line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
+        line = memoryview((json.dumps(record, sort_keys=True) + "\n").encode("utf-8"))
         try:
-            self._f.write(line)
-            self._f.flush()
+            while line:
+                written = self._f.write(line)
+                if not written:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                line = line[written:]
             os.fsync(self._f.fileno())
         except OSError as err:
             raise InputError(f"cannot write {self.path}: {err.strerror or err}. Free some space (or fix the "
