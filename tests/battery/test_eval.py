@@ -229,6 +229,20 @@ def _predictions(content: bytes | str | None, *, folder: bool = False,
     return setup
 
 
+def _scored_before(same_file: bool) -> Callable[[Path, Path], Path]:
+    """tmp/out holds the report of scoring a predictions file (this case's file, or another one)."""
+
+    def out(tmp: Path, synth: Path) -> Path:
+        key = sorted(int(p.stem) for p in (synth / "test" / "images").glob("*.png"))[0]
+        other = tmp / ("preds.jsonl" if same_file else "older.jsonl")
+        other.write_text(json.dumps({"key": str(key), "masks": []}) + "\n")
+        outcome = run_cli(["eval", "points", "--data", str(synth / "test"), "--clicks", "1", "--predictions",
+                           str(other), "--out", str(tmp / "out")])
+        assert outcome.rc == 0, outcome.text
+        return tmp / "out"
+    return out
+
+
 def _into_model_run(tmp: Path, synth: Path) -> Path:
     _after_earlier_run()(tmp, synth)
     return tmp / "out"
@@ -349,8 +363,13 @@ CASES = [
     Case("predictions-coco-results-not-a-list", lambda t, s: (t / "res.json").write_text('{"image_id": 1}') and [
         "eval", "instances", "--data", str(s / "test"), "--predictions", str(t / "res.json"), "--out", str(t / "out")],
          2, ("res.json",), after=_no_output),
-    Case("predictions-into-a-model-run", _predictions('{"key": "{key}", "masks": []}\n', out=_into_model_run), 2,
+    Case("predictions-into-another-scoring", _predictions('{"key": "{key}", "masks": []}\n',
+                                                          out=_scored_before(same_file=False)), 2,
          ("already holds a report of another run",)),
+    Case("predictions-scored-again", _predictions('{"key": "{key}", "masks": []}\n', out=_scored_before(True)), 0,
+         ("mIoU@1",), may_change=lambda t: [t / "out" / "report.json", t / "out" / "report.md"]),
+    Case("predictions-into-a-model-run", _predictions('{"key": "{key}", "masks": []}\n', out=_into_model_run), 2,
+         ("is the folder of a model run", "new --out folder")),
     # models and devices
     Case("unknown-model", _points(None, "--model", "sam_vit_z"), 2, ("unknown model 'sam_vit_z'", "sam_vit_b"),
          after=_no_output),

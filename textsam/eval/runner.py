@@ -272,6 +272,9 @@ def score_predictions(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file, not a folder: give a folder for the report")
+    if (out / "run.json").exists():
+        raise InputError(f"{out} is the folder of a model run (it has run.json): score the predictions into a new "
+                         "--out folder (nothing was changed)")
     for name in ("report.json", "report.md"):
         if (out / name).exists() and not _is_scoring_report(out / "report.json", runner.description()):
             raise InputError(f"{out} already holds a report of another run: use a new --out folder "
