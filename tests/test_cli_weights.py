@@ -223,3 +223,21 @@ def test_network_failure_keeps_the_partial_file_and_says_how_to_resume(
     assert_user_error(rc, err, "Connection reset by peer")
     assert "running the command again resumes it" in err and str(home / "tiny.pth") in err
     assert (home / "tiny.pth.part").stat().st_size > 0 and not (home / "tiny.pth").exists()
+
+
+def test_os_errors_and_memory_errors_are_one_line_user_errors(monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import errno
+
+    from textsam import cli
+
+    for err, words in [(OSError(errno.ENOSPC, "No space left on device", "/data/out.png"), "free some disk space"),
+                       (PermissionError(errno.EACCES, "Permission denied", "/root/x"), "check the permissions"),
+                       (MemoryError(), "out of memory")]:
+        def boom(args, err=err):
+            raise err
+
+        monkeypatch.setattr(cli, "_weights_list", boom)
+        assert cli.main(["weights", "list"]) == 2
+        out = capsys.readouterr().err
+        assert out.count("textsam: error:") == 1 and words in out and "unexpected" not in out

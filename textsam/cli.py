@@ -507,6 +507,26 @@ def _error(message: object) -> None:
     print(f"{PROG}: error: {message}", file=sys.stderr)
 
 
+def _os_error_message(err: OSError) -> str:
+    """One line for an operating-system error, with what to do about the common ones."""
+    import errno
+
+    where = f" ({err.filename})" if err.filename else ""
+    what = err.strerror or str(err)
+    hints = {
+        errno.ENOSPC: "free some disk space, or write somewhere else",
+        errno.EACCES: "check the permissions, or use another path",
+        errno.EPERM: "check the permissions, or use another path",
+        errno.EROFS: "the file system is read-only: use another path",
+        errno.ENOENT: "check the path",
+        errno.EISDIR: "give a file, not a folder",
+        errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
+        errno.EMFILE: "too many open files: raise the limit (ulimit -n) or process fewer files at once",
+    }
+    hint = hints.get(err.errno or -1, "check the path and the machine's disk and permissions")
+    return f"{what}{where}: {hint}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``textsam`` command line with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     verbose = False
@@ -519,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(handler(args))
     except UsageError as err:
         _error(err)
-    except (TextSamError, FileNotFoundError) as err:
+    except TextSamError as err:
         if verbose:
             traceback.print_exc()
         _error(err)
@@ -532,6 +552,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error("interrupted")
         return EXIT_INTERRUPTED
+    except MemoryError:
+        if verbose:
+            traceback.print_exc()
+        _error("out of memory: use a smaller model (e.g. --model mobile_sam), smaller images or fewer prompts "
+               "at a time, or a machine with more memory")
+    except OSError as err:  # the machine, not the code: disk full, permissions, a file that vanished
+        if verbose:
+            traceback.print_exc()
+        _error(_os_error_message(err))
     except Exception as err:  # noqa: BLE001 - last resort: report instead of a raw traceback
         if verbose:
             traceback.print_exc()
