@@ -336,3 +336,157 @@ def test_client_bad_upload_and_concurrent_clients(server, scene, bad_files):
         assert len(runs) == 2
         for coords, labels, pt in runs:
             assert coords == [[float(pt[0]), float(pt[1])]] and labels == [pt[2]]
+
+
+# ------------------------------------------------------------------------------------------ defects
+def _textsam(*args: str, timeout: float = 120, env: dict | None = None):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "textsam", *args], capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", **(env or {})))
+
+
+def test_port_in_use_says_pass_port():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = _textsam("app", "--port", str(port))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("textsam: error: "), r.stderr
+    assert f"port {port}" in lines[0] and "--port" in lines[0] and "launch()" not in lines[0], lines[0]
+    with pytest.raises(webapp.InputError, match="--port with a number from 1 to 65535"):
+        webapp.check_address("127.0.0.1", 70000)
+
+
+def test_port_taken_while_starting_says_pass_port():
+    class Demo:  # Gradio's own error when the port is taken between our check and its bind
+        def launch(self, **kwargs):
+            raise OSError("Cannot find empty port in range: 7860-7860. You can specify a different port by "
+                          "setting the GRADIO_SERVER_PORT environment variable or passing the `server_port` "
+                          "parameter to `launch()`.")
+
+    with pytest.raises(webapp.InputError) as err:
+        webapp.launch(Demo(), port=free_port())
+    assert "already in use" in str(err.value) and "--port" in str(err.value) and "launch()" not in str(err.value)
+
+
+def test_inverted_box_rejected_in_api_but_any_corners_on_the_page(app, scene):
+    with pytest.raises(webapp.InputError, match=r"x0 > x1 or y0 > y1.*top-left, bottom-right"):
+        app.api_segment(str(scene), None, None, [130, 110, 50, 30])
+    with pytest.raises(webapp.InputError, match="x0 > x1 or y0 > y1"):
+        app.api_segment(str(scene), None, None, [50, 110, 130, 30])
+    s = app.new_session()
+    app.upload(s, str(scene))
+    app.click(s, 130, 30, webapp.MODE_BOX)  # top-right, then bottom-left
+    v = app.click(s, 50, 110, webapp.MODE_BOX)
+    assert s.box == [50.0, 30.0, 130.0, 110.0] and v.status.startswith("Result #1"), v.status
+
+
+@pytest.mark.parametrize("text", ["", "red square"])
+def test_point_outside_the_image_says_so(app, scene, text):
+    with pytest.raises(webapp.InputError) as err:
+        app.api_segment(str(scene), text, [[500, 10, 1]])
+    msg = str(err.value)
+    assert "outside the 200x150 image" in msg and "(500, 10)" in msg and "Could not segment" not in msg, msg
+    s = app.new_session()
+    app.upload(s, str(scene))
+    s.points = [(90.0, 70.0, 1), (-3.0, 10.0, 1)]
+    status = app.run(s, text).status
+    assert "outside the 200x150 image" in status and "Could not segment" not in status, status
+
+
+def test_sigterm_removes_the_temporary_folder(tmp_path):
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = free_port()
+    env = dict(os.environ, TMPDIR=str(tmp_path), GRADIO_ANALYTICS_ENABLED="False")
+    proc = subprocess.Popen([sys.executable, "-m", "textsam", "app", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        workdirs = list(tmp_path.glob("textsam_app_*"))
+        assert proc.poll() is None and len(workdirs) == 1, proc.stderr.read() if proc.poll() is not None else workdirs
+        proc.terminate()  # SIGTERM
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert not workdirs[0].exists(), sorted(p.name for p in workdirs[0].rglob("*"))
+
+
+# ------------------------------------------------------------------------------------------ serving
+class SlowPredictor:
+    """A fake predictor: set_image and the first phrase wait for ``gate`` when the image is dark (the
+    expensive first pass); everything else answers at once. Holds 1 MB per image."""
+
+    gate = threading.Event()
+    set_image_calls = 0
+
+    def __init__(self, model) -> None:
+        self.cache = np.zeros(1 << 20, np.uint8)
+
+    def set_image(self, image) -> None:
+        SlowPredictor.set_image_calls += 1
+        self.dark = int(np.asarray(image).mean()) < 10
+
+    def predict(self, text=None, **kwargs):
+        if self.dark and text is not None:
+            assert SlowPredictor.gate.wait(30), "the expensive first pass was never released"
+        return "done"
+
+
+def _image(value: int) -> tuple[np.ndarray, str]:
+    from textsam.webapp_core import image_key
+
+    a = np.full((8, 8, 3), value, np.uint8)
+    return a, image_key(a)
+
+
+def test_cheap_request_does_not_wait_behind_a_first_pass():
+    from textsam.webapp_core import ModelHub
+
+    hub = ModelHub(lambda name: object(), SlowPredictor, workers=2)  # 1 slot for new images + 1 kept free
+    bright, bright_key = _image(200)
+    hub.predict("m", bright, bright_key, text="red circle")  # embedded, its text state computed
+    SlowPredictor.gate.clear()
+    dark, dark_key = _image(0)
+    slow = threading.Thread(target=hub.predict, args=("m", dark, dark_key), kwargs={"text": "red circle"})
+    slow.start()
+    try:
+        t = threading.Thread(target=lambda: hub.predict("m", bright, bright_key, text="blue square"))
+        t.start()
+        t.join(10)
+        assert not t.is_alive() and slow.is_alive()  # answered while the first pass is still running
+    finally:
+        SlowPredictor.gate.set()
+        slow.join(30)
+
+
+def test_cache_is_bounded_by_memory_and_embeds_once():
+    from textsam.webapp_core import ModelHub, footprint
+
+    hub = ModelHub(lambda name: object(), SlowPredictor, cache_bytes=int(2.5 * (1 << 20)), workers=3)
+    assert footprint(SlowPredictor(None)) == 1 << 20
+    images = [_image(v) for v in (50, 60, 70)]
+    calls = SlowPredictor.set_image_calls
+    threads = [threading.Thread(target=hub.embed, args=("m", *images[0])) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert SlowPredictor.set_image_calls == calls + 1  # four requests at once, one embedding
+    for a, k in images[1:]:
+        hub.predict("m", a, k)
+    assert [hub.cached("m", k) for _, k in images] == [False, True, True]  # 2 MB kept of the 2.5 MB budget

@@ -32,6 +32,7 @@ from .webapp_core import (
     ModelHub,
     Session,
     View,
+    box_from_corners,
     default_model_factory,
     display_factor,
     draw_canvas,
@@ -40,7 +41,9 @@ from .webapp_core import (
     parse_box,
     parse_points,
     read_upload,
+    result_doc,
     segment,
+    serving_plan,
     short_message,
     to_image_xy,
 )
@@ -65,25 +68,29 @@ class WebApp:
             :class:`~textsam.predictor.TextSamPredictor`).
         default_model: the model new sessions use.
         max_pixels: larger uploads are refused with a message.
-        cache_size: embedded images kept (LRU over all sessions, keyed by model and image hash).
+        cache_size, cache_bytes: the embedded images kept (LRU over all sessions, keyed by model and image
+            hash): at most ``cache_size`` images (default: no count limit) holding at most ``cache_bytes``
+            (default: 1/16 of the machine's memory, 256 MB to 2 GB).
+        workers: threads that run the models (default: sized to the machine, see ``serving_plan``).
     """
 
     def __init__(
         self, model_factory: Callable[[str], Any] | None = None, predictor_factory: Callable[[Any], Any] | None = None,
-        *, default_model: str = DEMO_MODEL, max_pixels: int = DEFAULT_MAX_PIXELS, cache_size: int = 8,
-        models: Sequence[str] | None = None,
+        *, default_model: str = DEMO_MODEL, max_pixels: int = DEFAULT_MAX_PIXELS, cache_size: int | None = None,
+        cache_bytes: int | None = None, workers: int | None = None, models: Sequence[str] | None = None,
     ) -> None:
         import textsam
 
         if predictor_factory is None:
             predictor_factory = textsam.TextSamPredictor
-        self.hub = ModelHub(model_factory or default_model_factory, predictor_factory, cache_size)
+        self.hub = ModelHub(model_factory or default_model_factory, predictor_factory, cache_size,
+                            cache_bytes=cache_bytes, workers=workers)
         self.default_model, self.max_pixels = default_model, max_pixels
         self.models = list(models) if models is not None else textsam.list_models()
         if default_model not in self.models:
             self.models.insert(0, default_model)
         self.workdir = Path(tempfile.mkdtemp(prefix="textsam_app_"))
-        weakref.finalize(self, shutil.rmtree, self.workdir, True)
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self.workdir, True)
         try:
             self.notice = self.hub.notice(default_model)
         except TextSamError as err:
@@ -91,6 +98,10 @@ class WebApp:
 
     def new_session(self) -> Session:
         return Session(model=self.default_model)
+
+    def close(self) -> None:
+        """Remove the app's temporary folder (downloads, examples); also done at interpreter exit."""
+        self._cleanup()
 
     def _plain(self, s: Session, status: str) -> View:
         if s.image is None:
@@ -142,9 +153,9 @@ class WebApp:
             if s.corner is None:
                 s.corner = (float(x), float(y))
                 return self._plain(s, "Box: now click the opposite corner.")
-            (x0, y0), s.corner = s.corner, None
-            box = parse_box([x0, y0, x, y])
-            if box is None or box[2] - box[0] < 2 or box[3] - box[1] < 2:
+            corner, s.corner = s.corner, None
+            box = box_from_corners(corner, (float(x), float(y)))  # any two opposite corners
+            if box[2] - box[0] < 2 or box[3] - box[1] < 2:
                 s.history.pop()
                 return self._plain(s, _error(InputError("That box is too small: click two opposite corners.")))
             s.box = box
@@ -188,22 +199,21 @@ class WebApp:
         """Stateless segmentation for the ``segment`` API: returns ``(overlay, result JSON)``.
 
         ``points``: ``[[x, y, label], ...]`` pixels (label 1 = foreground, 0 = background);
-        ``box``: ``[x0, y0, x1, y1]`` pixels or ``None``. Raises InputError with a clear message.
+        ``box``: ``[x0, y0, x1, y1]`` pixels (top-left, bottom-right) or ``None``. Raises InputError with a
+        clear message (a bad upload, a point outside the image, an inverted or empty box, ...).
         """
         s = self.new_session()
         s.image, s.name = read_upload(image, self.max_pixels)
         s.key = image_key(s.image)
         s.points, s.box = parse_points(points), parse_box(box)
         if s.box is not None and (s.box[2] - s.box[0] < 1 or s.box[3] - s.box[1] < 1):
-            raise InputError(f"box must have x1 > x0 and y1 > y0; got {box!r}")
+            raise InputError(f"box {s.box} is empty: give x1 > x0 and y1 > y0 (at least a pixel apart)")
         view = segment(self.hub, s, text, all_instances=bool(all_instances), multimask=bool(multimask), display=False)
         t0 = time.perf_counter()
-        out = self.export(s)
-        shutil.rmtree(s.out_dir or "", ignore_errors=True)
+        doc = result_doc(s) or {}
         timing = dict(view.timing_ms, export=(time.perf_counter() - t0) * 1e3)
         timing["total"] = timing["total"] + timing["export"]
-        assert out is not None
-        return view.canvas, dict(out.doc, timing_ms={k: round(v, 2) for k, v in timing.items()})
+        return view.canvas, dict(doc, timing_ms={k: round(v, 2) for k, v in timing.items()})
 
 
 # ------------------------------------------------------------------------------------------ examples
@@ -247,12 +257,17 @@ def _gradio() -> Any:
 def build_demo(
     model_factory: Callable[[str], Any] | None = None, *, predictor_factory: Callable[[Any], Any] | None = None,
     default_model: str = DEMO_MODEL, models: Sequence[str] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-    cache_size: int = 8, concurrency_limit: int = 2, examples_dir: str | Path | None = None,
+    cache_size: int | None = None, cache_bytes: int | None = None, workers: int | None = None,
+    concurrency_limit: int = 32, examples_dir: str | Path | None = None,
 ) -> Any:
-    """The app as a queued ``gr.Blocks`` (its :class:`WebApp` is ``demo.textsam``). See :class:`WebApp`."""
+    """The app as a queued ``gr.Blocks`` (its :class:`WebApp` is ``demo.textsam``). See :class:`WebApp`.
+
+    ``concurrency_limit`` requests of each kind are let through Gradio's queue at once (waiting, mostly:
+    the models run on the app's worker threads, cheap requests first), 64 more may wait in it.
+    """
     gr = _gradio()
     app = WebApp(model_factory, predictor_factory, default_model=default_model, max_pixels=max_pixels,
-                 cache_size=cache_size, models=models)
+                 cache_size=cache_size, cache_bytes=cache_bytes, workers=workers, models=models)
     examples = write_examples(examples_dir if examples_dir is not None else app.workdir / "examples")
 
     def outputs(s: Session, v: View) -> tuple:
@@ -301,7 +316,8 @@ def build_demo(
         try:
             return app.api_segment(image, text, points, box, all_instances)
         except TextSamError as err:
-            raise gr.Error(short_message(err, 600)) from None
+            logger.info("segment API: %s", short_message(err, 200))  # the user's mistake: no traceback
+            raise gr.Error(short_message(err, 600), print_exception=False) from None
 
     with gr.Blocks(title="textsam", delete_cache=(1800, 3600)) as demo:
         state = gr.State(app.new_session(), time_to_live=3 * 3600,
@@ -368,9 +384,51 @@ def build_demo(
 
 def launch(demo: Any, *, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False,
            max_file_size: str | int = MAX_FILE_SIZE, **kwargs: Any) -> Any:
-    """``demo.launch`` with the app's safe defaults (localhost, upload size limit, no share link)."""
-    return demo.launch(server_name=host, server_port=port, share=share, max_file_size=max_file_size,
-                       allowed_paths=kwargs.pop("allowed_paths", None), **kwargs)
+    """``demo.launch`` with the app's safe defaults (localhost, upload size limit, no share link).
+
+    Raises InputError (saying to pass ``--port``/``--host``) when the address cannot be listened on.
+    """
+    if port is not None:
+        check_address(host, port)
+    try:
+        return demo.launch(server_name=host, server_port=port, share=share, max_file_size=max_file_size,
+                           allowed_paths=kwargs.pop("allowed_paths", None), **kwargs)
+    except OSError as err:
+        if "empty port" not in str(err):
+            raise
+        raise InputError(_port_in_use(host, port)) from None
+
+
+def _port_in_use(host: str, port: int | None) -> str:
+    other = 7861 if port == 7860 else 7860
+    return (f"port {port} on {host} is already in use (another textsam app?): pass --port with a free port, "
+            f"e.g. --port {other}")
+
+
+def check_address(host: str, port: int) -> None:
+    """Raise InputError, saying which option to change, when ``host:port`` cannot be listened on."""
+    import errno
+    import socket
+
+    if not 0 < port < 65536:
+        raise InputError(f"--port {port} is not a TCP port: pass --port with a number from 1 to 65535, e.g. 7860")
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError):
+        raise InputError(f"--host {host!r} is not a known address: pass --host 127.0.0.1 (this machine only) "
+                         "or --host 0.0.0.0 (every network interface)") from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+        try:
+            sock.bind(addr)
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise InputError(_port_in_use(host, port)) from None
+            if err.errno == errno.EACCES:
+                raise InputError(f"no permission to listen on port {port} (ports below 1024 need root): pass "
+                                 "--port with a number above 1023, e.g. --port 7860") from None
+            raise InputError(f"cannot listen on {host}:{port} ({err.strerror}): pass --host 127.0.0.1 or "
+                             "another --port") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -381,19 +439,65 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
 
 
+def _sigterm_stops_server() -> Callable[[], None]:
+    """Make SIGTERM stop the server the way Ctrl-C does (Gradio closes it, ``run`` cleans up); returns
+    the undo. Only the main thread may set signal handlers; elsewhere nothing changes."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
 def run(args: argparse.Namespace, examples_dir: str | Path | None = None) -> int:
-    demo = build_demo(default_model=args.model, examples_dir=examples_dir)
-    allowed = [str(examples_dir)] if examples_dir is not None else None
-    launch(demo, host=args.host, port=args.port, share=args.share, allowed_paths=allowed)
+    """Serve the app until Ctrl-C or SIGTERM, then remove its temporary folder (``textsam app``).
+
+    Sizes the work to the machine (:func:`~textsam.webapp_core.serving_plan`): a few model threads, each
+    running torch on its share of the CPUs.
+    """
+    check_address(args.host, args.port)  # before loading anything
+    import torch
+
+    workers, heavy, threads = serving_plan()
+    torch.set_num_threads(threads)
+    logger.info("serving with %d model threads (%d for new images), %d torch thread(s) each", workers, heavy,
+                threads)
+    restore = _sigterm_stops_server()
+    demo = None
+    try:
+        demo = build_demo(default_model=args.model, examples_dir=examples_dir, workers=workers)
+        allowed = [str(examples_dir)] if examples_dir is not None else None
+        launch(demo, host=args.host, port=args.port, share=args.share, allowed_paths=allowed)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM before Gradio's own wait loop took over
+        logger.info("stopped")
+    finally:
+        restore()
+        if demo is not None:
+            demo.close()
+            demo.textsam.close()
     return 0
 
 
 def main(argv: list[str] | None = None, examples_dir: str | Path | None = None) -> int:
     """``python -m textsam.webapp [--model NAME] [--host H] [--port P] [--share]``."""
+    import sys
+
     parser = argparse.ArgumentParser(description="textsam web app")
     add_arguments(parser)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return run(parser.parse_args(argv), examples_dir)
+    try:
+        return run(parser.parse_args(argv), examples_dir)
+    except TextSamError as err:
+        print(f"textsam: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

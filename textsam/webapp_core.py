@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import os
 import threading
 import time
 import uuid
 import warnings
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,31 +66,149 @@ def image_key(image: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def serving_plan(cpus: int | None = None) -> tuple[int, int, int]:
+    """``(workers, heavy_slots, torch_threads)`` for a machine with ``cpus`` CPUs: up to 4 expensive jobs
+    at a time sharing the CPUs (``torch_threads`` each), plus one worker kept for cheap requests."""
+    cpus = cpus or usable_cpus()
+    heavy = min(cpus, 4)
+    return heavy + 1, heavy, max(1, cpus // heavy)
+
+
+def default_cache_bytes() -> int:
+    """The embedding cache's default budget: 1/16 of the machine's memory, between 256 MB and 2 GB."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        total = 8 << 30
+    return int(min(2 << 30, max(256 << 20, total // 16)))
+
+
+def footprint(obj: Any, depth: int = 2) -> int:
+    """Bytes held by the tensors and arrays of ``obj``'s attributes (and theirs, ``depth`` levels down;
+    lists/tuples included; modules, whose weights are shared, are skipped): a cached predictor's size."""
+    import torch
+
+    total = 0
+    values = list(vars(obj).values()) if hasattr(obj, "__dict__") else []
+    while values:
+        v = values.pop()
+        if isinstance(v, torch.nn.Module) or isinstance(v, type):
+            continue
+        if isinstance(v, torch.Tensor):
+            total += v.numel() * v.element_size()
+        elif isinstance(v, np.ndarray):
+            total += v.nbytes
+        elif isinstance(v, (list, tuple)):
+            values.extend(v)
+        elif depth > 0 and hasattr(v, "__dict__"):
+            total += footprint(v, depth - 1)
+    return total
+
+
+class ComputePool:
+    """Model work on a few threads sized to the machine, cheap jobs first.
+
+    ``workers`` threads take jobs; an *expensive* job (a new image's embedding, its first text request)
+    may hold at most ``heavy_slots`` of them, so the others stay free for cheap jobs (a click or a phrase
+    on an image already embedded) and those never wait behind another image's first pass. Callers block
+    in :meth:`run` until their job is done. Threads start on first use and are daemons.
+    """
+
+    def __init__(self, workers: int, heavy_slots: int | None = None) -> None:
+        if workers < 1:
+            raise InputError(f"workers must be >= 1, got {workers}")
+        self.workers = workers
+        self.heavy_slots = max(1, min(workers - 1 if workers > 1 else 1, heavy_slots or workers))
+        self._cv = threading.Condition()
+        self._jobs: tuple[deque, deque] = (deque(), deque())  # cheap, expensive
+        self._heavy_running = 0
+        self._threads: list[threading.Thread] = []
+
+    def run(self, fn: Callable[[], Any], heavy: bool = False) -> Any:
+        """``fn()`` on a worker thread; returns its result or raises its exception."""
+        future: Future = Future()
+        with self._cv:
+            while len(self._threads) < self.workers:
+                t = threading.Thread(target=self._loop, name=f"textsam-compute-{len(self._threads)}", daemon=True)
+                t.start()
+                self._threads.append(t)
+            self._jobs[bool(heavy)].append((fn, future))
+            self._cv.notify()
+        return future.result()
+
+    def _next(self) -> tuple[Callable[[], Any], Future, bool]:
+        with self._cv:
+            while True:
+                if self._jobs[0]:
+                    return (*self._jobs[0].popleft(), False)
+                if self._jobs[1] and self._heavy_running < self.heavy_slots:
+                    self._heavy_running += 1
+                    return (*self._jobs[1].popleft(), True)
+                self._cv.wait()
+
+    def _loop(self) -> None:
+        while True:
+            fn, future, heavy = self._next()
+            try:
+                if future.set_running_or_notify_cancel():
+                    future.set_result(fn())
+            except BaseException as err:  # noqa: BLE001 - handed to the caller
+                future.set_exception(err)
+            finally:
+                if heavy:
+                    with self._cv:
+                        self._heavy_running -= 1
+                        self._cv.notify_all()
+
+
+@dataclass
+class _Entry:
+    """One cached image for one model: its predictor (``None`` until embedded) and what it has computed."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    predictor: Any = None
+    text_ready: bool = False  # a phrase has been answered: per-image text state is computed
+    nbytes: int = 0
+
+
 class ModelHub:
-    """Models loaded once and shared by every session, plus an LRU of embedded predictors.
+    """Models loaded once and shared by every session, plus an LRU cache of embedded images.
 
     ``predictor_factory(model)`` makes a predictor (``set_image``/``predict``); entries are keyed by
-    ``(model name, image hash)`` so an image is embedded once, whoever clicks on it. Each model has
-    a lock: one request at a time uses it (the queue's concurrency limit bounds waiting requests).
+    ``(model name, image hash)`` so an image is embedded once, whoever clicks on it. The cache is bounded
+    by memory (``cache_bytes``: what the cached predictors hold; default :func:`default_cache_bytes`) and,
+    optionally, by a count (``cache_size``). Requests on the same image take turns (its predictor keeps
+    per-image state); requests on different images run in parallel on a :class:`ComputePool` of
+    ``workers`` threads (default: :func:`serving_plan`).
     """
 
     def __init__(
-        self, model_factory: Callable[[str], Any], predictor_factory: Callable[[Any], Any], cache_size: int = 8
+        self, model_factory: Callable[[str], Any], predictor_factory: Callable[[Any], Any],
+        cache_size: int | None = None, *, cache_bytes: int | None = None, workers: int | None = None,
     ) -> None:
-        if cache_size < 1:
+        if cache_size is not None and cache_size < 1:
             raise InputError(f"cache_size must be >= 1, got {cache_size}")
         self._factory, self._predictor_factory, self.cache_size = model_factory, predictor_factory, cache_size
+        self.cache_bytes = cache_bytes if cache_bytes is not None else default_cache_bytes()
+        default_workers, heavy, _ = serving_plan()
+        self.pool = ComputePool(workers or default_workers, heavy_slots=heavy)
         self._models: dict[str, Any] = {}
-        self._locks: dict[str, threading.RLock] = {}
         self._load_lock, self._cache_lock = threading.Lock(), threading.Lock()
-        self._cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
 
     def model(self, name: str) -> Any:
         """The loaded model ``name`` (loaded on first use); raises TextSamError when it cannot load."""
         with self._load_lock:
             if name not in self._models:
                 self._models[name] = self._factory(name)
-                self._locks[name] = threading.RLock()
             return self._models[name]
 
     def notice(self, name: str) -> str:
@@ -97,35 +218,64 @@ class ModelHub:
                     "weights*: masks are not meaningful (and text prompts may be unavailable).")
         return ""
 
-    def _predictor(self, name: str, image: np.ndarray, key: str) -> Any:
-        """Called with the model's lock held: the cached predictor, embedding the image when new."""
-        with self._cache_lock:  # shared by every model's requests
-            pred = self._cache.get((name, key))
-            if pred is not None:
-                self._cache.move_to_end((name, key))
-                return pred
-        pred = self._predictor_factory(self.model(name))
-        pred.set_image(image)
+    def _entry(self, name: str, key: str) -> _Entry:
         with self._cache_lock:
-            self._cache[(name, key)] = pred
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        return pred
+            entry = self._cache.get((name, key))
+            if entry is None:
+                entry = self._cache[(name, key)] = _Entry()
+            else:
+                self._cache.move_to_end((name, key))
+            return entry
+
+    def _run(self, name: str, image: np.ndarray, key: str, kwargs: dict | None) -> Any:
+        """Embed ``image`` when new, then ``predict(**kwargs)`` (nothing more when ``kwargs`` is None)."""
+        model = self.model(name)
+        entry = self._entry(name, key)
+        text = None if kwargs is None else kwargs.get("text")
+        first_text = text is not None and kwargs.get("instances", "one") == "one"
+
+        def work() -> Any:
+            if entry.predictor is None:
+                pred = self._predictor_factory(model)
+                pred.set_image(image)
+                entry.predictor = pred
+            if kwargs is None:
+                return None
+            out = entry.predictor.predict(**kwargs)
+            entry.text_ready |= first_text
+            return out
+
+        with entry.lock:
+            heavy = entry.predictor is None or (first_text and not entry.text_ready)
+            try:
+                return self.pool.run(work, heavy)
+            finally:
+                self._account(name, key, entry)
+
+    def _account(self, name: str, key: str, entry: _Entry) -> None:
+        """Update the entry's size and evict the least recently used images over the budget."""
+        size = footprint(entry.predictor) if entry.predictor is not None else 0
+        with self._cache_lock:
+            entry.nbytes = size
+            if entry.predictor is None and self._cache.get((name, key)) is entry:
+                del self._cache[(name, key)]
+            total = sum(e.nbytes for e in self._cache.values())
+            while len(self._cache) > 1 and (total > self.cache_bytes or (
+                    self.cache_size is not None and len(self._cache) > self.cache_size)):
+                _, old = self._cache.popitem(last=False)
+                total -= old.nbytes
 
     def embed(self, name: str, image: np.ndarray, key: str) -> None:
         """Make sure ``image`` is embedded for ``name`` (so later clicks only run the decoder)."""
-        self.model(name)
-        with self._locks[name]:
-            self._predictor(name, image, key)
+        self._run(name, image, key, None)
 
     def predict(self, name: str, image: np.ndarray, key: str, **kwargs: Any) -> Any:
         """``predictor.predict(**kwargs)`` on ``image``, embedding it only when not cached."""
-        self.model(name)
-        with self._locks[name]:
-            return self._predictor(name, image, key).predict(**kwargs)
+        return self._run(name, image, key, kwargs)
 
     def cached(self, name: str, key: str) -> bool:
-        return (name, key) in self._cache
+        entry = self._cache.get((name, key))
+        return entry is not None and entry.predictor is not None
 
 
 # ------------------------------------------------------------------------------------------ uploads
@@ -154,8 +304,12 @@ def read_upload(payload: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.
     if isinstance(payload, (np.ndarray, Image.Image)):
         return transforms.load_image(payload, max_pixels=max_pixels), "image"
     path, name = _payload_path(payload)
-    if path is None or not path.is_file():
+    if path is None or not path.exists():
         raise InputError("The upload did not arrive; please upload the image again.")
+    if not path.is_file():  # reading a FIFO or a device would block
+        raise InputError(f"{name} is not a regular file (a pipe or a device?): upload an image file.")
+    if path.stat().st_size == 0:
+        raise InputError(f"{name} is empty (0 bytes): the upload did not complete. Upload the image again.")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -289,35 +443,59 @@ def draw_canvas(
     return np.asarray(pil)
 
 
-def parse_points(points: Any) -> list[tuple[float, float, int]]:
-    """``[[x, y], [x, y, label], ...]`` (label 1 = foreground, default; 0 = background)."""
+def _from_json(value: Any, what: str, form: str) -> Any:
+    """``value``, or the JSON it holds when it is a string ("" = nothing)."""
     import json
 
-    if isinstance(points, str):
-        points = json.loads(points) if points.strip() else None
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value) if value.strip() else None
+    except ValueError:
+        raise InputError(f"{what} must be JSON like {form}; got {value[:80]!r}") from None
+
+
+def _numbers(vals: Any) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in vals)
+
+
+def parse_points(points: Any) -> list[tuple[float, float, int]]:
+    """``[[x, y], [x, y, label], ...]`` (label 1 = foreground, default; 0 = background)."""
+    points = _from_json(points, "points", "[[x, y, label], ...]")
+    if points is not None and not isinstance(points, (list, tuple)):
+        raise InputError(f"points must be a list [[x, y, label], ...] in pixels; got {points!r}")
     out = []
     for p in points or []:
         vals = list(p) if isinstance(p, (list, tuple)) else []
-        if len(vals) not in (2, 3) or not all(isinstance(v, (int, float)) for v in vals) or (
-                len(vals) == 3 and vals[2] not in (0, 1)):
-            raise InputError(f"each point must be [x, y] or [x, y, label] with label 0 or 1; got {p!r}")
+        if len(vals) not in (2, 3) or not _numbers(vals) or (len(vals) == 3 and vals[2] not in (0, 1)):
+            raise InputError(f"each point must be [x, y] or [x, y, label] with finite pixel numbers and label 0 "
+                             f"or 1; got {p!r}")
         out.append((float(vals[0]), float(vals[1]), int(vals[2]) if len(vals) == 3 else 1))
     return out
 
 
 def parse_box(box: Any) -> list[float] | None:
-    """``[x0, y0, x1, y1]`` pixels with x1 > x0, y1 > y0; ``None`` / ``[]`` for no box."""
-    import json
+    """``[x0, y0, x1, y1]`` pixels (top-left, bottom-right); ``None`` / ``[]`` for no box.
 
-    if isinstance(box, str):
-        box = json.loads(box) if box.strip() else None
+    A box given as numbers must have x0 <= x1 and y0 <= y1, as everywhere in textsam (a box drawn by two
+    clicks on the page is sorted by :func:`box_from_corners` instead).
+    """
+    box = _from_json(box, "box", "[x0, y0, x1, y1]")
     if box is None or (isinstance(box, (list, tuple)) and len(box) == 0):
         return None
     vals = list(box) if isinstance(box, (list, tuple)) else []
-    if len(vals) != 4 or not all(isinstance(v, (int, float)) for v in vals):
-        raise InputError(f"box must be [x0, y0, x1, y1] in pixels; got {box!r}")
+    if len(vals) != 4 or not _numbers(vals):
+        raise InputError(f"box must be [x0, y0, x1, y1]: four finite numbers in pixels; got {box!r}")
     x0, y0, x1, y1 = (float(v) for v in vals)
-    return [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)]
+    if x0 > x1 or y0 > y1:
+        raise InputError(f"box {[x0, y0, x1, y1]} has x0 > x1 or y0 > y1: give it as x0, y0, x1, y1 "
+                         "(top-left, bottom-right)")
+    return [x0, y0, x1, y1]
+
+
+def box_from_corners(a: tuple[float, float], b: tuple[float, float]) -> list[float]:
+    """The box spanned by two opposite corners clicked in any order."""
+    return [min(a[0], b[0]), min(a[1], b[1]), max(a[0], b[0]), max(a[1], b[1])]
 
 
 def _safe_stem(name: str) -> str:
@@ -335,6 +513,7 @@ def segment(
     Returns the canvas at once; the result waits in ``session.last`` for :func:`export`.
     Raises InputError when there is nothing to segment (the caller shows it in the page).
     """
+    from .prompts import check_points_and_box
     from .results import MaskResult
 
     t0 = time.perf_counter()
@@ -357,10 +536,13 @@ def segment(
                                   multimask_output=multimask or (one_click and phrase is None))
     if instances == "all":
         kwargs.update(point_coords=None, point_labels=None, box=None, multimask_output=True)
+    check_points_and_box(coords, labels, box, session.image.shape[:2])  # e.g. a point outside the image
     try:
         pred = hub.predict(session.model, session.image, session.key, text=phrase, **kwargs)
     except TextSamError as err:
-        if phrase is None or instances == "all" or (coords is None and box is None):
+        if phrase is None:
+            raise
+        if instances == "all" or (coords is None and box is None):
             raise InputError(f"Could not segment with the text prompt: {short_message(err)}") from None
         notes.append(f"the text prompt was ignored ({short_message(err, 200)})")
         phrase = None
@@ -388,6 +570,23 @@ def segment(
         status += " Note: " + " ".join(notes)
     session.last = Outcome(results, prompt, status)
     return View(canvas, status, {"predict": (t_pred - t0) * 1e3, "total": (t1 - t0) * 1e3})
+
+
+def result_doc(session: Session) -> dict | None:
+    """The JSON of the latest result, built in memory (the ``segment`` API writes no files): the document
+    :func:`export` writes, less the file names."""
+    from . import __version__, rle
+
+    if session.last is None or session.image is None:
+        return None
+    h, w = session.image.shape[:2]
+    results = []
+    for r in session.last.results:
+        seg = rle.encode(r.mask)
+        results.append({"label": r.label, "score": r.score, "box_xyxy": list(r.box or [0.0] * 4),
+                         "bbox_xywh": rle.to_bbox(seg), "area": rle.area(seg), "segmentation": seg})
+    return {"textsam": {"version": __version__}, "image": {"file": None, "height": h, "width": w},
+            "prompt": session.last.prompt, "results": results}
 
 
 def export(session: Session, workdir: str | Path) -> Export | None:
