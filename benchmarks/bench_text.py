@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import textsam
-from textsam.text_prompting import TextOptions, TextPrompt
+from textsam.text.prompter import TextOptions, TextPrompt
 from textsam.transforms import load_image
 
 DEFAULT_IMAGE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sam_demo_images" / "truck.jpg"

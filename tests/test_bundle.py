@@ -9,9 +9,9 @@ from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
 from textsam import factory
 from textsam.bundle import load_bundle, read_bundle_meta, save_bundle
-from textsam.encoders.text import TextProjector
 from textsam.errors import WeightsError
 from textsam.predictor import TextSamPredictor
+from textsam.text.clip import TextProjector
 
 from .tiny import TINY_CONFIG, tiny_sam
 
@@ -39,7 +39,7 @@ def test_bundle_round_trip_gives_identical_predictions(tmp_path) -> None:
     img = np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)
     opts = dict(text=phrase, point_coords=np.array([[30, 20]]), point_labels=np.array([1]))
     a, b = TextSamPredictor(model), TextSamPredictor(fresh.eval())
-    from textsam.text_prompting import TextOptions
+    from textsam.text.prompter import TextOptions
 
     for p in (a, b):
         p.text.options = TextOptions(templates=["a photo of a {}.", "a photo of the {}.", "{}"])

@@ -45,7 +45,7 @@ def model():
 
 
 def _factory(model):
-    from textsam.text_prompting import TextOptions
+    from textsam.text.prompter import TextOptions
 
     options = TextOptions(templates=SINGLE["templates"], max_instances=3)  # fewer candidates: faster
     return lambda: textsam.TextSamPredictor(model, text_options=options)

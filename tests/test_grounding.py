@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from textsam.encoders.grounding import (
+from textsam.errors import InputError
+from textsam.text.grounding import (
     DenseClip,
     Geometry,
     crop_scores,
@@ -17,8 +18,7 @@ from textsam.encoders.grounding import (
     text_embeddings,
     upsample_to_image,
 )
-from textsam.encoders.templates import IMAGENET_TEMPLATES, expand, get_templates
-from textsam.errors import InputError
+from textsam.text.templates import IMAGENET_TEMPLATES, expand, get_templates
 
 SIZES = [(480, 640), (640, 480), (333, 1000), (100, 100)]  # (H, W)
 S, P = 448, 16

@@ -95,7 +95,7 @@ def model() -> TextSam:
 
 
 def test_tiny_mobile_sam_shapes(model: TextSam) -> None:
-    from textsam.encoders.tiny_vit import TinyViT
+    from textsam.modeling.tiny_vit import TinyViT
 
     assert isinstance(model.image_encoder, TinyViT)
     assert model.img_size == IMG

@@ -130,7 +130,7 @@ def test_text_export_needs_a_text_head() -> None:
 
 def _with_word_path(model: textsam.TextSam) -> textsam.TextSam:
     """``model`` with its text head rebuilt with a word path whose output layer is non-zero (so it matters)."""
-    from textsam.encoders.text import TextProjector
+    from textsam.text.clip import TextProjector
 
     old = model.text_projector
     proj = TextProjector(old.clip_dim, old.token_dim, old.num_tokens, old.hidden_dim,
@@ -171,7 +171,7 @@ def test_onnx_word_path_graph_matches_the_predictor(tmp_path: Path) -> None:
 def test_onnx_locator_click_matches_the_predictor(tmp_path: Path) -> None:
     """A text head with a locator: the graph finds the same click as the predictor (padding cells excluded,
     here a 96 x 128 image) and adds it where ``text_locate`` is 1; at 0 a padding token fills its slot."""
-    from textsam.encoders.text import TextProjector
+    from textsam.text.clip import TextProjector
 
     model = _with_word_path(textsam.create_model("shapes_tiny"))
     old = model.text_projector

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import textsam
-from textsam.text_prompting import TextOptions
+from textsam.text.prompter import TextOptions
 
 
 @pytest.fixture(scope="module")

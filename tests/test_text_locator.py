@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 import textsam
-from textsam.encoders.locator import TextLocator, cell_centres, locator_loss, target_cells
-from textsam.encoders.text import TextProjector
 from textsam.errors import InputError
+from textsam.text.cell_locator import TextLocator, cell_centres, locator_loss, target_cells
+from textsam.text.clip import TextProjector
 from textsam.train.config import FreezeConfig
 
 from .test_train import FakeCoco, FakeRefer, make_config
@@ -202,7 +202,7 @@ def _with_locator(model: textsam.TextSam) -> textsam.TextSam:
 def test_predictor_adds_the_located_click_in_original_pixels() -> None:
     """The click is the best valid cell's centre mapped to the original frame (padding cells never win), it
     joins the text tokens only when the user gives no click or box, and ``locate=False`` turns it off."""
-    from textsam.text_prompting import TextOptions
+    from textsam.text.prompter import TextOptions
 
     model = _with_locator(textsam.create_model("shapes_tiny"))
     predictor = textsam.TextSamPredictor(model)
@@ -277,7 +277,7 @@ def test_bundle_and_unpack_round_trip_keep_the_locator(tmp_path: Path) -> None:
 
 
 def test_region_geometry_and_silhouettes() -> None:
-    from textsam.encoders.regions import deepest_points, region_geometry, silhouettes
+    from textsam.text.locator import deepest_points, region_geometry, silhouettes
 
     masks = torch.zeros(2, 16, 16, dtype=torch.bool)
     masks[0, 2:6, 8:16] = True  # 8 wide, 4 high, top right
@@ -296,7 +296,7 @@ def test_region_geometry_and_silhouettes() -> None:
 def test_region_locator_learns_shape_and_position_of_objects(factors: str) -> None:
     """Candidates are squares and discs of one random colour; phrases "left disc" / "right disc" / "square". The
     silhouette tells the shape apart whatever the colour, the centroid term picks the side."""
-    from textsam.encoders.regions import RegionLocator, region_loss
+    from textsam.text.locator import RegionLocator, region_loss
 
     torch.manual_seed(0)
     size = 32
@@ -378,7 +378,7 @@ def test_separate_factors_add_up_and_shuffled_colours_only_for_colourless_phrase
     """``factors="separate"``: a candidate's content score is a sum over silhouette, colour and geometry, so the
     score gap between two shapes is the same in any colour. ``region_colour_shuffle``: phrases that name no
     colour see the candidates' colours with the image's channels permuted; phrases that name one never do."""
-    from textsam.encoders.regions import RegionLocator
+    from textsam.text.locator import RegionLocator
     from textsam.train.data import SegmentationDataset, build_entries
 
     torch.manual_seed(0)
@@ -436,7 +436,7 @@ def test_separate_factors_add_up_and_shuffled_colours_only_for_colourless_phrase
 def test_predictor_region_candidates_and_click(tmp_path: Path) -> None:
     """With a region locator the predictor decodes a grid of clicks once per image, keeps distinct confident
     masks, and clicks the deepest pixel of the chosen one."""
-    from textsam.text_prompting import TextOptions
+    from textsam.text.prompter import TextOptions
 
     model = textsam.create_model("shapes_tiny")
     old = model.text_projector

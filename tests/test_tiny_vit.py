@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from textsam.config import TinyViTEncoderConfig
-from textsam.encoders.tiny_vit import Conv2d_BN, TinyViT
+from textsam.modeling.tiny_vit import Conv2d_BN, TinyViT
 
 # Measured on MobileSAM's own TinyViT (ultralytics' copy of mobile_sam/modeling/tiny_vit_sam.py, built with
 # build_sam_vit_t's arguments): 302 encoder keys holding 6_075_415 elements (incl. BatchNorm buffers);

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from textsam.decoder.token_attention import image_to_tokens, token_space_pays, tokens_to_image
-from textsam.decoder.transformer import Attention
+from textsam.modeling.token_attention import image_to_tokens, token_space_pays, tokens_to_image
+from textsam.modeling.transformer import Attention
 
 
 @pytest.fixture()

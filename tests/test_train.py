@@ -376,7 +376,7 @@ def test_semantic_maps_label_every_object_and_resume_exactly(clip_spec: str, tmp
 def test_text_tower_fine_tuning_trains_resumes_and_reloads(clip_spec: str, tmp_path: Path) -> None:
     """``[freeze] text_encoder = false``: the CLIP text tower trains (its visual tower does not), the export
     holds the text tower, a stopped run resumes to the same weights, and a later run starts from them."""
-    from textsam.encoders.text import TextEncoder
+    from textsam.text.clip import TextEncoder
     from textsam.train.loop import train
     from textsam.train.recipes import build_model
 
@@ -543,7 +543,7 @@ def test_torchrun_two_processes_match_single_process(clip_spec: str, tmp_path: P
 def test_clip_pretrain_lowers_infonce_and_saves_local_dir(tmp_path: Path) -> None:
     import open_clip
 
-    from textsam.encoders.text import TextEncoder
+    from textsam.text.clip import TextEncoder
     from textsam.train.clip_pretrain import ClipPretrainConfig, CropTextDataset, clip_input_for, pretrain_clip
 
     rng = np.random.default_rng(0)
@@ -641,7 +641,7 @@ def test_shapes_tiny_assembler_carries_a_fine_tuned_text_tower(clip_spec: str, t
     synthetic = pytest.importorskip("textsam.data.synthetic")
     import textsam
     from textsam.cli import main
-    from textsam.encoders.text import TextEncoder, load_text_tower
+    from textsam.text.clip import TextEncoder, load_text_tower
     from textsam.train import shapes_tiny
     from textsam.train.recipes import TOWER_PREFIX
 
@@ -698,7 +698,7 @@ def test_shapes_tiny_assembler_takes_frozen_parts_from_the_text_runs_start_weigh
     assert torch.allclose(model.state_dict()[key], e2e[key], atol=1e-3)  # fp16 storage
     assert torch.allclose(model.state_dict()["mask_decoder.iou_token.weight"], tuned["mask_decoder.iou_token.weight"],
                           atol=1e-3)
-    from textsam.encoders.text import TextEncoder, load_text_tower, text_tower_state
+    from textsam.text.clip import TextEncoder, load_text_tower, text_tower_state
 
     e2e_tower = TextEncoder.create(clip_spec, None)
     load_text_tower(e2e_tower, text_tower_state(e2e), "e2e")

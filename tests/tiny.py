@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from textsam.config import ModelConfig, TextConfig, ViTEncoderConfig
-from textsam.encoders.text import TextEncoder
 from textsam.factory import build_sam
 from textsam.model import TextSam
+from textsam.text.clip import TextEncoder
 
 TINY_CONFIG = ModelConfig(
     name="tiny_test",

@@ -89,7 +89,7 @@ def load_bundle(path: str | Path, model: nn.Module) -> nn.Module:
     from open_clip.model import CLIP
 
     from .checkpoint import load_into
-    from .encoders.text import TextEncoder, TextProjector
+    from .text.clip import TextEncoder, TextProjector
 
     meta = read_bundle_meta(path)
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}

@@ -10,12 +10,12 @@ from torch import nn
 
 from .checkpoint import load_into, read_state_dict, to_sam_state_dict
 from .config import MODEL_CONFIGS, ModelConfig, TinyViTEncoderConfig, ViTEncoderConfig
-from .decoder.mask_decoder import MaskDecoder
-from .decoder.transformer import TwoWayTransformer
-from .encoders.image import ImageEncoderViT
-from .encoders.prompt import PromptEncoder
 from .errors import InputError
 from .model import TextSam
+from .modeling.image_encoder import ImageEncoderViT
+from .modeling.mask_decoder import MaskDecoder
+from .modeling.prompt_encoder import PromptEncoder
+from .modeling.transformer import TwoWayTransformer
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def get_config(name: str) -> ModelConfig:
 def build_image_encoder(cfg: ViTEncoderConfig | TinyViTEncoderConfig) -> nn.Module:
     """The image encoder described by ``cfg`` (random weights)."""
     if isinstance(cfg, TinyViTEncoderConfig):
-        from .encoders.tiny_vit import TinyViT
+        from .modeling.tiny_vit import TinyViT
 
         return TinyViT.from_config(cfg)
     return ImageEncoderViT.from_config(cfg)
@@ -83,7 +83,7 @@ def _random_small_clip(name: str, clip_config: dict):
     import open_clip
     from open_clip.model import CLIP
 
-    from .encoders.text import TextEncoder
+    from .text.clip import TextEncoder
 
     context = int(clip_config.get("text_cfg", {}).get("context_length", 77))
     tokenizer = open_clip.get_tokenizer("ViT-B-16", context_length=context)
@@ -105,7 +105,7 @@ def attach_text(
         pretrained: load CLIP's published weights; ``False`` gives random CLIP weights (no network).
         text_head: a text-head ``.safetensors`` trained for this SAM and CLIP.
     """
-    from .encoders.text import TextEncoder, parse_clip_spec
+    from .text.clip import TextEncoder, parse_clip_spec
     from .text_head import load_text_head, read_text_head_info
 
     if clip is not None:
@@ -149,7 +149,7 @@ def _load_tuned_tower(model: TextSam, head_path: Path) -> None:
 
     from safetensors.torch import load_file
 
-    from .encoders.text import load_text_tower, text_tower_state
+    from .text.clip import load_text_tower, text_tower_state
 
     run_weights = head_path.with_name("model.safetensors")
     tower = text_tower_state(load_file(str(run_weights))) if run_weights.is_file() else {}

@@ -17,7 +17,7 @@ from . import transforms
 from .errors import InputError
 from .model import TextSam
 from .prompts import PromptBatch, check_mask_input, check_points_and_box
-from .text_prompting import TextOptions, TextPrompt, TextPrompter, mask_nms
+from .text.prompter import TextOptions, TextPrompt, TextPrompter, mask_nms
 
 Precision = Literal["fp32", "bf16", "fp16"]
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

@@ -14,8 +14,8 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from .encoders.text import TextProjector
 from .errors import WeightsError
+from .text.clip import TextProjector
 
 FORMAT = "textsam.text_head"
 VERSION = 1

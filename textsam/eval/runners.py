@@ -38,7 +38,7 @@ TEXT_BENCHMARKS = ("refer", "synthetic", "instances", "semseg")
 def resolve_templates(spec: str | None) -> dict[str, Any]:
     """``{"name", "templates"}`` for a template-set name (``default``, ``imagenet80``, ``single``) or a
     text file with one template per line (``{}`` marks the phrase; blank and ``#`` lines skipped)."""
-    from ..encoders import templates as tpl
+    from ..text import templates as tpl
 
     if spec is None:
         return {"name": "default", "templates": list(tpl.DEFAULT_TEMPLATES)}
@@ -147,7 +147,7 @@ def predictor_factory(
 
     def build() -> Any:
         import textsam
-        from textsam.text_prompting import default_options
+        from textsam.text.prompter import default_options
 
         kwargs: dict[str, Any] = {}
         if checkpoint is not None:

@@ -9,7 +9,7 @@ with probability 0.5). Crops that share a phrase are all positives of each other
 The result is an open_clip ``local-dir`` folder (``open_clip_config.json`` with ``model_cfg`` and
 ``preprocess_cfg``, plus ``open_clip_model.safetensors``), loadable with
 ``open_clip.create_model("local-dir:DIR")``, ``open_clip.get_tokenizer("local-dir:DIR")`` and
-``textsam.encoders.text.TextEncoder.create("local-dir:DIR", None)``.
+``textsam.text.clip.TextEncoder.create("local-dir:DIR", None)``.
 
 Run: ``python -m textsam.train.clip_pretrain --data ROOT --split train --out DIR [--steps N]``.
 """
@@ -33,8 +33,8 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ..config import SHAPES_TINY_CLIP_CFG
-from ..encoders.grounding import OPENAI_MEAN, OPENAI_STD
-from ..encoders.grounding_maps import square_crop
+from ..text.grounding import OPENAI_MEAN, OPENAI_STD
+from ..text.grounding_maps import square_crop
 from .data import ClipInput, StepSampler, build_entries, coco_of, crop_params
 
 logger = logging.getLogger(__name__)

@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..encoders.grounding_maps import square_crop
-from ..encoders.regions import deepest_points, lowres_rgb, region_colours
 from ..model import PIXEL_MEAN, PIXEL_STD
+from ..text.grounding_maps import square_crop
+from ..text.locator import deepest_points, lowres_rgb, region_colours
 from ..transforms import get_preprocess_shape, resize_longest_side
 
 POINT, BOX, TEXT, TEXT_POINT = range(4)
@@ -254,7 +254,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         max_regions: > 0 adds the image's objects as candidates for a region locator: ``regions``
             ``(R, L, L)`` bool low-res masks, ``region_valid`` and ``region_target`` ``(R,)`` bool (R =
             ``max_regions``; targets are always kept) and ``region_colour`` ``(R, 6)`` (their pixels' colour
-            statistics, :func:`~textsam.encoders.regions.region_colours`; greyscale samples give grey ones). In training the masks are jittered (one pixel of
+            statistics, :func:`~textsam.text.locator.region_colours`; greyscale samples give grey ones). In training the masks are jittered (one pixel of
             growth or erosion) and two non-object candidates are added: the union of two objects, and a
             patch of background.
         region_colour_shuffle: in training, the chance that a text sample whose phrase names none of

@@ -30,9 +30,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checkpoint import load_into, read_state_dict, to_sam_state_dict
-from ..encoders.locator import locator_loss, target_cells
-from ..encoders.regions import region_loss
-from ..encoders.text import (
+from ..errors import InputError
+from ..factory import build_sam, get_config
+from ..model import TextSam
+from ..text.cell_locator import locator_loss, target_cells
+from ..text.clip import (
     TOWER_PREFIX,
     TextEncoder,
     TextProjector,
@@ -41,9 +43,7 @@ from ..encoders.text import (
     parse_clip_spec,
     text_tower_state,
 )
-from ..errors import InputError
-from ..factory import build_sam, get_config
-from ..model import TextSam
+from ..text.locator import region_loss
 from .config import TrainConfig
 from .data import BOX, POINT, TEXT, TEXT_KINDS, TEXT_POINT, ClipInput, EmbeddingCache, deepest_points
 from .losses import LossWeights, mask_iou, sam_loss
@@ -459,7 +459,7 @@ def build_recipe(config: TrainConfig, device: torch.device | str = "cpu") -> Rec
     module.locator_only = config.locator_only
     clip_input = None
     if config.recipe == "clip_crops":
-        from ..encoders.grounding import DenseClip
+        from ..text.grounding import DenseClip
 
         dense = DenseClip(model.text_encoder.clip, input_size=int(_pair(model.text_encoder.clip.visual.image_size)))
         clip_input = ClipInput(dense.native_size, tuple(dense.mean.flatten().tolist()), tuple(dense.std.flatten().tolist()))

@@ -29,10 +29,10 @@ from safetensors.torch import load_file
 
 from ..bundle import save_bundle
 from ..config import SHAPES_TINY
-from ..encoders.templates import DEFAULT_TEMPLATES
-from ..encoders.text import TextEncoder, load_text_tower, text_tower_state
 from ..errors import InputError
 from ..factory import build_sam
+from ..text.clip import TextEncoder, load_text_tower, text_tower_state
+from ..text.templates import DEFAULT_TEMPLATES
 from ..text_head import load_text_head
 
 logger = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def unpack(bundle: Path, out_dir: Path) -> Path:
     from safetensors.torch import save_file
 
     from ..bundle import load_bundle, read_bundle_meta
-    from ..encoders.text import TOWER_PREFIX, is_text_tower_key
+    from ..text.clip import TOWER_PREFIX, is_text_tower_key
     from ..text_head import TextHeadInfo, save_text_head
     from .clip_pretrain import save_local_dir
 

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import InputError
-from .model import TextSam
+from ..errors import InputError
+from ..model import TextSam
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class TextPrompter:
     def ensure_text_encoder(self) -> None:
         """Load CLIP on first use (from the model config; random when the model was built unpretrained)."""
         if self.model.text_encoder is None:
-            from .factory import attach_text
+            from ..factory import attach_text
 
             logger.info("loading the CLIP text encoder for text prompts")
             attach_text(self.model, pretrained=getattr(self.model, "pretrained", True))
@@ -108,7 +108,7 @@ class TextPrompter:
 
     def _dense_clip(self):
         if self._dense is None:
-            from .encoders.grounding import DenseClip
+            from .grounding import DenseClip
 
             self._dense = DenseClip(
                 self.model.text_encoder.clip, input_size=self.options.clip_input_size, method=self.options.method
@@ -135,7 +135,7 @@ class TextPrompter:
 
     # ---------------------------------------------------------------------------- embeddings
     def templates(self) -> list[str]:
-        from .encoders import templates as tpl
+        from . import templates as tpl
 
         return list(self.options.templates) if self.options.templates is not None else list(tpl.DEFAULT_TEMPLATES)
 
@@ -174,7 +174,7 @@ class TextPrompter:
         ``(H, W, 3)`` uint8 picture, is needed by a region locator that reads pixel colours)."""
         s = self.model.img_size
         if self.model.text_projector.locator_kind == "regions":
-            from .encoders.regions import deepest_points, lowres_rgb, region_colours
+            from .locator import deepest_points, lowres_rgb, region_colours
 
             self.ensure_text_encoder()
             regions = self.region_candidates(features, input_size)
@@ -235,7 +235,7 @@ class TextPrompter:
 
     def similarity(self, phrase: str, negative: str | None = None) -> Tensor:
         """Patch-text similarity ``(gh, gw)``; a negative phrase's similarity is subtracted."""
-        from .encoders.grounding import similarity_map
+        from .grounding import similarity_map
 
         assert self._features is not None
         sim = similarity_map(self._features, self.phrase_embedding(phrase))[0]
@@ -259,7 +259,7 @@ class TextPrompter:
         labels = np.zeros((0,), dtype=np.int64)
         box = None
         if self.grounding_enabled:
-            from .encoders.grounding import prompts_from_similarity
+            from .grounding import prompts_from_similarity
 
             self._require_features(image)
             sim = self.similarity(phrase, negative)
@@ -288,7 +288,7 @@ class TextPrompter:
         self.ensure_text_encoder()
         if not self.grounding_enabled:
             return [self.prompt_for(phrase, image, negative=negative)]
-        from .encoders.grounding import instance_candidates
+        from .grounding import instance_candidates
 
         self._require_features(image)
         sim = self.similarity(phrase, negative)

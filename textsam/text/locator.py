@@ -1,6 +1,6 @@
 """RegionLocator: choose, among candidate object masks, the one a phrase names (and where to click on it).
 
-The cell locator (:mod:`textsam.encoders.locator`) scores embedding cells, so it can only recognise what the
+The cell locator (:mod:`textsam.text.cell_locator`) scores embedding cells, so it can only recognise what the
 image embedding says about a cell. A region locator scores whole candidate objects (masks the decoder made
 from a grid of clicks, or ground-truth instances in training) by features of the object itself:
 
@@ -13,7 +13,7 @@ from a grid of clicks, or ground-truth instances in training) by features of the
   silhouette alone, so the locator cannot learn that shortcut;
 - its geometry: centroid, size, aspect of the box.
 
-Score of candidate ``i`` for a phrase (vector ``g``, :class:`~textsam.encoders.locator.PhraseVector`)::
+Score of candidate ``i`` for a phrase (vector ``g``, :class:`~textsam.text.cell_locator.PhraseVector`)::
 
     content_i = q(g) . r_i / sqrt(d) + mlp(g * r_i)        r_i = MLP([silhouette, appearance, geometry])
     score_i   = beta * sigmoid(content_i) + gate(g) * content_i + slope(g) . centroid_i
@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 from ..transforms import resize_longest_side
-from .locator import PhraseVector, saturating_score
+from .cell_locator import PhraseVector, saturating_score
 
 __all__ = ["RegionLocator", "region_loss", "region_geometry", "silhouettes", "deepest_points", "region_colours",
            "lowres_rgb", "APPEARANCES", "FACTORS"]

@@ -1,6 +1,6 @@
 """Similarity maps on the CLIP patch grid -> SAM prompts in original image pixels.
 
-Pure numpy; no model (also the square mask crops used for CLIP crop scoring). Frames as in :mod:`textsam.encoders.grounding`: *original* ``(H, W)`` pixels,
+Pure numpy; no model (also the square mask crops used for CLIP crop scoring). Frames as in :mod:`textsam.text.grounding`: *original* ``(H, W)`` pixels,
 *input* (longest side resized to ``input_size``, padded bottom/right), *grid* cells ``(col, row)``.
 Points are ``(x, y)`` and boxes ``x0, y0, x1, y1`` in original pixels, the frame SAM's predictor takes.
 """

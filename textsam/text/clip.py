@@ -319,8 +319,8 @@ class TextProjector(nn.Module):
 
     With ``locator_dim > 0`` the head also holds a locator (``self.locator``; image embeddings of
     ``token_dim`` channels, as in SAM) that turns a phrase into a click on the image: a
-    :class:`~textsam.encoders.locator.TextLocator` over embedding cells (``locator_kind = "cells"``) or a
-    :class:`~textsam.encoders.regions.RegionLocator` over candidate object masks (``"regions"``). It is
+    :class:`~textsam.text.cell_locator.TextLocator` over embedding cells (``locator_kind = "cells"``) or a
+    :class:`~textsam.text.locator.RegionLocator` over candidate object masks (``"regions"``). It is
     not used by :meth:`forward`.
     """
 
@@ -328,8 +328,8 @@ class TextProjector(nn.Module):
                  word_dim: int = 0, word_heads: int = 4, locator_dim: int = 0, locator_kind: str = "cells",
                  locator_appearance: str = "embedding", locator_factors: str = "joint") -> None:
         super().__init__()
-        from .locator import TextLocator
-        from .regions import RegionLocator
+        from .cell_locator import TextLocator
+        from .locator import RegionLocator
 
         self.clip_dim = clip_dim
         self.token_dim = token_dim

@@ -11,7 +11,7 @@ Frames (see also :mod:`textsam.transforms`):
 
 Dense features follow MaskCLIP (Zhou et al., ECCV 2022) or CLIP Surgery (Li et al., 2023); the maps
 become ordinary SAM prompts (positive/negative points, boxes) in original pixels by
-:func:`prompts_from_similarity` and :func:`instance_candidates` (:mod:`textsam.encoders.grounding_maps`).
+:func:`prompts_from_similarity` and :func:`instance_candidates` (:mod:`textsam.text.grounding_maps`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from textsam.encoders.grounding_maps import (
+from textsam.errors import InputError
+from textsam.text.grounding_maps import (
     Geometry,
     GroundedPrompts,
     instance_candidates,
@@ -32,8 +33,7 @@ from textsam.encoders.grounding_maps import (
     square_crop,
     upsample_to_image,
 )
-from textsam.encoders.templates import expand
-from textsam.errors import InputError
+from textsam.text.templates import expand
 
 __all__ = [
     "DenseClip",
@@ -317,7 +317,7 @@ def text_embeddings(
 ) -> torch.Tensor:
     """Prompt-ensembled CLIP text embeddings ``(N, D)`` float32, unit norm, one row per phrase.
 
-    Each phrase is put into every template (:func:`textsam.encoders.templates.expand`); the normalised
+    Each phrase is put into every template (:func:`textsam.text.templates.expand`); the normalised
     embeddings are averaged and normalised again (one text-tower batch for everything).
     An empty string (CLIP Surgery's "redundant" prompt) is encoded as ``""`` without templates.
     """
