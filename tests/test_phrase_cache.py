@@ -35,3 +35,17 @@ def test_cache_keeps_the_most_recently_used() -> None:
     enc.encode(["a"])  # touch 'a': 'b' is now the oldest
     enc.encode(["c"])
     assert list(enc._cache) == ["a", "c"]
+
+
+def test_threads_sharing_one_encoder_with_a_small_cache() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    enc = tiny_clip_encoder()
+    enc.cache_size = 3
+    phrases = [f"thing {i}" for i in range(12)]
+    ref = tiny_clip_encoder().encode(phrases)
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda i: enc.encode([phrases[i % 12], phrases[(i * 5) % 12]]), range(200)))
+    for i, out in enumerate(outs):
+        torch.testing.assert_close(out, ref[[i % 12, (i * 5) % 12]])
+    assert len(enc._cache) <= 3

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -86,6 +87,7 @@ class TextEncoder(nn.Module):
         self.cache_size = cache_size
         self._cache: OrderedDict[str, Tensor] = OrderedDict()
         self._word_cache: OrderedDict[str, tuple[Tensor, Tensor]] = OrderedDict()
+        self._cache_lock = threading.Lock()  # predictors on several threads share one encoder
         self.tower_calls = 0  # text-tower forward passes run so far (for cache measurements)
 
     @classmethod
@@ -204,18 +206,20 @@ class TextEncoder(nn.Module):
         mixes an old entry with new ones, is always answered in full; the cache keeps the most recently
         used ``cache_size`` phrases.
         """
-        found = {p: cache[p] for p in dict.fromkeys(phrases) if p in cache}
+        with self._cache_lock:
+            found = {p: cache[p] for p in dict.fromkeys(phrases) if p in cache}
         missing = [p for p in dict.fromkeys(phrases) if p not in found]
         if missing:
             for p in missing:
                 self._warn_if_truncated(p)
             found.update(zip(missing, compute(missing)))
             self.tower_calls += 1
-        for p in dict.fromkeys(phrases):
-            cache[p] = found[p]
-            cache.move_to_end(p)
-        while len(cache) > self.cache_size:
-            cache.popitem(last=False)
+        with self._cache_lock:
+            for p in dict.fromkeys(phrases):
+                cache[p] = found[p]
+                cache.move_to_end(p)
+            while len(cache) > self.cache_size:
+                cache.popitem(last=False)
         return [found[p] for p in phrases]
 
     def tokenize(self, phrases: Sequence[str]) -> Tensor:
