@@ -62,3 +62,19 @@ def test_gradients_match(attention: Attention) -> None:
 def test_token_space_only_when_fewer_tokens_than_head_width(attention: Attention) -> None:
     assert token_space_pays(attention, 7)
     assert not token_space_pays(attention, 8)
+
+
+def test_decode_confident_equals_decode_for_the_kept_prompts() -> None:
+    from .tiny import tiny_sam
+
+    model = tiny_sam()
+    emb = torch.randn(1, 256, 16, 16)
+    coords = torch.rand(40, 1, 2) * 255
+    labels = torch.ones(40, 1)
+    with torch.inference_mode():
+        low, iou = model.decode(emb, points=(coords, labels), multimask_output=True)
+        threshold = float(iou.amax(dim=1).median())
+        iou2, low2, rows = model.decode_confident(emb, (coords, labels), threshold)
+    assert torch.equal(rows, torch.nonzero(iou.amax(dim=1) >= threshold).flatten()) and 0 < len(rows) < 40
+    torch.testing.assert_close(iou2, iou)
+    torch.testing.assert_close(low2, low[rows])

@@ -126,3 +126,13 @@ class TextSam(nn.Module):
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
         )
+
+    def decode_confident(
+        self, image_embeddings: Tensor, points: tuple[Tensor, Tensor], min_iou: float, multimask_output: bool = True
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`decode` for many clicks of which only the confident ones are wanted (candidate generation):
+        IoU ``(B, M)`` for every prompt, low-res logits ``(K, M, 4h, 4w)`` only for the ``K`` prompts whose
+        best IoU is at least ``min_iou``, and their indices ``(K,)`` (see ``MaskDecoder.predict_confident``)."""
+        sparse, dense = self.prompt_encoder(points=points, boxes=None, masks=None)
+        return self.mask_decoder.predict_confident(image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense,
+                                                   multimask_output, min_iou)

@@ -76,6 +76,35 @@ class MaskDecoder(nn.Module):
         token_slice: slice = slice(None),
     ) -> tuple[Tensor, Tensor]:
         """Masks ``(B, M, 4h, 4w)`` and IoU ``(B, M)`` for the mask tokens selected by ``token_slice``."""
+        hs, src = self._attend(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
+        iou_pred = self.iou_prediction_head(hs[:, 0, :])[:, token_slice]
+        return self._masks(hs, src, token_slice), iou_pred
+
+    def predict_confident(
+        self,
+        image_embeddings: Tensor,
+        image_pe: Tensor,
+        sparse_prompt_embeddings: Tensor,
+        dense_prompt_embeddings: Tensor,
+        multimask_output: bool,
+        min_iou: float,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Like :meth:`forward`, but masks only for the prompts that can pass an IoU filter.
+
+        The transformer and the IoU head run for every prompt; the upscaling and the mask head (about half
+        of the decoder's work) only for the ``K`` prompts whose best predicted IoU is at least ``min_iou``.
+        Their masks equal :meth:`forward`'s. Returns ``iou_pred (B, M)``, ``masks (K, M, 4h, 4w)`` and the
+        prompts' indices ``rows (K,)``.
+        """
+        sel = slice(1, None) if multimask_output else slice(0, 1)
+        hs, src = self._attend(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
+        iou_pred = self.iou_prediction_head(hs[:, 0, :])[:, sel]
+        rows = torch.nonzero(iou_pred.amax(dim=1) >= min_iou).flatten()
+        return iou_pred, self._masks(hs[rows], src[rows], sel), rows
+
+    def _attend(self, image_embeddings: Tensor, image_pe: Tensor, sparse_prompt_embeddings: Tensor,
+                dense_prompt_embeddings: Tensor) -> tuple[Tensor, Tensor]:
+        """The two-way transformer: output tokens ``(B, T, C)`` and image tokens as a map ``(B, C, h, w)``."""
         b = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(b, -1, -1)
@@ -89,19 +118,18 @@ class MaskDecoder(nn.Module):
             src = src[:1]  # every prompt sees the same image: project it once (broadcast inside)
         _, c, h, w = src.shape
         hs, src = self.transformer(src, image_pe, tokens)
-        iou_token_out = hs[:, 0, :]
-        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
-
         # (B, h*w, C) is channels-last memory: keep it so the upscaling convs and norms run copy-free.
-        src = src.reshape(src.shape[0], h, w, c).permute(0, 3, 1, 2)
+        return hs, src.reshape(src.shape[0], h, w, c).permute(0, 3, 1, 2)
+
+    def _masks(self, hs: Tensor, src: Tensor, token_slice: slice) -> Tensor:
+        """Low-res mask logits ``(B, M, 4h, 4w)`` from the transformer's outputs (see :meth:`_attend`)."""
+        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
         upscaled = self.output_upscaling(src)  # (B, C/8, 4h, 4w), channels-last in memory
         indices = range(self.num_mask_tokens)[token_slice]
         hyper_in = torch.stack([self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in indices], dim=1)
         _, cu, hu, wu = upscaled.shape
         pixels = upscaled.permute(0, 2, 3, 1).reshape(upscaled.shape[0], hu * wu, cu)
-        masks = (pixels @ hyper_in.transpose(1, 2)).transpose(1, 2).reshape(b, -1, hu, wu)
-        iou_pred = self.iou_prediction_head(iou_token_out)[:, token_slice]
-        return masks, iou_pred
+        return (pixels @ hyper_in.transpose(1, 2)).transpose(1, 2).reshape(hs.shape[0], -1, hu, wu)
 
 
 def _all_rows_equal(x: Tensor) -> bool:

@@ -210,22 +210,29 @@ class TextPrompter:
         if self._regions is not None:
             return self._regions
         o = self.options
-        g = max(1, int(o.region_grid))
-        ys = (np.arange(g) + 0.5) * input_size[0] / g - 0.5
-        xs = (np.arange(g) + 0.5) * input_size[1] / g - 0.5
-        grid = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 1, 2)
-        coords = torch.as_tensor(grid, dtype=torch.float32, device=self.model.device)
-        labels = torch.ones(coords.shape[:2], device=self.model.device)
-        low, iou = self.model.decode(features, points=(coords, labels), boxes=None, masks=None, extra_tokens=None,
-                                     multimask_output=True)
-        best = iou.argmax(dim=1)
-        rows = torch.arange(len(best), device=best.device)
-        masks, scores = low[rows, best] > self.model.mask_threshold, iou[rows, best]
-        keep = (scores >= o.region_min_iou) & masks.flatten(1).any(1)
-        masks, scores = masks[keep], scores[keep]
+        masks, scores = self._grid_masks(features, self._grid(max(1, int(o.region_grid)), input_size))
         chosen = mask_nms(masks.cpu().numpy(), scores.float().cpu().numpy(), o.region_nms_iou)[: o.max_regions]
         self._regions = masks[chosen]
         return self._regions
+
+    @staticmethod
+    def _grid(n: int, input_size: tuple[int, int]) -> np.ndarray:
+        """``(n * n, 2)`` x, y click centres of an ``n`` x ``n`` grid over the resized image (input frame)."""
+        ys = (np.arange(n) + 0.5) * input_size[0] / n - 0.5
+        xs = (np.arange(n) + 0.5) * input_size[1] / n - 0.5
+        return np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)
+
+    def _grid_masks(self, features: Tensor, points: np.ndarray) -> tuple[Tensor, Tensor]:
+        """Each click's most confident mask ``(P', L, L)`` bool and its predicted IoU ``(P',)``, for the clicks
+        ``points (P, 2)`` (input frame) whose mask is non-empty and at least ``region_min_iou``."""
+        coords = torch.as_tensor(points[:, None], dtype=torch.float32, device=self.model.device)
+        labels = torch.ones(coords.shape[:2], device=self.model.device)
+        iou, low, rows = self.model.decode_confident(features, (coords, labels), self.options.region_min_iou)
+        best = iou[rows].argmax(dim=1)
+        picked = torch.arange(len(rows), device=rows.device)
+        masks, scores = low[picked, best] > self.model.mask_threshold, iou[rows, best]
+        keep = masks.flatten(1).any(1)
+        return masks[keep], scores[keep]
 
     def text_tokens(self, phrases: Sequence[str]) -> Tensor | None:
         """Text-head tokens ``(B, K, C)`` for the phrases, or None without a text head."""
