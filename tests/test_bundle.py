@@ -53,7 +53,7 @@ def test_bundle_round_trip_gives_identical_predictions(tmp_path) -> None:
 
 
 def test_missing_bundled_file_is_a_clear_error(monkeypatch, tmp_path) -> None:
-    from textsam import pretrained
+    from textsam.weights import pretrained
 
     monkeypatch.setattr(pretrained, "PACKAGE_WEIGHTS", tmp_path)
     with pytest.raises(WeightsError, match="bundled shapes_tiny weights are missing"):

@@ -1,4 +1,4 @@
-"""textsam.checkpoint: reading files, format detection, the HF -> official key map, strict loading.
+"""textsam.weights.checkpoint: reading files, format detection, the HF -> official key map, strict loading.
 
 The HF test builds a tiny transformers ``SamModel`` and a tiny official segment-anything ``Sam`` of the
 same shape, writes the HF one with ``save_pretrained``, maps its names with ``hf_to_sam`` and loads them
@@ -15,7 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from textsam.checkpoint import (
+from textsam.errors import CheckpointMismatchError, WeightsError
+from textsam.weights.checkpoint import (
     detect_format,
     guess_model_name,
     hf_to_sam,
@@ -23,7 +24,6 @@ from textsam.checkpoint import (
     read_state_dict,
     to_sam_state_dict,
 )
-from textsam.errors import CheckpointMismatchError, WeightsError
 
 sam_modeling = pytest.importorskip("segment_anything.modeling")
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from textsam import pretrained
 from textsam.cli import main
-from textsam.pretrained import WeightsEntry
+from textsam.weights import pretrained
+from textsam.weights.pretrained import WeightsEntry
 
 URL = "https://example.invalid/weights/tiny.pth"
 DATA = b"textsam-test-weights" * 100

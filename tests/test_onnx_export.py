@@ -10,7 +10,7 @@ import torch
 
 import textsam
 from textsam.cli import main
-from textsam.onnx_export import OnnxPromptDecoder, example_inputs, export_onnx
+from textsam.export.onnx import OnnxPromptDecoder, example_inputs, export_onnx
 
 from .tiny import official_sam
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from textsam import pretrained
 from textsam.config import MODEL_CONFIGS
 from textsam.errors import WeightsError
-from textsam.pretrained import WeightsEntry
+from textsam.weights import pretrained
+from textsam.weights.pretrained import WeightsEntry
 
 URL = "https://example.invalid/weights/tiny.pth"
 DATA = bytes(range(256)) * 40  # 10 240 bytes
@@ -121,7 +121,7 @@ def test_real_table_is_consistent() -> None:
     assert len({e.filename for e in table.values()}) == len(table)
     assert table["sam_vit_b"].size == 375_042_383
     assert table["sam_vit_b"].sha256.startswith("ec2df627")
-    from textsam.pretrained import BUNDLED
+    from textsam.weights.pretrained import BUNDLED
 
     for config in MODEL_CONFIGS.values():
         assert config.weights is None or config.weights in table or config.weights in BUNDLED

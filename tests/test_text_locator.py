@@ -243,10 +243,10 @@ def test_bundle_and_unpack_round_trip_keep_the_locator(tmp_path: Path) -> None:
     """A bundle with a word path and a locator loads with both; ``--unpack`` writes a run folder whose
     weights rebuild the same model for training."""
     from textsam.bundle import read_bundle_meta, save_bundle
-    from textsam.pretrained import bundled_path
     from textsam.train import shapes_tiny
     from textsam.train.config import TrainConfig
     from textsam.train.recipes import build_model
+    from textsam.weights.pretrained import bundled_path
 
     model = _with_locator(textsam.create_model("shapes_tiny"))
     torch.manual_seed(1)
@@ -277,7 +277,8 @@ def test_bundle_and_unpack_round_trip_keep_the_locator(tmp_path: Path) -> None:
 
 
 def test_region_geometry_and_silhouettes() -> None:
-    from textsam.text.locator import deepest_points, region_geometry, silhouettes
+    from textsam.ops import deepest_points
+    from textsam.text.locator import region_geometry, silhouettes
 
     masks = torch.zeros(2, 16, 16, dtype=torch.bool)
     masks[0, 2:6, 8:16] = True  # 8 wide, 4 high, top right

@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from textsam.errors import InputError
+from textsam.ops import deepest_points
 from textsam.train.config import (
     DataConfig,
     FreezeConfig,
@@ -39,7 +40,6 @@ from textsam.train.data import (
     StepSampler,
     build_entries,
     collate,
-    deepest_points,
 )
 from textsam.train.losses import dice_loss, iou_mse_loss, sam_loss, sigmoid_focal_loss
 

@@ -88,8 +88,8 @@ def load_bundle(path: str | Path, model: nn.Module) -> nn.Module:
     import open_clip
     from open_clip.model import CLIP
 
-    from .checkpoint import load_into
     from .text.clip import TextEncoder, TextProjector
+    from .weights.checkpoint import load_into
 
     meta = read_bundle_meta(path)
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}

@@ -100,7 +100,7 @@ def _add_weights_parser(subparsers: _Subparsers) -> None:
 
 
 def _weights_list(args: argparse.Namespace) -> int:
-    from textsam import pretrained
+    from textsam.weights import pretrained
 
     rows = [("NAME", "SIZE_MB", "LICENSE", "CACHED", "SOURCE")]
     for name, entry in pretrained.WEIGHTS.items():
@@ -118,14 +118,14 @@ def _weights_list(args: argparse.Namespace) -> int:
 
 def _check_names(names: Sequence[str]) -> None:
     """Raise WeightsError (listing known names) for the first unknown name."""
-    from textsam import pretrained
+    from textsam.weights import pretrained
 
     for name in names:
         pretrained.get_entry(name)
 
 
 def _weights_download(args: argparse.Namespace) -> int:
-    from textsam import pretrained
+    from textsam.weights import pretrained
 
     if args.all and args.names:
         raise UsageError("give weights names or --all, not both")
@@ -140,8 +140,8 @@ def _weights_download(args: argparse.Namespace) -> int:
 
 
 def _weights_verify(args: argparse.Namespace) -> int:
-    from textsam import pretrained
     from textsam.errors import WeightsError
+    from textsam.weights import pretrained
 
     _check_names(args.names)
     names = args.names or [n for n in pretrained.WEIGHTS if pretrained.is_cached(n)]
@@ -170,7 +170,7 @@ def _weights_verify(args: argparse.Namespace) -> int:
 
 
 def _weights_path(args: argparse.Namespace) -> int:
-    from textsam import pretrained
+    from textsam.weights import pretrained
 
     path = pretrained.weights_path(args.name)
     print(path)
@@ -466,7 +466,7 @@ def _add_export_parser(subparsers: _Subparsers) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from textsam.onnx_export import check_export, export_onnx
+    from textsam.export.onnx import check_export, export_onnx
 
     check_export(args.output, args.opset)  # before the (possibly slow) model build
     path = export_onnx(create_model_from_args(args), args.output, return_single_mask=args.return_single_mask,

@@ -92,7 +92,7 @@ class TextConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """A complete textsam variant. ``weights`` names an entry of ``textsam.pretrained.WEIGHTS``."""
+    """A complete textsam variant. ``weights`` names an entry of ``textsam.weights.pretrained.WEIGHTS``."""
 
     name: str
     image_encoder: ViTEncoderConfig | TinyViTEncoderConfig

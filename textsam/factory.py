@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import load_into, read_state_dict, to_sam_state_dict
 from .config import MODEL_CONFIGS, ModelConfig, TinyViTEncoderConfig, ViTEncoderConfig
 from .errors import InputError
 from .model import TextSam
@@ -16,6 +15,7 @@ from .modeling.image_encoder import ImageEncoderViT
 from .modeling.mask_decoder import MaskDecoder
 from .modeling.prompt_encoder import PromptEncoder
 from .modeling.transformer import TwoWayTransformer
+from .weights.checkpoint import load_into, read_state_dict, to_sam_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ def create_model(
     Returns:
         the model in eval mode.
     """
-    from .pretrained import BUNDLED, bundled_path, resolve_weights
+    from .weights.pretrained import BUNDLED, bundled_path, resolve_weights
 
     config = get_config(name)
     device = check_device(device)

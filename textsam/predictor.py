@@ -16,8 +16,9 @@ from PIL import Image
 from . import transforms
 from .errors import InputError
 from .model import TextSam
+from .ops import mask_nms
 from .prompts import PromptBatch, check_mask_input, check_points_and_box
-from .text.prompter import TextOptions, TextPrompt, TextPrompter, mask_nms
+from .text.prompter import TextOptions, TextPrompt, TextPrompter
 
 Precision = Literal["fp32", "bf16", "fp16"]
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

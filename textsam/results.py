@@ -30,6 +30,7 @@ import numpy as np
 
 from . import rle
 from .errors import InputError
+from .ops import mask_box
 
 __all__ = ["MaskResult", "write_results", "mask_box_xyxy", "atomic_write", "is_own_output", "foreign_outputs",
            "remove_leftovers", "read_own_json"]
@@ -42,12 +43,8 @@ def mask_box_xyxy(mask: np.ndarray) -> list[float]:
 
     ``[0, 0, 0, 0]`` for an empty mask. Consistent with the COCO ``[x, y, w, h]`` of the same mask.
     """
-    m = np.asarray(mask) != 0
-    rows = np.flatnonzero(m.any(axis=1))
-    if rows.size == 0:
-        return [0.0, 0.0, 0.0, 0.0]
-    cols = np.flatnonzero(m.any(axis=0))
-    return [float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)]
+    box = mask_box(mask)
+    return [0.0, 0.0, 0.0, 0.0] if box is None else [float(v) for v in box]
 
 
 @dataclass

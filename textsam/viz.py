@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import InputError
+from .ops import mask_box
 
 __all__ = ["overlay", "mask_to_png", "palette"]
 
@@ -66,14 +67,6 @@ def _boundary(mask: np.ndarray, thickness: int) -> np.ndarray:
         eroded[:, :-1] &= inner[:, 1:]
         inner = eroded
     return mask & ~inner
-
-
-def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
 @lru_cache(maxsize=16)
@@ -168,7 +161,7 @@ def overlay(
     line = max(1, round(scale / 400))
     out = img.copy()
     for i in range(n):
-        box = _mask_box(m[i])
+        box = mask_box(m[i])
         if box is None:
             continue
         x0, y0, x1, y1 = box  # work inside the mask's box only: cheap for small masks on big images
@@ -202,9 +195,9 @@ def overlay(
             text = _label_text(i, labels, scores)
             if not text:
                 continue
-            anchor_box = tuple(int(round(v)) for v in box_arr[i]) if box_arr is not None else _mask_box(m[i])
+            anchor_box = tuple(int(round(v)) for v in box_arr[i]) if box_arr is not None else mask_box(m[i])
             if anchor_box is None or anchor_box[2] <= anchor_box[0]:
-                anchor_box = _mask_box(m[i])
+                anchor_box = mask_box(m[i])
             if anchor_box is None:
                 continue  # an empty mask without a box has nowhere to put its tag
             _draw_label(draw, text, (anchor_box[0], anchor_box[1]), colours[i], font_size, (w, h))

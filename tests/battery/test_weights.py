@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from textsam import pretrained
-from textsam.pretrained import WeightsEntry
+from textsam.weights import pretrained
+from textsam.weights.pretrained import WeightsEntry
 
 from .harness import check, run_cli, snapshot
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from textsam.errors import InputError
+from textsam.ops import mask_box
 from textsam.transforms import get_preprocess_shape
 
 _NEIGHBOURS = [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0)]
@@ -388,14 +389,6 @@ def instance_candidates(
     return candidates[:max_instances]
 
 
-def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """Tight ``x0, y0, x1, y1`` (exclusive ends) of a bool ``(H, W)`` mask, or None when empty."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return None
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
-
-
 def square_crop(
     image: np.ndarray, mask: np.ndarray, enlarge: float, fill: np.ndarray, grey_outside: bool = True
 ) -> np.ndarray:
@@ -403,7 +396,7 @@ def square_crop(
 
     Parts outside the image, and (``grey_outside``) pixels outside the mask, get the colour ``fill``.
     """
-    box = _mask_box(mask)
+    box = mask_box(mask)
     if box is None:
         raise InputError("the mask is empty: there is nothing to crop")
     x0, y0, x1, y1 = box

@@ -24,7 +24,7 @@ score cannot use a conjunction such as "round and purple, so a hexagon" (which a
 circles are never purple teaches, and which fails on exactly the pairs held out of training).
 
 (the linear centroid term picks the extreme candidate along a direction among those that match). The best
-candidate's deepest pixel becomes the click (:func:`deepest_points`). Trained with :func:`region_loss`: minus the
+candidate's deepest pixel becomes the click (:func:`textsam.ops.deepest_points`). Trained with :func:`region_loss`: minus the
 log softmax mass on the target candidates.
 
 Masks are low-resolution decoder masks ``(L, L)`` in the padded model-input frame.
@@ -43,32 +43,11 @@ from ..errors import InputError
 from ..transforms import resize_longest_side
 from .cell_locator import PhraseVector, saturating_score
 
-__all__ = ["RegionLocator", "region_loss", "region_geometry", "silhouettes", "deepest_points", "region_colours",
+__all__ = ["RegionLocator", "region_loss", "region_geometry", "silhouettes", "region_colours",
            "lowres_rgb", "APPEARANCES", "FACTORS"]
 
 APPEARANCES = ("embedding", "colour")
 FACTORS = ("joint", "separate")
-
-
-def deepest_points(masks: Tensor) -> Tensor:
-    """The pixel of each mask farthest from its boundary (the image border counts as boundary).
-
-    ``masks (B, H, W)`` bool -> ``(B, 2)`` long ``(x, y)``; ties go to the first pixel in raster order;
-    an empty mask gives ``(W // 2, H // 2)``. Chessboard distance, by repeated 3x3 erosion.
-    """
-    m = masks.float().unsqueeze(1)
-    depth = torch.zeros_like(m)
-    for _ in range((max(m.shape[-2:]) + 1) // 2):
-        if m.device.type == "cpu" and not bool(m.any()):  # on GPUs the check would sync every round
-            break
-        depth += m
-        m = 1.0 - F.max_pool2d(F.pad(1.0 - m, (1, 1, 1, 1), value=1.0), 3, stride=1)
-    b, _, h, w = depth.shape
-    flat = depth.reshape(b, -1).argmax(dim=1)
-    pts = torch.stack([flat % w, flat // w], dim=1)
-    empty = ~masks.reshape(b, -1).any(dim=1)
-    pts[empty] = torch.tensor([w // 2, h // 2], device=masks.device)
-    return pts
 
 
 def lowres_rgb(image: np.ndarray, img_size: int, size: int) -> Tensor:

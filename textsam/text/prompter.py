@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ..errors import InputError
 from ..model import TextSam
+from ..ops import deepest_points, mask_nms
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ class TextPrompter:
         ``(H, W, 3)`` uint8 picture, is needed by a region locator that reads pixel colours)."""
         s = self.model.img_size
         if self.model.text_projector.locator_kind == "regions":
-            from .locator import deepest_points, lowres_rgb, region_colours
+            from .locator import lowres_rgb, region_colours
 
             self.ensure_text_encoder()
             regions = self.region_candidates(features, input_size)
@@ -344,20 +345,3 @@ class TextPrompter:
         probs = torch.sigmoid(up[:, 0, :nh, :nw])
         weights = F.interpolate(probs[:, None], size=grid, mode="area")[:, 0]  # grid covers the real image
         return weights / weights.sum(dim=(1, 2), keepdim=True).clamp_min(1e-6)
-
-
-def mask_nms(masks: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int]:
-    """Indices kept by greedy NMS on boolean masks ``(N, H, W)``, highest score first."""
-    order = np.argsort(-scores)
-    flat = masks.reshape(masks.shape[0], -1)
-    areas = flat.sum(1)
-    keep: list[int] = []
-    for i in order:
-        if areas[i] == 0:
-            continue
-        if all(
-            np.logical_and(flat[i], flat[j]).sum() / max(1, np.logical_or(flat[i], flat[j]).sum()) <= iou_threshold
-            for j in keep
-        ):
-            keep.append(int(i))
-    return keep

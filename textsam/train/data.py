@@ -35,8 +35,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..model import PIXEL_MEAN, PIXEL_STD
+from ..ops import deepest_points
 from ..text.grounding_maps import square_crop
-from ..text.locator import deepest_points, lowres_rgb, region_colours
+from ..text.locator import lowres_rgb, region_colours
 from ..transforms import get_preprocess_shape, resize_longest_side
 
 POINT, BOX, TEXT, TEXT_POINT = range(4)

@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import load_into, read_state_dict, to_sam_state_dict
 from ..errors import InputError
 from ..factory import build_sam, get_config
 from ..model import TextSam
+from ..ops import deepest_points
 from ..text.cell_locator import locator_loss, target_cells
 from ..text.clip import (
     TOWER_PREFIX,
@@ -44,8 +44,9 @@ from ..text.clip import (
     text_tower_state,
 )
 from ..text.locator import region_loss
+from ..weights.checkpoint import load_into, read_state_dict, to_sam_state_dict
 from .config import TrainConfig
-from .data import BOX, POINT, TEXT, TEXT_KINDS, TEXT_POINT, ClipInput, EmbeddingCache, deepest_points
+from .data import BOX, POINT, TEXT, TEXT_KINDS, TEXT_POINT, ClipInput, EmbeddingCache
 from .losses import LossWeights, mask_iou, sam_loss
 
 logger = logging.getLogger(__name__)
@@ -346,7 +347,7 @@ def _load_start_weights(model: TextSam, config: TrainConfig) -> tuple[dict[str, 
     ``text_projector.*`` and the CLIP text-tower (``text_encoder.clip.*``) tensors found, without prefixes."""
     if config.pretrained and model.config is not None and model.config.weights:
         from ..factory import load_sam_weights
-        from ..pretrained import resolve_weights
+        from ..weights.pretrained import resolve_weights
 
         load_sam_weights(model, resolve_weights(model.config.weights))
     if not config.checkpoint:
@@ -388,7 +389,7 @@ def build_model(config: TrainConfig, device: torch.device | str = "cpu") -> Text
     """The TextSam to train (seeded init, start weights, CLIP + projector for text recipes), on ``device``."""
     name = config.model
     if name == "from_checkpoint":
-        from ..checkpoint import guess_model_name
+        from ..weights.checkpoint import guess_model_name
 
         name = guess_model_name(read_state_dict(str(config.checkpoint))) or ""
         if not name:

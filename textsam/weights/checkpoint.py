@@ -6,7 +6,7 @@ transformers' ``SamModel`` (hub files such as ``facebook/sam-vit-base``); :func:
 single place where those names are translated. textsam's own text heads hold only
 ``text_projector.*`` tensors.
 
-Nothing here downloads anything; see :mod:`textsam.pretrained` for that.
+Nothing here downloads anything; see :mod:`textsam.weights.pretrained` for that.
 """
 
 from __future__ import annotations

@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import InputError
-from .model import TextSam
+from ..errors import InputError
+from ..model import TextSam
 
 logger = logging.getLogger(__name__)
 

@@ -154,7 +154,7 @@ WEIGHTS: dict[str, WeightsEntry] = {
 
 
 # Models shipped inside the package (trained by this project; no download, always offline).
-PACKAGE_WEIGHTS = Path(__file__).resolve().parent / "weights"
+PACKAGE_WEIGHTS = Path(__file__).resolve().parent
 BUNDLED: dict[str, str] = {"shapes_tiny": "shapes_tiny.safetensors"}
 
 

@@ -1,0 +1,62 @@
+"""Small mask maths shared by the predictor, the text layer, training, the writers and the overlays.
+
+Frames: masks are boolean ``(H, W)`` (or ``(N, H, W)``) arrays in whatever frame the caller uses; boxes are
+``x0, y0, x1, y1`` with exclusive ends (pixel edges: ``x1`` = last column + 1); points are ``(x, y)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["mask_nms", "mask_box", "deepest_points"]
+
+
+def mask_nms(masks: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int]:
+    """Indices kept by greedy NMS on boolean masks ``(N, H, W)``, highest score first; empty masks are dropped."""
+    order = np.argsort(-scores)
+    flat = masks.reshape(masks.shape[0], -1)
+    areas = flat.sum(1)
+    keep: list[int] = []
+    for i in order:
+        if areas[i] == 0:
+            continue
+        if all(
+            np.logical_and(flat[i], flat[j]).sum() / max(1, np.logical_or(flat[i], flat[j]).sum()) <= iou_threshold
+            for j in keep
+        ):
+            keep.append(int(i))
+    return keep
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Tight box ``x0, y0, x1, y1`` (exclusive ends) of a boolean ``(H, W)`` mask, or None when it is empty."""
+    m = np.asarray(mask) != 0
+    rows = np.flatnonzero(m.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(m.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def deepest_points(masks: Tensor) -> Tensor:
+    """The pixel of each mask farthest from its boundary (the image border counts as boundary).
+
+    ``masks (B, H, W)`` bool -> ``(B, 2)`` long ``(x, y)``; ties go to the first pixel in raster order;
+    an empty mask gives ``(W // 2, H // 2)``. Chessboard distance, by repeated 3x3 erosion.
+    """
+    m = masks.float().unsqueeze(1)
+    depth = torch.zeros_like(m)
+    for _ in range((max(m.shape[-2:]) + 1) // 2):
+        if m.device.type == "cpu" and not bool(m.any()):  # on GPUs the check would sync every round
+            break
+        depth += m
+        m = 1.0 - F.max_pool2d(F.pad(1.0 - m, (1, 1, 1, 1), value=1.0), 3, stride=1)
+    b, _, h, w = depth.shape
+    flat = depth.reshape(b, -1).argmax(dim=1)
+    pts = torch.stack([flat % w, flat // w], dim=1)
+    empty = ~masks.reshape(b, -1).any(dim=1)
+    pts[empty] = torch.tensor([w // 2, h // 2], device=masks.device)
+    return pts
