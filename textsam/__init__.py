@@ -1,6 +1,7 @@
 """textsam: segment what a phrase names, mixed with clicks, boxes and masks, in one SAM decoder call.
 
-Public API: :func:`create_model`, :func:`list_models`, :class:`TextSamPredictor`, :class:`Prediction`.
+Public API: :func:`create_model`, :func:`list_models`, :class:`TextSamPredictor`, :class:`Prediction`, and the
+text options (:class:`TextOptions` and its groups).
 Heavy modules (torch) are imported on first use, so ``import textsam`` and the CLI start fast.
 """
 
@@ -9,17 +10,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["create_model", "list_models", "TextSamPredictor", "Prediction", "__version__"]
+__all__ = ["create_model", "list_models", "TextSamPredictor", "Prediction", "TextOptions", "GroundingOptions",
+           "ScoringOptions", "InstanceOptions", "LocatorOptions", "__version__"]
 
 if TYPE_CHECKING:
     from .factory import create_model, list_models
     from .predictor import Prediction, TextSamPredictor
+    from .text.options import GroundingOptions, InstanceOptions, LocatorOptions, ScoringOptions, TextOptions
 
 _LAZY = {
     "create_model": ".factory",
     "list_models": ".factory",
     "TextSamPredictor": ".predictor",
     "Prediction": ".predictor",
+    **dict.fromkeys(("TextOptions", "GroundingOptions", "ScoringOptions", "InstanceOptions", "LocatorOptions"),
+                    ".text.options"),
 }
 
 

@@ -91,6 +91,55 @@ class TextConfig:
 
 
 @dataclass(frozen=True)
+class TextHeadConfig:
+    """A learned text head: the projector (pooled CLIP embedding -> ``num_tokens`` decoder tokens) and,
+    with ``locator_dim > 0``, a region locator (phrase x candidate object masks -> the object to click).
+
+    clip_dim: width ``D`` of the pooled CLIP embedding. token_dim: the decoder's token width ``C`` (256 for
+    SAM; also the image embedding's channels). hidden_dim: the projector MLP's width. locator_dim: the
+    locator's phrase and region vector width (0: no locator). locator_word_dim: > 0 when the locator's phrase
+    vector also reads the CLIP tower's per-token features (their width). locator_appearance: ``"embedding"``
+    (the image embedding averaged over a candidate) or ``"colour"`` (its pixels' colour statistics).
+    locator_factors: ``"joint"`` (one match over all candidate features) or ``"separate"`` (a sum of
+    silhouette, appearance and geometry matches).
+    """
+
+    clip_dim: int
+    token_dim: int = 256
+    num_tokens: int = 2
+    hidden_dim: int = 512
+    locator_dim: int = 0
+    locator_word_dim: int = 0
+    locator_appearance: str = "embedding"
+    locator_factors: str = "joint"
+
+    def __post_init__(self) -> None:
+        if min(self.clip_dim, self.token_dim, self.num_tokens, self.hidden_dim) < 1:
+            raise ValueError(f"text head sizes must be positive: {self}")
+        if self.locator_dim < 0 or self.locator_word_dim < 0:
+            raise ValueError(f"locator sizes must be >= 0: {self}")
+        if self.locator_appearance not in ("embedding", "colour"):
+            raise ValueError(f"locator_appearance must be 'embedding' or 'colour', got {self.locator_appearance!r}")
+        if self.locator_factors not in ("joint", "separate"):
+            raise ValueError(f"locator_factors must be 'joint' or 'separate', got {self.locator_factors!r}")
+
+    @property
+    def has_locator(self) -> bool:
+        return self.locator_dim > 0
+
+    def to_dict(self) -> dict[str, int | str]:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TextHeadConfig:
+        """From :meth:`to_dict`'s form; unknown keys are an error (``ValueError`` naming them)."""
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown text-head fields {unknown}; known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """A complete textsam variant. ``weights`` names an entry of ``textsam.weights.pretrained.WEIGHTS``."""
 

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .config import MODEL_CONFIGS, ModelConfig, TinyViTEncoderConfig, ViTEncoderConfig
-from .errors import InputError
+from .errors import InputError, WeightsError
 from .model import TextSam
 from .modeling.image_encoder import ImageEncoderViT
 from .modeling.mask_decoder import MaskDecoder
 from .modeling.prompt_encoder import PromptEncoder
 from .modeling.transformer import TwoWayTransformer
 from .weights.checkpoint import load_into, read_state_dict, to_sam_state_dict
+
+if TYPE_CHECKING:
+    from .weights.format import TextsamFile
 
 logger = logging.getLogger(__name__)
 
@@ -78,16 +82,16 @@ def load_sam_weights(model: TextSam, path: str | Path) -> None:
     logger.info("loaded SAM weights from %s", path)
 
 
-def _random_small_clip(name: str, clip_config: dict):
-    """A randomly initialised open_clip CLIP from an explicit ``model_cfg`` (our own small CLIPs)."""
-    import open_clip
-    from open_clip.model import CLIP
+def _clip_name_tag(model: TextSam, clip: str | None, head: TextsamFile | None) -> tuple[str, str | None]:
+    """The CLIP to use: ``clip`` (``"NAME/TAG"``), else the text head's, else the model config's."""
+    from .text.clip import DEFAULT_CLIP, parse_clip_spec
 
-    from .text.clip import TextEncoder
-
-    context = int(clip_config.get("text_cfg", {}).get("context_length", 77))
-    tokenizer = open_clip.get_tokenizer("ViT-B-16", context_length=context)
-    return TextEncoder(CLIP(**clip_config).eval(), tokenizer, model_name=name, pretrained=None)
+    if clip is not None:
+        return parse_clip_spec(clip)
+    if head is not None and head.clip is not None:
+        return head.clip.model, head.clip.pretrained
+    cfg = model.config.text if model.config is not None else None
+    return (cfg.clip_model, cfg.clip_pretrained) if cfg is not None else DEFAULT_CLIP
 
 
 def attach_text(
@@ -100,82 +104,112 @@ def attach_text(
     """Give ``model`` a CLIP text encoder (and a trained text head, when given).
 
     Args:
-        clip: ``"NAME/TAG"`` of an open_clip model (default: the model config's CLIP, or the one the
-            text head names); ``"NAME/@/path/file"`` for local weights, ``"local-dir:/path"`` for a folder.
+        clip: ``"NAME/TAG"`` of an open_clip model (default: the text head's CLIP, else the model config's);
+            ``"NAME/@/path/file"`` for local weights, ``"local-dir:/path"`` for a folder.
         pretrained: load CLIP's published weights; ``False`` gives random CLIP weights (no network).
-        text_head: a text-head ``.safetensors`` trained for this SAM and CLIP.
+        text_head: a textsam file holding a text head trained for this SAM and CLIP (and the fine-tuned CLIP
+            text tower it was trained with, when there was one).
     """
-    from .text.clip import TextEncoder, parse_clip_spec
-    from .text_head import load_text_head, read_text_head_info
+    from .text.clip import TextEncoder
 
-    if clip is not None:
-        clip_name, clip_tag = parse_clip_spec(clip)
-    elif text_head is not None:
-        info = read_text_head_info(text_head)
-        clip_name, clip_tag = info.clip_model, info.clip_pretrained
-    else:
-        cfg = model.config.text if model.config is not None else None
-        clip_name = cfg.clip_model if cfg else "ViT-B-16-quickgelu"
-        clip_tag = cfg.clip_pretrained if cfg else "openai"
-    projector = None
-    info_extra: dict[str, str] = {}
-    if text_head is not None:  # checked against the SAM and CLIP names before any CLIP is built
-        projector, head_info = load_text_head(
-            text_head,
-            sam_model=model.config.name if model.config is not None else None,
-            clip_model=clip_name,
-            clip_pretrained=clip_tag,
-        )
-        info_extra = head_info.extra
+    head = read_text_head(text_head, model, clip) if text_head is not None else None
+    name, tag = _clip_name_tag(model, clip, head)
     current = model.text_encoder
     cfg_text = model.config.text if model.config is not None else None
-    if current is not None and (current.model_name, current.pretrained) == (clip_name, clip_tag if pretrained else None):
+    if current is not None and (current.model_name, current.pretrained) == (name, tag if pretrained else None):
         pass
-    elif not pretrained and cfg_text is not None and cfg_text.clip_config and clip_name == cfg_text.clip_model:
-        model.text_encoder = _random_small_clip(clip_name, cfg_text.clip_config).to(model.device)
+    elif cfg_text is not None and cfg_text.clip_config and name == cfg_text.clip_model and (
+            not pretrained or cfg_text.clip_pretrained is None):
+        model.text_encoder = TextEncoder.from_config(name, cfg_text.clip_config, device=model.device)
     else:
-        model.text_encoder = TextEncoder.create(clip_name, clip_tag if pretrained else None, device=model.device)
-    if projector is not None:
-        if "text_encoder" in info_extra:
-            _load_tuned_tower(model, Path(str(text_head)))
-        model.text_projector = projector.to(model.device).eval()
+        model.text_encoder = TextEncoder.create(name, tag if pretrained else None, device=model.device)
+    if head is not None:
+        _load_parts(model, head, str(text_head))
     return model
 
 
-def _load_tuned_tower(model: TextSam, head_path: Path) -> None:
-    """A head trained with a fine-tuned CLIP text tower needs that tower: it is in the training run's
-    ``model.safetensors`` beside the head (``text_encoder.clip.*``). Without it, warn: text would be wrong."""
-    import warnings
+def read_text_head(path: str | Path, model: TextSam, clip: str | None = None) -> TextsamFile:
+    """A textsam file with a text head, checked against ``model``'s SAM and the CLIP asked for (``clip``):
+    the error names the models the head needs."""
+    from .weights.format import read
 
-    from safetensors.torch import load_file
+    head = read(path)
+    if head.text_head is None:
+        raise WeightsError(f"{path} holds no text head (its parts: {', '.join(head.parts) or 'none'})")
+    wrong = []
+    sam_name = model.config.name if model.config is not None else None
+    if sam_name is not None and head.sam_model not in (None, sam_name):
+        wrong.append(f"SAM model {head.sam_model!r} (this model is {sam_name!r})")
+    if clip is not None and head.clip is not None:
+        from .text.clip import parse_clip_spec
 
-    from .text.clip import load_text_tower, text_tower_state
-
-    run_weights = head_path.with_name("model.safetensors")
-    tower = text_tower_state(load_file(str(run_weights))) if run_weights.is_file() else {}
-    if not tower:
-        msg = (f"the text head {head_path} was trained with a fine-tuned CLIP text tower, but no "
-               f"{run_weights.name} with its weights (text_encoder.clip.*) lies beside it: text prompts will "
-               "use the original tower and give poor masks. Copy the run's model.safetensors next to the head.")
-        logger.warning(msg)
-        warnings.warn(msg, stacklevel=3)
-        return
-    load_text_tower(model.text_encoder, {k: v.to(model.device) for k, v in tower.items()}, str(run_weights))
-    logger.info("loaded the fine-tuned CLIP text tower from %s", run_weights)
+        if parse_clip_spec(clip) != (head.clip.model, head.clip.pretrained):
+            wrong.append(f"CLIP {head.clip.spec!r} (you asked for {clip!r})")
+    if wrong:
+        use_clip = head.clip.spec if head.clip is not None else "NAME/TAG"
+        raise WeightsError(
+            f"the text head {path} was trained for " + " and ".join(wrong) + f". Use --model {head.sam_model} "
+            f"--clip {use_clip} (create_model({head.sam_model!r}, clip={use_clip!r}, text_head=...)), or a head "
+            "trained for your models."
+        )
+    return head
 
 
-def _is_bundle(path: str | Path) -> bool:
-    """True for a textsam bundle (a .safetensors file whose metadata says so)."""
-    p = Path(path)
-    if p.suffix != ".safetensors" or not p.is_file():
-        return False
-    from safetensors import safe_open
+def _load_parts(model: TextSam, file: TextsamFile, source: str) -> None:
+    """Load every part a textsam file holds into ``model`` (strictly, part by part), building the text head
+    from its config and, for a CLIP textsam trained itself, the CLIP from its open_clip config."""
+    from .text.clip import TextEncoder, load_text_tower
+    from .text.locator import RegionLocator
+    from .text.projector import TextProjector
 
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            return "textsam.bundle" in (f.metadata() or {}).get("textsam", "")
-    except Exception:  # noqa: BLE001 - anything unreadable is left to the ordinary loader's errors
-        return False
+    def floats(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+    for part in ("image_encoder", "prompt_encoder", "mask_decoder"):
+        state = file.part(part)
+        if state:
+            load_into(getattr(model, part), floats(state), strict=True)
+    clip_state = file.part("clip")
+    if clip_state and file.clip is not None and file.clip.tensors == "full":
+        if file.clip.config is None:
+            raise WeightsError(f"{source} holds a whole CLIP but not its open_clip config")
+        model.text_encoder = TextEncoder.from_config(file.clip.model, file.clip.config, clip_state, device=model.device)
+    elif clip_state:
+        if model.text_encoder is None:
+            raise WeightsError(f"{source} holds a fine-tuned CLIP text tower: attach its CLIP first")
+        load_text_tower(model.text_encoder, {k: v.to(model.device) for k, v in floats(clip_state).items()}, source)
+    if file.text_head is not None:
+        projector = TextProjector(file.text_head)
+        load_into(projector, floats(file.part("text_projector")), strict=True)
+        model.text_projector = projector.to(model.device).eval()
+        model.text_locator = None
+        if file.text_head.has_locator:
+            locator = RegionLocator(file.text_head)
+            load_into(locator, floats(file.part("text_locator")), strict=True)
+            model.text_locator = locator.to(model.device).eval()
+    model.default_text_options = dict(file.text_options)
+
+
+def load_textsam_file(model: TextSam, path: str | Path, *, pretrained_clip: bool = True) -> None:
+    """Load a textsam file that holds a whole SAM (and possibly its CLIP and text head) into ``model``."""
+    from .text.clip import TextEncoder
+    from .weights.format import read
+
+    file = read(path)
+    missing = [p for p in ("image_encoder", "prompt_encoder", "mask_decoder") if not file.part(p)]
+    if missing:
+        raise WeightsError(
+            f"{path} holds no {', '.join(missing)} weights, so it cannot stand for a whole SAM: a training run "
+            "that froze parts exports only what it trained. Pass the SAM weights as checkpoint= and this file "
+            "as text_head= (CLI: --checkpoint SAM --text-head FILE)."
+        )
+    if model.config is not None and file.sam_model not in (None, model.config.name):
+        raise WeightsError(f"{path} was trained for {file.sam_model!r}, not {model.config.name!r}: use "
+                           f"--model {file.sam_model}")
+    if file.clip is not None and file.clip.tensors == "text_tower":
+        model.text_encoder = TextEncoder.create(file.clip.model, file.clip.pretrained if pretrained_clip else None,
+                                                device=model.device)
+    _load_parts(model, file, str(path))
 
 
 def check_device(device: str | torch.device | None) -> torch.device | None:
@@ -216,34 +250,32 @@ def create_model(
 
     Args:
         name: one of :func:`list_models`.
-        checkpoint: an official ``.pth`` (segment-anything / MobileSAM) or an HF ``SamModel``
-            ``.safetensors`` file (or folder); loaded with ``strict=True``.
+        checkpoint: an official ``.pth`` (segment-anything / MobileSAM), an HF ``SamModel`` ``.safetensors``
+            file (or folder), or a textsam file holding the whole SAM (and whatever text parts it has); loaded
+            with ``strict=True``.
         pretrained: without ``checkpoint``, download (or take from the cache) the published weights;
             ``False`` gives random weights and never touches the network.
         device: where to put the model (default: CPU).
         clip: load this open_clip text model now (``"NAME/TAG"``); otherwise CLIP is loaded on the
             first text prompt, from the model config (random weights when ``pretrained=False``).
-        text_head: a trained text-head file for this SAM + CLIP pair (implies loading CLIP).
+        text_head: a textsam file with a text head trained for this SAM + CLIP pair (implies loading CLIP).
 
     Returns:
         the model in eval mode.
     """
+    from .weights.format import is_textsam_file
     from .weights.pretrained import BUNDLED, bundled_path, resolve_weights
 
     config = get_config(name)
     device = check_device(device)
     model = build_sam(config)
     if checkpoint is not None:
-        if _is_bundle(checkpoint):
-            from .bundle import load_bundle
-
-            load_bundle(checkpoint, model)
+        if is_textsam_file(checkpoint):
+            load_textsam_file(model, checkpoint, pretrained_clip=pretrained)
         else:
             load_sam_weights(model, checkpoint)
     elif pretrained and config.weights in BUNDLED:
-        from .bundle import load_bundle
-
-        load_bundle(bundled_path(config.weights), model)
+        load_textsam_file(model, bundled_path(config.weights), pretrained_clip=False)
     elif pretrained and config.weights is not None:
         load_sam_weights(model, resolve_weights(config.weights))
     elif pretrained:

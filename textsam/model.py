@@ -28,6 +28,7 @@ class TextSam(nn.Module):
         config: the variant this model was built from (kept for metadata and checks).
         text_encoder: optional ``TextEncoder`` (CLIP text tower) for phrases.
         text_projector: optional ``TextProjector`` mapping CLIP embeddings to prompt tokens.
+        text_locator: optional ``RegionLocator`` turning a phrase into a click (part of the same text head).
     """
 
     mask_threshold: float = 0.0
@@ -41,6 +42,7 @@ class TextSam(nn.Module):
         config: ModelConfig | None = None,
         text_encoder: nn.Module | None = None,
         text_projector: nn.Module | None = None,
+        text_locator: nn.Module | None = None,
         pixel_mean: tuple[float, float, float] = PIXEL_MEAN,
         pixel_std: tuple[float, float, float] = PIXEL_STD,
     ) -> None:
@@ -51,6 +53,8 @@ class TextSam(nn.Module):
         self.config = config
         self.text_encoder = text_encoder
         self.text_projector = text_projector
+        self.text_locator = text_locator
+        self.default_text_options: dict = {}  # a bundled model's own TextOptions defaults (from its file)
         self.pretrained = True  # whether published weights were asked for (CLIP follows this when lazily loaded)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)

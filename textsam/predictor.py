@@ -18,7 +18,8 @@ from .errors import InputError
 from .model import TextSam
 from .ops import mask_nms
 from .prompts import PromptBatch, check_mask_input, check_points_and_box
-from .text.prompter import TextOptions, TextPrompt, TextPrompter
+from .text.options import TextOptions
+from .text.prompter import TextPrompt, TextPrompter
 
 Precision = Literal["fp32", "bf16", "fp16"]
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -201,7 +202,7 @@ class TextSamPredictor:
         order = torch.arange(iou.shape[1])
         if text is not None:
             text_scores = self.text.mask_text_scores(low_res[0], text).cpu()
-            ranking = iou[0].cpu() + self.text.options.text_weight * text_scores
+            ranking = iou[0].cpu() + self.text.options.scoring.text_weight * text_scores
             order = torch.argsort(ranking, descending=True)
             info.update(text_scores=text_scores[order].numpy(), ranking=ranking[order].numpy(),
                         labels=[text] * len(order))
@@ -217,11 +218,11 @@ class TextSamPredictor:
         rows = torch.arange(len(cands))
         low_best, iou_best = low_res[rows, best], iou[rows, best]  # (B, h, w), (B,)
         text_scores = self.text.mask_text_scores(low_best, text).cpu()
-        ranking = (iou_best.cpu() + self.text.options.text_weight * text_scores).numpy()
+        ranking = (iou_best.cpu() + self.text.options.scoring.text_weight * text_scores).numpy()
         masks, _, _ = self._finish(low_best[:, None], iou_best[:, None], False)
-        keep = mask_nms(masks[:, 0], ranking, self.text.options.nms_iou)
-        if self.text.options.min_score is not None:
-            keep = [i for i in keep if ranking[i] >= self.text.options.min_score]
+        keep = mask_nms(masks[:, 0], ranking, self.text.options.instances.nms_iou)
+        if self.text.options.instances.min_score is not None:
+            keep = [i for i in keep if ranking[i] >= self.text.options.instances.min_score]
         if not keep:
             keep = [int(np.argmax(ranking))]
         sel = torch.as_tensor(keep)

@@ -12,22 +12,17 @@ is not part of it) and the prompts, and returns upscaled mask logits in the orig
 | ``has_mask_input`` | ``(1,)`` float32 | 1 to use ``mask_input`` |
 | ``orig_im_size`` | ``(2,)`` float32 | (H, W) of the original image |
 | ``text_embedding`` (``with_text``) | ``(1, D)`` float32 | ``model.text_encoder.encode([phrase])`` |
-| ``text_word_features`` (``with_text``, word path) | ``(1, L, W)`` float32 | ``encode_words([phrase])[1]`` |
-| ``text_word_mask`` (``with_text``, word path) | ``(1, L)`` float32 | ``encode_words([phrase])[2]``, 1 = token |
-| ``text_locate`` (``with_text``, locator) | ``(1,)`` float32 | 1: add the locator's click (no user click/box) |
 
 Outputs ``masks (1, M, H, W)`` logits, ``iou_predictions (1, M)``, ``low_res_masks (1, M, 4h, 4w)``;
 M = 4 (token 0 is the single-mask output) or 1 with ``return_single_mask`` (SAM's rule: token 0 when
 there are more than 2 point tokens, else the best of tokens 1-3). As in SAM, callers append the (0, 0)
 point with label -1 when no box is given. Text tokens follow the point tokens, as in
-``PromptEncoder(extra_tokens=...)``. The word inputs exist only for a text head with a word path
-(``model.text_projector.word_dim > 0``); L (the phrase's token count) is a dynamic axis. With a text
-locator the graph also finds the phrase's click on ``image_embeddings`` (the best cell inside the image
-that ``orig_im_size`` describes) and, where ``text_locate`` is 1, adds it as a positive point token after the
-caller's points (where it is 0, a second padding token, label -1, takes its place: a static graph keeps
-its token count, so the masks then differ slightly from the predictor's, which adds no token). A region
-locator (candidate masks from a grid of clicks, NMS) is not part of the graph: callers pass its click
-(``predictor.predict(text=...).info["prompts"]["located"]``) as an ordinary point.
+``PromptEncoder(extra_tokens=...)``.
+
+What the graph does not hold: a text head's locator. It chooses among candidate objects that a batched
+decoder pass over a grid of clicks makes, then NMS, which a static graph cannot express; callers pass its
+click (``predictor.predict(text=...).info["prompts"]["located"]``, original pixels, mapped to the resized
+frame) as an ordinary positive point. :func:`export_onnx` says so when it exports such a head.
 """
 
 from __future__ import annotations
@@ -72,22 +67,6 @@ class OnnxPromptDecoder(nn.Module):
             emb = emb + pe.point_embeddings[i].weight * (labels == i)
         return emb
 
-    def _locate(self, image_embeddings: Tensor, orig_im_size: Tensor, emb: Tensor, words: Tensor | None,
-                mask: Tensor | None) -> Tensor:
-        """The locator's click ``(1, 1, 2)`` in the resized ``img_size`` frame (as ``TextPrompter.locate``)."""
-        h, w = image_embeddings.shape[-2:]
-        s = self.model.img_size
-        scores = self.model.text_projector.locator(image_embeddings, emb, words, mask)  # (1, h * w)
-        input_size = torch.floor(orig_im_size * (s / torch.max(orig_im_size)) + 0.5)
-        stride = s / h
-        ys = (torch.arange(h, dtype=torch.float32) + 0.5) * stride
-        xs = (torch.arange(w, dtype=torch.float32) + 0.5) * stride
-        valid = (ys[:, None] <= input_size[0]) & (xs[None, :] <= input_size[1])
-        best = torch.argmax(scores.masked_fill(~valid.reshape(1, -1), float("-inf")), dim=1)
-        col = torch.remainder(best, w).float()
-        row = torch.div(best, w, rounding_mode="floor").float()
-        return (torch.stack([col, row], dim=-1) + 0.5).reshape(1, 1, 2) * stride - 0.5
-
     def _postprocess(self, masks: Tensor, orig_im_size: Tensor) -> Tensor:
         s = self.model.img_size
         masks = F.interpolate(masks, size=(s, s), mode="bilinear", align_corners=False)
@@ -107,23 +86,12 @@ class OnnxPromptDecoder(nn.Module):
         orig_im_size: Tensor,
         *text_inputs: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """``text_inputs``: the text inputs of :func:`input_names` after the six SAM inputs, in that order."""
-        named = dict(zip(input_names(self.model, self.with_text)[len(INPUT_NAMES):], text_inputs))
-        text_embedding = named.get("text_embedding")
-        text_word_features, text_word_mask = named.get("text_word_features"), named.get("text_word_mask")
-        text_locate = named.get("text_locate")
+        """``text_inputs``: ``(text_embedding,)`` when exported with text (see the module docstring)."""
         pe = self.model.prompt_encoder
         sparse = self._embed_points(point_coords, point_labels)
         if self.with_text:
-            assert text_embedding is not None
-            mask = text_word_mask > 0.5 if text_word_mask is not None else None
-            projector = self.model.text_projector
-            if _cell_locator(self.model):
-                assert text_locate is not None
-                click = self._locate(image_embeddings, orig_im_size, text_embedding, text_word_features, mask)
-                label = text_locate.reshape(1, 1) * 2 - 1  # 1 -> positive click, 0 -> padding (-1)
-                sparse = torch.cat([sparse, self._embed_points(click, label)], dim=1)
-            tokens = projector(text_embedding, text_word_features, mask)
+            (text_embedding,) = text_inputs
+            tokens = self.model.text_projector(text_embedding)
             sparse = torch.cat([sparse, tokens.to(sparse.dtype)], dim=1)
         dense = pe.mask_downscaling(mask_input) * has_mask_input
         dense = dense + (1 - has_mask_input) * pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
@@ -156,30 +124,12 @@ def example_inputs(model: TextSam, num_points: int = 3, with_text: bool = False)
     ]
     if with_text:
         inputs.append(torch.randn(1, model.text_projector.clip_dim))
-        words = model.text_projector.word_dim
-        if words:
-            inputs += [torch.randn(1, 5, words), torch.ones(1, 5)]
-        if _cell_locator(model):
-            inputs.append(torch.tensor([1.0]))
     return tuple(inputs)
 
 
 def input_names(model: TextSam, with_text: bool) -> list[str]:
     """The graph's input names, in order (see the module docstring)."""
-    names = list(INPUT_NAMES)
-    if with_text:
-        names.append("text_embedding")
-        if model.text_projector is not None and model.text_projector.word_dim:
-            names += ["text_word_features", "text_word_mask"]
-        if _cell_locator(model):
-            names.append("text_locate")
-    return names
-
-
-def _cell_locator(model: TextSam) -> bool:
-    """Whether the text head has a cell locator (a region locator needs candidate masks: not in the graph)."""
-    proj = model.text_projector
-    return proj is not None and proj.locator is not None and proj.locator_kind == "cells"
+    return list(INPUT_NAMES) + (["text_embedding"] if with_text else [])
 
 
 def export_onnx(
@@ -196,12 +146,11 @@ def export_onnx(
                                 with_text=with_text)
     tmp = _writable_tmp(out)
     names = input_names(model, with_text)
-    proj = model.text_projector
-    if with_text and proj is not None and proj.locator is not None and not _cell_locator(model):
-        logger.warning("the text head's region locator is not exported: pass its click as a point")
+    if with_text and model.text_locator is not None:
+        logger.warning("not exported: the text head's locator (it chooses among candidate objects from a batched "
+                       "decoder pass, which a static graph cannot hold); pass its click, "
+                       "predict(text=...).info['prompts']['located'], as a positive point")
     dynamic = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}
-    if "text_word_features" in names:
-        dynamic.update(text_word_features={1: "num_words"}, text_word_mask={1: "num_words"})
     try:
         _export(wrapper, model, tmp, names, dynamic, with_text, opset)
         os.replace(tmp, out)

@@ -14,7 +14,6 @@ tokens attend to the tower's last-layer feature of every token, where such words
 from __future__ import annotations
 
 import logging
-import math
 import re
 import threading
 from collections import OrderedDict
@@ -126,6 +125,25 @@ class TextEncoder(nn.Module):
             ) from err
         tokenizer = open_clip.get_tokenizer(model_name)
         return cls(model.eval(), tokenizer, model_name=model_name, pretrained=pretrained)
+
+    @classmethod
+    def from_config(cls, model_name: str, model_cfg: dict, state: dict[str, Tensor] | None = None,
+                    *, device: str | torch.device | None = None) -> TextEncoder:
+        """A CLIP outside open_clip's registry (one textsam trained itself) from its open_clip ``model_cfg``,
+        with ``state`` (a whole CLIP state dict; random weights when None). Tokenizer: the standard CLIP BPE
+        at the config's context length."""
+        import open_clip
+        from open_clip.model import CLIP
+
+        from ..weights.checkpoint import load_into
+
+        clip = CLIP(**model_cfg)
+        if state is not None:
+            load_into(clip, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
+        context = int(model_cfg.get("text_cfg", {}).get("context_length", 77))
+        tokenizer = open_clip.get_tokenizer("ViT-B-16", context_length=context)
+        encoder = cls(clip.eval(), tokenizer, model_name=model_name, pretrained=None)
+        return encoder.to(device) if device is not None else encoder
 
     @property
     def embed_dim(self) -> int:
@@ -284,7 +302,6 @@ class TextEncoder(nn.Module):
         self.clear_cache()
 
 
-LOCATOR_KINDS = ("cells", "regions")
 TOWER_PREFIX = "text_encoder.clip."  # TextSam state-dict keys of the CLIP model (the text tower, when trained)
 
 
@@ -308,91 +325,3 @@ def load_text_tower(encoder: TextEncoder, tower: dict[str, Tensor], source: str)
                            f"{unknown[:3]}, missing {missing[:3]}); use the CLIP the tower was trained from")
     encoder.clip.load_state_dict(tower, strict=False)
     encoder.clear_cache()
-
-
-class TextProjector(nn.Module):
-    """CLIP embedding ``(B, D)`` -> ``num_tokens`` prompt tokens ``(B, K, C)`` for the mask decoder.
-
-    A two-layer MLP plus a learned text-type embedding per token (like SAM's point-type embeddings),
-    so the decoder can tell text tokens from clicks. With ``word_dim > 0`` a word path follows the MLP:
-    each token attends (one cross-attention, ``word_heads`` heads) to the tower's per-token features
-    ``(B, L, word_dim)`` and adds the result. Its output layer starts at zero, so a projector given a
-    word path starts out giving exactly the tokens of the same projector without one; without word
-    features (``words=None``: a CLIP image embedding in the SAM-paper recipe, or a text-blind baseline)
-    the word path is skipped.
-
-    With ``locator_dim > 0`` the head also holds a locator (``self.locator``; image embeddings of
-    ``token_dim`` channels, as in SAM) that turns a phrase into a click on the image: a
-    :class:`~textsam.text.cell_locator.TextLocator` over embedding cells (``locator_kind = "cells"``) or a
-    :class:`~textsam.text.locator.RegionLocator` over candidate object masks (``"regions"``). It is
-    not used by :meth:`forward`.
-    """
-
-    def __init__(self, clip_dim: int, token_dim: int = 256, num_tokens: int = 2, hidden_dim: int = 512,
-                 word_dim: int = 0, word_heads: int = 4, locator_dim: int = 0, locator_kind: str = "cells",
-                 locator_appearance: str = "embedding", locator_factors: str = "joint") -> None:
-        super().__init__()
-        from .cell_locator import TextLocator
-        from .locator import RegionLocator
-
-        self.clip_dim = clip_dim
-        self.token_dim = token_dim
-        self.num_tokens = num_tokens
-        self.hidden_dim = hidden_dim
-        self.word_dim = word_dim
-        self.word_heads = word_heads if word_dim else 0
-        self.mlp = nn.Sequential(
-            nn.Linear(clip_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, token_dim * num_tokens)
-        )
-        self.text_type_embed = nn.Parameter(torch.randn(num_tokens, token_dim) * 0.02)
-        nn.init.normal_(self.mlp[2].weight, std=0.02 / math.sqrt(hidden_dim))
-        nn.init.zeros_(self.mlp[2].bias)
-        if word_dim:
-            if token_dim % word_heads:
-                raise InputError(f"word_heads {word_heads} must divide the token width {token_dim}")
-            self.word_norm = nn.LayerNorm(word_dim)
-            self.word_kv = nn.Linear(word_dim, 2 * token_dim)
-            self.word_query = nn.Parameter(torch.randn(num_tokens, token_dim) * 0.02)
-            self.word_q = nn.Linear(token_dim, token_dim)
-            self.word_out = nn.Linear(token_dim, token_dim)
-            nn.init.zeros_(self.word_out.weight)
-            nn.init.zeros_(self.word_out.bias)
-        if locator_kind not in LOCATOR_KINDS:
-            raise InputError(f"locator_kind must be one of {LOCATOR_KINDS}, got {locator_kind!r}")
-        self.locator_dim, self.locator_kind, self.locator_appearance = locator_dim, locator_kind, locator_appearance
-        self.locator_factors = locator_factors
-        self.locator: nn.Module | None = None
-        if locator_dim and locator_kind == "cells":
-            self.locator = TextLocator(clip_dim, token_dim, word_dim, hidden_dim=locator_dim, heads=4,
-                                       head_dim=max(1, locator_dim // 4))
-        elif locator_dim:
-            self.locator = RegionLocator(clip_dim, token_dim, word_dim, hidden_dim=locator_dim,
-                                         appearance=locator_appearance, factors=locator_factors)
-
-    def forward(self, emb: Tensor, words: Tensor | None = None, word_mask: Tensor | None = None) -> Tensor:
-        """``emb (B, D)`` unit CLIP embeddings; ``words (B, L, word_dim)`` per-token features with
-        ``word_mask (B, L)`` bool (True = real token) -> tokens ``(B, K, C)``."""
-        if emb.ndim != 2 or emb.shape[1] != self.clip_dim:
-            raise InputError(f"TextProjector expects (B, {self.clip_dim}) CLIP embeddings, got {tuple(emb.shape)}")
-        x = emb.to(self.mlp[0].weight.dtype) * math.sqrt(self.clip_dim)  # unit vectors -> unit-variance entries
-        tokens = self.mlp(x).view(emb.shape[0], self.num_tokens, self.token_dim)
-        if self.word_dim and words is not None:
-            tokens = tokens + self.attend_words(tokens, words, word_mask)
-        return tokens + self.text_type_embed
-
-    def attend_words(self, tokens: Tensor, words: Tensor, word_mask: Tensor | None) -> Tensor:
-        """Cross-attention of the tokens ``(B, K, C)`` over the word features ``(B, L, W)`` -> ``(B, K, C)``."""
-        if words.ndim != 3 or words.shape[0] != tokens.shape[0] or words.shape[2] != self.word_dim:
-            raise InputError(f"TextProjector expects word features (B, L, {self.word_dim}) for {tokens.shape[0]} "
-                             f"phrases, got {tuple(words.shape)}")
-        b, k, c = tokens.shape
-        h = self.word_heads
-        q = self.word_q(tokens + self.word_query).view(b, k, h, c // h).transpose(1, 2)
-        key, value = self.word_kv(self.word_norm(words.to(tokens.dtype))).chunk(2, dim=-1)
-        key = key.view(b, -1, h, c // h).transpose(1, 2)
-        value = value.view(b, -1, h, c // h).transpose(1, 2)
-        logits = q @ key.transpose(-1, -2) / math.sqrt(c // h)  # (B, h, K, L)
-        if word_mask is not None:
-            logits = logits.masked_fill(~word_mask[:, None, None, :].bool(), torch.finfo(logits.dtype).min)
-        out = (logits.softmax(dim=-1) @ value).transpose(1, 2).reshape(b, k, c)
-        return self.word_out(out)

@@ -1,8 +1,9 @@
-"""RegionLocator: choose, among candidate object masks, the one a phrase names (and where to click on it).
+"""RegionLocator: choose, among candidate object masks, the one a phrase names, and where to click on it.
 
-The cell locator (:mod:`textsam.text.cell_locator`) scores embedding cells, so it can only recognise what the
-image embedding says about a cell. A region locator scores whole candidate objects (masks the decoder made
-from a grid of clicks, or ground-truth instances in training) by features of the object itself:
+A text head's locator turns a phrase into a click when the request has no click or box of the user's: the
+click then joins the phrase's text tokens in the same decoder call. It scores whole candidate objects
+(masks the decoder made from a grid of clicks, or ground-truth instances in training) by features of the
+object itself:
 
 - its silhouette (the mask cropped to its box, resampled to ``silhouette_size``^2, through a small CNN): the
   shape of an object, free of its colour, so a colour-shape pair never seen in training is still recognised;
@@ -13,7 +14,7 @@ from a grid of clicks, or ground-truth instances in training) by features of the
   silhouette alone, so the locator cannot learn that shortcut;
 - its geometry: centroid, size, aspect of the box.
 
-Score of candidate ``i`` for a phrase (vector ``g``, :class:`~textsam.text.cell_locator.PhraseVector`)::
+Score of candidate ``i`` for a phrase (vector ``g``, :class:`PhraseVector`)::
 
     content_i = q(g) . r_i / sqrt(d) + mlp(g * r_i)        r_i = MLP([silhouette, appearance, geometry])
     score_i   = beta * sigmoid(content_i) + gate(g) * content_i + slope(g) . centroid_i
@@ -24,8 +25,8 @@ score cannot use a conjunction such as "round and purple, so a hexagon" (which a
 circles are never purple teaches, and which fails on exactly the pairs held out of training).
 
 (the linear centroid term picks the extreme candidate along a direction among those that match). The best
-candidate's deepest pixel becomes the click (:func:`textsam.ops.deepest_points`). Trained with :func:`region_loss`: minus the
-log softmax mass on the target candidates.
+candidate's deepest pixel becomes the click (:meth:`RegionLocator.click`). Trained with
+:meth:`RegionLocator.loss`: minus the log softmax mass on the target candidates.
 
 Masks are low-resolution decoder masks ``(L, L)`` in the padded model-input frame.
 """
@@ -39,15 +40,49 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import TextHeadConfig
 from ..errors import InputError
+from ..ops import deepest_points
 from ..transforms import resize_longest_side
-from .cell_locator import PhraseVector, saturating_score
 
-__all__ = ["RegionLocator", "region_loss", "region_geometry", "silhouettes", "region_colours",
-           "lowres_rgb", "APPEARANCES", "FACTORS"]
+__all__ = ["RegionLocator", "PhraseVector", "region_geometry", "silhouettes", "region_colours", "lowres_rgb"]
 
-APPEARANCES = ("embedding", "colour")
-FACTORS = ("joint", "separate")
+
+class PhraseVector(nn.Module):
+    """A phrase as one vector ``(B, hidden_dim)``: an MLP of its pooled CLIP embedding ``(B, D)``, refined by
+    one attention over the tower's per-token features ``(B, L, word_dim)`` when ``word_dim > 0``."""
+
+    def __init__(self, clip_dim: int, word_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.clip_dim, self.word_dim, self.hidden_dim = clip_dim, word_dim, hidden_dim
+        self.mlp = nn.Sequential(nn.Linear(clip_dim, 2 * hidden_dim), nn.GELU(), nn.Linear(2 * hidden_dim, hidden_dim))
+        if word_dim:
+            self.word_norm = nn.LayerNorm(word_dim)
+            self.word_kv = nn.Linear(word_dim, 2 * hidden_dim)
+            self.word_q = nn.Linear(hidden_dim, hidden_dim)
+            self.word_out = nn.Linear(hidden_dim, hidden_dim)
+
+    def forward(self, emb: Tensor, words: Tensor | None = None, word_mask: Tensor | None = None) -> Tensor:
+        if emb.ndim != 2 or emb.shape[1] != self.clip_dim:
+            raise InputError(f"expected (B, {self.clip_dim}) CLIP embeddings for the phrases, got {tuple(emb.shape)}")
+        g = self.mlp(emb.to(self.mlp[0].weight.dtype) * math.sqrt(self.clip_dim))
+        if self.word_dim and words is not None:
+            key, value = self.word_kv(self.word_norm(words.to(g.dtype))).chunk(2, dim=-1)  # (B, L, hidden)
+            logits = (self.word_q(g)[:, None] * key).sum(-1) / math.sqrt(self.hidden_dim)
+            if word_mask is not None:
+                logits = logits.masked_fill(~word_mask.bool(), torch.finfo(logits.dtype).min)
+            g = g + self.word_out((logits.softmax(-1)[..., None] * value).sum(1))
+        return g
+
+
+def saturating_score(content: Tensor, g: Tensor, pos: Tensor, beta: Tensor, gate: nn.Linear, slope: nn.Linear) -> Tensor:
+    """``beta * sigmoid(content) + gate(g) * content + slope(g) . pos``: content ``(B, N)``, phrase vectors
+    ``g (B, hidden)``, positions ``pos (B, 2, N)`` in [-1, 1]. The bounded first term lets the position term
+    decide among candidates that all match the phrase's content."""
+    sl = slope(g) * 10
+    position = (sl[:, :, None] * pos).sum(1)
+    return F.softplus(beta) * 5 * torch.sigmoid(content) + content * torch.sigmoid(gate(g)) + position
+
 
 
 def lowres_rgb(image: np.ndarray, img_size: int, size: int) -> Tensor:
@@ -116,38 +151,33 @@ def silhouettes(masks: Tensor, size: int = 32, margin: float = 1.15) -> Tensor:
 class RegionLocator(nn.Module):
     """Phrase x candidate masks -> scores ``(B, N)`` (see the module docstring).
 
-    Args:
-        clip_dim: width ``D`` of the pooled CLIP embedding.
-        image_dim: channels ``C`` of the image embedding.
-        word_dim: width of the tower's per-token features (0: the pooled embedding only).
-        hidden_dim: width of the phrase and region vectors.
-        silhouette_size: side of the silhouette crops.
-        appearance: ``"embedding"`` (mask-pooled image embedding) or ``"colour"`` (pixel colour statistics,
-            :func:`region_colours`: the candidates' ``colours`` must then be given).
-        factors: ``"joint"`` (one region vector from all features) or ``"separate"`` (a sum of per-feature
-            matches; see the module docstring).
+    Built from a :class:`~textsam.config.TextHeadConfig`: ``clip_dim`` (pooled CLIP width), ``token_dim`` (the
+    image embedding's channels), ``locator_word_dim`` (the tower's per-token feature width; 0: the pooled
+    embedding only), ``locator_dim`` (phrase and region vector width), ``locator_appearance``
+    (``"embedding"``: the mask-pooled image embedding; ``"colour"``: pixel colour statistics,
+    :func:`region_colours`, which must then be given) and ``locator_factors`` (``"joint"`` or ``"separate"``).
     """
 
-    def __init__(self, clip_dim: int, image_dim: int, word_dim: int = 0, hidden_dim: int = 128,
-                 silhouette_size: int = 32, appearance: str = "embedding", factors: str = "joint") -> None:
+    silhouette_size = 32
+
+    def __init__(self, config: TextHeadConfig) -> None:
         super().__init__()
-        if appearance not in APPEARANCES:
-            raise InputError(f"appearance must be one of {APPEARANCES}, got {appearance!r}")
-        if factors not in FACTORS:
-            raise InputError(f"factors must be one of {FACTORS}, got {factors!r}")
-        self.appearance_kind, self.factors = appearance, factors
-        self.clip_dim, self.image_dim, self.word_dim = clip_dim, image_dim, word_dim
-        self.hidden_dim, self.silhouette_size = hidden_dim, silhouette_size
-        self.phrase = PhraseVector(clip_dim, word_dim, hidden_dim)
+        if not config.has_locator:
+            raise InputError("this text head config has no locator (locator_dim = 0)")
+        self.config = config
+        self.appearance_kind, self.factors = config.locator_appearance, config.locator_factors
+        self.clip_dim, self.image_dim, self.word_dim = config.clip_dim, config.token_dim, config.locator_word_dim
+        hidden_dim = self.hidden_dim = config.locator_dim
+        self.phrase = PhraseVector(self.clip_dim, self.word_dim, hidden_dim)
         self.shape_net = nn.Sequential(
             nn.Conv2d(1, 16, 3, 1, 1), nn.GELU(), nn.Conv2d(16, 32, 3, 2, 1), nn.GELU(),
             nn.Conv2d(32, 32, 3, 1, 1), nn.GELU(), nn.Conv2d(32, 64, 3, 2, 1), nn.GELU(),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, hidden_dim),
         )
-        width = image_dim if appearance == "embedding" else 6
+        width = self.image_dim if self.appearance_kind == "embedding" else 6
         self.appearance = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden_dim))
         self.geometry = nn.Linear(4, hidden_dim)
-        if factors == "joint":
+        if self.factors == "joint":
             self.region = nn.Sequential(nn.GELU(), nn.Linear(3 * hidden_dim, hidden_dim), nn.GELU(),
                                         nn.Linear(hidden_dim, hidden_dim))
             self.query = nn.Linear(hidden_dim, hidden_dim)
@@ -162,6 +192,10 @@ class RegionLocator(nn.Module):
         self.slope = nn.Linear(hidden_dim, 2)
         self.gate = nn.Linear(hidden_dim, 1)
         self.beta = nn.Parameter(torch.tensor(2.0))
+
+    @classmethod
+    def from_config(cls, config: TextHeadConfig) -> RegionLocator:
+        return cls(config)
 
     def region_vectors(self, image_embedding: Tensor, masks: Tensor, valid: Tensor | None = None,
                        colours: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -198,7 +232,15 @@ class RegionLocator(nn.Module):
     def forward(self, image_embedding: Tensor, masks: Tensor, valid: Tensor | None, emb: Tensor,
                 words: Tensor | None = None, word_mask: Tensor | None = None, *,
                 colours: Tensor | None = None) -> Tensor:
-        """Scores ``(B, N)`` of the candidates ``masks (B, N, L, L)`` for the phrases (invalid ones: -inf);
+        """:meth:`scores` (the module's call)."""
+        return self.scores(image_embedding, masks, valid, emb, words, word_mask, colours=colours)
+
+    def scores(self, image_embedding: Tensor, masks: Tensor, valid: Tensor | None, emb: Tensor,
+               words: Tensor | None = None, word_mask: Tensor | None = None, *,
+               colours: Tensor | None = None) -> Tensor:
+        """Scores ``(B, N)`` of the candidates ``masks (B, N, L, L)`` (low-res, input frame) on
+        ``image_embedding (B or 1, C, h, w)`` for the phrases ``emb (B, D)`` (``words (B, T, W)`` and
+        ``word_mask (B, T)`` when the locator reads per-token features); invalid candidates get -inf.
         ``colours (B, N, 6)``: :func:`region_colours` of the candidates (needed with colour appearance)."""
         g = self.phrase(emb, words, word_mask)
         r, centroid = self.region_vectors(image_embedding, masks, valid, colours)
@@ -212,10 +254,20 @@ class RegionLocator(nn.Module):
         scores = saturating_score(content, g, centroid.transpose(1, 2), self.beta, self.gate, self.slope)
         return scores if valid is None else scores.masked_fill(~valid.bool(), float("-inf"))
 
+    @staticmethod
+    def click(masks: Tensor, scores: Tensor, scale: float) -> Tensor:
+        """The click on each phrase's best candidate: its deepest pixel, ``(B, 2)`` x, y in the input frame.
 
-def region_loss(scores: Tensor, target: Tensor) -> Tensor:
-    """``(B,)`` minus the log softmax mass of ``scores (B, N)`` on the ``target (B, N)`` candidates (0 where a
-    sample has no target candidate)."""
-    logp = scores.float().log_softmax(dim=-1)
-    inside = logp.masked_fill(~target.bool(), float("-inf")).logsumexp(dim=-1)
-    return torch.where(target.any(dim=-1), -inside, torch.zeros_like(inside))
+        ``masks (B, N, L, L)`` bool candidates, ``scores (B, N)``; ``scale`` = input pixels per low-res pixel.
+        """
+        rows = torch.arange(masks.shape[0], device=masks.device)
+        best = masks[rows, scores.detach().argmax(dim=-1)].bool()
+        return (deepest_points(best).float() + 0.5) * scale - 0.5
+
+    @staticmethod
+    def loss(scores: Tensor, target: Tensor) -> Tensor:
+        """``(B,)`` minus the log softmax mass of ``scores (B, N)`` on the ``target (B, N)`` candidates (0 where
+        a sample has no target candidate)."""
+        logp = scores.float().log_softmax(dim=-1)
+        inside = logp.masked_fill(~target.bool(), float("-inf")).logsumexp(dim=-1)
+        return torch.where(target.any(dim=-1), -inside, torch.zeros_like(inside))

@@ -22,54 +22,15 @@ from torch import Tensor
 
 from ..errors import InputError
 from ..model import TextSam
-from ..ops import deepest_points, mask_nms
+from ..ops import mask_nms
+from .options import TextOptions
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class TextOptions:
-    """Knobs of the text pathway.
-
-    grounding: use CLIP localisation (needed without a text head; adds clicks-like tokens).
-    clip_input_size: side of the image given to the CLIP tower for dense features.
-    method: ``"maskclip"`` or ``"surgery"`` dense features.
-    templates: prompt templates for ensembling (``None``: the default short list).
-    num_positive / num_negative: grounded points per phrase.
-    grounded_box: also give the box of the best similarity region.
-    text_weight: weight of the CLIP mask score against the IoU head when ranking masks.
-    max_instances / nms_iou / min_score: "all instances" mode.
-    locate: use the text head's locator (if it has one): a phrase without a user click or box gets the
-        locator's click in the same decoder call.
-    region_grid / region_min_iou / region_nms_iou / max_regions: candidate objects for a region locator:
-        the decoder's most confident mask for each click of a ``region_grid`` x ``region_grid`` grid over
-        the image (one batched decoder call per image, cached), kept above ``region_min_iou`` predicted IoU,
-        de-duplicated by mask IoU ``region_nms_iou``, at most ``max_regions``.
-    """
-
-    grounding: bool = True
-    clip_input_size: int = 448
-    method: str = "maskclip"
-    templates: Sequence[str] | None = None
-    num_positive: int = 1
-    num_negative: int = 1
-    grounded_box: bool = False
-    text_weight: float = 1.0
-    max_instances: int = 8
-    nms_iou: float = 0.5
-    min_score: float | None = None
-    locate: bool = True
-    region_grid: int = 16
-    region_min_iou: float = 0.5
-    region_nms_iou: float = 0.7
-    max_regions: int = 32
-
-
 def default_options(model: TextSam) -> TextOptions:
-    """The model's own text settings (a bundle may record e.g. ``{"grounding": false}``), else defaults."""
-    meta = getattr(model, "bundle_meta", None) or {}
-    fields = {k: v for k, v in (meta.get("text_options") or {}).items() if k in TextOptions.__dataclass_fields__}
-    return TextOptions(**fields)
+    """The model's own text settings (its file may record some, e.g. grounding off), else the defaults."""
+    return TextOptions.from_dict(getattr(model, "default_text_options", None) or {})
 
 
 @dataclass
@@ -105,15 +66,13 @@ class TextPrompter:
 
     @property
     def grounding_enabled(self) -> bool:
-        return self.options.grounding and hasattr(getattr(self.model.text_encoder, "clip", None), "visual")
+        return self.options.grounding.enabled and hasattr(getattr(self.model.text_encoder, "clip", None), "visual")
 
     def _dense_clip(self):
         if self._dense is None:
             from .grounding import DenseClip
 
-            self._dense = DenseClip(
-                self.model.text_encoder.clip, input_size=self.options.clip_input_size, method=self.options.method
-            )
+            self._dense = DenseClip(self.model.text_encoder.clip, input_size=self.options.grounding.clip_input_size)
         return self._dense
 
     def reset(self) -> None:
@@ -138,7 +97,8 @@ class TextPrompter:
     def templates(self) -> list[str]:
         from . import templates as tpl
 
-        return list(self.options.templates) if self.options.templates is not None else list(tpl.DEFAULT_TEMPLATES)
+        templates = self.options.scoring.templates
+        return list(templates) if templates is not None else list(tpl.DEFAULT_TEMPLATES)
 
     def phrase_embedding(self, phrase: str) -> Tensor:
         """Template-ensembled unit CLIP embedding ``(D,)`` of a phrase (cached per template string)."""
@@ -146,73 +106,54 @@ class TextPrompter:
 
     @property
     def can_locate(self) -> bool:
-        proj = self.model.text_projector
-        return self.options.locate and proj is not None and getattr(proj, "locator", None) is not None
+        return self.options.locator.enabled and self.model.text_locator is not None
 
-    def _phrase_inputs(self, phrases: Sequence[str]) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    def _phrase_inputs(self, phrases: Sequence[str], *, words: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Pooled CLIP embeddings ``(B, D)`` of the phrases, and (``words``) per-token features + mask."""
         device = self.model.device
-        if self.model.text_projector.word_dim:
-            emb, words, mask = self.model.text_encoder.encode_words(list(phrases))
-            return emb.to(device), words.to(device), mask.to(device)
+        if words:
+            emb, feats, mask = self.model.text_encoder.encode_words(list(phrases))
+            return emb.to(device), feats.to(device), mask.to(device)
         return self.model.text_encoder.encode(list(phrases)).to(device), None, None
-
-    @torch.inference_mode()
-    def locate_scores(self, phrases: Sequence[str], features: Tensor, input_size: tuple[int, int]) -> Tensor:
-        """The locator's cell scores ``(B, h, w)`` on the image embedding ``features (1, C, h, w)``; cells of
-        the padding (outside the resized ``input_size`` image) get -inf."""
-        self.ensure_text_encoder()
-        h, w = features.shape[-2:]
-        scores = self.model.text_projector.locator(features, *self._phrase_inputs(phrases)).view(-1, h, w)
-        stride = self.model.img_size / h
-        valid_y = (torch.arange(h, device=scores.device) + 0.5) * stride <= input_size[0]
-        valid_x = (torch.arange(w, device=scores.device) + 0.5) * stride <= input_size[1]
-        return scores.masked_fill(~(valid_y[:, None] & valid_x[None]), float("-inf"))
 
     def locate(self, phrase: str, features: Tensor, input_size: tuple[int, int],
                original_size: tuple[int, int], image: np.ndarray | None = None) -> np.ndarray:
-        """The locator's click for ``phrase``: ``(1, 2)`` x, y in original-image pixels (the best cell's centre,
-        or the deepest pixel of the best candidate object for a region locator; ``image``, the original
-        ``(H, W, 3)`` uint8 picture, is needed by a region locator that reads pixel colours)."""
-        s = self.model.img_size
-        if self.model.text_projector.locator_kind == "regions":
-            from .locator import lowres_rgb, region_colours
+        """The locator's click for ``phrase``: ``(1, 2)`` x, y in original-image pixels, the deepest pixel of the
+        candidate object it scores best (``image``, the original ``(H, W, 3)`` uint8 picture, is needed by a
+        locator that reads pixel colours)."""
+        from .locator import lowres_rgb, region_colours
 
-            self.ensure_text_encoder()
-            regions = self.region_candidates(features, input_size)
-            colours = None
-            if self.model.text_projector.locator_appearance == "colour":
-                if image is None:
-                    raise InputError("this text head's region locator reads pixel colours: pass the image")
-                if self._region_colours is None:  # once per image, like the candidates
-                    rgb = lowres_rgb(image, s, regions.shape[-1]).to(regions.device)
-                    self._region_colours = region_colours(rgb, regions)[None]
-                colours = self._region_colours
-            if len(regions) == 0:  # nothing found: the image centre
-                xy = np.array([input_size[1] / 2 - 0.5, input_size[0] / 2 - 0.5])
-            else:
-                with torch.inference_mode():
-                    scores = self.model.text_projector.locator(features, regions[None], None,
-                                                               *self._phrase_inputs([phrase]), colours=colours)[0]
-                best = regions[int(scores.argmax())]
-                xy = (deepest_points(best[None])[0].cpu().numpy() + 0.5) * (s / best.shape[-1]) - 0.5
+        self.ensure_text_encoder()
+        locator = self.model.text_locator
+        s = self.model.img_size
+        regions = self.region_candidates(features, input_size)
+        colours = None
+        if locator.appearance_kind == "colour":
+            if image is None:
+                raise InputError("this text head's locator reads pixel colours: pass the image")
+            if self._region_colours is None:  # once per image, like the candidates
+                rgb = lowres_rgb(image, s, regions.shape[-1]).to(regions.device)
+                self._region_colours = region_colours(rgb, regions)[None]
+            colours = self._region_colours
+        if len(regions) == 0:  # nothing found: the image centre
+            xy = np.array([input_size[1] / 2 - 0.5, input_size[0] / 2 - 0.5])
         else:
-            scores = self.locate_scores([phrase], features, input_size)[0]
-            h, w = scores.shape
-            cell = int(scores.flatten().argmax())
-            stride = s / h
-            xy = np.array([(cell % w + 0.5) * stride - 0.5, (cell // w + 0.5) * stride - 0.5])
+            with torch.inference_mode():
+                inputs = self._phrase_inputs([phrase], words=bool(locator.word_dim))
+                scores = locator.scores(features, regions[None], None, *inputs, colours=colours)
+                xy = locator.click(regions[None], scores, s / regions.shape[-1])[0].cpu().numpy()
         ratio = np.array([original_size[1] / input_size[1], original_size[0] / input_size[0]])
         return ((xy + 0.5) * ratio - 0.5)[None]
 
     @torch.inference_mode()
     def region_candidates(self, features: Tensor, input_size: tuple[int, int]) -> Tensor:
-        """Candidate object masks ``(M, L, L)`` bool (low-res, input frame) of the current image: see
-        :class:`TextOptions` (``region_*``); computed once per image."""
+        """Candidate object masks ``(M, L, L)`` bool (low-res, input frame) of the current image, for the
+        locator (see :class:`~textsam.text.options.LocatorOptions`); computed once per image."""
         if self._regions is not None:
             return self._regions
-        o = self.options
-        masks, scores = self._grid_masks(features, self._grid(max(1, int(o.region_grid)), input_size))
-        chosen = mask_nms(masks.cpu().numpy(), scores.float().cpu().numpy(), o.region_nms_iou)[: o.max_regions]
+        o = self.options.locator
+        masks, scores = self._grid_masks(features, self._grid(max(1, int(o.grid)), input_size))
+        chosen = mask_nms(masks.cpu().numpy(), scores.float().cpu().numpy(), o.nms_iou)[: o.max_candidates]
         self._regions = masks[chosen]
         return self._regions
 
@@ -225,10 +166,10 @@ class TextPrompter:
 
     def _grid_masks(self, features: Tensor, points: np.ndarray) -> tuple[Tensor, Tensor]:
         """Each click's most confident mask ``(P', L, L)`` bool and its predicted IoU ``(P',)``, for the clicks
-        ``points (P, 2)`` (input frame) whose mask is non-empty and at least ``region_min_iou``."""
+        ``points (P, 2)`` (input frame) whose mask is non-empty and at least ``LocatorOptions.min_iou``."""
         coords = torch.as_tensor(points[:, None], dtype=torch.float32, device=self.model.device)
         labels = torch.ones(coords.shape[:2], device=self.model.device)
-        iou, low, rows = self.model.decode_confident(features, (coords, labels), self.options.region_min_iou)
+        iou, low, rows = self.model.decode_confident(features, (coords, labels), self.options.locator.min_iou)
         best = iou[rows].argmax(dim=1)
         picked = torch.arange(len(rows), device=rows.device)
         masks, scores = low[picked, best] > self.model.mask_threshold, iou[rows, best]
@@ -239,7 +180,7 @@ class TextPrompter:
         """Text-head tokens ``(B, K, C)`` for the phrases, or None without a text head."""
         if self.model.text_projector is None:
             return None
-        return self.model.text_projector(*self._phrase_inputs(phrases))
+        return self.model.text_projector(self._phrase_inputs(phrases, words=False)[0])
 
     def similarity(self, phrase: str, negative: str | None = None) -> Tensor:
         """Patch-text similarity ``(gh, gw)``; a negative phrase's similarity is subtracted."""
@@ -276,9 +217,9 @@ class TextPrompter:
             g = prompts_from_similarity(
                 sim,
                 self._geometry,
-                num_positive=self.options.num_positive,
-                num_negative=self.options.num_negative,
-                with_box=self.options.grounded_box,
+                num_positive=self.options.grounding.num_positive,
+                num_negative=self.options.grounding.num_negative,
+                with_box=self.options.grounding.box,
             )
             points, labels, box = np.asarray(g.points, float), np.asarray(g.labels, np.int64), g.box
             if negative is not None:
@@ -300,7 +241,7 @@ class TextPrompter:
 
         self._require_features(image)
         sim = self.similarity(phrase, negative)
-        cands = instance_candidates(sim, self._geometry, max_instances=self.options.max_instances)
+        cands = instance_candidates(sim, self._geometry, max_instances=self.options.instances.max_instances)
         tokens = self.text_tokens([phrase])
         tok = tokens[0] if tokens is not None else None
         return [

@@ -1,0 +1,123 @@
+"""Options of the text pathway, one frozen dataclass per concern, gathered in :class:`TextOptions`.
+
+A model file may carry its own defaults (e.g. the bundled ``shapes_tiny`` turns grounding off); pass
+``TextSamPredictor(model, text_options=TextOptions(...))`` to choose others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import InputError
+
+__all__ = ["GroundingOptions", "ScoringOptions", "InstanceOptions", "LocatorOptions", "TextOptions"]
+
+
+@dataclass(frozen=True)
+class GroundingOptions:
+    """Training-free localisation: dense CLIP patch features (MaskCLIP) compared with the phrase; the
+    similarity map becomes click tokens (and optionally a box) of the same decoder call.
+
+    enabled: use it (a model without a text head needs it). clip_input_size: side of the square image given
+    to the CLIP tower for dense features (a multiple of its patch size). num_positive / num_negative: clicks
+    per phrase. box: also give the box of the best similarity region.
+    """
+
+    enabled: bool = True
+    clip_input_size: int = 448
+    num_positive: int = 1
+    num_negative: int = 1
+    box: bool = False
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    """How a phrase is embedded and how candidate masks are ranked.
+
+    templates: prompt templates for the phrase's CLIP embedding ensemble (each with one ``{}``; None: the
+    default short list, :data:`textsam.text.templates.DEFAULT_TEMPLATES`). text_weight: weight of the CLIP
+    score of a mask against SAM's predicted IoU when masks are ranked.
+    """
+
+    templates: tuple[str, ...] | None = None
+    text_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class InstanceOptions:
+    """``instances="all"``: at most ``max_instances`` candidates, de-duplicated by mask IoU ``nms_iou``, and
+    (when ``min_score`` is set) only those ranked at least ``min_score``."""
+
+    max_instances: int = 8
+    nms_iou: float = 0.5
+    min_score: float | None = None
+
+
+@dataclass(frozen=True)
+class LocatorOptions:
+    """A text head's locator: a phrase without a click or box of the user's gets the locator's click.
+
+    enabled: use it when the model has one. Candidate objects: the decoder's most confident mask for each
+    click of a ``grid`` x ``grid`` grid over the image (decoded in one batch, once per image), kept when its
+    predicted IoU is at least ``min_iou``, de-duplicated by mask IoU ``nms_iou``, at most ``max_candidates``.
+    """
+
+    enabled: bool = True
+    grid: int = 16
+    min_iou: float = 0.5
+    nms_iou: float = 0.7
+    max_candidates: int = 32
+
+
+_GROUPS = {"grounding": GroundingOptions, "scoring": ScoringOptions, "instances": InstanceOptions,
+           "locator": LocatorOptions}
+# the flat option names of textsam files written before the options were grouped
+_FLAT = {"clip_input_size": ("grounding", "clip_input_size"), "num_positive": ("grounding", "num_positive"),
+         "num_negative": ("grounding", "num_negative"), "grounded_box": ("grounding", "box"),
+         "templates": ("scoring", "templates"), "text_weight": ("scoring", "text_weight"),
+         "max_instances": ("instances", "max_instances"), "nms_iou": ("instances", "nms_iou"),
+         "min_score": ("instances", "min_score"), "locate": ("locator", "enabled"),
+         "region_grid": ("locator", "grid"), "region_min_iou": ("locator", "min_iou"),
+         "region_nms_iou": ("locator", "nms_iou"), "max_regions": ("locator", "max_candidates")}
+
+
+@dataclass(frozen=True)
+class TextOptions:
+    """Every option of the text pathway, grouped by concern."""
+
+    grounding: GroundingOptions = field(default_factory=GroundingOptions)
+    scoring: ScoringOptions = field(default_factory=ScoringOptions)
+    instances: InstanceOptions = field(default_factory=InstanceOptions)
+    locator: LocatorOptions = field(default_factory=LocatorOptions)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in _GROUPS}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TextOptions:
+        """From :meth:`to_dict`'s nested form (groups may be partial). The flat names of older model files
+        (``{"grounding": false, "region_grid": 16}``) are read too."""
+        groups: dict[str, dict[str, Any]] = {name: {} for name in _GROUPS}
+        for key, value in data.items():
+            if key in _GROUPS and isinstance(value, Mapping):
+                groups[key].update(value)
+            elif key == "grounding" and isinstance(value, bool):
+                groups["grounding"]["enabled"] = value
+            elif key in _FLAT:
+                group, name = _FLAT[key]
+                groups[group][name] = value
+            elif key != "method":  # "method" chose a dense-feature variant that is gone (MaskCLIP remains)
+                raise InputError(f"unknown text option {key!r}; the groups are {', '.join(_GROUPS)}")
+        built = {}
+        for name, kind in _GROUPS.items():
+            values = groups[name]
+            unknown = sorted(set(values) - set(kind.__dataclass_fields__))
+            if unknown:
+                raise InputError(f"unknown {name} options {unknown}; known: {sorted(kind.__dataclass_fields__)}")
+            if name == "scoring" and values.get("templates") is not None:
+                values = dict(values, templates=tuple(values["templates"]))
+            built[name] = kind(**values)
+        return cls(**built)
