@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 import textsam
-from textsam.text.prompter import TextOptions, TextPrompt
+from textsam.text.options import InstanceOptions, TextOptions
+from textsam.text.prompter import TextPrompt
 from textsam.transforms import load_image
 
 DEFAULT_IMAGE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sam_demo_images" / "truck.jpg"
@@ -40,7 +41,7 @@ def best_of(fn, repeats: int) -> float:
 
 def bench_ours(image: np.ndarray, repeats: int) -> dict[str, float]:
     model = textsam.create_model("sam_vit_b", pretrained=False, clip="ViT-B-16-quickgelu")
-    pred = textsam.TextSamPredictor(model, text_options=TextOptions(max_instances=8))
+    pred = textsam.TextSamPredictor(model, text_options=TextOptions(instances=InstanceOptions(max_instances=8)))
     t0 = time.perf_counter()
     pred.set_image(image)
     out = {"set_image (SAM + dense CLIP)": time.perf_counter() - t0}

@@ -45,9 +45,10 @@ def model():
 
 
 def _factory(model):
-    from textsam.text.prompter import TextOptions
+    from textsam.text.options import InstanceOptions, ScoringOptions, TextOptions
 
-    options = TextOptions(templates=SINGLE["templates"], max_instances=3)  # fewer candidates: faster
+    options = TextOptions(scoring=ScoringOptions(templates=tuple(SINGLE["templates"])),
+                          instances=InstanceOptions(max_instances=3))  # fewer candidates: faster
     return lambda: textsam.TextSamPredictor(model, text_options=options)
 
 

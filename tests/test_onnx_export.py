@@ -79,11 +79,7 @@ def test_onnx_text_graph_matches_the_predictor(tmp_path: Path) -> None:
                              return_logits=True)
     coords = torch.tensor([[[60.0, 45.0], [0.0, 0.0]]]) * (model.img_size / 128)
     with torch.no_grad():
-        if model.text_projector.word_dim:  # a head with a word path also takes the per-token features
-            emb, words, mask = model.text_encoder.encode_words(["red square"])
-            text: tuple[torch.Tensor, ...] = (emb.float(), words.float(), mask.float())
-        else:
-            text = (model.text_encoder.encode(["red square"]).float(),)
+        text = (model.text_encoder.encode(["red square"]).float(),)
     inputs = (predictor.get_image_embedding().float(), coords, torch.tensor([[1.0, -1.0]]),
               torch.zeros(1, 1, *model.prompt_encoder.mask_input_size), torch.tensor([0.0]), torch.tensor([96.0, 128.0]),
               *text)
@@ -128,75 +124,16 @@ def test_text_export_needs_a_text_head() -> None:
         OnnxPromptDecoder(model, with_text=True)
 
 
-def _with_word_path(model: textsam.TextSam) -> textsam.TextSam:
-    """``model`` with its text head rebuilt with a word path whose output layer is non-zero (so it matters)."""
-    from textsam.text.clip import TextProjector
+def test_export_says_the_locator_is_not_in_the_graph(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The bundled head has a locator: the export names it as left out, and how to pass its click."""
+    model = textsam.create_model("shapes_tiny")
+    assert model.text_locator is not None
+    export_onnx(model, tmp_path / "tiny.onnx", with_text=True)
+    assert "not exported: the text head's locator" in caplog.text and "as a positive point" in caplog.text
+    import onnxruntime
 
-    old = model.text_projector
-    proj = TextProjector(old.clip_dim, old.token_dim, old.num_tokens, old.hidden_dim,
-                         word_dim=model.text_encoder.word_dim)
-    proj.load_state_dict(old.state_dict(), strict=False)
-    torch.manual_seed(0)
-    torch.nn.init.normal_(proj.word_out.weight, std=0.5)
-    model.text_projector = proj.eval()
-    return model
-
-
-def test_onnx_word_path_graph_matches_the_predictor(tmp_path: Path) -> None:
-    """A text head with a word path exports the word inputs; any phrase length works (dynamic axis)."""
-    model = _with_word_path(textsam.create_model("shapes_tiny"))
-    path = export_onnx(model, tmp_path / "words.onnx", with_text=True)  # traced with 5 word positions
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()][-3:] == ["text_embedding", "text_word_features", "text_word_mask"]
-    image = np.random.default_rng(1).integers(0, 255, (128, 128, 3), dtype=np.uint8)
-    predictor = textsam.TextSamPredictor(model)
-    predictor.set_image(image)
-    for phrase in ("the leftmost small red star", "star"):  # with a click (SAM's graph always has a point)
-        pred = predictor.predict(text=phrase, point_coords=np.array([[40.0, 70.0]]), point_labels=np.array([1]),
-                                 return_logits=True)
-        emb, words, mask = model.text_encoder.encode_words([phrase])
-        inputs = (predictor.get_image_embedding().float(), torch.tensor([[[40.0, 70.0], [0.0, 0.0]]]),
-                  torch.tensor([[1.0, -1.0]]),
-                  torch.zeros(1, 1, *model.prompt_encoder.mask_input_size), torch.tensor([0.0]),
-                  torch.tensor([128.0, 128.0]), emb, words, mask.float())
-        masks, scores, _ = _run(path, inputs)
-        order = 1 + np.argsort(-scores[0, 1:], kind="stable")
-        np.testing.assert_allclose(masks[0, order], pred.masks, atol=1e-4)
-    with torch.no_grad():
-        left = model.text_projector(*model.text_encoder.encode_words(["the leftmost star"]))
-        right = model.text_projector(*model.text_encoder.encode_words(["the rightmost star"]))
-    assert float((left - right).abs().max()) > 1e-2  # the word path sees the word the pooled embedding hardly does
-
-
-def test_onnx_locator_click_matches_the_predictor(tmp_path: Path) -> None:
-    """A text head with a locator: the graph finds the same click as the predictor (padding cells excluded,
-    here a 96 x 128 image) and adds it where ``text_locate`` is 1; at 0 a padding token fills its slot."""
-    from textsam.text.clip import TextProjector
-
-    model = _with_word_path(textsam.create_model("shapes_tiny"))
-    old = model.text_projector
-    proj = TextProjector(old.clip_dim, old.token_dim, old.num_tokens, old.hidden_dim, word_dim=old.word_dim,
-                         locator_dim=32)
-    proj.load_state_dict(old.state_dict(), strict=False)
-    model.text_projector = proj.eval()
-    path = export_onnx(model, tmp_path / "loc.onnx", with_text=True)
-    image = np.random.default_rng(2).integers(0, 255, (96, 128, 3), dtype=np.uint8)
-    predictor = textsam.TextSamPredictor(model)
-    predictor.set_image(image)
-    phrase = "the upper red star"
-    emb, words, mask = model.text_encoder.encode_words([phrase])
-    base = (predictor.get_image_embedding().float(), torch.zeros(1, 1, 2), torch.tensor([[-1.0]]),
-            torch.zeros(1, 1, *model.prompt_encoder.mask_input_size), torch.tensor([0.0]), torch.tensor([96.0, 128.0]),
-            emb, words, mask.float())
-    pred = predictor.predict(text=phrase, return_logits=True)
-    masks, scores, _ = _run(path, (*base, torch.tensor([1.0])))
-    order = 1 + np.argsort(-scores[0, 1:], kind="stable")
-    np.testing.assert_allclose(masks[0, order], pred.masks, atol=1e-4)
-    masks, _, _ = _run(path, (*base, torch.tensor([0.0])))
-    with torch.no_grad():
-        want = OnnxPromptDecoder(model, with_text=True)(*base, torch.tensor([0.0]))[0].numpy()
-    np.testing.assert_allclose(masks, want, atol=1e-4)
-    assert np.abs(masks[0, order] - pred.masks).max() > 1e-3  # the click changed the masks
+    session = onnxruntime.InferenceSession(str(tmp_path / "tiny.onnx"))
+    assert [i.name for i in session.get_inputs()][-1] == "text_embedding"
 
 
 def test_output_path_errors_and_interrupted_exports_leave_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import textsam
-from textsam.text.prompter import TextOptions
+from textsam.text.options import GroundingOptions, TextOptions
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +24,13 @@ def _scene() -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_bundle_loads_offline_with_its_text_parts(model) -> None:
-    assert model.text_encoder is not None and model.text_projector is not None
-    assert model.bundle_meta["model"] == "shapes_tiny"
-    assert textsam.TextSamPredictor(model).text.options.grounding is False  # the bundle's own default
+    assert model.text_encoder is not None and model.text_projector is not None and model.text_locator is not None
+    from textsam.weights.format import read
+    from textsam.weights.pretrained import bundled_path
+
+    bundle = read(bundled_path("shapes_tiny"))
+    assert bundle.sam_model == "shapes_tiny" and bundle.clip.tensors == "full" and bundle.text_head.has_locator
+    assert textsam.TextSamPredictor(model).text.options.grounding.enabled is False  # the bundle's own default
 
 
 def test_click_segments_the_object(model) -> None:
@@ -41,7 +45,7 @@ def test_click_segments_the_object(model) -> None:
 @pytest.mark.parametrize("grounding", [False, True])
 def test_text_end_to_end_in_one_decoder_call(model, grounding: bool) -> None:
     img, _ = _scene()
-    pred = textsam.TextSamPredictor(model, text_options=TextOptions(grounding=grounding))
+    pred = textsam.TextSamPredictor(model, text_options=TextOptions(grounding=GroundingOptions(enabled=grounding)))
     pred.set_image(img)
     calls = []
     original = model.mask_decoder.forward
@@ -77,7 +81,7 @@ def _synthetic_scene() -> tuple[np.ndarray, dict[str, np.ndarray]]:
 def test_text_alone_clicks_the_named_object(model, phrase: str, target: str) -> None:
     """The shipped head's region locator picks the named object among the decoder's candidates and clicks it; the
     phrase's tokens and that click go into the prompt decode."""
-    assert model.text_projector.locator_kind == "regions" and model.text_projector.locator_factors == "separate"
+    assert model.text_locator.factors == "separate" and model.text_locator.appearance_kind == "colour"
     image, masks = _synthetic_scene()
     want = masks[target]
     pred = textsam.TextSamPredictor(model)

@@ -8,9 +8,11 @@ import torch
 
 from textsam.errors import InputError, WeightsError
 from textsam.predictor import TextSamPredictor
-from textsam.text.clip import TextProjector, clean_phrase, parse_clip_spec
-from textsam.text.prompter import TextOptions
-from textsam.text_head import TextHeadInfo, load_text_head, read_text_head_info, save_text_head
+from textsam.config import TextHeadConfig
+from textsam.text.clip import parse_clip_spec
+from textsam.text.options import GroundingOptions, InstanceOptions, TextOptions
+from textsam.text.projector import TextProjector
+from textsam.text.templates import clean_phrase
 
 from .tiny import tiny_clip_encoder, tiny_sam
 
@@ -25,7 +27,8 @@ def image() -> np.ndarray:
 
 
 def _with_head(model, num_tokens: int = 2):
-    model.text_projector = TextProjector(model.text_encoder.embed_dim, 256, num_tokens, 64).eval()
+    cfg = TextHeadConfig(clip_dim=model.text_encoder.embed_dim, token_dim=256, num_tokens=num_tokens, hidden_dim=64)
+    model.text_projector = TextProjector(cfg).eval()
     return model
 
 
@@ -88,7 +91,7 @@ def test_non_ascii_and_long_phrases(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_text_tokens_change_the_output_and_carry_gradients(image) -> None:
     model = _with_head(tiny_sam(with_text=True))
-    pred = TextSamPredictor(model, text_options=TextOptions(grounding=False))
+    pred = TextSamPredictor(model, text_options=TextOptions(grounding=GroundingOptions(enabled=False)))
     pred.set_image(image)
     a = pred.predict(text="a red square", multimask_output=False, return_logits=True)
     b = pred.predict(text="a blue circle", multimask_output=False, return_logits=True)
@@ -109,7 +112,7 @@ def test_text_tokens_change_the_output_and_carry_gradients(image) -> None:
 
 def test_text_clicks_and_box_make_one_decoder_call(image) -> None:
     model = _with_head(tiny_sam(with_text=True), num_tokens=3)
-    pred = TextSamPredictor(model, text_options=TextOptions(num_positive=2, num_negative=1))
+    pred = TextSamPredictor(model, text_options=TextOptions(grounding=GroundingOptions(num_positive=2, num_negative=1)))
     pred.set_image(image)
     spy = DecoderSpy(model)
     out = pred.predict(
@@ -167,7 +170,7 @@ def test_repeated_phrase_does_not_rerun_the_text_tower(image) -> None:
 
 def test_all_instances_one_decoder_batch(image) -> None:
     model = tiny_sam(with_text=True)
-    pred = TextSamPredictor(model, text_options=TextOptions(max_instances=4))
+    pred = TextSamPredictor(model, text_options=TextOptions(instances=InstanceOptions(max_instances=4)))
     pred.set_image(image)
     spy = DecoderSpy(model)
     out = pred.predict(text="square", instances="all")
@@ -191,18 +194,27 @@ def test_several_phrases_one_call_and_negative_text(image) -> None:
         pred.predict(negative_text="dog", point_coords=np.array([[1, 1]]), point_labels=np.array([1]))
 
 
-def test_text_head_round_trip_and_wrong_models(tmp_path) -> None:
-    proj = TextProjector(32, 256, 2, 64)
-    info = TextHeadInfo("tiny_test", "tiny_clip", None, 32, 256, 2, 64, recipe="unit test")
-    path = save_text_head(tmp_path / "head.safetensors", proj, info)
-    assert read_text_head_info(path) == info
-    loaded, _ = load_text_head(path, sam_model="tiny_test", clip_model="tiny_clip", clip_pretrained=None)
+def test_text_head_file_round_trip_and_wrong_models(tmp_path) -> None:
+    import textsam
+    from textsam.weights.format import ClipSpec, TextsamFile, read, write
+
+    cfg = TextHeadConfig(clip_dim=32, token_dim=256, num_tokens=2, hidden_dim=64)
+    proj = TextProjector(cfg)
+    tensors = {f"text_projector.{k}": v for k, v in proj.state_dict().items()}
+    path = write(tmp_path / "head.safetensors", TextsamFile("sam_vit_b", ClipSpec("tiny_clip"), cfg, tensors,
+                                                            training={"recipe": "unit test"}))
+    back = read(path)
+    assert back.text_head == cfg and back.sam_model == "sam_vit_b" and back.training == {"recipe": "unit test"}
+    assert all(torch.equal(back.tensors[k], v) for k, v in tensors.items())
+    model = textsam.create_model("sam_vit_b", pretrained=False)
+    model.text_encoder = tiny_clip_encoder()
+    textsam.factory.attach_text(model, text_head=path, pretrained=False)
     emb = torch.nn.functional.normalize(torch.randn(2, 32), dim=-1)
-    assert torch.equal(loaded(emb), proj(emb))
-    with pytest.raises(WeightsError, match="trained for SAM model 'tiny_test'.*--model tiny_test"):
-        load_text_head(path, sam_model="sam_vit_b", clip_model="tiny_clip", clip_pretrained=None)
+    assert torch.equal(model.text_projector(emb), proj(emb)) and model.text_locator is None
+    with pytest.raises(WeightsError, match="trained for SAM model 'sam_vit_b'.*--model sam_vit_b"):
+        textsam.factory.attach_text(tiny_sam(with_text=True), text_head=path, pretrained=False)
     with pytest.raises(WeightsError, match="CLIP"):
-        load_text_head(path, sam_model="tiny_test", clip_model="ViT-B-16-quickgelu", clip_pretrained="openai")
+        textsam.factory.attach_text(model, text_head=path, clip="ViT-B-16-quickgelu/openai", pretrained=False)
     (tmp_path / "junk.safetensors").write_bytes(b"not a file")
     with pytest.raises(WeightsError):
-        read_text_head_info(tmp_path / "junk.safetensors")
+        read(tmp_path / "junk.safetensors")

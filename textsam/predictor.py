@@ -60,6 +60,8 @@ class TextSamPredictor:
         model: a :class:`~textsam.model.TextSam` (from :func:`textsam.create_model`).
         image_precision: ``"fp32"`` (exact SAM numbers), or ``"bf16"`` / ``"fp16"`` to run only the
             image encoder under autocast (faster on CPUs with AMX/AVX-512 BF16 and on GPUs).
+        text_options: how phrases become prompts (:class:`~textsam.text.options.TextOptions`); default: the
+            model file's own settings, else the defaults.
     """
 
     def __init__(

@@ -1,7 +1,7 @@
 """Text-prompted instance segmentation on COCO / LVIS, scored with the official evaluators.
 
 Protocol: on every image, every category name is a prompt (ensembled over the prompt templates by the
-predictor's ``TextOptions(templates=...)``); ``predictor.predict(text=name, instances="all")`` returns
+predictor's ``TextOptions(scoring=ScoringOptions(templates=...))``); ``predictor.predict(text=name, instances="all")`` returns
 the instances best first, each becoming a COCO result ``{image_id, category_id, segmentation (RLE,
 counts str), score = info["ranking"][i]}``. AP comes from pycocotools' ``COCOeval`` (iouType "segm") or,
 for LVIS annotation files, from the ``lvis`` package (a clear error when it is not installed).

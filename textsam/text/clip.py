@@ -1,20 +1,16 @@
-"""Text side: an open_clip text tower with a per-phrase cache, and the projector into SAM's token space.
+"""The CLIP text side: an open_clip model with its tokenizer and a per-phrase cache.
 
 ``TextEncoder.encode(phrases) -> (N, D)`` unit CLIP embeddings in the joint image-text space;
-``TextEncoder.encode_words(phrases)`` adds the tower's per-token features ``(N, L, W)`` and their mask.
-``TextProjector(emb (B, D)[, words, word_mask]) -> (B, K, C)`` prompt tokens of the decoder's width C
-(256 for SAM). The projector's weights live in a separate *text head* file (see ``textsam.text_head``).
-
-Why per-token features: CLIP's pooled embedding is close to a bag of words; phrases that differ only in
-a word such as "left" / "right" get nearly the same vector (shapes_tiny's tower: 1 - cosine 3e-4 between
-"the leftmost star" and "the rightmost star"). A projector with a word path (``word_dim > 0``) lets its
-tokens attend to the tower's last-layer feature of every token, where such words stay distinct.
+``TextEncoder.encode_words(phrases)`` adds the tower's last-layer per-token features ``(N, L, W)`` and their
+mask. CLIP's pooled embedding is close to a bag of words (phrases that differ only in "left" / "right" get
+nearly the same vector: 1 - cosine 3e-4 between "the leftmost star" and "the rightmost star" in
+shapes_tiny's tower); a text head's locator may read the per-token features, where such words stay apart.
+The image tower serves dense features (:mod:`textsam.text.grounding`).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -24,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError, WeightsError
+from .templates import clean_phrase, expand
 
 logger = logging.getLogger(__name__)
 
@@ -46,16 +43,6 @@ def parse_clip_spec(spec: str) -> tuple[str, str | None]:
         name, tag = spec.split("/", 1)
         return name, tag or None
     return spec, None
-
-
-def clean_phrase(phrase: object) -> str:
-    """Strip and collapse whitespace; raise :class:`InputError` for a non-string or empty phrase."""
-    if not isinstance(phrase, str):
-        raise InputError(f"a text prompt must be a string, got {type(phrase).__name__}")
-    cleaned = re.sub(r"\s+", " ", phrase).strip()
-    if not cleaned:
-        raise InputError("the text prompt is empty: type a phrase naming the object, e.g. 'the red car'")
-    return cleaned
 
 
 class TextEncoder(nn.Module):
@@ -282,9 +269,10 @@ class TextEncoder(nn.Module):
         return pooled, words * mask[..., None].to(words.dtype), mask
 
     def encode_ensemble(self, phrase: str, templates: Sequence[str]) -> Tensor:
-        """One unit embedding ``(D,)``: the normalised mean over ``templates`` (each with one ``{}``)."""
-        cleaned = clean_phrase(phrase)
-        emb = self.encode([t.format(cleaned) for t in templates]) if templates else self.encode([cleaned])
+        """One unit embedding ``(D,)``: the normalised mean over the phrase put into every template
+        (:func:`textsam.text.templates.expand`; no templates: the bare phrase). Used wherever a phrase is
+        compared with image features."""
+        emb = self.encode(expand(phrase, templates) if templates else [clean_phrase(phrase)])
         mean = emb.mean(0)
         return mean / mean.norm().clamp_min(1e-12)
 

@@ -9,15 +9,14 @@ Frames (see also :mod:`textsam.transforms`):
 * *grid*: patch cells ``(col, row)`` of the ViT over the input frame, each ``patch`` input pixels wide;
   only the ``(gh, gw) = (ceil(h'/patch), ceil(w'/patch))`` cells that touch the real image are kept.
 
-Dense features follow MaskCLIP (Zhou et al., ECCV 2022) or CLIP Surgery (Li et al., 2023); the maps
-become ordinary SAM prompts (positive/negative points, boxes) in original pixels by
+Dense features follow MaskCLIP (Zhou et al., ECCV 2022: the last block keeps only each token's value
+path); the maps become ordinary SAM prompts (positive/negative points, boxes) in original pixels by
 :func:`prompts_from_similarity` and :func:`instance_candidates` (:mod:`textsam.text.grounding_maps`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Literal
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -33,7 +32,6 @@ from textsam.text.grounding_maps import (
     square_crop,
     upsample_to_image,
 )
-from textsam.text.templates import expand
 
 __all__ = [
     "DenseClip",
@@ -43,15 +41,12 @@ __all__ = [
     "instance_candidates",
     "prompts_from_similarity",
     "similarity_map",
-    "text_embeddings",
     "upsample_to_image",
 ]
 
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-Method = Literal["maskclip", "surgery"]
 
 
 def _check_image(image: np.ndarray) -> None:
@@ -119,20 +114,6 @@ def maskclip_last_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return y + block.ls_2(block.mlp(block.ln_2(y)))
 
 
-def vv_attention(block: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """CLIP Surgery's v-v self-attention of one block on ``h = ln_1(x)``, ``(B, L, C) -> (B, L, C)``.
-
-    q and k are replaced by v (per head, scale ``head_dim ** -0.5``), then the block's ``out_proj``.
-    """
-    attn = block.attn
-    batch, length, width = h.shape
-    heads = attn.num_heads
-    v = _value_proj(attn, h).reshape(batch, length, heads, width // heads).transpose(1, 2)
-    out = F.scaled_dot_product_attention(v, v, v)
-    out = out.transpose(1, 2).reshape(batch, length, width)
-    return block.ls_1(attn.out_proj(out))
-
-
 class DenseClip:
     """Dense (per-patch) CLIP image features in the joint image-text space.
 
@@ -140,26 +121,15 @@ class DenseClip:
     modified (the positional embedding is interpolated on the fly for ``input_size``).
 
     Args:
-        clip_model: an open_clip ``CLIP`` (``encode_text`` is used by :func:`text_embeddings`).
+        clip_model: an open_clip ``CLIP`` whose image tower gives the features.
         input_size: side of the square CLIP input for dense features (multiple of the patch size).
-        method: ``"maskclip"`` (value path in the last block) or ``"surgery"`` (CLIP Surgery's v-v path
-            over the last ``surgery_depth`` blocks).
-        surgery_depth: number of final blocks with the v-v path (CLIP Surgery uses 6).
     """
 
-    def __init__(
-        self,
-        clip_model: nn.Module,
-        input_size: int = 448,
-        method: Method = "maskclip",
-        surgery_depth: int = 6,
-    ) -> None:
+    def __init__(self, clip_model: nn.Module, input_size: int = 448) -> None:
         visual = getattr(clip_model, "visual", None)
         if visual is None:
             raise InputError("clip_model has no 'visual' tower; pass an open_clip CLIP model")
         _check_visual(visual)
-        if method not in ("maskclip", "surgery"):
-            raise InputError(f"method must be 'maskclip' or 'surgery', got {method!r}")
         patch_h, patch_w = _pair(visual.patch_size)
         native_h, native_w = _pair(visual.image_size)
         if patch_h != patch_w or native_h != native_w:
@@ -168,13 +138,9 @@ class DenseClip:
             raise InputError(
                 f"input_size {input_size} must be a positive multiple of the patch size {patch_h}"
             )
-        if surgery_depth < 1:
-            raise InputError(f"surgery_depth must be >= 1, got {surgery_depth}")
         self.model = clip_model
         self.visual = visual
         self.input_size = int(input_size)
-        self.method: Method = method
-        self.surgery_depth = int(surgery_depth)
         self.patch_size = int(patch_h)
         self.native_size = int(native_h)
         mean, std = _mean_std(visual)
@@ -231,19 +197,13 @@ class DenseClip:
         return visual.ln_pre(torch.cat([cls, x], dim=1) + pos.to(x.dtype))
 
     def _dense_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens after ``ln_pre`` ``(B, L, C)`` -> dense last-layer tokens ``(B, L, C)`` (before ln_post)."""
+        """Tokens after ``ln_pre`` ``(B, L, C)`` -> dense last-layer tokens ``(B, L, C)`` (before ln_post): every
+        block as usual, then MaskCLIP's last block."""
         blocks = list(self.visual.transformer.resblocks)
         batch_first = getattr(self.visual.transformer, "batch_first", True)
-        depth = 1 if self.method == "maskclip" else min(self.surgery_depth, len(blocks))
-        for block in blocks[: len(blocks) - depth]:
+        for block in blocks[:-1]:
             x = _run_block(block, x, batch_first)
-        if self.method == "maskclip":
-            return maskclip_last_block(blocks[-1], x)
-        original = x
-        for block in blocks[len(blocks) - depth :]:
-            x = x + vv_attention(block, block.ln_1(original))
-            original = _run_block(block, original, batch_first)
-        return x
+        return maskclip_last_block(blocks[-1], x)
 
     @torch.no_grad()
     def dense_features(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -266,32 +226,6 @@ class DenseClip:
         """``(h, w, 3)`` uint8 -> ``(3, n, n)`` normalised CPU tensor at the CLIP's native size ``n``."""
         return self._to_input(image, self.native_size)[0]
 
-    @torch.no_grad()
-    def image_embedding(self, images: np.ndarray | Sequence[np.ndarray] | torch.Tensor) -> torch.Tensor:
-        """Ordinary (pooled) CLIP image embeddings, L2-normalised, ``(N, D)`` float32.
-
-        Args:
-            images: one ``(H, W, 3)`` uint8 image, a list of them, an ``(N, H, W, 3)`` uint8 array, or
-                an already normalised ``(N, 3, n, n)`` tensor at the native size ``n``. Arrays are
-                resized longest side to ``n`` and padded. All go through the tower in ONE forward call.
-        """
-        if isinstance(images, torch.Tensor):
-            batch = images
-        else:
-            if isinstance(images, np.ndarray) and images.ndim == 3:
-                images = [images]
-            if len(images) == 0:
-                raise InputError("image_embedding needs at least one image")
-            batch = torch.stack([self.to_native(image) for image in images])
-        if batch.ndim != 4 or tuple(batch.shape[1:]) != (3, self.native_size, self.native_size):
-            raise InputError(
-                f"expected a (N, 3, {self.native_size}, {self.native_size}) tensor, got {tuple(batch.shape)}"
-            )
-        features = self.visual(batch.to(self.device, self.dtype))
-        if isinstance(features, tuple):
-            features = features[0]
-        return F.normalize(features.float(), dim=-1)
-
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(value, int):
@@ -308,99 +242,16 @@ def _mean_std(visual: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
-@torch.no_grad()
-def text_embeddings(
-    clip_model: nn.Module,
-    tokenizer: Callable[[list[str]], torch.Tensor],
-    phrases: str | Sequence[str],
-    templates: str | Sequence[str] = "default",
-) -> torch.Tensor:
-    """Prompt-ensembled CLIP text embeddings ``(N, D)`` float32, unit norm, one row per phrase.
-
-    Each phrase is put into every template (:func:`textsam.text.templates.expand`); the normalised
-    embeddings are averaged and normalised again (one text-tower batch for everything).
-    An empty string (CLIP Surgery's "redundant" prompt) is encoded as ``""`` without templates.
-    """
-    phrases = [phrases] if isinstance(phrases, str) else list(phrases)
-    sentences = [[""] if not p.strip() else expand(p, templates) for p in phrases]
-    flat = [s for group in sentences for s in group]
-    device = next(clip_model.parameters()).device
-    emb = F.normalize(clip_model.encode_text(tokenizer(flat).to(device)).float(), dim=-1)
-    chunks = torch.split(emb, [len(group) for group in sentences])
-    return F.normalize(torch.stack([chunk.mean(0) for chunk in chunks]), dim=-1)
-
-
-def _surgery(sim: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
-    """CLIP Surgery's class-mean feature surgery on cosine maps ``(K, gh, gw)``, K >= 2.
-
-    Per patch: ``w_k = softmax_k(2 s_k) / mean_k(...)``; result ``w_k s_k - mean_j(w_j s_j)``
-    (the sum over channels of the element-wise image x text products, minus their class mean).
-    """
-    prob = torch.softmax(sim * temperature, dim=0)
-    weighted = sim * prob / prob.mean(dim=0, keepdim=True)
-    return weighted - weighted.mean(dim=0, keepdim=True)
-
-
-def similarity_map(
-    patch_feats: torch.Tensor,
-    text_emb: torch.Tensor,
-    *,
-    background_emb: torch.Tensor | None = None,
-    feature_surgery: bool = False,
-    empty_emb: torch.Tensor | None = None,
-    softmax_over: bool = False,
-    logit_scale: float = 100.0,
-) -> torch.Tensor:
-    """Per-patch similarity of N phrases, ``(N, gh, gw)`` float32 on the grid of ``patch_feats``.
-
-    Args:
-        patch_feats: ``(gh, gw, D)`` dense CLIP features (normalised here again).
-        text_emb: ``(D,)`` or ``(N, D)`` text embeddings.
-        background_emb: ``(M, D)`` embeddings of background / competing phrases; they join the class
-            set for ``feature_surgery`` (mean mode) and ``softmax_over`` but are not returned.
-        feature_surgery: CLIP Surgery feature surgery. With ``empty_emb`` (the embedding of ``""``):
-            ``s - f . e`` (``f . (t - e)``); otherwise the weighted class-mean subtraction over the
-            N + M classes (needs at least two).
-        empty_emb: ``(D,)`` embedding of the empty prompt, for ``feature_surgery``.
-        softmax_over: return per-patch probabilities ``softmax(logit_scale * s)`` over the N + M
-            classes (in [0, 1]) instead of cosines: sharpens a phrase against the background phrases.
-        logit_scale: CLIP's temperature for ``softmax_over`` (100 for OpenAI CLIP).
-
-    Surgery is applied before the softmax (the ``empty_emb`` form shifts all classes of a patch
-    equally, so it does not change the softmax).
-
-    Returns:
-        ``(N, gh, gw)``: cosines in [-1, 1] (shifted by surgery), or probabilities with ``softmax_over``.
-    """
+def similarity_map(patch_feats: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+    """Cosine of every patch with each phrase: ``patch_feats (gh, gw, D)`` (normalised here again) and
+    ``text_emb (D,)`` or ``(N, D)`` -> ``(N, gh, gw)`` float32 in [-1, 1]."""
     if patch_feats.ndim != 3:
         raise InputError(f"patch_feats must be (gh, gw, D), got {tuple(patch_feats.shape)}")
     if text_emb.shape[-1] != patch_feats.shape[-1]:
         raise InputError(f"text_emb has dim {text_emb.shape[-1]}, the patch features {patch_feats.shape[-1]}")
     feats = F.normalize(patch_feats.float(), dim=-1)
-    texts = text_emb.float().reshape(-1, feats.shape[-1]).to(feats.device)
-    classes = (
-        texts
-        if background_emb is None
-        else torch.cat([texts, background_emb.float().reshape(-1, texts.shape[1]).to(feats.device)])
-    )
-    sim = torch.einsum("hwd,kd->khw", feats, F.normalize(classes, dim=-1))
-    if feature_surgery and empty_emb is not None:
-        sim = sim - torch.einsum(
-            "hwd,d->hw", feats, F.normalize(empty_emb.float().flatten().to(feats.device), dim=0)
-        )
-    elif feature_surgery:
-        if sim.shape[0] < 2:
-            raise InputError(
-                "feature_surgery over classes needs >= 2 phrases; pass background_emb or empty_emb"
-            )
-        sim = _surgery(sim)
-    if softmax_over:
-        if sim.shape[0] < 2:
-            raise InputError(
-                "softmax_over needs >= 2 classes; pass background_emb (e.g. 'background', 'sky')"
-            )
-        sim = torch.softmax(sim * logit_scale, dim=0)
-    return sim[: texts.shape[0]]
+    texts = F.normalize(text_emb.float().reshape(-1, feats.shape[-1]).to(feats.device), dim=-1)
+    return torch.einsum("hwd,kd->khw", feats, texts)
 
 
 def crop_scores(
@@ -439,7 +290,9 @@ def crop_scores(
     batch = torch.stack(
         [dense_clip.to_native(square_crop(image, masks_np[i], enlarge, fill, grey_outside)) for i in keep]
     )
-    emb = dense_clip.image_embedding(batch)
+    with torch.no_grad():
+        features = dense_clip.visual(batch.to(dense_clip.device, dense_clip.dtype))
+    emb = F.normalize((features[0] if isinstance(features, tuple) else features).float(), dim=-1)
     text = F.normalize(text_emb.float().flatten().to(emb.device), dim=0)
     scores[keep] = (emb @ text).clamp(-1.0, 1.0).cpu()
     return scores

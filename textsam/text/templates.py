@@ -150,11 +150,13 @@ def get_templates(templates: str | Sequence[str] = "default") -> list[str]:
     return resolved
 
 
-def clean_phrase(phrase: str) -> str:
-    """Strip and collapse whitespace; raise :class:`InputError` for an empty phrase."""
-    cleaned = " ".join(str(phrase).split())
+def clean_phrase(phrase: object) -> str:
+    """Strip and collapse whitespace; raise :class:`InputError` for a non-string or empty phrase."""
+    if not isinstance(phrase, str):
+        raise InputError(f"a text prompt must be a string, got {type(phrase).__name__}")
+    cleaned = " ".join(phrase.split())
     if not cleaned:
-        raise InputError("the text prompt is empty; pass a phrase such as 'a dog'")
+        raise InputError("the text prompt is empty: type a phrase naming the object, e.g. 'the red car'")
     return cleaned
 
 
