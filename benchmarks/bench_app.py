@@ -46,7 +46,7 @@ def _synthetic(path: Path, size: tuple[int, int]) -> Path:
 
 
 def bench_handler(app, image: Path, clicks: int, text: str | None) -> list[float]:
-    from textsam.webapp import MODE_POSITIVE
+    from textsam.app.handlers import MODE_POSITIVE
 
     s = app.new_session()
     t0 = time.perf_counter()
@@ -74,7 +74,7 @@ def bench_handler(app, image: Path, clicks: int, text: str | None) -> list[float
 def bench_client(demo, image: Path, clicks: int) -> tuple[list[float], list[float]]:
     from gradio_client import Client, handle_file
 
-    from textsam.webapp import launch
+    from textsam.app.ui import launch
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -107,7 +107,7 @@ def main() -> int:
     import torch
     from PIL import Image
 
-    from textsam.webapp import build_demo, write_examples
+    from textsam.app.ui import build_demo, write_examples
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_app_"))
     images = [Path(write_examples(tmp)[0])]

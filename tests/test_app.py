@@ -18,12 +18,14 @@ from PIL import Image
 
 from tests.tiny import tiny_sam
 from textsam import TextSamPredictor, rle
-from textsam.errors import WeightsError
+from textsam.errors import InputError, WeightsError
 from textsam.predictor import Prediction
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gr = pytest.importorskip("gradio")
-webapp = pytest.importorskip("textsam.webapp")
+ui = pytest.importorskip("textsam.app.ui")
+from textsam.app.handlers import MODE_BOX, MODE_NEGATIVE, MODE_POSITIVE, WebApp  # noqa: E402
+from textsam.app.serving import check_address  # noqa: E402
 
 H, W = 150, 200
 SQUARE = (60, 40, 120, 100)  # x0, y0, x1, y1 of the red square (pixel edges)
@@ -99,8 +101,8 @@ def free_port() -> int:
 
 def start_server(predictor_factory=None):
     """Build the demo with tiny models and launch it on 127.0.0.1:<free port>; returns (demo, url)."""
-    demo = webapp.build_demo(model_factory, predictor_factory=predictor_factory, default_model="shapes_tiny")
-    webapp.launch(demo, port=free_port(), prevent_thread_lock=True, quiet=True)
+    demo = ui.build_demo(model_factory, predictor_factory=predictor_factory, default_model="shapes_tiny")
+    ui.launch(demo, port=free_port(), prevent_thread_lock=True, quiet=True)
     return demo, demo.local_url
 
 
@@ -111,7 +113,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------------ handlers
 @pytest.fixture(scope="module")
 def app():
-    return webapp.WebApp(model_factory, PerfectPredictor, default_model="shapes_tiny")
+    return WebApp(model_factory, PerfectPredictor, default_model="shapes_tiny")
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +124,7 @@ def scene(tmp_path_factory) -> Path:
 def test_click_segments_the_object_and_writes_downloads(app, scene):
     s = app.new_session()
     assert "Loaded scene.png (200x150)" in app.upload(s, {"path": str(scene), "orig_name": "scene.png"}).status
-    v = app.click(s, 90, 70, webapp.MODE_POSITIVE, "red square")
+    v = app.click(s, 90, 70, MODE_POSITIVE, "red square")
     assert v.status.startswith("Result #1: 1 mask(s)"), v.status
     assert v.canvas.shape == (2 * H, 2 * W, 3)  # small images are shown magnified
     assert not np.array_equal(v.canvas[::2, ::2], make_image())
@@ -135,7 +137,7 @@ def test_click_segments_the_object_and_writes_downloads(app, scene):
     assert e.doc["prompt"]["point_coords"] == [[90.0, 70.0]] and e.doc["prompt"]["text"] == "red square"
     # the embedding is reused: more clicks on the same image never call set_image again
     calls = PerfectPredictor.set_image_calls
-    app.click(s, 10, 10, webapp.MODE_NEGATIVE)
+    app.click(s, 10, 10, MODE_NEGATIVE)
     assert PerfectPredictor.set_image_calls == calls and s.points[-1] == (10.0, 10.0, 0)
     app.undo(s)
     assert s.points == [(90.0, 70.0, 1)]
@@ -146,7 +148,7 @@ def test_click_segments_the_object_and_writes_downloads(app, scene):
 @pytest.mark.parametrize("shape, factor", [((150, 200), 2.0), ((90, 60), 4.0), ((700, 900), 1.0),
                                            ((3000, 4000), 0.24)])
 def test_canvas_scale_and_click_mapping(shape, factor):
-    from textsam.webapp_core import display_factor, draw_canvas, to_image_xy
+    from textsam.app.canvas import display_factor, draw_canvas, to_image_xy
 
     assert display_factor(shape) == pytest.approx(factor)
     h, w = shape
@@ -162,20 +164,20 @@ def test_canvas_scale_and_click_mapping(shape, factor):
 def test_box_needs_two_clicks(app, scene):
     s = app.new_session()
     app.upload(s, str(scene))
-    v = app.click(s, 50, 30, webapp.MODE_BOX)
+    v = app.click(s, 50, 30, MODE_BOX)
     assert "opposite corner" in v.status and s.box is None and s.last is None
-    app.click(s, 130, 110, webapp.MODE_BOX)
+    app.click(s, 130, 110, MODE_BOX)
     doc = app.export(s).doc
     assert s.box == [50.0, 30.0, 130.0, 110.0] and doc["prompt"]["box"] == s.box
     assert np.array_equal(rle.decode(doc["results"][0]["segmentation"]), known_mask())
-    app.click(s, 10, 10, webapp.MODE_BOX)
-    assert "too small" in app.click(s, 10, 11, webapp.MODE_BOX).status
+    app.click(s, 10, 10, MODE_BOX)
+    assert "too small" in app.click(s, 10, 11, MODE_BOX).status
 
 
 def test_multimask_and_all_instances(app, scene):
     s = app.new_session()
     app.upload(s, str(scene))
-    app.click(s, 5, 5, webapp.MODE_POSITIVE, None, False, True)  # off the object: the real (random) model
+    app.click(s, 5, 5, MODE_POSITIVE, None, False, True)  # off the object: the real (random) model
     e = app.export(s)
     assert len(e.doc["results"]) == 3 and len(e.masks) == 3
     v = app.run(s, "", True, False)
@@ -189,9 +191,9 @@ def test_sessions_do_not_share_prompts(app, scene):
     a, b = app.new_session(), app.new_session()
     app.upload(a, str(scene))
     app.upload(b, str(scene))
-    app.click(a, 90, 70, webapp.MODE_POSITIVE)
-    app.click(b, 20, 20, webapp.MODE_NEGATIVE)
-    app.click(a, 100, 80, webapp.MODE_POSITIVE)
+    app.click(a, 90, 70, MODE_POSITIVE)
+    app.click(b, 20, 20, MODE_NEGATIVE)
+    app.click(a, 100, 80, MODE_POSITIVE)
     doc_a, doc_b = app.export(a).doc, app.export(b).doc
     assert doc_a["prompt"]["point_coords"] == [[90.0, 70.0], [100.0, 80.0]]
     assert doc_b["prompt"]["point_coords"] == [[20.0, 20.0]] and b.points == [(20.0, 20.0, 0)]
@@ -214,7 +216,7 @@ def test_bad_uploads_get_a_message(app, scene, bad_files, name, message):
     s = app.new_session()
     v = app.upload(s, {"path": str(bad_files[name]), "orig_name": f"{name}.png"})
     assert message in v.status and f"{name}.png" in v.status and s.image is None and v.canvas is None
-    assert "Upload an image" in app.click(s, 5, 5, webapp.MODE_POSITIVE).status
+    assert "Upload an image" in app.click(s, 5, 5, MODE_POSITIVE).status
     assert app.upload(s, str(scene)).status.startswith("Loaded")  # and the app goes on
 
 
@@ -239,7 +241,7 @@ def test_random_weights_fallback_notice(monkeypatch):
         return real(name, pretrained=False, **kw)
 
     monkeypatch.setattr(textsam, "create_model", create_model)
-    app = webapp.WebApp(default_model="shapes_tiny")
+    app = WebApp(default_model="shapes_tiny")
     assert "random weights" in app.notice and "shapes_tiny" in app.models
 
 
@@ -247,7 +249,7 @@ def test_api_segment_validates_input(app, scene):
     overlay, doc = app.api_segment(str(scene), "red square", [[90, 70, 1], [10, 10, 0]], [50, 30, 130, 110])
     assert overlay.shape == (H, W, 3) and doc["prompt"]["point_labels"] == [1, 0] and "timing_ms" in doc
     for points, box in [([[1, 2, 5]], None), ([[1]], None), (None, [1, 2, 3]), (None, [5, 5, 5, 9])]:
-        with pytest.raises(webapp.InputError):
+        with pytest.raises(InputError):
             app.api_segment(str(scene), None, points, box)
 
 
@@ -278,7 +280,7 @@ def test_cli_app_command(monkeypatch):
     args = cli.build_parser().parse_args(["app"])
     assert (args.model, args.host, args.port, args.share) == ("shapes_tiny", "127.0.0.1", 7860, False)
     seen = {}
-    monkeypatch.setattr(webapp, "run", lambda a: seen.setdefault("args", a) and 0)
+    monkeypatch.setattr(ui, "run", lambda a: seen.setdefault("args", a) and 0)
     assert cli.main(["app", "--port", "7999", "--share"]) == 0
     assert seen["args"].port == 7999 and seen["args"].share is True
 
@@ -356,8 +358,8 @@ def test_port_in_use_says_pass_port():
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("textsam: error: "), r.stderr
     assert f"port {port}" in lines[0] and "--port" in lines[0] and "launch()" not in lines[0], lines[0]
-    with pytest.raises(webapp.InputError, match="--port with a number from 1 to 65535"):
-        webapp.check_address("127.0.0.1", 70000)
+    with pytest.raises(InputError, match="--port with a number from 1 to 65535"):
+        check_address("127.0.0.1", 70000)
 
 
 def test_port_taken_while_starting_says_pass_port():
@@ -367,26 +369,26 @@ def test_port_taken_while_starting_says_pass_port():
                           "setting the GRADIO_SERVER_PORT environment variable or passing the `server_port` "
                           "parameter to `launch()`.")
 
-    with pytest.raises(webapp.InputError) as err:
-        webapp.launch(Demo(), port=free_port())
+    with pytest.raises(InputError) as err:
+        ui.launch(Demo(), port=free_port())
     assert "already in use" in str(err.value) and "--port" in str(err.value) and "launch()" not in str(err.value)
 
 
 def test_inverted_box_rejected_in_api_but_any_corners_on_the_page(app, scene):
-    with pytest.raises(webapp.InputError, match=r"x0 > x1 or y0 > y1.*top-left, bottom-right"):
+    with pytest.raises(InputError, match=r"x0 > x1 or y0 > y1.*top-left, bottom-right"):
         app.api_segment(str(scene), None, None, [130, 110, 50, 30])
-    with pytest.raises(webapp.InputError, match="x0 > x1 or y0 > y1"):
+    with pytest.raises(InputError, match="x0 > x1 or y0 > y1"):
         app.api_segment(str(scene), None, None, [50, 110, 130, 30])
     s = app.new_session()
     app.upload(s, str(scene))
-    app.click(s, 130, 30, webapp.MODE_BOX)  # top-right, then bottom-left
-    v = app.click(s, 50, 110, webapp.MODE_BOX)
+    app.click(s, 130, 30, MODE_BOX)  # top-right, then bottom-left
+    v = app.click(s, 50, 110, MODE_BOX)
     assert s.box == [50.0, 30.0, 130.0, 110.0] and v.status.startswith("Result #1"), v.status
 
 
 @pytest.mark.parametrize("text", ["", "red square"])
 def test_point_outside_the_image_says_so(app, scene, text):
-    with pytest.raises(webapp.InputError) as err:
+    with pytest.raises(InputError) as err:
         app.api_segment(str(scene), text, [[500, 10, 1]])
     msg = str(err.value)
     assert "outside the 200x150 image" in msg and "(500, 10)" in msg and "Could not segment" not in msg, msg
@@ -448,14 +450,14 @@ class SlowPredictor:
 
 
 def _image(value: int) -> tuple[np.ndarray, str]:
-    from textsam.webapp_core import image_key
+    from textsam.app.serving import image_key
 
     a = np.full((8, 8, 3), value, np.uint8)
     return a, image_key(a)
 
 
 def test_cheap_request_does_not_wait_behind_a_first_pass():
-    from textsam.webapp_core import ModelHub
+    from textsam.app.serving import ModelHub
 
     hub = ModelHub(lambda name: object(), SlowPredictor, workers=2)  # 1 slot for new images + 1 kept free
     bright, bright_key = _image(200)
@@ -475,7 +477,7 @@ def test_cheap_request_does_not_wait_behind_a_first_pass():
 
 
 def test_cache_is_bounded_by_memory_and_embeds_once():
-    from textsam.webapp_core import ModelHub, footprint
+    from textsam.app.serving import ModelHub, footprint
 
     hub = ModelHub(lambda name: object(), SlowPredictor, cache_bytes=int(2.5 * (1 << 20)), workers=3)
     assert footprint(SlowPredictor(None)) == 1 << 20

@@ -107,7 +107,8 @@ def test_segment_multimask_all_and_options(tmp_path: Path, fake: dict[str, Any])
     ])
     assert code == 0
     assert fake["name"] == "shapes_tiny"
-    assert fake["kwargs"] == {"checkpoint": ckpt, "device": "cpu", "clip": "ViT-B-16-quickgelu/openai"}
+    assert fake["kwargs"] == {"checkpoint": ckpt, "device": "cpu", "clip": "ViT-B-16-quickgelu/openai",
+                              "text_head": None}
     call = FakePredictor.instances[0].calls[0]
     assert call["negative_text"] == "cat" and call["multimask_output"] is True
     doc = json.loads((tmp_path / "o" / "a.json").read_text())

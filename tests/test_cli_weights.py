@@ -229,7 +229,7 @@ def test_os_errors_and_memory_errors_are_one_line_user_errors(monkeypatch: pytes
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     import errno
 
-    from textsam import cli
+    from textsam.cli import weights as weights_command
 
     for err, words in [(OSError(errno.ENOSPC, "No space left on device", "/data/out.png"), "free some disk space"),
                        (PermissionError(errno.EACCES, "Permission denied", "/root/x"), "check the permissions"),
@@ -237,7 +237,7 @@ def test_os_errors_and_memory_errors_are_one_line_user_errors(monkeypatch: pytes
         def boom(args, err=err):
             raise err
 
-        monkeypatch.setattr(cli, "_weights_list", boom)
-        assert cli.main(["weights", "list"]) == 2
+        monkeypatch.setattr(weights_command, "weights_list", boom)
+        assert main(["weights", "list"]) == 2
         out = capsys.readouterr().err
         assert out.count("textsam: error:") == 1 and words in out and "unexpected" not in out

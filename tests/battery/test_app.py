@@ -1,6 +1,6 @@
 """Reliability battery: the web app. Every case states its input and the outcome it expects.
 
-Handler cases call :class:`textsam.webapp.WebApp` directly (the page's handlers and the ``segment``
+Handler cases call :class:`textsam.app.handlers.WebApp` directly (the page's handlers and the ``segment``
 API), with tiny random models (tests/tiny.py): the plumbing, not the masks, is under test. A few cases go
 through a running server with gradio_client. A message shown in the page counts as the case's error
 (:class:`PageMessage`), so the harness checks it like an exception's: no traceback, no "unexpected",
@@ -22,9 +22,10 @@ from tests.tiny import tiny_sam
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 pytest.importorskip("gradio")
-webapp = pytest.importorskip("textsam.webapp")
+ui = pytest.importorskip("textsam.app.ui")
+from textsam.app.handlers import MODE_BOX, WebApp  # noqa: E402
+from textsam.app.serving import default_model_factory  # noqa: E402
 from textsam.errors import InputError, WeightsError  # noqa: E402
-from textsam.webapp_core import default_model_factory  # noqa: E402
 
 W, H = 96, 72  # files.scene()
 
@@ -44,7 +45,7 @@ def model_factory(name: str):
 
 @pytest.fixture(scope="module")
 def app():
-    a = webapp.WebApp(model_factory, default_model="shapes_tiny")
+    a = WebApp(model_factory, default_model="shapes_tiny")
     yield a
     a.close()
 
@@ -169,9 +170,9 @@ def test_api_prompt(app, good, folder, case, text, points, box, error, words):
 
 PAGE = [  # case, the handler call on a session that holds files.scene(), expected error, words
     ("click-unknown-mode", lambda a, s: a.click(s, 5, 5, "Lasso"), PageMessage, ["unknown prompt mode"]),
-    ("box-two-clicks-any-corners", lambda a, s: (a.click(s, 80, 5, webapp.MODE_BOX), a.click(s, 10, 60, webapp.MODE_BOX))[1],
+    ("box-two-clicks-any-corners", lambda a, s: (a.click(s, 80, 5, MODE_BOX), a.click(s, 10, 60, MODE_BOX))[1],
      None, []),
-    ("box-too-small", lambda a, s: (a.click(s, 10, 10, webapp.MODE_BOX), a.click(s, 11, 10, webapp.MODE_BOX))[1],
+    ("box-too-small", lambda a, s: (a.click(s, 10, 10, MODE_BOX), a.click(s, 11, 10, MODE_BOX))[1],
      PageMessage, ["too small", "two opposite corners"]),
     ("segment-with-nothing", lambda a, s: a.run(s, "  "), PageMessage, ["add a click", "text prompt"]),
     ("unknown-model", lambda a, s: a.select_model(s, "no_such_model"), PageMessage,
@@ -197,8 +198,8 @@ def client():
 
     from tests.test_app import free_port
 
-    demo = webapp.build_demo(model_factory, default_model="shapes_tiny")
-    webapp.launch(demo, port=free_port(), prevent_thread_lock=True, quiet=True)
+    demo = ui.build_demo(model_factory, default_model="shapes_tiny")
+    ui.launch(demo, port=free_port(), prevent_thread_lock=True, quiet=True)
     yield Client(demo.local_url, verbose=False, analytics_enabled=False, download_files=False)
     demo.close()
     demo.textsam.close()

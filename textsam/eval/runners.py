@@ -140,7 +140,8 @@ def predictor_factory(
     device: str | None = None,
     templates: dict[str, Any] | None = None,
 ) -> Callable[[], Any]:
-    """A function building ``TextSamPredictor(textsam.create_model(...))`` with the templates set.
+    """A function building ``TextSamPredictor(textsam.create_model(...))``, with ``templates`` (from
+    :func:`resolve_templates`) as the phrase templates when given.
 
     Under torchrun, ``device="cuda"`` becomes ``cuda:<LOCAL_RANK>``.
     """
@@ -149,20 +150,14 @@ def predictor_factory(
         import textsam
         from textsam.text.prompter import default_options
 
-        kwargs: dict[str, Any] = {}
-        if checkpoint is not None:
-            kwargs["checkpoint"] = checkpoint
-        if clip is not None:
-            kwargs["clip"] = clip
-        if text_head is not None:
-            kwargs["text_head"] = text_head
         dev = device
         if dev == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             dev = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        if dev is not None:
-            kwargs["device"] = dev
-        net = textsam.create_model(model, **kwargs)
-        options = replace(default_options(net), templates=tuple(templates["templates"])) if templates else None
+        net = textsam.create_model(model, checkpoint=checkpoint, clip=clip, text_head=text_head, device=dev)
+        options = None
+        if templates:
+            options = default_options(net)
+            options = replace(options, scoring=replace(options.scoring, templates=tuple(templates["templates"])))
         return textsam.TextSamPredictor(net, text_options=options)
 
     return build

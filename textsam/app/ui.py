@@ -1,9 +1,9 @@
-"""The textsam web app (Gradio): upload, click / box / phrase, see masks, download PNGs and JSON.
+"""The app's page (Gradio) and its server: ``build_demo(...) -> gr.Blocks``, ``launch``, ``run`` (``textsam
+app``) and ``main`` (``python app/app.py``).
 
-``build_demo(...) -> gr.Blocks``; ``main()`` (and ``textsam app``) launch it on 127.0.0.1 by default.
-:class:`WebApp` holds the request handlers (plain Python, testable without a browser); its models and
-embedding cache are shared by every session, while each session's image and prompts live in its own
-``gr.State``. Gradio is imported lazily (``pip install 'textsam[app]'``).
+The page wires :class:`~textsam.app.handlers.WebApp`'s handlers to Gradio components; each session's image
+and prompts live in its own ``gr.State``. Gradio is imported when a page is built (``pip install
+'textsam[app]'``). The server listens on 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -11,212 +11,23 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
-import tempfile
-import time
-import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from textsam.errors import InputError, TextSamError
 
-from .errors import InputError, TextSamError
-from .webapp_core import (
-    DEFAULT_MAX_PIXELS,
-    DEMO_MODEL,
-    MODE_BOX,
-    MODE_NEGATIVE,
-    MODE_POSITIVE,
-    MODES,
-    Export,
-    ModelHub,
-    Session,
-    View,
-    box_from_corners,
-    default_model_factory,
-    display_factor,
-    draw_canvas,
-    export,
-    image_key,
-    parse_box,
-    parse_points,
-    read_upload,
-    result_doc,
-    segment,
-    serving_plan,
-    short_message,
-    to_image_xy,
-)
+from . import DEMO_MODEL, add_arguments
+from .canvas import to_image_xy
+from .handlers import MODE_POSITIVE, MODES, Session, View, WebApp
+from .serving import check_address, port_in_use, serving_plan, short_message
+from .uploads import DEFAULT_MAX_PIXELS
 
-__all__ = ["WebApp", "build_demo", "main", "launch", "write_examples", "MODES", "MODE_POSITIVE", "MODE_NEGATIVE",
-           "MODE_BOX", "InputError"]
+__all__ = ["build_demo", "launch", "run", "main", "add_arguments", "write_examples"]
 logger = logging.getLogger(__name__)
 MAX_FILE_SIZE = "25mb"
 
 
-def _error(err: BaseException) -> str:
-    return f"**⚠️ {short_message(err, 600)}**"
-
-
-class WebApp:
-    """Request handlers of the app. Each takes the session's :class:`Session` and returns a :class:`View`.
-
-    Args:
-        model_factory: ``name -> model`` (default: ``create_model``, with random weights for the demo
-            model when its file is missing). Called once per model name; the model is shared.
-        predictor_factory: ``model -> predictor`` with ``set_image`` / ``predict`` (default
-            :class:`~textsam.predictor.TextSamPredictor`).
-        default_model: the model new sessions use.
-        max_pixels: larger uploads are refused with a message.
-        cache_size, cache_bytes: the embedded images kept (LRU over all sessions, keyed by model and image
-            hash): at most ``cache_size`` images (default: no count limit) holding at most ``cache_bytes``
-            (default: 1/16 of the machine's memory, 256 MB to 2 GB).
-        workers: threads that run the models (default: sized to the machine, see ``serving_plan``).
-    """
-
-    def __init__(
-        self, model_factory: Callable[[str], Any] | None = None, predictor_factory: Callable[[Any], Any] | None = None,
-        *, default_model: str = DEMO_MODEL, max_pixels: int = DEFAULT_MAX_PIXELS, cache_size: int | None = None,
-        cache_bytes: int | None = None, workers: int | None = None, models: Sequence[str] | None = None,
-    ) -> None:
-        import textsam
-
-        if predictor_factory is None:
-            predictor_factory = textsam.TextSamPredictor
-        self.hub = ModelHub(model_factory or default_model_factory, predictor_factory, cache_size,
-                            cache_bytes=cache_bytes, workers=workers)
-        self.default_model, self.max_pixels = default_model, max_pixels
-        self.models = list(models) if models is not None else textsam.list_models()
-        if default_model not in self.models:
-            self.models.insert(0, default_model)
-        self.workdir = Path(tempfile.mkdtemp(prefix="textsam_app_"))
-        self._cleanup = weakref.finalize(self, shutil.rmtree, self.workdir, True)
-        try:
-            self.notice = self.hub.notice(default_model)
-        except TextSamError as err:
-            self.notice = f"**Could not load `{default_model}`:** {short_message(err)} Pick another model."
-
-    def new_session(self) -> Session:
-        return Session(model=self.default_model)
-
-    def close(self) -> None:
-        """Remove the app's temporary folder (downloads, examples); also done at interpreter exit."""
-        self._cleanup()
-
-    def _plain(self, s: Session, status: str) -> View:
-        if s.image is None:
-            return View(None, status=status)
-        canvas = draw_canvas(s.image, points=s.points, box=s.box, corner=s.corner,
-                             factor=display_factor(s.image.shape))
-        return View(canvas, status=status)
-
-    # ------------------------------------------------------------------------------------ handlers
-    def upload(self, s: Session, payload: Any) -> View:
-        """A new image (``None`` when the upload was cleared): decode, check, embed once."""
-        s.clear_prompts()
-        s.image = s.key = None
-        if payload is None:
-            return View(status="")
-        try:
-            s.image, s.name = read_upload(payload, self.max_pixels)
-        except InputError as err:
-            return View(status=_error(err))
-        s.key = image_key(s.image)
-        try:
-            self.hub.embed(s.model, s.image, s.key)
-        except TextSamError as err:
-            return self._plain(s, _error(err))
-        h, w = s.image.shape[:2]
-        return self._plain(s, f"Loaded {s.name} ({w}x{h}). Click on an object, draw a box or type a phrase.")
-
-    def run(self, s: Session, text: str | None, all_instances: bool = False, multimask: bool = False) -> View:
-        """Segment with everything the session has (the Segment button); :meth:`export` writes downloads."""
-        try:
-            return segment(self.hub, s, text, all_instances=all_instances, multimask=multimask)
-        except TextSamError as err:
-            s.last = None
-            return self._plain(s, _error(err))
-
-    def export(self, s: Session) -> Export | None:
-        """Mask PNGs + JSON of the session's latest result (``None``: no result to show)."""
-        return export(s, self.workdir)
-
-    def click(self, s: Session, x: float, y: float, mode: str, text: str | None = None,
-              all_instances: bool = False, multimask: bool = False) -> View:
-        """A click on the image: a positive/negative point, or a box corner; segments at once."""
-        if s.image is None:
-            return View(status=_error(InputError("Upload an image (or pick an example) first.")))
-        if mode not in MODES:
-            return self._plain(s, _error(InputError(f"unknown prompt mode {mode!r}")))
-        s.history.append(s.snapshot())
-        if mode == MODE_BOX:
-            if s.corner is None:
-                s.corner = (float(x), float(y))
-                return self._plain(s, "Box: now click the opposite corner.")
-            corner, s.corner = s.corner, None
-            box = box_from_corners(corner, (float(x), float(y)))  # any two opposite corners
-            if box[2] - box[0] < 2 or box[3] - box[1] < 2:
-                s.history.pop()
-                return self._plain(s, _error(InputError("That box is too small: click two opposite corners.")))
-            s.box = box
-        else:
-            s.points.append((float(x), float(y), 1 if mode == MODE_POSITIVE else 0))
-        return self.run(s, text, all_instances, multimask)
-
-    def undo(self, s: Session, text: str | None = None, all_instances: bool = False, multimask: bool = False) -> View:
-        if s.image is None or not s.history:
-            return self._plain(s, "Nothing to undo.")
-        s.points, s.box, s.corner = s.history.pop()
-        if s.corner is None and (s.points or s.box is not None or (text or "").strip()):
-            return self.run(s, text, all_instances, multimask)
-        s.last = None
-        return self._plain(s, "Undone: click the opposite corner of the box." if s.corner else "Undone.")
-
-    def clear(self, s: Session) -> View:
-        s.clear_prompts()
-        return self._plain(s, "Cleared clicks, box and masks." if s.image is not None else "")
-
-    def select_model(self, s: Session, name: str) -> tuple[View, str]:
-        """Switch the session's model; on failure keep the current one and say why."""
-        if name == s.model:
-            return self._plain(s, ""), name
-        try:
-            notice = self.hub.notice(name)
-        except TextSamError as err:
-            msg = f"**Could not load `{name}`:** {short_message(err)} Still using `{s.model}`."
-            return self._plain(s, msg), s.model
-        s.model = name
-        s.clear_prompts()
-        if s.image is not None and s.key is not None:
-            try:
-                self.hub.embed(name, s.image, s.key)
-            except TextSamError as err:
-                return self._plain(s, _error(err)), name
-        return self._plain(s, f"Using `{name}`. {notice}".strip()), name
-
-    def api_segment(self, image: Any, text: str | None, points: Any = None, box: Any = None,
-                    all_instances: bool = False, multimask: bool = False) -> tuple[np.ndarray, dict]:
-        """Stateless segmentation for the ``segment`` API: returns ``(overlay, result JSON)``.
-
-        ``points``: ``[[x, y, label], ...]`` pixels (label 1 = foreground, 0 = background);
-        ``box``: ``[x0, y0, x1, y1]`` pixels (top-left, bottom-right) or ``None``. Raises InputError with a
-        clear message (a bad upload, a point outside the image, an inverted or empty box, ...).
-        """
-        s = self.new_session()
-        s.image, s.name = read_upload(image, self.max_pixels)
-        s.key = image_key(s.image)
-        s.points, s.box = parse_points(points), parse_box(box)
-        if s.box is not None and (s.box[2] - s.box[0] < 1 or s.box[3] - s.box[1] < 1):
-            raise InputError(f"box {s.box} is empty: give x1 > x0 and y1 > y0 (at least a pixel apart)")
-        view = segment(self.hub, s, text, all_instances=bool(all_instances), multimask=bool(multimask), display=False)
-        t0 = time.perf_counter()
-        doc = result_doc(s) or {}
-        timing = dict(view.timing_ms, export=(time.perf_counter() - t0) * 1e3)
-        timing["total"] = timing["total"] + timing["export"]
-        return view.canvas, dict(doc, timing_ms={k: round(v, 2) for k, v in timing.items()})
-
-
-# ------------------------------------------------------------------------------------------ examples
 def write_examples(folder: str | Path) -> list[str]:
     """Small synthetic example images (written once into ``folder``); returns their paths."""
     from PIL import Image, ImageDraw
@@ -396,47 +207,7 @@ def launch(demo: Any, *, host: str = "127.0.0.1", port: int | None = 7860, share
     except OSError as err:
         if "empty port" not in str(err):
             raise
-        raise InputError(_port_in_use(host, port)) from None
-
-
-def _port_in_use(host: str, port: int | None) -> str:
-    other = 7861 if port == 7860 else 7860
-    return (f"port {port} on {host} is already in use (another textsam app?): pass --port with a free port, "
-            f"e.g. --port {other}")
-
-
-def check_address(host: str, port: int) -> None:
-    """Raise InputError, saying which option to change, when ``host:port`` cannot be listened on."""
-    import errno
-    import socket
-
-    if not 0 < port < 65536:
-        raise InputError(f"--port {port} is not a TCP port: pass --port with a number from 1 to 65535, e.g. 7860")
-    try:
-        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    except (socket.gaierror, UnicodeError):
-        raise InputError(f"--host {host!r} is not a known address: pass --host 127.0.0.1 (this machine only) "
-                         "or --host 0.0.0.0 (every network interface)") from None
-    with socket.socket(family, kind, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
-        try:
-            sock.bind(addr)
-        except OSError as err:
-            if err.errno == errno.EADDRINUSE:
-                raise InputError(_port_in_use(host, port)) from None
-            if err.errno == errno.EACCES:
-                raise InputError(f"no permission to listen on port {port} (ports below 1024 need root): pass "
-                                 "--port with a number above 1023, e.g. --port 7860") from None
-            raise InputError(f"cannot listen on {host}:{port} ({err.strerror}): pass --host 127.0.0.1 or "
-                             "another --port") from None
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The app's options (used by ``main`` and by ``textsam app``)."""
-    parser.add_argument("--model", default=DEMO_MODEL, metavar="NAME", help=f"default model (default: {DEMO_MODEL})")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
-    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+        raise InputError(port_in_use(host, port)) from None
 
 
 def _sigterm_stops_server() -> Callable[[], None]:
@@ -458,7 +229,7 @@ def _sigterm_stops_server() -> Callable[[], None]:
 def run(args: argparse.Namespace, examples_dir: str | Path | None = None) -> int:
     """Serve the app until Ctrl-C or SIGTERM, then remove its temporary folder (``textsam app``).
 
-    Sizes the work to the machine (:func:`~textsam.webapp_core.serving_plan`): a few model threads, each
+    Sizes the work to the machine (:func:`~textsam.app.serving.serving_plan`): a few model threads, each
     running torch on its share of the CPUs.
     """
     check_address(args.host, args.port)  # before loading anything
@@ -485,7 +256,7 @@ def run(args: argparse.Namespace, examples_dir: str | Path | None = None) -> int
 
 
 def main(argv: list[str] | None = None, examples_dir: str | Path | None = None) -> int:
-    """``python -m textsam.webapp [--model NAME] [--host H] [--port P] [--share]``."""
+    """``python -m textsam.app.ui [--model NAME] [--host H] [--port P] [--share]`` (and ``python app/app.py``)."""
     import sys
 
     parser = argparse.ArgumentParser(description="textsam web app")

@@ -1,4 +1,4 @@
-"""``textsam eval BENCHMARK --data ROOT --out DIR``: the handler (the parser is in :mod:`textsam.cli`).
+"""``textsam eval BENCHMARK --data ROOT --out DIR``: benchmarks with a resumable results file and a report.
 
 Examples::
 
@@ -13,15 +13,52 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
+from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from textsam.errors import InputError
 
-logger = logging.getLogger(__name__)
+from .common import EXIT_OK, Subparsers, add_command, add_model_options, add_no_progress
 
-__all__ = ["run_eval"]
+__all__ = ["add_parser", "run_eval"]
+
+BENCHMARK_HELP = (
+    "refer: RefCOCO-style referring expressions (mIoU, cIoU, P@k); synthetic: the synthetic generator's test "
+    "split, scored like refer; instances: COCO/LVIS mask AP of every category name; semseg: class-name "
+    "semantic segmentation (full- and oracle-vocabulary mIoU); points: SAM's single-point protocol (mIoU at "
+    "1, 2, 3, 5, 9 clicks)"
+)
+
+
+def add_parser(subparsers: Subparsers) -> None:
+    """``textsam eval BENCHMARK --data ROOT --out DIR``: benchmarks with report.json / report.md."""
+    p = add_command(
+        subparsers, "eval", "evaluate on a benchmark (refer, synthetic, instances, semseg, points)",
+        description="Evaluate a model on a benchmark and write OUT/results.jsonl (one line per image, resumable), "
+        "OUT/report.json and OUT/report.md. Run under torchrun (python -m torch.distributed.run "
+        "--nproc_per_node N -m textsam eval ...) to shard images over processes. " + BENCHMARK_HELP,
+    )
+    p.add_argument("benchmark", choices=("refer", "synthetic", "instances", "semseg", "points"), metavar="BENCHMARK",
+                   help="refer, synthetic, instances, semseg or points")
+    p.add_argument("--data", required=True, type=Path, metavar="ROOT", help="the dataset folder")
+    p.add_argument("--split", metavar="NAME", help="split (COCO: val2017; refer: a refs split; synthetic: test)")
+    add_model_options(p, device_help="cpu, cuda, cuda:1 (default: cpu; under torchrun cuda = cuda:LOCAL_RANK)")
+    p.add_argument("--templates", metavar="NAME|FILE",
+                   help="prompt templates: default, imagenet80, single, or a file with one template per line")
+    p.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N images")
+    p.add_argument("--predictions", type=Path, metavar="FILE",
+                   help="score this predictions file (results JSONL, or COCO results JSON for instances); no model")
+    p.add_argument("--layout", choices=("ade20k", "voc", "context", "camvid"), help="semseg folder layout (default: guessed)")
+    p.add_argument("--ignore-index", type=int, metavar="N", help="semseg label value to ignore (default: the layout's)")
+    p.add_argument("--protocol", choices=("full", "oracle", "both"), default="both",
+                   help="semseg vocabulary protocol (default: both)")
+    p.add_argument("--clicks", metavar="N,N,...", help="points: click counts to score (default: 1,2,3,5,9)")
+    p.add_argument("--categories", metavar="NAME,NAME,...",
+                   help="instances: prompt and score only these category names (default: all)")
+    add_no_progress(p)
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (rerun to resume)")
+    p.set_defaults(handler=run_eval)
 
 
 def _clicks(text: str | None) -> list[int] | None:
@@ -54,9 +91,7 @@ def _print_summary(report: dict[str, Any], out: Any) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     """Run ``textsam eval``; 0 on success (problems are listed in the report and on stderr)."""
-    from pathlib import Path
-
-    from .runners import (
+    from textsam.eval.runners import (
         build_benchmark,
         predictor_factory,
         resolve_templates,
@@ -80,7 +115,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.predictions is not None:
         report = score_predictions(benchmark, args.predictions, out, limit=args.limit)
     else:
-        from ..factory import check_device, get_config
+        from textsam.factory import check_device, get_config
 
         get_config(args.model)  # an unknown name or device fails before any output is written
         check_device(args.device)
@@ -101,4 +136,4 @@ def run_eval(args: argparse.Namespace) -> int:
             raise
     if report is not None:  # rank 0 (or a single process)
         _print_summary(report, out)
-    return 0
+    return EXIT_OK

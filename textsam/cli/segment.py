@@ -1,8 +1,7 @@
 """``textsam segment``: run one prompt over image files and folders and write the results.
 
-The parser lives in :mod:`textsam.cli` (``_add_segment_parser``); this module is imported only when
-the command runs. It is a thin client of the public API: ``textsam.create_model``,
-``textsam.TextSamPredictor`` and :func:`textsam.results.write_results`.
+A thin client of the public API (``textsam.create_model``, ``textsam.TextSamPredictor``) and of
+:func:`textsam.results.write_results`.
 """
 
 from __future__ import annotations
@@ -17,19 +16,61 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from textsam.errors import InputError, TextSamError
 
-from .errors import InputError, TextSamError
-from .factory import check_device
+from .common import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Subparsers,
+    add_command,
+    add_model_options,
+    add_no_progress,
+    create_model_from_args,
+    parse_box,
+    parse_point,
+)
 
 if TYPE_CHECKING:
-    from .results import MaskResult
+    from textsam.results import MaskResult
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
-__all__ = ["run_segment", "collect_images", "prediction_to_results", "IMAGE_SUFFIXES"]
+__all__ = ["add_parser", "run_segment", "collect_images", "prediction_to_results", "IMAGE_SUFFIXES"]
+
+
+def add_parser(subparsers: Subparsers) -> None:
+    """``textsam segment IMAGE|FOLDER ... -o OUT``: masks, overlays and JSON for each image."""
+    p = add_command(
+        subparsers, "segment", "segment images from a phrase, clicks and/or a box",
+        description=(
+            "Segment each image (folders are scanned for .jpg/.jpeg/.png/.bmp/.tif/.tiff/.webp) and write "
+            "<stem>_mask<i>.png, <stem>_overlay.png and <stem>.json (COCO RLE) into the output folder. "
+            "Only files textsam wrote are ever replaced; images already done for the same request are skipped, "
+            "so the same command again resumes. Exit status: 0 every image done, 2 some inputs could not be "
+            "read (listed; the others are written) or a bad argument, 1 an unexpected error, 130 interrupted."
+        ),
+    )
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders of images")
+    p.add_argument("--example", action="store_true",
+                   help="also segment the example image shipped with textsam (default model then: shapes_tiny)")
+    p.add_argument("-t", "--text", metavar="PHRASE", help="what to segment, e.g. 'red car'")
+    p.add_argument("--negative-text", metavar="PHRASE", help="what not to segment, e.g. 'shadow'")
+    p.add_argument(
+        "--point", dest="points", action="append", type=parse_point, default=[], metavar="X,Y[,LABEL]",
+        help="a click in pixels; LABEL 1 = foreground (default), 0 = background; repeatable",
+    )
+    p.add_argument("--box", type=parse_box, metavar="X0,Y0,X1,Y1", help="a box in pixels")
+    p.add_argument("--all", dest="all_instances", action="store_true", help="segment every instance of the phrase")
+    p.add_argument("--multimask", action="store_true", help="write SAM's 3 candidate masks, best first")
+    add_model_options(p, default=None)
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="folder to write results into")
+    add_no_progress(p)
+    p.set_defaults(handler=run_segment)
 
 
 def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
@@ -41,7 +82,7 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
     Raises:
         InputError: listing every input that does not exist, or when no image is found at all.
     """
-    from .results import is_own_output
+    from textsam.results import is_own_output
 
     missing = [str(p) for p in inputs if not Path(p).exists()]
     if missing:
@@ -94,7 +135,9 @@ def prediction_to_results(
     ``all_instances`` or ``multimask``: every mask, best score first; otherwise only the best mask.
     A ``boxes`` (C, 4) attribute on the prediction, when present, is kept as the result boxes.
     """
-    from .results import MaskResult
+    import numpy as np
+
+    from textsam.results import MaskResult
 
     masks = np.asarray(prediction.masks)
     scores = np.asarray(prediction.scores, dtype=np.float64).reshape(-1)
@@ -139,6 +182,8 @@ def _prompt(args: argparse.Namespace) -> dict:
 
 
 def _predict_kwargs(prompt: dict) -> dict[str, Any]:
+    import numpy as np
+
     kwargs: dict[str, Any] = {
         "text": prompt["text"],
         "point_coords": None if prompt["point_coords"] is None else np.asarray(prompt["point_coords"], np.float32),
@@ -156,12 +201,8 @@ def _predict_kwargs(prompt: dict) -> dict[str, Any]:
 
 def _build_predictor(args: argparse.Namespace) -> Any:
     import textsam
-    from textsam.cli import create_model_from_args
 
     return textsam.TextSamPredictor(create_model_from_args(args))
-
-
-EXAMPLES = Path(__file__).resolve().parent / "examples"
 
 
 def example_images() -> list[Path]:
@@ -213,7 +254,7 @@ def _model_key(args: argparse.Namespace) -> dict[str, Any]:
 
 def request_key(prompt: dict, model_key: dict, source_digest: str | None) -> str | None:
     """A fingerprint of one image's request: the prompt, the model and the image's bytes (None: unknown)."""
-    from . import __version__
+    from textsam import __version__
 
     if source_digest is None:
         return None
@@ -224,7 +265,7 @@ def request_key(prompt: dict, model_key: dict, source_digest: str | None) -> str
 
 def is_finished(out_dir: Path, stem: str, request: str | None) -> bool:
     """Whether ``out_dir`` already holds this image's complete result for the same request."""
-    from .results import read_own_json
+    from textsam.results import read_own_json
 
     if request is None:
         return False
@@ -253,8 +294,9 @@ def run_segment(args: argparse.Namespace) -> int:
     """
     from tqdm import tqdm
 
-    from .results import foreign_outputs, remove_leftovers, write_results
-    from .transforms import load_image
+    from textsam.factory import check_device
+    from textsam.results import foreign_outputs, remove_leftovers, write_results
+    from textsam.transforms import load_image
 
     prompt = _prompt(args)
     inputs = list(args.inputs) + (example_images() if getattr(args, "example", False) else [])
@@ -286,7 +328,7 @@ def run_segment(args: argparse.Namespace) -> int:
         print(f"{done_before} of {len(images)} image(s) already done in {out_dir} (same request): skipped",
               file=sys.stderr)
     if not todo:
-        return 0
+        return EXIT_OK
     predictor = _build_predictor(args)
     kwargs = _predict_kwargs(prompt)
     skipped: list[tuple[Path, str]] = []
@@ -328,7 +370,7 @@ def run_segment(args: argparse.Namespace) -> int:
         bar.close()
         print(f"textsam: interrupted: {done_before + written} of {len(images)} image(s) are done in {out_dir}; "
               "run the same command again to finish the rest", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     bar.close()
 
     total = done_before + written
@@ -336,9 +378,9 @@ def run_segment(args: argparse.Namespace) -> int:
     if failed:
         print(f"textsam: error: unexpected errors on {len(failed)} image(s) (listed above; run with -v for "
               "details and report them)", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     if skipped:
         print(f"textsam: error: {len(skipped)} of {len(images)} image(s) could not be read (listed above); the "
               f"other {total} are in {out_dir}", file=sys.stderr)
-        return 2
-    return 0
+        return EXIT_USAGE
+    return EXIT_OK

@@ -1,0 +1,28 @@
+"""The textsam web app (Gradio): upload, click / box / phrase, see the masks, download PNGs and JSON.
+
+:mod:`.ui` builds the page (``gr.Blocks``) and serves it (``textsam app``, ``python app/app.py``);
+:mod:`.handlers` holds the request handlers (:class:`~.handlers.WebApp`, plain Python, testable without
+a browser) and each session's state; :mod:`.serving` the machinery they share: the models, the cache of
+embedded images, the compute threads sized to the machine. :mod:`.uploads` reads uploads and the API's
+points and boxes, :mod:`.canvas` draws the click canvas. Gradio is imported only when a page is built.
+
+This module holds only what the command line needs without loading anything: the app's options.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+DEMO_MODEL = "shapes_tiny"
+
+__all__ = ["DEMO_MODEL", "add_arguments"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The app's options: ``--model``, ``--host``, ``--port``, ``--share`` (``textsam app`` and
+    ``python app/app.py``)."""
+    parser.add_argument("--model", default=DEMO_MODEL, metavar="NAME",
+                        help=f"model selected at start (default: {DEMO_MODEL}, the bundled offline demo model)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on (default: 7860)")
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")

@@ -1,0 +1,134 @@
+"""What every ``textsam`` command shares: exit codes, the parser class, the model options and the
+prompt-syntax parsers.
+
+Nothing here imports torch or numpy at module level (``textsam --help`` stays fast); building the model
+(:func:`create_model_from_args`) imports textsam's model code when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+PROG = "textsam"
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+Subparsers = Any  # argparse._SubParsersAction is private
+
+POINT_SYNTAX = "X,Y or X,Y,LABEL (pixels; LABEL 1 = foreground, the default, 0 = background), e.g. --point 120,80,0"
+BOX_SYNTAX = "X0,Y0,X1,Y1 (pixels, top-left then bottom-right corner), e.g. --box 10,20,200,180"
+
+
+class UsageError(Exception):
+    """A command line that cannot run as given; ``main()`` prints it as one line and returns 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser that raises :class:`UsageError` instead of exiting the process."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def print_error(message: object) -> None:
+    """``textsam: error: <message>`` on stderr."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """Options accepted after any subcommand too (``textsam weights list -v``)."""
+    common = ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+        help="log at INFO level and show tracebacks of unexpected errors",
+    )
+    return common
+
+
+def add_command(subparsers: Subparsers, name: str, help: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """Add subcommand ``name`` with the common options (``-v``); every command's parser is made here."""
+    return subparsers.add_parser(
+        name, help=help, description=kwargs.pop("description", help), parents=[_common_options()], **kwargs
+    )
+
+
+def add_no_progress(p: argparse.ArgumentParser) -> None:
+    """``--no-progress``: hide the progress bar."""
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+# -------------------------------------------------------------------------------------- value parsers
+def _floats(text: str) -> list[float]:
+    values = [float(part) for part in text.split(",")]
+    if not all(v == v and abs(v) != float("inf") for v in values):
+        raise ValueError("not a finite number")
+    return values
+
+
+def parse_point(text: str) -> tuple[float, float, int]:
+    """``X,Y[,LABEL]`` -> ``(x, y, label)``; argparse reports a clear error for anything else."""
+    try:
+        values = _floats(text)
+    except ValueError:
+        values = []
+    if len(values) not in (2, 3) or (len(values) == 3 and values[2] not in (0.0, 1.0)):
+        raise argparse.ArgumentTypeError(f"expected {POINT_SYNTAX}; got {text!r}")
+    label = int(values[2]) if len(values) == 3 else 1
+    return values[0], values[1], label
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """``X0,Y0,X1,Y1`` with ``X1 > X0`` and ``Y1 > Y0``."""
+    try:
+        values = _floats(text)
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"expected {BOX_SYNTAX}; got {text!r}")
+    x0, y0, x1, y1 = values
+    if x1 <= x0 or y1 <= y0:
+        raise argparse.ArgumentTypeError(f"the box must have X1 > X0 and Y1 > Y0: expected {BOX_SYNTAX}; got {text!r}")
+    return x0, y0, x1, y1
+
+
+def parse_clip(text: str) -> str:
+    """``NAME/TAG`` as open_clip names them, e.g. ``ViT-B-16-quickgelu/openai``."""
+    name, sep, tag = text.partition("/")
+    if not sep or not name or not tag or "/" in tag:
+        raise argparse.ArgumentTypeError(f"expected NAME/TAG, e.g. ViT-B-16-quickgelu/openai; got {text!r}")
+    return text
+
+
+# -------------------------------------------------------------------------------------- the model
+def add_model_options(
+    p: argparse.ArgumentParser, *, clip: bool = True, device: bool = True, default: str | None = "sam_vit_b",
+    device_help: str = "cpu, cuda, cuda:1, mps (default: cpu)",
+) -> None:
+    """``--model``, ``--checkpoint``, ``--clip`` (when ``clip``), ``--text-head`` and ``--device`` (when
+    ``device``): which model to build, for :func:`create_model_from_args`.
+
+    ``default=None`` leaves ``--model`` unset, for a command that picks its default later.
+    """
+    p.add_argument("--model", default=default, metavar="NAME",
+                   help="model name (default: sam_vit_b" + ("; shapes_tiny with --example)" if default is None else ")"))
+    p.add_argument("--checkpoint", type=Path, metavar="PATH", help="SAM weights file instead of the published ones")
+    if clip:
+        p.add_argument("--clip", type=parse_clip, metavar="NAME/TAG",
+                       help="open_clip model, e.g. ViT-B-16-quickgelu/openai")
+    p.add_argument("--text-head", type=Path, metavar="PATH", help="trained text head (a textsam weights file)")
+    if device:
+        p.add_argument("--device", metavar="DEVICE", help=device_help)
+
+
+def create_model_from_args(args: argparse.Namespace) -> Any:
+    """``textsam.create_model`` with the options of :func:`add_model_options` (an option the command
+    does not have is passed as ``None``)."""
+    import textsam
+
+    return textsam.create_model(args.model, checkpoint=args.checkpoint, clip=getattr(args, "clip", None),
+                                text_head=args.text_head, device=getattr(args, "device", None))
