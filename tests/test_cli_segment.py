@@ -21,7 +21,11 @@ class FakePrediction(NamedTuple):
 
 
 class FakePredictor:
-    """Returns 3 known masks: a rectangle grown by 0, 5 and 10 pixels, scores 0.5, 0.9, 0.7."""
+    """Returns 3 known masks: a rectangle grown by 0, 5 and 10 pixels, scores 0.5, 0.9, 0.7.
+
+    The CLI keeps the predictor's order (the predictor ranks text results itself and keeps SAM's order
+    for clicks): it never re-sorts by score, and without --multimask or --all it writes the first mask.
+    """
 
     instances: list[FakePredictor] = []
 
@@ -90,10 +94,10 @@ def test_segment_one_image(tmp_path: Path, fake: dict[str, Any]) -> None:
     doc = json.loads((out / "photo.json").read_text())
     (result,) = doc["results"]
     assert result["label"] == "red circle"
-    assert result["score"] == pytest.approx(0.9)  # best of the 3 when --multimask is off
-    best = pred.returned[-1].masks[1]
-    assert result["area"] == int(best.sum())
-    np.testing.assert_array_equal(np.asarray(Image.open(out / "photo_mask0.png")) == 255, best)
+    assert result["score"] == pytest.approx(0.5)  # the predictor's first mask when --multimask is off
+    first = pred.returned[-1].masks[0]
+    assert result["area"] == int(first.sum())
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "photo_mask0.png")) == 255, first)
     assert doc["prompt"]["point_labels"] == [1, 0]
 
 
@@ -112,7 +116,7 @@ def test_segment_multimask_all_and_options(tmp_path: Path, fake: dict[str, Any])
     call = FakePredictor.instances[0].calls[0]
     assert call["negative_text"] == "cat" and call["multimask_output"] is True
     doc = json.loads((tmp_path / "o" / "a.json").read_text())
-    assert [r["score"] for r in doc["results"]] == pytest.approx([0.9, 0.7, 0.5])
+    assert [r["score"] for r in doc["results"]] == pytest.approx([0.5, 0.9, 0.7])  # the predictor's order
 
     code = main(["segment", str(img), "-t", "dog", "--all", "-o", str(tmp_path / "p"), "--no-progress"])
     assert code == 0

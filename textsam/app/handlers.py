@@ -2,7 +2,8 @@
 stateless ``segment`` API), each browser session's :class:`Session`, and the segment/export steps.
 
 A :class:`Session` lives in each browser session's ``gr.State``; the models and the cache of embedded images
-(:class:`~textsam.app.serving.ModelHub`) are shared by every session.
+(:class:`~textsam.app.serving.ModelHub`) are shared by every session. Results are shown in the predictor's
+order (for text its ranking, for clicks and boxes SAM's mask order); one mask is the predictor's first.
 
 Frames: clicks are ``(x, y)`` pixels of the original image, boxes ``x0, y0, x1, y1`` pixels.
 """
@@ -63,7 +64,7 @@ class Session:
 class Outcome:
     """The masks of one segmentation and the prompt that made them (not yet written to disk)."""
 
-    results: list  # list[MaskResult], best first
+    results: list  # list[MaskResult], in the predictor's order
     prompt: dict
     status: str = ""  # the status line that announced it
 
@@ -99,6 +100,9 @@ def segment(
     """Run the session's prompts (text, clicks, box) in one predict call and draw the canvas
     (at :func:`display_factor` scale when ``display``, else at the image's size).
 
+    The masks keep the predictor's order; without ``multimask`` (and outside *all instances*) the
+    predictor is asked for one mask and that one is shown.
+
     Returns the canvas at once; the result waits in ``session.last`` for :func:`export`.
     Raises InputError when there is nothing to segment (the caller shows it in the page).
     """
@@ -120,9 +124,8 @@ def segment(
     instances = "all" if all_instances and phrase else "one"
     if instances == "all" and (coords is not None or box is not None):
         notes.append("clicks and the box are not used in *all instances* mode.")
-    one_click = coords is not None and len(coords) == 1 and box is None
     kwargs: dict[str, Any] = dict(point_coords=coords, point_labels=labels, box=box, instances=instances,
-                                  multimask_output=multimask or (one_click and phrase is None))
+                                  multimask_output=multimask)
     if instances == "all":
         kwargs.update(point_coords=None, point_labels=None, box=None, multimask_output=True)
     check_points_and_box(coords, labels, box, session.image.shape[:2])  # e.g. a point outside the image
@@ -138,13 +141,9 @@ def segment(
         pred = hub.predict(session.model, session.image, session.key, text=None, **kwargs)
     t_pred = time.perf_counter()
     masks, scores = np.asarray(pred.masks), np.asarray(pred.scores, float)
-    order = list(range(len(scores)))
-    if phrase is None:
-        order = sorted(order, key=lambda i: -scores[i])
-    if not multimask and instances == "one":
-        order = order[:1]
+    count = len(scores) if multimask or instances == "all" else min(1, len(scores))  # the predictor's order
     label = phrase or "mask"
-    results = [MaskResult(masks[i], float(scores[i]), label) for i in order]
+    results = [MaskResult(masks[i], float(scores[i]), label) for i in range(count)]
     prompt = {"model": session.model, "text": phrase, "point_coords": [p[:2] for p in session.points],
               "point_labels": [p[2] for p in session.points], "box": session.box, "instances": instances,
               "multimask": bool(multimask)}

@@ -1,7 +1,8 @@
 """``textsam segment``: run one prompt over image files and folders and write the results.
 
 A thin client of the public API (``textsam.create_model``, ``textsam.TextSamPredictor``) and of
-:func:`textsam.results.write_results`.
+:func:`textsam.results.write_results`. Results are kept in the predictor's order (for text its ranking,
+for clicks and boxes SAM's mask order); one mask is the predictor's first.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def add_parser(subparsers: Subparsers) -> None:
     )
     p.add_argument("--box", type=parse_box, metavar="X0,Y0,X1,Y1", help="a box in pixels")
     p.add_argument("--all", dest="all_instances", action="store_true", help="segment every instance of the phrase")
-    p.add_argument("--multimask", action="store_true", help="write SAM's 3 candidate masks, best first")
+    p.add_argument("--multimask", action="store_true",
+                   help="write SAM's 3 candidate masks (in the predictor's order: for text, best first)")
     add_model_options(p, default=None)
     p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="folder to write results into")
     add_no_progress(p)
@@ -130,9 +132,10 @@ def _stems(paths: Sequence[Path]) -> list[str]:
 def prediction_to_results(
     prediction: Any, *, label: str, multimask: bool, all_instances: bool
 ) -> list[MaskResult]:
-    """MaskResults from a Prediction (``masks`` (C, H, W) bool, ``scores`` (C,)).
+    """MaskResults from a Prediction (``masks`` (C, H, W) bool, ``scores`` (C,)), in the predictor's order.
 
-    ``all_instances`` or ``multimask``: every mask, best score first; otherwise only the best mask.
+    ``all_instances`` or ``multimask``: every mask; otherwise the predictor's first. The order is never
+    changed here: the predictor ranks text results itself and keeps SAM's order for clicks and boxes.
     A ``boxes`` (C, 4) attribute on the prediction, when present, is kept as the result boxes.
     """
     import numpy as np
@@ -149,15 +152,13 @@ def prediction_to_results(
     boxes = None if boxes is None else np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     if boxes is not None and boxes.shape[0] != masks.shape[0]:
         boxes = None
-    order = np.argsort(-scores, kind="stable")
-    if not (multimask or all_instances):
-        order = order[:1]
+    count = masks.shape[0] if multimask or all_instances else min(1, masks.shape[0])
     return [
         MaskResult(
             mask=masks[i] != 0, score=float(scores[i]), label=label,
             box=None if boxes is None else boxes[i].tolist(),
         )
-        for i in order
+        for i in range(count)
     ]
 
 
