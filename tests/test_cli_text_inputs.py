@@ -11,9 +11,10 @@ from PIL import Image
 
 import textsam
 from textsam.cli import main
+from textsam.config import TextHeadConfig
 from textsam.factory import attach_text
-from textsam.text.clip import TextProjector
-from textsam.text_head import TextHeadInfo, save_text_head
+from textsam.text.projector import TextProjector
+from textsam.weights.format import ClipSpec, TextsamFile, write
 
 from .tiny import tiny_sam
 
@@ -87,11 +88,10 @@ def test_point_outside_image(tiny_factory, image_file, tmp_path, capsys) -> None
 
 
 def test_text_head_for_other_models(tiny_factory, image_file, tmp_path, capsys) -> None:
-    head = save_text_head(
-        tmp_path / "head.safetensors",
-        TextProjector(32, 256, 2, 64),
-        TextHeadInfo("sam_vit_h", "ViT-L-14", "openai", 32, 256, 2, 64),
-    )
+    config = TextHeadConfig(clip_dim=32, token_dim=256, num_tokens=2, hidden_dim=64)
+    tensors = {f"text_projector.{k}": v for k, v in TextProjector(config).state_dict().items()}
+    head = write(tmp_path / "head.safetensors",
+                 TextsamFile("sam_vit_h", ClipSpec("ViT-L-14", "openai"), config, tensors))
     code, err = _run(
         capsys, "segment", str(image_file), "--text", "x", "--text-head", str(head), "-o", str(tmp_path / "o")
     )
