@@ -250,6 +250,24 @@ class TextSamPredictor:
         masks, scores, low = self._finish(low_res, iou, return_logits)
         return Prediction(masks, scores, low, {"labels": list(phrases)})
 
+    def generate(self, **kwargs: Any) -> list[dict[str, Any]]:
+        """SAM's automatic mask generation on the current image, as segment-anything's
+        ``SamAutomaticMaskGenerator(model, **kwargs).generate(image)``: the same keyword arguments and defaults
+        (points_per_side, points_per_batch, pred_iou_thresh, stability_score_thresh, stability_score_offset,
+        box_nms_thresh, crop_n_layers, crop_nms_thresh, crop_overlap_ratio, crop_n_points_downscale_factor,
+        point_grids, min_mask_region_area, output_mode) and the same records: ``segmentation``, ``area``,
+        ``bbox`` (XYWH), ``predicted_iou``, ``point_coords``, ``stability_score``, ``crop_box`` (XYWH)."""
+        from .modeling.proposals import ProposalOptions, generate_proposals, to_records
+
+        self._require_image()
+        unknown = sorted(set(kwargs) - set(ProposalOptions.__dataclass_fields__))
+        if unknown:
+            raise InputError(f"unknown generate() options {unknown}; known: {sorted(ProposalOptions.__dataclass_fields__)}")
+        if isinstance(kwargs.get("point_grids"), list):
+            kwargs["point_grids"] = tuple(kwargs["point_grids"])
+        options = ProposalOptions(**kwargs)
+        return to_records(generate_proposals(self, options), options.output_mode)
+
     @torch.inference_mode()
     def predict_batch(
         self,

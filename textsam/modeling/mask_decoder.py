@@ -124,8 +124,11 @@ class MaskDecoder(nn.Module):
     def _masks(self, hs: Tensor, src: Tensor, token_slice: slice) -> Tensor:
         """Low-res mask logits ``(B, M, 4h, 4w)`` from the transformer's outputs (see :meth:`_attend`)."""
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
-        upscaled = self.output_upscaling(src)  # (B, C/8, 4h, 4w), channels-last in memory
         indices = range(self.num_mask_tokens)[token_slice]
+        if hs.shape[0] == 0:
+            h, w = src.shape[-2:]
+            return hs.new_zeros(0, len(indices), 4 * h, 4 * w)
+        upscaled = self.output_upscaling(src)  # (B, C/8, 4h, 4w), channels-last in memory
         hyper_in = torch.stack([self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in indices], dim=1)
         _, cu, hu, wu = upscaled.shape
         pixels = upscaled.permute(0, 2, 3, 1).reshape(upscaled.shape[0], hu * wu, cu)
