@@ -1,48 +1,84 @@
-"""``TrainConfig``: everything a training run needs, read from a small JSON or TOML file.
+"""``TrainConfig``: everything a training run needs, read from a small TOML or JSON file.
 
-Top-level keys are the fields of :class:`TrainConfig`; the tables ``data``, ``freeze`` and
-``prompt_mix`` fill :class:`DataConfig`, :class:`FreezeConfig` and :class:`PromptMix`. Unknown keys are
-errors (with the list of known ones). Paths are used as written (relative to the working directory).
-Example (TOML)::
+Top-level keys say what to train, for how long and where the run goes; tables group the rest by concern:
+
+=============  =========================================================================================
+top level      ``model``, ``checkpoint``, ``pretrained``, ``clip``, ``recipe``: what to train, from which
+               weights; ``steps``, ``batch_size`` (global), ``grad_accum``, ``seed``: the schedule's size;
+               ``amp``, ``device``, ``deterministic``, ``num_workers``: how it runs; ``output_dir``,
+               ``checkpoint_every``, ``keep_checkpoints``, ``eval_every``, ``log_every``, ``progress``: what
+               it writes
+``[data]``     where the samples come from (:class:`DataConfig`)
+``[freeze]``   which parts stay fixed (:class:`FreezeConfig`)
+``[prompt_mix]``  how often each first prompt kind is drawn (:class:`PromptMix`)
+``[optim]``    AdamW and its learning-rate schedule (:class:`OptimConfig`)
+``[loss]``     what the loss is made of (:class:`LossConfig`): SAM's focal/dice/IoU weights, the
+               correction-click rounds, the auxiliary semantic and locator losses
+``[text_head]``  the learned text head of the text recipes (:class:`TextHeadOptions`): projector and
+               locator sizes, what the locator reads, the text-blind baseline
+``[augment]``  augmentations (:class:`AugmentConfig`): greyscale views and shuffled candidate colours (for
+               the synthetic shapes data) and the ``clip_crops`` recipe's crops
+``[cache]``    where the frozen encoders' embeddings are cached (:class:`CacheConfig`)
+=============  =========================================================================================
+
+Unknown keys are errors (naming the closest known key); a key of the earlier flat layout names its table
+(``lr moved to [optim] lr``). Paths are used as written (relative to the working directory). Example::
 
     model = "shapes_tiny"            # a key of textsam.config.MODEL_CONFIGS, or "from_checkpoint"
-    recipe = "clip_crops"            # "sam" | "text" | "clip_crops"
-    clip = "local-dir:runs/shapes_clip"
+    recipe = "text"                  # "sam" | "text" | "clip_crops"
+    checkpoint = "runs/sam/model.safetensors"
+    clip = "local-dir:runs/clip"
     steps = 2000
-    batch_size = 32                  # global: all ranks and accumulation steps together
-    lr = 3e-4
-    output_dir = "runs/shapes_tiny"
+    batch_size = 32
+    output_dir = "runs/text"
 
     [data]
-    root = "data/shapes"             # root/{train,val}/{images/, instances.json, refs.json}
+    root = "runs/shapes_data"        # root/{train,val}/{images/, instances.json, refs.json}
 
-    [freeze]
-    image_encoder = false
+    [optim]
+    lr = 3e-4
+
+    [text_head]
+    num_text_tokens = 4
 
     [prompt_mix]
     text = 0.4
     point = 0.25
     box = 0.25
     text_point = 0.1
+
+Reading and writing the files, and the messages for mistakes in them: :mod:`textsam.train.config_file`.
 """
 
 from __future__ import annotations
 
-import difflib
-import json
-import re
-import types
-import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from ..config import TextHeadConfig
 from ..errors import InputError
+from .config_types import check_types
+
+__all__ = ["RECIPES", "AMP_MODES", "TEXT_MULTIMASK", "PROMPT_KINDS", "DataConfig", "FreezeConfig", "PromptMix",
+           "OptimConfig", "LossConfig", "TextHeadOptions", "AugmentConfig", "CacheConfig", "TrainConfig",
+           "TABLES"]
 
 RECIPES = ("sam", "text", "clip_crops")
 AMP_MODES = ("auto", "bf16", "off")
 TEXT_MULTIMASK = ("min", "all")
 PROMPT_KINDS = ("point", "box", "text", "text_point")  # index = the prompt code in samples
+
+
+def _whole(table: Any, prefix: str, names: tuple[str, ...], low: int) -> None:
+    for name in names:
+        if getattr(table, name) < low:
+            raise InputError(f"{prefix}{name} must be a whole number >= {low}, got {getattr(table, name)}")
+
+
+def _unit(table: Any, prefix: str, names: tuple[str, ...]) -> None:
+    for name in names:
+        if not 0.0 <= getattr(table, name) <= 1.0:
+            raise InputError(f"{prefix}{name} must be in [0, 1], got {getattr(table, name)}")
 
 
 @dataclass(frozen=True)
@@ -66,7 +102,7 @@ class DataConfig:
     eval_samples: int = 128  # validation samples scored at each evaluation
 
     def __post_init__(self) -> None:
-        _check_types(self, "[data] ")
+        check_types(self, "[data] ")
         if self.min_area < 0:
             raise InputError(f"[data] min_area must be >= 0 (pixels of the model input), got {self.min_area}")
         if self.max_samples is not None and self.max_samples < 1:
@@ -77,7 +113,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class FreezeConfig:
-    """Which parts stay fixed (True) and which are trained (False)."""
+    """Which parts stay fixed (True) and which are trained (False). The names are ``TextSam``'s parts."""
 
     image_encoder: bool = True
     prompt_encoder: bool = False
@@ -86,12 +122,12 @@ class FreezeConfig:
     # the CLIP text tower (text recipe only): False fine-tunes it with the mask loss, so words that
     # CLIP's contrastive training never tied to pixels ("leftmost", "upper") get meaning
     text_encoder: bool = True
-    # the text head's locator (locator_dim > 0); with everything else frozen a run trains only the locator
-    # and skips the decoder
+    # the text head's locator ([text_head] locator_dim > 0); with everything else frozen a run trains only
+    # the locator and skips the decoder
     text_locator: bool = False
 
     def __post_init__(self) -> None:
-        _check_types(self, "[freeze] ")
+        check_types(self, "[freeze] ")
 
 
 @dataclass(frozen=True)
@@ -104,7 +140,7 @@ class PromptMix:
     text_point: float = 0.1
 
     def __post_init__(self) -> None:
-        _check_types(self, "[prompt_mix] ")
+        check_types(self, "[prompt_mix] ")
         for f in fields(self):
             if getattr(self, f.name) < 0:
                 raise InputError(f"[prompt_mix] {f.name} is a relative frequency: it must be >= 0, "
@@ -122,84 +158,197 @@ class PromptMix:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """One training run (see the module docstring for the file format)."""
+class OptimConfig:
+    """AdamW (weight decay on matrices only), linear warmup then cosine decay to ``lr x min_lr_ratio``,
+    gradient clipping (``grad_clip``; 0 or none turns it off). A trained CLIP text tower learns at
+    ``lr x text_encoder_lr_scale``."""
 
-    data: DataConfig = field(default_factory=DataConfig)
-    model: str = "shapes_tiny"
-    checkpoint: str | None = None  # SAM weights to start from (required for model = "from_checkpoint")
-    pretrained: bool = False  # without checkpoint: start from the published weights of `model`
-    clip: str | None = None  # open_clip "NAME/TAG", "NAME" (random) or "local-dir:/path"; default: model's
-    text_head: str | None = None  # initialise the TextProjector from this text-head file
-    num_text_tokens: int | None = None  # default: the model config's
-    projector_hidden_dim: int = 512
-    recipe: str = "sam"
-    freeze: FreezeConfig = field(default_factory=FreezeConfig)
-    steps: int = 1000
-    batch_size: int = 8  # global batch per optimizer step (all ranks x accumulation steps)
-    grad_accum: int = 1
     lr: float = 1e-4
     weight_decay: float = 0.1
     warmup_steps: int = 100
     cosine: bool = True
     min_lr_ratio: float = 0.0
     grad_clip: float | None = 1.0
-    amp: str = "auto"
+    text_encoder_lr_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_types(self, "[optim] ")
+        if not self.lr > 0:  # also catches nan
+            raise InputError(f"[optim] lr must be a positive learning rate (e.g. lr = 1e-4), got {self.lr}")
+        if not self.weight_decay >= 0:
+            raise InputError(f"[optim] weight_decay must be >= 0, got {self.weight_decay}")
+        _whole(self, "[optim] ", ("warmup_steps",), 0)
+        if self.grad_clip is not None and not self.grad_clip >= 0:
+            raise InputError(f"[optim] grad_clip must be >= 0 (0 turns clipping off), got {self.grad_clip}")
+        _unit(self, "[optim] ", ("min_lr_ratio",))
+        if self.text_encoder_lr_scale <= 0:
+            raise InputError(f"[optim] text_encoder_lr_scale must be > 0, got {self.text_encoder_lr_scale}")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """What the loss is made of.
+
+    SAM's mask loss ``focal_weight x focal + dice_weight x dice`` plus ``iou_weight x`` the IoU head's MSE,
+    over the first decoder round and ``correction_clicks`` more rounds (each with a click in the error
+    region; 0: one round). ``text_multimask``: a bare phrase's 3 outputs, ``"min"`` trains only the best one
+    (SAM's rule for an ambiguous click), ``"all"`` trains every output on the target. ``semantic_weight``:
+    an auxiliary loss, a 1x1 conv on the image embedding classifies every low-res pixel per field of
+    ``semantic_fields`` (the COCO ``"category"``, or annotation fields such as ``"colour"``, ``"size"``); it
+    trains the image encoder only. ``locator_weight``: the text locator's loss (minus the log of its softmax
+    mass on the target candidates).
+    """
+
+    focal_weight: float = 20.0
+    dice_weight: float = 1.0
+    iou_weight: float = 1.0
+    correction_clicks: int = 2
+    text_multimask: str = "min"
+    semantic_weight: float = 0.0
+    semantic_fields: tuple[str, ...] = ("category",)
+    locator_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_types(self, "[loss] ")
+        for name in ("focal_weight", "dice_weight", "iou_weight", "locator_weight", "semantic_weight"):
+            if not getattr(self, name) >= 0:
+                raise InputError(f"[loss] {name} must be >= 0, got {getattr(self, name)}")
+        _whole(self, "[loss] ", ("correction_clicks",), 0)
+        if self.text_multimask not in TEXT_MULTIMASK:
+            raise InputError(f"[loss] text_multimask must be one of {TEXT_MULTIMASK}, got {self.text_multimask!r}")
+
+
+@dataclass(frozen=True)
+class TextHeadOptions:
+    """The learned text head of the text recipes (:class:`~textsam.config.TextHeadConfig` is built from these
+    by :meth:`head_config`, the one place that does).
+
+    ``num_text_tokens`` (none: the model config's) decoder tokens from an MLP of width
+    ``projector_hidden_dim``. ``locator_dim > 0`` adds a region locator of that width, which chooses among up
+    to ``max_regions`` candidate objects per image (``locator_appearance``: ``"embedding"`` or ``"colour"``;
+    ``locator_factors``: ``"joint"`` or ``"separate"``); ``word_tokens``: its phrase vector also reads the
+    CLIP tower's per-token features (text recipe only); ``locate_text``: text-alone samples get its click in
+    training, as the predictor gives it at inference. ``blind_text``: the text-blind baseline, the head sees
+    a zero vector instead of the phrase.
+    """
+
+    num_text_tokens: int | None = None
+    projector_hidden_dim: int = 512
+    locator_dim: int = 0
+    locator_appearance: str = "embedding"
+    locator_factors: str = "joint"
+    word_tokens: bool = False
+    max_regions: int = 16
+    locate_text: bool = False
+    blind_text: bool = False
+
+    def __post_init__(self) -> None:
+        check_types(self, "[text_head] ")
+        _whole(self, "[text_head] ", ("projector_hidden_dim", "max_regions"), 1)
+        if self.num_text_tokens is not None and self.num_text_tokens < 1:
+            raise InputError(f"[text_head] num_text_tokens must be >= 1 (or left out for the model's), got "
+                             f"{self.num_text_tokens}")
+        if self.locator_dim < 0:
+            raise InputError(f"[text_head] locator_dim must be >= 0 (0: no locator), got {self.locator_dim}")
+        if self.locator_appearance not in ("embedding", "colour"):
+            raise InputError(f"[text_head] locator_appearance must be 'embedding' or 'colour', got "
+                             f"{self.locator_appearance!r}")
+        if self.locator_factors not in ("joint", "separate"):
+            raise InputError(f"[text_head] locator_factors must be 'joint' or 'separate', got "
+                             f"{self.locator_factors!r}")
+        if self.locate_text and not self.locator_dim:
+            raise InputError("[text_head] locate_text = true gives text samples the locator's click: set "
+                             "locator_dim > 0")
+        if self.word_tokens and not self.locator_dim:
+            raise InputError("[text_head] word_tokens = true gives the locator the CLIP tower's per-token "
+                             "features: set locator_dim > 0")
+
+    def head_config(self, *, clip_dim: int, token_dim: int, default_tokens: int, word_dim: int) -> TextHeadConfig:
+        """The text head these options build, for a CLIP of width ``clip_dim`` (per-token features of width
+        ``word_dim``) and a decoder of token width ``token_dim``."""
+        return TextHeadConfig(
+            clip_dim=clip_dim, token_dim=token_dim, num_tokens=self.num_text_tokens or default_tokens,
+            hidden_dim=self.projector_hidden_dim, locator_dim=self.locator_dim,
+            locator_word_dim=word_dim if self.word_tokens and self.locator_dim else 0,
+            locator_appearance=self.locator_appearance, locator_factors=self.locator_factors,
+        )
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentations.
+
+    ``greyscale_prob``: the chance that a point/box training sample shows its image in greyscale (shape
+    evidence without colour; its colour classes are ignored by the semantic loss); ``greyscale_text``: text
+    samples whose phrase names no colour may be greyscale as well. ``region_colour_shuffle``: the chance that
+    a text sample whose phrase names no colour sees its locator candidates' colours with the image's R, G, B
+    channels shuffled ("the circle" then cannot learn which colours circles came in). The ``clip_crops``
+    recipe's crops: ``crop_variants`` distinct random crops per object (what the cache holds), the box
+    enlarged by a factor in ``crop_enlarge``, the pixels outside the mask greyed with ``crop_grey_prob``.
+    """
+
+    greyscale_prob: float = 0.0
+    greyscale_text: bool = False
+    region_colour_shuffle: float = 0.0
+    crop_variants: int = 8
+    crop_enlarge: tuple[float, float] = (1.0, 2.0)
+    crop_grey_prob: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_types(self, "[augment] ")
+        _whole(self, "[augment] ", ("crop_variants",), 1)
+        _unit(self, "[augment] ", ("crop_grey_prob", "greyscale_prob", "region_colour_shuffle"))
+        lo, hi = self.crop_enlarge
+        if not 1.0 <= lo <= hi:
+            raise InputError(f"[augment] crop_enlarge must be [lo, hi] with 1 <= lo <= hi, got {self.crop_enlarge}")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """``dir``: cache the frozen encoders' embeddings (image, phrase, crop) in this folder (none: no disk cache)."""
+
+    dir: str | None = None
+
+    def __post_init__(self) -> None:
+        check_types(self, "[cache] ")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run (see the module docstring for the file layout)."""
+
+    model: str = "shapes_tiny"
+    checkpoint: str | None = None  # start weights: an official SAM .pth, an HF SAM file or any textsam file
+    pretrained: bool = False  # without checkpoint: start from the published weights of `model`
+    clip: str | None = None  # open_clip "NAME/TAG", "NAME" (random) or "local-dir:/path"; default: checkpoint's, model's
+    recipe: str = "sam"
+    steps: int = 1000
+    batch_size: int = 8  # global batch per optimizer step (all ranks x accumulation steps)
+    grad_accum: int = 1
     seed: int = 0
-    num_workers: int = 0
+    amp: str = "auto"
     device: str | None = None  # default: cuda:LOCAL_RANK when available, else cpu
     deterministic: bool = True
+    num_workers: int = 0
     output_dir: str = "runs/train"
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     eval_every: int = 0  # 0: evaluate only at the end (when there is a validation split)
     log_every: int = 10
     progress: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
     prompt_mix: PromptMix = field(default_factory=PromptMix)
-    correction_clicks: int = 2  # extra decoder rounds with a click in the error region; 0 disables
-    focal_weight: float = 20.0
-    dice_weight: float = 1.0
-    iou_weight: float = 1.0
-    cache_dir: str | None = None  # frozen encoders: cache image / CLIP embeddings here
-    crop_variants: int = 8  # clip_crops: distinct random crops per object (what the cache holds)
-    crop_enlarge: tuple[float, float] = (1.0, 2.0)
-    crop_grey_prob: float = 0.5
-    text_encoder_lr_scale: float = 1.0  # the text tower's learning rate is lr x this (when trained)
-    blind_text: bool = False  # baseline: the projector sees a zero vector instead of the prompt embedding
-    # auxiliary loss: a 1x1 conv on the image embedding classifies every low-res pixel per field (the
-    # COCO "category", or annotation fields such as "colour", "size"); trains the image encoder only
-    semantic_weight: float = 0.0
-    semantic_fields: tuple[str, ...] = ("category",)
-    # augmentation: the chance that a point/box training sample shows its image in greyscale (trains the
-    # image encoder to see shapes without their colours; text samples keep colour)
-    greyscale_prob: float = 0.0
-    greyscale_text: bool = False  # text samples whose phrase names no colour may be greyscale as well
-    # a bare phrase's 3 decoder outputs: "min" trains only the best one (SAM's rule for an ambiguous
-    # click), "all" trains every output on the target (a phrase names one target; the outputs cannot
-    # hedge over candidates, e.g. put each star in its own output for "the leftmost star")
-    text_multimask: str = "min"
-    # the text projector also attends to the CLIP tower's per-token features (a word path), so words the
-    # pooled embedding hardly tells apart ("left" / "right") reach the decoder; text recipe only
-    word_tokens: bool = False
-    # a text locator in the text head (phrase x image embedding -> the cell to click), this wide (0: none);
-    # trained to put its softmax mass on the target (weight locator_weight). locate_text: text-alone
-    # samples get its click in training, as the predictor gives it at inference
-    locator_dim: int = 0
-    locator_kind: str = "cells"  # "cells": embedding cells; "regions": candidate objects (max_regions per image)
-    max_regions: int = 16
-    locator_appearance: str = "embedding"  # a region locator's appearance: "embedding" or "colour" (pixels only)
-    locator_factors: str = "joint"  # a region locator's matching: "joint" or "separate" (sum over feature groups)
-    # text samples whose phrase names no colour: the chance that their candidates' colours come from the image
-    # with its R, G, B channels shuffled (a region locator with colour appearance): "the circle" then cannot
-    # learn which colours circles came in
-    region_colour_shuffle: float = 0.0
-    locator_weight: float = 1.0
-    locate_text: bool = False
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    text_head: TextHeadOptions = field(default_factory=TextHeadOptions)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
     def __post_init__(self) -> None:
         from ..config import MODEL_CONFIGS
 
-        _check_types(self, "")
+        check_types(self, "")
         if self.model != "from_checkpoint" and self.model not in MODEL_CONFIGS:
             known = ", ".join(sorted(MODEL_CONFIGS))
             raise InputError(f"unknown model {self.model!r}; use one of {known} or 'from_checkpoint'")
@@ -209,78 +358,43 @@ class TrainConfig:
             raise InputError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
         if self.amp not in AMP_MODES:
             raise InputError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
-        for name in ("steps", "batch_size", "grad_accum", "log_every", "crop_variants", "keep_checkpoints",
-                     "projector_hidden_dim"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be a whole number >= 1, got {getattr(self, name)}")
-        if self.num_text_tokens is not None and self.num_text_tokens < 1:
-            raise InputError(f"num_text_tokens must be >= 1 (or left out for the model's), got {self.num_text_tokens}")
-        for name in ("warmup_steps", "correction_clicks", "num_workers", "checkpoint_every", "eval_every", "seed"):
-            if getattr(self, name) < 0:
-                raise InputError(f"{name} must be a whole number >= 0, got {getattr(self, name)}")
-        if not self.lr > 0:  # also catches nan
-            raise InputError(f"lr must be a positive learning rate (e.g. lr = 1e-4), got {self.lr}")
-        for name in ("weight_decay", "focal_weight", "dice_weight", "iou_weight", "locator_weight"):
-            if not getattr(self, name) >= 0:
-                raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.grad_clip is not None and not self.grad_clip >= 0:
-            raise InputError(f"grad_clip must be >= 0 (0 turns clipping off), got {self.grad_clip}")
-        for name in ("min_lr_ratio", "crop_grey_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise InputError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        lo, hi = self.crop_enlarge
-        if not 1.0 <= lo <= hi:
-            raise InputError(f"crop_enlarge must be [lo, hi] with 1 <= lo <= hi, got {self.crop_enlarge}")
-        if self.semantic_weight < 0:
-            raise InputError(f"semantic_weight must be >= 0, got {self.semantic_weight}")
-        if self.semantic_weight > 0 and (self.freeze.image_encoder or not self.semantic_fields):
-            raise InputError("semantic_weight > 0 trains the image encoder: set [freeze] image_encoder = false "
-                             "and name at least one of semantic_fields")
-        if self.word_tokens and self.recipe != "text":
-            raise InputError("word_tokens = true needs recipe = 'text' (per-token features exist for phrases, not "
-                             f"for the CLIP image embeddings of recipe {self.recipe!r})")
-        if self.locator_dim < 0:
-            raise InputError(f"locator_dim must be >= 0 (0: no locator), got {self.locator_dim}")
-        if self.locator_dim and not self.uses_text:
-            raise InputError(f"locator_dim > 0 adds a text locator: it needs a text recipe, not {self.recipe!r}")
-        if self.locator_kind not in ("cells", "regions"):
-            raise InputError(f"locator_kind must be 'cells' or 'regions', got {self.locator_kind!r}")
-        if self.locator_appearance not in ("embedding", "colour"):
-            raise InputError(f"locator_appearance must be 'embedding' or 'colour', got {self.locator_appearance!r}")
-        if self.locator_factors not in ("joint", "separate"):
-            raise InputError(f"locator_factors must be 'joint' or 'separate', got {self.locator_factors!r}")
-        if not 0.0 <= self.region_colour_shuffle <= 1.0:
-            raise InputError(f"region_colour_shuffle must be in [0, 1], got {self.region_colour_shuffle}")
-        if self.max_regions < 1:
-            raise InputError(f"max_regions must be >= 1, got {self.max_regions}")
-        if self.locate_text and not self.locator_dim:
-            raise InputError("locate_text = true gives text samples the locator's click: set locator_dim > 0")
-        if self.text_multimask not in TEXT_MULTIMASK:
-            raise InputError(f"text_multimask must be one of {TEXT_MULTIMASK}, got {self.text_multimask!r}")
-        if not 0.0 <= self.greyscale_prob <= 1.0:
-            raise InputError(f"greyscale_prob must be in [0, 1], got {self.greyscale_prob}")
-        if self.greyscale_prob > 0 and self.freeze.image_encoder:
-            raise InputError("greyscale_prob > 0 changes the images the image encoder sees: set [freeze] "
+        _whole(self, "", ("steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints"), 1)
+        _whole(self, "", ("num_workers", "checkpoint_every", "eval_every", "seed"), 0)
+        self._check_tables()
+        if self.batch_size % self.grad_accum:
+            raise InputError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
+        self.prompt_mix.probabilities(self.recipe)
+        f = self.freeze
+        if f.image_encoder and f.prompt_encoder and f.mask_decoder and (
+            self.recipe == "sam" or (f.text_projector and f.text_encoder
+                                     and (f.text_locator or not self.text_head.locator_dim))
+        ):
+            raise InputError("every part is frozen: nothing to train (see [freeze])")
+
+    def _check_tables(self) -> None:
+        """The rules that tie tables to the recipe and to each other."""
+        loss, head, augment = self.loss, self.text_head, self.augment
+        if loss.semantic_weight > 0 and (self.freeze.image_encoder or not loss.semantic_fields):
+            raise InputError("[loss] semantic_weight > 0 trains the image encoder: set [freeze] image_encoder = "
+                             "false and name at least one of semantic_fields")
+        if head.word_tokens and self.recipe != "text":
+            raise InputError("[text_head] word_tokens = true needs recipe = 'text' (per-token features exist for "
+                             f"phrases, not for the CLIP image embeddings of recipe {self.recipe!r})")
+        if head.locator_dim and not self.uses_text:
+            raise InputError(f"[text_head] locator_dim > 0 adds a text locator: it needs a text recipe, not "
+                             f"{self.recipe!r}")
+        if augment.greyscale_prob > 0 and self.freeze.image_encoder:
+            raise InputError("[augment] greyscale_prob > 0 changes the images the image encoder sees: set [freeze] "
                              "image_encoder = false (a frozen encoder's cached embeddings cannot be augmented)")
         if not self.freeze.text_encoder and self.recipe != "text":
             raise InputError("[freeze] text_encoder = false trains the CLIP text tower with text supervision: "
                              f"it needs recipe = 'text', not {self.recipe!r}")
-        if self.text_encoder_lr_scale <= 0:
-            raise InputError(f"text_encoder_lr_scale must be > 0, got {self.text_encoder_lr_scale}")
-        if self.batch_size % self.grad_accum:
-            raise InputError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
-        self.prompt_mix.probabilities(self.recipe)
-        if self.freeze.image_encoder and self.freeze.prompt_encoder and self.freeze.mask_decoder and (
-            self.recipe == "sam" or (self.freeze.text_projector and self.freeze.text_encoder
-                                     and (self.freeze.text_locator or not self.locator_dim))
-        ):
-            raise InputError("every part is frozen: nothing to train (see [freeze])")
 
     @property
     def locator_only(self) -> bool:
         """Only the text locator trains: a run that needs no decoder calls."""
         f = self.freeze
-        return bool(self.locator_dim) and not f.text_locator and all(
+        return bool(self.text_head.locator_dim) and not f.text_locator and all(
             (f.image_encoder, f.prompt_encoder, f.mask_decoder, f.text_projector, f.text_encoder))
 
     @property
@@ -295,148 +409,7 @@ class TrainConfig:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
-_SECTIONS = {"data": DataConfig, "freeze": FreezeConfig, "prompt_mix": PromptMix}
-_KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
-_PLURAL = {bool: "true/false values", int: "whole numbers", float: "numbers", str: "strings"}
-
-
-def _toml(value: Any) -> str:
-    """``value`` as it would be written in a config file (for messages)."""
-    try:
-        return json.dumps(list(value) if isinstance(value, tuple) else value)
-    except (TypeError, ValueError):
-        return repr(value)
-
-
-def _type_problem(value: Any, hint: Any) -> str | None:
-    """What ``value`` should have been for the type ``hint`` (None: it fits)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        wanted = [_type_problem(value, a) for a in args if a is not type(None)]
-        return None if None in wanted else wanted[0]
-    if origin is tuple:
-        items = [args[0]] * len(value) if args[-1] is Ellipsis and isinstance(value, (list, tuple)) else list(args)
-        kind = f"a list of {'' if args[-1] is Ellipsis else f'{len(args)} '}{_PLURAL[args[0]]}"
-        if not isinstance(value, (list, tuple)) or len(value) != len(items):
-            return kind
-        return kind if any(_type_problem(v, t) for v, t in zip(value, items)) else None
-    if hint is bool:
-        ok = isinstance(value, bool)
-    elif hint is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif hint is str:
-        ok = isinstance(value, str)
-    else:  # a section (DataConfig, ...)
-        return None if isinstance(value, hint) else "a table"
-    return None if ok else _KINDS[hint]
-
-
-def _check_types(obj: Any, prefix: str) -> None:
-    """Raise an InputError for the first field of dataclass ``obj`` whose value has the wrong type; turn
-    lists into tuples and whole numbers into floats where the field says so."""
-    hints = typing.get_type_hints(type(obj))
-    for f in fields(obj):
-        value, hint = getattr(obj, f.name), hints[f.name]
-        wanted = _type_problem(value, hint)
-        if wanted is not None:
-            example = "" if f.default is MISSING or f.default is None else f" (e.g. {f.name} = {_toml(f.default)})"
-            raise InputError(f"{prefix}{f.name} must be {wanted}{example}, got {_toml(value)}")
-        if isinstance(value, list):
-            object.__setattr__(obj, f.name, tuple(float(v) if isinstance(v, int) and float in typing.get_args(hint)
-                                                  else v for v in value))
-        elif hint is float and isinstance(value, int):
-            object.__setattr__(obj, f.name, float(value))
-
-
-def _unknown_key(cls: type, key: str, section: str | None) -> str:
-    """The message for an unknown ``key`` of ``cls`` (the table ``section``; None: the top level)."""
-    where = f" in [{section}]" if section else ""
-    if section is None:
-        for name, sub in _SECTIONS.items():
-            if key in {f.name for f in fields(sub)}:
-                return f"{key!r} belongs in the [{name}] table: move it under [{name}]"
-    elif key in {f.name for f in fields(TrainConfig)}:
-        return f"{key!r} is a top-level key, not one of [{section}]: move it above the first [table]"
-    known = sorted(f.name for f in fields(cls))
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]!r}?" if close else f"the known keys are {', '.join(known)}"
-    return f"unknown key {key!r}{where}; {hint}"
-
-
-def _build(cls: type, values: dict[str, Any], section: str | None = None) -> Any:
-    if not isinstance(values, dict):
-        raise InputError(f"[{section}] must be a table (key = value lines under [{section}]), "
-                         f"got {_toml(values)}")
-    unknown = sorted(set(values) - {f.name for f in fields(cls)})
-    if unknown:
-        raise InputError(_unknown_key(cls, unknown[0], section))
-    kwargs = dict(values)
-    for name, sub in _SECTIONS.items():
-        if cls is TrainConfig and name in kwargs:
-            kwargs[name] = _build(sub, kwargs[name], name)
-    try:
-        return cls(**kwargs)
-    except TypeError as err:
-        raise InputError(f"bad value{f' in [{section}]' if section else ''}: {err}") from err
-
-
-def config_from_dict(values: dict[str, Any]) -> TrainConfig:
-    """A :class:`TrainConfig` from a plain dict (the parsed file, or ``TrainConfig.to_dict()``)."""
-    if not isinstance(values, dict):
-        raise InputError(f"a training config is a table of key = value pairs, got {_toml(values)}")
-    return _build(TrainConfig, values)
-
-
-def _at_line(text: str, line: int) -> str:
-    lines = text.splitlines()
-    return f" `{lines[line - 1].strip()}`" if 1 <= line <= len(lines) and lines[line - 1].strip() else ""
-
-
-def load_config(path: str | Path) -> TrainConfig:
-    """Read a ``.json`` or ``.toml`` training config (InputError naming the file and what to fix)."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"training config not found: {p}. Check the path (a .toml or .json file).")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise InputError(f"{p} is not UTF-8 text: a training config is a .toml or .json file") from err
-    except OSError as err:
-        raise InputError(f"cannot read the training config {p}: {err.strerror or err}") from err
-    if p.suffix.lower() == ".toml":
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            try:
-                import tomli as tomllib  # type: ignore[no-redef]
-            except ModuleNotFoundError as err:
-                raise InputError("reading TOML on Python 3.10 needs `pip install tomli`; or use JSON") from err
-        try:
-            values = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as err:
-            found = re.search(r"at line (\d+)", str(err))
-            line = int(found[1]) if found else 0
-            fix = f"; fix line {line}{_at_line(text, line)}" if line else ""
-            raise InputError(f"{p} is not valid TOML: {str(err).splitlines()[0]}{fix}") from err
-    else:
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{p} is not valid JSON: {err.msg} (line {err.lineno}, column {err.colno}); "
-                             f"fix line {err.lineno}{_at_line(text, err.lineno)}") from err
-    try:
-        return config_from_dict(values)
-    except InputError as err:
-        raise InputError(f"{p}: {err}") from err
-
-
-def save_config(config: TrainConfig, path: str | Path) -> Path:
-    """Write ``config`` as JSON (readable by :func:`load_config`)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
-    return p
+# the tables of a TrainConfig file, by name
+TABLES: dict[str, type] = {"data": DataConfig, "freeze": FreezeConfig, "prompt_mix": PromptMix, "optim": OptimConfig,
+                           "loss": LossConfig, "text_head": TextHeadOptions, "augment": AugmentConfig,
+                           "cache": CacheConfig}
