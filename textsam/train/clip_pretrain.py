@@ -35,7 +35,8 @@ from torch import Tensor, nn
 from ..config import SHAPES_TINY_CLIP_CFG
 from ..text.grounding import OPENAI_MEAN, OPENAI_STD
 from ..text.grounding_maps import square_crop
-from .data import ClipInput, StepSampler, build_entries, coco_of, crop_params
+from .batches import StepSampler
+from .data import ClipInput, build_entries, coco_of, crop_params
 
 logger = logging.getLogger(__name__)
 
