@@ -1,41 +1,30 @@
-"""The training loop: ``train(config) -> Path``; ``textsam train CONFIG``; ``torchrun``-ready.
+"""The training loop: ``train(config) -> Path`` (``textsam train CONFIG``); ``torchrun``-ready.
 
 * AdamW (weight decay on matrices only), linear warmup then cosine decay (``LambdaLR``), gradient
-  accumulation, bf16 autocast per ``config.amp``, gradient clipping.
+  accumulation, bf16 autocast per ``config.amp``, gradient clipping (``[optim]``).
 * Data parallel under ``torchrun`` (``WORLD_SIZE > 1``): gloo on CPU, nccl on CUDA; the trainable
   graph is wrapped in ``DistributedDataParallel``; each rank reads its shard of every step's global
-  batch (:class:`~textsam.train.data.StepSampler`); only rank 0 writes files.
-* Checkpoints (``output_dir/checkpoints/step_NNNNNNN.pt``) hold the trained weights, optimizer,
-  scheduler, step, the RNG states of every rank and the sampler position. Samples depend only on
-  ``(seed, step)``, so a run stopped at step k and resumed gives the same weights as an uninterrupted run
-  (bit-exact on CPU with ``deterministic = true``).
-* Outputs: ``model.safetensors`` (trained parts, official key names, JSON metadata in the header),
-  ``text_head.safetensors`` for text recipes, ``train_config.json`` and ``log.jsonl`` (one JSON object
-  per logged step: step, loss parts, lr, seconds per step; evaluations as ``{"step", "eval": {...}}``).
-* The output folder holds one run. A run into a folder that holds another is refused (``resume`` continues
-  it, ``overwrite`` deletes its files first); resuming a finished run changes nothing. Files are written
-  to a temporary name and renamed, so a killed run leaves no half-written file under a final name.
-  ``resume="auto"`` skips (with a warning) latest checkpoints that cannot be read, and loads checkpoints
-  with ``weights_only=True``: nothing in a checkpoint file can run code.
+  batch (:class:`~textsam.train.batches.StepSampler`); only rank 0 writes files.
+* Checkpoints (:mod:`~textsam.train.checkpoints`): samples depend only on ``(seed, step)``, so a run stopped
+  at step k and resumed gives the same weights as an uninterrupted run (bit-exact on CPU with
+  ``deterministic = true``).
+* Outputs (:mod:`~textsam.train.weights`): ``model.safetensors`` (trained parts) and, for text recipes,
+  ``text_head.safetensors``, both in the one textsam format; ``train_config.json`` and ``log.jsonl`` (one JSON
+  object per logged step: step, loss parts, lr, seconds per step; evaluations as ``{"step", "eval": {...}}``).
+* The output folder holds one run (:mod:`~textsam.train.run_folder`).
 * SIGINT or SIGTERM stops the loop after the current step, writes that step's checkpoint and raises
-  :class:`TrainingInterrupted` (a second SIGINT stops at once).
+  :class:`~textsam.train.signals.TrainingInterrupted` (:mod:`~textsam.train.signals`).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import math
 import os
-import pickle
 import random
-import re
-import signal
-import threading
 import time
-import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from datetime import timedelta
@@ -45,84 +34,38 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ..errors import InputError, TextSamError
-from .config import TrainConfig, load_config
-from .data import (
-    BASIC_COLOUR_WORDS,
-    EmbeddingCache,
-    SegmentationDataset,
-    SemanticLabels,
-    StepSampler,
-    build_entries,
-    coco_of,
-    collate,
-)
-from .recipes import Recipe, build_recipe, evaluate, text_table, warm_cache
+from .batches import StepSampler, collate
+from .cache import EmbeddingCache, text_table, warm_cache
+from .checkpoints import save_checkpoint, set_rng_state
+from .config import TrainConfig
+from .config_file import load_config
+from .data import SemanticLabels, coco_of, open_source
+from .evaluate import evaluate
+from .recipes import Recipe, build_recipe, make_dataset
+from .run_folder import atomic_write, finished, prepare_folder, starting_point, trim_log
+from .samples import SegmentationDataset
+from .signals import StopOnSignal, TrainingInterrupted, ignore_sigint
+from .weights import export
+
+__all__ = ["train", "main_from_args", "TrainingInterrupted", "lr_factor", "amp_dtype"]
 
 logger = logging.getLogger(__name__)
-CKPT_FORMAT = "textsam.train_state"
-RUN_FILES = ("model.safetensors", "text_head.safetensors", "train_config.json", "log.jsonl")  # + checkpoints/
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """SIGINT/SIGTERM stopped the run after ``step``, whose checkpoint ``checkpoint`` was written first."""
-
-    def __init__(self, step: int, checkpoint: Path, output_dir: Path, signum: int) -> None:
-        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}: checkpoint {checkpoint}")
-        self.step, self.checkpoint, self.output_dir, self.signum = step, checkpoint, output_dir, signum
-
-
-class _StopOnSignal:
-    """While active (main thread only): SIGINT or SIGTERM asks the loop to stop after the current step; a
-    second SIGINT stops at once (KeyboardInterrupt). Restores the previous handlers on exit."""
-
-    def __init__(self) -> None:
-        self.signum = 0
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopOnSignal:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old if old is not None else signal.SIG_DFL)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.signum and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = self.signum or signum
-
-    def requested(self, world: int, device: torch.device) -> int:
-        """The signal that asked to stop (0: none); collective under torchrun, so every rank agrees."""
-        if world == 1:
-            return self.signum
-        flag = torch.tensor([self.signum], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag)
-
-
-def _ignore_sigint(_worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C to the main process (which stops after the step)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def lr_factor(config: TrainConfig) -> Callable[[int], float]:
-    """Multiplier of ``config.lr`` at each step: linear warmup, then cosine decay to ``min_lr_ratio``."""
+    """Multiplier of ``[optim] lr`` at each step: linear warmup, then cosine decay to ``min_lr_ratio``."""
+    opt = config.optim
 
     def factor(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        if not config.cosine:
+        if step < opt.warmup_steps:
+            return (step + 1) / opt.warmup_steps
+        if not opt.cosine:
             return 1.0
-        span = max(1, config.steps - config.warmup_steps)
-        progress = min(1.0, (step - config.warmup_steps) / span)
-        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        span = max(1, config.steps - opt.warmup_steps)
+        progress = min(1.0, (step - opt.warmup_steps) / span)
+        return opt.min_lr_ratio + (1 - opt.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
 
@@ -165,317 +108,17 @@ def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def rng_state() -> dict[str, Any]:
-    """This process's python, numpy, torch (and CUDA) RNG states, in a ``weights_only``-loadable form."""
-    np_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy(), *rest))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    found = _checkpoints(Path(output_dir))
-    return found[-1] if found else None
-
-
-def _checkpoints(out: Path) -> list[Path]:
-    """``out/checkpoints/step_NNNNNNN.pt`` files, oldest first."""
-    return sorted(p for p in out.joinpath("checkpoints").glob("step_*.pt") if p.is_file())
-
-
-def _step_of(path: Path) -> int:
-    try:
-        return int(path.stem.removeprefix("step_"))
-    except ValueError:
-        return -1
-
-
-class _Unusable(Exception):
-    """Why a checkpoint file cannot be used; the text completes "PATH ...". Never torch's own wording (it
-    suggests turning ``weights_only`` off)."""
-
-
-def _read_checkpoint(path: Path) -> dict[str, Any]:
-    """A training checkpoint's state, loaded with ``weights_only=True`` (nothing in the file can run code).
-
-    Raises ``_Unusable`` for a file that is empty, truncated, not a checkpoint, or one that names code.
-    """
-    if path.stat().st_size == 0:
-        raise _Unusable("is empty (0 bytes): it was not written completely")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        if found:
-            raise _Unusable(f"refers to {found[1]}, which could run code when loaded: it was not loaded, and a "
-                            "checkpoint that textsam wrote never holds such references") from None
-        raise _Unusable("is not a checkpoint (unreadable bytes)") from None
-    except Exception as err:  # noqa: BLE001 - truncated zip, bad bytes, ...: every failure means unreadable
-        text = str(err).splitlines()[0].split(". ")[0][:120] if str(err) else ""
-        why = f"{type(err).__name__}: {text}" if text and "weights_only" not in text else type(err).__name__
-        raise _Unusable(f"is truncated or corrupt ({why})") from None
-    if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT:
-        raise _Unusable("is not a textsam training checkpoint")
-    try:
-        int(state["step"]), int(state["sampler"]["batch_size"]), int(state["sampler"]["seed"])
-        missing = [k for k in ("model", "optimizer", "scheduler", "rng") if not state.get(k)]
-    except (KeyError, TypeError, ValueError):
-        missing = ["step/sampler"]
-    if missing:
-        raise _Unusable(f"is incomplete (no {', '.join(missing)})")
-    return state
-
-
-def _run_files(out: Path) -> list[Path]:
-    """The files of a run in ``out`` (weights, config, log, step checkpoints)."""
-    return [out / n for n in RUN_FILES if (out / n).is_file()] + _checkpoints(out)
-
-
-def _has_run(out: Path) -> bool:
-    """``out`` holds a run that got somewhere: weights, a checkpoint or a log line (a config alone is a start
-    that failed before its first step, which a new run may replace)."""
-    return any(p.name != "train_config.json" and (p.name != "log.jsonl" or p.stat().st_size)
-               for p in _run_files(out))
-
-
-def _holds_run(out: Path) -> str:
-    ckpts = _checkpoints(out)
-    latest = f" (its latest checkpoint is step {_step_of(ckpts[-1])})" if ckpts else ""
-    return (f"{out} already holds a training run{latest}: continue it with --resume auto, train into a new --out "
-            "folder, or add --overwrite to delete its files first")
-
-
-def _starting_point(config: TrainConfig, out: Path, resume: str | Path | None, overwrite: bool,
-                    stop_at: int | None) -> tuple[Path | None, dict[str, Any] | None, list[Path]]:
-    """The checkpoint to start from and its state ((None, None): step 0), and the unreadable checkpoints that
-    ``resume="auto"`` skipped. Reads only: raises InputError before anything is written."""
-    ckpt: Path | None = None
-    state: dict[str, Any] | None = None
-    skipped: list[Path] = []
-    if resume == "auto":
-        if overwrite:
-            raise InputError("--overwrite deletes the run that --resume auto would continue: give only one of them")
-        for path in reversed(_checkpoints(out)):
-            try:
-                ckpt, state = path, _read_checkpoint(path)
-                break
-            except _Unusable as err:
-                logger.warning("skipping the checkpoint %s: it %s; trying the one before it", path, err)
-                skipped.append(path)
-        else:
-            if skipped:
-                raise InputError(f"no usable checkpoint in {out / 'checkpoints'} (all {len(skipped)} are unreadable): "
-                                 "start the run again with --overwrite, or give --resume a good checkpoint file")
-            ckpt = None
-    elif resume:
-        ckpt = Path(resume)
-        if not ckpt.is_file():
-            raise InputError(f"--resume: no checkpoint at {ckpt}: give a checkpoint file, or 'auto' for the latest "
-                             "one in the output folder")
-        try:
-            state = _read_checkpoint(ckpt)
-        except _Unusable as err:
-            raise InputError(f"--resume: {ckpt} {err}; give another checkpoint (an earlier one of the same run), "
-                             "or --resume auto for the latest usable one") from None
-        inside = ckpt.resolve().parent == (out / "checkpoints").resolve()
-        later = [p for p in _checkpoints(out) if _step_of(p) > int(state["step"])] if inside else []
-        if inside and overwrite:
-            raise InputError(f"--overwrite would delete {ckpt}, the checkpoint --resume names: give only one of them")
-        if later:
-            raise InputError(f"{out} has checkpoints after step {state['step']} (up to {later[-1].name}): resuming "
-                             f"from {ckpt.name} there would mix two histories; use --resume auto, or resume into a "
-                             "new --out folder")
-        if not inside and _has_run(out) and not overwrite:
-            raise InputError(_holds_run(out))
-    elif _has_run(out) and not overwrite:
-        raise InputError(_holds_run(out))
-    if state is not None:
-        step, sampler = int(state["step"]), state["sampler"]
-        if (sampler["batch_size"], sampler["seed"]) != (config.batch_size, config.seed):
-            raise InputError(f"{ckpt} was written with batch_size = {sampler['batch_size']} and seed = "
-                             f"{sampler['seed']}; resuming needs the same (the config has {config.batch_size}, "
-                             f"{config.seed})")
-        if step > config.steps:
-            raise InputError(f"{ckpt} is at step {step}, past steps = {config.steps}: set steps (or --steps) to "
-                             f"{step} or more")
-        if stop_at is not None and stop_at <= step:
-            raise InputError(f"the run is already at step {step}: --stop-at must be after it (up to steps = "
-                             f"{config.steps})")
-    return ckpt, state, skipped
-
-
-def _finished(out: Path, state: dict[str, Any], config: TrainConfig) -> bool:
-    """The checkpoint is the last step and ``model.safetensors`` (written last) holds that step's weights."""
-    if int(state["step"]) != config.steps:
-        return False
-    try:
-        with safe_open(str(out / "model.safetensors"), "pt") as f:
-            return json.loads((f.metadata() or {})["textsam"]).get("step") == config.steps
-    except Exception:  # noqa: BLE001 - missing, half-written or foreign: not finished, export it again
-        return False
-
-
-def _prepare_folder(out: Path, overwrite: bool, skipped: list[Path]) -> None:
-    """Rank 0, before writing: delete the old run's files (``overwrite``), temporary files that a killed run
-    left, and set aside unreadable checkpoints that ``resume="auto"`` skipped (``.pt.corrupt``)."""
-    doomed = [p for p in (*[out / f"{n}.tmp" for n in RUN_FILES], out / "model.tmp") if p.is_file()]
-    doomed += out.joinpath("checkpoints").glob("step_*.tmp")
-    if overwrite:
-        doomed += _run_files(out) + list(out.joinpath("checkpoints").glob("*.corrupt"))
-        if doomed:
-            logger.warning("--overwrite: deleting the %d files of the earlier run in %s", len(doomed), out)
-    for path in doomed:
-        path.unlink(missing_ok=True)
-    for path in skipped:
-        path.replace(path.with_name(path.name + ".corrupt"))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
-def open_source(config: TrainConfig, split: str, *, want_refs: bool) -> Any:
-    """The ``ReferDataset`` (``want_refs`` and a refs file exists) or ``CocoDataset`` of ``split``.
-
-    Checks first that the files and folders exist, and after reading that every listed image is there;
-    every problem is an InputError naming the file and the ``[data]`` key to fix.
-    """
-    d = config.data
-    root = Path(d.root)
-    instances, images = root / d.instances.format(split=split), root / d.images.format(split=split)
-    refs = root / d.refs.format(split=split) if d.refs else None
-    no_val = " (or val_split = \"\" to train without validation)" if split == d.val_split else ""
-    if not root.is_dir():
-        raise InputError(f"the data folder {root} does not exist: set [data] root to the dataset folder (`textsam "
-                         "data synth --out FOLDER` writes one)")
-    if not instances.is_file():
-        raise InputError(f"the {split} annotations {instances} do not exist: check [data] root and instances"
-                         f"{no_val}")
-    if not images.is_dir():
-        raise InputError(f"the {split} image folder {images} does not exist: check [data] root and images{no_val}")
-    use_refs = want_refs and refs is not None and refs.is_file()
-    if config.recipe == "text" and want_refs and not use_refs:
-        raise InputError(f"the text recipe needs referring expressions, but {refs} does not exist: check [data] "
-                         "refs, or use recipe = 'clip_crops' or 'sam'")
-    try:
-        if use_refs:
-            from ..data.refer import ReferDataset
-
-            source: Any = ReferDataset(refs, instances, images, split=split if d.refs_split_field else None)
-        else:
-            from ..data.coco import CocoDataset
-
-            source = CocoDataset(instances, images)
-    except TextSamError:
-        raise
-    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as err:  # a reader's unchecked field
-        files = f"{instances}" + (f" or {refs}" if use_refs else "")
-        raise InputError(f"cannot read the {split} annotations ({files}): {type(err).__name__}: {err}; fix the "
-                         "file (COCO instances / RefCOCO refs layout)") from err
-    coco = coco_of(source)
-    missing = [im.path for im in coco.images.values() if not Path(im.path).is_file()]
-    if missing:
-        raise InputError(f"{len(missing)} of the {len(coco.images)} images that {instances} lists are missing, e.g. "
-                         f"{missing[0]}: put them in {images}, or fix [data] images / the file_name entries")
-    return source
-
-
-def make_dataset(recipe: Recipe, source: Any, *, train: bool, split: str, limit: int | None,
-                 semantic: SemanticLabels | None = None) -> SegmentationDataset:
-    """Samples of ``source`` for ``recipe`` (with ``semantic`` class maps when given)."""
-    cfg, model = recipe.config, recipe.model
-    colour_words: set[str] = set()
-    if cfg.greyscale_text or cfg.region_colour_shuffle > 0:
-        colour_words = set(BASIC_COLOUR_WORDS) | (semantic.colour_words() if semantic is not None else set())
-    entries = build_entries(source, model.img_size, cfg.data.min_area)
-    if limit is not None and len(entries) > limit:
-        entries = entries[:: max(1, len(entries) // limit)][:limit] if not train else entries[:limit]
-    return SegmentationDataset(
-        source, entries, img_size=model.img_size, lowres=model.prompt_encoder.mask_input_size[0],
-        probs=recipe.probs, seed=cfg.seed, train=train, clip_input=recipe.clip_input if train else None,
-        crop_variants=cfg.crop_variants, crop_enlarge=cfg.crop_enlarge, crop_grey_prob=cfg.crop_grey_prob,
-        pixel_mean=tuple(model.pixel_mean.flatten().tolist()), pixel_std=tuple(model.pixel_std.flatten().tolist()),
-        split=split, semantic=semantic, greyscale_prob=cfg.greyscale_prob if train else 0.0,
-        colour_words=colour_words,
-        max_regions=cfg.max_regions if cfg.locator_dim and cfg.locator_kind == "regions" else 0,
-        region_colour_shuffle=cfg.region_colour_shuffle if train else 0.0, greyscale_text=cfg.greyscale_text,
-    )
-
-
-def _optimizer(recipe: Recipe, config: TrainConfig) -> torch.optim.Optimizer:
+def _optimizer(recipe: Recipe) -> torch.optim.Optimizer:
     """AdamW: weight decay on matrices only; a trained text tower at ``lr x text_encoder_lr_scale``."""
+    opt = recipe.config.optim
     tower = recipe.module.text_encoder
     tower_ids = {id(p) for p in tower.parameters()} if tower is not None else set()
     groups = []
-    for in_tower, lr in ((False, config.lr), (True, config.lr * config.text_encoder_lr_scale)):
+    for in_tower, lr in ((False, opt.lr), (True, opt.lr * opt.text_encoder_lr_scale)):
         params = [p for p in recipe.module.parameters() if p.requires_grad and (id(p) in tower_ids) == in_tower]
-        groups += [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay, "lr": lr},
+        groups += [{"params": [p for p in params if p.ndim >= 2], "weight_decay": opt.weight_decay, "lr": lr},
                    {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=(0.9, 0.999))
-
-
-def export(recipe: Recipe, out_dir: Path, step: int) -> Path:
-    """Write ``model.safetensors`` (trained parts) and, for text recipes, ``text_head.safetensors``."""
-    cfg, model = recipe.config, recipe.model
-    name = model.config.name if model.config is not None else cfg.model
-    te = recipe.text_encoder
-    meta = {"format": "textsam.trained", "sam_model": name, "recipe": cfg.recipe, "step": step,
-            "parts": recipe.trainable_parts(), "clip": f"{te.model_name}/{te.pretrained}" if te else None}
-    tensors = {k: v.detach().cpu().contiguous() for k, v in recipe.trainable_state().items()}
-    if model.text_projector is not None and te is not None:
-        from ..text_head import TextHeadInfo, save_text_head
-
-        te.clear_cache()  # the tower may have changed since phrases were last encoded
-        extra = {"step": str(step)}
-        if recipe.module.text_encoder is not None:
-            extra["text_encoder"] = "fine-tuned: its weights are the text_encoder.clip.* tensors of model.safetensors"
-        p = model.text_projector
-        info = TextHeadInfo(name, te.model_name, te.pretrained, p.clip_dim, p.token_dim, p.num_tokens,
-                            p.hidden_dim, recipe=cfg.recipe, extra=extra, word_dim=p.word_dim,
-                            word_heads=p.word_heads, locator_dim=p.locator_dim,
-                        locator_kind=p.locator_kind, locator_appearance=p.locator_appearance,
-                        locator_factors=p.locator_factors)
-        save_text_head(out_dir / "text_head.safetensors", p, info)
-    # last: a model.safetensors of the final step marks a finished run (see _finished)
-    path = out_dir / "model.safetensors"
-    save_file(tensors, str(path.with_suffix(".tmp")), metadata={"textsam": json.dumps(meta)})
-    path.with_suffix(".tmp").replace(path)
-    return path
-
-
-def _trim_log(path: Path, last_step: int) -> None:
-    """Keep the log lines of steps up to ``last_step`` (and drop a line that a killed run cut short)."""
-    if not path.is_file():
-        return
-    old = path.read_text(encoding="utf-8", errors="replace")
-    keep = []
-    for line in old.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("step", 0) <= last_step:
-            keep.append(line + "\n")
-    if "".join(keep) != old:
-        _atomic_write(path, "".join(keep))
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=opt.lr, betas=(0.9, 0.999))
 
 
 def _next_batch(batches: Any) -> Any:
@@ -532,79 +175,97 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-def _train(config: TrainConfig, source: Any, val_source: Any, resume: str | Path | None,
-           rank: int, world: int, device: torch.device, stop_at: int | None, overwrite: bool) -> Path:
-    out = Path(config.output_dir)
-    ckpt_path, state, skipped = _starting_point(config, out, resume, overwrite, stop_at)
-    if state is not None and _finished(out, state, config):
-        logger.warning("%s finished at step %d already: nothing to do (raise steps to train further)", out, config.steps)
-        return out / "model.safetensors"
-    if rank == 0 and out.is_dir():
-        _prepare_folder(out, overwrite, skipped)
-    _barrier(world)
-    recipe = build_recipe(config, device)
+def _datasets(recipe: Recipe, source: Any, val_source: Any, rank: int,
+              world: int) -> tuple[SegmentationDataset, SegmentationDataset | None]:
+    """The training and validation samples, with the frozen encoders' embeddings cached (``[cache] dir``: on
+    disk, written by rank 0) or, for a frozen text tower without a cache folder, a phrase table in memory."""
+    config = recipe.config
     if source is None:
         source = open_source(config, config.data.train_split, want_refs=config.recipe == "text")
         if config.data.val_split:
             val_source = open_source(config, config.data.val_split, want_refs=config.uses_text)
     semantic = None
-    if config.semantic_weight > 0:  # the auxiliary loss: class maps in the samples, a head on the module
-        semantic = SemanticLabels(coco_of(source), config.semantic_fields)
-        recipe.module.add_semantic_head(semantic.num_classes, config.semantic_weight)
+    if config.loss.semantic_weight > 0:  # the auxiliary loss: class maps in the samples, a head on the module
+        semantic = SemanticLabels(coco_of(source), config.loss.semantic_fields)
+        recipe.module.add_semantic_head(semantic.num_classes, config.loss.semantic_weight)
     train_ds = make_dataset(recipe, source, train=True, split="train", limit=config.data.max_samples,
                             semantic=semantic)
     val_ds = None
     if val_source is not None:
         val_ds = make_dataset(recipe, val_source, train=False, split="val", limit=config.data.eval_samples)
-    if config.cache_dir:
-        datasets = [d for d in (train_ds, val_ds) if d is not None]
+    datasets = [d for d in (train_ds, val_ds) if d is not None]
+    cache = None
+    if config.cache.dir:
         if rank == 0:
-            warm_cache(recipe, datasets, config.cache_dir)
+            warm_cache(recipe, datasets, config.cache.dir)
         _barrier(world)
-        cache = warm_cache(recipe, datasets, config.cache_dir, write=False)
-        for d in datasets:
-            d.cache, d.use_image_cache = cache, cache.image_fp is not None
+        cache = warm_cache(recipe, datasets, config.cache.dir, write=False)
     elif recipe.text_encoder is not None and recipe.module.text_encoder is None:
-        # frozen text tower: phrase embeddings fixed up front (see recipes.text_table)
-        datasets = [d for d in (train_ds, val_ds) if d is not None]
+        # frozen text tower: phrase embeddings fixed up front (see cache.text_table)
         cache = EmbeddingCache.in_memory(text_table(recipe, [e.phrase for d in datasets for e in d.entries]))
-        for d in datasets:
-            d.cache = cache
+    for d in datasets:
+        d.cache = cache
+    return train_ds, val_ds
+
+
+def _restore(recipe: Recipe, optimizer: torch.optim.Optimizer, scheduler: Any, state: dict[str, Any],
+             ckpt_path: Path | None, rank: int, world: int) -> int:
+    """Load a checkpoint's weights, optimizer, scheduler and RNG states; returns its step."""
+    module = recipe.module
+    missing = set(recipe.trainable_state()) - set(state["model"])
+    if missing:
+        raise InputError(f"{ckpt_path} lacks trained weights {sorted(missing)[:5]}: another [freeze] setup?")
+    if module.semantic_head is not None and "semantic_head" not in state:
+        raise InputError(f"{ckpt_path} has no semantic head: it was written with [loss] semantic_weight = 0")
+    try:
+        recipe.model.load_state_dict(state["model"], strict=False)
+        if module.semantic_head is not None:
+            module.semantic_head.load_state_dict(state["semantic_head"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rngs = state["rng"]
+        set_rng_state(rngs[rank] if len(rngs) == world else rngs[0])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:
+        raise InputError(f"{ckpt_path} does not fit the model of this config ({str(err).splitlines()[0][:160]}): "
+                         "resume with the config that wrote it") from None
+    return int(state["step"])
+
+
+def _append(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _train(config: TrainConfig, source: Any, val_source: Any, resume: str | Path | None,
+           rank: int, world: int, device: torch.device, stop_at: int | None, overwrite: bool) -> Path:
+    out = Path(config.output_dir)
+    ckpt_path, state, skipped = starting_point(config, out, resume, overwrite, stop_at)
+    if state is not None and finished(out, state, config):
+        logger.warning("%s finished at step %d already: nothing to do (raise steps to train further)", out, config.steps)
+        return out / "model.safetensors"
+    if rank == 0 and out.is_dir():
+        prepare_folder(out, overwrite, skipped)
+    _barrier(world)
+    recipe = build_recipe(config, device)
+    train_ds, val_ds = _datasets(recipe, source, val_source, rank, world)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         config_file, text = out / "train_config.json", json.dumps(config.to_dict(), indent=2) + "\n"
         if not config_file.is_file() or config_file.read_text(encoding="utf-8", errors="replace") != text:
-            _atomic_write(config_file, text)
+            atomic_write(config_file, text)
     random.seed(config.seed + rank)
     np.random.seed(config.seed + rank)
     torch.manual_seed(config.seed + rank)
 
     module = recipe.module.to(device)
-    optimizer = _optimizer(recipe, config)
+    optimizer = _optimizer(recipe)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config))
     start = 0
     if state is not None:
-        missing = set(recipe.trainable_state()) - set(state["model"])
-        if missing:
-            raise InputError(f"{ckpt_path} lacks trained weights {sorted(missing)[:5]}: another [freeze] setup?")
-        if recipe.module.semantic_head is not None and "semantic_head" not in state:
-            raise InputError(f"{ckpt_path} has no semantic head: it was written with semantic_weight = 0")
-        try:
-            recipe.model.load_state_dict(state["model"], strict=False)
-            if recipe.module.semantic_head is not None:
-                recipe.module.semantic_head.load_state_dict(state["semantic_head"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            rngs = state["rng"]
-            set_rng_state(rngs[rank] if len(rngs) == world else rngs[0])
-        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:
-            raise InputError(f"{ckpt_path} does not fit the model of this config ({str(err).splitlines()[0][:160]}): "
-                             "resume with the config that wrote it") from None
-        start = int(state["step"])
-        log = logger.warning if skipped else logger.info
-        log("resumed from %s at step %d", ckpt_path, start)
+        start = _restore(recipe, optimizer, scheduler, state, ckpt_path, rank, world)
+        (logger.warning if skipped else logger.info)("resumed from %s at step %d", ckpt_path, start)
     if rank == 0 and resume:
-        _trim_log(out / "log.jsonl", start)
+        trim_log(out / "log.jsonl", start)
     model: torch.nn.Module = module
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -615,31 +276,29 @@ def _train(config: TrainConfig, source: Any, val_source: Any, resume: str | Path
                           rank=rank, world=world, start_step=start, steps=config.steps)
     loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate,
                                          num_workers=config.num_workers, pin_memory=device.type == "cuda",
-                                         worker_init_fn=_ignore_sigint if config.num_workers else None)
+                                         worker_init_fn=ignore_sigint if config.num_workers else None)
     batches = iter(loader)
     dtype = amp_dtype(config, device)
     params = [p for p in module.parameters() if p.requires_grad]
-    log_file = out / "log.jsonl"
+    log_file, accum, clip = out / "log.jsonl", config.grad_accum, config.optim.grad_clip
     from tqdm.auto import tqdm
 
     bar = tqdm(total=config.steps, initial=start, disable=rank != 0 or not config.progress, desc="train")
     module.train()
-    with _StopOnSignal() as stop:
+    with StopOnSignal() as stop:
         for step in range(start, config.steps):
             t0 = time.perf_counter()
             parts_sum: dict[str, float] = {}
-            for micro in range(config.grad_accum):
+            for micro in range(accum):
                 batch = recipe.prepare(_next_batch(batches), device)
-                sync = nullcontext() if world == 1 or micro == config.grad_accum - 1 else model.no_sync()
+                sync = nullcontext() if world == 1 or micro == accum - 1 else model.no_sync()
                 with sync:
                     with torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext():
                         parts = model(batch)
-                    (parts["loss"] / config.grad_accum).backward()
+                    (parts["loss"] / accum).backward()
                 for k, v in parts.items():
-                    parts_sum[k] = parts_sum.get(k, 0.0) + float(v.detach()) / config.grad_accum
-            grad_norm = None
-            if config.grad_clip:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip))
+                    parts_sum[k] = parts_sum.get(k, 0.0) + float(v.detach()) / accum
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip)) if clip else None
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
@@ -656,16 +315,10 @@ def _train(config: TrainConfig, source: Any, val_source: Any, resume: str | Path
                 record.update(step=done, lr=lr, time=time.perf_counter() - t0, grad_norm=grad_norm)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
                 if rank == 0:
-                    with open(log_file, "a", encoding="utf-8") as f:
-                        f.write(json.dumps(record) + "\n")
-            is_eval = val_ds is not None and (
-                (config.eval_every and done % config.eval_every == 0) or done == config.steps
-            )
-            if is_eval:
+                    _append(log_file, record)
+            if val_ds is not None and ((config.eval_every and done % config.eval_every == 0) or done == config.steps):
                 if rank == 0:
-                    metrics = evaluate(recipe, val_ds, device)
-                    with open(log_file, "a", encoding="utf-8") as f:
-                        f.write(json.dumps({"step": done, "eval": metrics}) + "\n")
+                    _append(log_file, {"step": done, "eval": evaluate(recipe, val_ds, device)})
                 _barrier(world)
             saved = bool(config.checkpoint_every and done % config.checkpoint_every == 0) or done in (config.steps,
                                                                                                    stop_at)
@@ -692,44 +345,9 @@ def _train(config: TrainConfig, source: Any, val_source: Any, resume: str | Path
     return final
 
 
-def save_checkpoint(recipe: Recipe, optimizer: torch.optim.Optimizer, scheduler: Any, step: int,
-                    out: Path, world: int, rank: int) -> Path:
-    """Collective: gather every rank's RNG state; rank 0 writes ``checkpoints/step_NNNNNNN.pt``."""
-    rngs: list[Any] = [rng_state()]
-    if world > 1:  # gather as bytes: all_gather_object cannot unpickle tensors in torch 2.14
-        buf = io.BytesIO()
-        torch.save(rngs[0], buf)
-        blobs: list[Any] = [None] * world
-        dist.all_gather_object(blobs, buf.getvalue())
-        rngs = [torch.load(io.BytesIO(b), weights_only=True) for b in blobs]
-    cfg = recipe.config
-    path = out / "checkpoints" / f"step_{step:07d}.pt"
-    if rank == 0:
-        state = {
-            "format": CKPT_FORMAT, "version": 1, "step": step, "world_size": world,
-            "model": {k: v.detach().cpu() for k, v in recipe.trainable_state().items()},
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rngs,
-            "sampler": {"position": step * cfg.batch_size, "batch_size": cfg.batch_size, "seed": cfg.seed},
-            "config": json.dumps(cfg.to_dict()),
-        }
-        head = recipe.module.semantic_head
-        if head is not None:
-            state["semantic_head"] = {k: v.detach().cpu() for k, v in head.state_dict().items()}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")  # written in full, then renamed: never half a file under the final name
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-        old = sorted(path.parent.glob("step_*.pt"))
-        for stale in old[: max(0, len(old) - max(1, cfg.keep_checkpoints))]:
-            stale.unlink()
-    return path
-
-
 def main_from_args(args: argparse.Namespace) -> int:
-    """``textsam train CONFIG [--resume PATH|auto] [--out DIR] [--overwrite] [--steps N] [--stop-at N] [--device D]``."""
+    """The ``textsam train`` command: ``CONFIG [--resume PATH|auto] [--out DIR] [--overwrite] [--steps N]
+    [--stop-at N] [--device D]``; prints the path of the weights it wrote (rank 0) and returns the exit code."""
     config = load_config(args.config).with_overrides(output_dir=getattr(args, "out", None) and str(args.out),
                                                      steps=getattr(args, "steps", None),
                                                      device=getattr(args, "device", None))
