@@ -1,6 +1,8 @@
-"""textsam bundles: a whole small model (SAM + CLIP + text head) in one file, loaded offline."""
+"""Whole small models (SAM + CLIP + text head) in one textsam file, loaded offline; the shapes_tiny assembler."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -8,12 +10,14 @@ import torch
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
 from textsam import factory
-from textsam.bundle import load_bundle, read_bundle_meta, save_bundle
+from textsam.config import TextHeadConfig
 from textsam.errors import WeightsError
 from textsam.predictor import TextSamPredictor
-from textsam.text.clip import TextProjector
+from textsam.text.projector import TextProjector
+from textsam.weights import format as fmt
 
 from .tiny import TINY_CONFIG, tiny_sam
+from .tiny_train import TRAIN_MODEL, registered
 
 CLIP_CONFIG = {
     "embed_dim": 32,
@@ -25,24 +29,28 @@ CLIP_CONFIG = {
 
 def test_bundle_round_trip_gives_identical_predictions(tmp_path) -> None:
     model = tiny_sam(with_text=True)
-    model.text_projector = TextProjector(32, 256, 2, 64).eval()
+    head = TextHeadConfig(clip_dim=32, token_dim=256, num_tokens=2, hidden_dim=64)
+    model.text_projector = TextProjector(head).eval()
     phrase = "a red square"
     used = model.text_encoder.tokenizer([f"a photo of a {phrase}."])[0].tolist()
     used += [t for tpl in ["a photo of the {}.", "{}"] for t in model.text_encoder.tokenizer([tpl.format(phrase)])[0].tolist()]
-    path = save_bundle(tmp_path / "m.safetensors", model, clip_config=CLIP_CONFIG, used_token_ids=used,
-                       training={"note": "test"})
-    meta = read_bundle_meta(path)
-    assert meta["model"] == "tiny_test" and meta["training"] == {"note": "test"}
+    tensors = {**model.sam_state_dict(), **{f"text_projector.{k}": v for k, v in model.text_projector.state_dict().items()},
+               **{f"clip.{k}": v for k, v in model.text_encoder.clip.state_dict().items()}}
+    file = fmt.TextsamFile("tiny_test", fmt.ClipSpec("tiny_clip", None, CLIP_CONFIG, "full"), head, tensors, {},
+                           {"note": "test"})
+    path = fmt.write(tmp_path / "m.safetensors", file, sparse_token_ids=used)
+    meta = fmt.read(path)
+    assert meta.sam_model == "tiny_test" and meta.training == {"note": "test"} and meta.text_head == head
 
     fresh = factory.build_sam(TINY_CONFIG)
-    load_bundle(path, fresh)
+    factory.load_textsam_file(fresh, path)
     img = np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)
     opts = dict(text=phrase, point_coords=np.array([[30, 20]]), point_labels=np.array([1]))
     a, b = TextSamPredictor(model), TextSamPredictor(fresh.eval())
-    from textsam.text.prompter import TextOptions
+    from textsam.text.options import ScoringOptions, TextOptions
 
     for p in (a, b):
-        p.text.options = TextOptions(templates=["a photo of a {}.", "a photo of the {}.", "{}"])
+        p.text.options = TextOptions(scoring=ScoringOptions(templates=("a photo of a {}.", "a photo of the {}.", "{}")))
         p.set_image(img)
     ra, rb = a.predict(**opts), b.predict(**opts)
     assert np.array_equal(ra.masks, rb.masks)
@@ -61,11 +69,42 @@ def test_missing_bundled_file_is_a_clear_error(monkeypatch, tmp_path) -> None:
 
 
 def test_a_model_without_published_weights_asks_for_a_checkpoint() -> None:
-    """``shapes_tiny_v1`` (the first shapes_tiny architecture) has no weights to load: a clear error, not
+    """A model config without weights to load (the training tests' ``tiny_train``): a clear error, not
     silently random weights; ``pretrained=False`` gives the random model on purpose."""
     from textsam.errors import InputError
 
-    with pytest.raises(InputError, match="checkpoint=PATH"):
-        factory.create_model("shapes_tiny_v1")
-    model = factory.create_model("shapes_tiny_v1", pretrained=False)
+    with registered():
+        with pytest.raises(InputError, match="checkpoint=PATH"):
+            factory.create_model(TRAIN_MODEL)
+        model = factory.create_model(TRAIN_MODEL, pretrained=False)
     assert model.config.embedding_size == 16 and not model.pretrained
+
+
+def test_unpacking_the_shipped_model_and_assembling_it_again_gives_the_same_file(tmp_path) -> None:
+    """``tools/shapes_tiny_bundle.py --unpack`` then the assembler on that run folder: every tensor of the
+    shipped file comes back identical (the CLIP token rows for the tokens of the data given), and so do its
+    text head and text options."""
+    synthetic = pytest.importorskip("textsam.data.synthetic")
+    from textsam.weights.pretrained import bundled_path
+    from tools import shapes_tiny_bundle
+
+    shipped_path = bundled_path("shapes_tiny")
+    run = tmp_path / "shipped"
+    assert shapes_tiny_bundle.main(["--unpack", str(shipped_path), "--out", str(run)]) == 0
+    synthetic.generate(tmp_path / "data", seed=0, num_train=2, num_val=1, num_test=1)
+    out = tmp_path / "again.safetensors"
+    assert shapes_tiny_bundle.main(["--sam", str(run), "--text", str(run), "--clip", str(run / "clip"),
+                                    "--data", str(tmp_path / "data"), "--out", str(out),
+                                    "--text-options", json.dumps({"grounding": False})]) == 0
+    shipped, again = fmt.read(shipped_path), fmt.read(out)
+    assert again.text_head == shipped.text_head and again.text_options == shipped.text_options
+    assert again.clip.config == shipped.clip.config and again.clip.tensors == "full"
+    rows = "clip.token_embedding.rows"
+    assert set(again.tensors) == set(shipped.tensors)
+    for k, v in shipped.tensors.items():
+        if k not in (rows, "clip.token_embedding.ids"):
+            assert v.dtype == again.tensors[k].dtype and torch.equal(v, again.tensors[k]), k
+    ids, shipped_ids = again.tensors["clip.token_embedding.ids"].tolist(), shipped.tensors["clip.token_embedding.ids"]
+    where = {int(t): i for i, t in enumerate(shipped_ids.tolist())}
+    assert set(ids) <= set(where)
+    assert torch.equal(again.tensors[rows], shipped.tensors[rows][[where[t] for t in ids]])

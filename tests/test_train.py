@@ -1,7 +1,7 @@
 """textsam.train: losses, prompt sampling, recipes (overfit), exact resume, torchrun parity, CLIP pretraining.
 
-Models: ``shapes_tiny_v1`` (128 px, 16x16x64 embedding, random weights; fast on CPU; the assembler test
-builds the shipped ``shapes_tiny`` architecture) and a 1-layer open_clip CLIP saved
+Models: ``tiny_train`` (tests/tiny_train.py: 128 px, 16x16x64 embedding, random weights; fast on CPU; the
+assembler test builds the shipped ``shapes_tiny`` architecture) and a 1-layer open_clip CLIP saved
 as a ``local-dir`` folder. Data: in-memory datasets with the CocoDataset / ReferDataset API (coloured
 squares and discs on 64 px images), plus one COCO file on disk read by the real reader.
 """
@@ -24,28 +24,17 @@ from safetensors.torch import load_file
 
 from textsam.errors import InputError
 from textsam.ops import deepest_points
-from textsam.train.config import (
-    DataConfig,
-    FreezeConfig,
-    TrainConfig,
-    config_from_dict,
-    load_config,
-)
-from textsam.train.data import (
-    BOX,
-    POINT,
-    TEXT,
-    TEXT_POINT,
-    SegmentationDataset,
-    StepSampler,
-    build_entries,
-    collate,
-)
+from textsam.train.batches import BOX, POINT, TEXT, TEXT_POINT, StepSampler, collate
+from textsam.train.config import TABLES, DataConfig, FreezeConfig, TrainConfig
+from textsam.train.config_file import MOVED, config_from_dict, load_config
+from textsam.train.data import build_entries
 from textsam.train.losses import dice_loss, iou_mse_loss, sam_loss, sigmoid_focal_loss
+from textsam.train.samples import SampleOptions, SegmentationDataset
 
 from .tiny import TINY_CLIP_CFG
+from .tiny_train import REPO, TRAIN_MODEL, tiny_train_model  # noqa: F401 (a fixture)
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("tiny_train_model")  # the tests train ``tiny_train``
 COLORS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220), "yellow": (230, 220, 40)}
 
 @pytest.fixture(autouse=True)
@@ -124,22 +113,33 @@ class FakeRefer:
 
 
 def make_config(out: Path, clip: str, **kw: object) -> TrainConfig:
+    """A tiny run's config; keyword names of table fields (``lr``, ``locator_dim``, ...) go to their table."""
     base = dict(
-        data=DataConfig(min_area=0), model="shapes_tiny_v1", clip=clip, steps=6, batch_size=4, lr=1e-3, warmup_steps=1,
+        data=DataConfig(min_area=0), model=TRAIN_MODEL, clip=clip, steps=6, batch_size=4, lr=1e-3, warmup_steps=1,
         output_dir=str(out), log_every=1, checkpoint_every=0, progress=False, correction_clicks=1,
         projector_hidden_dim=64,
     )
     base.update(kw)
-    return TrainConfig(**base)  # type: ignore[arg-type]
+    top: dict[str, object] = {}
+    tables: dict[str, dict[str, object]] = {}
+    for key, value in base.items():
+        if key in MOVED:
+            table, name = MOVED[key]
+            tables.setdefault(table, {})[name] = value
+        else:
+            top[key] = value
+    return TrainConfig(**top, **{name: TABLES[name](**values) for name, values in tables.items()})  # type: ignore[arg-type]
 
 
 def write_text_run(tmp_path: Path, clip: str, extra: str, *, output_dir: Path, data_extra: str = "",
-                   model: str = "shapes_tiny_v1") -> Path:
-    """``tmp_path/run.toml``: a tiny text-recipe run on the synthetic files in ``tmp_path/data``."""
+                   model: str = TRAIN_MODEL, optim: str = "", text_head: str = "", loss: str = "") -> Path:
+    """``tmp_path/run.toml``: a tiny text-recipe run on the synthetic files in ``tmp_path/data`` (``extra``:
+    top-level lines; ``optim``, ``text_head``, ``loss``, ``data_extra``: lines of those tables)."""
     path = tmp_path / "run.toml"
     path.write_text(
-        f'model = "{model}"\nrecipe = "text"\nclip = "{clip}"\nbatch_size = 2\nwarmup_steps = 1\n'
-        f'progress = false\nprojector_hidden_dim = 64\n{extra}output_dir = "{output_dir}"\n'
+        f'model = "{model}"\nrecipe = "text"\nclip = "{clip}"\nbatch_size = 2\n'
+        f'progress = false\n{extra}output_dir = "{output_dir}"\n'
+        f'[optim]\nwarmup_steps = 1\n{optim}[text_head]\nprojector_hidden_dim = 64\n{text_head}[loss]\n{loss}'
         f'[data]\nroot = "{tmp_path / "data"}"\n{data_extra}'
     )
     return path
@@ -192,7 +192,7 @@ def test_min_over_multimask_backprops_only_the_best_mask() -> None:
 
 
 def test_deepest_points_and_error_clicks() -> None:
-    from textsam.train.recipes import error_clicks
+    from textsam.train.prompt_model import error_clicks
 
     m = torch.zeros(1, 16, 16, dtype=torch.bool)
     m[0, 4:11, 2:9] = True  # 7x7 square centred at (5, 7)
@@ -212,18 +212,22 @@ def test_dataset_samples_are_deterministic_and_consistent() -> None:
     src = FakeRefer(FakeCoco(2))
     entries = build_entries(src, 128)
     assert len(entries) == 8 and entries[0].phrase.endswith("square")
-    ds = SegmentationDataset(src, entries, img_size=128, lowres=64, probs=(0.25, 0.25, 0.25, 0.25), seed=3)
+    ds = SegmentationDataset(src, entries, SampleOptions(img_size=128, lowres=64, probs=(0.25, 0.25, 0.25, 0.25),
+                                                         seed=3))
     a, b, c = ds[(0, 5)], ds[(0, 5)], ds[(1, 5)]
-    assert torch.equal(a["point"], b["point"]) and torch.equal(a["box"], b["box"]) and a["kind"] == b["kind"]
-    assert not torch.equal(a["point"], c["point"]) or not torch.equal(a["box"], c["box"])
-    assert a["image"].shape == (3, 128, 128) and a["mask"].shape == (1, 128, 128)
-    assert a["mask_lowres"].shape == (1, 64, 64)
-    x, y = a["point"].long().tolist()
-    assert a["mask"][0, y, x] == 1  # the point is inside the object
-    ys, xs = torch.nonzero(a["mask"][0], as_tuple=True)
-    assert abs(a["box"][0] - xs.min()) <= 3 and abs(a["box"][3] - ys.max()) <= 3
+    assert torch.equal(a.point, b.point) and torch.equal(a.box, b.box) and a.kind == b.kind
+    assert not torch.equal(a.point, c.point) or not torch.equal(a.box, c.box)
+    assert a.image.shape == (3, 128, 128) and a.mask.shape == (1, 128, 128)
+    assert a.mask_lowres.shape == (1, 64, 64)
+    x, y = a.point.long().tolist()
+    assert a.mask[0, y, x] == 1  # the point is inside the object
+    ys, xs = torch.nonzero(a.mask[0], as_tuple=True)
+    assert abs(a.box[0] - xs.min()) <= 3 and abs(a.box[3] - ys.max()) <= 3
     batch = collate([ds[(0, i)] for i in range(4)])
-    assert batch["image"].shape == (4, 3, 128, 128) and len(batch["text"]) == 4
+    assert batch.image.shape == (4, 3, 128, 128) and len(batch.text) == 4 and len(batch) == 4
+    assert batch.image_emb is None and batch.crop_rows is None
+    moved = batch.to("cpu")
+    assert moved is not batch and torch.equal(moved.mask, batch.mask) and moved.text == batch.text
 
 
 def test_step_sampler_shards_and_resumes() -> None:
@@ -260,13 +264,17 @@ def test_config_files_json_and_toml(tmp_path: Path) -> None:
 
 
 def test_every_config_in_the_repository_loads() -> None:
-    """The TOML files under configs/ (the README's and the model card's commands) are valid configs."""
+    """The TOML files under configs/ (the stages of the shipped shapes_tiny and the text-blind baseline the
+    README's figure needs) are valid configs."""
     paths = sorted((REPO / "configs").glob("*.toml"))
-    assert len(paths) >= 10
     configs = {p.name: load_config(p) for p in paths}
-    tower = configs["shapes_tiny_text_tower.toml"]
+    stages = {f"shapes_tiny_v2_{s}.toml" for s in ("sam", "text", "tower", "regions_sep")}
+    assert stages <= set(configs)
+    tower = configs["shapes_tiny_v2_tower.toml"]
     assert tower.recipe == "text" and not tower.freeze.text_encoder and tower.freeze.image_encoder
-    assert configs["shapes_tiny_text_tower_blind.toml"].blind_text
+    assert configs["shapes_tiny_v2_blind_stage4.toml"].text_head.blind_text
+    regions = configs["shapes_tiny_v2_regions_sep.toml"]
+    assert regions.locator_only and regions.text_head.locator_factors == "separate"
 
 
 @pytest.mark.parametrize("recipe", ["sam", "text", "clip_crops"])
@@ -276,17 +284,16 @@ def test_recipe_overfits_a_fixed_batch(recipe: str, clip_spec: str, tmp_path: Pa
     cfg = make_config(tmp_path, clip_spec, recipe=recipe)
     rec = build_recipe(cfg)
     src = FakeRefer(FakeCoco(2))
-    ds = SegmentationDataset(src, build_entries(src, 128), img_size=128, lowres=64, probs=rec.probs, seed=0,
-                             clip_input=rec.clip_input)
+    ds = SegmentationDataset(src, build_entries(src, 128), SampleOptions(img_size=128, lowres=64, probs=rec.probs,
+                                                                         seed=0, clip_input=rec.clip_input))
     samples = [ds[(0, i)] for i in range(4)]
     kinds = [POINT, BOX, TEXT, TEXT_POINT] if recipe != "sam" else [POINT, BOX, POINT, BOX]
     for s, k, i in zip(samples, kinds, range(4)):
-        s["kind"] = k
+        s.kind = k
         if recipe == "clip_crops" and k in (TEXT, TEXT_POINT):
-            s["crop"] = ds.make_crop(src.coco.load_image(s["image_id"]), ds.target_mask(ds.entries[i]),
-                                     ds.entries[i].key, 0)
+            s.crop = ds.make_crop(src.coco.load_image(s.image_id), ds.target_mask(ds.entries[i]), ds.entries[i].key, 0)
         else:
-            s.pop("crop", None)
+            s.crop = None
     batch = rec.prepare(collate(samples), torch.device("cpu"))
     params = [p for p in rec.module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=2e-3)
@@ -326,11 +333,12 @@ def test_resume_gives_identical_weights(recipe: str, clip_spec: str, tmp_path: P
     logs = [json.loads(ln) for ln in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logs if "loss" in r] == [1, 2, 3, 4, 5, 6]
     assert set(logs[-1]["eval"]) == {"miou_point", "miou_box", "miou_text", "miou_text_point"}
-    from textsam.text_head import load_text_head
+    from textsam.weights.format import read
 
-    projector, info = load_text_head(tmp_path / "split" / "text_head.safetensors", sam_model="shapes_tiny_v1",
-                                     clip_model=clip_spec, clip_pretrained=None)
-    assert info.recipe == recipe and torch.equal(projector.text_type_embed, a["text_projector.text_type_embed"])
+    head = read(tmp_path / "split" / "text_head.safetensors")
+    assert head.sam_model == TRAIN_MODEL and head.clip is not None and head.clip.spec == clip_spec
+    assert head.training["recipe"] == recipe and head.text_head.hidden_dim == 64
+    assert torch.equal(head.tensors["text_projector.text_type_embed"], a["text_projector.text_type_embed"])
     if cache:
         assert list((tmp_path / "cache" / "crops").rglob("*.pt"))  # crop embeddings were cached
 
@@ -344,17 +352,18 @@ def test_semantic_maps_label_every_object_and_resume_exactly(clip_spec: str, tmp
     src = FakeRefer(FakeCoco(3))
     labels = SemanticLabels(src.coco, ("category", "color"))
     assert labels.num_classes == (3, 1 + len({a.color for a in src.coco.annotations.values()}))
-    ds = SegmentationDataset(src, build_entries(src, 128), img_size=128, lowres=64, seed=0, semantic=labels)
+    ds = SegmentationDataset(src, build_entries(src, 128), SampleOptions(img_size=128, lowres=64, seed=0,
+                                                                         semantic=labels))
     sample = ds[(0, 0)]
-    maps = sample["semantic"]
+    maps = sample.semantic
     assert maps.shape == (2, 64, 64) and maps.dtype == torch.long
-    for ann in src.coco.anns_for_image(sample["image_id"]):
+    for ann in src.coco.anns_for_image(sample.image_id):
         region = ds.lowres_mask(src.coco.mask(ann))
         assert region.any()
         assert bool((maps[0][region] == ann.category_id).all())
         assert bool((maps[1][region] == labels.vocab["color"][ann.color]).all())
     union = torch.zeros(64, 64, dtype=torch.bool)
-    for ann in src.coco.anns_for_image(sample["image_id"]):
+    for ann in src.coco.anns_for_image(sample.image_id):
         union |= ds.lowres_mask(src.coco.mask(ann))
     assert bool((maps[:, ~union] == 0).all())
 
@@ -389,7 +398,7 @@ def test_text_tower_fine_tuning_trains_resumes_and_reloads(clip_spec: str, tmp_p
     resumed = train(cfg, source=src, resume="auto")
     a, b = read_weights(full), read_weights(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    tower = {k.removeprefix("text_encoder.clip."): v for k, v in a.items() if k.startswith("text_encoder.clip.")}
+    tower = {k.removeprefix("clip."): v for k, v in a.items() if k.startswith("clip.")}
     assert "token_embedding.weight" in tower and "text_projection" in tower
     assert not any(k.startswith(("visual.", "logit_scale")) for k in tower)
 
@@ -404,27 +413,31 @@ def test_text_tower_fine_tuning_trains_resumes_and_reloads(clip_spec: str, tmp_p
     assert all(torch.equal(state[k], v) for k, v in before.items() if k.startswith("visual."))
     phrases = ["red square", "the green one"]
     assert not torch.allclose(model.text_encoder.encode(phrases), original.encode(phrases), atol=1e-4)
-    head_info = json.loads(__import__("safetensors").safe_open(str(tmp_path / "full" / "text_head.safetensors"),
-                                                               "pt").metadata()["textsam"])
-    assert "fine-tuned" in head_info["extra"]["text_encoder"]
-    # create_model(text_head=...) finds the tuned tower in the run's model.safetensors beside the head
+    from textsam.weights.format import read
+
+    head_file = read(tmp_path / "full" / "text_head.safetensors")
+    assert head_file.clip.tensors == "text_tower"  # the head carries the tuned tower
+    assert all(torch.equal(head_file.tensors[f"clip.{k}"], v) for k, v in tower.items())
+    # create_model(text_head=...) loads the head with its tuned tower, from the head file alone
     import shutil
+    import warnings
 
     import textsam
 
     head = str(tmp_path / "full" / "text_head.safetensors")
-    served = textsam.create_model("shapes_tiny_v1", pretrained=False, text_head=head)
+    served = textsam.create_model(TRAIN_MODEL, pretrained=False, text_head=head)
     assert torch.allclose(served.text_encoder.encode(phrases), model.text_encoder.encode(phrases), atol=1e-6)
     alone = tmp_path / "alone" / "text_head.safetensors"
     alone.parent.mkdir()
     shutil.copy(tmp_path / "full" / "text_head.safetensors", alone)
-    with pytest.warns(UserWarning, match="fine-tuned CLIP text tower"):
-        textsam.create_model("shapes_tiny_v1", pretrained=False, text_head=str(alone))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        moved = textsam.create_model(TRAIN_MODEL, pretrained=False, text_head=str(alone))
+    assert torch.allclose(moved.text_encoder.encode(phrases), model.text_encoder.encode(phrases), atol=1e-6)
 
     # the text-blind baseline gives the tower no signal: it stays as CLIP made it
     blind = read_weights(train(make_config(tmp_path / "blind", clip_spec, blind_text=True, **common), source=src))
-    assert all(torch.equal(v, before[k.removeprefix("text_encoder.clip.")])
-               for k, v in blind.items() if k.startswith("text_encoder.clip."))
+    assert all(torch.equal(v, before[k.removeprefix("clip.")]) for k, v in blind.items() if k.startswith("clip."))
     with pytest.raises(InputError, match="text_encoder = false"):
         make_config(tmp_path, clip_spec, recipe="clip_crops", freeze=FreezeConfig(text_encoder=False))
     with pytest.raises(InputError, match="text_encoder_lr_scale"):
@@ -444,23 +457,22 @@ def test_greyscale_views_hide_colour_from_point_and_box_samples_only(clip_spec: 
     src = FakeRefer(FakeCoco(3))
     labels = SemanticLabels(src.coco, ("category", "color"))
     assert labels.colour_fields == (1,)
-    ds = SegmentationDataset(src, build_entries(src, 128), img_size=128, lowres=64, seed=0, semantic=labels,
-                             probs=(0.25, 0.25, 0.25, 0.25), greyscale_prob=0.5)
-    plain = SegmentationDataset(src, build_entries(src, 128), img_size=128, lowres=64, seed=0, semantic=labels,
-                                probs=(0.25, 0.25, 0.25, 0.25))
+    base = SampleOptions(img_size=128, lowres=64, seed=0, semantic=labels, probs=(0.25, 0.25, 0.25, 0.25))
+    ds = SegmentationDataset(src, build_entries(src, 128), replace(base, greyscale_prob=0.5))
+    plain = SegmentationDataset(src, build_entries(src, 128), base)
     seen = {"grey": 0, "colour": 0}
     for i in range(len(ds)):
         s, p = ds[(0, i)], plain[(0, i)]
-        assert s["kind"] == p["kind"] and torch.equal(s["point"], p["point"])  # same random stream as before
-        h, w = s["input_size"].tolist()
-        x = (s["image"] * ds.std + ds.mean)[:, :h, :w]  # back to 0..255 pixel values, padding cut off
+        assert s.kind == p.kind and torch.equal(s.point, p.point)  # same random stream as before
+        h, w = s.input_size.tolist()
+        x = (s.image * ds.std + ds.mean)[:, :h, :w]  # back to 0..255 pixel values, padding cut off
         is_grey = bool(torch.allclose(x[0], x[1], atol=1e-3) and torch.allclose(x[1], x[2], atol=1e-3))
         seen["grey" if is_grey else "colour"] += 1
-        assert torch.equal(s["semantic"][0], p["semantic"][0])
+        assert torch.equal(s.semantic[0], p.semantic[0])
         if is_grey:
-            assert s["kind"] in (POINT, BOX) and bool((s["semantic"][1] == -100).all())
+            assert s.kind in (POINT, BOX) and bool((s.semantic[1] == -100).all())
         else:
-            assert torch.equal(s["image"], p["image"]) and torch.equal(s["semantic"], p["semantic"])
+            assert torch.equal(s.image, p.image) and torch.equal(s.semantic, p.semantic)
     assert seen["grey"] > 0 and seen["colour"] > 0
 
     # with colour words, text samples whose phrase names no colour may be grey too; the others never
@@ -468,12 +480,12 @@ def test_greyscale_views_hide_colour_from_point_and_box_samples_only(clip_spec: 
         ref.sentences.append("the shape")
     words = labels.colour_words()
     assert words == set(COLORS)
-    wide = SegmentationDataset(src, build_entries(src, 128), img_size=128, lowres=64, seed=0, semantic=labels,
-                               probs=(0.0, 0.0, 0.5, 0.5), greyscale_prob=1.0, colour_words=words)
+    wide = SegmentationDataset(src, build_entries(src, 128), replace(base, probs=(0.0, 0.0, 0.5, 0.5),
+                                                                     greyscale_prob=1.0, colour_words=words))
     for i, entry in enumerate(wide.entries):
         s = wide[(0, i)]
-        h, w = s["input_size"].tolist()
-        x = (s["image"] * wide.std + wide.mean)[:, :h, :w]
+        h, w = s.input_size.tolist()
+        x = (s.image * wide.std + wide.mean)[:, :h, :w]
         is_grey = bool(torch.allclose(x[0], x[1], atol=1e-3) and torch.allclose(x[1], x[2], atol=1e-3))
         assert is_grey == (entry.phrase == "the shape"), entry.phrase
 
@@ -485,7 +497,7 @@ def test_greyscale_views_hide_colour_from_point_and_box_samples_only(clip_spec: 
     rec.module.add_semantic_head(labels.num_classes, 1.0)
     samples = [ds[(0, i)] for i in range(len(ds))]
     for sample in samples:
-        sample["semantic"][1] = -100  # every pixel's colour ignored: still a finite loss
+        sample.semantic[1] = -100  # every pixel's colour ignored: still a finite loss
     out = rec.module(rec.prepare(collate(samples[:4]), torch.device("cpu")))
     assert torch.isfinite(out["semantic"]) and float(out["semantic"]) > 0
     with pytest.raises(InputError, match="greyscale_prob"):
@@ -502,7 +514,9 @@ sys.path.insert(0, {repo!r})
 import torch
 torch.set_num_threads(1)
 from tests.test_train import FakeCoco, FakeRefer
-from textsam.train.config import config_from_dict
+from tests.tiny_train import register
+register()
+from textsam.train.config_file import config_from_dict
 from textsam.train.loop import train
 train(config_from_dict(json.loads(sys.argv[1])), source=FakeRefer(FakeCoco(3)))
 """
@@ -593,8 +607,8 @@ def test_cli_train_on_synthetic_files(clip_spec: str, tmp_path: Path) -> None:
     from textsam.train.recipes import build_model
 
     synthetic.generate(tmp_path / "data", seed=0, num_train=6, num_val=2, num_test=0)
-    write_text_run(tmp_path, clip_spec, 'steps = 5\ncorrection_clicks = 1\nlog_every = 1\n',
-                   output_dir=tmp_path / "unused", data_extra="eval_samples = 4\n")
+    write_text_run(tmp_path, clip_spec, 'steps = 5\nlog_every = 1\n', output_dir=tmp_path / "unused",
+                   data_extra="eval_samples = 4\n", loss="correction_clicks = 1\n")
     out = tmp_path / "run"
     assert main(["train", str(tmp_path / "run.toml"), "--out", str(out), "--steps", "2"]) == 0
     logs = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
@@ -617,10 +631,11 @@ def test_cli_train_on_synthetic_files(clip_spec: str, tmp_path: Path) -> None:
 
 
 def test_compare_scores_each_phrase_kind(clip_spec: str, tmp_path: Path) -> None:
-    """``python -m textsam.train.compare RUN --by-kind``: per-kind scores whose sample counts add up."""
+    """``python tools/compare.py RUN --by-kind``: per-kind scores whose sample counts add up."""
     synthetic = pytest.importorskip("textsam.data.synthetic")
+    from tools import compare
+
     from textsam.cli import main
-    from textsam.train import compare
 
     synthetic.generate(tmp_path / "data", seed=0, num_train=4, num_val=3, num_test=0)
     write_text_run(tmp_path, clip_spec, 'steps = 1\neval_every = 0\n', output_dir=tmp_path / "run")
@@ -636,19 +651,19 @@ def test_compare_scores_each_phrase_kind(clip_spec: str, tmp_path: Path) -> None
 
 
 def test_shapes_tiny_assembler_carries_a_fine_tuned_text_tower(clip_spec: str, tmp_path: Path) -> None:
-    """``python -m textsam.train.shapes_tiny``: a text stage that tuned the CLIP text tower puts that tower
+    """``python tools/shapes_tiny_bundle.py``: a text stage that tuned the CLIP text tower puts that tower
     (not stage 1's) into the bundle, and ``create_model`` loads a model whose phrases embed as in training."""
     synthetic = pytest.importorskip("textsam.data.synthetic")
+    from tools import shapes_tiny_bundle as shapes_tiny
+
     import textsam
     from textsam.cli import main
     from textsam.text.clip import TextEncoder, load_text_tower
-    from textsam.train import shapes_tiny
-    from textsam.train.recipes import TOWER_PREFIX
 
     synthetic.generate(tmp_path / "data", seed=0, num_train=4, num_val=2, num_test=0)
-    write_text_run(tmp_path, clip_spec, 'steps = 3\nlr = 1e-2\nnum_text_tokens = 2\n'
-                   'freeze = { image_encoder = false, text_encoder = false }\n', output_dir=tmp_path / "run",
-                   model="shapes_tiny")
+    write_text_run(tmp_path, clip_spec, 'steps = 3\nfreeze = { image_encoder = false, text_encoder = false }\n',
+                   output_dir=tmp_path / "run", model="shapes_tiny", optim="lr = 1e-2\n",
+                   text_head="num_text_tokens = 2\n")
     assert main(["train", str(tmp_path / "run.toml")]) == 0
     clip_dir = Path(clip_spec.removeprefix("local-dir:"))
     out = tmp_path / "bundle.safetensors"
@@ -657,8 +672,7 @@ def test_shapes_tiny_assembler_carries_a_fine_tuned_text_tower(clip_spec: str, t
     model = textsam.create_model("shapes_tiny", checkpoint=str(out))
     trained = read_weights(tmp_path / "run" / "model.safetensors")
     tuned = TextEncoder.create(clip_spec, None)
-    load_text_tower(tuned, {k.removeprefix(TOWER_PREFIX): v for k, v in trained.items() if k.startswith(TOWER_PREFIX)},
-                    "run")
+    load_text_tower(tuned, {k.removeprefix("clip."): v for k, v in trained.items() if k.startswith("clip.")}, "run")
     stage1 = TextEncoder.create(clip_spec, None)
     phrases = ["the leftmost star", "small red circle"]
     got, want, old = model.text_encoder.encode(phrases), tuned.encode(phrases), stage1.encode(phrases)
@@ -672,21 +686,22 @@ def test_shapes_tiny_assembler_takes_frozen_parts_from_the_text_runs_start_weigh
     must carry the encoder and tower it was trained with (its ``checkpoint``'s), not the SAM stage's, stage 1's
     or a random one."""
     synthetic = pytest.importorskip("textsam.data.synthetic")
+    from tools import shapes_tiny_bundle as shapes_tiny
+
     import textsam
     from textsam.cli import main
-    from textsam.train import shapes_tiny
 
     synthetic.generate(tmp_path / "data", seed=0, num_train=4, num_val=2, num_test=0)
-    write_text_run(tmp_path, clip_spec, 'steps = 2\nlr = 1e-2\nnum_text_tokens = 2\n'
-                   'freeze = { image_encoder = false, text_encoder = false }\n', output_dir=tmp_path / "e2e",
-                   model="shapes_tiny")
+    write_text_run(tmp_path, clip_spec, 'steps = 2\nfreeze = { image_encoder = false, text_encoder = false }\n',
+                   output_dir=tmp_path / "e2e", model="shapes_tiny", optim="lr = 1e-2\n",
+                   text_head="num_text_tokens = 2\n")
     assert main(["train", str(tmp_path / "run.toml")]) == 0
-    write_text_run(tmp_path, clip_spec, f'steps = 1\nnum_text_tokens = 2\ncheckpoint = "{tmp_path / "e2e"}/'
-                   'model.safetensors"\nfreeze = { image_encoder = true }\n', output_dir=tmp_path / "tuned",
-                   model="shapes_tiny")
+    write_text_run(tmp_path, clip_spec, f'steps = 1\ncheckpoint = "{tmp_path / "e2e"}/model.safetensors"\n'
+                   'freeze = { image_encoder = true }\n', output_dir=tmp_path / "tuned", model="shapes_tiny",
+                   text_head="num_text_tokens = 2\n")
     assert main(["train", str(tmp_path / "run.toml")]) == 0
     tuned = read_weights(tmp_path / "tuned" / "model.safetensors")
-    assert not any(k.startswith(("image_encoder.", "text_encoder.")) for k in tuned)
+    assert not any(k.startswith(("image_encoder.", "clip.")) for k in tuned)
     assert shapes_tiny.start_chain(tmp_path / "tuned") == [tmp_path / "e2e" / "model.safetensors"]
     out = tmp_path / "bundle.safetensors"
     clip_dir = str(Path(clip_spec.removeprefix("local-dir:")))
@@ -698,10 +713,10 @@ def test_shapes_tiny_assembler_takes_frozen_parts_from_the_text_runs_start_weigh
     assert torch.allclose(model.state_dict()[key], e2e[key], atol=1e-3)  # fp16 storage
     assert torch.allclose(model.state_dict()["mask_decoder.iou_token.weight"], tuned["mask_decoder.iou_token.weight"],
                           atol=1e-3)
-    from textsam.text.clip import TextEncoder, load_text_tower, text_tower_state
+    from textsam.text.clip import TextEncoder, load_text_tower
 
     e2e_tower = TextEncoder.create(clip_spec, None)
-    load_text_tower(e2e_tower, text_tower_state(e2e), "e2e")
+    load_text_tower(e2e_tower, {k.removeprefix("clip."): v for k, v in e2e.items() if k.startswith("clip.")}, "e2e")
     phrases = ["the leftmost star", "small red circle"]
     got, want = model.text_encoder.encode(phrases), e2e_tower.encode(phrases)
     assert torch.allclose(got, want, atol=2e-3)  # the bundle stores fp16
@@ -718,10 +733,10 @@ def test_config_errors_name_the_key_and_what_to_write(tmp_path: Path) -> None:
         'steps = "sixty"': "steps must be a whole number",
         "steps = 8.5": "steps must be a whole number",
         "batch_size = true": "batch_size must be a whole number",
-        "lr = -0.001": "lr must be a positive",
-        "lr = 0": "lr must be a positive",
+        "[optim]\nlr = -0.001": "[optim] lr must be a positive",
+        "[optim]\nlr = 0": "[optim] lr must be a positive",
         'progress = "no"': "progress must be true or false",
-        'crop_enlarge = "big"': "crop_enlarge must be a list of 2 numbers",
+        '[augment]\ncrop_enlarge = "big"': "[augment] crop_enlarge must be a list of 2 numbers",
         "stepz = 3": "unknown key 'stepz'; did you mean 'steps'",
         'root = "d"': "'root' belongs in the [data] table",
         "[data]\nrot = 'd'": "unknown key 'rot' in [data]; did you mean 'root'",
@@ -739,7 +754,31 @@ def test_config_errors_name_the_key_and_what_to_write(tmp_path: Path) -> None:
     path.write_text('{"steps": 3,\n "lr": }')
     with pytest.raises(InputError, match="not valid JSON.*line 2"):
         load_config(path)
-    assert config_from_dict({"lr": 1, "crop_enlarge": [1, 2]}).crop_enlarge == (1.0, 2.0)
+    assert config_from_dict({"optim": {"lr": 1}, "augment": {"crop_enlarge": [1, 2]}}).augment.crop_enlarge == (1.0, 2.0)
+
+
+def test_a_key_of_the_flat_layout_names_its_table(tmp_path: Path) -> None:
+    """Every key that moved into a table is one line naming the new place; removed keys say what to do; a
+    config written by ``TrainConfig.to_dict`` reads back equal."""
+    for key, (table, name) in MOVED.items():
+        path = tmp_path / "c.toml"
+        path.write_text(f"{key} = 1\n")
+        with pytest.raises(InputError, match=rf"^{path}: {key} moved to \[{table}\] {name}$"):
+            load_config(path)
+        assert name in {f.name for f in __import__("dataclasses").fields(TABLES[table])}
+    for text in ('locator_kind = "cells"', '[text_head]\nlocator_kind = "regions"'):
+        (tmp_path / "c.toml").write_text(text + "\n")
+        with pytest.raises(InputError, match="locator_kind was removed: the region locator is the only kind"):
+            load_config(tmp_path / "c.toml")
+    (tmp_path / "c.toml").write_text('text_head = "runs/x/text_head.safetensors"\n')
+    with pytest.raises(InputError, match="give the file as checkpoint"):
+        load_config(tmp_path / "c.toml")
+    (tmp_path / "c.toml").write_text("[optim]\nfocal_weight = 2\n")
+    with pytest.raises(InputError, match=r"focal_weight moved to \[loss\] focal_weight"):
+        load_config(tmp_path / "c.toml")
+    cfg = make_config(tmp_path, "x", recipe="text", lr=3e-4, locator_dim=8, cache_dir="c", greyscale_prob=0.0)
+    (tmp_path / "c.json").write_text(json.dumps(cfg.to_dict()))
+    assert load_config(tmp_path / "c.json") == cfg and cfg.optim.lr == 3e-4 and cfg.cache.dir == "c"
 
 
 # --------------------------------------------------- run folders: nothing lost, bad checkpoints, faults
@@ -765,7 +804,7 @@ def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(clip_sp
         train(cfg, source=src)
     train(cfg, source=src, resume="auto")  # finished
     finished = _files(out)
-    other = replace(cfg, steps=2, lr=5e-4)
+    other = replace(cfg, steps=2, optim=replace(cfg.optim, lr=5e-4))
     with pytest.raises(InputError, match="already holds a training run"):
         train(other, source=src)
     assert _files(out) == finished and stopped.keys() <= finished.keys()
@@ -773,7 +812,7 @@ def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(clip_sp
     train(other, source=src, overwrite=True)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000001.pt", "step_0000002.pt"]
     logs = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in logs] == [1, 2] and json.loads((out / "train_config.json").read_text())["lr"] == 5e-4
+    assert [r["step"] for r in logs] == [1, 2] and json.loads((out / "train_config.json").read_text())["optim"]["lr"] == 5e-4
     with pytest.raises(InputError, match="only one"):
         train(other, source=src, resume="auto", overwrite=True)
 

@@ -190,25 +190,6 @@ SHAPES_TINY = ModelConfig(
     weights="shapes_tiny",
 )
 
-# The first shapes_tiny architecture (sessions 1-4; the earlier configs/shapes_tiny_*.toml recipes train it):
-# patch 8 -> 16x16 embedding of width 64, 64x64 low-res masks. It has no shipped weights.
-SHAPES_TINY_V1 = ModelConfig(
-    name="shapes_tiny_v1",
-    image_encoder=ViTEncoderConfig(
-        img_size=128,
-        patch_size=8,
-        embed_dim=96,
-        depth=4,
-        num_heads=3,
-        out_chans=64,
-        window_size=0,
-        global_attn_indexes=(0, 1, 2, 3),
-    ),
-    prompt_encoder=PromptEncoderConfig(embed_dim=64, mask_in_chans=16),
-    mask_decoder=MaskDecoderConfig(transformer_dim=64, depth=2, num_heads=4, mlp_dim=256, iou_head_hidden_dim=64),
-    text=SHAPES_TINY.text,
-)
-
 MODEL_CONFIGS: dict[str, ModelConfig] = {
     "sam_vit_b": ModelConfig(
         name="sam_vit_b",
@@ -235,5 +216,4 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
         weights="mobile_sam",
     ),
     "shapes_tiny": SHAPES_TINY,
-    "shapes_tiny_v1": SHAPES_TINY_V1,
 }

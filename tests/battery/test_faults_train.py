@@ -2,7 +2,8 @@
 checkpoint of the last completed step and say how to resume; SIGKILL mid-run leaves no half-written file under
 a final name; ``--resume auto`` then finishes with weights byte-equal to an uninterrupted run's.
 
-Data: 6 synthetic images; model ``shapes_tiny_v1`` with a 2-layer CLIP, text recipe (so a text head is written),
+Data: 6 synthetic images; model ``tiny_train`` (tests/tiny_train.py, registered in the child processes) with a
+2-layer CLIP, text recipe (so a text head is written),
 30 steps on the CPU with ``deterministic = true`` and one thread. A signal lands mid-run because the test waits
 until ``log.jsonl`` shows a given step.
 """
@@ -13,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +21,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from .harness import Outcome, check, run_cli_process
+from ..tiny_train import child_command
+from .harness import Outcome, check
 
 STEPS = 30
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -37,19 +38,26 @@ def setup(tmp_path_factory: pytest.TempPathFactory, clip_spec: str) -> dict[str,
     synthetic.generate(folder / "data", seed=0, num_train=6, num_val=2, num_test=0)
     cfg = folder / "run.toml"
     cfg.write_text(
-        f'model = "shapes_tiny_v1"\nrecipe = "text"\nclip = "{clip_spec}"\nbatch_size = 2\nsteps = {STEPS}\n'
-        'warmup_steps = 2\nlr = 1e-3\nprogress = false\nprojector_hidden_dim = 64\ncorrection_clicks = 1\n'
-        'log_every = 1\ncheckpoint_every = 4\nkeep_checkpoints = 2\ndeterministic = true\n'
+        f'model = "tiny_train"\nrecipe = "text"\nclip = "{clip_spec}"\nbatch_size = 2\nsteps = {STEPS}\n'
+        'progress = false\nlog_every = 1\ncheckpoint_every = 4\nkeep_checkpoints = 2\ndeterministic = true\n'
+        '[optim]\nwarmup_steps = 2\nlr = 1e-3\n[text_head]\nprojector_hidden_dim = 64\n[loss]\ncorrection_clicks = 1\n'
         f'[data]\nroot = "{folder / "data"}"\neval_samples = 2\n'
     )
     ref = folder / "reference"
-    done = run_cli_process(["train", cfg, "--out", ref], env=ENV, timeout=300)
+    done = _run(["train", cfg, "--out", ref])
     assert done.rc == 0, done.err[-3000:]
     return {"cfg": cfg, "weights": {n: (ref / n).read_bytes() for n in WEIGHTS}}
 
 
+def _run(argv: list[object], timeout: float = 300) -> Outcome:
+    """``textsam ARGV`` in a child process (``tiny_train`` registered there)."""
+    proc = subprocess.run(child_command(*argv), capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, **ENV))
+    return Outcome(proc.returncode, proc.stdout, proc.stderr)
+
+
 def _start(cfg: Path, out: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "textsam", "train", str(cfg), "--out", str(out), *args],
+    return subprocess.Popen(child_command("train", cfg, "--out", out, *args),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, **ENV))
 
 
@@ -93,7 +101,7 @@ def _no_half_files(out: Path) -> list[int]:
 
 
 def _resume_and_compare(case: str, cfg: Path, out: Path, reference: dict[str, bytes]) -> None:
-    again = run_cli_process(["train", cfg, "--out", out, "--resume", "auto"], env=ENV, timeout=300)
+    again = _run(["train", cfg, "--out", out, "--resume", "auto"])
 
     def same_weights() -> None:
         for name in WEIGHTS:

@@ -3,7 +3,7 @@ gets exit 2 and one line saying what to do, and nothing of an earlier run is los
 
 Each case builds its inputs in its own folder (a config from the base below, a copy of the synthetic data, a
 copy of an earlier run) and runs ``textsam train`` in this process (``harness.run_cli``). Runs that train use
-``shapes_tiny_v1`` on 6 synthetic images with a 2-layer CLIP, a few steps (about a second each).
+``tiny_train`` (tests/tiny_train.py) on 6 synthetic images with a 2-layer CLIP, a few steps (about a second each).
 """
 
 from __future__ import annotations
@@ -17,13 +17,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from ..tiny_train import tiny_train_model  # noqa: F401 (a fixture)
 from .harness import check, run_cli, snapshot
 
+# the base config; "table.key" entries go under [table]
 BASE = {
-    "model": '"shapes_tiny_v1"', "recipe": '"text"', "batch_size": "2", "steps": "3", "warmup_steps": "1",
-    "lr": "1e-3", "progress": "false", "projector_hidden_dim": "64", "correction_clicks": "1", "log_every": "1",
-    "checkpoint_every": "1", "keep_checkpoints": "3", "deterministic": "true",
+    "model": '"tiny_train"', "recipe": '"text"', "batch_size": "2", "steps": "3", "optim.warmup_steps": "1",
+    "optim.lr": "1e-3", "progress": "false", "text_head.projector_hidden_dim": "64", "loss.correction_clicks": "1",
+    "log_every": "1", "checkpoint_every": "1", "keep_checkpoints": "3", "deterministic": "true",
 }
+pytestmark = pytest.mark.usefixtures("tiny_train_model")
 
 
 @pytest.fixture(autouse=True)
@@ -54,8 +57,15 @@ class Ctx:
     def config(self, keys: dict[str, str] | None = None, *, data: Path | None = None, extra: str = "",
                data_extra: str = "", name: str = "run.toml") -> Path:
         values = dict(BASE, clip=json.dumps(self.clip), **(keys or {}))
-        lines = [f"{k} = {v}" for k, v in values.items() if v is not None]
-        text = "\n".join(lines) + f"\n{extra}\n[data]\nroot = {json.dumps(str(data or self.data))}\n"
+        lines = [f"{k} = {v}" for k, v in values.items() if v is not None and "." not in k]
+        tables: dict[str, list[str]] = {}
+        for k, v in values.items():
+            if v is not None and "." in k:
+                table, key = k.split(".", 1)
+                tables.setdefault(table, []).append(f"{key} = {v}")
+        text = "\n".join(lines) + f"\n{extra}\n" + "".join(f"[{t}]\n" + "\n".join(ls) + "\n"
+                                                            for t, ls in tables.items())
+        text += f"[data]\nroot = {json.dumps(str(data or self.data))}\n"
         text += f"eval_samples = 2\n{data_extra}"
         path = self.folder / name
         path.write_text(text)
@@ -77,7 +87,8 @@ class Ctx:
 
 
 @pytest.fixture(scope="module")
-def runs(data: Path, clip_spec: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def runs(data: Path, clip_spec: str, tmp_path_factory: pytest.TempPathFactory,
+         tiny_train_model: str) -> dict[str, Path]:  # noqa: F811 (the fixture imported above)
     """A finished run and one stopped at step 2 (each case works on a copy)."""
     folder = tmp_path_factory.mktemp("train_battery_runs")
     ctx = Ctx(folder, data, clip_spec, {})
@@ -199,9 +210,14 @@ CASES = [
     Case("steps-negative", _cfg({"steps": "-4"}), words=("steps", ">= 1", "-4")),
     Case("batch-size-zero", _cfg({"batch_size": "0"}), words=("batch_size", ">= 1")),
     Case("batch-size-bool", _cfg({"batch_size": "true"}), words=("batch_size must be a whole number",)),
-    Case("lr-negative", _cfg({"lr": "-1e-3"}), words=("lr must be a positive learning rate", "-0.001")),
-    Case("lr-zero", _cfg({"lr": "0"}), words=("lr must be a positive learning rate",)),
-    Case("lr-a-word", _cfg({"lr": '"fast"'}), words=("lr must be a number",)),
+    Case("lr-negative", _cfg({"optim.lr": "-1e-3"}), words=("[optim] lr must be a positive learning rate", "-0.001")),
+    Case("lr-zero", _cfg({"optim.lr": "0"}), words=("[optim] lr must be a positive learning rate",)),
+    Case("lr-a-word", _cfg({"optim.lr": '"fast"'}), words=("[optim] lr must be a number",)),
+    Case("lr-at-top-level", _cfg({"optim.lr": None}, extra="lr = 1e-3"), words=("lr moved to [optim] lr",)),
+    Case("cache-dir-at-top-level", _cfg(extra='cache_dir = "c"'), words=("cache_dir moved to [cache] dir",)),
+    Case("locator-kind", _cfg(extra='locator_kind = "cells"'), words=("locator_kind was removed",)),
+    Case("key-in-the-wrong-table", _cfg(extra="[augment]\nfocal_weight = 2"),
+         words=("focal_weight moved to [loss] focal_weight",)),
     Case("progress-a-word", _cfg({"progress": '"no"'}), words=("progress must be true or false",)),
     Case("freeze-not-a-table", _cfg(extra="freeze = 3"), words=("[freeze] must be a table",)),
     Case("prompt-mix-negative", _cfg(extra="[prompt_mix]\ntext = -1"), words=("[prompt_mix] text", ">= 0")),
@@ -240,7 +256,7 @@ CASES = [
          words=("already holds a training run", "--resume auto", "--out", "--overwrite")),
     Case("stopped-run-without-resume", _on_run("stopped"),
          words=("already holds a training run", "step 2", "--resume auto")),
-    Case("stopped-run-other-config", _on_run("stopped", keys={"lr": "5e-4"}),
+    Case("stopped-run-other-config", _on_run("stopped", keys={"optim.lr": "5e-4"}),
          words=("already holds a training run",)),
     Case("resume-auto-and-overwrite", _on_run("stopped", "--resume", "auto", "--overwrite"),
          words=("only one",)),
