@@ -35,10 +35,16 @@ def run_train(args: argparse.Namespace) -> int:
     completed step; this prints the command that continues and returns 128 + the signal number."""
     import shlex
 
-    from textsam.train.loop import TrainingInterrupted, main_from_args
+    from textsam.errors import InputError
+    from textsam.train.config_file import load_config
+    from textsam.train.loop import TrainingInterrupted, process_rank, train
 
+    config = load_config(args.config).with_overrides(output_dir=args.out and str(args.out), steps=args.steps,
+                                                     device=args.device)
+    if args.stop_at is not None and not 1 <= args.stop_at <= config.steps:
+        raise InputError(f"--stop-at must be between 1 and steps ({config.steps}), got {args.stop_at}")
     try:
-        return main_from_args(args)
+        path = train(config, resume=args.resume, stop_at=args.stop_at, overwrite=args.overwrite)
     except TrainingInterrupted as stop:
         again = ["textsam", "train", str(args.config), "--out", str(stop.output_dir), "--resume", "auto"]
         again += ["--steps", str(args.steps)] if args.steps else []
@@ -46,3 +52,6 @@ def run_train(args: argparse.Namespace) -> int:
         print_error(f"interrupted after step {stop.step}, checkpoint {stop.checkpoint} written; continue with: "
                     f"{shlex.join(again)}")
         return 128 + stop.signum
+    if process_rank() == 0:
+        print(path)
+    return 0

@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -40,7 +39,6 @@ from .batches import StepSampler, collate
 from .cache import EmbeddingCache, text_table, warm_cache
 from .checkpoints import save_checkpoint, set_rng_state
 from .config import TrainConfig
-from .config_file import load_config
 from .data import SemanticLabels, coco_of, open_source
 from .evaluate import evaluate
 from .recipes import Recipe, build_recipe, make_dataset
@@ -49,7 +47,7 @@ from .samples import SegmentationDataset
 from .signals import StopOnSignal, TrainingInterrupted, ignore_sigint
 from .weights import export
 
-__all__ = ["train", "main_from_args", "TrainingInterrupted", "lr_factor", "amp_dtype"]
+__all__ = ["train", "TrainingInterrupted", "lr_factor", "amp_dtype", "process_rank"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,25 +74,12 @@ def _dist_env() -> tuple[int, int, int]:
 
 def _device(config: TrainConfig, local_rank: int) -> torch.device:
     """``config.device`` (checked: it must exist on this machine), else ``cuda:LOCAL_RANK`` or the CPU."""
+    from ..factory import check_device
+
     if not config.device:
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(config.device)
-    except (RuntimeError, ValueError):
-        raise InputError(f"device = {config.device!r} is not a device name: use 'cpu', 'cuda' or 'cuda:N' "
-                         "(or leave it out to pick one)") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise InputError(f"device = {config.device!r}, but this machine has no usable CUDA GPU: use "
-                             "--device cpu (or device = 'cpu'), or leave device out to pick one")
-        if device.index is not None and device.index >= count:
-            raise InputError(f"device = {config.device!r}, but this machine has {count} CUDA GPU(s): use "
-                             f"cuda:0 to cuda:{count - 1}")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise InputError(f"device = {config.device!r}, but MPS is not available here: use --device cpu")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise InputError(f"device = {config.device!r}: textsam trains on 'cpu', 'cuda' or 'mps'")
+    device = check_device(config.device)
+    assert device is not None
     return device
 
 
@@ -131,6 +116,11 @@ def _next_batch(batches: Any) -> Any:
         if "DataLoader worker" not in text:
             raise
         raise type(err)(text.splitlines()[-1].split(": ", 1)[-1]) from None
+
+
+def process_rank() -> int:
+    """This process's rank under torchrun (0 for a single process): only rank 0 writes files and reports."""
+    return _dist_env()[0]
 
 
 def train(config: TrainConfig, *, source: Any = None, val_source: Any = None,
@@ -343,20 +333,3 @@ def _train(config: TrainConfig, source: Any, val_source: Any, resume: str | Path
         final = export(recipe, out, config.steps)
     _barrier(world)
     return final
-
-
-def main_from_args(args: argparse.Namespace) -> int:
-    """The ``textsam train`` command: ``CONFIG [--resume PATH|auto] [--out DIR] [--overwrite] [--steps N]
-    [--stop-at N] [--device D]``; prints the path of the weights it wrote (rank 0) and returns the exit code."""
-    config = load_config(args.config).with_overrides(output_dir=getattr(args, "out", None) and str(args.out),
-                                                     steps=getattr(args, "steps", None),
-                                                     device=getattr(args, "device", None))
-    resume = getattr(args, "resume", None)
-    stop_at = getattr(args, "stop_at", None)
-    if stop_at is not None and not 1 <= stop_at <= config.steps:
-        raise InputError(f"--stop-at must be between 1 and steps ({config.steps}), got {stop_at}")
-    path = train(config, resume=resume, stop_at=stop_at, overwrite=bool(getattr(args, "overwrite", False)))
-    if _dist_env()[0] == 0:
-        print(path)
-    return 0
-

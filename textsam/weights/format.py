@@ -264,9 +264,12 @@ def _convert_v1(path: Path, meta: dict[str, Any], tensors: dict[str, Tensor]) ->
         spec = meta.get("clip")
         clip = None
         if spec:
-            name, _, tag = str(spec).partition("/")
+            from ..text.clip import parse_clip_spec
+
+            text = str(spec).removesuffix("/None")  # format 1 wrote "NAME/None" for a CLIP without a tag
+            name, tag = parse_clip_spec(text)
             has_tower = any(k.startswith("clip.") for k in tensors)
-            clip = ClipSpec(name, tag or None if tag != "None" else None, None, "text_tower" if has_tower else None)
+            clip = ClipSpec(name, tag, None, "text_tower" if has_tower else None)
         head = head_config_from_tensors(tensors) if "text_projector.mlp.0.weight" in tensors else None
         training = {k: meta[k] for k in ("recipe", "step") if k in meta}
         return TextsamFile(meta.get("sam_model"), clip, head, tensors, {}, training)
