@@ -182,9 +182,11 @@ def test_multimask_and_all_instances(app, scene):
     assert len(e.doc["results"]) == 3 and len(e.masks) == 3
     v = app.run(s, "", True, False)
     assert "needs a text prompt" in v.status and len(app.export(s).doc["results"]) == 1
-    app.run(s, "red square", True, False)
+    v = app.run(s, "red square", True, False)
     doc = app.export(s).doc
-    assert doc["prompt"]["instances"] == "all" and doc["results"]
+    assert doc["prompt"]["instances"] == "all" and "presence" in doc["prompt"]
+    # every instance the engine finds, or none and the page says so (this model has random weights)
+    assert doc["results"] or "no 'red square' found" in v.status
 
 
 def test_sessions_do_not_share_prompts(app, scene):

@@ -63,13 +63,12 @@ def test_empty_phrase(tiny_factory, image_file, tmp_path, capsys, phrase) -> Non
     assert code != 0 and "empty" in err
 
 
-def test_long_and_non_ascii_phrases_work(tiny_factory, image_file, tmp_path, capsys, caplog) -> None:
+def test_long_and_non_ascii_phrases_work(tiny_factory, image_file, tmp_path, capsys) -> None:
     code, _ = _run(capsys, "segment", str(image_file), "--text", "Straße café 狗 🚗", "-o", str(tmp_path / "a"))
     assert code == 0
     long_phrase = " ".join(["very"] * 90) + " red square"
     code, _ = _run(capsys, "segment", str(image_file), "--text", long_phrase, "-o", str(tmp_path / "b"))
-    assert code == 0
-    assert "only the start was used" in caplog.text
+    assert code == 0  # (the notice that only the start of a long phrase is used: tests/test_text.py)
 
 
 def test_missing_and_corrupt_images(tiny_factory, image_file, tmp_path, capsys) -> None:

@@ -41,14 +41,21 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_sam(with_text=True)
+    net = tiny_sam(with_text=True)
+    # a random model's proposals pass no quality filter and its presence means nothing: keep every
+    # proposal, so that the runs below have instances to write and score
+    net.default_text_options = {"engine": {"presence_threshold": 0.0, "max_proposals": 8,
+                                           "proposals": {"points_per_side": 4, "pred_iou_thresh": 0.0,
+                                                         "stability_score_thresh": 0.0}}}
+    return net
 
 
 def _factory(model):
     from textsam.text.options import InstanceOptions, ScoringOptions, TextOptions
 
+    options = TextOptions.from_dict(model.default_text_options)
     options = TextOptions(scoring=ScoringOptions(templates=tuple(SINGLE["templates"])),
-                          instances=InstanceOptions(max_instances=3))  # fewer candidates: faster
+                          instances=InstanceOptions(max_instances=3), engine=options.engine)  # fewer candidates
     return lambda: textsam.TextSamPredictor(model, text_options=options)
 
 

@@ -6,15 +6,17 @@ import numpy as np
 import pytest
 import torch
 
+from textsam.config import TextHeadConfig
 from textsam.errors import InputError, WeightsError
 from textsam.predictor import TextSamPredictor
-from textsam.config import TextHeadConfig
 from textsam.text.clip import parse_clip_spec
-from textsam.text.options import GroundingOptions, InstanceOptions, TextOptions
+from textsam.text.options import EngineOptions, GroundingOptions, InstanceOptions, TextOptions
 from textsam.text.projector import TextProjector
 from textsam.text.templates import clean_phrase
 
 from .tiny import tiny_clip_encoder, tiny_sam
+
+GROUNDING = dict(grounding=GroundingOptions(enabled=True), engine=EngineOptions(enabled=False))
 
 
 @pytest.fixture()
@@ -112,7 +114,8 @@ def test_text_tokens_change_the_output_and_carry_gradients(image) -> None:
 
 def test_text_clicks_and_box_make_one_decoder_call(image) -> None:
     model = _with_head(tiny_sam(with_text=True), num_tokens=3)
-    pred = TextSamPredictor(model, text_options=TextOptions(grounding=GroundingOptions(num_positive=2, num_negative=1)))
+    pred = TextSamPredictor(model, text_options=TextOptions(
+        grounding=GroundingOptions(enabled=True, num_positive=2, num_negative=1), engine=EngineOptions(enabled=False)))
     pred.set_image(image)
     spy = DecoderSpy(model)
     out = pred.predict(
@@ -134,7 +137,7 @@ def test_text_clicks_and_box_make_one_decoder_call(image) -> None:
 
 def test_text_alone_and_text_plus_one_click(image) -> None:
     model = tiny_sam(with_text=True)  # no text head: grounding alone
-    pred = TextSamPredictor(model)
+    pred = TextSamPredictor(model, text_options=TextOptions(**GROUNDING))
     pred.set_image(image)
     spy = DecoderSpy(model)
     alone = pred.predict(text="red square")
@@ -170,7 +173,7 @@ def test_repeated_phrase_does_not_rerun_the_text_tower(image) -> None:
 
 def test_all_instances_one_decoder_batch(image) -> None:
     model = tiny_sam(with_text=True)
-    pred = TextSamPredictor(model, text_options=TextOptions(instances=InstanceOptions(max_instances=4)))
+    pred = TextSamPredictor(model, text_options=TextOptions(instances=InstanceOptions(max_instances=4), **GROUNDING))
     pred.set_image(image)
     spy = DecoderSpy(model)
     out = pred.predict(text="square", instances="all")
@@ -185,9 +188,9 @@ def test_several_phrases_one_call_and_negative_text(image) -> None:
     pred = TextSamPredictor(model)
     pred.set_image(image)
     spy = DecoderSpy(model)
-    out = pred.predict_phrases(["red square", "blue square", "background"])
-    assert len(spy.calls) == 1 and spy.calls[0][0] == 3
-    assert out.masks.shape == (3, 1, 180, 300)
+    outs = pred.predict_phrases(["red square", "blue square", "background"], multimask_output=False)
+    assert len(spy.calls) == 1 and spy.calls[0][0] == 3  # one Prediction per phrase, from one decoder batch
+    assert [o.masks.shape for o in outs] == [(1, 180, 300)] * 3 and all(o.presence is not None for o in outs)
     neg = pred.predict(text="square", negative_text="blue square")
     assert neg.masks.shape[0] == 3
     with pytest.raises(InputError, match="needs a text prompt"):

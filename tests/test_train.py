@@ -633,9 +633,8 @@ def test_cli_train_on_synthetic_files(clip_spec: str, tmp_path: Path) -> None:
 def test_compare_scores_each_phrase_kind(clip_spec: str, tmp_path: Path) -> None:
     """``python tools/compare.py RUN --by-kind``: per-kind scores whose sample counts add up."""
     synthetic = pytest.importorskip("textsam.data.synthetic")
-    from tools import compare
-
     from textsam.cli import main
+    from tools import compare
 
     synthetic.generate(tmp_path / "data", seed=0, num_train=4, num_val=3, num_test=0)
     write_text_run(tmp_path, clip_spec, 'steps = 1\neval_every = 0\n', output_dir=tmp_path / "run")
@@ -654,11 +653,10 @@ def test_shapes_tiny_assembler_carries_a_fine_tuned_text_tower(clip_spec: str, t
     """``python tools/shapes_tiny_bundle.py``: a text stage that tuned the CLIP text tower puts that tower
     (not stage 1's) into the bundle, and ``create_model`` loads a model whose phrases embed as in training."""
     synthetic = pytest.importorskip("textsam.data.synthetic")
-    from tools import shapes_tiny_bundle as shapes_tiny
-
     import textsam
     from textsam.cli import main
     from textsam.text.clip import TextEncoder, load_text_tower
+    from tools import shapes_tiny_bundle as shapes_tiny
 
     synthetic.generate(tmp_path / "data", seed=0, num_train=4, num_val=2, num_test=0)
     write_text_run(tmp_path, clip_spec, 'steps = 3\nfreeze = { image_encoder = false, text_encoder = false }\n',
@@ -686,10 +684,9 @@ def test_shapes_tiny_assembler_takes_frozen_parts_from_the_text_runs_start_weigh
     must carry the encoder and tower it was trained with (its ``checkpoint``'s), not the SAM stage's, stage 1's
     or a random one."""
     synthetic = pytest.importorskip("textsam.data.synthetic")
-    from tools import shapes_tiny_bundle as shapes_tiny
-
     import textsam
     from textsam.cli import main
+    from tools import shapes_tiny_bundle as shapes_tiny
 
     synthetic.generate(tmp_path / "data", seed=0, num_train=4, num_val=2, num_test=0)
     write_text_run(tmp_path, clip_spec, 'steps = 2\nfreeze = { image_encoder = false, text_encoder = false }\n',

@@ -244,7 +244,7 @@ def create_model(
     pretrained: bool = True,
     device: str | torch.device | None = None,
     clip: str | None = None,
-    text_head: str | Path | None = None,
+    text_head: str | Path | bool | None = None,
 ) -> TextSam:
     """Build a textsam model by name and load its weights.
 
@@ -258,7 +258,9 @@ def create_model(
         device: where to put the model (default: CPU).
         clip: load this open_clip text model now (``"NAME/TAG"``); otherwise CLIP is loaded on the
             first text prompt, from the model config (random weights when ``pretrained=False``).
-        text_head: a textsam file with a text head trained for this SAM + CLIP pair (implies loading CLIP).
+        text_head: a textsam file with a text head trained for this SAM + CLIP pair (implies loading CLIP);
+            ``False`` drops the text head a bundled model carries, so text goes through the training-free
+            engine alone (same SAM and CLIP).
 
     Returns:
         the model in eval mode.
@@ -284,6 +286,11 @@ def create_model(
     if device is not None:
         model = model.to(device)
     model.pretrained = pretrained
+    if text_head is False:
+        model.text_projector = model.text_locator = None
+        text_head = None
+    elif text_head is True:
+        raise InputError("text_head takes a file, False (no head) or None (the model's own), not True")
     if clip is not None or text_head is not None:
         attach_text(model, clip=clip, pretrained=pretrained, text_head=text_head)
     return model.eval()

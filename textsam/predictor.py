@@ -40,16 +40,24 @@ class Prediction(_PredictionFields):
     scores: ``(C,)`` predicted IoU of each mask.
     low_res_logits: ``(C, 4h, 4w)`` decoder logits (256x256 for SAM), usable as ``mask_input``.
 
-    Unpacks like SAM's 3-tuple. For text prompts ``info`` also holds ``text_scores`` (CLIP score of
-    each mask region), ``ranking`` (the combined score masks are ordered by), ``labels`` (phrase per
-    mask) and ``prompts`` (the grounded points/boxes in original pixels).
+    presence: for a text request, how sure the model is that the phrase is in the image, in [0, 1] (None
+    without text, or when no engine answered it). With ``instances="all"`` an absent phrase has no masks
+    (``C == 0``).
+
+    Unpacks like SAM's 3-tuple. For text prompts ``info`` also holds ``ranking`` (the score masks are ordered
+    by: predicted IoU plus ``text_weight`` times ``text_scores``, the dense-CLIP score of each mask when
+    grounding is on, else 0), ``labels`` (phrase per mask), ``prompts`` (the points/boxes the text became, original pixels; with a
+    text head's locator, ``prompts["located"]`` is its click) and ``found`` (presence over the threshold).
     """
 
     info: dict[str, Any]
+    presence: float | None
 
-    def __new__(cls, masks: np.ndarray, scores: np.ndarray, low_res_logits: np.ndarray, info: dict | None = None):
+    def __new__(cls, masks: np.ndarray, scores: np.ndarray, low_res_logits: np.ndarray, info: dict | None = None,
+                presence: float | None = None):
         self = super().__new__(cls, masks, scores, low_res_logits)
         self.info = info or {}
+        self.presence = presence
         return self
 
 
@@ -173,10 +181,16 @@ class TextSamPredictor:
                 raise InputError("instances='all' needs a text prompt naming what to find")
             return self._predict_all(text, negative_text, return_logits)
         coords, labels, boxes = check_points_and_box(point_coords, point_labels, box, self.original_size)
-        extra = None
+        presence = None
         info: dict[str, Any] = {}
+        extra = None
         if text is not None:
-            tp = self.text.prompt_for(text, self.image, negative=negative_text, user_box=boxes)
+            located = point_coords is None and box is None and self.text.can_locate
+            tp = self.text.prompt_for(text, self.image, negative=negative_text, user_box=boxes, user_points=coords,
+                                      user_labels=labels, predictor=self, engine_prompts=self.text.engine_chooses)
+            presence = tp.presence
+            if tp.group and tp.members:  # "all the X" asked for one answer: the union of every member
+                return self._predict_group(text, tp, coords, labels, return_logits)
             if len(tp.points):
                 coords = tp.points if coords is None else np.concatenate([coords, tp.points])
                 labels = tp.labels if labels is None else np.concatenate([labels, tp.labels])
@@ -185,12 +199,12 @@ class TextSamPredictor:
             extra = tp.tokens[None] if tp.tokens is not None else None
             info["prompts"] = {"points": tp.points.tolist(), "labels": tp.labels.tolist(),
                                "box": None if tp.box is None else np.asarray(tp.box).tolist()}
-            if point_coords is None and box is None and self.text.can_locate:  # the locator's click
+            if located:  # the text head's locator clicks
                 assert self.input_size is not None
-                located = self.text.locate(text, features, self.input_size, self.original_size, self.image)
-                coords = located if coords is None else np.concatenate([coords, located])
+                click = self.text.locate(text, features, self.input_size, self.original_size, self.image)
+                coords = click if coords is None else np.concatenate([coords, click])
                 labels = np.ones(1, np.int64) if labels is None else np.concatenate([labels, np.ones(1, np.int64)])
-                info["prompts"]["located"] = located[0].tolist()
+                info["prompts"]["located"] = click[0].tolist()
         batch = PromptBatch.from_original(
             coords[None] if coords is not None else None,
             labels[None] if labels is not None else None,
@@ -206,15 +220,42 @@ class TextSamPredictor:
             text_scores = self.text.mask_text_scores(low_res[0], text).cpu()
             ranking = iou[0].cpu() + self.text.options.scoring.text_weight * text_scores
             order = torch.argsort(ranking, descending=True)
-            info.update(text_scores=text_scores[order].numpy(), ranking=ranking[order].numpy(),
-                        labels=[text] * len(order))
+            # the user's own click or box says the object is there: only a text-alone answer can be "not found"
+            user = point_coords is not None or box is not None
+            info.update(text_scores=text_scores[order].numpy(), ranking=ranking[order].numpy(), labels=[text] * len(order),
+                        found=user or self._found(presence))
         masks, scores, low = self._finish(low_res[:, order], iou[:, order], return_logits)
-        return Prediction(masks[0], scores[0], low[0], info)
+        return Prediction(masks[0], scores[0], low[0], info, presence)
+
+    def _found(self, presence: float | None) -> bool:
+        return presence is None or presence >= self.text.options.engine.presence_threshold
+
+    def _predict_group(self, text: str, tp: TextPrompt, coords: np.ndarray | None, labels: np.ndarray | None,
+                       return_logits: bool) -> Prediction:
+        """A group phrase ("all the X") answered as one mask: every member (its box and click, with the text
+        tokens and the user's clicks) in one decoder batch, the union of their masks."""
+        prompts = []
+        for box_i, click in tp.members:
+            pts = click[None] if coords is None else np.concatenate([coords, click[None]])
+            lab = np.ones(1, np.int64) if labels is None else np.concatenate([labels, np.ones(1, np.int64)])
+            prompts.append(TextPrompt(pts, lab, box_i, tp.tokens))
+        low_res, iou = self._decode_low_res(self.features, *self._text_batch(prompts), False)
+        low = low_res[:, 0].amax(dim=0, keepdim=True)[None]  # (1, 1, h, w): a pixel is in if any member has it
+        score = iou[:, 0].mean().reshape(1, 1)
+        masks, scores, lows = self._finish(low, score, return_logits)
+        info = {"ranking": scores[0], "labels": [text], "found": self._found(tp.presence),
+                "prompts": {"members": [{"box": b.tolist(), "point": c.tolist()} for b, c in tp.members]}}
+        return Prediction(masks[0], scores[0], lows[0], info, tp.presence)
 
     def _predict_all(self, text: str, negative_text: str | None, return_logits: bool) -> Prediction:
-        """Every instance of ``text``: grounded candidates in one decoder batch, scored, NMS."""
+        """Every instance of ``text``: candidates in one decoder batch, ranked, NMS; none for an absent phrase."""
         assert self.image is not None and self.original_size is not None
-        cands = self.text.instance_prompts(text, self.image, negative=negative_text)
+        cands, presence = self.text.instance_prompts(text, self.image, negative=negative_text, predictor=self)
+        if not cands:
+            h, w = self.original_size
+            low_side = self.model.prompt_encoder.mask_input_size
+            return Prediction(np.zeros((0, h, w), bool), np.zeros(0, np.float32), np.zeros((0, *low_side), np.float32),
+                              {"ranking": np.zeros(0), "labels": [], "prompts": [], "found": False}, presence)
         low_res, iou = self._decode_low_res(self.features, *self._text_batch(cands), True)
         best = iou.argmax(dim=1)
         rows = torch.arange(len(cands))
@@ -231,24 +272,64 @@ class TextSamPredictor:
         out_masks, scores, low = self._finish(low_best[sel][:, None], iou_best[sel][:, None], return_logits)
         info = {
             "text_scores": text_scores[sel].numpy(), "ranking": ranking[keep], "labels": [text] * len(keep),
+            "found": self._found(presence),
             "prompts": [{"points": cands[i].points.tolist(), "labels": cands[i].labels.tolist(),
                          "box": None if cands[i].box is None else np.asarray(cands[i].box).tolist()} for i in keep],
         }
-        return Prediction(out_masks[:, 0], scores[:, 0], low[:, 0], info)
+        return Prediction(out_masks[:, 0], scores[:, 0], low[:, 0], info, presence)
 
     @torch.inference_mode()
     def predict_phrases(
-        self, phrases: list[str], *, multimask_output: bool = False, return_logits: bool = False
-    ) -> Prediction:
-        """Several phrases on the current image in ONE decoder call: arrays get a leading phrase axis."""
+        self, phrases: list[str], *, multimask_output: bool = True, return_logits: bool = False
+    ) -> list[Prediction]:
+        """A vocabulary on the current image: one :class:`Prediction` per phrase, as ``predict(text=phrase)``
+        would give. The image embedding, the proposals and their crop embeddings are shared; the phrases are
+        one text batch and one matrix product, and every phrase's prompts go into one decoder batch (a
+        second one for group phrases, "all the X", which use the single-mask output)."""
         self._require_image()
-        assert self.image is not None and self.original_size is not None
+        assert self.image is not None and self.original_size is not None and self.input_size is not None
         if not phrases:
             raise InputError("give at least one phrase")
-        prompts = [self.text.prompt_for(p, self.image) for p in phrases]
-        low_res, iou = self._decode_low_res(self.features, *self._text_batch(prompts), multimask_output)
-        masks, scores, low = self._finish(low_res, iou, return_logits)
-        return Prediction(masks, scores, low, {"labels": list(phrases)})
+        located = self.text.can_locate
+        prompts = self.text.prompts_for(phrases, self, engine_prompts=self.text.engine_chooses)
+        if prompts is None:
+            prompts = [self.text.prompt_for(p, self.image) for p in phrases]
+        singles, groups = [], []
+        for i, (phrase, tp) in enumerate(zip(phrases, prompts)):
+            if tp.group and tp.members:
+                groups.append(i)
+                continue
+            if located:
+                click = self.text.locate(phrase, self.features, self.input_size, self.original_size, self.image)
+                tp = TextPrompt(np.concatenate([tp.points, click]), np.concatenate([tp.labels, np.ones(1, np.int64)]),
+                                tp.box, tp.tokens, tp.presence)
+                tp.located = click[0].tolist()  # type: ignore[attr-defined]
+            singles.append((i, tp))
+        out: list[Prediction | None] = [None] * len(phrases)
+        if singles:
+            low_res, iou = self._decode_low_res(self.features, *self._text_batch([tp for _, tp in singles]),
+                                                multimask_output)
+            for row, (i, tp) in enumerate(singles):
+                out[i] = self._text_answer(phrases[i], tp, low_res[row : row + 1], iou[row : row + 1], return_logits)
+        for i in groups:
+            out[i] = self._predict_group(phrases[i], prompts[i], None, None, return_logits)
+        return [o for o in out if o is not None]
+
+    def _text_answer(self, text: str, tp: TextPrompt, low_res: torch.Tensor, iou: torch.Tensor,
+                     return_logits: bool) -> Prediction:
+        """One phrase's decoded masks ``(1, M, h, w)`` as a Prediction, ordered by the text ranking."""
+        text_scores = self.text.mask_text_scores(low_res[0], text).cpu()
+        ranking = iou[0].cpu() + self.text.options.scoring.text_weight * text_scores
+        order = torch.argsort(ranking, descending=True)
+        info: dict[str, Any] = {
+            "prompts": {"points": tp.points.tolist(), "labels": tp.labels.tolist(),
+                        "box": None if tp.box is None else np.asarray(tp.box).tolist()},
+            "text_scores": text_scores[order].numpy(), "ranking": ranking[order].numpy(), "labels": [text] * len(order),
+            "found": self._found(tp.presence)}
+        if getattr(tp, "located", None) is not None:
+            info["prompts"]["located"] = tp.located  # type: ignore[attr-defined]
+        masks, scores, low = self._finish(low_res[:, order], iou[:, order], return_logits)
+        return Prediction(masks[0], scores[0], low[0], info, tp.presence)
 
     def generate(self, **kwargs: Any) -> list[dict[str, Any]]:
         """SAM's automatic mask generation on the current image, as segment-anything's

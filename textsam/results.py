@@ -197,6 +197,7 @@ def write_results(
     prompt: dict,
     source: str | None = None,
     request: str | None = None,
+    presence: float | None = None,
 ) -> dict:
     """Write masks, an overlay and a JSON for one image; return the JSON dict.
 
@@ -213,6 +214,8 @@ def write_results(
         source: optional path of the input image, stored as ``image.file``.
         request: optional fingerprint of what produced the result (the CLI's resume key), stored as
             ``textsam.request``.
+        presence: for a text request, the phrase's presence in [0, 1]; the JSON then holds ``presence`` and
+            ``found`` (whether any result is written: an absent phrase gets ``"found": false`` and no masks).
 
     Returns:
         ``{"textsam": {"version", "request"}, "image": {"file", "height", "width"}, "prompt": prompt,
@@ -269,6 +272,7 @@ def write_results(
         "textsam": {"version": __version__, "request": request},
         "image": {"file": source, "height": h, "width": w},
         "prompt": prompt,
+        **({} if presence is None else {"presence": round(float(presence), 6), "found": bool(results)}),
         "overlay": overlay_name,
         "results": entries,
     }

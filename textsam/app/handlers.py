@@ -144,9 +144,13 @@ def segment(
     count = len(scores) if multimask or instances == "all" else min(1, len(scores))  # the predictor's order
     label = phrase or "mask"
     results = [MaskResult(masks[i], float(scores[i]), label) for i in range(count)]
+    presence = getattr(pred, "presence", None)
+    found = bool((getattr(pred, "info", None) or {}).get("found", True))
     prompt = {"model": session.model, "text": phrase, "point_coords": [p[:2] for p in session.points],
               "point_labels": [p[2] for p in session.points], "box": session.box, "instances": instances,
               "multimask": bool(multimask)}
+    if phrase is not None and presence is not None:
+        prompt.update(presence=round(float(presence), 4), found=found)
     canvas = draw_canvas(session.image, np.stack([r.mask for r in results]) if results else None,
                          [r.label for r in results], [r.score for r in results], session.points,
                          session.box, session.corner, display_factor(session.image.shape) if display else 1.0)
@@ -154,6 +158,10 @@ def segment(
     session.runs += 1
     best = max((r.score for r in results), default=0.0)
     status = f"Result #{session.runs}: {len(results)} mask(s), best score {best:.2f} ({(t1 - t0) * 1e3:.0f} ms)."
+    if phrase is not None and presence is not None and not found:
+        status = (f"Result #{session.runs}: no '{phrase}' found in this image (presence {presence:.2f})"
+                  + (f"; the closest match is shown, score {best:.2f}." if results else ".")
+                  + f" ({(t1 - t0) * 1e3:.0f} ms)")
     if notes:
         status += " Note: " + " ".join(notes)
     session.last = Outcome(results, prompt, status)

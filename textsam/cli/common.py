@@ -121,6 +121,8 @@ def add_model_options(
         p.add_argument("--clip", type=parse_clip, metavar="NAME/TAG",
                        help="open_clip model, e.g. ViT-B-16-quickgelu/openai")
     p.add_argument("--text-head", type=Path, metavar="PATH", help="trained text head (a textsam weights file)")
+    p.add_argument("--no-text-head", action="store_true",
+                   help="drop the model's own text head (shapes_tiny): text goes through the training-free engine")
     if device:
         p.add_argument("--device", metavar="DEVICE", help=device_help)
 
@@ -131,4 +133,13 @@ def create_model_from_args(args: argparse.Namespace) -> Any:
     import textsam
 
     return textsam.create_model(args.model, checkpoint=args.checkpoint, clip=getattr(args, "clip", None),
-                                text_head=args.text_head, device=getattr(args, "device", None))
+                                text_head=text_head_arg(args), device=getattr(args, "device", None))
+
+
+def text_head_arg(args: argparse.Namespace) -> Path | bool | None:
+    """``create_model``'s ``text_head`` from ``--text-head`` / ``--no-text-head`` (not both)."""
+    if getattr(args, "no_text_head", False):
+        if args.text_head is not None:
+            raise UsageError("give --text-head FILE or --no-text-head, not both")
+        return False
+    return args.text_head

@@ -19,7 +19,7 @@ from typing import Any
 
 from textsam.errors import InputError
 
-from .common import EXIT_OK, Subparsers, add_command, add_model_options, add_no_progress
+from .common import EXIT_OK, Subparsers, add_command, add_model_options, add_no_progress, text_head_arg
 
 __all__ = ["add_parser", "run_eval"]
 
@@ -123,10 +123,11 @@ def run_eval(args: argparse.Namespace) -> int:
             "name": args.model,
             "checkpoint": None if args.checkpoint is None else str(args.checkpoint),
             "clip": args.clip,
-            "text_head": None if args.text_head is None else str(args.text_head),
+            "text_head": "none (training-free engine)" if args.no_text_head else
+            (None if args.text_head is None else str(args.text_head)),
         }
         factory = predictor_factory(args.model, checkpoint=args.checkpoint, clip=args.clip,
-                                    text_head=args.text_head, device=args.device, templates=templates)
+                                    text_head=text_head_arg(args), device=args.device, templates=templates)
         try:
             report = run_benchmark(benchmark, out, factory=factory, model_info=model_info, limit=args.limit,
                                    progress=not args.no_progress)

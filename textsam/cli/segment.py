@@ -359,8 +359,13 @@ def run_segment(args: argparse.Namespace) -> int:
             located = _located_click(prediction)
             if located is not None:  # the text head's locator clicked here (x, y in image pixels)
                 asked["located_click"] = located
+            presence = getattr(prediction, "presence", None)
+            if presence is not None and not (getattr(prediction, "info", None) or {}).get("found", True):
+                results = []  # an absent phrase: an empty result, said so
+                tqdm.write(f"no {prompt['text']!r} found in {path} (presence {presence:.2f})", file=sys.stderr)
             try:
-                write_results(out_dir, stem, image, results, prompt=asked, source=str(path), request=request)
+                write_results(out_dir, stem, image, results, prompt=asked, source=str(path), request=request,
+                              presence=presence)
             except OSError as err:
                 raise InputError(f"cannot write the results of {path} to {out_dir} ({err.strerror or err}): "
                                  f"free some space or give another folder with -o; {written} image(s) were "

@@ -7,6 +7,8 @@
                                        fields shape, colour, size, rgb, center, radius, angle, position
                                        (visible-mask centroid, x y pixels), visible_fraction, z (paint order)
     root/{split}/refs.json             RefCOCO-like refs + ``ann_ids`` (all targets) + ``kind``
+    root/{split}/absent.json           phrases naming what is NOT in the image (presence negatives):
+                                       ``[{"image_id", "file_name", "sentences": [str, ...]}]``
     root/meta.json                     seed, counts, vocabulary, held-out pairs, generator version
 
 Objects: 2-6 per image from :data:`~textsam.data.shapes_render.SHAPES` x
@@ -23,6 +25,10 @@ Phrases (``kind``):
   the right", "the upper circle" - the extreme object along x or y (``position``, the visible centroid)
   of a group (>= 2 members, same shape and/or colour) that leads the runner-up by at least 8% of the
   image side, so it is unique by construction.
+
+Absent phrases (``absent.json``, drawn from a random stream of their own, so the rest is unchanged): per
+image, "the {colour} {shape}" for a shape in the image in a colour it does not have there, a colour in the
+image on a shape that does not have it, and "the {shape}" for a shape not in the image.
 
 Everything is written into a hidden ``root/.synth-partial-<pid>/`` folder first and moved into place at
 the end, so an interrupted run leaves no half-written dataset; a root that already holds any of these
@@ -53,11 +59,11 @@ from ..errors import InputError
 from .coco import CocoDataset
 from .shapes_render import BACKGROUNDS, COLOURS, SHAPES, SIZES, background, paint, sample_scene
 
-__all__ = ["GENERATOR_VERSION", "SPLITS", "split_pairs", "make_phrases", "generate", "object_crops"]
+__all__ = ["GENERATOR_VERSION", "SPLITS", "split_pairs", "make_phrases", "absent_phrases", "generate", "object_crops"]
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"  # 1.1: absent.json (presence negatives); everything else as 1.0
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 MIN_VISIBLE = 0.4
 MAX_IMAGE_SIZE = 4096  # pixels per side; larger images take gigabytes per worker
@@ -213,7 +219,27 @@ def _render_one(task: tuple[Any, ...]) -> dict[str, Any]:
                 "z": z,
             }
         )
-    return {"background": kind, "anns": anns, "phrases": make_phrases(anns, rng, size)}
+    absent = absent_phrases(anns, np.random.default_rng(np.random.SeedSequence([seed, split_index + 1, index, 7])))
+    return {"background": kind, "anns": anns, "phrases": make_phrases(anns, rng, size), "absent": absent}
+
+
+def absent_phrases(objects: list[dict[str, Any]], rng: np.random.Generator) -> list[str]:
+    """Phrases naming nothing in the image (see the module docstring): at most three."""
+    present = {(o["colour"], o["shape"]) for o in objects}
+    shapes, colours = sorted({o["shape"] for o in objects}), sorted({o["colour"] for o in objects})
+    out = []
+    shape = shapes[int(rng.integers(len(shapes)))]
+    others = [c for c in COLOURS if (c, shape) not in present]
+    if others:
+        out.append(f"the {others[int(rng.integers(len(others)))]} {shape}")
+    colour = colours[int(rng.integers(len(colours)))]
+    others = [s for s in SHAPES if (colour, s) not in present]
+    if others:
+        out.append(f"the {colour} {others[int(rng.integers(len(others)))]}")
+    missing = [s for s in SHAPES if s not in shapes]
+    if missing:
+        out.append(f"the {missing[int(rng.integers(len(missing)))]}")
+    return list(dict.fromkeys(out))
 
 
 def _union_bbox(boxes: list[list[float]]) -> list[float]:
@@ -319,7 +345,7 @@ def _write(
                 for k, iid in enumerate(ids)
             ]
             results = pool.map(_render_one, tasks, chunksize=16) if pool else map(_render_one, tasks)
-            images, annotations, refs = [], [], []
+            images, annotations, refs, absent = [], [], [], []
             for iid, res in zip(ids, results):
                 file_name = f"{iid:06d}.png"
                 images.append(
@@ -338,6 +364,7 @@ def _write(
                     annotations.append(ann)
                     ann_ids.append(next_ann)
                     next_ann += 1
+                absent.append({"image_id": iid, "file_name": file_name, "sentences": res["absent"]})
                 for ph in res["phrases"]:
                     targets = [ann_ids[t] for t in ph["targets"]]
                     sents = []
@@ -367,11 +394,13 @@ def _write(
             _dump({"images": images, "annotations": annotations, "categories": categories},
                   root / split / "instances.json")  # fmt: skip
             _dump(refs, root / split / "refs.json")
+            _dump(absent, root / split / "absent.json")
             counts[split] = {
                 "images": n,
                 "annotations": len(annotations),
                 "refs": len(refs),
                 "sentences": sum(len(r["sentences"]) for r in refs),
+                "absent_sentences": sum(len(a["sentences"]) for a in absent),
                 **{
                     f"refs_{k}": sum(r["kind"] == k for r in refs)
                     for k in ("attribute", "category", "spatial")

@@ -54,8 +54,9 @@ class ReferBenchmark(Benchmark):
     name = "refer"
 
     def __init__(self, dataset: Any, *, templates: dict[str, Any] | None = None, name: str = "refer",
-                 data_info: dict[str, Any] | None = None) -> None:
+                 data_info: dict[str, Any] | None = None, absent: dict[int, list[str]] | None = None) -> None:
         self.dataset = dataset
+        self.absent = absent or {}  # image id -> phrases naming nothing in it (presence negatives)
         self.templates = templates
         self.name = name
         self.data_info = data_info or {}
@@ -72,7 +73,9 @@ class ReferBenchmark(Benchmark):
         return {
             "data": self.data_info,
             "protocol": "referring segmentation: one predict(text=sentence) per expression, best-ranked mask "
-                        "vs the union of the ref's target masks; mIoU, cIoU (cumulative I / cumulative U), P@0.5-0.9",
+                        "vs the union of the ref's target masks; mIoU, cIoU (cumulative I / cumulative U), P@0.5-0.9"
+                        + ("; presence: the share of expressions the predictor finds (presence over its threshold), "
+                           "and of the absent phrases (naming nothing in the image) it finds" if self.absent else ""),
             "templates": self.templates,
         }
 
@@ -85,8 +88,10 @@ class ReferBenchmark(Benchmark):
             ranking = out.info.get("ranking")
             score = float(ranking[0]) if ranking is not None and len(ranking) else float(out.scores[0])
             preds.append({"ref_id": int(ref.ref_id), "sent_idx": idx, "text": text,
-                          "segmentation": _rle.encode(out.masks[0]), "score": score})
-        return {"predictions": preds}
+                          "segmentation": _rle.encode(out.masks[0]), "score": score,
+                          **_presence(out)})
+        absent = [{"text": text, **_presence(predictor.predict(text=text))} for text in self.absent.get(image_id, [])]
+        return {"predictions": preds, **({"absent": absent} if absent else {})}
 
     def score(self, records: dict[str, dict[str, Any]], keys: Sequence[str]) -> Scores:
         ok, problems = split_records(records, keys)
@@ -131,6 +136,13 @@ class ReferBenchmark(Benchmark):
             problems.append(f"{no_target} expression(s) have no target (empty ground truth): IoU 1 only for an empty prediction")
         metrics = refer_metrics(inters, unions)
         counts = {"images": len(keys), "expressions": len(inters)}
+        if self.absent:
+            present = [p.get("found") for r in ok.values() for p in r.get("predictions", [])]
+            absent = [a.get("found") for r in ok.values() for a in r.get("absent", [])]
+            if present and all(f is not None for f in present + absent):
+                metrics["presence: present found"] = sum(present) / len(present)
+                metrics["presence: absent found"] = sum(absent) / max(1, len(absent))
+                counts["absent phrases"] = len(absent)
         details: dict[str, Any] = {}
         if any(k is not None for k in kinds):
             by_kind: dict[str, Any] = {}
@@ -140,3 +152,11 @@ class ReferBenchmark(Benchmark):
                 counts[f"{kind} expressions"] = len(rows)
             details["by phrase kind"] = by_kind
         return Scores(metrics, counts, problems, details)
+
+
+def _presence(out: Any) -> dict[str, Any]:
+    """The presence answer of a prediction (nothing when the predictor gives none)."""
+    presence = getattr(out, "presence", None)
+    if presence is None:
+        return {}
+    return {"presence": round(float(presence), 6), "found": bool(out.info.get("found", True))}

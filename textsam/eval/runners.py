@@ -109,7 +109,14 @@ def build_benchmark(
         ref_split = None if name == "synthetic" or (root / str(split)).is_dir() else split
         ds = ReferDataset(refs, inst, images, split=ref_split)
         info = {"root": str(root), "split": split, "refs": refs.name}
-        return ReferBenchmark(ds, templates=templates, name=name, data_info=info)
+        absent_file = refs.parent / "absent.json"
+        absent = None
+        if name == "synthetic" and absent_file.is_file():
+            import json
+
+            absent = {int(a["image_id"]): list(a["sentences"]) for a in json.loads(absent_file.read_text())}
+            info["absent"] = absent_file.name
+        return ReferBenchmark(ds, templates=templates, name=name, data_info=info, absent=absent)
     if name in ("instances", "points"):
         from ..data.coco import CocoDataset
         from .instances import InstancesBenchmark, find_coco_files
@@ -136,7 +143,7 @@ def predictor_factory(
     *,
     checkpoint: str | Path | None = None,
     clip: str | None = None,
-    text_head: str | Path | None = None,
+    text_head: str | Path | bool | None = None,
     device: str | None = None,
     templates: dict[str, Any] | None = None,
 ) -> Callable[[], Any]:

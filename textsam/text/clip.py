@@ -272,9 +272,14 @@ class TextEncoder(nn.Module):
         """One unit embedding ``(D,)``: the normalised mean over the phrase put into every template
         (:func:`textsam.text.templates.expand`; no templates: the bare phrase). Used wherever a phrase is
         compared with image features."""
-        emb = self.encode(expand(phrase, templates) if templates else [clean_phrase(phrase)])
-        mean = emb.mean(0)
-        return mean / mean.norm().clamp_min(1e-12)
+        return self.encode_ensembles([phrase], templates)[0]
+
+    def encode_ensembles(self, phrases: Sequence[str], templates: Sequence[str]) -> Tensor:
+        """:meth:`encode_ensemble` of several phrases, ``(P, D)``: every sentence in one text-tower batch."""
+        groups = [expand(p, templates) if templates else [clean_phrase(p)] for p in phrases]
+        emb = self.encode([s for group in groups for s in group])
+        means = torch.stack([chunk.mean(0) for chunk in torch.split(emb, [len(g) for g in groups])])
+        return means / means.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
     def clear_cache(self) -> None:
         self._cache.clear()

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InputError
+from .engine import EngineOptions
 
-__all__ = ["GroundingOptions", "ScoringOptions", "InstanceOptions", "LocatorOptions", "TextOptions"]
+__all__ = ["GroundingOptions", "ScoringOptions", "InstanceOptions", "LocatorOptions", "EngineOptions", "TextOptions"]
 
 
 @dataclass(frozen=True)
@@ -21,12 +22,13 @@ class GroundingOptions:
     """Training-free localisation: dense CLIP patch features (MaskCLIP) compared with the phrase; the
     similarity map becomes click tokens (and optionally a box) of the same decoder call.
 
-    enabled: use it (a model without a text head needs it). clip_input_size: side of the square image given
+    enabled: use it (off by default: the proposal engine, :class:`EngineOptions`, answers text requests without
+    a text head; this path stays for comparison). clip_input_size: side of the square image given
     to the CLIP tower for dense features (a multiple of its patch size). num_positive / num_negative: clicks
     per phrase. box: also give the box of the best similarity region.
     """
 
-    enabled: bool = True
+    enabled: bool = False
     clip_input_size: int = 448
     num_positive: int = 1
     num_negative: int = 1
@@ -73,7 +75,7 @@ class LocatorOptions:
 
 
 _GROUPS = {"grounding": GroundingOptions, "scoring": ScoringOptions, "instances": InstanceOptions,
-           "locator": LocatorOptions}
+           "locator": LocatorOptions, "engine": EngineOptions}
 # the flat option names of textsam files written before the options were grouped
 _FLAT = {"clip_input_size": ("grounding", "clip_input_size"), "num_positive": ("grounding", "num_positive"),
          "num_negative": ("grounding", "num_negative"), "grounded_box": ("grounding", "box"),
@@ -92,6 +94,7 @@ class TextOptions:
     scoring: ScoringOptions = field(default_factory=ScoringOptions)
     instances: InstanceOptions = field(default_factory=InstanceOptions)
     locator: LocatorOptions = field(default_factory=LocatorOptions)
+    engine: EngineOptions = field(default_factory=EngineOptions)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {name: dataclasses.asdict(getattr(self, name)) for name in _GROUPS}
@@ -119,5 +122,24 @@ class TextOptions:
                 raise InputError(f"unknown {name} options {unknown}; known: {sorted(kind.__dataclass_fields__)}")
             if name == "scoring" and values.get("templates") is not None:
                 values = dict(values, templates=tuple(values["templates"]))
+            if name == "engine":
+                values = _engine_values(values)
             built[name] = kind(**values)
         return cls(**built)
+
+
+def _engine_values(values: dict[str, Any]) -> dict[str, Any]:
+    """Engine options from a dict (its ``proposals`` a dict of ``ProposalOptions`` fields, ``views`` a list)."""
+    from ..modeling.proposals import ProposalOptions
+
+    out = dict(values)
+    if isinstance(out.get("proposals"), Mapping):
+        defaults = dataclasses.asdict(EngineOptions().proposals)
+        fields = {**defaults, **out["proposals"]}
+        unknown = sorted(set(fields) - set(ProposalOptions.__dataclass_fields__))
+        if unknown:
+            raise InputError(f"unknown proposal options {unknown}")
+        out["proposals"] = ProposalOptions(**fields)
+    if "views" in out:
+        out["views"] = tuple(out["views"])
+    return out

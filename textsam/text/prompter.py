@@ -1,19 +1,20 @@
 """Turning phrases into decoder prompts for one image.
 
-Sources of text tokens, all ending in the decoder's sparse slot:
-- grounding (training-free): dense CLIP patch-text similarity -> positive/negative points and a box,
-  embedded by SAM's own prompt encoder exactly like clicks;
+Sources of prompts, all ending as tokens of the decoder's sparse slot:
+- the training-free engine (:mod:`textsam.text.engine`): SAM proposals scored by CLIP crops, spatial words
+  resolved by geometry; the chosen proposal becomes a box and a click, and every answer has a presence;
 - a trained text head: the CLIP text embedding -> ``K`` learned tokens (``TextProjector``);
-- the text head's learned locator, when it has one: phrase x SAM image embedding -> the best cell,
-  given as a positive click (:meth:`TextPrompter.locate`; used when the user gives no click or box).
-Candidate masks are then ranked by SAM's IoU head plus the CLIP similarity of the mask region.
+- the text head's locator, when it has one: the phrase chooses among candidate objects and its click is
+  given as a positive point (:meth:`TextPrompter.locate`; used when the user gives no click or box); with a
+  text head the engine only answers presence (:attr:`TextPrompter.engine_chooses`);
+- dense CLIP grounding (MaskCLIP points, off by default; kept for comparison).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from torch import Tensor
 from ..errors import InputError
 from ..model import TextSam
 from ..ops import mask_nms
+from .engine import Ranked, TextEngine
 from .options import TextOptions
 
 logger = logging.getLogger(__name__)
@@ -35,12 +37,20 @@ def default_options(model: TextSam) -> TextOptions:
 
 @dataclass
 class TextPrompt:
-    """Prompts for one phrase, in original-image pixels, plus learned tokens."""
+    """Prompts for one phrase, in original-image pixels, plus learned tokens.
+
+    ``presence``: the engine's answer in [0, 1] (None when no engine ran). ``members``: for a group phrase
+    ("all X") or ``instances="all"``, one ``(box, click)`` per object to decode (empty: the phrase's one answer
+    is ``box``/``points``).
+    """
 
     points: np.ndarray  # (N, 2) x, y
     labels: np.ndarray  # (N,) 1 / 0
     box: np.ndarray | None  # (4,) x0, y0, x1, y1
     tokens: Tensor | None  # (K, C) text-head tokens
+    presence: float | None = None
+    members: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    group: bool = False
 
 
 class TextPrompter:
@@ -53,7 +63,9 @@ class TextPrompter:
         self._features: Tensor | None = None  # (gh, gw, D) unit patch features of the current image
         self._geometry = None
         self._regions: Tensor | None = None  # candidate object masks of the current image (region locator)
+        self._region_scores: Tensor | None = None  # their predicted IoU
         self._region_colours: Tensor | None = None  # their pixels' colour statistics
+        self.engine = TextEngine(self.options.engine)
 
     # ---------------------------------------------------------------------------- set-up
     def ensure_text_encoder(self) -> None:
@@ -79,7 +91,9 @@ class TextPrompter:
         self._features = None
         self._geometry = None
         self._regions = None
+        self._region_scores = None
         self._region_colours = None
+        self.engine.reset()
 
     @torch.inference_mode()
     def set_image(self, image: np.ndarray) -> None:
@@ -154,7 +168,7 @@ class TextPrompter:
         o = self.options.locator
         masks, scores = self._grid_masks(features, self._grid(max(1, int(o.grid)), input_size))
         chosen = mask_nms(masks.cpu().numpy(), scores.float().cpu().numpy(), o.nms_iou)[: o.max_candidates]
-        self._regions = masks[chosen]
+        self._regions, self._region_scores = masks[chosen], scores[chosen].float().cpu()
         return self._regions
 
     @staticmethod
@@ -192,7 +206,95 @@ class TextPrompter:
             sim = sim - similarity_map(self._features, self.phrase_embedding(negative))[0]
         return sim
 
+    # ---------------------------------------------------------------------------- engine
+    @property
+    def engine_chooses(self) -> bool:
+        """Whether the engine's chosen object becomes prompts: for a model without a text head. With a head,
+        the head decides (its tokens, and its locator's click) and the engine answers presence."""
+        return self.model.text_projector is None
+
+    @property
+    def engine_enabled(self) -> bool:
+        return self.options.engine.enabled and hasattr(getattr(self.model.text_encoder, "clip", None), "visual")
+
+    def engine_rank(self, predictor, phrases: Sequence[str], user_points: np.ndarray | None = None,  # noqa: ANN001
+                    user_labels: np.ndarray | None = None, user_box: np.ndarray | None = None) -> list[Ranked]:
+        """The engine's answer for each phrase on the predictor's current image. A model whose text head has a
+        locator shares the locator's candidate objects with the engine (one candidate pass per image). A
+        user's positive click or box keeps only the candidates it touches (all of them when none does)."""
+        self.ensure_text_encoder()
+        if self.model.text_locator is not None and self.engine._proposals is None:
+            self.engine._proposals = self._regions_as_proposals(predictor)
+        props = self.engine.proposals(predictor)
+        allowed = None
+        if len(props) and (user_box is not None or (user_points is not None and (user_labels == 1).any())):
+            allowed = torch.ones(len(props), dtype=torch.bool)
+            masks = props.masks
+            if user_points is not None:
+                for (x, y), label in zip(user_points, user_labels):
+                    if label == 1:
+                        xi = int(np.clip(round(x), 0, masks.shape[2] - 1))
+                        yi = int(np.clip(round(y), 0, masks.shape[1] - 1))
+                        allowed &= masks[:, yi, xi]
+            if user_box is not None:
+                x0, y0, x1, y1 = (int(round(v)) for v in np.asarray(user_box, float).reshape(4))
+                inside = masks[:, max(y0, 0):y1 + 1, max(x0, 0):x1 + 1].flatten(1).sum(1).float()
+                allowed &= inside >= 0.5 * masks.flatten(1).sum(1).clamp_min(1)
+            if not allowed.any():
+                allowed = None
+        return self.engine.rank(predictor, self.model.text_encoder, phrases, self.templates(), allowed=allowed)
+
+    def _regions_as_proposals(self, predictor):  # noqa: ANN001, ANN202
+        """The locator's candidate objects as engine proposals (original-frame masks, boxes and clicks)."""
+        from ..modeling.proposals import Proposals, masks_to_boxes
+        from ..ops import deepest_points
+
+        features = predictor.get_image_embedding()
+        regions = self.region_candidates(features, predictor.input_size)
+        size = predictor.original_size
+        if len(regions) == 0:
+            return Proposals.cat([], size)
+        logits = regions.float() * 2 - 1
+        with torch.inference_mode():
+            masks = self.model.postprocess_masks(logits[:, None], predictor.input_size, size)[:, 0] > 0
+        masks = masks.cpu()
+        points = deepest_points(masks).double()
+        return Proposals(masks, masks_to_boxes(masks), self._region_scores.clone(),
+                         torch.ones(len(masks)), points, torch.tensor([[0, 0, size[1], size[0]]] * len(masks)))
+
+    @staticmethod
+    def _as_box_and_click(props, i: int) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+        """Proposal ``i`` as a box (x0, y0, x1, y1, exclusive ends) and its click (x, y), original pixels."""
+        box = props.boxes[i].double().numpy().copy()
+        box[2:] += 1
+        return box, props.points[i].numpy().astype(np.float64)
+
     # ---------------------------------------------------------------------------- prompts
+    def prompts_for(self, phrases: Sequence[str], predictor, *, engine_prompts: bool = True,  # noqa: ANN001
+                    user_box: np.ndarray | None = None, user_points: np.ndarray | None = None,
+                    user_labels: np.ndarray | None = None) -> list[TextPrompt] | None:
+        """The engine's prompts for several phrases at once (one text batch, one ranking; None when the engine
+        is off): each phrase's chosen object as a box and a click (``engine_prompts``; else the engine only
+        answers presence), with the text-head tokens."""
+        if not (self.engine_enabled and predictor is not None):
+            return None
+        self.ensure_text_encoder()
+        tokens = self.text_tokens(list(phrases))
+        ranked_all = self.engine_rank(predictor, list(phrases), user_points, user_labels, user_box)
+        props = self.engine.proposals(predictor)
+        out = []
+        for i, ranked in enumerate(ranked_all):
+            prompt = TextPrompt(np.zeros((0, 2)), np.zeros((0,), np.int64), None,
+                                tokens[i] if tokens is not None else None, ranked.presence, group=ranked.query.group)
+            if engine_prompts and ranked.chosen:
+                pairs = [self._as_box_and_click(props, j) for j in ranked.chosen]
+                prompt.box = pairs[0][0] if user_box is None else None
+                prompt.points, prompt.labels = pairs[0][1][None], np.ones(1, np.int64)
+                if ranked.query.group:
+                    prompt.members = pairs
+            out.append(prompt)
+        return out
+
     def prompt_for(
         self,
         phrase: str,
@@ -200,10 +302,21 @@ class TextPrompter:
         *,
         negative: str | None = None,
         user_box: np.ndarray | None = None,
+        user_points: np.ndarray | None = None,
+        user_labels: np.ndarray | None = None,
+        predictor=None,  # noqa: ANN001 - the TextSamPredictor holding the image (needed by the engine)
+        engine_prompts: bool = True,
     ) -> TextPrompt:
-        """Grounded points (and box) plus text-head tokens for one phrase on the current image."""
+        """Prompts for one phrase on the current image: the engine's (:meth:`prompts_for`), else grounded
+        points (when grounding is on), plus text-head tokens."""
+        engine = self.prompts_for([phrase], predictor, engine_prompts=engine_prompts, user_box=user_box,
+                                  user_points=user_points, user_labels=user_labels)
+        if engine is not None and (engine_prompts or not self.grounding_enabled):
+            return engine[0]
+        presence = engine[0].presence if engine is not None else None
         self.ensure_text_encoder()
         tokens = self.text_tokens([phrase])
+        tok = tokens[0] if tokens is not None else None
         points = np.zeros((0, 2))
         labels = np.zeros((0,), dtype=np.int64)
         box = None
@@ -230,23 +343,38 @@ class TextPrompter:
                 labels = np.concatenate([labels, np.zeros(1, np.int64)])
         if tokens is None and len(points) == 0:
             raise InputError("this model cannot use text: it has neither a text head nor a CLIP image tower")
-        return TextPrompt(points, labels, box, tokens[0] if tokens is not None else None)
+        return TextPrompt(points, labels, box, tok, presence)
 
-    def instance_prompts(self, phrase: str, image: np.ndarray, *, negative: str | None = None) -> list[TextPrompt]:
-        """One prompt per likely instance of the phrase (best first), at most ``max_instances``."""
+    def instance_prompts(self, phrase: str, image: np.ndarray, *, negative: str | None = None,
+                         predictor=None) -> tuple[list[TextPrompt], float | None]:  # noqa: ANN001
+        """One prompt per instance of the phrase (best first, at most ``max_instances``) and the phrase's
+        presence. With the engine: every proposal whose presence passes the threshold (none for an absent
+        phrase)."""
         self.ensure_text_encoder()
+        tokens = self.text_tokens([phrase])
+        tok = tokens[0] if tokens is not None else None
+        limit = self.options.instances.max_instances
+        if self.engine_enabled and predictor is not None:
+            (ranked,) = self.engine_rank(predictor, [phrase])
+            props = self.engine.proposals(predictor)
+            o = self.options.engine
+            member = torch.sigmoid(o.presence_gain * (ranked.cosines - o.presence_bias)) if len(props) else None
+            order = [int(i) for i in torch.argsort(ranked.probs, descending=True)] if len(props) else []
+            keep = [i for i in order if member[i] >= o.presence_threshold][:limit]
+            prompts = []
+            for i in keep:
+                box, click = self._as_box_and_click(props, i)
+                prompts.append(TextPrompt(click[None], np.ones(1, np.int64), box, tok, float(member[i])))
+            return prompts, ranked.presence
         if not self.grounding_enabled:
-            return [self.prompt_for(phrase, image, negative=negative)]
+            return [self.prompt_for(phrase, image, negative=negative, predictor=predictor)], None
         from .grounding import instance_candidates
 
         self._require_features(image)
         sim = self.similarity(phrase, negative)
-        cands = instance_candidates(sim, self._geometry, max_instances=self.options.instances.max_instances)
-        tokens = self.text_tokens([phrase])
-        tok = tokens[0] if tokens is not None else None
-        return [
-            TextPrompt(np.asarray(c.points, float), np.asarray(c.labels, np.int64), c.box, tok) for c in cands
-        ] or [self.prompt_for(phrase, image, negative=negative)]
+        cands = instance_candidates(sim, self._geometry, max_instances=limit)
+        prompts = [TextPrompt(np.asarray(c.points, float), np.asarray(c.labels, np.int64), c.box, tok) for c in cands]
+        return prompts or [self.prompt_for(phrase, image, negative=negative)], None
 
     def _restrict_to_box(self, sim: Tensor, box: np.ndarray) -> Tensor:
         """Keep similarity only in grid cells whose centres fall inside the user's box."""

@@ -1,0 +1,133 @@
+"""The training-free text engine: crop embeddings, spatial words, presence, vocabularies in one pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+import textsam
+from textsam.text.scoring import clip_preprocess, crop_views, encode_views
+from textsam.text.spatial import parse, resolve
+
+
+def test_crop_embeddings_equal_open_clips_own_encode_image() -> None:
+    """Random ViT-B/16 weights: our view embeddings are open_clip's preprocess + encode_image on the same crops."""
+    import open_clip
+
+    torch.manual_seed(0)
+    model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-16-quickgelu", pretrained=None)
+    model.eval()
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (90, 140, 3), dtype=np.uint8)
+    masks = np.zeros((2, 90, 140), bool)
+    masks[0, 10:50, 20:70] = True
+    masks[1, 40:90, 100:140] = True
+    boxes = np.array([[20, 10, 70, 50], [100, 40, 140, 90]], float)
+    views = crop_views(image, masks, boxes, ("crop", "mask", "blur"))
+    ours = encode_views(model, views)
+    with torch.no_grad():
+        ref = torch.stack([torch.nn.functional.normalize(model.encode_image(torch.stack(
+            [preprocess(im) for im in row])), dim=-1) for row in views])
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    assert ours.shape == (2, 3, 512)
+    x = preprocess(views[0][0])
+    torch.testing.assert_close(clip_preprocess(model)(views[0][0]), x)  # the same transform, rebuilt from the model
+
+
+@pytest.mark.parametrize(("phrase", "head", "directions", "rank", "relation", "anchor", "group"), [
+    ("the leftmost cross", "cross", ("left",), 0, None, None, False),
+    ("the red shape on the left", "red shape", ("left",), 0, None, None, False),
+    ("the lower red cross", "red cross", ("bottom",), 0, None, None, False),
+    ("all small red crosses", "red crosses", ("small",), 0, None, None, True),
+    ("every cross", "cross", (), 0, None, None, True),
+    ("second guy from left", "guy", ("left",), 1, None, None, False),
+    ("the cup left of the plate", "cup", (), 0, "left", "plate", False),
+    ("the cat next to the dog", "cat", (), 0, "near", "dog", False),
+    ("bottom right pizza", "pizza", ("bottom", "right"), 0, None, None, False),
+    ("the woman in the middle", "woman", ("middle",), 0, None, None, False),
+    ("a photo of a dog", "photo of a dog", (), 0, None, None, False),
+])
+def test_parse(phrase, head, directions, rank, relation, anchor, group) -> None:
+    q = parse(phrase)
+    assert (q.head, q.directions, q.rank, q.relation, q.anchor, q.group) == (head, directions, rank, relation, anchor,
+                                                                            group)
+
+
+def test_resolve_superlatives_ordinals_and_relations() -> None:
+    # four candidates left to right; 0, 2 and 3 are crosses (CLIP says so), 1 is not
+    boxes = torch.tensor([[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10], [60, 0, 70, 10]], dtype=torch.float)
+    head = torch.tensor([0.32, 0.04, 0.32, 0.32])
+    size = (10, 70)
+    assert int(resolve(parse("the leftmost cross"), head, boxes, size).argmax()) == 0
+    assert int(resolve(parse("the rightmost cross"), head, boxes, size).argmax()) == 3
+    assert int(resolve(parse("the second cross from the left"), head, boxes, size).argmax()) == 2
+    anchor = torch.tensor([0.01, 0.97, 0.01, 0.01])  # "the dog" is candidate 1
+    assert int(resolve(parse("the cross left of the dog"), head, boxes, size, anchor).argmax()) == 0
+    assert int(resolve(parse("the cross right of the dog"), head, boxes, size, anchor).argmax()) in (2, 3)
+    assert torch.equal(resolve(parse("the cross"), head, boxes, size), head)  # no spatial words: CLIP's answer
+
+
+def _scene() -> np.ndarray:
+    im = Image.new("RGB", (128, 128), (200, 200, 190))
+    d = ImageDraw.Draw(im)
+    d.ellipse([10, 40, 45, 75], fill=(220, 40, 40))      # red circle, left
+    d.ellipse([85, 40, 120, 75], fill=(40, 80, 220))     # blue circle, right
+    d.rectangle([45, 95, 80, 125], fill=(230, 200, 40))  # yellow square, bottom
+    return np.asarray(im)
+
+
+@pytest.fixture(scope="module")
+def engine_predictor() -> textsam.TextSamPredictor:
+    predictor = textsam.TextSamPredictor(textsam.create_model("shapes_tiny", text_head=False))
+    predictor.set_image(_scene())
+    return predictor
+
+
+def test_engine_answers_in_one_decoder_call_with_presence(engine_predictor) -> None:
+    calls = []
+    decoder = engine_predictor.model.mask_decoder
+    original = decoder.forward
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["sparse_prompt_embeddings"].shape)
+        return original(*args, **kwargs)
+
+    engine_predictor.predict(text="the red circle")  # the first request computes the proposals
+    decoder.forward = spy
+    try:
+        out = engine_predictor.predict(text="the red circle")
+    finally:
+        decoder.forward = original
+    assert len(calls) == 1 and calls[0][0] == 1  # one decoder call, one prompt
+    assert out.presence is not None and 0 <= out.presence <= 1 and out.info["found"] == (out.presence >= 0.5)
+    box = out.info["prompts"]["box"]
+    assert box is not None and box[2] < 64  # the chosen proposal is the left (red) circle
+
+
+def test_absent_phrase_has_no_mask_with_all_instances(engine_predictor) -> None:
+    absent = engine_predictor.predict(text="the green star", instances="all")
+    present = engine_predictor.predict(text="the red circle", instances="all")
+    assert absent.presence < present.presence
+    assert len(present.masks) >= 1
+    if not absent.info["found"]:
+        assert absent.masks.shape == (0, 128, 128) and absent.scores.shape == (0,)
+
+
+def test_vocabulary_in_one_pass_equals_single_calls(engine_predictor) -> None:
+    phrases = ["the red circle", "the blue circle", "the yellow square", "all the circles", "the leftmost circle"]
+    towers = engine_predictor.model.text_encoder.tower_calls
+    many = engine_predictor.predict_phrases(phrases)
+    assert engine_predictor.model.text_encoder.tower_calls <= towers + 2  # phrases + heads: one text batch each
+    assert len(many) == len(phrases)
+    for phrase, a in zip(phrases, many):
+        b = engine_predictor.predict(text=phrase)
+        assert a.masks.shape == b.masks.shape and (a.masks == b.masks).mean() > 0.999
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
+        assert a.presence == pytest.approx(b.presence, abs=1e-6)
+
+
+def test_a_user_click_keeps_the_candidates_it_touches(engine_predictor) -> None:
+    out = engine_predictor.predict(text="circle", point_coords=np.array([[100.0, 57.0]]), point_labels=np.array([1]))
+    assert out.masks[0][57, 100] and not out.masks[0][57, 27]  # the blue circle, where the user clicked
