@@ -67,6 +67,8 @@ def add_parser(subparsers: Subparsers) -> None:
     )
     p.add_argument("--box", type=parse_box, metavar="X0,Y0,X1,Y1", help="a box in pixels")
     p.add_argument("--all", dest="all_instances", action="store_true", help="segment every instance of the phrase")
+    p.add_argument("--everything", action="store_true",
+                   help="every object: SAM's automatic mask generator (its default settings), no prompt needed")
     p.add_argument("--multimask", action="store_true",
                    help="write SAM's 3 candidate masks (in the predictor's order: for text, best first)")
     add_model_options(p, default=None)
@@ -169,9 +171,15 @@ def _prompt(args: argparse.Namespace) -> dict:
         raise InputError("--text is empty: give a phrase naming the object, e.g. --text 'red car'.")
     if args.negative_text is not None and not args.negative_text.strip():
         raise InputError("--negative-text is empty: give a phrase or leave the option out.")
-    if text is None and not points and args.box is None:
-        raise InputError("give a prompt: --text PHRASE, --point X,Y[,LABEL] and/or --box X0,Y0,X1,Y1.")
+    everything = bool(getattr(args, "everything", False))
+    if everything and (text is not None or points or args.box is not None or args.all_instances):
+        raise InputError("--everything segments every object without a prompt: leave out --text, --point, --box "
+                         "and --all.")
+    if text is None and not points and args.box is None and not everything:
+        raise InputError("give a prompt: --text PHRASE, --point X,Y[,LABEL] and/or --box X0,Y0,X1,Y1 (or "
+                         "--everything).")
     return {
+        **({"everything": True} if everything else {}),
         "text": text,
         "negative_text": args.negative_text,
         "point_coords": [[x, y] for x, y, _ in points] or None,
@@ -296,7 +304,7 @@ def run_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from textsam.factory import check_device
-    from textsam.results import foreign_outputs, remove_leftovers, write_results
+    from textsam.results import MaskResult, foreign_outputs, remove_leftovers, write_results
     from textsam.transforms import load_image
 
     prompt = _prompt(args)
@@ -341,11 +349,15 @@ def run_segment(args: argparse.Namespace) -> int:
             try:
                 image = load_image(path)
                 predictor.set_image(image)
-                prediction = predictor.predict(**kwargs)
-                results = prediction_to_results(
-                    prediction, label=prompt["text"] or "", multimask=prompt["multimask"],
-                    all_instances=prompt["instances"] is not None,
-                )
+                if prompt.get("everything"):
+                    prediction = None
+                    results = [MaskResult(r["segmentation"], r["predicted_iou"]) for r in predictor.generate()]
+                else:
+                    prediction = predictor.predict(**kwargs)
+                    results = prediction_to_results(
+                        prediction, label=prompt["text"] or "", multimask=prompt["multimask"],
+                        all_instances=prompt["instances"] is not None,
+                    )
             except (TextSamError, OSError) as err:
                 skipped.append((path, str(err)))
                 tqdm.write(f"textsam: skipped {path}: {err}", file=sys.stderr)

@@ -12,6 +12,10 @@ then across crops (smaller crops first); optionally small holes and islands remo
 Two things are cheaper here than in the reference, with the same results: the IoU filter runs before masks
 are upsampled to the image (a mask that fails it is never upsampled), and the upsampling runs a few clicks
 at a time. Frames: points and boxes are pixels of the original image (x, y); masks are ``(H, W)`` bool.
+
+:func:`quick_proposals` is the text engine's variant for one image on a CPU: the same grid, decode and
+filters, but the stability score, the boxes and the NMS are computed on the decoder's low-resolution masks
+(256 x 256 for SAM) and only the best ``limit`` proposals are upsampled to the image.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from ..transforms import get_preprocess_shape
 if TYPE_CHECKING:
     from ..predictor import TextSamPredictor
 
-__all__ = ["ProposalOptions", "Proposals", "generate_proposals", "to_records"]
+__all__ = ["ProposalOptions", "Proposals", "generate_proposals", "quick_proposals", "to_records"]
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 UPSAMPLE_FLOATS = 1 << 25  # full-resolution logits upsampled at once
@@ -267,6 +271,63 @@ def generate_proposals(predictor: TextSamPredictor, options: ProposalOptions) ->
         data = _remove_small_regions(data, options.min_mask_region_area,
                                      max(options.box_nms_thresh, options.crop_nms_thresh))
     return data
+
+
+def quick_proposals(predictor: TextSamPredictor, options: ProposalOptions, limit: int) -> Proposals:
+    """Proposals of the predictor's current image without crop layers, filtered and de-duplicated at the
+    decoder's low resolution; the best ``limit`` by predicted IoU are upsampled to the image (see the module
+    docstring). ``options.crop_n_layers`` and ``min_mask_region_area`` do not apply here."""
+    size, input_size = predictor.original_size, predictor.input_size
+    if size is None or input_size is None:
+        raise InputError("no image is set: call predictor.set_image(image) before generating proposals")
+    model = predictor.model
+    h, w = size
+    points = options.grids()[0] * np.array([w, h])[None]
+    new_h, new_w = input_size
+    lows, ious, stabs, pts = [], [], [], []
+    for start in range(0, len(points), options.points_per_batch):
+        batch = points[start : start + options.points_per_batch]
+        coords = np.array(batch, dtype=np.float64)
+        coords[:, 0] *= new_w / w
+        coords[:, 1] *= new_h / h
+        in_points = torch.as_tensor(coords, device=model.device)[:, None]
+        in_labels = torch.ones(len(coords), 1, dtype=torch.int, device=model.device)
+        threshold = options.pred_iou_thresh if options.pred_iou_thresh > 0.0 else -math.inf
+        with torch.inference_mode():
+            iou, low, rows = model.decode_confident(predictor.get_image_embedding(), (in_points, in_labels), threshold)
+        m = iou.shape[1]
+        keep = iou[rows].flatten() > options.pred_iou_thresh if options.pred_iou_thresh > 0.0 else \
+            torch.ones(len(rows) * m, dtype=torch.bool, device=iou.device)
+        flat = low.flatten(0, 1)[keep]
+        side = flat.shape[-1]
+        valid_h = math.ceil(new_h * side / model.img_size)
+        valid_w = math.ceil(new_w * side / model.img_size)
+        stab = stability_score(flat[:, :valid_h, :valid_w], options.stability_score_offset, model.mask_threshold)
+        good = stab >= options.stability_score_thresh if options.stability_score_thresh > 0.0 else \
+            torch.ones_like(stab, dtype=torch.bool)
+        lows.append(flat[good].cpu())
+        ious.append(iou[rows].flatten()[keep][good].float().cpu())
+        stabs.append(stab[good].cpu())
+        pts.append(torch.as_tensor(batch, dtype=torch.float64)[rows.repeat_interleave(m)[keep][good].cpu()])
+    low_all = torch.cat(lows) if lows else torch.zeros(0, 1, 1)
+    iou_all, stab_all, pts_all = torch.cat(ious), torch.cat(stabs), torch.cat(pts)
+    if len(low_all) == 0:
+        return Proposals.cat([], size)
+    side = low_all.shape[-1]
+    # boxes of the low-res masks, in original pixels (inclusive ends, as masks_to_boxes)
+    boxes_low = masks_to_boxes(low_all > model.mask_threshold).double()
+    sx = (model.img_size / side) * (w / new_w)
+    sy = (model.img_size / side) * (h / new_h)
+    boxes = torch.stack([(boxes_low[:, 0] * sx).floor(), (boxes_low[:, 1] * sy).floor(),
+                         ((boxes_low[:, 2] + 1) * sx).ceil() - 1, ((boxes_low[:, 3] + 1) * sy).ceil() - 1], dim=1)
+    boxes = torch.minimum(boxes.clamp_min(0), torch.tensor([w - 1, h - 1, w - 1, h - 1], dtype=torch.float64)).long()
+    keep = _nms(boxes, iou_all, options.box_nms_thresh)
+    keep = keep[torch.argsort(iou_all[keep], descending=True, stable=True)][:limit]
+    with torch.inference_mode():
+        logits = model.postprocess_masks(low_all[keep][:, None].to(model.device), input_size, size)[:, 0]
+    masks = (logits > model.mask_threshold).cpu()
+    crops = torch.tensor([[0, 0, w, h]] * len(keep), dtype=torch.long).reshape(-1, 4)
+    return Proposals(masks, masks_to_boxes(masks), iou_all[keep], stab_all[keep], pts_all[keep], crops)
 
 
 def _remove_small_regions(data: Proposals, min_area: int, nms_thresh: float) -> Proposals:

@@ -2,8 +2,9 @@
 
 Per image (computed on the first text request, shared by every phrase after it):
 
-1. proposals: SAM's automatic mask generation on the image embedding
-   (:func:`~textsam.modeling.proposals.generate_proposals`, with :class:`EngineOptions`'s ``proposals``);
+1. proposals: SAM's automatic mask generation on the image embedding, filtered at the decoder's resolution
+   (:func:`~textsam.modeling.proposals.quick_proposals`, with :class:`EngineOptions`'s ``proposals``), the
+   best ``max_proposals`` by predicted IoU;
 2. crop embeddings: each proposal's isolated views through the CLIP image tower
    (:mod:`textsam.text.scoring`), ``(N, V, D)``.
 
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..modeling.proposals import ProposalOptions, Proposals, generate_proposals
+from ..modeling.proposals import ProposalOptions, Proposals, quick_proposals
 from .scoring import crop_views, encode_views
 from .spatial import Query, parse, resolve
 
@@ -93,9 +94,7 @@ class TextEngine:
     def proposals(self, predictor) -> Proposals:  # noqa: ANN001 - a TextSamPredictor (no import: no cycle)
         """The current image's proposals (computed once per image), at most ``max_proposals``."""
         if self._proposals is None:
-            found = generate_proposals(predictor, self.options.proposals)
-            order = torch.argsort(found.predicted_iou, descending=True, stable=True)[: self.options.max_proposals]
-            self._proposals = found.select(order)
+            self._proposals = quick_proposals(predictor, self.options.proposals, self.options.max_proposals)
         return self._proposals
 
     def crop_embeddings(self, predictor, clip: torch.nn.Module) -> Tensor:  # noqa: ANN001

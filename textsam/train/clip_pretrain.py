@@ -122,7 +122,11 @@ class CropTextDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, str]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         if self.source is None:
-            return self.clip_input(self.crops[index]), self.phrases[index]
+            crop, phrase = self.crops[index], self.phrases[index]
+            if self.greyscale_prob > 0 and crop_params(self.seed + epoch, f"crop{index}", 1, (1, 1),
+                                                       self.greyscale_prob)[1]:
+                crop, phrase = greyscale(crop), without_colour(phrase)
+            return self.clip_input(crop), phrase
         e = self.entries[index]
         coco = coco_of(self.source)
         mask = np.logical_or.reduce([np.asarray(coco.mask(a), dtype=bool) for a in e.ann_ids])
@@ -241,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lock-text", action="store_true", help="train the image tower only")
     parser.add_argument("--greyscale-prob", type=float, default=0.0,
                         help="show a crop in greyscale, its phrase without colour words, with this probability")
+    parser.add_argument("--object-captions", action="store_true",
+                        help="one crop per object captioned 'a {size} {colour} {shape}' (the synthetic data's "
+                        "object fields), instead of the referring expressions")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     root = Path(args.data) / args.split
@@ -265,8 +272,15 @@ def main(argv: list[str] | None = None) -> int:
         start.load_state_dict({k: v.float() for k, v in file.part("clip").items()})
     cfg = ClipPretrainConfig(model_cfg=model_cfg, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                              seed=args.seed, num_workers=args.num_workers, device=args.device, lock_text=args.lock_text)
-    ds = CropTextDataset(clip_input_for(cfg.model_cfg), source=source, seed=args.seed,
-                         greyscale_prob=args.greyscale_prob)
+    if args.object_captions:
+        from ..data.synthetic import object_crops
+
+        pairs = object_crops(args.data, args.split, size=int(cfg.model_cfg["vision_cfg"]["image_size"]))
+        ds = CropTextDataset(clip_input_for(cfg.model_cfg), crops=[c for c, _ in pairs], phrases=[t for _, t in pairs],
+                             seed=args.seed, greyscale_prob=args.greyscale_prob)
+    else:
+        ds = CropTextDataset(clip_input_for(cfg.model_cfg), source=source, seed=args.seed,
+                             greyscale_prob=args.greyscale_prob)
     result = pretrain_clip(ds, args.out, cfg, progress=True, start=start)
     print(f"{result.path} (final loss {result.losses[-1]:.4f})")
     return 0
