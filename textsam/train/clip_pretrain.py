@@ -11,13 +11,6 @@ The result is an open_clip ``local-dir`` folder (``open_clip_config.json`` with 
 ``open_clip.create_model("local-dir:DIR")``, ``open_clip.get_tokenizer("local-dir:DIR")`` and
 ``textsam.text.clip.TextEncoder.create("local-dir:DIR", None)``.
 
-Two options retrain the image tower of an existing CLIP against its text tower, kept as it is (locked-text
-tuning, LiT's idea turned around: the text embeddings a text head was trained on do not move):
-``--start FILE`` (a textsam file holding a whole CLIP, or a ``local-dir:`` folder) and ``--lock-text``. With
-``--greyscale-prob P`` a crop is shown in greyscale with probability P and its phrase loses its colour words
-("the leftmost red cross" -> "the leftmost cross"), so the tower has to see shapes apart from their
-colours (greyscale augmentation with captions kept true to the image).
-
 Run: ``python -m textsam.train.clip_pretrain --data ROOT --split train --out DIR [--steps N]``.
 """
 
@@ -43,7 +36,7 @@ from ..config import SHAPES_TINY_CLIP_CFG
 from ..text.grounding import OPENAI_MEAN, OPENAI_STD
 from ..text.grounding_maps import square_crop
 from .batches import StepSampler
-from .data import BASIC_COLOUR_WORDS, ClipInput, build_entries, coco_of, crop_params, greyscale
+from .data import ClipInput, build_entries, coco_of, crop_params
 
 logger = logging.getLogger(__name__)
 
@@ -107,9 +100,8 @@ class CropTextDataset(torch.utils.data.Dataset):
 
     def __init__(self, clip_input: ClipInput, *, source: Any = None, crops: Sequence[np.ndarray] = (),
                  phrases: Sequence[str] = (), seed: int = 0, enlarge: tuple[float, float] = (1.0, 2.0),
-                 grey_prob: float = 0.5, min_area: float = 64.0, greyscale_prob: float = 0.0) -> None:
+                 grey_prob: float = 0.5, min_area: float = 64.0) -> None:
         self.clip_input, self.seed, self.enlarge, self.grey_prob = clip_input, seed, enlarge, grey_prob
-        self.greyscale_prob = greyscale_prob
         self.source, self.crops = source, list(crops)
         self.entries = build_entries(source, 1024, min_area) if source is not None else []
         self.phrases = [e.phrase for e in self.entries] if source is not None else list(phrases)
@@ -122,27 +114,13 @@ class CropTextDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, str]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         if self.source is None:
-            crop, phrase = self.crops[index], self.phrases[index]
-            if self.greyscale_prob > 0 and crop_params(self.seed + epoch, f"crop{index}", 1, (1, 1),
-                                                       self.greyscale_prob)[1]:
-                crop, phrase = greyscale(crop), without_colour(phrase)
-            return self.clip_input(crop), phrase
+            return self.clip_input(self.crops[index]), self.phrases[index]
         e = self.entries[index]
         coco = coco_of(self.source)
         mask = np.logical_or.reduce([np.asarray(coco.mask(a), dtype=bool) for a in e.ann_ids])
         enlarge, grey = crop_params(self.seed + epoch, e.key, 0, self.enlarge, self.grey_prob)
         crop = square_crop(coco.load_image(e.image_id), mask, enlarge, self.clip_input.fill, grey_outside=grey)
-        phrase = e.phrase
-        if self.greyscale_prob > 0 and crop_params(self.seed + epoch, e.key, 1, (1, 1), self.greyscale_prob)[1]:
-            crop, phrase = greyscale(crop), without_colour(phrase)
-        return self.clip_input(crop), phrase
-
-
-def without_colour(phrase: str) -> str:
-    """``phrase`` without its colour words (:data:`~textsam.train.data.BASIC_COLOUR_WORDS`); "object" when
-    nothing else is left."""
-    words = [w for w in phrase.split() if w.lower() not in BASIC_COLOUR_WORDS]
-    return " ".join(words) if any(w not in ("the", "a", "an", "all", "every") for w in words) else "object"
+        return self.clip_input(crop), e.phrase
 
 
 @dataclass(frozen=True)
@@ -157,7 +135,6 @@ class ClipPretrainConfig:
     num_workers: int = 0
     log_every: int = 50
     device: str | None = None  # default: cuda when available, else cpu
-    lock_text: bool = False  # train the image tower only (the text tower and the temperature stay)
 
 
 def _collate(items: list[tuple[Tensor, str]]) -> tuple[Tensor, list[str]]:
@@ -182,15 +159,12 @@ class PretrainResult:
 
 
 def pretrain_clip(dataset: CropTextDataset, out_dir: str | Path, config: ClipPretrainConfig = ClipPretrainConfig(),
-                  *, progress: bool = False, start: nn.Module | None = None) -> PretrainResult:
-    """Train a CLIP on ``dataset`` (from scratch, or from ``start``) and save it as a ``local-dir`` folder."""
+                  *, progress: bool = False) -> PretrainResult:
+    """Train a CLIP from scratch on ``dataset`` and save it as a ``local-dir`` folder."""
     torch.manual_seed(config.seed)
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = (start if start is not None else build_clip(config.model_cfg)).train().to(device)
+    model = build_clip(config.model_cfg).train().to(device)
     tokenizer = clip_tokenizer(int(config.model_cfg["text_cfg"]["context_length"]))
-    if config.lock_text:
-        for name, param in model.named_parameters():
-            param.requires_grad_(name.startswith("visual."))
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
@@ -241,13 +215,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--start", default=None, help="start from this CLIP: a textsam file holding a whole CLIP")
-    parser.add_argument("--lock-text", action="store_true", help="train the image tower only")
-    parser.add_argument("--greyscale-prob", type=float, default=0.0,
-                        help="show a crop in greyscale, its phrase without colour words, with this probability")
-    parser.add_argument("--object-captions", action="store_true",
-                        help="one crop per object captioned 'a {size} {colour} {shape}' (the synthetic data's "
-                        "object fields), instead of the referring expressions")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     root = Path(args.data) / args.split
@@ -259,29 +226,10 @@ def main(argv: list[str] | None = None) -> int:
         from ..data.coco import CocoDataset
 
         source = CocoDataset(root / "instances.json", root / "images")
-    start = None
-    model_cfg = deepcopy(SMALL_CLIP_CFG)
-    if args.start:
-        from ..weights.format import read
-
-        file = read(args.start)
-        if file.clip is None or file.clip.tensors != "full" or file.clip.config is None:
-            raise SystemExit(f"{args.start} holds no whole CLIP with its config")
-        model_cfg = file.clip.config
-        start = build_clip(model_cfg)
-        start.load_state_dict({k: v.float() for k, v in file.part("clip").items()})
-    cfg = ClipPretrainConfig(model_cfg=model_cfg, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                             seed=args.seed, num_workers=args.num_workers, device=args.device, lock_text=args.lock_text)
-    if args.object_captions:
-        from ..data.synthetic import object_crops
-
-        pairs = object_crops(args.data, args.split, size=int(cfg.model_cfg["vision_cfg"]["image_size"]))
-        ds = CropTextDataset(clip_input_for(cfg.model_cfg), crops=[c for c, _ in pairs], phrases=[t for _, t in pairs],
-                             seed=args.seed, greyscale_prob=args.greyscale_prob)
-    else:
-        ds = CropTextDataset(clip_input_for(cfg.model_cfg), source=source, seed=args.seed,
-                             greyscale_prob=args.greyscale_prob)
-    result = pretrain_clip(ds, args.out, cfg, progress=True, start=start)
+    cfg = ClipPretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                             num_workers=args.num_workers, device=args.device)
+    ds = CropTextDataset(clip_input_for(cfg.model_cfg), source=source, seed=args.seed)
+    result = pretrain_clip(ds, args.out, cfg, progress=True)
     print(f"{result.path} (final loss {result.losses[-1]:.4f})")
     return 0
 
