@@ -48,7 +48,7 @@ def _load(root: Path, split: str) -> tuple[dict, list[dict]]:
 def test_deterministic_and_worker_independent(synth: Path, tmp_path: Path) -> None:
     meta = generate(tmp_path, workers=2, **SMALL)
     a, b = _hashes(synth), _hashes(tmp_path)
-    assert a == b and len(a) == 3 * 2 + 1 + 40
+    assert a == b and len(a) == 3 * 3 + 1 + 40  # per split: instances, refs, absent phrases
     assert meta == json.loads((synth / "meta.json").read_text())
     other = tmp_path / "other"
     generate(other, **{**SMALL, "seed": 4})
