@@ -11,7 +11,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TEXTSAM_SHARED_DATA", REPO.parent / "shared" / "data"))
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# one thread per pytest-xdist worker (the workers share the machine's cores), else up to two
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +40,45 @@ def clip_spec(tmp_path_factory: pytest.TempPathFactory) -> str:
     torch.manual_seed(0)
     path = save_local_dir(build_clip(TINY_CLIP_CFG), TINY_CLIP_CFG, tmp_path_factory.mktemp("clip") / "tiny_clip")
     return f"local-dir:{path}"
+
+
+# ------------------------------------------------------------------ running in parallel (pytest-xdist)
+# The test command runs the files on `-n auto` workers (pyproject.toml), one file per worker at a time
+# (`--dist loadfile`: module fixtures such as the vit_b models are built once), in collection order
+# (`--no-loadscope-reorder`). The longest files go first
+# so that no worker is left with a long file at the end.
+HEAVY_FIRST = ("test_app_load.py", "test_parity_vit_b.py", "test_faults_segment.py", "test_train.py",
+               "test_faults_train.py", "test_eval_runs.py", "test_faults_eval.py", "test_text_locator.py")
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: one worker per CPU, at most 4 (each holds its own models in memory)."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
+
+
+# ------------------------------------------------------------------ the reliability battery's totals
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Gather the battery cases each report carries (see tests/battery/conftest.py)."""
+    from .battery.harness import TALLY
+
+    for name, value in report.user_properties:
+        if name == "battery_case":
+            case, row = value
+            TALLY.cases[case] = dict(row)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from .battery.harness import TALLY
+
+    if TALLY.cases:
+        terminalreporter.write_sep("-", "reliability battery")
+        terminalreporter.write_line(TALLY.summary())
+        bad = sorted(k for k, v in TALLY.cases.items() if not v["clean"])
+        if bad:
+            terminalreporter.write_line("not clean: " + ", ".join(bad))
+

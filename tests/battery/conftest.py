@@ -1,4 +1,9 @@
-"""Fixtures of the reliability battery (see harness.py) and the totals printed after the run."""
+"""Fixtures of the reliability battery (see harness.py) and the totals printed after the run.
+
+Each test report carries the cases its test recorded (``user_properties``), so the totals are complete when
+pytest-xdist runs the tests in several worker processes: tests/conftest.py gathers them from the reports
+(in the process that prints the summary) and prints them.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,13 @@ import pytest
 from .harness import TALLY
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if TALLY.cases:
-        terminalreporter.write_sep("-", "reliability battery")
-        terminalreporter.write_line(TALLY.summary())
-        bad = sorted(k for k, v in TALLY.cases.items() if not v["clean"])
-        if bad:
-            terminalreporter.write_line("not clean: " + ", ".join(bad))
+_REPORTED: set[str] = set()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa: ANN201 - a hook wrapper
+    outcome = yield
+    report = outcome.get_result()
+    for case in sorted(set(TALLY.cases) - _REPORTED):  # the cases recorded since the last report
+        _REPORTED.add(case)
+        report.user_properties.append(("battery_case", (case, TALLY.cases[case])))
