@@ -159,6 +159,25 @@ def test_coco_handmade_all_formats(tmp_path: Path) -> None:
     assert isinstance(ann, CocoAnnotation) and np.array_equal(ds.mask(ann), expect)
 
 
+def test_lvis_entries_find_their_image_from_coco_url(tmp_path: Path) -> None:
+    """LVIS v1 images have no file_name, only coco_url: <image_dir>/<split>/<file>, or <image_dir>/<file> when
+    the image folder is the split's folder."""
+    images = [{"id": 1, "coco_url": "http://images.cocodataset.org/val2017/000000000001.jpg", "height": 20,
+               "width": 30},
+              {"id": 2, "coco_url": "http://images.cocodataset.org/train2017/000000000002.jpg", "height": 16,
+               "width": 16}]
+    path = _write_coco(tmp_path, images=images, annotations=[])
+    for split, n, size in (("val2017", 1, (20, 30)), ("train2017", 2, (16, 16))):
+        (tmp_path / "lvis" / split).mkdir(parents=True)
+        Image.fromarray(np.zeros((*size, 3), np.uint8)).save(tmp_path / "lvis" / split / f"00000000000{n}.jpg")
+    ds = CocoDataset(path, tmp_path / "lvis")
+    assert ds.images[1].file_name == "val2017/000000000001.jpg" and ds.load_image(2).shape == (16, 16, 3)
+    split_dir = CocoDataset(path, tmp_path / "lvis" / "val2017")  # as `eval instances --split val` opens it
+    assert split_dir.images[1].path == tmp_path / "lvis" / "val2017" / "000000000001.jpg"
+    assert split_dir.load_image(1).shape == (20, 30, 3)
+    assert split_dir.load_image(2).shape == (16, 16, 3)  # LVIS val also draws from train2017
+
+
 def test_polygon_rasteriser_rules() -> None:
     tri = polygons_to_mask([[0, 0, 8, 0, 0, 8]], 8, 8)
     yy, xx = np.mgrid[0:8, 0:8] + 0.5

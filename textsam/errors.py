@@ -15,6 +15,10 @@ class WeightsError(TextSamError, RuntimeError):
     """A checkpoint is missing, corrupt, of the wrong format, or cannot be downloaded."""
 
 
+class DownloadError(TextSamError, RuntimeError):
+    """A dataset file cannot be downloaded, is corrupt, or cannot be unpacked where it belongs."""
+
+
 class CheckpointMismatchError(WeightsError):
     """A state dict does not fit the model: lists the missing and unexpected keys."""
 

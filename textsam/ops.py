@@ -16,6 +16,8 @@ __all__ = ["mask_nms", "mask_box", "deepest_points"]
 
 def mask_nms(masks: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int]:
     """Indices kept by greedy NMS on boolean masks ``(N, H, W)``, highest score first; empty masks are dropped."""
+    if len(masks) == 0:
+        return []
     order = np.argsort(-scores)
     flat = masks.reshape(masks.shape[0], -1)
     areas = flat.sum(1)

@@ -11,7 +11,6 @@ import pytest
 
 from .harness import TALLY
 
-
 _REPORTED: set[str] = set()
 
 

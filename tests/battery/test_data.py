@@ -1,4 +1,5 @@
-"""Battery: ``textsam data synth`` with bad sizes and counts, and output folders it must not write into.
+"""Battery: ``textsam data synth`` with bad sizes and counts, and output folders it must not write into;
+``textsam data download`` with unknown names, offline, with the network down, and into folders it cannot use.
 
 Each case: how the working folder is set up, the command line, the exit code and the words expected, and
 what must hold afterwards. The harness checks every case for tracebacks, "unexpected" errors, one-line
@@ -8,6 +9,8 @@ user errors and files lost or overwritten (see harness.py).
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,3 +149,73 @@ def test_interrupted_synth_leaves_no_half_dataset(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(synthetic, "_render_one", real)
     outcome = run_cli(["data", "synth", "--out", str(tmp_path / "syn"), *SMALL])
     check("data/rerun-after-interrupt", outcome, rc=0, before=snapshot(tmp_path), extra=lambda: _dataset(tmp_path))
+
+
+# ---- textsam data download (the real table; urlopen is replaced, so nothing reaches the network) ----------
+
+VAL_URL = "http://images.cocodataset.org/zips/val2017.zip"
+
+
+@dataclass(frozen=True)
+class DownloadCase:
+    """``setup(tmp)`` makes the folder and returns the argv; ``env`` is set while it runs."""
+
+    id: str
+    setup: Callable[[Path], list[str]]
+    rc: int
+    words: tuple[str, ...] = ()
+    env: dict[str, str] | None = None
+    after: Callable[[Path], None] | None = None
+
+
+def _download(*args: str, root: Callable[[Path], Path] = lambda t: t / "data") -> Callable[[Path], list[str]]:
+    def setup(tmp: Path) -> list[str]:
+        return ["data", "download", *args, "--root", str(root(tmp)), "--no-progress"]
+    return setup
+
+
+def _no_data(tmp: Path) -> None:
+    assert not (tmp / "data").exists(), "a dry run or a refused command created the data folder"
+
+
+def _nothing_fetched(tmp: Path) -> None:
+    assert [p.name for p in (tmp / "data" / "downloads").iterdir()] == [], "a file was left in downloads/"
+
+
+OFFLINE = {"TEXTSAM_OFFLINE": "1"}
+DOWNLOAD_CASES = [
+    DownloadCase("download-unknown-dataset", _download("voc"), 2, ("invalid choice: 'voc'", "coco", "refcocog"),
+                 after=_no_data),
+    DownloadCase("download-no-dataset", _download(), 2, ("DATASET",), after=_no_data),
+    DownloadCase("download-root-missing", lambda t: ["data", "download", "coco"], 2, ("--root", "required")),
+    DownloadCase("download-unknown-only-key", _download("coco", "--only", "val2014"), 2,
+                 ("--only 'val2014'", "train2017, val2017"), after=_no_data),
+    DownloadCase("download-dry-run", _download("refcoco", "--dry-run"), 0,
+                 ("refcoco.zip", "train2014.zip", "sha256 7f924bb7", "would fetch 2 of 2 files"), after=_no_data),
+    DownloadCase("download-offline", _download("coco", "--only", "val2017,annotations"), 2,
+                 (VAL_URL, "annotations_trainval2017.zip", "place it at", "val2017.zip", "TEXTSAM_OFFLINE=1"),
+                 env=OFFLINE, after=_nothing_fetched),
+    DownloadCase("download-network-down", _download("coco", "--only", "val2017"), 2,
+                 (VAL_URL, "network error", "unreachable", "place it at", "the download failed"),
+                 after=_nothing_fetched),
+    DownloadCase("download-root-is-a-file", _download("coco", root=_a_file), 2, ("is a file", "notes.txt")),
+    DownloadCase("download-root-under-a-file", _download("coco", root=_under_a_file), 2,
+                 ("cannot write to the data folder", "notes.txt", "choose another --root")),
+    DownloadCase("download-root-not-writable", _download("coco", root=lambda t: unwritable_folder(t) / "data"), 2,
+                 ("cannot write to the data folder", "choose another --root")),
+]
+
+
+@pytest.mark.parametrize("case", DOWNLOAD_CASES, ids=[c.id for c in DOWNLOAD_CASES])
+def test_data_download(case: DownloadCase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def unreachable(request: urllib.request.Request, timeout: float | None = None) -> None:
+        raise urllib.error.URLError("network is unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlopen", unreachable)
+    monkeypatch.delenv("TEXTSAM_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    argv = case.setup(tmp_path)
+    before = snapshot(tmp_path)
+    outcome = run_cli(argv, env=case.env)
+    check(f"data/{case.id}", outcome, rc=case.rc, words=case.words, before=before,
+          extra=None if case.after is None else lambda: case.after(tmp_path))

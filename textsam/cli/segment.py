@@ -41,7 +41,8 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
-__all__ = ["add_parser", "run_segment", "collect_images", "prediction_to_results", "IMAGE_SUFFIXES"]
+__all__ = ["add_parser", "run_segment", "collect_images", "prediction_to_results", "read_phrases", "vocabulary_results",
+           "IMAGE_SUFFIXES"]
 
 
 def add_parser(subparsers: Subparsers) -> None:
@@ -59,7 +60,11 @@ def add_parser(subparsers: Subparsers) -> None:
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders of images")
     p.add_argument("--example", action="store_true",
                    help="also segment the example image shipped with textsam (default model then: shapes_tiny)")
-    p.add_argument("-t", "--text", metavar="PHRASE", help="what to segment, e.g. 'red car'")
+    p.add_argument("-t", "--text", metavar="PHRASE", action="append",
+                   help="what to segment, e.g. 'red car'; given several times, a vocabulary (one pass per image)")
+    p.add_argument("--classes", metavar="A,B,C|FILE",
+                   help="a vocabulary: comma-separated phrases, or a text file with one phrase per line; every "
+                        "phrase is answered on every image in one pass (masks labelled with their phrase)")
     p.add_argument("--negative-text", metavar="PHRASE", help="what not to segment, e.g. 'shadow'")
     p.add_argument(
         "--point", dest="points", action="append", type=parse_point, default=[], metavar="X,Y[,LABEL]",
@@ -164,22 +169,63 @@ def prediction_to_results(
     ]
 
 
+def read_phrases(texts: Sequence[str] | str | None, classes: str | None) -> list[str]:
+    """The phrases of ``--text`` (given once or more) and ``--classes`` (``a,b,c``, or a file with one phrase per
+    line; blank lines and ``#`` comments skipped), in order, duplicates dropped.
+
+    Raises:
+        InputError: an empty phrase, an unreadable or empty classes file.
+    """
+    if isinstance(texts, str):
+        texts = [texts]
+    phrases: list[str] = []
+    for text in texts or []:
+        if not text.strip():
+            raise InputError("--text is empty: give a phrase naming the object, e.g. --text 'red car'.")
+        phrases.append(text)
+    if classes is not None:
+        path = Path(classes)
+        if path.is_file():
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as err:
+                raise InputError(f"cannot read the classes file {path} ({err}): give a UTF-8 text file with one "
+                                 "phrase per line") from None
+            found = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+            if not found:
+                raise InputError(f"the classes file {path} holds no phrase: write one phrase per line")
+        elif path.suffix.lower() in (".txt", ".csv", ".lst") or os.sep in classes:
+            raise InputError(f"the classes file {path} does not exist: give a file with one phrase per line, or "
+                             "the phrases themselves, e.g. --classes 'dog,cat,person'")
+        else:
+            found = [c.strip() for c in classes.split(",")]
+            if not all(found):
+                raise InputError(f"--classes {classes!r} has an empty phrase: give comma-separated phrases, e.g. "
+                                 "--classes 'dog,cat,person'")
+        phrases.extend(found)
+    return list(dict.fromkeys(phrases))
+
+
 def _prompt(args: argparse.Namespace) -> dict:
     points = list(args.points or [])
-    text = args.text
-    if text is not None and not text.strip():
-        raise InputError("--text is empty: give a phrase naming the object, e.g. --text 'red car'.")
+    phrases = read_phrases(args.text, getattr(args, "classes", None))
+    text = phrases[0] if len(phrases) == 1 else None
+    vocabulary = phrases if len(phrases) > 1 else None
+    if vocabulary and (points or args.box is not None or args.negative_text is not None):
+        raise InputError("clicks, a box and --negative-text go with one phrase: give a single --text, or leave "
+                         "them out to answer the whole vocabulary")
     if args.negative_text is not None and not args.negative_text.strip():
         raise InputError("--negative-text is empty: give a phrase or leave the option out.")
     everything = bool(getattr(args, "everything", False))
-    if everything and (text is not None or points or args.box is not None or args.all_instances):
+    if everything and (phrases or points or args.box is not None or args.all_instances):
         raise InputError("--everything segments every object without a prompt: leave out --text, --point, --box "
                          "and --all.")
-    if text is None and not points and args.box is None and not everything:
+    if not phrases and not points and args.box is None and not everything:
         raise InputError("give a prompt: --text PHRASE, --point X,Y[,LABEL] and/or --box X0,Y0,X1,Y1 (or "
                          "--everything).")
     return {
         **({"everything": True} if everything else {}),
+        **({"phrases": vocabulary} if vocabulary else {}),
         "text": text,
         "negative_text": args.negative_text,
         "point_coords": [[x, y] for x, y, _ in points] or None,
@@ -212,6 +258,33 @@ def _build_predictor(args: argparse.Namespace) -> Any:
     import textsam
 
     return textsam.TextSamPredictor(create_model_from_args(args))
+
+
+def vocabulary_results(predictor: Any, prompt: dict) -> tuple[list[MaskResult], list[dict[str, Any]]]:
+    """Every phrase of ``prompt["phrases"]`` on the predictor's current image: the masks of the phrases found
+    (labelled with their phrase, in vocabulary order) and one answer per phrase (``text``, ``found``,
+    ``presence``, ``masks``: how many of the results are its).
+
+    One phrase is one mask (``predict_phrases``: a single text batch, one ranking and one decoder batch for the
+    whole vocabulary); with ``instances="all"`` each phrase is ``predict(text=..., instances="all")`` on the
+    same cached proposals and crop embeddings.
+    """
+    phrases = prompt["phrases"]
+    if prompt["instances"] == "all":
+        predictions = [predictor.predict(text=p, instances="all") for p in phrases]
+    else:
+        predictions = predictor.predict_phrases(phrases, multimask_output=prompt["multimask"])
+    results: list[MaskResult] = []
+    answers = []
+    for phrase, pred in zip(phrases, predictions):
+        presence = getattr(pred, "presence", None)
+        found = bool((getattr(pred, "info", None) or {}).get("found", True))
+        mine = prediction_to_results(pred, label=phrase, multimask=prompt["multimask"],
+                                     all_instances=prompt["instances"] is not None) if found else []
+        results.extend(mine)
+        answers.append({"text": phrase, "found": found, "masks": len(mine),
+                        "presence": None if presence is None else round(float(presence), 4)})
+    return results, answers
 
 
 def example_images() -> list[Path]:
@@ -352,6 +425,9 @@ def run_segment(args: argparse.Namespace) -> int:
                 if prompt.get("everything"):
                     prediction = None
                     results = [MaskResult(r["segmentation"], r["predicted_iou"]) for r in predictor.generate()]
+                elif prompt.get("phrases"):
+                    prediction = None
+                    results, answers = vocabulary_results(predictor, prompt)
                 else:
                     prediction = predictor.predict(**kwargs)
                     results = prediction_to_results(
@@ -368,6 +444,11 @@ def run_segment(args: argparse.Namespace) -> int:
                 tqdm.write(f"textsam: failed on {path}: unexpected {type(err).__name__}: {err}", file=sys.stderr)
                 continue
             asked = dict(prompt)
+            if prompt.get("phrases"):
+                asked["answers"] = answers
+                for a in answers:
+                    if not a["found"]:
+                        tqdm.write(f"no {a['text']!r} found in {path} (presence {a['presence']:.2f})", file=sys.stderr)
             located = _located_click(prediction)
             if located is not None:  # the text head's locator clicked here (x, y in image pixels)
                 asked["located_click"] = located

@@ -202,15 +202,13 @@ class CocoDataset:
         self.images: dict[int, CocoImage] = {}
         for i, im in enumerate(data["images"]):
             where = f"{src}: images[{i}]"
-            if not isinstance(im, dict) or "file_name" not in im:
+            if not isinstance(im, dict) or ("file_name" not in im and "coco_url" not in im):
                 raise InputError(f"{where} needs 'id', 'file_name', 'height' and 'width'.")
             iid = _int(im, "id", where)
             if iid in self.images:
                 raise InputError(f"{where}: duplicate image id {iid}.")
-            name = str(im["file_name"])
-            self.images[iid] = CocoImage(
-                iid, name, self.image_dir / name, _int(im, "height", where), _int(im, "width", where)
-            )
+            name, path = self._image_file(im)
+            self.images[iid] = CocoImage(iid, name, path, _int(im, "height", where), _int(im, "width", where))
         self.annotations: dict[int, CocoAnnotation] = {}
         self._by_image: dict[int, list[int]] = {iid: [] for iid in self.images}
         for i, a in enumerate(data["annotations"]):
@@ -242,6 +240,21 @@ class CocoDataset:
         self._name_to_id = {name: cid for cid, name in sorted(self.categories.items(), reverse=True)}
         logger.debug("%s: %d images, %d annotations", src, len(self.images), len(self.annotations))
 
+
+    def _image_file(self, im: dict[str, Any]) -> tuple[str, Path]:
+        """An image entry's file name and path. LVIS v1 entries have no ``file_name``, only ``coco_url``
+        (``http://images.cocodataset.org/<split>/<file>``): the file is ``<image_dir>/<file>`` when the image
+        folder is that split's folder, else ``<split>/<file>`` beside it (LVIS val also draws from train2017)
+        or inside it."""
+        if "file_name" in im:
+            name = str(im["file_name"])
+            return name, self.image_dir / name
+        split, base = str(im["coco_url"]).rstrip("/").split("/")[-2:]
+        if self.image_dir.name == split:
+            return base, self.image_dir / base
+        if (self.image_dir.parent / split).is_dir():  # LVIS val draws from train2017 as well as val2017
+            return f"{split}/{base}", self.image_dir.parent / split / base
+        return f"{split}/{base}", self.image_dir / split / base
     def __len__(self) -> int:
         return len(self.images)
 

@@ -103,8 +103,9 @@ def _ann_ids(r: dict[str, Any], where: str) -> list[int]:
 class ReferDataset:
     """Refs (JSON or RefCOCO pickle) over a COCO instances file and its image folder.
 
-    ``split`` keeps only refs of that split (None: all). Attributes ``refs`` (list of :class:`Ref`) and
-    ``coco`` (:class:`CocoDataset`).
+    ``split`` keeps only refs of that split (None: all). ``coco``: the :class:`CocoDataset` of
+    ``instances_file`` and ``image_dir`` when it is read already (several refs files over one instances file
+    share it). Attributes ``refs`` (list of :class:`Ref`) and ``coco`` (:class:`CocoDataset`).
     """
 
     _KNOWN = ("ref_id", "image_id", "ann_id", "ann_ids", "category_id", "split", "sentences")
@@ -116,9 +117,10 @@ class ReferDataset:
         image_dir: str | Path,
         *,
         split: str | None = None,
+        coco: CocoDataset | None = None,
     ) -> None:
         self.refs_file = Path(refs_file)
-        self.coco = CocoDataset(instances_file, image_dir)
+        self.coco = coco if coco is not None else CocoDataset(instances_file, image_dir)
         src = str(self.refs_file)
         refs: list[Ref] = []
         for i, r in enumerate(read_refs(self.refs_file)):

@@ -258,7 +258,13 @@ class TextPrompter:
         with torch.inference_mode():
             masks = self.model.postprocess_masks(logits[:, None], predictor.input_size, size)[:, 0] > 0
         masks = masks.cpu()
-        points = deepest_points(masks).double()
+        # each candidate's click: its deepest pixel at the candidates' own resolution (low-res, padded input
+        # frame), in original pixels (erosion at the original size costs time in the object's radius)
+        low = deepest_points(regions.cpu()).double()
+        side = self.model.img_size / regions.shape[-1]
+        ratio = torch.tensor([size[1] / predictor.input_size[1], size[0] / predictor.input_size[0]], dtype=torch.float64)
+        points = ((low + 0.5) * side) * ratio - 0.5
+        points = torch.minimum(points.clamp_min(0), torch.tensor([size[1] - 1, size[0] - 1], dtype=torch.float64))
         return Proposals(masks, masks_to_boxes(masks), self._region_scores.clone(),
                          torch.ones(len(masks)), points, torch.tensor([[0, 0, size[1], size[0]]] * len(masks)))
 

@@ -77,18 +77,22 @@ def warm_cache(recipe: Recipe, datasets: Sequence[Any], root: str | Path, *, wri
 
     Image embeddings when the image encoder is frozen; text embeddings of every phrase for text
     recipes; for ``clip_crops`` the CLIP embeddings of ``crop_variants`` crops per training target.
-    Existing files are reused. Call with ``write=False`` on ranks other than 0 (after a barrier).
+    Existing files are reused; they are stored as ``[cache] dtype``. Call with ``write=False`` on ranks other
+    than 0 (after a barrier).
     """
     cfg, model, aug = recipe.config, recipe.model, recipe.config.augment
     cache = EmbeddingCache(root)
+    dtype = getattr(torch, cfg.cache.dtype)
+    stored = () if dtype == torch.float32 else (cfg.cache.dtype,)  # float32 files keep their earlier names
     if cfg.freeze.image_encoder:
-        cache.image_fp = fingerprint(model.image_encoder, model.img_size, tuple(model.pixel_mean.flatten().tolist()))
+        cache.image_fp = fingerprint(model.image_encoder, model.img_size, tuple(model.pixel_mean.flatten().tolist()),
+                                     *stored)
     if recipe.text_encoder is not None and recipe.module.text_encoder is None:  # frozen text tower
         clip = recipe.text_encoder.clip
-        cache.text_fp = fingerprint(clip, "text", recipe.text_encoder.model_name)
+        cache.text_fp = fingerprint(clip, "text", recipe.text_encoder.model_name, *stored)
         if recipe.name == "clip_crops":
             cache.clip_fp = fingerprint(clip.visual, cfg.seed, aug.crop_variants, aug.crop_enlarge,
-                                        aug.crop_grey_prob)
+                                        aug.crop_grey_prob, *stored)
     if not write:
         return cache
     device = model.pixel_mean.device
@@ -99,12 +103,12 @@ def warm_cache(recipe: Recipe, datasets: Sequence[Any], root: str | Path, *, wri
             ids = todo[i : i + batch_size]
             imgs = torch.stack([ds.input_image(ds.coco.load_image(j)) for j in ids]).to(device)
             for j, e in zip(ids, recipe.image_embeddings(imgs)):
-                _atomic_save(e.cpu().clone(), cache.image_path(ds.split, j))
+                _atomic_save(e.to("cpu", dtype).clone(), cache.image_path(ds.split, j))
     if cache.text_fp:
         table = torch.load(cache.text_path(), weights_only=True) if cache.text_path().exists() else {}
         missing = text_table(recipe, [e.phrase for ds in datasets for e in ds.entries], skip=table)
         if missing:
-            table.update(missing)
+            table.update({k: v.to(dtype) for k, v in missing.items()})
             cache.text_path().parent.mkdir(parents=True, exist_ok=True)
             _atomic_save(table, cache.text_path())
     for ds in datasets[:1] if cache.clip_fp else ():
@@ -114,7 +118,7 @@ def warm_cache(recipe: Recipe, datasets: Sequence[Any], root: str | Path, *, wri
                 continue
             image, mask = ds.coco.load_image(e.image_id), ds.target_mask(e)
             crops = torch.stack([ds.make_crop(image, mask, e.key, v) for v in range(aug.crop_variants)])
-            _atomic_save(recipe.crop_embeddings(crops).cpu().clone(), cache.crop_path(ds.split, e.key))
+            _atomic_save(recipe.crop_embeddings(crops).to("cpu", dtype).clone(), cache.crop_path(ds.split, e.key))
     return cache
 
 

@@ -59,13 +59,14 @@ from ..config import TextHeadConfig
 from ..errors import InputError
 from .config_types import check_types
 
-__all__ = ["RECIPES", "AMP_MODES", "TEXT_MULTIMASK", "PROMPT_KINDS", "DataConfig", "FreezeConfig", "PromptMix",
+__all__ = ["RECIPES", "AMP_MODES", "CACHE_DTYPES", "TEXT_MULTIMASK", "PROMPT_KINDS", "DataConfig", "FreezeConfig", "PromptMix",
            "OptimConfig", "LossConfig", "TextHeadOptions", "AugmentConfig", "CacheConfig", "TrainConfig",
            "TABLES"]
 
 RECIPES = ("sam", "text", "clip_crops")
 AMP_MODES = ("auto", "bf16", "off")
 TEXT_MULTIMASK = ("min", "all")
+CACHE_DTYPES = ("float32", "float16")
 PROMPT_KINDS = ("point", "box", "text", "text_point")  # index = the prompt code in samples
 
 
@@ -87,7 +88,14 @@ class DataConfig:
 
     With ``refs`` (a RefCOCO-style file next to the instances) samples are referring expressions;
     without it (``refs = ""`` or a missing file) they are the COCO instances, phrased by category name.
-    ``refs_split_field``: the refs file holds every split and refs are filtered by their ``split``.
+    ``refs_split_field``: the refs file holds every split and refs are filtered by their ``split``; the images
+    of refs in other splits then never train (a COCO image in RefCOCO's val or test stays out of training).
+
+    Several sources in one training split (text recipe; every source reads the same instances and images):
+    ``extra_refs``, more refs files (e.g. RefCOCO+ and RefCOCOg over COCO train2017) whose ``train_split``
+    refs join the training targets, with the images of their other splits kept out as well (needs
+    ``refs_split_field``); ``category_phrases``, one more target per image and category, the union of its
+    instances phrased by the category name. Validation reads ``refs`` alone.
     """
 
     root: str = "."
@@ -97,6 +105,8 @@ class DataConfig:
     refs: str = "{split}/refs.json"
     images: str = "{split}/images"
     refs_split_field: bool = False
+    extra_refs: tuple[str, ...] = ()
+    category_phrases: bool = False
     min_area: float = 16.0  # object area in pixels of the model input frame; smaller ones are skipped
     max_samples: int | None = None  # use only the first N samples of the training split
     eval_samples: int = 128  # validation samples scored at each evaluation
@@ -109,6 +119,9 @@ class DataConfig:
             raise InputError(f"[data] max_samples must be >= 1 (or left out for all), got {self.max_samples}")
         if self.eval_samples < 1:
             raise InputError(f"[data] eval_samples must be >= 1, got {self.eval_samples}")
+        if self.extra_refs and not self.refs_split_field:
+            raise InputError("[data] extra_refs are refs files that hold every split (RefCOCO-style): set "
+                             "refs_split_field = true so that only their train_split refs train")
 
 
 @dataclass(frozen=True)
@@ -305,12 +318,17 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class CacheConfig:
-    """``dir``: cache the frozen encoders' embeddings (image, phrase, crop) in this folder (none: no disk cache)."""
+    """``dir``: cache the frozen encoders' embeddings (image, phrase, crop) in this folder (none: no disk cache);
+    ``dtype``: how they are stored, ``"float32"`` or ``"float16"`` (half the disk: a SAM image embedding,
+    256 x 64 x 64, takes 2 MiB instead of 4); training reads them back as float32."""
 
     dir: str | None = None
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         check_types(self, "[cache] ")
+        if self.dtype not in CACHE_DTYPES:
+            raise InputError(f"[cache] dtype must be one of {CACHE_DTYPES}, got {self.dtype!r}")
 
 
 @dataclass(frozen=True)
@@ -386,6 +404,9 @@ class TrainConfig:
         if augment.greyscale_prob > 0 and self.freeze.image_encoder:
             raise InputError("[augment] greyscale_prob > 0 changes the images the image encoder sees: set [freeze] "
                              "image_encoder = false (a frozen encoder's cached embeddings cannot be augmented)")
+        if (self.data.extra_refs or self.data.category_phrases) and self.recipe != "text":
+            raise InputError("[data] extra_refs and category_phrases add phrased targets to the training split: "
+                             f"they need recipe = 'text', not {self.recipe!r}")
         if not self.freeze.text_encoder and self.recipe != "text":
             raise InputError("[freeze] text_encoder = false trains the CLIP text tower with text supervision: "
                              f"it needs recipe = 'text', not {self.recipe!r}")

@@ -23,7 +23,7 @@ from ..errors import InputError, TextSamError
 if TYPE_CHECKING:
     from .config import TrainConfig
 
-__all__ = ["Entry", "coco_of", "build_entries", "open_source", "SemanticLabels", "ClipInput", "BASIC_COLOUR_WORDS",
+__all__ = ["Entry", "CombinedSource", "coco_of", "build_entries", "open_source", "SemanticLabels", "ClipInput", "BASIC_COLOUR_WORDS",
            "colour_words", "greyscale", "crop_params"]
 
 
@@ -41,16 +41,40 @@ class Entry:
         return "_".join(str(a) for a in self.ann_ids)
 
 
+@dataclass(frozen=True)
+class CombinedSource:
+    """A training split made of several sources over one COCO instances file and image folder.
+
+    ``parts``: ``ReferDataset`` objects (one target per expression) and the ``CocoDataset`` itself (one target
+    per instance) or ``"category"`` (one target per image and category: the union of its non-crowd instances,
+    phrased by the category name). ``holdout``: image ids that never train (those of the refs' other splits).
+    """
+
+    coco: Any
+    parts: tuple[Any, ...]
+    holdout: frozenset[int] = frozenset()
+
+
 def coco_of(source: Any) -> Any:
-    """The ``CocoDataset`` behind a ``ReferDataset`` (``.coco``) or the ``CocoDataset`` itself."""
-    return source.coco if hasattr(source, "refs") else source
+    """The ``CocoDataset`` behind a ``ReferDataset`` or :class:`CombinedSource` (``.coco``), or the
+    ``CocoDataset`` itself."""
+    return source.coco if hasattr(source, "refs") or isinstance(source, CombinedSource) else source
 
 
 def build_entries(source: Any, img_size: int, min_area: float = 0.0) -> list[Entry]:
-    """Targets of a ``ReferDataset`` (one per expression) or a ``CocoDataset`` (one per non-crowd instance).
+    """Targets of a ``ReferDataset`` (one per expression), a ``CocoDataset`` (one per non-crowd instance) or a
+    :class:`CombinedSource` (its parts' targets in order, without those on held-out images).
 
-    ``min_area``: minimum object area in pixels of the ``img_size`` input frame (COCO ``area`` scaled).
+    ``min_area``: minimum object area in pixels of the ``img_size`` input frame (COCO ``area`` scaled; of the
+    union for several instances).
     """
+    if isinstance(source, CombinedSource):
+        entries = []
+        for part in source.parts:
+            found = (_category_entries(source.coco, img_size, min_area) if part == "category"
+                     else build_entries(part, img_size, min_area))
+            entries += [e for e in found if e.image_id not in source.holdout]
+        return entries
     coco = coco_of(source)
 
     def big_enough(image_id: int, ann_ids: Sequence[int]) -> bool:
@@ -73,8 +97,26 @@ def build_entries(source: Any, img_size: int, min_area: float = 0.0) -> list[Ent
     return entries
 
 
-def open_source(config: TrainConfig, split: str, *, want_refs: bool) -> Any:
-    """The ``ReferDataset`` (``want_refs`` and a refs file exists) or ``CocoDataset`` of ``split``.
+def _category_entries(coco: Any, img_size: int, min_area: float) -> list[Entry]:
+    """One target per image and category: the union of the category's non-crowd instances, phrased by its name."""
+    entries: list[Entry] = []
+    for image_id in coco.image_ids():
+        im = coco.images[image_id]
+        scale = img_size / max(im.height, im.width)
+        groups: dict[int, list[Any]] = {}
+        for ann in coco.anns_for_image(image_id):
+            groups.setdefault(ann.category_id, []).append(ann)
+        for category_id, anns in sorted(groups.items()):
+            if sum(float(a.area) for a in anns) * scale * scale >= min_area:
+                entries.append(Entry(int(image_id), tuple(int(a.id) for a in anns), coco.categories[category_id]))
+    return entries
+
+
+def open_source(config: TrainConfig, split: str, *, want_refs: bool, coco: Any = None) -> Any:
+    """The ``ReferDataset`` (``want_refs`` and a refs file exists) or ``CocoDataset`` of ``split``; for the
+    training split, a :class:`CombinedSource` when ``[data]`` adds sources (``extra_refs``,
+    ``category_phrases``) or keeps images out (``refs_split_field``). ``coco``: the ``CocoDataset`` of the
+    split's instances when it is read already (another split over the same file).
 
     Checks first that the files and folders exist, and after reading that every listed image is there;
     every problem is an InputError naming the file and the ``[data]`` key to fix.
@@ -83,6 +125,7 @@ def open_source(config: TrainConfig, split: str, *, want_refs: bool) -> Any:
     root = Path(d.root)
     instances, images = root / d.instances.format(split=split), root / d.images.format(split=split)
     refs = root / d.refs.format(split=split) if d.refs else None
+    extra = [root / r.format(split=split) for r in d.extra_refs] if split == d.train_split else []
     no_val = " (or val_split = \"\" to train without validation)" if split == d.val_split else ""
     if not root.is_dir():
         raise InputError(f"the data folder {root} does not exist: set [data] root to the dataset folder (`textsam "
@@ -92,26 +135,37 @@ def open_source(config: TrainConfig, split: str, *, want_refs: bool) -> Any:
                          f"{no_val}")
     if not images.is_dir():
         raise InputError(f"the {split} image folder {images} does not exist: check [data] root and images{no_val}")
+    for path in extra:
+        if not path.is_file():
+            raise InputError(f"the refs file {path} does not exist: check [data] root and extra_refs")
     use_refs = want_refs and refs is not None and refs.is_file()
     if config.recipe == "text" and want_refs and not use_refs:
         raise InputError(f"the text recipe needs referring expressions, but {refs} does not exist: check [data] "
                          "refs, or use recipe = 'clip_crops' or 'sam'")
+    # refs files that hold every split: the images of their other splits stay out of training
+    holdout_from = [p for p in ([refs] if refs is not None and refs.is_file() else []) + extra
+                    if split == d.train_split and d.refs_split_field]
     try:
-        if use_refs:
-            from ..data.refer import ReferDataset
+        from ..data.coco import CocoDataset
+        from ..data.refer import ReferDataset, read_refs
 
-            source: Any = ReferDataset(refs, instances, images, split=split if d.refs_split_field else None)
-        else:
-            from ..data.coco import CocoDataset
-
-            source = CocoDataset(instances, images)
+        if coco is None:
+            coco = CocoDataset(instances, images)
+        parts: list[Any] = [ReferDataset(p, instances, images, split=split if d.refs_split_field else None, coco=coco)
+                            for p in ([refs] if use_refs else []) + extra]
+        held = {int(r["image_id"]) for p in holdout_from for r in read_refs(p) if str(r.get("split", "")) != split}
     except TextSamError:
         raise
     except (ValueError, TypeError, KeyError, AttributeError, IndexError) as err:  # a reader's unchecked field
-        files = f"{instances}" + (f" or {refs}" if use_refs else "")
+        files = ", ".join(str(p) for p in [instances, *([refs] if use_refs else []), *extra])
         raise InputError(f"cannot read the {split} annotations ({files}): {type(err).__name__}: {err}; fix the "
                          "file (COCO instances / RefCOCO refs layout)") from err
-    coco = coco_of(source)
+    if not use_refs:
+        parts.append(coco)
+    if d.category_phrases and split == d.train_split:
+        parts.append("category")
+    holdout = frozenset(held) & frozenset(coco.images)
+    source: Any = parts[0] if len(parts) == 1 and not holdout else CombinedSource(coco, tuple(parts), holdout)
     missing = [im.path for im in coco.images.values() if not Path(im.path).is_file()]
     if missing:
         raise InputError(f"{len(missing)} of the {len(coco.images)} images that {instances} lists are missing, e.g. "

@@ -171,9 +171,12 @@ def _datasets(recipe: Recipe, source: Any, val_source: Any, rank: int,
     disk, written by rank 0) or, for a frozen text tower without a cache folder, a phrase table in memory."""
     config = recipe.config
     if source is None:
-        source = open_source(config, config.data.train_split, want_refs=config.recipe == "text")
-        if config.data.val_split:
-            val_source = open_source(config, config.data.val_split, want_refs=config.uses_text)
+        d = config.data
+        source = open_source(config, d.train_split, want_refs=config.recipe == "text")
+        if d.val_split:
+            same = all(t.format(split=d.train_split) == t.format(split=d.val_split) for t in (d.instances, d.images))
+            val_source = open_source(config, d.val_split, want_refs=config.uses_text,
+                                     coco=coco_of(source) if same else None)  # one instances file read once
     semantic = None
     if config.loss.semantic_weight > 0:  # the auxiliary loss: class maps in the samples, a head on the module
         semantic = SemanticLabels(coco_of(source), config.loss.semantic_fields)

@@ -105,6 +105,8 @@ class Recipe:
         out = batch.to(device)
         if self.module.image_encoder is None and out.image_emb is None:
             out.image_emb, out.image = self.image_embeddings(out.image), None
+        elif out.image_emb is not None and out.image_emb.dtype != torch.float32:  # a float16 cache
+            out.image_emb = out.image_emb.float()
         if self.module.text_projector is None:
             return out
         rows = torch.nonzero((out.kind == TEXT) | (out.kind == TEXT_POINT)).flatten()

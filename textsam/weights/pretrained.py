@@ -5,38 +5,52 @@ file comes from (a URL or a Hugging Face hub id), its size, sha256 and license.
 :func:`resolve_weights` returns the local path of a checkpoint, downloading it into
 :func:`cache_dir` when needed and allowed.
 
-Downloads stream into ``<file>.part`` while hashing, resume with an HTTP ``Range`` request after an
-interruption, check size and sha256, and only then rename to the final name. A verified file gets
-a small ``<file>.sha256`` sidecar so that multi-GB checkpoints are not rehashed on every load.
+Downloads go through the downloader that datasets share (:mod:`textsam.download`): they stream into
+``<file>.part`` while hashing, resume with an HTTP ``Range`` request after an interruption, check size
+and sha256, and only then rename to the final name. A verified file gets a small ``<file>.sha256``
+sidecar so that multi-GB checkpoints are not rehashed on every load.
 Nothing here touches the network at import time.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import http.client
 import logging
 import os
 import shutil
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Literal, cast
 
-from tqdm.auto import tqdm
-
+from textsam.download import (
+    RemoteFile,
+    Wording,
+    check_writable,
+    download_file,
+    format_size,
+    is_offline,
+    network_error,
+    offline_reason,
+    part_path,
+    sha256_file,
+)
+from textsam.download import verify_file as _verify_remote
 from textsam.errors import WeightsError
 
 logger = logging.getLogger(__name__)
 
 WeightsFormat = Literal["sam", "hf", "textsam"]
 
-CHUNK_SIZE = 1 << 20
-TIMEOUT_S = 60.0
-_TRUE = {"1", "true", "yes"}
-_OFFLINE_VARS = ("TEXTSAM_OFFLINE", "HF_HUB_OFFLINE")
+__all__ = [
+    "WeightsEntry", "WEIGHTS", "BUNDLED", "bundled_path", "cache_dir", "is_offline", "get_entry",
+    "weights_path", "is_cached", "sha256_file", "verify_file", "verify_cached", "resolve_weights", "download",
+]
+
+_WORDING = Wording(
+    error=WeightsError,
+    noun="Checkpoint",
+    folder="the weights cache",
+    elsewhere="set TEXTSAM_HOME to a folder you can write to (its checkpoints/ subfolder holds the checkpoints)",
+)
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,11 @@ class WeightsEntry:
         if self.hf_repo is not None and self.hf_filename is not None:
             return f"https://huggingface.co/{self.hf_repo}/resolve/main/{self.hf_filename}"
         return "(no download source)"
+
+    @property
+    def remote(self) -> RemoteFile:
+        """What the shared downloader (:mod:`textsam.download`) fetches and checks for this entry."""
+        return RemoteFile(name=self.name, url=self.source, size=self.size, sha256=self.sha256)
 
 
 _FB = "https://dl.fbaipublicfiles.com/segment_anything"
@@ -190,11 +209,6 @@ def cache_dir() -> Path:
     return root / "checkpoints"
 
 
-def is_offline() -> bool:
-    """True when ``TEXTSAM_OFFLINE`` or ``HF_HUB_OFFLINE`` is ``1``, ``true`` or ``yes``."""
-    return any(os.environ.get(var, "").strip().lower() in _TRUE for var in _OFFLINE_VARS)
-
-
 def get_entry(name: str) -> WeightsEntry:
     """The table entry for ``name``; raises :class:`WeightsError` listing the known names."""
     try:
@@ -214,33 +228,12 @@ def is_cached(name: str) -> bool:
     return weights_path(name).is_file()
 
 
-def _part_path(dest: Path) -> Path:
-    return dest.with_suffix(dest.suffix + ".part")
-
-
 def _sidecar_path(dest: Path) -> Path:
     return dest.with_suffix(dest.suffix + ".sha256")
 
 
-def _format_size(size: int | None) -> str:
-    return "unknown size" if size is None else f"{size / 1e6:.1f} MB"
-
-
 # --------------------------------------------------------------------------------------------------
 # Hashing
-
-
-def sha256_file(path: Path | str, chunk_size: int = CHUNK_SIZE) -> str:
-    """The hex sha256 digest of a file, read in chunks."""
-    hasher = hashlib.sha256()
-    with open(path, "rb") as f:
-        _hash_stream(f, hasher, chunk_size)
-    return hasher.hexdigest()
-
-
-def _hash_stream(f: BinaryIO, hasher: hashlib._Hash, chunk_size: int = CHUNK_SIZE) -> None:
-    while chunk := f.read(chunk_size):
-        hasher.update(chunk)
 
 
 def verify_file(path: Path, entry: WeightsEntry) -> str:
@@ -249,30 +242,7 @@ def verify_file(path: Path, entry: WeightsEntry) -> str:
     Returns the hex sha256. Raises :class:`WeightsError` with expected vs actual on a mismatch or
     when the file does not exist.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"Checkpoint file {path} does not exist.")
-    try:
-        return _verify_file(path, entry)
-    except OSError as err:
-        raise WeightsError(f"cannot read checkpoint {path}: {err.strerror or err}. Check its permissions, or "
-                           "delete it and download it again.") from None
-
-
-def _verify_file(path: Path, entry: WeightsEntry) -> str:
-    actual_size = path.stat().st_size
-    if entry.size is not None and actual_size != entry.size:
-        raise WeightsError(
-            f"Checkpoint {path} for {entry.name!r} has the wrong size: expected {entry.size} bytes, "
-            f"got {actual_size}. Delete it and download it again."
-        )
-    digest = sha256_file(path)
-    if entry.sha256 is not None and digest != entry.sha256.lower():
-        raise WeightsError(
-            f"Checkpoint {path} for {entry.name!r} is corrupt: expected sha256 {entry.sha256}, "
-            f"got {digest}. Delete it and download it again."
-        )
-    return digest
+    return _verify_remote(Path(path), entry.remote, _WORDING)
 
 
 def verify_cached(name: str) -> str:
@@ -329,12 +299,10 @@ def _check_cached(path: Path, entry: WeightsEntry) -> None:
 
 
 def _offline_message(entry: WeightsEntry, dest: Path) -> str:
-    set_vars = [v for v in _OFFLINE_VARS if os.environ.get(v, "").strip().lower() in _TRUE]
-    why = f"({', '.join(f'{v}=1' for v in set_vars)})" if set_vars else "(offline=True)"
     sha = f", sha256 {entry.sha256}" if entry.sha256 else ""
     return (
-        f"Weights {entry.name!r} are not in the cache and downloads are disabled {why}. "
-        f"Download {entry.source} ({_format_size(entry.size)}{sha}) and place it at {dest} "
+        f"Weights {entry.name!r} are not in the cache and downloads are disabled {offline_reason()}. "
+        f"Download {entry.source} ({format_size(entry.size)}{sha}) and place it at {dest} "
         f"(set TEXTSAM_HOME to use another cache folder). To download automatically, go online: "
         f"unset TEXTSAM_OFFLINE and HF_HUB_OFFLINE (or pass offline=False), then run "
         f"`textsam weights download {entry.name}`."
@@ -362,11 +330,15 @@ def resolve_weights(name: str, *, offline: bool | None = None, progress: bool = 
 
 
 def download(entry: WeightsEntry, dest: Path, *, progress: bool = True) -> Path:
-    """Download ``entry`` to ``dest`` (verified, atomically renamed) and return ``dest``."""
+    """Download ``entry`` to ``dest`` (verified, atomically renamed) and return ``dest``.
+
+    A URL entry goes through the shared downloader (:func:`textsam.download.download_file`: ``.part``
+    file, ``Range`` resume, size and sha256 check); a hub entry through ``huggingface_hub``.
+    """
     dest = Path(dest)
-    _check_writable(dest)
+    check_writable(dest, _WORDING)
     if entry.url is not None:
-        digest = _download_url(entry, dest, progress=progress)
+        digest = download_file(entry.remote, dest, progress=progress, wording=_WORDING)
     elif entry.hf_repo is not None and entry.hf_filename is not None:
         digest = _download_hf(entry, entry.hf_repo, entry.hf_filename, dest)
     else:
@@ -376,148 +348,9 @@ def download(entry: WeightsEntry, dest: Path, *, progress: bool = True) -> Path:
     return dest
 
 
-def _check_writable(dest: Path) -> None:
-    """Create the cache folder and make sure a file can be written in it (before any download starts)."""
-    part = _part_path(dest)
-    existed = part.exists()
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(part, "ab"):
-            pass
-    except OSError as err:
-        raise WeightsError(
-            f"cannot write to the weights cache {dest.parent}: {err.strerror or err}. Set TEXTSAM_HOME to a "
-            "folder you can write to (the checkpoints go into its checkpoints/ subfolder)."
-        ) from None
-    if not existed:
-        part.unlink(missing_ok=True)
-
-
 def _network_error(entry: WeightsEntry, dest: Path, err: BaseException) -> WeightsError:
-    part = _part_path(dest)
-    has_part = part.is_file() and part.stat().st_size > 0
-    kept = f" The partial file {part} is kept; running the command again resumes it." if has_part else ""
-    return WeightsError(
-        f"Downloading {entry.name!r} from {entry.source} failed: {err}.{kept} Check the network connection and "
-        f"try again, or download the file by hand and place it at {dest} (TEXTSAM_OFFLINE=1 never downloads)."
-    )
-
-
-def _download_url(entry: WeightsEntry, dest: Path, *, progress: bool) -> str:
-    """Stream ``entry.url`` into ``dest`` via ``.part`` with resume; return the sha256."""
-    part = _part_path(dest)
-    for attempt in range(2):
-        offset = part.stat().st_size if part.exists() else 0
-        if entry.size is not None and offset > entry.size:
-            logger.warning("Partial file %s is larger than expected; restarting", part)
-            part.unlink()
-            offset = 0
-        try:
-            if entry.size is not None and offset == entry.size:
-                hasher = hashlib.sha256()
-                with open(part, "rb") as f:
-                    _hash_stream(f, hasher)
-            else:
-                hasher = _fetch(entry, part, offset, progress=progress)
-        except urllib.error.HTTPError as err:
-            if err.code == 416 and offset and attempt == 0:  # our Range is past the end: restart
-                logger.warning("Server refused to resume %s; restarting", part)
-                part.unlink()
-                continue
-            raise _network_error(entry, dest, err) from err
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
-            raise _network_error(entry, dest, err) from err
-        break
-    _finish(entry, part, dest, hasher.hexdigest())
-    return hasher.hexdigest()
-
-
-def _fetch(entry: WeightsEntry, part: Path, offset: int, *, progress: bool) -> hashlib._Hash:
-    """One HTTP request: append to ``part`` from ``offset`` (HTTP 206) or rewrite it (HTTP 200)."""
-    request = urllib.request.Request(entry.source, headers={"User-Agent": "textsam"})
-    if offset:
-        request.add_header("Range", f"bytes={offset}-")
-    hasher = hashlib.sha256()
-    with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-        status = getattr(response, "status", None) or response.getcode()
-        if offset and status == 206:
-            logger.info("Resuming %s at byte %d", entry.name, offset)
-            with open(part, "rb") as f:
-                _hash_stream(f, hasher)
-            mode = "ab"
-        else:
-            if offset:
-                logger.info("Server ignored the Range request for %s; restarting", entry.name)
-            offset, mode = 0, "wb"
-        length = response.headers.get("Content-Length") if response.headers else None
-        total = offset + int(length) if length and length.isdigit() else entry.size
-        with (
-            _open_part(part, mode) as f,
-            tqdm(
-                total=total,
-                initial=offset,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=entry.filename,
-                disable=not progress,
-                leave=False,
-            ) as bar,
-        ):
-            while chunk := response.read(CHUNK_SIZE):
-                hasher.update(chunk)
-                _write_all(f, chunk, part)
-                bar.update(len(chunk))
-    received = part.stat().st_size
-    if total is not None and received < total:
-        raise http.client.IncompleteRead(b"", total - received)
-    return hasher
-
-
-def _disk_error(part: Path, err: OSError) -> WeightsError:
-    """A write to the cache failed (disk full, ...): not a network problem, so not retried as one."""
-    return WeightsError(
-        f"cannot write {part}: {err.strerror or err}. Free some space in {part.parent} (or set TEXTSAM_HOME to "
-        "another folder) and run the command again: the part already downloaded is kept and resumed."
-    )
-
-
-def _open_part(part: Path, mode: str) -> BinaryIO:
-    """``part`` opened unbuffered, so that a failing write (disk full) raises at once, from :func:`_write_all`."""
-    try:
-        return open(part, mode, buffering=0)  # noqa: SIM115 - closed by the caller's with-block
-    except OSError as err:
-        raise _disk_error(part, err) from None
-
-
-def _write_all(f: BinaryIO, data: bytes, part: Path) -> None:
-    view = memoryview(data)
-    try:
-        while view:
-            written = f.write(view)
-            if not written:  # nothing taken: the disk is full
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            view = view[written:]
-    except OSError as err:
-        raise _disk_error(part, err) from None
-
-
-def _finish(entry: WeightsEntry, part: Path, dest: Path, digest: str) -> None:
-    """Check size and hash of the finished ``part``; rename it to ``dest`` or delete it."""
-    actual = part.stat().st_size
-    if entry.size is not None and actual != entry.size:
-        part.unlink()
-        raise WeightsError(
-            f"Download of {entry.name!r} from {entry.source} has the wrong size: expected {entry.size} "
-            f"bytes, got {actual}. The partial file was deleted; try again."
-        )
-    if entry.sha256 is not None and digest != entry.sha256.lower():
-        part.unlink()
-        raise WeightsError(
-            f"Download of {entry.name!r} from {entry.source} is corrupt: expected sha256 "
-            f"{entry.sha256}, got {digest}. The file was deleted; try again."
-        )
-    os.replace(part, dest)
+    """The shared downloader's network error, worded for checkpoints."""
+    return cast(WeightsError, network_error(entry.remote, dest, err, _WORDING))
 
 
 def _download_hf(entry: WeightsEntry, repo_id: str, filename: str, dest: Path) -> str:
@@ -543,7 +376,7 @@ def _download_hf(entry: WeightsEntry, repo_id: str, filename: str, dest: Path) -
 
 def _place(source: Path, dest: Path) -> None:
     """Hard-link ``source`` to ``dest`` (no copy of multi-GB files); copy when linking fails."""
-    part = _part_path(dest)
+    part = part_path(dest)
     part.unlink(missing_ok=True)
     try:
         os.link(source, part)

@@ -1,0 +1,27 @@
+"""textsam.ops: mask NMS and the mask -> box / point helpers on edge cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from textsam.ops import deepest_points, mask_box, mask_nms
+
+
+def test_mask_nms_keeps_the_best_of_overlapping_masks_and_drops_empty_ones() -> None:
+    masks = np.zeros((4, 8, 8), bool)
+    masks[0, :4, :4] = True
+    masks[1, :4, :3] = True  # IoU 0.75 with mask 0
+    masks[2, 5:, 5:] = True
+    assert mask_nms(masks, np.array([0.9, 0.95, 0.5, 0.99]), 0.7) == [1, 2]  # mask 3 is empty
+
+
+def test_mask_nms_of_no_masks_is_empty() -> None:  # a flat image gives no candidates (was a ValueError)
+    assert mask_nms(np.zeros((0, 8, 8), bool), np.zeros(0), 0.7) == []
+
+
+def test_mask_box_and_deepest_point() -> None:
+    m = np.zeros((9, 9), bool)
+    m[2:7, 3:8] = True
+    assert mask_box(m) == (3, 2, 8, 7) and mask_box(np.zeros((4, 4), bool)) is None
+    assert deepest_points(torch.as_tensor(m)[None]).tolist() == [[5, 4]]
