@@ -15,35 +15,12 @@ from textsam.cli import main
 from textsam.weights import pretrained
 from textsam.weights.pretrained import WeightsEntry
 
+from .fake_http import FakeResponse, no_network
+
 URL = "https://example.invalid/weights/tiny.pth"
 DATA = b"textsam-test-weights" * 100
 SHA = hashlib.sha256(DATA).hexdigest()
 REPO = Path(__file__).resolve().parents[1]
-
-
-class FakeResponse:
-    status = 200
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.headers = {"Content-Length": str(len(body))}
-
-    def getcode(self) -> int:
-        return self.status
-
-    def read(self, n: int = -1) -> bytes:
-        chunk, self.body = self.body[:n], self.body[n:]
-        return chunk
-
-    def __enter__(self) -> FakeResponse:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _no_network(*args: object, **kwargs: object) -> None:
-    raise AssertionError("the network must not be touched")
 
 
 def make_entry(name: str, sha256: str = SHA) -> WeightsEntry:
@@ -58,7 +35,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TEXTSAM_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("TEXTSAM_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(urllib.request, "urlopen", _no_network)
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
     monkeypatch.setattr(pretrained, "WEIGHTS", {"tiny": make_entry("tiny"), "other": make_entry("other")})
     return tmp_path / "home" / "checkpoints"
 
@@ -211,13 +188,8 @@ def test_unwritable_cache_is_a_user_error(
 def test_network_failure_keeps_the_partial_file_and_says_how_to_resume(
     home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    class Broken(FakeResponse):
-        def read(self, n: int = -1) -> bytes:
-            if len(self.body) < len(DATA) // 2:
-                raise ConnectionResetError(104, "Connection reset by peer")
-            return super().read(64)
-
-    monkeypatch.setattr(urllib.request, "urlopen", lambda request, timeout=None: Broken(DATA))
+    monkeypatch.setattr(urllib.request, "urlopen",
+                        lambda request, timeout=None: FakeResponse(DATA, fail_after=len(DATA) // 2, chunk=64))
     rc = main(["weights", "download", "tiny", "--no-progress"])
     err = capsys.readouterr().err
     assert_user_error(rc, err, "Connection reset by peer")

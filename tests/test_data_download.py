@@ -29,6 +29,8 @@ from textsam.data.unpack import unpack_zip
 from textsam.errors import DownloadError
 from textsam.eval.refer import find_refer_files
 
+from .fake_http import FakeResponse, no_network
+
 BASE = "https://example.invalid/data"
 REAL_DATASETS = dict(dl.DATASETS)  # before the autouse fixture swaps the table
 
@@ -89,30 +91,6 @@ def fake_table(val_sha256: str | None = "") -> dict[str, dl.Dataset]:
     }
 
 
-class FakeResponse:
-    """Enough of ``http.client.HTTPResponse``: status, headers, chunked read, failing after ``fail_after``."""
-
-    def __init__(self, body: bytes, status: int, fail_after: int | None) -> None:
-        self.body, self.status, self.fail_after, self.pos = body, status, fail_after, 0
-        self.headers = {"Content-Length": str(len(body))}
-
-    def getcode(self) -> int:
-        return self.status
-
-    def read(self, n: int = -1) -> bytes:
-        if self.fail_after is not None and self.pos >= self.fail_after:
-            raise ConnectionResetError(104, "Connection reset by peer")
-        chunk = self.body[self.pos : self.pos + min(n if n > 0 else 256, 256)]
-        self.pos += len(chunk)
-        return chunk
-
-    def __enter__(self) -> FakeResponse:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 class FakeServer:
     """Serves ``FILES`` (honouring ``Range``); ``fail[url]`` bytes breaks the next response for that URL."""
 
@@ -125,11 +103,7 @@ class FakeServer:
         self.requests.append((url, rng))
         data = FILES[url]
         start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1)) if rng else 0
-        return FakeResponse(data[start:], 206 if rng else 200, self.fail.pop(url, None))
-
-
-def _no_network(*args: object, **kwargs: object) -> None:
-    raise AssertionError("the network must not be touched")
+        return FakeResponse(data[start:], 206 if rng else 200, self.fail.pop(url, None), chunk=256)
 
 
 @pytest.fixture(autouse=True)
@@ -138,7 +112,7 @@ def table(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dl, "DATASETS", fake_table())
     monkeypatch.delenv("TEXTSAM_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(urllib.request, "urlopen", _no_network)
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
 
 
 @pytest.fixture
@@ -264,7 +238,7 @@ def test_offline_names_each_missing_file_then_takes_a_file_placed_by_hand(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("TEXTSAM_OFFLINE", "1")
-    assert download(tmp_path, "coco", "refcoco") == 2  # urlopen is _no_network: nothing was tried
+    assert download(tmp_path, "coco", "refcoco") == 2  # urlopen is no_network: nothing was tried
     line, missing = _user_error(capsys)
     assert "4 of 4 files are missing and downloads are disabled (TEXTSAM_OFFLINE=1)" in line
     assert len(missing) == 4
@@ -293,7 +267,7 @@ def test_a_corrupt_file_placed_by_hand_is_refused_and_kept(
 
 def test_dry_run_lists_everything_and_fetches_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "data"
-    assert download(root, "coco", "refcoco", "--dry-run") == 0  # urlopen is _no_network
+    assert download(root, "coco", "refcoco", "--dry-run") == 0  # urlopen is no_network
     out = capsys.readouterr().out
     for url, data in FILES.items():
         assert url in out and f"({len(data)} bytes), sha256 {hashlib.sha256(data).hexdigest()}" in out

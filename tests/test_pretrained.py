@@ -21,36 +21,12 @@ from textsam.errors import WeightsError
 from textsam.weights import pretrained
 from textsam.weights.pretrained import WeightsEntry
 
+from .fake_http import FakeResponse, no_network
+
 URL = "https://example.invalid/weights/tiny.pth"
 DATA = bytes(range(256)) * 40  # 10 240 bytes
 SHA = hashlib.sha256(DATA).hexdigest()
 REAL_WEIGHTS = dict(pretrained.WEIGHTS)  # before the autouse fixture swaps the table
-
-
-class FakeResponse:
-    """Enough of ``http.client.HTTPResponse``: status, headers, chunked read, context manager."""
-
-    def __init__(self, body: bytes, status: int, fail_after: int | None = None) -> None:
-        self.body, self.status, self.fail_after = body, status, fail_after
-        self.headers = {"Content-Length": str(len(body))}
-        self.pos = 0
-
-    def getcode(self) -> int:
-        return self.status
-
-    def read(self, n: int = -1) -> bytes:
-        if self.fail_after is not None and self.pos >= self.fail_after:
-            raise ConnectionResetError("connection reset by peer")
-        n = 1000 if n < 0 else min(n, 1000)
-        chunk = self.body[self.pos : self.pos + n]
-        self.pos += len(chunk)
-        return chunk
-
-    def __enter__(self) -> FakeResponse:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 class FakeServer:
@@ -72,10 +48,6 @@ class FakeServer:
         return FakeResponse(self.data[start:], status, fail_after)
 
 
-def _no_network(*args: object, **kwargs: object) -> None:
-    raise AssertionError("the network must not be touched")
-
-
 def make_entry(name: str = "tiny", **overrides: object) -> WeightsEntry:
     fields = dict(
         name=name, filename=f"{name}.pth", url=URL, hf_repo=None, hf_filename=None, size=len(DATA),
@@ -91,7 +63,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TEXTSAM_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("TEXTSAM_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(urllib.request, "urlopen", _no_network)
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
     monkeypatch.setattr(pretrained, "WEIGHTS", {"tiny": make_entry()})
     return tmp_path / "home"
 
@@ -268,8 +240,8 @@ def test_offline_uses_cached_file(home: Path, monkeypatch: pytest.MonkeyPatch) -
 
 def test_cached_file_is_reused_and_not_rehashed(server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
     first = pretrained.resolve_weights("tiny", progress=False)
-    monkeypatch.setattr(urllib.request, "urlopen", _no_network)
-    monkeypatch.setattr(pretrained, "sha256_file", _no_network)  # the sidecar must be trusted
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(pretrained, "sha256_file", no_network)  # the sidecar must be trusted
     assert pretrained.resolve_weights("tiny", progress=False) == first
     assert server.ranges == [None]
 
@@ -279,7 +251,7 @@ def test_hand_placed_file_is_hashed_once(home: Path, monkeypatch: pytest.MonkeyP
     dest_of(home).write_bytes(DATA)
     assert pretrained.resolve_weights("tiny") == dest_of(home)
     assert dest_of(home).with_suffix(".pth.sha256").exists()
-    monkeypatch.setattr(pretrained, "sha256_file", _no_network)
+    monkeypatch.setattr(pretrained, "sha256_file", no_network)
     assert pretrained.resolve_weights("tiny") == dest_of(home)
 
 

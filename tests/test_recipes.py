@@ -23,6 +23,7 @@ import pickle
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -102,18 +103,18 @@ def clip_dir(work: Path, name: str) -> str:
     return f"local-dir:{path}"
 
 
-def run_recipe(name: str, data_root: Path, work: Path, tmp_path: Path, shared_data: Path, *, clip: str,
-               validate: bool = False) -> dict:
-    """Train recipe ``name`` for 2 steps through the CLI, load its head, evaluate it; returns the report."""
-    import textsam
+def train_briefly(name: str, data_root: Path, work: Path, tmp_path: Path, *, clip: str, steps: int,
+                  validate: bool = False) -> tuple[Any, Path, Path, list[dict]]:
+    """Train the shipped recipe ``name`` for ``steps`` steps of 1 sample through ``textsam train`` (random SAM
+    weights, ``clip``, the samples' data, the shared embedding cache); returns ``(config, SAM checkpoint, run
+    folder, log records)``."""
     from textsam.cli import main
     from textsam.train.config_file import load_config, save_config
-    from textsam.weights.format import read
 
     shipped = load_config(REPO / "configs" / f"{name}.toml")
     checkpoint = sam_checkpoint(work, shipped.model)
     cfg = replace(
-        shipped, pretrained=False, checkpoint=str(checkpoint), clip=clip, steps=2, batch_size=1, num_workers=0,
+        shipped, pretrained=False, checkpoint=str(checkpoint), clip=clip, steps=steps, batch_size=1, num_workers=0,
         checkpoint_every=0, eval_every=0, log_every=1, progress=False,
         data=replace(shipped.data, root=str(data_root), val_split=shipped.data.val_split if validate else None,
                      eval_samples=1),
@@ -123,8 +124,18 @@ def run_recipe(name: str, data_root: Path, work: Path, tmp_path: Path, shared_da
     save_config(cfg, tmp_path / "run.json")
     run = tmp_path / "run"
     assert main(["train", str(tmp_path / "run.json"), "--out", str(run), "--device", "cpu"]) == 0
+    return shipped, checkpoint, run, [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
 
-    logs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+def run_recipe(name: str, data_root: Path, work: Path, tmp_path: Path, shared_data: Path, *, clip: str,
+               validate: bool = False) -> dict:
+    """Train recipe ``name`` for 2 steps through the CLI, load its head, evaluate it; returns the report."""
+    import textsam
+    from textsam.cli import main
+    from textsam.weights.format import read
+
+    shipped, checkpoint, run, logs = train_briefly(name, data_root, work, tmp_path, clip=clip, steps=2,
+                                                   validate=validate)
     losses = [r["loss"] for r in logs if "loss" in r]
     assert [r["step"] for r in logs if "loss" in r] == [1, 2] and all(math.isfinite(v) for v in losses)
     assert validate == any("eval" in r for r in logs)
@@ -169,25 +180,10 @@ def test_vit_b_crops_recipe_trains_and_its_head_loads(data_root: Path, work: Pat
     """configs/sam_vit_b_clip_b16_crops.toml (the SAM paper's recipe) on sam_vit_b, reusing the text recipe's
     image embeddings from the shared cache; evaluated in the slow run (17 s more for the image)."""
     import textsam
-    from textsam.cli import main
-    from textsam.train.config_file import load_config, save_config
     from textsam.weights.format import read
 
-    name = "sam_vit_b_clip_b16_crops"
-    shipped = load_config(REPO / "configs" / f"{name}.toml")
-    clip = clip_dir(work, "small_b16_width")
-    checkpoint = sam_checkpoint(work, shipped.model)
-    cfg = replace(
-        shipped, pretrained=False, checkpoint=str(checkpoint), clip=clip, steps=1, batch_size=1, num_workers=0,
-        checkpoint_every=0, log_every=1, progress=False,
-        data=replace(shipped.data, root=str(data_root), val_split=None),
-        augment=replace(shipped.augment, crop_variants=1),
-        cache=replace(shipped.cache, dir=str(work / "cache" / shipped.model)),
-    )
-    save_config(cfg, tmp_path / "run.json")
-    run = tmp_path / "run"
-    assert main(["train", str(tmp_path / "run.json"), "--out", str(run), "--device", "cpu"]) == 0
-    logs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    shipped, checkpoint, run, logs = train_briefly("sam_vit_b_clip_b16_crops", data_root, work, tmp_path,
+                                                   clip=clip_dir(work, "small_b16_width"), steps=1)
     assert [r["step"] for r in logs] == [1] and all(math.isfinite(r["loss"]) for r in logs)
     crops = list((work / "cache" / shipped.model / "crops").glob("*/train/*.pt"))
     assert crops and all(torch.load(p, weights_only=True).shape == (1, 512) for p in crops)

@@ -21,6 +21,7 @@ import pytest
 from textsam.weights import pretrained
 from textsam.weights.pretrained import WeightsEntry
 
+from ..fake_http import FakeResponse, no_network
 from .harness import check, run_cli, snapshot
 
 URL = "https://example.invalid/weights/tiny.pth"
@@ -37,42 +38,12 @@ def _entry(name: str, *, hf: bool = False) -> WeightsEntry:
                         sha256=SHA, license="Apache-2.0", format="sam", description="battery weights")
 
 
-class _Response:
-    """What the fake server sends: ``body``, optionally failing with ``fail`` after ``cut`` bytes."""
-
-    status = 200
-
-    def __init__(self, body: bytes, fail: BaseException | None = None, cut: int = 0, length: int | None = None) -> None:
-        self.body, self.fail, self.sent, self.cut = body, fail, 0, cut
-        self.headers = {"Content-Length": str(len(body) if length is None else length)}
-
-    def getcode(self) -> int:
-        return self.status
-
-    def read(self, n: int = -1) -> bytes:
-        if self.fail is not None and self.sent >= self.cut:
-            raise self.fail
-        chunk = self.body[self.sent : self.sent + min(n, 100)]
-        self.sent += len(chunk)
-        return chunk
-
-    def __enter__(self) -> _Response:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _refuse(*args: object, **kwargs: object) -> None:
-    raise AssertionError("the network must not be touched")
-
-
 @pytest.fixture(autouse=True)
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TEXTSAM_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("TEXTSAM_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(urllib.request, "urlopen", _refuse)
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
     monkeypatch.setattr(pretrained, "WEIGHTS", {"tiny": _entry("tiny"), "other": _entry("other"),
                                                 "hubby": _entry("hubby", hf=True)})
     return tmp_path / "home" / "checkpoints"
@@ -138,7 +109,7 @@ def _verify(*names: str, cache_data: dict[str, bytes] | None = None) -> Callable
 def _home_is_a_file(tmp: Path, cache: Path, mp: pytest.MonkeyPatch) -> list[str]:
     (tmp / "home_file").write_text("my notes")
     mp.setenv("TEXTSAM_HOME", str(tmp / "home_file"))
-    serve(mp, lambda: _Response(DATA))
+    serve(mp, lambda: FakeResponse(DATA))
     return ["weights", "download", "tiny", "--no-progress"]
 
 
@@ -166,7 +137,7 @@ def _with_part(status: int, body: bytes) -> Callable[[Path, Path, pytest.MonkeyP
         (cache / "tiny.pth.part").write_bytes(DATA[:500])
 
         def answer() -> object:
-            response = _Response(body)
+            response = FakeResponse(body)
             response.status = status
             return response
 
@@ -189,15 +160,14 @@ CASES = [
     Case("download-timeout", _download("tiny", answer=_raise(TimeoutError("timed out"))), 2,
          ("failed", "timed out"), after=_nothing_in_cache),
     Case("download-http-404", _download("tiny", answer=_raise(HTTP_404)), 2, ("failed", "404")),
-    Case("download-reset-midway", _download("tiny", answer=lambda: _Response(
-        DATA, ConnectionResetError(104, "Connection reset by peer"), cut=600)), 2,
+    Case("download-reset-midway", _download("tiny", answer=lambda: FakeResponse(DATA, fail_after=600, chunk=100)), 2,
          ("connection reset", "partial file", "resumes"), may_change=lambda c: [c / "tiny.pth.part"],
          after=_part_kept),
-    Case("download-short-body", _download("tiny", answer=lambda: _Response(DATA[:700], length=len(DATA))), 2,
+    Case("download-short-body", _download("tiny", answer=lambda: FakeResponse(DATA[:700], length=len(DATA))), 2,
          ("failed",), after=_part_kept),
-    Case("download-html-page", _download("tiny", answer=lambda: _Response(HTML)), 2, ("wrong size",),
+    Case("download-html-page", _download("tiny", answer=lambda: FakeResponse(HTML)), 2, ("wrong size",),
          after=_nothing_in_cache),
-    Case("download-bad-hash", _download("tiny", answer=lambda: _Response(DATA[::-1])), 2,
+    Case("download-bad-hash", _download("tiny", answer=lambda: FakeResponse(DATA[::-1])), 2,
          ("corrupt", f"expected sha256 {SHA}"), after=_nothing_in_cache),
     Case("download-unknown-name", _download("sam_vit_z"), 2, ("unknown weights name", "known names: hubby")),
     Case("download-nothing-named", lambda t, c, m: ["weights", "download"], 2, ("--all",)),
@@ -208,7 +178,7 @@ CASES = [
          may_change=lambda c: [c / "tiny.pth.part"], after=_downloaded),
     Case("download-range-ignored", _with_part(200, DATA), 0, ("tiny.pth",),
          may_change=lambda c: [c / "tiny.pth.part"], after=_downloaded),
-    Case("download-ok", _download("tiny", answer=lambda: _Response(DATA)), 0, ("tiny.pth",), after=_downloaded),
+    Case("download-ok", _download("tiny", answer=lambda: FakeResponse(DATA)), 0, ("tiny.pth",), after=_downloaded),
     Case("verify-corrupt", _verify(cache_data={"tiny": DATA[:-1] + b"!"}), 1,
          ("tiny: failed", "tiny.pth", "corrupt", f"expected sha256 {SHA}", "textsam weights download tiny")),
     Case("verify-truncated", _verify("tiny", cache_data={"tiny": DATA[:100]}), 1,
@@ -239,7 +209,7 @@ def test_a_download_is_never_visible_half_written(home: Path, monkeypatch: pytes
     """While bytes arrive, only the .part file grows; the final name appears once, complete and verified."""
     seen: list[bool] = []
 
-    class Watching(_Response):
+    class Watching(FakeResponse):
         def read(self, n: int = -1) -> bytes:
             seen.append((home / "tiny.pth").exists())
             return super().read(n)
@@ -280,7 +250,7 @@ def test_disk_full_during_a_download_is_not_called_a_network_error(
         f = real_open(file, mode, *args, **kwargs)
         return FullDisk(f) if str(file).endswith(".part") and "b" in mode and "r" not in mode else f
 
-    serve(monkeypatch, lambda: _Response(DATA))
+    serve(monkeypatch, lambda: FakeResponse(DATA))
     monkeypatch.setattr(builtins, "open", fake_open)
     before = snapshot(tmp_path)
     outcome = run_cli(["weights", "download", "tiny", "--no-progress"])
