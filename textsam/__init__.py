@@ -1,7 +1,8 @@
 """textsam: segment what a phrase names, mixed with clicks, boxes and masks, in one SAM decoder call.
 
-Public API: :func:`create_model`, :func:`list_models`, :class:`TextSamPredictor`, :class:`Prediction`, and the
-text options (:class:`TextOptions` and its groups).
+Public API: :func:`create_model`, :func:`list_models`, :class:`TextSamPredictor`, :class:`Prediction`, the
+text options (:class:`TextOptions` and its groups), and the labeller :mod:`textsam.label` (callable:
+``textsam.label(images, classes, ...)``; its writers are ``textsam.label.write_coco`` and ``write_dataset``).
 Heavy modules (torch) are imported on first use, so ``import textsam`` and the CLI start fast.
 """
 
@@ -11,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 __all__ = ["create_model", "list_models", "TextSamPredictor", "Prediction", "TextOptions", "GroundingOptions",
-           "ScoringOptions", "InstanceOptions", "LocatorOptions", "__version__"]
+           "ScoringOptions", "InstanceOptions", "LocatorOptions", "label", "__version__"]
 
 if TYPE_CHECKING:
+    from . import label
     from .factory import create_model, list_models
     from .predictor import Prediction, TextSamPredictor
     from .text.options import GroundingOptions, InstanceOptions, LocatorOptions, ScoringOptions, TextOptions
@@ -28,7 +30,15 @@ _LAZY = {
 }
 
 
+# sub-packages served on first use; ``textsam.label`` is a callable package (``textsam.label(images, classes)``)
+_PACKAGES = {"label": ".label"}
+
+
 def __getattr__(name: str) -> Any:
+    if name in _PACKAGES:
+        import importlib
+
+        return importlib.import_module(_PACKAGES[name], __name__)
     if name in _LAZY:
         import importlib
 
@@ -39,4 +49,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_LAZY))
+    return sorted(list(globals()) + list(_LAZY) + list(_PACKAGES))

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from textsam.errors import TextSamError
 
-from . import app, data, eval, export, segment, train, weights
+from . import app, data, eval, export, label, segment, train, weights
 from .common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -35,7 +35,7 @@ from .common import (
 Handler = Callable[[argparse.Namespace], int]
 
 # the commands in the order `textsam --help` lists them
-COMMANDS = (weights, segment, app, eval, train, export, data)
+COMMANDS = (weights, segment, label, app, eval, train, export, data)
 
 
 def _version() -> str:
