@@ -47,7 +47,7 @@ def clip_spec(tmp_path_factory: pytest.TempPathFactory) -> str:
 # (`--dist loadfile`: module fixtures such as the vit_b models are built once), in collection order
 # (`--no-loadscope-reorder`). The longest files go first
 # so that no worker is left with a long file at the end.
-HEAVY_FIRST = ("test_recipes.py", "test_app_load.py", "test_parity_vit_b.py", "test_faults_segment.py", "test_train.py",
+HEAVY_FIRST = ("test_recipes.py", "test_app_load.py", "test_label_ray.py", "test_parity_vit_b.py", "test_faults_segment.py", "test_train.py",
                "test_faults_train.py", "test_eval_runs.py", "test_faults_eval.py", "test_text_locator.py")
 
 

@@ -74,6 +74,15 @@ def add_parser(subparsers: Subparsers) -> None:
                         "instead of every instance")
     p.add_argument("--shard", metavar="I/N", help="label every N-th image from the I-th (0 <= I < N) only")
     p.add_argument("--review", action="store_true", help="also write an overlay per image and an HTML page")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process (default); ray: Ray Data actors, one predictor each (needs "
+                        "pip install 'textsam[distributed]'); the dataset is the same")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="--engine ray: the number of Ray workers, each with its own predictor (default 2; with "
+                        "--device cuda each takes one GPU)")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="--engine ray: a running Ray cluster (e.g. auto, ray://head:10001); default: a local Ray "
+                        "instance on this machine, started and stopped by this command")
     add_model_options(p)
     add_no_progress(p)
     p.set_defaults(handler=run_label)
@@ -168,6 +177,22 @@ def run_merge(args: argparse.Namespace, folders: list[str]) -> int:
     return _finish(store, run, ontology, options, args)
 
 
+def _label_on_ray(args: argparse.Namespace, refs: Any, entries: Any, store: Any, phrases: Any,
+                  instances: str) -> Any:
+    """The images not yet in the store, labelled by Ray workers (same model options), written into the store."""
+    from textsam.label.ray_engine import label_with_ray
+
+    from .common import text_head_arg
+
+    device = getattr(args, "device", None)
+    model_args = {"name": args.model, "checkpoint": args.checkpoint, "clip": getattr(args, "clip", None),
+                  "text_head": text_head_arg(args), "device": device}
+    gpus = 1.0 if device is not None and str(device).startswith("cuda") else 0.0
+    return label_with_ray(refs, entries, store, phrases, model_args, instances=instances,  # type: ignore[arg-type]
+                          workers=args.workers or 2, num_gpus_per_worker=gpus, address=args.ray_address,
+                          progress=not args.no_progress)
+
+
 def run_label(args: argparse.Namespace) -> int:
     """Run ``textsam label`` (see the parser's description for the exit status)."""
     from textsam.factory import check_device
@@ -183,7 +208,16 @@ def run_label(args: argparse.Namespace) -> int:
     options = LabelOptions(min_score=args.min_score, min_presence=args.min_presence, instances=instances)
     shard = parse_shard(args.shard) if args.shard is not None else None
     _check_writers(args)
-    check_device(getattr(args, "device", None))
+    if args.engine == "ray":
+        from textsam.label.ray_engine import require_ray
+
+        require_ray()  # before anything is written
+        if args.workers is not None and args.workers < 1:
+            raise InputError(f"--workers must be at least 1, got {args.workers}")
+    elif args.workers is not None or args.ray_address is not None:
+        raise InputError("--workers and --ray-address go with --engine ray")
+    if args.engine == "local" or args.ray_address is None:
+        check_device(getattr(args, "device", None))  # a remote cluster's devices are checked by its workers
     out = Path(args.output)
     inputs = collect_inputs(args.inputs, exclude=[out])
     request = _request(args, ontology, instances)
@@ -207,8 +241,11 @@ def run_label(args: argparse.Namespace) -> int:
         return textsam.TextSamPredictor(create_model_from_args(args))
 
     try:
-        report = label_into_store(refs, entries, store, ontology.phrases, make_predictor, instances=instances,
-                                  progress=not args.no_progress)
+        if args.engine == "ray":
+            report = _label_on_ray(args, refs, entries, store, ontology.phrases, instances)
+        else:
+            report = label_into_store(refs, entries, store, ontology.phrases, make_predictor, instances=instances,
+                                      progress=not args.no_progress)
     except KeyboardInterrupt:
         finished = sum(1 for e in entries if e["key"] is not None and store.has(e["key"]))
         print(f"textsam: interrupted: {finished} of {len(entries)} image(s) are labelled in {out}; run the same "
