@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from textsam import rle
 from textsam.cli import main
-from textsam.cli.segment import example_images
 from textsam.errors import InputError
+
+from .tiny import label_images
 
 CLASSES = "circle,square"
 _MODEL: dict = {}
@@ -61,13 +61,7 @@ def _shared_model_and_answers(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder of three images, one in a subfolder."""
-    root = tmp_path_factory.mktemp("label_in") / "imgs"
-    (root / "sub").mkdir(parents=True)
-    im = Image.open(example_images()[0]).convert("RGB")
-    im.save(root / "a.png")
-    im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(root / "b.png")
-    im.crop((0, 0, 160, 120)).save(root / "sub" / "c.png")
-    return root
+    return label_images(tmp_path_factory.mktemp("label_in") / "imgs")
 
 
 def _label(*argv: object, capsys: pytest.CaptureFixture[str] | None = None) -> int:

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from textsam.cli import main
-from textsam.cli.segment import example_images
+
+from .tiny import label_images
 
 CLASSES = "circle,square"
 
@@ -25,13 +25,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.con
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The three images of test_label.py: the example image, its mirror and a crop in a subfolder."""
-    root = tmp_path_factory.mktemp("label_ray_in") / "imgs"
-    (root / "sub").mkdir(parents=True)
-    im = Image.open(example_images()[0]).convert("RGB")
-    im.save(root / "a.png")
-    im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(root / "b.png")
-    im.crop((0, 0, 160, 120)).save(root / "sub" / "c.png")
-    return root
+    return label_images(tmp_path_factory.mktemp("label_ray_in") / "imgs")
 
 
 def _label(*argv: object) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from textsam.config import ModelConfig, TextConfig, ViTEncoderConfig
@@ -61,4 +63,19 @@ TINY_CLIP_CFG = {
     "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 1, "head_width": 32},
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
 }
+
+
+def label_images(root: Path) -> Path:
+    """Three images for the labeller's tests under ``root``: the example image, its mirror and a crop in a
+    subfolder (``a.png``, ``b.png``, ``sub/c.png``)."""
+    from PIL import Image
+
+    from textsam.cli.segment import example_images
+
+    (root / "sub").mkdir(parents=True)
+    im = Image.open(example_images()[0]).convert("RGB")
+    im.save(root / "a.png")
+    im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(root / "b.png")
+    im.crop((0, 0, 160, 120)).save(root / "sub" / "c.png")
+    return root
 
