@@ -128,6 +128,25 @@ def test_vocabulary_in_one_pass_equals_single_calls(engine_predictor) -> None:
         assert a.presence == pytest.approx(b.presence, abs=1e-6)
 
 
+def test_a_vocabulary_on_an_image_without_proposals_equals_single_calls() -> None:
+    """A real photo gives shapes_tiny's SAM no confident proposal: every phrase then has nothing to prompt
+    with, and the vocabulary must still answer each phrase as predict() does (it raised an IndexError)."""
+    from textsam.transforms import load_image
+
+    from .conftest import SHARED_DATA
+
+    photo = SHARED_DATA / "sam_demo_images" / "groceries.jpg"
+    if not photo.is_file():
+        pytest.skip(f"shared test data not found at {photo}")
+    predictor = textsam.TextSamPredictor(textsam.create_model("shapes_tiny", text_head=False))
+    predictor.set_image(load_image(photo))
+    assert len(predictor.text.engine.proposals(predictor)) == 0
+    phrases = ["dog", "the biggest fruit", "a zebra"]
+    for phrase, a in zip(phrases, predictor.predict_phrases(phrases)):
+        b = predictor.predict(text=phrase)
+        assert a.masks.shape == b.masks.shape and (a.masks == b.masks).all() and a.presence == b.presence
+
+
 def test_a_user_click_keeps_the_candidates_it_touches(engine_predictor) -> None:
     out = engine_predictor.predict(text="circle", point_coords=np.array([[100.0, 57.0]]), point_labels=np.array([1]))
     assert out.masks[0][57, 100] and not out.masks[0][57, 27]  # the blue circle, where the user clicked

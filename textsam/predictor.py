@@ -295,9 +295,15 @@ class TextSamPredictor:
         if prompts is None:
             prompts = [self.text.prompt_for(p, self.image) for p in phrases]
         singles, groups = [], []
+        out: list[Prediction | None] = [None] * len(phrases)
         for i, (phrase, tp) in enumerate(zip(phrases, prompts)):
             if tp.group and tp.members:
                 groups.append(i)
+                continue
+            if not located and not len(tp.points) and tp.box is None and tp.tokens is None:
+                # nothing to prompt with (e.g. no proposal on the image): SAM's answer to an empty prompt, as
+                # predict() gives it (a row of padding clicks in the batch would be another prompt)
+                out[i] = self.predict(text=phrase, multimask_output=multimask_output, return_logits=return_logits)
                 continue
             if located:
                 click = self.text.locate(phrase, self.features, self.input_size, self.original_size, self.image)
@@ -305,7 +311,6 @@ class TextSamPredictor:
                                 tp.box, tp.tokens, tp.presence)
                 tp.located = click[0].tolist()  # type: ignore[attr-defined]
             singles.append((i, tp))
-        out: list[Prediction | None] = [None] * len(phrases)
         if singles:
             low_res, iou = self._decode_low_res(self.features, *self._text_batch([tp for _, tp in singles]),
                                                 multimask_output)
