@@ -184,25 +184,9 @@ def read_phrases(texts: Sequence[str] | str | None, classes: str | None) -> list
             raise InputError("--text is empty: give a phrase naming the object, e.g. --text 'red car'.")
         phrases.append(text)
     if classes is not None:
-        path = Path(classes)
-        if path.is_file():
-            try:
-                lines = path.read_text(encoding="utf-8").splitlines()
-            except (OSError, UnicodeDecodeError) as err:
-                raise InputError(f"cannot read the classes file {path} ({err}): give a UTF-8 text file with one "
-                                 "phrase per line") from None
-            found = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-            if not found:
-                raise InputError(f"the classes file {path} holds no phrase: write one phrase per line")
-        elif path.suffix.lower() in (".txt", ".csv", ".lst") or os.sep in classes:
-            raise InputError(f"the classes file {path} does not exist: give a file with one phrase per line, or "
-                             "the phrases themselves, e.g. --classes 'dog,cat,person'")
-        else:
-            found = [c.strip() for c in classes.split(",")]
-            if not all(found):
-                raise InputError(f"--classes {classes!r} has an empty phrase: give comma-separated phrases, e.g. "
-                                 "--classes 'dog,cat,person'")
-        phrases.extend(found)
+        from textsam.label.ontology import read_names
+
+        phrases.extend(read_names(classes, what="phrase"))
     return list(dict.fromkeys(phrases))
 
 

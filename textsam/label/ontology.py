@@ -19,7 +19,7 @@ from typing import Any
 
 from textsam.errors import InputError
 
-__all__ = ["Ontology", "read_ontology"]
+__all__ = ["Ontology", "read_ontology", "read_names"]
 
 
 @dataclass(frozen=True)
@@ -120,17 +120,40 @@ def read_ontology(source: str | Path | Mapping[str, str] | Sequence[str] | Ontol
                 if not isinstance(data, (dict, list)) or not data:
                     raise InputError(f"{path} holds no classes: write a mapping {{\"phrase\": \"class\"}} or a list")
                 return Ontology.from_mapping(data)
-            try:
-                lines = path.read_text(encoding="utf-8").splitlines()
-            except (OSError, UnicodeDecodeError) as err:
-                raise InputError(f"cannot read the classes file {path} ({err}): give a UTF-8 text file with one "
-                                 "class per line") from None
-            found = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-            if not found:
-                raise InputError(f"the classes file {path} holds no class: write one class per line")
-            return Ontology.from_mapping(found)
-        if isinstance(source, Path) or suffix in (".txt", ".json", ".yaml", ".yml", ".csv", ".lst"):
+            return Ontology.from_mapping(read_names(path))
+        if isinstance(source, Path) or suffix in (".json", ".yaml", ".yml"):
             raise InputError(f"the classes file {path} does not exist: give a file, or the classes themselves, "
                              "e.g. --classes 'person,car'")
-        return Ontology.from_mapping([c.strip() for c in source.split(",")])
+        return Ontology.from_mapping(read_names(source))
     return Ontology.from_mapping(list(source))
+
+
+def read_names(source: str | Path, what: str = "class") -> list[str]:
+    """The names of a ``--classes`` value: ``"a,b,c"``, or a text file with one name per line (blank lines and
+    ``#`` comments skipped), in order, as given (duplicates kept: the caller decides). ``what`` names them in
+    the messages ("class", "phrase").
+
+    Raises:
+        InputError: an empty name, a missing, unreadable or empty file.
+    """
+    path = Path(source)
+    if path.is_file():
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputError(f"cannot read the classes file {path} ({err}): give a UTF-8 text file with one "
+                             f"{what} per line") from None
+        names = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        if not names:
+            raise InputError(f"the classes file {path} holds no {what}: write one {what} per line")
+        return names
+    text = str(source)
+    if isinstance(source, Path) or path.suffix.lower() in (".txt", ".csv", ".lst") or "/" in text:
+        raise InputError(f"the classes file {path} does not exist: give a file with one {what} per line, or the "
+                         f"{what} names themselves, e.g. --classes 'person,car'")
+    names = [c.strip() for c in text.split(",")]
+    if not all(names):
+        raise InputError(f"--classes {text!r} has an empty {what}: give comma-separated names, e.g. "
+                         "--classes 'person,car'")
+    return names
+
