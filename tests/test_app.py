@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -476,6 +477,54 @@ def test_cheap_request_does_not_wait_behind_a_first_pass():
     finally:
         SlowPredictor.gate.set()
         slow.join(30)
+
+
+def test_pool_runs_jobs_in_arrival_order_and_never_starves_expensive_ones():
+    """Cheap jobs pass an expensive one only while the expensive slots are full; once a slot is free, the
+    expensive job that came first runs before cheap jobs that came after it."""
+    from textsam.app.serving import ComputePool
+
+    pool = ComputePool(2, heavy_slots=1)
+    order: list[str] = []
+    gates = {name: (threading.Event(), threading.Event()) for name in ("slow heavy", "slow cheap")}
+
+    def blocker(name: str):  # noqa: ANN202
+        def run() -> None:
+            started, release = gates[name]
+            started.set()
+            assert release.wait(30)
+            order.append(name)
+        return run
+
+    def job(name: str):  # noqa: ANN202
+        return lambda: order.append(name)
+
+    def submit(fn, heavy: bool = False) -> threading.Thread:  # noqa: ANN001
+        t = threading.Thread(target=pool.run, args=(fn, heavy))
+        t.start()
+        return t
+
+    threads = [submit(blocker("slow heavy"), True)]
+    assert gates["slow heavy"][0].wait(10)
+    threads.append(submit(job("heavy"), True))  # waits: the one expensive slot is taken
+    pool.run(job("cheap"))  # passes it on the free worker
+    assert order == ["cheap"]
+    threads.append(submit(blocker("slow cheap")))  # now both workers are busy
+    assert gates["slow cheap"][0].wait(10)
+    for i in range(3):  # cheap jobs arriving after the waiting expensive one
+        threads.append(submit(job(f"late{i}")))
+    deadline = time.monotonic() + 10
+    while len(pool._jobs[0]) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    gates["slow heavy"][1].set()  # a worker and the expensive slot free up
+    deadline = time.monotonic() + 10
+    while "heavy" not in order and time.monotonic() < deadline:
+        time.sleep(0.01)
+    gates["slow cheap"][1].set()
+    for t in threads:
+        t.join(10)
+    assert order[:3] == ["cheap", "slow heavy", "heavy"], order
+    assert sorted(order[3:]) == ["late0", "late1", "late2", "slow cheap"], order
 
 
 def test_cache_is_bounded_by_memory_and_embeds_once():

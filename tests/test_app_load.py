@@ -13,11 +13,12 @@ mask on that session's object (IoU >= 0.5 with the named or clicked shape). A fu
 bad files (corrupt, not an image, a 30000x30000 PNG header) throughout: each must come back as a
 message, never a crash. The server's RSS is sampled all along.
 
-The test asserts no errors, bounded memory, and p95 <= 5 s for requests on images the server has seen
-(what the serving controls). The p95 over all requests is printed, not asserted: it is the first pass per
-image (about 1-3 s of CPU each on this 2-core machine, and 20 sessions start 20 new images at once), which
-belongs to the text locator, not to the serving. About 80 s in all (30 s of load, then the requests in
-flight finish, plus the server's start).
+The test asserts no errors, bounded memory, and p95 <= 5 s over all requests (the issue's target with
+shapes_tiny and 20 clients on a 2-core CPU). Run beside other test files (pytest-xdist workers share the
+CPUs), it asserts that limit for requests on images the server has already seen, and prints the rest. The
+client threads run at nice 10 (:func:`yield_cpu`): the 21 clients live on the server's machine and, at full
+priority, took 38 of its 64 CPU-seconds in a 32 s run, which clients on other machines would not. About 80 s
+in all (30 s of load, then the requests in flight finish, plus the server's start).
 
     python -m pytest -q -s tests/test_app_load.py                      # prints the figures
     TEXTSAM_LOAD_SECONDS=45 TEXTSAM_LOAD_PER_IMAGE=8 python -m pytest -q -s tests/test_app_load.py
@@ -167,6 +168,16 @@ class Tally:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+def yield_cpu() -> None:
+    """Run the calling client thread at nice 10 (Linux nice is per thread): the 21 clients share this machine
+    with the server and, at full priority, take more than half its CPU (38 of 64 CPU-seconds in a 32 s run),
+    which clients on other machines would not. Ignored where the platform has no per-thread priority."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass
+
+
 def _client(url: str):
     from gradio_client import Client
 
@@ -198,6 +209,7 @@ def session(url: str, k: int, folder: Path, deadline: float, tally: Tally) -> No
     """Client ``k``: image after image, ``PER_IMAGE`` requests each, until ``deadline``."""
     from gradio_client import handle_file
 
+    yield_cpu()
     try:
         client = _client(url)
     except Exception as err:  # noqa: BLE001 - reported by the test
@@ -238,6 +250,7 @@ def bad_uploads(url: str, folder: Path, deadline: float, tally: Tally) -> None:
     """Corrupt, non-image and huge uploads throughout the run: each must be answered with a message."""
     from gradio_client import handle_file
 
+    yield_cpu()
     buf = folder / "good_for_truncation.png"
     make_scene(folder, 99, 0).path.rename(buf)
     data = buf.read_bytes()
@@ -327,5 +340,6 @@ def test_app_under_load(tmp_path):
     assert fig["requests"] >= 2 * CLIENTS and fig["bad_uploads"] >= len(BAD)
     assert "Traceback" not in log, log[-3000:]
     assert fig["peak_rss_mb"] < RSS_LIMIT_MB and fig["end_rss_mb"] - fig["start_rss_mb"] < RSS_GROWTH_MB, fig["rss"]
-    assert fig["cached_p95"] <= P95_LIMIT_S, (
-        f"p95 {fig['cached_p95']:.2f} s > {P95_LIMIT_S} s on images already seen (TEXTSAM_LOAD_P95 sets the limit)")
+    alone = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) <= 1
+    key, what = ("p95", "over all requests") if alone else ("cached_p95", "on images already seen")
+    assert fig[key] <= P95_LIMIT_S, f"p95 {fig[key]:.2f} s > {P95_LIMIT_S} s {what} (TEXTSAM_LOAD_P95 sets the limit)"

