@@ -57,7 +57,7 @@ def measure(model: textsam.TextSam, seeds: str, images: list[np.ndarray], repeat
     rows: dict[str, list[float]] = {k: [] for k in ("set_image", "first phrase", "new image + phrase",
                                                      "second phrase", "click")}
     for image in images:
-        def first() -> None:
+        def first(image: np.ndarray = image) -> None:
             predictor.set_image(image)
             predictor.predict(text=PHRASES[0])
 
