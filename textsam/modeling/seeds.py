@@ -72,7 +72,7 @@ def connected_regions(labels: np.ndarray) -> np.ndarray:
 
 
 def embedding_seeds(features: Tensor, input_size: tuple[int, int], img_size: int, *, clusters: int = 16,
-                    min_tokens: int = 2, max_seeds: int = 64) -> np.ndarray:
+                    min_tokens: int = 3, max_seeds: int = 64) -> np.ndarray:
     """Clicks ``(P, 2)`` float (x, y, model-input frame), one per region of the embedding (see the module
     docstring); ``features (1, C, h, w)``, ``input_size`` the resized image's (height, width) inside the
     padded ``img_size`` square. P is at most ``max_seeds``; largest regions first."""
