@@ -107,15 +107,18 @@ def parse_clip(text: str) -> str:
 # -------------------------------------------------------------------------------------- the model
 def add_model_options(
     p: argparse.ArgumentParser, *, clip: bool = True, device: bool = True, default: str | None = "sam_vit_b",
-    device_help: str = "cpu, cuda, cuda:1, mps (default: cpu)",
+    device_help: str = "cpu, cuda, cuda:1, mps (default: cpu)", fast: bool = False, example: bool = False,
 ) -> None:
-    """``--model``, ``--checkpoint``, ``--clip`` (when ``clip``), ``--text-head`` and ``--device`` (when
-    ``device``): which model to build, for :func:`create_model_from_args`.
+    """``--model``, ``--checkpoint``, ``--clip`` (when ``clip``), ``--text-head``, ``--device`` (when
+    ``device``) and ``--fast`` (when ``fast``): which model to build, for :func:`create_model_from_args`, and
+    :func:`predictor_from_args`.
 
-    ``default=None`` leaves ``--model`` unset, for a command that picks its default later.
+    ``default=None`` leaves ``--model`` unset, for a command that picks its default later (``example``: the
+    command's ``--example`` picks shapes_tiny, said in the help).
     """
-    p.add_argument("--model", default=default, metavar="NAME",
-                   help="model name (default: sam_vit_b" + ("; shapes_tiny with --example)" if default is None else ")"))
+    default_help = "sam_vit_b" + ("; mobile_sam with --fast" if fast else "") + (
+        "; shapes_tiny with --example" if example else "")
+    p.add_argument("--model", default=default, metavar="NAME", help=f"model name (default: {default_help})")
     p.add_argument("--checkpoint", type=Path, metavar="PATH", help="SAM weights file instead of the published ones")
     if clip:
         p.add_argument("--clip", type=parse_clip, metavar="NAME/TAG",
@@ -125,6 +128,10 @@ def add_model_options(
                    help="drop the model's own text head (shapes_tiny): text goes through the training-free engine")
     if device:
         p.add_argument("--device", metavar="DEVICE", help=device_help)
+    if fast:
+        p.add_argument("--fast", action="store_true",
+                       help="the CPU fast path: mobile_sam unless --model is given, and a lighter text engine "
+                            "(8x8 proposal clicks, 16 CLIP crops; TextOptions.fast)")
 
 
 def create_model_from_args(args: argparse.Namespace) -> Any:
@@ -134,6 +141,26 @@ def create_model_from_args(args: argparse.Namespace) -> Any:
 
     return textsam.create_model(args.model, checkpoint=args.checkpoint, clip=getattr(args, "clip", None),
                                 text_head=text_head_arg(args), device=getattr(args, "device", None))
+
+
+def predictor_from_args(args: argparse.Namespace) -> Any:
+    """A ``TextSamPredictor`` of :func:`create_model_from_args`'s model; with ``--fast``, the model's own text
+    options made fast (:meth:`~textsam.text.options.TextOptions.fast`)."""
+    import textsam
+    from textsam.text.prompter import default_options
+
+    model = create_model_from_args(args)
+    if getattr(args, "fast", False):
+        return textsam.TextSamPredictor(model, text_options=default_options(model).fast())
+    return textsam.TextSamPredictor(model)
+
+
+def resolve_fast_model(args: argparse.Namespace, default: str) -> None:
+    """Set ``args.model`` when it was not given: the fast path's model with ``--fast``, else ``default``."""
+    from textsam.text.options import FAST_MODEL
+
+    if args.model is None:
+        args.model = FAST_MODEL if getattr(args, "fast", False) else default
 
 
 def text_head_arg(args: argparse.Namespace) -> Path | bool | None:

@@ -22,7 +22,8 @@ from .common import (
     add_command,
     add_model_options,
     add_no_progress,
-    create_model_from_args,
+    predictor_from_args,
+    resolve_fast_model,
 )
 
 __all__ = ["add_parser", "run_label"]
@@ -83,7 +84,7 @@ def add_parser(subparsers: Subparsers) -> None:
     p.add_argument("--ray-address", metavar="ADDR",
                    help="--engine ray: a running Ray cluster (e.g. auto, ray://head:10001); default: a local Ray "
                         "instance on this machine, started and stopped by this command")
-    add_model_options(p)
+    add_model_options(p, default=None, fast=True)
     add_no_progress(p)
     p.set_defaults(handler=run_label)
 
@@ -186,7 +187,7 @@ def _label_on_ray(args: argparse.Namespace, refs: Any, entries: Any, store: Any,
 
     device = getattr(args, "device", None)
     model_args = {"name": args.model, "checkpoint": args.checkpoint, "clip": getattr(args, "clip", None),
-                  "text_head": text_head_arg(args), "device": device}
+                  "text_head": text_head_arg(args), "device": device, "fast": bool(getattr(args, "fast", False))}
     gpus = 1.0 if device is not None and str(device).startswith("cuda") else 0.0
     return label_with_ray(refs, entries, store, phrases, model_args, instances=instances,  # type: ignore[arg-type]
                           workers=args.workers or 2, num_gpus_per_worker=gpus, address=args.ray_address,
@@ -200,6 +201,8 @@ def run_label(args: argparse.Namespace) -> int:
     from textsam.label.run import LabelOptions, label_into_store, plan_images
     from textsam.label.shards import inputs_digest, parse_shard, shard_images
     from textsam.label.store import request_hash
+
+    resolve_fast_model(args, "sam_vit_b")
 
     if args.inputs and args.inputs[0] == "merge":
         return run_merge(args, list(args.inputs[1:]))
@@ -236,9 +239,7 @@ def run_label(args: argparse.Namespace) -> int:
         print(f"{done} of {len(entries)} image(s) already labelled in {out} (same request): skipped", file=sys.stderr)
 
     def make_predictor() -> Any:
-        import textsam
-
-        return textsam.TextSamPredictor(create_model_from_args(args))
+        return predictor_from_args(args)
 
     try:
         if args.engine == "ray":

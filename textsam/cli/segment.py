@@ -28,9 +28,10 @@ from .common import (
     add_command,
     add_model_options,
     add_no_progress,
-    create_model_from_args,
     parse_box,
     parse_point,
+    predictor_from_args,
+    resolve_fast_model,
 )
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ def add_parser(subparsers: Subparsers) -> None:
                    help="every object: SAM's automatic mask generator (its default settings), no prompt needed")
     p.add_argument("--multimask", action="store_true",
                    help="write SAM's 3 candidate masks (in the predictor's order: for text, best first)")
-    add_model_options(p, default=None)
+    add_model_options(p, default=None, fast=True, example=True)
     p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="folder to write results into")
     add_no_progress(p)
     p.set_defaults(handler=run_segment)
@@ -239,9 +240,7 @@ def _predict_kwargs(prompt: dict) -> dict[str, Any]:
 
 
 def _build_predictor(args: argparse.Namespace) -> Any:
-    import textsam
-
-    return textsam.TextSamPredictor(create_model_from_args(args))
+    return predictor_from_args(args)
 
 
 def vocabulary_results(predictor: Any, prompt: dict) -> tuple[list[MaskResult], list[dict[str, Any]]]:
@@ -314,8 +313,11 @@ def _model_key(args: argparse.Namespace) -> dict[str, Any]:
         st = p.stat() if p.is_file() else None
         return [str(p), st.st_size if st else None, st.st_mtime_ns if st else None]
 
-    return {"model": args.model, "checkpoint": file_key(args.checkpoint), "clip": getattr(args, "clip", None),
-            "text_head": file_key(getattr(args, "text_head", None))}
+    key = {"model": args.model, "checkpoint": file_key(args.checkpoint), "clip": getattr(args, "clip", None),
+           "text_head": file_key(getattr(args, "text_head", None))}
+    if getattr(args, "fast", False):  # only when given, so requests written before --fast keep their keys
+        key["fast"] = True
+    return key
 
 
 def request_key(prompt: dict, model_key: dict, source_digest: str | None) -> str | None:
@@ -368,8 +370,9 @@ def run_segment(args: argparse.Namespace) -> int:
     inputs = list(args.inputs) + (example_images() if getattr(args, "example", False) else [])
     if not inputs:
         raise InputError("give the images or folders to segment (or --example for the bundled example image).")
-    if args.model is None:
-        args.model = "shapes_tiny" if getattr(args, "example", False) else "sam_vit_b"
+    if args.model is None and getattr(args, "example", False):
+        args.model = "shapes_tiny"
+    resolve_fast_model(args, "sam_vit_b")
     out_dir = Path(args.output)
     check_device(getattr(args, "device", None))
     if out_dir.exists() and not out_dir.is_dir():
