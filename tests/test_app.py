@@ -288,6 +288,35 @@ def test_cli_app_command(monkeypatch):
     assert seen["args"].port == 7999 and seen["args"].share is True
 
 
+def test_app_fast_serves_the_fast_engine(monkeypatch):
+    """``textsam app --fast``: every model's predictor gets its own text options made fast."""
+    import types
+
+    import torch
+
+    import textsam
+    from textsam import cli
+    from textsam.text.prompter import default_options
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = cli.build_parser().parse_args(["app", "--fast", "--port", str(port)])
+    captured = {}
+    demo = types.SimpleNamespace(close=lambda: None, textsam=types.SimpleNamespace(close=lambda: None))
+    monkeypatch.setattr(ui, "build_demo", lambda **kw: captured.update(kw) or demo)
+    monkeypatch.setattr(ui, "launch", lambda *a, **k: None)
+    threads = torch.get_num_threads()
+    try:
+        assert ui.run(args) == 0
+    finally:
+        torch.set_num_threads(threads)
+    model = textsam.create_model("shapes_tiny")
+    predictor = captured["predictor_factory"](model)
+    assert predictor.text.options == default_options(model).fast()
+    assert cli.build_parser().parse_args(["app"]).fast is False
+
+
 def test_app_wrapper_uses_bundled_examples(monkeypatch):
     import importlib.util
 

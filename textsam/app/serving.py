@@ -45,6 +45,15 @@ def default_model_factory(name: str) -> Any:
         return textsam.create_model(name, pretrained=False)
 
 
+def fast_predictor(model: Any) -> Any:
+    """A ``TextSamPredictor`` with the model's own text options made fast (``textsam app --fast``; see
+    :meth:`textsam.text.options.TextOptions.fast`)."""
+    import textsam
+    from textsam.text.prompter import default_options
+
+    return textsam.TextSamPredictor(model, text_options=default_options(model).fast())
+
+
 def image_key(image: np.ndarray) -> str:
     """A content hash of an ``(H, W, 3)`` uint8 image (shape included)."""
     h = hashlib.blake2b(digest_size=16)
