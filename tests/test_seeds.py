@@ -113,13 +113,13 @@ def test_locator_candidates_find_every_object_of_a_scene(shapes_tiny: textsam.Te
     at the decoder's resolution); the embedding seeds need a fraction of the grid's 256 clicks."""
     clicks: list[int] = []
     predictor = textsam.TextSamPredictor(shapes_tiny, text_options=TextOptions(locator=LocatorOptions(seeds=seeds)))
-    original = predictor.text._grid_masks
+    original = predictor.text._click_masks
 
     def counting(features: torch.Tensor, points: np.ndarray):  # noqa: ANN202
         clicks.append(len(points))
         return original(features, points)
 
-    predictor.text._grid_masks = counting
+    predictor.text._click_masks = counting
     best: list[float] = []
     for seed in range(8):
         image, visible = _scene(seed)

@@ -172,7 +172,7 @@ class TextPrompter:
         else:
             clicks = embedding_seeds(features, input_size, self.model.img_size, clusters=o.clusters,
                                      min_tokens=o.min_region_tokens, max_seeds=o.max_seeds)
-        masks, scores = self._grid_masks(features, clicks)
+        masks, scores = self._click_masks(features, clicks)
         chosen = mask_nms(masks.cpu().numpy(), scores.float().cpu().numpy(), o.nms_iou)[: o.max_candidates]
         self._regions, self._region_scores = masks[chosen], scores[chosen].float().cpu()
         return self._regions
@@ -184,7 +184,7 @@ class TextPrompter:
         xs = (np.arange(n) + 0.5) * input_size[1] / n - 0.5
         return np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)
 
-    def _grid_masks(self, features: Tensor, points: np.ndarray) -> tuple[Tensor, Tensor]:
+    def _click_masks(self, features: Tensor, points: np.ndarray) -> tuple[Tensor, Tensor]:
         """Each click's most confident mask ``(P', L, L)`` bool and its predicted IoU ``(P',)``, for the clicks
         ``points (P, 2)`` (input frame) whose mask is non-empty and at least ``LocatorOptions.min_iou``.
         Decoded ``LocatorOptions.points_per_batch`` clicks at a time (small batches keep the per-click image
@@ -202,9 +202,9 @@ class TextPrompter:
             keep = masks.flatten(1).any(1)
             all_masks.append(masks[keep])
             all_scores.append(scores[keep])
-        if not all_masks:
-            side = 4 * features.shape[-1]
-            return torch.zeros(0, side, side, dtype=torch.bool, device=features.device), features.new_zeros(0)
+        if not all_masks:  # no clicks
+            h, w = features.shape[-2:]
+            return torch.zeros(0, 4 * h, 4 * w, dtype=torch.bool, device=features.device), features.new_zeros(0)
         return torch.cat(all_masks), torch.cat(all_scores)
 
     def text_tokens(self, phrases: Sequence[str]) -> Tensor | None:
