@@ -1,0 +1,96 @@
+"""The image encoder against this CPU's matmul floor, fp32 and bf16, measured in the same run.
+
+The floor is the encoder's own multiply-adds (counted by ``torch.utils.flop_counter.FlopCounterMode``: every
+matmul, convolution and attention of one forward) divided by the rate of a plain GEMM of the encoder's
+commonest shape (the MLP's ``(4096 x 768) @ (768 x 3072)`` for ViT-B at 1024), in the same precision, best of
+``--repeats``. ``set_image`` is timed the same way (best of ``--repeats``, random weights: the values do not
+change the time), and its ratio to the floor is printed; the issue's targets are 1.15x (fp32) and 1.3x (bf16).
+Then a profile of one forward splits the time into the GEMM-like ops and the rest (attention's softmax and
+bias, LayerNorm, GELU, layout copies, window partitioning), the rest by op.
+
+    python benchmarks/bench_encoder.py [--model sam_vit_b] [--repeats 3] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import textsam
+
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::linear", "aten::matmul",
+            "aten::_convolution", "aten::mkldnn_convolution", "aten::convolution",
+            "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math",
+            "aten::scaled_dot_product_attention")
+
+
+GEMM_SHAPE = (4096, 768, 3072)  # ViT-B's MLP at 1024 x 1024: the encoder's commonest matmul
+
+
+def best(fn, repeats: int) -> float:  # noqa: ANN001
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def gemm_rate(dtype: torch.dtype, m: int, k: int, n: int, repeats: int) -> float:
+    """FLOP/s of ``(m x k) @ (k x n)`` in ``dtype``."""
+    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+    return 2 * m * k * n / best(lambda: a @ b, max(repeats, 5))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="sam_vit_b")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="also split one forward's time by op")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = textsam.create_model(args.model, pretrained=False)
+    image = np.random.default_rng(0).integers(0, 255, (768, 1024, 3), dtype=np.uint8)
+    enc = model.image_encoder
+    x = torch.randn(1, 3, model.img_size, model.img_size)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        enc(x)
+    flops = counter.get_total_flops()
+    m, k, n = GEMM_SHAPE
+    print(f"{args.model} encoder: {flops / 1e9:.0f} GFLOP per image, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        predictor = textsam.TextSamPredictor(model, image_precision=precision)
+        secs = best(lambda p=predictor: p.set_image(image), args.repeats)
+        rate = gemm_rate(dtype, m, k, n, args.repeats)
+        floor = flops / rate
+        target = 1.15 if precision == "fp32" else 1.3
+        print(f"  {precision}: set_image {secs:6.2f} s   matmul floor {floor:5.2f} s ({rate / 1e9:5.0f} GFLOP/s, "
+              f"{m}x{k}x{n})   ratio {secs / floor:4.2f}x (target <= {target}x)", flush=True)
+        if args.profile:
+            profile(enc, x, dtype)
+
+
+def profile(enc: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype) -> None:
+    from torch.profiler import profile as torch_profile
+
+    ctx = torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 else torch.autocast("cpu", enabled=False)
+    with torch.inference_mode(), ctx:
+        enc(x)
+        with torch_profile() as prof:
+            enc(x)
+    rows = [(e.key, e.self_cpu_time_total) for e in prof.key_averages()]
+    total = sum(t for _, t in rows)
+    gemm = sum(t for k, t in rows if k in GEMM_OPS)
+    print(f"    profile: {total / 1e6:.2f} s of op time, GEMM-like {gemm / total:.0%}; the rest:")
+    for key, t in sorted(((k, t) for k, t in rows if k not in GEMM_OPS), key=lambda r: -r[1])[:8]:
+        print(f"      {key:48s} {t / 1e3:8.0f} ms  {t / total:5.1%}")
+
+
+if __name__ == "__main__":
+    main()
