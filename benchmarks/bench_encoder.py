@@ -14,10 +14,10 @@ bias, LayerNorm, GELU, layout copies, window partitioning), the rest by op.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
+from bench_bundled import best as bundled_best  # the benchmarks folder is on sys.path when run as a script
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -33,13 +33,9 @@ GEMM_SHAPE = (4096, 768, 3072)  # ViT-B's MLP at 1024 x 1024: the encoder's comm
 
 
 def best(fn, repeats: int) -> float:  # noqa: ANN001
+    """Best time of ``fn()`` over ``repeats`` calls after a warm-up call (bench_bundled's timer)."""
     fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    return bundled_best(fn, repeats)
 
 
 def gemm_rate(dtype: torch.dtype, m: int, k: int, n: int, repeats: int) -> float:
