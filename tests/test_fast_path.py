@@ -56,3 +56,27 @@ def test_cli_segment_fast_runs_and_is_a_request_of_its_own(tmp_path: Path, capsy
     assert "already done" in capsys.readouterr().err  # the same request resumes ...
     assert main(common) == 0
     assert "already done" not in capsys.readouterr().err  # ... another one (without --fast) runs again
+
+
+def test_eval_fast_uses_the_fast_engine_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``textsam eval ... --fast`` builds its predictors with the fast engine and records it in run.json (a run
+    without it is another run)."""
+    from textsam.data.synthetic import generate
+    from textsam.eval import runners
+
+    generate(tmp_path / "syn", seed=0, num_train=0, num_val=0, num_test=2, image_size=64)
+    built: list[TextOptions] = []
+    factory = runners.predictor_factory
+
+    def spying(*args: object, **kwargs: object):  # noqa: ANN202
+        build = factory(*args, **kwargs)
+        return lambda: built.append(build().text.options) or build()
+
+    monkeypatch.setattr(runners, "predictor_factory", spying)
+    out = tmp_path / "out"
+    command = ["eval", "synthetic", "--data", str(tmp_path / "syn"), "--model", "shapes_tiny", "--no-text-head",
+               "--limit", "1", "--no-progress", "--out", str(out)]
+    assert main([*command, "--fast"]) == 0
+    assert built and built[0].engine.proposals.points_per_side == FAST_POINTS_PER_SIDE
+    assert json.loads((out / "run.json").read_text())["model"]["engine"] == "fast (TextOptions.fast)"
+    assert main(command) == 2  # the same folder with another engine is refused

@@ -44,6 +44,9 @@ def add_parser(subparsers: Subparsers) -> None:
     p.add_argument("--data", required=True, type=Path, metavar="ROOT", help="the dataset folder")
     p.add_argument("--split", metavar="NAME", help="split (COCO: val2017; refer: a refs split; synthetic: test)")
     add_model_options(p, device_help="cpu, cuda, cuda:1 (default: cpu; under torchrun cuda = cuda:LOCAL_RANK)")
+    p.add_argument("--fast", action="store_true",
+                   help="the CPU fast path's lighter text engine (8x8 proposal clicks, 16 CLIP crops; the model "
+                        "stays --model)")
     p.add_argument("--templates", metavar="NAME|FILE",
                    help="prompt templates: default, imagenet80, single, or a file with one template per line")
     p.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N images")
@@ -126,8 +129,11 @@ def run_eval(args: argparse.Namespace) -> int:
             "text_head": "none (training-free engine)" if args.no_text_head else
             (None if args.text_head is None else str(args.text_head)),
         }
+        if args.fast:  # only when given, so runs written before --fast keep their description
+            model_info["engine"] = "fast (TextOptions.fast)"
         factory = predictor_factory(args.model, checkpoint=args.checkpoint, clip=args.clip,
-                                    text_head=text_head_arg(args), device=args.device, templates=templates)
+                                    text_head=text_head_arg(args), device=args.device, templates=templates,
+                                    fast=args.fast)
         try:
             report = run_benchmark(benchmark, out, factory=factory, model_info=model_info, limit=args.limit,
                                    progress=not args.no_progress)

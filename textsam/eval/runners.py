@@ -146,9 +146,11 @@ def predictor_factory(
     text_head: str | Path | bool | None = None,
     device: str | None = None,
     templates: dict[str, Any] | None = None,
+    fast: bool = False,
 ) -> Callable[[], Any]:
     """A function building ``TextSamPredictor(textsam.create_model(...))``, with ``templates`` (from
-    :func:`resolve_templates`) as the phrase templates when given.
+    :func:`resolve_templates`) as the phrase templates when given, and the fast path's engine
+    (:meth:`~textsam.text.options.TextOptions.fast`) when ``fast``.
 
     Under torchrun, ``device="cuda"`` becomes ``cuda:<LOCAL_RANK>``.
     """
@@ -162,9 +164,12 @@ def predictor_factory(
             dev = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         net = textsam.create_model(model, checkpoint=checkpoint, clip=clip, text_head=text_head, device=dev)
         options = None
-        if templates:
+        if templates or fast:
             options = default_options(net)
+        if templates:
             options = replace(options, scoring=replace(options.scoring, templates=tuple(templates["templates"])))
+        if fast:
+            options = options.fast()
         return textsam.TextSamPredictor(net, text_options=options)
 
     return build
