@@ -1,0 +1,314 @@
+"""``textsam export --web DIR``: a self-contained static folder that segments by text and clicks in a browser.
+
+The folder holds ONNX graphs, the tokenizer's merges, ``manifest.json`` (every constant the page's script
+needs), the page (``index.html``, ``textsam.js``) and onnxruntime-web (:mod:`textsam.export.web_runtime`).
+Nothing in it reaches the network; any static file server serves it (``textsam app --static DIR``).
+
+Graphs (float32; ``B`` prompts, ``N`` points, ``S`` = ``img_size``, ``L`` = the low-res mask side, ``4h``):
+
+| file | inputs | outputs |
+|---|---|---|
+| ``encoder.onnx`` | ``image (1, 3, S, S)``: resized, normalised, zero-padded | ``embedding (1, C, h, w)`` |
+| ``decoder.onnx`` | ``image_embeddings``, ``point_coords (B, N, 2)`` input frame, ``point_labels (B, N)`` | ``low_res_masks (B, 4, L, L)``, ``iou_predictions (B, 4)`` |
+| ``decoder_text.onnx`` | the same and ``text_embedding (B, D)`` (a text head's tokens follow the points) | the same |
+| ``upsample.onnx`` | ``low_res_masks (B, 1, L, L)``, ``orig_im_size (2,)`` (H, W) | ``masks (B, 1, H, W)`` logits, original frame |
+| ``locator.onnx`` | ``image_embeddings``, ``masks (1, M, L, L)`` 0/1, ``rgb (1, 3, S, S)`` in [0, 1], ``text_embedding (1, D)``, ``words (1, T, W)``, ``word_mask (1, T)`` | ``scores (1, M)`` |
+| ``clip_text.onnx`` | ``tokens (B, T)`` int64 | ``embedding (B, D)`` unit, ``words (B, T, W)`` |
+| ``clip_image.onnx`` | ``image (B, 3, R, R)`` open_clip-normalised | ``embedding (B, D)`` unit |
+
+Point labels follow SAM's ONNX convention (-1 padding, 0 negative, 1 positive, 2/3 box corners; the caller
+appends a (0, 0, -1) point when there is no box). What the graphs do not hold, because it is data-dependent
+control flow, the page's script does in the same order as :class:`~textsam.predictor.TextSamPredictor`:
+the locator's click seeds (k-means of the embedding, regions, deepest points), the confidence filter and mask
+NMS over the candidates, the deepest point of the chosen one, PIL's resampling for the model input and the
+CLIP crops, the CLIP tokenizer, the phrase templates, the spatial-word parser, and the presence answer.
+
+What a folder holds depends on the model: the text graphs (``decoder_text``, ``locator``) need a text head
+with a locator (the bundled ``shapes_tiny``); without one the page takes clicks and a box only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import InputError
+from ..model import TextSam
+from .onnx import OnnxPromptDecoder, check_export
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["export_web", "PAGE_FILES", "WEB_FORMAT"]
+
+WEB_FORMAT = 1  # manifest.json's "format": the page refuses a folder of another format
+PAGE_DIR = Path(__file__).with_name("web_page")
+PAGE_FILES = ("index.html", "textsam.js")
+TOKENIZER_FILE = "bpe_simple_vocab_16e6.txt.gz"
+LOCATOR_OPSET = 20  # the silhouettes' affine_grid needs ONNX AffineGrid (opset 20)
+
+
+class _Encoder(nn.Module):
+    def __init__(self, model: TextSam) -> None:
+        super().__init__()
+        self.encoder = model.image_encoder
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.encoder(image)
+
+
+class _Decoder(OnnxPromptDecoder):
+    """Prompt encoder + mask decoder for a batch of point prompts (and text embeddings) on one image: all four
+    mask tokens at low resolution; the page picks the mask (as the predictor does) and upsamples it."""
+
+    def forward(self, image_embeddings: Tensor, point_coords: Tensor, point_labels: Tensor,  # type: ignore[override]
+                *text_inputs: Tensor) -> tuple[Tensor, Tensor]:
+        pe = self.model.prompt_encoder
+        sparse = self._embed_points(point_coords, point_labels)
+        if self.with_text:
+            (text_embedding,) = text_inputs
+            sparse = torch.cat([sparse, self.model.text_projector(text_embedding).to(sparse.dtype)], dim=1)
+        h, w = pe.image_embedding_size
+        dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(sparse.shape[0], -1, h, w)
+        return self.model.mask_decoder.predict_masks(image_embeddings, pe.get_dense_pe(), sparse, dense)
+
+
+class _Upsample(OnnxPromptDecoder):
+    def forward(self, low_res_masks: Tensor, orig_im_size: Tensor) -> Tensor:  # type: ignore[override]
+        return self._postprocess(low_res_masks, orig_im_size)
+
+
+class _Locator(nn.Module):
+    def __init__(self, model: TextSam) -> None:
+        super().__init__()
+        self.locator = model.text_locator
+        self.size = model.prompt_encoder.mask_input_size[0]
+
+    def forward(self, image_embeddings: Tensor, masks: Tensor, rgb: Tensor, text_embedding: Tensor, words: Tensor,
+                word_mask: Tensor) -> Tensor:
+        from ..text.locator import region_colours
+
+        colours = None
+        if self.locator.appearance_kind == "colour":
+            low = F.adaptive_avg_pool2d(rgb, self.size)[0]  # lowres_rgb's pooling of the padded input
+            colours = region_colours(low, masks[0] > 0.5)[None]
+        word_inputs = (words, word_mask) if self.locator.word_dim else (None, None)
+        return self.locator.scores(image_embeddings, masks, None, text_embedding, *word_inputs, colours=colours)
+
+
+class _ClipText(nn.Module):
+    def __init__(self, encoder) -> None:  # noqa: ANN001 - a TextEncoder
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        clip = self.encoder.clip
+        length = tokens.shape[1]
+        x = clip.token_embedding(tokens) + clip.positional_embedding[:length]
+        words = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask[:length, :length]))
+        end = tokens.argmax(dim=-1)
+        pooled = words[torch.arange(words.shape[0]), end]
+        proj = clip.text_projection
+        pooled = proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
+        return F.normalize(pooled, dim=-1), words
+
+
+class _ClipImage(nn.Module):
+    def __init__(self, clip: nn.Module) -> None:
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, image: Tensor) -> Tensor:
+        return F.normalize(self.clip.encode_image(image), dim=-1)
+
+
+def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, inputs: Sequence[str], outputs: Sequence[str],
+            dynamic: dict, opset: int) -> None:
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # nn.MultiheadAttention's fused kernel has no ONNX form
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        torch.onnx.export(module.eval(), args, str(path), input_names=list(inputs), output_names=list(outputs),
+                          dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True, dynamo=False)
+    torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def _clip_recipe(clip: nn.Module) -> dict:
+    """open_clip's evaluation preprocessing of ``clip``'s image tower, as the page reproduces it (a square crop
+    resized to ``size`` with PIL's ``interpolation``, then normalised)."""
+    from torchvision import transforms as T
+
+    from ..text.scoring import clip_preprocess
+
+    size, mean, std, interpolation = None, None, None, None
+    for t in clip_preprocess(clip).transforms:
+        if isinstance(t, T.Resize):
+            size, interpolation = t.size, t.interpolation.value
+        elif isinstance(t, T.Normalize):
+            mean, std = [float(v) for v in t.mean], [float(v) for v in t.std]
+    size = size if isinstance(size, int) else (size[0] if size else None)
+    if size is None or mean is None or interpolation not in ("bilinear", "bicubic"):
+        raise InputError("the page cannot reproduce this CLIP's image preprocessing (it needs a Resize with PIL "
+                         "bilinear or bicubic and a Normalize); export a model with another CLIP")
+    return {"size": int(size), "mean": mean, "std": std, "interpolation": interpolation}
+
+
+def _manifest(model: TextSam, name: str, graphs: dict[str, str], options) -> dict:  # noqa: ANN001
+    """Every constant the page's script needs (see ``textsam.js``)."""
+    from ..text import templates as tpl
+
+    pe = model.prompt_encoder
+    out: dict = {
+        "format": WEB_FORMAT,
+        "model": name,
+        "img_size": model.img_size,
+        "pixel_mean": [float(v) for v in model.pixel_mean.flatten()],
+        "pixel_std": [float(v) for v in model.pixel_std.flatten()],
+        "embedding_size": list(pe.image_embedding_size),
+        "low_res_size": list(pe.mask_input_size),
+        "mask_threshold": float(model.mask_threshold),
+        "graphs": graphs,
+        "text": None,
+    }
+    encoder = model.text_encoder
+    if "decoder_text" in graphs:
+        lo, eo = options.locator, options.engine
+        templates = options.scoring.templates
+        out["text"] = {
+            "tokenizer": TOKENIZER_FILE,
+            "context_length": encoder.context_length,
+            "clip_dim": encoder.embed_dim,
+            "word_dim": model.text_locator.word_dim,
+            "logit_scale": float(encoder.clip.logit_scale.detach().exp()),
+            "templates": list(templates) if templates is not None else list(tpl.DEFAULT_TEMPLATES),
+            "clip_image": _clip_recipe(encoder.clip),
+            "locator": {"clusters": lo.clusters, "min_region_tokens": lo.min_region_tokens, "max_seeds": lo.max_seeds,
+                        "min_iou": lo.min_iou, "nms_iou": lo.nms_iou, "max_candidates": lo.max_candidates},
+            "engine": {"enlarge": eo.enlarge, "iou_weight": eo.iou_weight, "presence_bias": eo.presence_bias,
+                       "presence_gain": eo.presence_gain, "presence_threshold": eo.presence_threshold,
+                       "views": list(eo.views)},
+            "text_weight": options.scoring.text_weight,
+        }
+    return out
+
+
+def _check_text_path(model: TextSam, options) -> str | None:  # noqa: ANN001
+    """Why the page cannot answer text for this model (None when it can)."""
+    if model.text_projector is None or model.text_locator is None:
+        return ("it has no text head with a locator (the page's text path today is the bundled shapes_tiny's; the "
+                "training-free engine's proposals are not ported to the page yet)")
+    if not options.locator.enabled or options.locator.seeds != "embedding":
+        return "its locator settings are not the page's (embedding seeds)"
+    if options.grounding.enabled:
+        return "it ranks masks by dense CLIP grounding, which the page does not compute"
+    if not options.engine.enabled or tuple(options.engine.views) != ("crop",):
+        return "its presence engine uses views other than the plain crop"
+    return None
+
+
+def export_web(model: TextSam, out_dir: str | Path, *, name: str | None = None, runtime: str | Path | None = None,
+               opset: int = 17, quantize: bool = False) -> Path:
+    """Write the static page folder for ``model`` into ``out_dir`` (see the module docstring); returns it.
+
+    ``runtime``: the onnxruntime-web tarball to vendor (default: the pinned one, downloaded once). ``quantize``:
+    the image encoder's weights as 8-bit integers (onnxruntime's dynamic quantisation; a smaller folder, a
+    slightly different mask). The folder is written under a temporary name and renamed, so a failed export
+    leaves nothing behind; an existing folder is replaced only when it is an earlier export (its
+    ``manifest.json`` says so)."""
+    from ..text.prompter import default_options
+    from .web_runtime import vendor_runtime
+
+    out_dir = Path(out_dir)
+    check_export(out_dir / "manifest.json", opset)
+    if out_dir.exists() and not (out_dir / "manifest.json").is_file():
+        if not out_dir.is_dir() or any(out_dir.iterdir()):
+            raise InputError(f"{out_dir} exists and is not an exported page: choose a new or empty folder")
+    name = name or (model.config.name if model.config else "model")
+    model = model.float().eval().cpu()
+    options = default_options(model)
+    why_not = _check_text_path(model, options)
+    tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        vendor_runtime(tmp, runtime)
+        graphs = _export_graphs(model, tmp, with_text=why_not is None, opset=opset, quantize=quantize)
+        if why_not is not None:
+            logger.warning("the page for %s takes clicks and a box only: %s", name, why_not)
+        else:
+            import open_clip.tokenizer
+
+            shutil.copyfile(open_clip.tokenizer.default_bpe(), tmp / TOKENIZER_FILE)
+        manifest = _manifest(model, name, graphs, options)
+        manifest["text_unavailable"] = why_not
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        for file in PAGE_FILES:
+            shutil.copyfile(PAGE_DIR / file, tmp / file)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except OSError as err:
+        raise InputError(f"cannot write {out_dir}: {err.strerror or err}. Choose another folder.") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def _export_graphs(model: TextSam, out: Path, *, with_text: bool, opset: int, quantize: bool) -> dict[str, str]:
+    """Trace every graph into ``out``; returns graph name -> file name."""
+    pe = model.prompt_encoder
+    c, (h, w), s = pe.embed_dim, pe.image_embedding_size, model.img_size
+    low = pe.mask_input_size[0]
+    emb = torch.randn(1, c, h, w)
+    coords, labels = torch.rand(2, 3, 2) * s, torch.tensor([[1.0, 0.0, -1.0]] * 2)
+    graphs = {"encoder": "encoder.onnx", "decoder": "decoder.onnx", "upsample": "upsample.onnx"}
+    encoder_file = out / "encoder.onnx"
+    _export(_Encoder(model), (torch.randn(1, 3, s, s),), encoder_file, ["image"], ["embedding"], {}, opset)
+    if quantize:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantized = out / "encoder.int8.onnx"
+        quantize_dynamic(str(encoder_file), str(quantized), weight_type=QuantType.QUInt8)
+        encoder_file.unlink()
+        graphs["encoder"] = quantized.name
+    points = {"point_coords": {0: "B", 1: "N"}, "point_labels": {0: "B", 1: "N"}}
+    outs = ["low_res_masks", "iou_predictions"]
+    _export(_Decoder(model), (emb, coords, labels), out / "decoder.onnx",
+            ["image_embeddings", "point_coords", "point_labels"], outs, points, opset)
+    _export(_Upsample(model), (torch.randn(2, 1, low, low), torch.tensor([96.0, 128.0])), out / "upsample.onnx",
+            ["low_res_masks", "orig_im_size"], ["masks"], {"low_res_masks": {0: "B"}, "masks": {0: "B", 2: "H", 3: "W"}},
+            opset)
+    if not with_text:
+        return graphs
+    encoder = model.text_encoder
+    d = encoder.embed_dim
+    _export(_Decoder(model, with_text=True), (emb, coords, labels, torch.randn(2, d)), out / "decoder_text.onnx",
+            ["image_embeddings", "point_coords", "point_labels", "text_embedding"], outs,
+            {**points, "text_embedding": {0: "B"}}, opset)
+    t = encoder.context_length
+    word_dim = int(encoder.clip.ln_final.normalized_shape[0])
+    masks = (torch.rand(1, 3, low, low) > 0.5).float()
+    _export(_Locator(model), (emb, masks, torch.rand(1, 3, s, s), torch.randn(1, d), torch.randn(1, 5, word_dim),
+                              torch.ones(1, 5, dtype=torch.bool)),
+            out / "locator.onnx", ["image_embeddings", "masks", "rgb", "text_embedding", "words", "word_mask"],
+            ["scores"], {"masks": {1: "M"}, "words": {1: "T"}, "word_mask": {1: "T"}, "scores": {1: "M"}},
+            max(opset, LOCATOR_OPSET))
+    tokens = encoder.tokenize(["a red circle", "a photo of the blue star."]).cpu()
+    _export(_ClipText(encoder), (tokens,), out / "clip_text.onnx", ["tokens"], ["embedding", "words"],
+            {"tokens": {0: "B"}, "embedding": {0: "B"}, "words": {0: "B"}}, opset)
+    r = _clip_recipe(encoder.clip)["size"]
+    _export(_ClipImage(encoder.clip), (torch.randn(2, 3, r, r),), out / "clip_image.onnx", ["image"], ["embedding"],
+            {"image": {0: "B"}, "embedding": {0: "B"}}, opset)
+    graphs.update(decoder_text="decoder_text.onnx", locator="locator.onnx", clip_text="clip_text.onnx",
+                  clip_image="clip_image.onnx")
+    return graphs

@@ -1,0 +1,836 @@
+// textsam in the browser: text, clicks and a box on one object, with no server (onnxruntime-web, WebAssembly).
+//
+// The page's API (window.textsam):
+//   await textsam.ready                       the graphs are loaded
+//   await textsam.loadImage(url | Blob)       embeds the image (and prepares the text candidates)
+//   await textsam.segment({text, points: [[x, y, label], ...], box: [x0, y0, x1, y1]})   every field optional
+//     -> {width, height, mask: Uint8Array(width * height, 1 inside), score, presence, found}
+//   textsam.timings                           {embed_ms, prepare_ms, update_ms} of the last calls
+// Coordinates are pixels of the original image (x right, y down, pixel centres at integers).
+//
+// The steps follow textsam's Python predictor (TextSamPredictor.predict(..., multimask_output=True), best mask):
+// PIL's resampling for the model input and the CLIP crops, the CLIP tokenizer, the phrase templates, the
+// spatial-word parser, the locator's click seeds (k-means of the image embedding, 4-connected regions, deepest
+// points), mask NMS, and the presence answer (CLIP crops of the candidates). The ONNX graphs are described in
+// textsam/export/web.py.
+(function () {
+  'use strict';
+
+  const MAX_PIXELS = 40e6; // larger images are refused with a message (the page would need gigabytes)
+  const api = {timings: {}, manifest: null, version: 1};
+  window.textsam = api;
+
+  // ------------------------------------------------------------------ small helpers
+  class UserError extends Error {}
+
+  function roundHalfEven(v) { // Python's round()
+    const f = Math.floor(v), d = v - f;
+    if (d > 0.5) return f + 1;
+    if (d < 0.5) return f;
+    return f % 2 === 0 ? f : f + 1;
+  }
+  function argmax(a, start = 0, end = a.length) {
+    let best = start;
+    for (let i = start + 1; i < end; i++) if (a[i] > a[best]) best = i;
+    return best;
+  }
+  function preprocessShape(h, w, longSide) {
+    const scale = longSide / Math.max(h, w);
+    return [Math.floor(h * scale + 0.5), Math.floor(w * scale + 0.5)];
+  }
+  const now = () => performance.now();
+
+  // ------------------------------------------------------------------ PIL's resampling (uint8 RGB, exact)
+  const PRECISION_BITS = 32 - 8 - 2;
+  const FILTERS = {
+    bilinear: {support: 1.0, f: (x) => { x = Math.abs(x); return x < 1.0 ? 1.0 - x : 0.0; }},
+    bicubic: {support: 2.0, f: (x) => {
+      const a = -0.5; x = Math.abs(x);
+      if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1;
+      if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * a;
+      return 0.0;
+    }},
+  };
+  function coeffs(inSize, outSize, filter) {
+    const scale = inSize / outSize, filterscale = Math.max(scale, 1.0);
+    const support = filter.support * filterscale, ksize = Math.ceil(support) * 2 + 1;
+    const kk = new Int32Array(outSize * ksize), bounds = new Int32Array(outSize * 2);
+    const pre = new Float64Array(ksize);
+    for (let xx = 0; xx < outSize; xx++) {
+      const center = (xx + 0.5) * scale, ss = 1.0 / filterscale;
+      let xmin = Math.trunc(center - support + 0.5); if (xmin < 0) xmin = 0;
+      let xmax = Math.trunc(center + support + 0.5); if (xmax > inSize) xmax = inSize;
+      xmax -= xmin;
+      let ww = 0.0;
+      for (let x = 0; x < xmax; x++) { const w = filter.f((x + xmin - center + 0.5) * ss); pre[x] = w; ww += w; }
+      for (let x = 0; x < ksize; x++) {
+        const w = x < xmax ? (ww !== 0.0 ? pre[x] / ww : pre[x]) : 0;
+        kk[xx * ksize + x] = w < 0 ? Math.trunc(-0.5 + w * (1 << PRECISION_BITS)) : Math.trunc(0.5 + w * (1 << PRECISION_BITS));
+      }
+      bounds[xx * 2] = xmin; bounds[xx * 2 + 1] = xmax;
+    }
+    return {kk, bounds, ksize};
+  }
+  function clip8(v) {
+    if (v >= (1 << PRECISION_BITS) * 256) return 255;
+    if (v <= 0) return 0;
+    return Math.floor(v / (1 << PRECISION_BITS));
+  }
+  // rgb: Uint8Array h*w*3 -> Uint8Array oh*ow*3 (PIL Image.resize, two passes: horizontal then vertical)
+  function resizePIL(rgb, h, w, oh, ow, kind) {
+    if (oh === h && ow === w) return rgb.slice();
+    const filter = FILTERS[kind];
+    const half = 1 << (PRECISION_BITS - 1);
+    const H = coeffs(w, ow, filter), V = coeffs(h, oh, filter);
+    const needH = ow !== w, needV = oh !== h;
+    let src = rgb, sh = h, sw = w, first = 0;
+    if (needH) {
+      first = V.bounds[0];
+      const last = V.bounds[oh * 2 - 2] + V.bounds[oh * 2 - 1];
+      const rows = needV ? last - first : h;
+      if (!needV) first = 0;
+      const tmp = new Uint8Array(rows * ow * 3);
+      for (let y = 0; y < rows; y++) {
+        const row = (y + first) * w * 3;
+        for (let xx = 0; xx < ow; xx++) {
+          const xmin = H.bounds[xx * 2], xmax = H.bounds[xx * 2 + 1], k = xx * H.ksize;
+          let s0 = half, s1 = half, s2 = half;
+          for (let x = 0; x < xmax; x++) {
+            const c = H.kk[k + x], p = row + (x + xmin) * 3;
+            s0 += rgb[p] * c; s1 += rgb[p + 1] * c; s2 += rgb[p + 2] * c;
+          }
+          const o = (y * ow + xx) * 3;
+          tmp[o] = clip8(s0); tmp[o + 1] = clip8(s1); tmp[o + 2] = clip8(s2);
+        }
+      }
+      src = tmp; sh = rows; sw = ow;
+    }
+    if (!needV) return src;
+    const out = new Uint8Array(oh * ow * 3);
+    for (let yy = 0; yy < oh; yy++) {
+      const ymin = V.bounds[yy * 2] - (needH ? first : 0), ymax = V.bounds[yy * 2 + 1], k = yy * V.ksize;
+      for (let xx = 0; xx < sw; xx++) {
+        let s0 = half, s1 = half, s2 = half;
+        for (let y = 0; y < ymax; y++) {
+          const c = V.kk[k + y], p = ((y + ymin) * sw + xx) * 3;
+          s0 += src[p] * c; s1 += src[p + 1] * c; s2 += src[p + 2] * c;
+        }
+        const o = (yy * ow + xx) * 3;
+        out[o] = clip8(s0); out[o + 1] = clip8(s1); out[o + 2] = clip8(s2);
+      }
+    }
+    void sh;
+    return out;
+  }
+
+  // ------------------------------------------------------------------ CLIP's tokenizer (open_clip SimpleTokenizer)
+  let tokenizer = null;
+  function bytesToUnicode() {
+    const bs = [];
+    for (let b = 33; b <= 126; b++) bs.push(b);
+    for (let b = 161; b <= 172; b++) bs.push(b);
+    for (let b = 174; b <= 255; b++) bs.push(b);
+    const cs = bs.slice();
+    let n = 0;
+    for (let b = 0; b < 256; b++) if (!bs.includes(b)) { bs.push(b); cs.push(256 + n); n++; }
+    // in bs order (the vocabulary's order); a JS object would iterate integer keys in ascending order instead
+    return bs.map((b, i) => [b, String.fromCodePoint(cs[i])]);
+  }
+  async function loadTokenizer(url) {
+    const response = await fetch(url);
+    if (!response.ok) throw new Error(`cannot load the tokenizer (${url}: HTTP ${response.status})`);
+    const stream = response.body.pipeThrough(new DecompressionStream('gzip'));
+    const text = await new Response(stream).text();
+    const merges = text.split('\n').slice(1, 49152 - 256 - 2 + 1).map((m) => m.split(' '));
+    const pairs = bytesToUnicode();
+    const byteEncoder = new Array(256);
+    for (const [b, ch] of pairs) byteEncoder[b] = ch;
+    const vocab = pairs.map(([, ch]) => ch);
+    const base = vocab.slice();
+    for (const v of base) vocab.push(v + '</w>');
+    for (const m of merges) vocab.push(m.join(''));
+    vocab.push('<start_of_text>', '<end_of_text>');
+    const encoder = new Map(vocab.map((v, i) => [v, i]));
+    const ranks = new Map(merges.map((m, i) => [m[0] + ' ' + m[1], i]));
+    tokenizer = {encoder, ranks, byteEncoder, cache: new Map(),
+      sot: encoder.get('<start_of_text>'), eot: encoder.get('<end_of_text>'),
+      pat: /<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+/giu};
+  }
+  function bpe(token) {
+    const t = tokenizer;
+    if (t.cache.has(token)) return t.cache.get(token);
+    const chars = Array.from(token);
+    let word = chars.slice(0, -1).concat([chars[chars.length - 1] + '</w>']);
+    if (word.length === 1) { t.cache.set(token, word); return word; }
+    for (;;) {
+      let best = null, bestRank = Infinity;
+      for (let i = 0; i < word.length - 1; i++) {
+        const r = t.ranks.get(word[i] + ' ' + word[i + 1]);
+        if (r !== undefined && r < bestRank) { bestRank = r; best = [word[i], word[i + 1]]; }
+      }
+      if (best === null) break;
+      const out = [];
+      for (let i = 0; i < word.length;) {
+        if (i < word.length - 1 && word[i] === best[0] && word[i + 1] === best[1]) { out.push(best[0] + best[1]); i += 2; } else { out.push(word[i]); i += 1; }
+      }
+      word = out;
+      if (word.length === 1) break;
+    }
+    t.cache.set(token, word);
+    return word;
+  }
+  function tokenize(text, contextLength) {
+    const t = tokenizer;
+    const cleaned = text.normalize('NFC').split(/\s+/).filter(Boolean).join(' ').trim().toLowerCase();
+    const ids = [t.sot];
+    for (const m of cleaned.matchAll(t.pat)) {
+      const bytes = new TextEncoder().encode(m[0]);
+      const token = Array.from(bytes, (b) => t.byteEncoder[b]).join('');
+      for (const piece of bpe(token)) ids.push(t.encoder.get(piece));
+    }
+    ids.push(t.eot);
+    if (ids.length > contextLength) { ids.length = contextLength; ids[contextLength - 1] = t.eot; }
+    const out = new Array(contextLength).fill(0);
+    ids.forEach((v, i) => { out[i] = v; });
+    return out;
+  }
+
+  // ------------------------------------------------------------------ phrases: cleaning, templates, spatial words
+  function cleanPhrase(phrase) {
+    if (typeof phrase !== 'string') throw new UserError('a text prompt must be a string');
+    const cleaned = phrase.split(/\s+/).filter(Boolean).join(' ');
+    if (!cleaned) throw new UserError("the text prompt is empty: type a phrase naming the object, e.g. 'the red circle'");
+    return cleaned;
+  }
+  const ARTICLE_BEFORE_SLOT = /(^|\s)(a|an|the|one|my|many)\s+\{\}/i;
+  const LEADING_ARTICLE = /^(a|an|the)\s+/i;
+  function expand(phrase, templates) {
+    const cleaned = cleanPhrase(phrase);
+    return templates.map((tpl) => {
+      let p = cleaned;
+      if (ARTICLE_BEFORE_SLOT.test(tpl)) p = cleaned.replace(LEADING_ARTICLE, '') || cleaned;
+      return tpl.replace('{}', p);
+    });
+  }
+
+  const DIRECTIONS = {left: ['x', -1], right: ['x', 1], top: ['y', -1], bottom: ['y', 1], big: ['area', 1],
+    small: ['area', -1], middle: ['centre', -1]};
+  const SUPERLATIVE = {leftmost: 'left', 'left-most': 'left', rightmost: 'right', 'right-most': 'right',
+    topmost: 'top', uppermost: 'top', upper: 'top', highest: 'top', top: 'top',
+    bottommost: 'bottom', lowermost: 'bottom', lower: 'bottom', lowest: 'bottom', bottom: 'bottom',
+    biggest: 'big', largest: 'big', bigger: 'big', larger: 'big', smallest: 'small', tiniest: 'small', smaller: 'small',
+    closest: 'big', nearest: 'big', closer: 'big', front: 'big', farthest: 'small', furthest: 'small', farther: 'small',
+    further: 'small', middle: 'middle', center: 'middle', centre: 'middle', central: 'middle', big: 'big', large: 'big',
+    huge: 'big', small: 'small', little: 'small', tiny: 'small'};
+  const SIDE_WORDS = {left: 'left', right: 'right', top: 'top', bottom: 'bottom'};
+  const ORDINALS = {first: 0, '1st': 0, second: 1, '2nd': 1, third: 2, '3rd': 2, fourth: 3, '4th': 3, fifth: 4, '5th': 4, last: -1};
+  const RELATIONS = [['to the left of', 'left'], ['left of', 'left'], ['to the right of', 'right'], ['right of', 'right'],
+    ['on top of', 'above'], ['above', 'above'], ['over', 'above'], ['below', 'below'], ['under', 'below'],
+    ['underneath', 'below'], ['beneath', 'below'], ['next to', 'near'], ['beside', 'near'], ['near', 'near'],
+    ['by', 'near'], ['close to', 'near'], ['inside', 'inside'], ['within', 'inside'], ['on', 'on'], ['behind', 'behind'],
+    ['in front of', 'front']];
+  const GROUP_WORDS = ['all the', 'all of the', 'all', 'every', 'each', 'both'];
+  const has = (o, k) => Object.prototype.hasOwnProperty.call(o, k);
+  const escapeRe = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  function stripWords(words) {
+    words = words.replace(/\s+/g, ' ').replace(/^[ ,.]+|[ ,.]+$/g, '');
+    return words.replace(/^(the|a|an|this|that)\s+/, '').trim() || words;
+  }
+  const SIDE = '(left|right|top|bottom|middle|center|centre)';
+  // textsam.text.spatial.parse
+  function parse(phrase) {
+    const text = phrase.toLowerCase().replace(/\s+/g, ' ').replace(/^[ .,!?]+|[ .,!?]+$/g, '');
+    let rest = ` ${text} `;
+    let group = false;
+    for (const word of GROUP_WORDS) {
+      if (rest.startsWith(` ${word} `)) { group = true; rest = ' ' + rest.slice(word.length + 2); break; }
+    }
+    let directions = [];
+    let rank = 0;
+    let m = rest.match(new RegExp(`\\s(first|second|third|fourth|fifth|1st|2nd|3rd|4th|5th|last)\\s+(.*?)\\s*from\\s+(?:the\\s+)?${SIDE}\\s`));
+    if (m) {
+      directions = [has(SUPERLATIVE, m[3]) ? SUPERLATIVE[m[3]] : m[3]]; rank = ORDINALS[m[1]];
+      rest = rest.slice(0, m.index) + ' ' + m[2] + ' ' + rest.slice(m.index + m[0].length);
+    }
+    m = rest.match(new RegExp(`\\s(?:on|at|in|to)\\s+(?:the\\s+)?(?:very\\s+|far\\s+)?${SIDE}(?:\\s+${SIDE})?(?:\\s+(?:side|corner))?\\s*$`));
+    if (m && directions.length === 0) {
+      directions = [m[1], m[2]].filter(Boolean).map((w) => (has(SUPERLATIVE, w) ? SUPERLATIVE[w] : w));
+      rest = rest.slice(0, m.index) + ' ';
+    }
+    for (const [words, relation] of RELATIONS) {
+      m = rest.match(new RegExp(`\\s(?:that is |which is |who is |is )?${escapeRe(words)}\\s+(.+)$`));
+      if (m && rest.slice(0, m.index).trim()) {
+        const anchor = stripWords(m[1]), head = stripWords(rest.slice(0, m.index));
+        if (anchor && head) return {text, head, directions: [...new Set(directions)], rank, relation, anchor, group};
+      }
+    }
+    const words = rest.split(/\s+/).filter(Boolean);
+    const kept = [];
+    words.forEach((w, i) => {
+      const isLast = i === words.length - 1;
+      if (has(SUPERLATIVE, w) && !isLast && (!(w === 'top' || w === 'bottom') || words[i + 1] !== 'of')) directions.push(SUPERLATIVE[w]);
+      else if (has(SIDE_WORDS, w) && !isLast && words[i + 1] !== 'of' && words[i + 1] !== 'side') directions.push(SIDE_WORDS[w]);
+      else if (has(ORDINALS, w) && !isLast && (has(SUPERLATIVE, words[i + 1]) || has(SIDE_WORDS, words[i + 1]))) rank = ORDINALS[w];
+      else kept.push(w);
+    });
+    let head = stripWords(kept.join(' '));
+    if (!head) head = directions.length ? 'object' : text;
+    return {text, head, directions: [...new Set(directions)], rank, relation: null, anchor: null, group};
+  }
+  // textsam.text.spatial.resolve: probabilities over candidates re-ranked by geometry (boxes inclusive, pixels)
+  function resolve(q, head, boxes, size, anchor) {
+    const n = head.length;
+    if (n < 2) return head;
+    const cx = boxes.map((b) => (b[0] + b[2]) / 2), cy = boxes.map((b) => (b[1] + b[3]) / 2);
+    let out;
+    if (q.relation && anchor) {
+      out = new Float64Array(n);
+      for (let i = 0; i < n; i++) {
+        let s = 0;
+        for (let j = 0; j < n; j++) if (j !== i) s += relation(boxes, cx, cy, q.relation, i, j) * anchor[j];
+        out[i] = head[i] * s;
+      }
+    } else if (q.directions.length) {
+      out = Float64Array.from(head);
+      q.directions.forEach((direction, k) => {
+        const [key, sign] = DIRECTIONS[direction];
+        const value = boxes.map((b, i) => {
+          if (key === 'x') return sign * cx[i];
+          if (key === 'y') return sign * cy[i];
+          if (key === 'area') return sign * (b[2] - b[0]) * (b[3] - b[1]);
+          const [h, w] = size;
+          return sign * (((cx[i] - w / 2) / w) ** 2 + ((cy[i] - h / 2) / h) ** 2);
+        });
+        const rank = k === 0 ? q.rank : 0;
+        const mx = Math.max(Math.max(...head), 1e-12);
+        for (let i = 0; i < n; i++) {
+          if (rank === 0) {
+            let s = head[i];
+            for (let j = 0; j < n; j++) if (value[i] > value[j]) s += head[j];
+            out[i] *= s;
+          } else {
+            let count = 0;
+            for (let j = 0; j < n; j++) {
+              if (rank > 0 ? value[j] > value[i] : value[i] > value[j]) count += head[j] / mx;
+            }
+            out[i] *= Math.exp(-((count - Math.max(rank, 0)) ** 2) / 0.5);
+          }
+        }
+      });
+    } else {
+      return head;
+    }
+    const total = out.reduce((a, b) => a + b, 0);
+    return total > 0 ? Array.from(out, (v) => v / total) : head;
+  }
+  function relation(boxes, cx, cy, rel, i, j) {
+    const [x0, y0, x1, y1] = boxes[i], [u0, v0, u1, v1] = boxes[j];
+    const w = Math.max(x1 - x0, 1), h = Math.max(y1 - y0, 1), wj = Math.max(u1 - u0, 1), hj = Math.max(v1 - v0, 1);
+    if (rel === 'left') return cx[i] < cx[j] ? 1 : 0;
+    if (rel === 'right') return cx[i] > cx[j] ? 1 : 0;
+    if (rel === 'above' || rel === 'on' || rel === 'behind') return cy[i] < cy[j] ? 1 : 0;
+    if (rel === 'below' || rel === 'front') return cy[i] > cy[j] ? 1 : 0;
+    if (rel === 'inside') {
+      const ix = Math.max(Math.min(x1, u1) - Math.max(x0, u0), 0), iy = Math.max(Math.min(y1, v1) - Math.max(y0, v0), 0);
+      return (ix * iy) / (w * h);
+    }
+    const d = Math.hypot(cx[i] - cx[j], cy[i] - cy[j]);
+    return Math.exp(-d / ((w + h) / 2 + (wj + hj) / 2));
+  }
+
+  // ------------------------------------------------------------------ masks: deepest points, NMS, boxes, RLE
+  // textsam.ops.deepest_points: the pixel farthest from the mask's edge (chessboard), first in raster order
+  function deepestPoint(mask, h, w) {
+    let m = Uint8Array.from(mask);
+    const depth = new Int32Array(h * w);
+    let any = m.some((v) => v);
+    if (!any) return [Math.floor(w / 2), Math.floor(h / 2)];
+    const rounds = Math.floor((Math.max(h, w) + 1) / 2);
+    for (let r = 0; r < rounds && any; r++) {
+      for (let i = 0; i < h * w; i++) depth[i] += m[i];
+      const next = new Uint8Array(h * w);
+      any = false;
+      for (let y = 0; y < h; y++) {
+        for (let x = 0; x < w; x++) {
+          let v = 1;
+          for (let dy = -1; dy <= 1 && v; dy++) {
+            for (let dx = -1; dx <= 1; dx++) {
+              const yy = y + dy, xx = x + dx;
+              if (yy < 0 || yy >= h || xx < 0 || xx >= w || !m[yy * w + xx]) { v = 0; break; }
+            }
+          }
+          next[y * w + x] = v;
+          if (v) any = true;
+        }
+      }
+      m = next;
+    }
+    const i = argmax(depth);
+    return [i % w, Math.floor(i / w)];
+  }
+  // textsam.ops.mask_nms: greedy, highest score first, empty masks dropped
+  function maskNms(masks, scores, threshold) {
+    const order = scores.map((s, i) => i).sort((a, b) => scores[b] - scores[a] || a - b);
+    const areas = masks.map((m) => m.reduce((a, v) => a + v, 0));
+    const keep = [];
+    for (const i of order) {
+      if (areas[i] === 0) continue;
+      let ok = true;
+      for (const j of keep) {
+        let inter = 0;
+        const a = masks[i], b = masks[j];
+        for (let p = 0; p < a.length; p++) inter += a[p] & b[p];
+        const union = areas[i] + areas[j] - inter;
+        if (inter / Math.max(1, union) > threshold) { ok = false; break; }
+      }
+      if (ok) keep.push(i);
+    }
+    return keep;
+  }
+  function maskBox(mask, h, w) { // inclusive x0, y0, x1, y1; [0, 0, 0, 0] when empty
+    let x0 = w, y0 = h, x1 = -1, y1 = -1;
+    for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) if (mask[y * w + x]) {
+      if (x < x0) x0 = x; if (x > x1) x1 = x; if (y < y0) y0 = y; if (y > y1) y1 = y;
+    }
+    return x1 < 0 ? [0, 0, 0, 0] : [x0, y0, x1, y1];
+  }
+  // COCO RLE (column-major runs, starting with background), compressed as pycocotools' rleToString
+  function cocoRle(mask, h, w) {
+    const counts = [];
+    let prev = 0, run = 0;
+    for (let x = 0; x < w; x++) for (let y = 0; y < h; y++) {
+      const v = mask[y * w + x] ? 1 : 0;
+      if (v !== prev) { counts.push(run); run = 0; prev = v; }
+      run++;
+    }
+    counts.push(run);
+    let s = '';
+    counts.forEach((c, i) => {
+      let x = i > 2 ? c - counts[i - 2] : c;
+      for (let more = true; more;) {
+        let ch = x & 0x1f;
+        x >>= 5;
+        more = (ch & 0x10) ? x !== -1 : x !== 0;
+        if (more) ch |= 0x20;
+        s += String.fromCharCode(ch + 48);
+      }
+    });
+    return {size: [h, w], counts: s};
+  }
+
+  // ------------------------------------------------------------------ ONNX sessions
+  const sessions = {};
+  async function session(name) {
+    if (!sessions[name]) {
+      const file = api.manifest.graphs[name];
+      sessions[name] = ort.InferenceSession.create(file, {executionProviders: ['wasm'], graphOptimizationLevel: 'all'});
+    }
+    return sessions[name];
+  }
+  async function run(name, feeds) {
+    const s = await session(name);
+    const used = {};
+    for (const k of s.inputNames) used[k] = feeds[k];
+    return s.run(used);
+  }
+  const f32 = (data, dims) => new ort.Tensor('float32', data instanceof Float32Array ? data : Float32Array.from(data), dims);
+
+  // ------------------------------------------------------------------ the current image
+  let img = null; // {rgb, H, W, inputH, inputW, embedding, rgbPadded, candidates, proposals, crops}
+  let textCache = new Map();
+
+  async function decodeImage(source) {
+    let blob = source;
+    if (typeof source === 'string') {
+      const response = await fetch(source);
+      if (!response.ok) throw new UserError(`cannot open ${source}: HTTP ${response.status}`);
+      blob = await response.blob();
+    }
+    let bitmap;
+    try {
+      bitmap = await createImageBitmap(blob, {imageOrientation: 'from-image', colorSpaceConversion: 'none', premultiplyAlpha: 'none'});
+    } catch (err) {
+      throw new UserError(`${blob.name || 'this file'} is not an image the browser can read: choose a PNG, JPEG, WebP or GIF`);
+    }
+    const {width: W, height: H} = bitmap;
+    if (W * H > MAX_PIXELS) {
+      bitmap.close();
+      throw new UserError(`the image is too large (${W} x ${H} pixels): the page takes up to ${MAX_PIXELS / 1e6} megapixels; downscale it first`);
+    }
+    const canvas = new OffscreenCanvas(W, H);
+    const ctx = canvas.getContext('2d', {willReadFrequently: true});
+    ctx.drawImage(bitmap, 0, 0);
+    bitmap.close();
+    const rgba = ctx.getImageData(0, 0, W, H, {colorSpace: 'srgb'}).data;
+    const rgb = new Uint8Array(W * H * 3);
+    for (let i = 0, j = 0; i < rgba.length; i += 4, j += 3) { rgb[j] = rgba[i]; rgb[j + 1] = rgba[i + 1]; rgb[j + 2] = rgba[i + 2]; }
+    return {rgb, H, W};
+  }
+
+  async function loadImage(source) {
+    await api.ready;
+    const t0 = now();
+    const {rgb, H, W} = await decodeImage(source);
+    const t1 = now();
+    const m = api.manifest, S = m.img_size;
+    const [inputH, inputW] = preprocessShape(H, W, S);
+    const resized = resizePIL(rgb, H, W, inputH, inputW, 'bilinear');
+    const x = new Float32Array(3 * S * S), rgbPadded = new Float32Array(3 * S * S);
+    for (let y = 0; y < inputH; y++) for (let xx = 0; xx < inputW; xx++) {
+      for (let c = 0; c < 3; c++) {
+        const v = resized[(y * inputW + xx) * 3 + c];
+        x[c * S * S + y * S + xx] = (v - m.pixel_mean[c]) / m.pixel_std[c];
+        rgbPadded[c * S * S + y * S + xx] = v / 255;
+      }
+    }
+    const out = await run('encoder', {image: f32(x, [1, 3, S, S])});
+    const t2 = now();
+    img = {rgb, H, W, inputH, inputW, embedding: out.embedding, rgbPadded};
+    let prepare = 0;
+    if (m.text) { // the text candidates and their CLIP crops, once per image
+      await candidates();
+      await cropEmbeddings();
+      prepare = now() - t2;
+    }
+    api.timings = {decode_ms: t1 - t0, embed_ms: t2 - t1, prepare_ms: prepare};
+    return {width: W, height: H};
+  }
+
+  // textsam.modeling.seeds.embedding_seeds: one click per region of the image embedding (model-input frame)
+  function embeddingSeeds() {
+    const m = api.manifest, lo = m.text.locator;
+    const [, c, h, w] = img.embedding.dims;
+    const data = img.embedding.data;
+    const patch = m.img_size / w;
+    const vh = Math.max(1, Math.min(h, Math.ceil(img.inputH / patch))), vw = Math.max(1, Math.min(w, Math.ceil(img.inputW / patch)));
+    const n = vh * vw;
+    const x = new Float64Array(n * c);
+    for (let y = 0; y < vh; y++) for (let xx = 0; xx < vw; xx++) {
+      const r = y * vw + xx;
+      let norm = 0;
+      for (let k = 0; k < c; k++) { const v = data[k * h * w + y * w + xx]; x[r * c + k] = v; norm += v * v; }
+      norm = Math.max(Math.sqrt(norm), 1e-12);
+      for (let k = 0; k < c; k++) x[r * c + k] /= norm;
+    }
+    const groups = sphericalKmeans(x, n, c, lo.clusters);
+    // 4-connected regions named by their first cell in raster order
+    const region = new Int32Array(n).fill(-1);
+    for (let s = 0; s < n; s++) {
+      if (region[s] >= 0) continue;
+      const stack = [s];
+      region[s] = s;
+      while (stack.length) {
+        const p = stack.pop(), py = Math.floor(p / vw), px = p % vw;
+        for (const [dy, dx] of [[0, 1], [0, -1], [1, 0], [-1, 0]]) {
+          const yy = py + dy, xx = px + dx, q = yy * vw + xx;
+          if (yy >= 0 && yy < vh && xx >= 0 && xx < vw && region[q] < 0 && groups[q] === groups[s]) { region[q] = s; stack.push(q); }
+        }
+      }
+    }
+    const sizes = new Map();
+    for (const r of region) sizes.set(r, (sizes.get(r) || 0) + 1);
+    const names = [...sizes.keys()].sort((a, b) => sizes.get(b) - sizes.get(a) || a - b)
+      .filter((r) => sizes.get(r) >= lo.min_region_tokens).slice(0, lo.max_seeds);
+    return names.map((name) => {
+      const mask = Uint8Array.from(region, (r) => (r === name ? 1 : 0));
+      const [tx, ty] = deepestPoint(mask, vh, vw);
+      return [Math.min((tx + 0.5) * patch - 0.5, img.inputW - 1), Math.min((ty + 0.5) * patch - 0.5, img.inputH - 1)];
+    });
+  }
+  function sphericalKmeans(x, n, c, k) {
+    k = Math.min(k, n);
+    const dot = (i, centre) => { let s = 0; for (let d = 0; d < c; d++) s += x[i * c + d] * centre[d]; return s; };
+    const row = (i) => x.subarray(i * c, (i + 1) * c);
+    const mean = new Float64Array(c);
+    for (let i = 0; i < n; i++) for (let d = 0; d < c; d++) mean[d] += x[i * c + d] / n;
+    let first = 0, low = Infinity;
+    for (let i = 0; i < n; i++) { const v = dot(i, mean); if (v < low) { low = v; first = i; } }
+    let centres = [row(first)];
+    const distance = new Float64Array(n);
+    for (let i = 0; i < n; i++) distance[i] = 1 - dot(i, centres[0]);
+    for (let j = 1; j < k; j++) {
+      const far = argmax(distance);
+      centres.push(row(far));
+      for (let i = 0; i < n; i++) distance[i] = Math.min(distance[i], 1 - dot(i, centres[j]));
+    }
+    const assign = () => Int32Array.from({length: n}, (_, i) => {
+      let best = 0, bv = -Infinity;
+      centres.forEach((ce, j) => { const v = dot(i, ce); if (v > bv) { bv = v; best = j; } });
+      return best;
+    });
+    let groups = assign();
+    for (let it = 0; it < 10; it++) {
+      centres = centres.map(() => new Float64Array(c));
+      for (let i = 0; i < n; i++) for (let d = 0; d < c; d++) centres[groups[i]][d] += x[i * c + d];
+      for (const ce of centres) { const norm = Math.max(Math.hypot(...ce), 1e-12); for (let d = 0; d < c; d++) ce[d] /= norm; }
+      const next = assign();
+      if (next.every((g, i) => g === groups[i])) break;
+      groups = next;
+    }
+    return groups;
+  }
+
+  // the decoder on a batch of point prompts: low-res logits (B, 4, L, L) and IoU (B, 4)
+  async function decode(prompts, textEmbedding) {
+    const nPoints = Math.max(...prompts.map((p) => p.length));
+    const b = prompts.length;
+    const coords = new Float32Array(b * nPoints * 2), labels = new Float32Array(b * nPoints).fill(-1);
+    prompts.forEach((p, i) => p.forEach(([x, y, l], j) => {
+      coords[(i * nPoints + j) * 2] = x; coords[(i * nPoints + j) * 2 + 1] = y; labels[i * nPoints + j] = l;
+    }));
+    const feeds = {image_embeddings: img.embedding, point_coords: f32(coords, [b, nPoints, 2]), point_labels: f32(labels, [b, nPoints])};
+    if (textEmbedding) feeds.text_embedding = f32(textEmbedding, [1, textEmbedding.length]);
+    const out = await run(textEmbedding ? 'decoder_text' : 'decoder', feeds);
+    return {low: out.low_res_masks.data, iou: out.iou_predictions.data, size: out.low_res_masks.dims[2]};
+  }
+
+  // the locator's candidate objects: each seed click's most confident mask, filtered, NMS (low-res, input frame)
+  async function candidates() {
+    if (img.candidates) return img.candidates;
+    const lo = api.manifest.text.locator, thr = api.manifest.mask_threshold;
+    const seeds = embeddingSeeds();
+    const masks = [], scores = [];
+    if (seeds.length) {
+      const {low, iou, size} = await decode(seeds.map(([x, y]) => [[x, y, 1], [0, 0, -1]]));
+      const area = size * size;
+      seeds.forEach((_, i) => {
+        const best = argmax(iou, i * 4 + 1, i * 4 + 4) - i * 4;
+        if (iou[i * 4 + best] < lo.min_iou) return;
+        const off = (i * 4 + best) * area;
+        const mask = new Uint8Array(area);
+        let any = false;
+        for (let p = 0; p < area; p++) if (low[off + p] > thr) { mask[p] = 1; any = true; }
+        if (any) { masks.push(mask); scores.push(iou[i * 4 + best]); }
+      });
+    }
+    const keep = maskNms(masks, scores, lo.nms_iou).slice(0, lo.max_candidates);
+    const size = api.manifest.low_res_size[0];
+    img.candidates = {masks: keep.map((i) => masks[i]), scores: keep.map((i) => scores[i]), size};
+    return img.candidates;
+  }
+
+  // low-res logits (B, 1, L, L) -> original-frame logits (B, H, W)
+  async function upsample(logits, b) {
+    const L = api.manifest.low_res_size[0];
+    const out = await run('upsample', {low_res_masks: f32(logits, [b, 1, L, L]), orig_im_size: f32([img.H, img.W], [2])});
+    return out.masks.data;
+  }
+
+  // the candidates as engine proposals: original-frame masks and inclusive boxes; their CLIP crop embeddings
+  async function cropEmbeddings() {
+    if (img.crops) return img.crops;
+    const cand = await candidates();
+    const n = cand.masks.length, L = cand.size, area = img.H * img.W;
+    img.proposals = {masks: [], boxes: []};
+    if (n === 0) { img.crops = []; return img.crops; }
+    const logits = new Float32Array(n * L * L);
+    cand.masks.forEach((mk, i) => { for (let p = 0; p < L * L; p++) logits[i * L * L + p] = mk[p] * 2 - 1; });
+    const up = await upsample(logits, n);
+    for (let i = 0; i < n; i++) {
+      const mask = new Uint8Array(area);
+      for (let p = 0; p < area; p++) mask[p] = up[i * area + p] > 0 ? 1 : 0;
+      img.proposals.masks.push(mask);
+      img.proposals.boxes.push(maskBox(mask, img.H, img.W));
+    }
+    const recipe = api.manifest.text.clip_image, R = recipe.size, enlarge = api.manifest.text.engine.enlarge;
+    const batch = new Float32Array(n * 3 * R * R);
+    img.proposals.boxes.forEach((box, i) => {
+      const [x0, y0, x1, y1] = [box[0], box[1], box[2] + 1, box[3] + 1];
+      const side = Math.max(1.0, Math.max(x1 - x0, y1 - y0) * enlarge), cx = (x0 + x1) / 2, cy = (y0 + y1) / 2;
+      const wx0 = roundHalfEven(cx - side / 2), wy0 = roundHalfEven(cy - side / 2);
+      const wx1 = roundHalfEven(cx + side / 2), wy1 = roundHalfEven(cy + side / 2);
+      const cw = wx1 - wx0, ch = wy1 - wy0;
+      const crop = new Uint8Array(cw * ch * 3); // PIL crop: outside the image is black
+      for (let y = 0; y < ch; y++) {
+        const sy = y + wy0;
+        if (sy < 0 || sy >= img.H) continue;
+        for (let x = 0; x < cw; x++) {
+          const sx = x + wx0;
+          if (sx < 0 || sx >= img.W) continue;
+          const s = (sy * img.W + sx) * 3, d = (y * cw + x) * 3;
+          crop[d] = img.rgb[s]; crop[d + 1] = img.rgb[s + 1]; crop[d + 2] = img.rgb[s + 2];
+        }
+      }
+      // open_clip's Resize(R) of the shorter side, then the centre R x R, then Normalize
+      const rh = ch <= cw ? R : Math.trunc((R * ch) / cw), rw = cw <= ch ? R : Math.trunc((R * cw) / ch);
+      const resized = resizePIL(crop, ch, cw, rh, rw, recipe.interpolation);
+      const top = roundHalfEven((rh - R) / 2), left = roundHalfEven((rw - R) / 2);
+      for (let c = 0; c < 3; c++) for (let y = 0; y < R; y++) for (let x = 0; x < R; x++) {
+        const v = resized[((y + top) * rw + x + left) * 3 + c] / 255;
+        batch[((i * 3 + c) * R + y) * R + x] = (v - recipe.mean[c]) / recipe.std[c];
+      }
+    });
+    const out = await run('clip_image', {image: f32(batch, [n, 3, R, R])});
+    const d = out.embedding.dims[1];
+    img.crops = Array.from({length: n}, (_, i) => out.embedding.data.subarray(i * d, (i + 1) * d));
+    return img.crops;
+  }
+
+  // CLIP text: unit embeddings (and per-token features) of sentences, cached
+  async function encodeTexts(sentences) {
+    const t = api.manifest.text, T = t.context_length;
+    const missing = [...new Set(sentences.filter((s) => !textCache.has(s)))];
+    if (missing.length) {
+      const tokens = new BigInt64Array(missing.length * T);
+      const rows = missing.map((s) => tokenize(s, T));
+      rows.forEach((r, i) => r.forEach((v, j) => { tokens[i * T + j] = BigInt(v); }));
+      const out = await run('clip_text', {tokens: new ort.Tensor('int64', tokens, [missing.length, T])});
+      const d = out.embedding.dims[1], w = out.words.dims[2];
+      missing.forEach((s, i) => {
+        const end = argmax(rows[i]);
+        textCache.set(s, {embedding: out.embedding.data.slice(i * d, (i + 1) * d),
+          words: out.words.data.slice(i * T * w, (i + 1) * T * w), end});
+      });
+    }
+    return sentences.map((s) => textCache.get(s));
+  }
+  async function ensemble(phrase) { // textsam TextEncoder.encode_ensemble
+    const sentences = expand(phrase, api.manifest.text.templates);
+    const rows = await encodeTexts(sentences);
+    const d = rows[0].embedding.length, mean = new Float64Array(d);
+    for (const r of rows) for (let k = 0; k < d; k++) mean[k] += r.embedding[k] / rows.length;
+    const norm = Math.max(Math.hypot(...mean), 1e-12);
+    return Array.from(mean, (v) => v / norm);
+  }
+
+  // the presence answer (textsam.text.engine.TextEngine.rank over the locator's candidates)
+  async function presence(phrase, userPoints, userBox) {
+    const e = api.manifest.text.engine, crops = await cropEmbeddings();
+    const n = crops.length;
+    if (n === 0) return 0;
+    const q = parse(phrase);
+    const texts = [q.head].concat(q.anchor ? [q.anchor] : []);
+    const emb = await Promise.all(texts.map(ensemble));
+    const cos = emb.map((t) => crops.map((c) => c.reduce((s, v, k) => s + v * t[k], 0)));
+    let allowed = null;
+    const positives = userPoints.filter((p) => p[2] === 1);
+    if (userBox || positives.length) {
+      allowed = img.proposals.masks.map((mask) => {
+        let ok = true;
+        for (const [x, y] of positives) {
+          const xi = Math.min(Math.max(roundHalfEven(x), 0), img.W - 1), yi = Math.min(Math.max(roundHalfEven(y), 0), img.H - 1);
+          ok = ok && mask[yi * img.W + xi] === 1;
+        }
+        if (userBox) {
+          const [x0, y0, x1, y1] = userBox.map(roundHalfEven);
+          let inside = 0, total = 0;
+          for (let p = 0; p < mask.length; p++) total += mask[p];
+          for (let y = Math.max(y0, 0); y <= Math.min(y1, img.H - 1); y++) {
+            for (let x = Math.max(x0, 0); x <= Math.min(x1, img.W - 1); x++) inside += mask[y * img.W + x];
+          }
+          ok = ok && inside >= 0.5 * Math.max(total, 1);
+        }
+        return ok;
+      });
+      if (!allowed.some(Boolean)) allowed = null;
+    }
+    const scale = api.manifest.text.logit_scale;
+    const iou = img.candidates.scores;
+    const softmax = (row) => {
+      const logits = row.map((c, i) => (allowed && !allowed[i] ? -Infinity : scale * (c + e.iou_weight * iou[i])));
+      const mx = Math.max(...logits), ex = logits.map((v) => Math.exp(v - mx)), s = ex.reduce((a, b) => a + b, 0);
+      return ex.map((v) => v / s);
+    };
+    const probs = resolve(q, softmax(cos[0]), img.proposals.boxes, [img.H, img.W], q.anchor ? softmax(cos[1]) : null);
+    const member = cos[0].map((c, i) => (1 / (1 + Math.exp(-e.presence_gain * (c - e.presence_bias)))) * (allowed && !allowed[i] ? 0 : 1));
+    if (q.group) {
+      const above = member.filter((v) => v >= e.presence_threshold);
+      return above.length ? Math.max(...above) : member[argmax(probs)];
+    }
+    return member[argmax(probs)];
+  }
+
+  // the locator's click for a phrase (original pixels), as TextPrompter.locate
+  async function locate(phrase, textRow) {
+    const m = api.manifest, cand = await candidates(), L = cand.size, S = m.img_size;
+    const ratio = [img.W / img.inputW, img.H / img.inputH];
+    let xy;
+    if (cand.masks.length === 0) {
+      xy = [img.inputW / 2 - 0.5, img.inputH / 2 - 0.5];
+    } else {
+      const n = cand.masks.length, masks = new Float32Array(n * L * L);
+      cand.masks.forEach((mk, i) => masks.set(mk, i * L * L));
+      const T = m.text.context_length, W = textRow.words.length / T;
+      const wordMask = new Uint8Array(T);
+      for (let j = 0; j <= textRow.end; j++) wordMask[j] = 1;
+      const out = await run('locator', {
+        image_embeddings: img.embedding, masks: f32(masks, [1, n, L, L]), rgb: f32(img.rgbPadded, [1, 3, S, S]),
+        text_embedding: f32(textRow.embedding, [1, textRow.embedding.length]), words: f32(textRow.words, [1, T, W]),
+        word_mask: new ort.Tensor('bool', wordMask, [1, T]),
+      });
+      const best = argmax(out.scores.data);
+      const [px, py] = deepestPoint(cand.masks[best], L, L);
+      const scale = S / L;
+      xy = [(px + 0.5) * scale - 0.5, (py + 0.5) * scale - 0.5];
+    }
+    return [(xy[0] + 0.5) * ratio[0] - 0.5, (xy[1] + 0.5) * ratio[1] - 0.5];
+  }
+
+  function checkPrompt({text, points, box}) {
+    if (!img) throw new UserError('open an image first');
+    points = points || [];
+    if (!Array.isArray(points)) throw new UserError('points must be a list of [x, y, label]');
+    for (const p of points) {
+      if (!Array.isArray(p) || p.length < 2 || !p.slice(0, 2).every(Number.isFinite)) throw new UserError('a point is [x, y, label] with numbers');
+      const [x, y] = p;
+      if (x < 0 || y < 0 || x > img.W - 1 || y > img.H - 1) {
+        throw new UserError(`the point (${x}, ${y}) is outside the image (${img.W} x ${img.H} pixels)`);
+      }
+    }
+    if (box) {
+      if (!Array.isArray(box) || box.length !== 4 || !box.every(Number.isFinite)) throw new UserError('a box is [x0, y0, x1, y1]');
+      if (!(box[0] < box[2] && box[1] < box[3])) throw new UserError('a box needs x0 < x1 and y0 < y1');
+    }
+    const phrase = text === undefined || text === null ? null : cleanPhrase(text);
+    if (phrase !== null && !api.manifest.text) throw new UserError(`this page's model (${api.manifest.model}) takes clicks and a box, not text`);
+    if (phrase === null && !points.length && !box) throw new UserError('give a phrase, a click or a box');
+    return {phrase, points: points.map(([x, y, l]) => [x, y, l === undefined ? 1 : (l ? 1 : 0)]), box: box || null};
+  }
+
+  async function segment(prompt = {}) {
+    await api.ready;
+    const t0 = now();
+    const {phrase, points, box} = checkPrompt(prompt);
+    const m = api.manifest, S = m.img_size;
+    let pts = points.slice(), textRow = null, pres = null;
+    if (phrase !== null) {
+      [textRow] = await encodeTexts([phrase]);
+      pres = await presence(phrase, points, box);
+      if (!points.length && !box) pts = [[...(await locate(phrase, textRow)), 1]];
+    }
+    const sx = img.inputW / img.W, sy = img.inputH / img.H;
+    const prompt0 = pts.map(([x, y, l]) => [x * sx, y * sy, l]);
+    if (box) prompt0.push([box[0] * sx, box[1] * sy, 2], [box[2] * sx, box[3] * sy, 3]);
+    else prompt0.push([0, 0, -1]);
+    const {low, iou, size} = await decode([prompt0], textRow ? textRow.embedding : null);
+    const best = argmax(iou, 1, 4);
+    const area = size * size;
+    const logits = await upsample(low.slice(best * area, (best + 1) * area), 1);
+    const mask = new Uint8Array(img.H * img.W);
+    for (let p = 0; p < mask.length; p++) mask[p] = logits[p] > m.mask_threshold ? 1 : 0;
+    api.timings.update_ms = now() - t0;
+    const found = pres === null || points.length > 0 || box !== null || pres >= m.text.engine.presence_threshold;
+    void S;
+    return {width: img.W, height: img.H, mask, score: iou[best], presence: pres, found};
+  }
+
+  api.loadImage = loadImage;
+  api.segment = segment;
+  api.cocoRle = cocoRle;
+  api._internal = {tokenize: (s) => tokenize(s, api.manifest.text.context_length), parse, expand, resizePIL, deepestPoint,
+    candidates: async () => (await candidates()).masks.length, UserError,
+    proposals: async () => { const crops = await cropEmbeddings(); return {boxes: img.proposals.boxes, crops: crops.map((c) => Array.from(c))}; },
+    ensemble};
+
+  api.ready = (async () => {
+    const response = await fetch('manifest.json');
+    if (!response.ok) throw new Error('manifest.json is missing: this folder is not a textsam export');
+    api.manifest = await response.json();
+    if (api.manifest.format !== 1) throw new Error(`manifest.json has format ${api.manifest.format}; this page reads format 1`);
+    ort.env.wasm.wasmPaths = new URL('./', location.href).href;
+    ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+    const names = Object.keys(api.manifest.graphs);
+    await Promise.all(names.map(session));
+    if (api.manifest.text) await loadTokenizer(api.manifest.text.tokenizer);
+  })();
+})();
