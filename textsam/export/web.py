@@ -47,7 +47,7 @@ from .onnx import OnnxPromptDecoder, check_export
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["export_web", "PAGE_FILES", "WEB_FORMAT"]
+__all__ = ["export_web", "check_web_folder", "PAGE_FILES", "WEB_FORMAT"]
 
 WEB_FORMAT = 1  # manifest.json's "format": the page refuses a folder of another format
 PAGE_DIR = Path(__file__).with_name("web_page")
@@ -216,6 +216,17 @@ def _check_text_path(model: TextSam, options) -> str | None:  # noqa: ANN001
     return None
 
 
+def check_web_folder(out_dir: str | Path, opset: int = 17) -> Path:
+    """Check what can be checked before a model is built: the onnx package, the opset, and that ``out_dir`` is
+    new, empty or an earlier export (never a folder of the user's own files). Returns it as a Path."""
+    out_dir = Path(out_dir)
+    check_export(out_dir / "manifest.json", opset)
+    if out_dir.exists() and not (out_dir / "manifest.json").is_file():
+        if not out_dir.is_dir() or any(out_dir.iterdir()):
+            raise InputError(f"{out_dir} exists and is not an exported page: choose a new or empty folder")
+    return out_dir
+
+
 def export_web(model: TextSam, out_dir: str | Path, *, name: str | None = None, runtime: str | Path | None = None,
                opset: int = 17, quantize: bool = False) -> Path:
     """Write the static page folder for ``model`` into ``out_dir`` (see the module docstring); returns it.
@@ -228,11 +239,7 @@ def export_web(model: TextSam, out_dir: str | Path, *, name: str | None = None, 
     from ..text.prompter import default_options
     from .web_runtime import vendor_runtime
 
-    out_dir = Path(out_dir)
-    check_export(out_dir / "manifest.json", opset)
-    if out_dir.exists() and not (out_dir / "manifest.json").is_file():
-        if not out_dir.is_dir() or any(out_dir.iterdir()):
-            raise InputError(f"{out_dir} exists and is not an exported page: choose a new or empty folder")
+    out_dir = check_web_folder(out_dir, opset)
     name = name or (model.config.name if model.config else "model")
     model = model.float().eval().cpu()
     options = default_options(model)

@@ -1,0 +1,280 @@
+"""The exported browser page (``textsam export --web``) in a real headless Chromium, against the Python predictor.
+
+The page is exported once for the bundled shapes_tiny and served by ``textsam app --static``'s server on
+127.0.0.1:<free port>. For every scene and prompt (text alone, click alone, text + click, a box) the page's
+mask must match ``TextSamPredictor.predict(..., multimask_output=True)``'s best-scored mask (IoU >= 0.98) and
+its presence the Python presence. The page's own ports of Python code (CLIP's tokenizer, the spatial-word
+parser, PIL's resampling, COCO RLE) are checked against the originals, bad input must show a message, and no
+request may leave the page's folder. Timings and the folder's size are printed (``-s``) and written to
+``artifacts/web/measurements.json``; the speed targets are checked by ``benchmarks/bench_web.py``.
+
+Skips when Chromium, Playwright or the onnxruntime-web tarball (fetched once by ``textsam export --web``,
+see the README's set-up) is missing.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from textsam.export.web_runtime import runtime_cache_path
+
+pytestmark = pytest.mark.browser
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "web"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+RUNTIME = runtime_cache_path()  # read at import: the tests' own TEXTSAM_HOME is an empty folder
+EXAMPLE = Path(__file__).resolve().parents[1] / "textsam" / "examples" / "shapes.png"
+TIMEOUT = 120_000
+
+
+def _scenes() -> list[tuple[str, np.ndarray, list[tuple[str, np.ndarray]]]]:
+    """(file name, image, [(phrase, visible mask), ...]) for a few synthetic scenes of the training world, some
+    drawn larger or non-square than the model's 128-pixel input (the page resamples as PIL does)."""
+    from textsam.data.shapes_render import COLOURS, SHAPES, background, paint, render_shape, sample_scene
+
+    pairs = [(c, s) for c in COLOURS for s in SHAPES]
+    out = []
+    for seed, size in [(1, (128, 128)), (2, (150, 200)), (3, (240, 180)), (4, (128, 128))]:
+        rng = np.random.default_rng(seed)
+        objects, masks = sample_scene(rng, pairs, 128, min_objects=3, max_objects=4)
+        canvas, _ = background(rng, 128, 128)
+        image, visible = paint(canvas, objects, [render_shape(o, 128, 128) for o in objects])
+        h, w = size
+        if (h, w) != (128, 128):
+            image = np.asarray(Image.fromarray(image).resize((w, h), Image.NEAREST))
+            visible = [np.asarray(Image.fromarray(m.astype(np.uint8)).resize((w, h), Image.NEAREST)) > 0 for m in visible]
+        named = [(f"{o.colour} {o.shape}", m) for o, m in zip(objects, visible) if m.sum() > 30]
+        out.append((f"scene{seed}.png", image, named))
+    return out
+
+
+def _deepest(mask: np.ndarray) -> tuple[float, float]:
+    from scipy import ndimage
+
+    depth = ndimage.distance_transform_cdt(np.pad(mask, 1), metric="chessboard")[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    return float(x), float(y)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    from textsam import TextSamPredictor, create_model
+
+    return TextSamPredictor(create_model("shapes_tiny"))
+
+
+@pytest.fixture(scope="module")
+def page_dir(tmp_path_factory: pytest.TempPathFactory, predictor) -> Path:  # noqa: ANN001
+    if not RUNTIME.is_file():
+        pytest.skip(f"onnxruntime-web is not cached at {RUNTIME}: run `textsam export --web DIR` once with network "
+                    "(the README's set-up does)")
+    from textsam.export.web import export_web
+
+    out = export_web(predictor.model, tmp_path_factory.mktemp("web") / "page", runtime=RUNTIME)
+    for name, image, _ in _scenes():
+        Image.fromarray(image).save(out / name)
+    shutil.copyfile(EXAMPLE, out / "shapes.png")
+    (out / "not_an_image.png").write_bytes(b"this is text, not a PNG\n" * 10)
+    Image.new("RGB", (8000, 6000)).save(out / "huge.png")  # 48 megapixels, a small file
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(page_dir: Path):
+    from textsam.app.static import static_server
+
+    srv = static_server(page_dir)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.server_port}"
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture(scope="module")
+def page(server: str):
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium not installed at /usr/bin/chromium (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    requests: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        pg = browser.new_page(accept_downloads=True)
+        pg.set_default_timeout(TIMEOUT)
+        pg.on("request", lambda r: requests.append(r.url))
+        errors: list[str] = []
+        pg.on("pageerror", lambda e: errors.append(str(e)))
+        pg.goto(f"{server}/index.html")
+        pg.wait_for_function("window.textsam && window.textsam.manifest !== null && window.textsam.ready")
+        pg.evaluate("textsam.ready")
+        pg.requests, pg.errors = requests, errors  # type: ignore[attr-defined]
+        yield pg
+        browser.close()
+    outside = [u for u in requests if not (u.startswith(server + "/") or u.startswith(("data:", "blob:")))]
+    assert not outside, f"the page reached outside its folder: {outside[:5]}"
+
+
+def _segment(page, prompt: dict) -> tuple[np.ndarray, float, float | None]:  # noqa: ANN001
+    r = page.evaluate("async (p) => { const r = await textsam.segment(p); return {w: r.width, h: r.height, "
+                      "mask: Array.from(r.mask), score: r.score, presence: r.presence}; }", prompt)
+    return np.array(r["mask"], dtype=bool).reshape(r["h"], r["w"]), r["score"], r["presence"]
+
+
+def _python(predictor, prompt: dict) -> tuple[np.ndarray, float, float | None]:  # noqa: ANN001
+    points = prompt.get("points")
+    out = predictor.predict(
+        text=prompt.get("text"),
+        point_coords=None if not points else np.array([p[:2] for p in points], float),
+        point_labels=None if not points else np.array([p[2] for p in points]),
+        box=None if prompt.get("box") is None else np.array(prompt["box"], float),
+        multimask_output=True,
+    )
+    best = int(np.argmax(out.scores))
+    return out.masks[best], float(out.scores[best]), out.presence
+
+
+def test_page_matches_the_python_predictor_for_text_clicks_and_boxes(page, predictor, page_dir: Path) -> None:  # noqa: ANN001
+    ious: dict[str, list[float]] = {"text": [], "click": [], "text+click": [], "box": [], "text+box": []}
+    presence_gap = []
+    timings = []
+    scenes = [("shapes.png", np.array(Image.open(EXAMPLE).convert("RGB")), [("red circle", None), ("blue square", None)])]
+    scenes += _scenes()
+    for name, image, named in scenes:
+        page.evaluate("(url) => textsam.loadImage(url)", name)
+        loaded = page.evaluate("textsam.timings")
+        predictor.set_image(image)
+        for phrase, mask in named:
+            if mask is None:
+                mask = _python(predictor, {"text": phrase})[0]
+            x, y = _deepest(mask)
+            ys, xs = np.nonzero(mask)
+            box = [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]
+            prompts = {"text": {"text": phrase}, "click": {"points": [[x, y, 1]]},
+                       "text+click": {"text": phrase, "points": [[x, y, 1]]}, "box": {"box": box},
+                       "text+box": {"text": phrase, "box": box}}
+            for kind, prompt in prompts.items():
+                ours, score, presence = _segment(page, prompt)
+                ref, ref_score, ref_presence = _python(predictor, prompt)
+                ious[kind].append(_iou(ours, ref))
+                assert ious[kind][-1] >= 0.98, (name, kind, prompt, ious[kind][-1])
+                assert abs(score - ref_score) < 1e-3
+                if ref_presence is not None:
+                    presence_gap.append(abs(presence - ref_presence))
+                timings.append({"image": name, "kind": kind, "update_ms": page.evaluate("textsam.timings.update_ms"),
+                                "embed_ms": loaded["embed_ms"], "prepare_ms": loaded["prepare_ms"]})
+    assert max(presence_gap) < 0.02, max(presence_gap)
+    assert not page.errors, page.errors
+    size = sum(f.stat().st_size for f in page_dir.iterdir() if f.suffix in {".onnx", ".js", ".mjs", ".wasm", ".gz", ".json", ".html"})
+    report = {
+        "min_iou": {k: min(v) for k, v in ious.items()},
+        "prompts": {k: len(v) for k, v in ious.items()},
+        "max_presence_gap": max(presence_gap),
+        "embed_ms_median": float(np.median([t["embed_ms"] for t in timings])),
+        "prepare_ms_median": float(np.median([t["prepare_ms"] for t in timings])),
+        "update_ms_median": float(np.median([t["update_ms"] for t in timings])),
+        "update_ms_max": float(np.max([t["update_ms"] for t in timings])),
+        "folder_mb": size / 1e6,
+    }
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "measurements.json").write_text(json.dumps({"summary": report, "calls": timings}, indent=1))
+    print("\nweb page:", json.dumps(report))
+
+
+def test_tokenizer_parser_and_resampling_match_python(page, predictor) -> None:  # noqa: ANN001
+    from textsam.text.spatial import parse
+
+    tokenizer = predictor.model.text_encoder.tokenizer
+    phrases = ["red circle", "a photo of the Blue STAR.", "the second hexagon from the left", "  all   the hearts ",
+               "the cross left of the big square", "purple thing in the top right corner", "don't pick the 3rd one!",
+               "café crème", "naïve 😀 emoji", "x" * 200, "the smallest object", "the circle next to the triangle",
+               "1st star from the right", "the heart on the very left side", "e-mail & co. (test) #42"]
+    js_tokens = page.evaluate("(ps) => ps.map((p) => textsam._internal.tokenize(p))", phrases)
+    assert js_tokens == tokenizer(phrases).tolist()
+    js_parse = page.evaluate("(ps) => ps.map((p) => textsam._internal.parse(p))", phrases)
+    for phrase, ours in zip(phrases, js_parse):
+        q = parse(phrase)
+        assert (ours["head"], tuple(ours["directions"]), ours["rank"], ours["relation"], ours["anchor"], ours["group"]) == \
+            (q.head, q.directions, q.rank, q.relation, q.anchor, q.group), phrase
+    rng = np.random.default_rng(0)
+    for (h, w), (oh, ow), kind in [((37, 53), (64, 64), "bicubic"), ((300, 200), (128, 85), "bilinear"),
+                                   ((90, 140), (64, 64), "bicubic"), ((128, 96), (128, 96), "bilinear"),
+                                   ((20, 31), (128, 77), "bilinear"), ((500, 61), (64, 8), "bicubic")]:
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        ours = page.evaluate("([d, h, w, oh, ow, k]) => Array.from(textsam._internal.resizePIL(Uint8Array.from(d), h, w, oh, ow, k))",
+                             [image.reshape(-1).tolist(), h, w, oh, ow, kind])
+        ref = np.asarray(Image.fromarray(image).resize((ow, oh), Image.BICUBIC if kind == "bicubic" else Image.BILINEAR))
+        assert np.array_equal(np.array(ours, dtype=np.uint8).reshape(oh, ow, 3), ref), (h, w, oh, ow, kind)
+
+
+def test_downloads_are_the_mask_as_png_and_coco_rle(page, tmp_path: Path) -> None:  # noqa: ANN001
+    from pycocotools import mask as mask_utils
+
+    page.click("#clear")
+    page.set_input_files("#file", str(EXAMPLE))
+    page.wait_for_function("document.querySelector('#message').textContent.includes('240 x 180')")
+    page.fill("#phrase", "red circle")
+    page.press("#phrase", "Enter")
+    page.wait_for_function("document.querySelector('#message').textContent.includes('mask score')")
+    mask, _, _ = _segment(page, {"text": "red circle"})
+    with page.expect_download() as info:
+        page.click("#download-json")
+    record = json.loads(Path(info.value.path()).read_text())
+    rle = {"size": record["segmentation"]["size"], "counts": record["segmentation"]["counts"].encode()}
+    assert np.array_equal(mask_utils.decode(rle).astype(bool), mask)
+    assert record["prompt"]["text"] == "red circle" and record["found"] is True
+    with page.expect_download() as info:
+        page.click("#download-png")
+    png = np.array(Image.open(io.BytesIO(Path(info.value.path()).read_bytes())).convert("L")) > 127
+    assert np.array_equal(png, mask)
+    # a click on the canvas adds a point and updates the mask, with no error
+    box = page.locator("#view").bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.4)
+    page.wait_for_function("document.querySelector('#message').textContent.includes('mask score')")
+
+
+@pytest.mark.parametrize(("action", "expected"), [
+    ("file:not_an_image.png", "is not an image the browser can read"),
+    ("file:huge.png", "the image is too large (8000 x 6000 pixels)"),
+    ("phrase:   ", "The phrase is empty"),
+])
+def test_bad_input_shows_a_message(page, page_dir: Path, action: str, expected: str) -> None:  # noqa: ANN001
+    kind, value = action.split(":", 1)
+    if kind == "file":
+        page.set_input_files("#file", str(page_dir / value))
+    else:
+        page.click("#clear")  # no phrase left from an earlier test: opening the image shows its size
+        page.set_input_files("#file", str(EXAMPLE))
+        page.wait_for_function("document.querySelector('#message').textContent.includes('240 x 180')")
+        page.fill("#phrase", value)
+        page.press("#phrase", "Enter")
+    page.wait_for_function("(t) => document.querySelector('#message').textContent.includes(t)", arg=expected)
+    assert page.eval_on_selector("#message", "e => e.className") == "error"
+    # the page still answers afterwards
+    page.evaluate("textsam.loadImage('shapes.png')")
+    assert _segment(page, {"points": [[60, 70, 1]]})[0].any()
+
+
+@pytest.mark.parametrize(("prompt", "expected"), [
+    ({"text": "   "}, "the text prompt is empty"),
+    ({"points": [[500, 10, 1]]}, "is outside the image"),
+    ({"box": [50, 50, 10, 10]}, "x0 < x1"),
+    ({}, "give a phrase, a click or a box"),
+])
+def test_api_rejects_bad_prompts_with_a_message(page, prompt: dict, expected: str) -> None:  # noqa: ANN001
+    page.evaluate("textsam.loadImage('shapes.png')")
+    message = page.evaluate("(p) => textsam.segment(p).then(() => 'no error', (e) => e.message)", prompt)
+    assert expected in message
