@@ -13,7 +13,7 @@ WEB_DEFAULT_MODEL = "shapes_tiny"
 
 def add_parser(subparsers: Subparsers) -> None:
     """``textsam export --model NAME -o decoder.onnx [--text] [--return-single-mask] [--opset N]`` and
-    ``textsam export --web DIR [--model NAME] [--web-runtime FILE.tgz] [--quantize]``."""
+    ``textsam export --web DIR [--model NAME] [--fast] [--web-runtime FILE.tgz] [--quantize]``."""
     p = add_command(
         subparsers, "export", "export the decoder to ONNX, or a browser page (--web DIR)",
         description=(
@@ -37,6 +37,8 @@ def add_parser(subparsers: Subparsers) -> None:
                    help=f"write the browser page's folder (default model: {WEB_DEFAULT_MODEL}, with text)")
     p.add_argument("--web-runtime", type=Path, metavar="FILE.tgz",
                    help="the onnxruntime-web npm tarball to vendor (default: the pinned one, downloaded once)")
+    p.add_argument("--fast", action="store_true",
+                   help="--web: the lighter text engine of the CPU fast path (8x8 proposal clicks, 16 CLIP crops)")
     p.add_argument("--quantize", action="store_true",
                    help="--web: the image encoder's weights as 8-bit integers (smaller, slightly different masks)")
     p.set_defaults(handler=run_export)
@@ -52,8 +54,8 @@ def run_export(args: argparse.Namespace) -> int:
         return _run_web(args)
     if args.output is None:
         raise UsageError("give -o FILE.onnx (the decoder graph) or --web DIR (the browser page)")
-    if args.quantize or args.web_runtime is not None:
-        raise UsageError("--quantize and --web-runtime go with --web DIR")
+    if args.quantize or args.fast or args.web_runtime is not None:
+        raise UsageError("--quantize, --fast and --web-runtime go with --web DIR")
     from textsam.export.onnx import export_onnx
 
     args.model = args.model or "sam_vit_b"
@@ -66,11 +68,14 @@ def run_export(args: argparse.Namespace) -> int:
 
 def _run_web(args: argparse.Namespace) -> int:
     from textsam.export.web import check_web_folder, export_web
+    from textsam.text.prompter import default_options
 
     args.model = args.model or WEB_DEFAULT_MODEL
     check_web_folder(args.web, args.opset)  # before the model build
-    out = export_web(create_model_from_args(args), args.web, name=args.model, runtime=args.web_runtime,
-                     opset=args.opset, quantize=args.quantize)
+    model = create_model_from_args(args)
+    options = default_options(model).fast() if args.fast else None
+    out = export_web(model, args.web, name=args.model, runtime=args.web_runtime, opset=args.opset,
+                     quantize=args.quantize, options=options)
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"wrote {out} ({size / 1e6:.1f} MB); serve it with: textsam app --static {out}")
     return EXIT_OK

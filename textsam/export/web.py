@@ -43,11 +43,12 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 from ..model import TextSam
+from ..text.options import TextOptions
 from .onnx import OnnxPromptDecoder, check_export
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["export_web", "check_web_folder", "PAGE_FILES", "WEB_FORMAT"]
+__all__ = ["export_web", "check_web_folder", "text_mode", "PAGE_FILES", "WEB_FORMAT"]
 
 WEB_FORMAT = 1  # manifest.json's "format": the page refuses a folder of another format
 PAGE_DIR = Path(__file__).with_name("web_page")
@@ -163,7 +164,7 @@ def _clip_recipe(clip: nn.Module) -> dict:
     return {"size": int(size), "mean": mean, "std": std, "interpolation": interpolation}
 
 
-def _manifest(model: TextSam, name: str, graphs: dict[str, str], options) -> dict:  # noqa: ANN001
+def _manifest(model: TextSam, name: str, graphs: dict[str, str], options: TextOptions, mode: str | None) -> dict:
     """Every constant the page's script needs (see ``textsam.js``)."""
     from ..text import templates as tpl
 
@@ -181,39 +182,52 @@ def _manifest(model: TextSam, name: str, graphs: dict[str, str], options) -> dic
         "text": None,
     }
     encoder = model.text_encoder
-    if "decoder_text" in graphs:
-        lo, eo = options.locator, options.engine
+    if mode is not None:
+        lo, eo, po = options.locator, options.engine, options.engine.proposals
         templates = options.scoring.templates
         out["text"] = {
+            "mode": mode,
             "tokenizer": TOKENIZER_FILE,
             "context_length": encoder.context_length,
             "clip_dim": encoder.embed_dim,
-            "word_dim": model.text_locator.word_dim,
             "logit_scale": float(encoder.clip.logit_scale.detach().exp()),
             "templates": list(templates) if templates is not None else list(tpl.DEFAULT_TEMPLATES),
             "clip_image": _clip_recipe(encoder.clip),
-            "locator": {"clusters": lo.clusters, "min_region_tokens": lo.min_region_tokens, "max_seeds": lo.max_seeds,
-                        "min_iou": lo.min_iou, "nms_iou": lo.nms_iou, "max_candidates": lo.max_candidates},
             "engine": {"enlarge": eo.enlarge, "iou_weight": eo.iou_weight, "presence_bias": eo.presence_bias,
                        "presence_gain": eo.presence_gain, "presence_threshold": eo.presence_threshold,
                        "views": list(eo.views)},
-            "text_weight": options.scoring.text_weight,
         }
+        if mode == "head":
+            out["text"]["locator"] = {"clusters": lo.clusters, "min_region_tokens": lo.min_region_tokens,
+                                      "max_seeds": lo.max_seeds, "min_iou": lo.min_iou, "nms_iou": lo.nms_iou,
+                                      "max_candidates": lo.max_candidates}
+        else:
+            out["text"]["proposals"] = {"points_per_side": po.points_per_side, "points_per_batch": po.points_per_batch,
+                                        "pred_iou_thresh": po.pred_iou_thresh,
+                                        "stability_score_thresh": po.stability_score_thresh,
+                                        "stability_score_offset": po.stability_score_offset,
+                                        "box_nms_thresh": po.box_nms_thresh}
+            out["text"]["max_proposals"] = eo.max_proposals
     return out
 
 
-def _check_text_path(model: TextSam, options) -> str | None:  # noqa: ANN001
-    """Why the page cannot answer text for this model (None when it can)."""
-    if model.text_projector is None or model.text_locator is None:
-        return ("it has no text head with a locator (the page's text path today is the bundled shapes_tiny's; the "
-                "training-free engine's proposals are not ported to the page yet)")
-    if not options.locator.enabled or options.locator.seeds != "embedding":
-        return "its locator settings are not the page's (embedding seeds)"
+def text_mode(model: TextSam, options) -> tuple[str | None, str | None]:  # noqa: ANN001
+    """How the page answers text for this model: ``("head", None)`` (a text head with a locator: its tokens and
+    click, the engine's presence), ``("engine", None)`` (no head: the training-free engine chooses), or
+    ``(None, why)`` when it cannot."""
     if options.grounding.enabled:
-        return "it ranks masks by dense CLIP grounding, which the page does not compute"
+        return None, "it ranks masks by dense CLIP grounding, which the page does not compute"
     if not options.engine.enabled or tuple(options.engine.views) != ("crop",):
-        return "its presence engine uses views other than the plain crop"
-    return None
+        return None, "its text engine is off or uses views other than the plain crop"
+    if model.text_encoder is None or not hasattr(model.text_encoder.clip, "visual"):
+        return None, "it has no CLIP image tower"
+    if model.text_projector is None:
+        if options.engine.proposals.point_grids is not None:
+            return None, "its proposals use custom point grids"
+        return "engine", None
+    if model.text_locator is None or not options.locator.enabled or options.locator.seeds != "embedding":
+        return None, "its text head has no locator with embedding seeds"
+    return "head", None
 
 
 def check_web_folder(out_dir: str | Path, opset: int = 17) -> Path:
@@ -228,10 +242,11 @@ def check_web_folder(out_dir: str | Path, opset: int = 17) -> Path:
 
 
 def export_web(model: TextSam, out_dir: str | Path, *, name: str | None = None, runtime: str | Path | None = None,
-               opset: int = 17, quantize: bool = False) -> Path:
+               opset: int = 17, quantize: bool = False, options: TextOptions | None = None) -> Path:
     """Write the static page folder for ``model`` into ``out_dir`` (see the module docstring); returns it.
 
-    ``runtime``: the onnxruntime-web tarball to vendor (default: the pinned one, downloaded once). ``quantize``:
+    ``runtime``: the onnxruntime-web tarball to vendor (default: the pinned one, downloaded once). ``options``: the
+    text settings the page follows (default: the model's own; ``TextOptions().fast()`` for a lighter engine). ``quantize``:
     the image encoder's weights as 8-bit integers (onnxruntime's dynamic quantisation; a smaller folder, a
     slightly different mask). The folder is written under a temporary name and renamed, so a failed export
     leaves nothing behind; an existing folder is replaced only when it is an earlier export (its
@@ -242,21 +257,26 @@ def export_web(model: TextSam, out_dir: str | Path, *, name: str | None = None, 
     out_dir = check_web_folder(out_dir, opset)
     name = name or (model.config.name if model.config else "model")
     model = model.float().eval().cpu()
-    options = default_options(model)
-    why_not = _check_text_path(model, options)
+    if model.text_encoder is None:  # the published models load CLIP on first use
+        from ..factory import attach_text
+
+        attach_text(model, pretrained=getattr(model, "pretrained", True))
+        model.text_encoder.float().eval().cpu()
+    options = options or default_options(model)
+    mode, why_not = text_mode(model, options)
     tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.part")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         vendor_runtime(tmp, runtime)
-        graphs = _export_graphs(model, tmp, with_text=why_not is None, opset=opset, quantize=quantize)
+        graphs = _export_graphs(model, tmp, mode=mode, opset=opset, quantize=quantize)
         if why_not is not None:
             logger.warning("the page for %s takes clicks and a box only: %s", name, why_not)
         else:
             import open_clip.tokenizer
 
             shutil.copyfile(open_clip.tokenizer.default_bpe(), tmp / TOKENIZER_FILE)
-        manifest = _manifest(model, name, graphs, options)
+        manifest = _manifest(model, name, graphs, options, mode)
         manifest["text_unavailable"] = why_not
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
         for file in PAGE_FILES:
@@ -271,7 +291,7 @@ def export_web(model: TextSam, out_dir: str | Path, *, name: str | None = None, 
     return out_dir
 
 
-def _export_graphs(model: TextSam, out: Path, *, with_text: bool, opset: int, quantize: bool) -> dict[str, str]:
+def _export_graphs(model: TextSam, out: Path, *, mode: str | None, opset: int, quantize: bool) -> dict[str, str]:
     """Trace every graph into ``out``; returns graph name -> file name."""
     pe = model.prompt_encoder
     c, (h, w), s = pe.embed_dim, pe.image_embedding_size, model.img_size
@@ -295,10 +315,14 @@ def _export_graphs(model: TextSam, out: Path, *, with_text: bool, opset: int, qu
     _export(_Upsample(model), (torch.randn(2, 1, low, low), torch.tensor([96.0, 128.0])), out / "upsample.onnx",
             ["low_res_masks", "orig_im_size"], ["masks"], {"low_res_masks": {0: "B"}, "masks": {0: "B", 2: "H", 3: "W"}},
             opset)
-    if not with_text:
+    if mode is None:
         return graphs
     encoder = model.text_encoder
     d = encoder.embed_dim
+    _export_clip(encoder, out, opset)
+    graphs.update(clip_text="clip_text.onnx", clip_image="clip_image.onnx")
+    if mode == "engine":
+        return graphs
     _export(_Decoder(model, with_text=True), (emb, coords, labels, torch.randn(2, d)), out / "decoder_text.onnx",
             ["image_embeddings", "point_coords", "point_labels", "text_embedding"], outs,
             {**points, "text_embedding": {0: "B"}}, opset)
@@ -310,12 +334,16 @@ def _export_graphs(model: TextSam, out: Path, *, with_text: bool, opset: int, qu
             out / "locator.onnx", ["image_embeddings", "masks", "rgb", "text_embedding", "words", "word_mask"],
             ["scores"], {"masks": {1: "M"}, "words": {1: "T"}, "word_mask": {1: "T"}, "scores": {1: "M"}},
             max(opset, LOCATOR_OPSET))
+    graphs.update(decoder_text="decoder_text.onnx", locator="locator.onnx")
+    return graphs
+
+
+def _export_clip(encoder, out: Path, opset: int) -> None:  # noqa: ANN001 - a TextEncoder
+    """The CLIP towers: ``clip_text.onnx`` (token ids -> unit embedding and per-token features) and
+    ``clip_image.onnx`` (normalised crops -> unit embeddings)."""
     tokens = encoder.tokenize(["a red circle", "a photo of the blue star."]).cpu()
     _export(_ClipText(encoder), (tokens,), out / "clip_text.onnx", ["tokens"], ["embedding", "words"],
             {"tokens": {0: "B"}, "embedding": {0: "B"}, "words": {0: "B"}}, opset)
     r = _clip_recipe(encoder.clip)["size"]
     _export(_ClipImage(encoder.clip), (torch.randn(2, 3, r, r),), out / "clip_image.onnx", ["image"], ["embedding"],
             {"image": {0: "B"}, "embedding": {0: "B"}}, opset)
-    graphs.update(decoder_text="decoder_text.onnx", locator="locator.onnx", clip_text="clip_text.onnx",
-                  clip_image="clip_image.onnx")
-    return graphs

@@ -487,8 +487,7 @@
     const t2 = now();
     img = {rgb, H, W, inputH, inputW, embedding: out.embedding, rgbPadded};
     let prepare = 0;
-    if (m.text) { // the text candidates and their CLIP crops, once per image
-      await candidates();
+    if (m.text) { // the text candidates (or proposals) and their CLIP crops, once per image
       await cropEmbeddings();
       prepare = now() - t2;
     }
@@ -616,25 +615,108 @@
     return out.masks.data;
   }
 
-  // the candidates as engine proposals: original-frame masks and inclusive boxes; their CLIP crop embeddings
+  // the image's proposals: original-frame masks, inclusive boxes, predicted IoU and the click that made each.
+  // With a text head: the locator's candidates (the engine only answers presence); without: SAM's automatic mask
+  // generation on a coarse grid (textsam.modeling.proposals.quick_proposals)
+  async function proposalSet() {
+    if (img.proposals) return img.proposals;
+    const props = {masks: [], boxes: [], iou: [], points: []};
+    let lows = [], L = api.manifest.low_res_size[0];
+    if (api.manifest.text.mode === 'head') {
+      const cand = await candidates();
+      lows = cand.masks.map((mk) => Float32Array.from(mk, (v) => v * 2 - 1));
+      props.iou = cand.scores.slice();
+      props.points = cand.masks.map(() => [0, 0]);
+    } else {
+      const found = await gridProposals();
+      lows = found.lows; props.iou = found.iou; props.points = found.points;
+    }
+    const n = lows.length, area = img.H * img.W;
+    if (n) {
+      const logits = new Float32Array(n * L * L);
+      lows.forEach((low, i) => logits.set(low, i * L * L));
+      const up = await upsample(logits, n);
+      for (let i = 0; i < n; i++) {
+        const mask = new Uint8Array(area);
+        for (let p = 0; p < area; p++) mask[p] = up[i * area + p] > api.manifest.mask_threshold ? 1 : 0;
+        props.masks.push(mask);
+        props.boxes.push(maskBox(mask, img.H, img.W));
+      }
+    }
+    img.proposals = props;
+    return props;
+  }
+
+  // quick_proposals: grid clicks decoded in batches, predicted-IoU and stability filters, box NMS, the best by IoU
+  async function gridProposals() {
+    const m = api.manifest, o = m.text.proposals, thr = m.mask_threshold, S = m.img_size;
+    const n = o.points_per_side, grid = [];
+    for (let j = 0; j < n; j++) for (let i = 0; i < n; i++) {
+      const off = 1 / (2 * n), step = n > 1 ? (1 - 2 * off) / (n - 1) : 0;
+      grid.push([(off + i * step) * img.W, (off + j * step) * img.H]);
+    }
+    const sx = img.inputW / img.W, sy = img.inputH / img.H;
+    const lows = [], ious = [], points = [];
+    let side = m.low_res_size[0];
+    for (let start = 0; start < grid.length; start += o.points_per_batch) {
+      const batch = grid.slice(start, start + o.points_per_batch);
+      const {low, iou, size} = await decode(batch.map(([x, y]) => [[x * sx, y * sy, 1], [0, 0, -1]]));
+      side = size;
+      const vh = Math.ceil((img.inputH * side) / S), vw = Math.ceil((img.inputW * side) / S), area = side * side;
+      batch.forEach((point, r) => {
+        if (o.pred_iou_thresh > 0 && Math.max(iou[r * 4 + 1], iou[r * 4 + 2], iou[r * 4 + 3]) < o.pred_iou_thresh) return;
+        for (let k = 1; k < 4; k++) {
+          const score = iou[r * 4 + k];
+          if (o.pred_iou_thresh > 0 && !(score > o.pred_iou_thresh)) continue;
+          const mask = low.subarray((r * 4 + k) * area, (r * 4 + k + 1) * area);
+          let inter = 0, union = 0;
+          for (let y = 0; y < vh; y++) for (let x = 0; x < vw; x++) {
+            const v = mask[y * side + x];
+            if (v > thr + o.stability_score_offset) inter++;
+            if (v > thr - o.stability_score_offset) union++;
+          }
+          if (o.stability_score_thresh > 0 && !(inter / union >= o.stability_score_thresh)) continue;
+          lows.push(Float32Array.from(mask)); ious.push(score); points.push(point);
+        }
+      });
+    }
+    const sxb = (S / side) * (img.W / img.inputW), syb = (S / side) * (img.H / img.inputH);
+    const boxes = lows.map((low) => {
+      const b = maskBox(Uint8Array.from(low, (v) => (v > thr ? 1 : 0)), side, side);
+      return [Math.floor(b[0] * sxb), Math.floor(b[1] * syb), Math.ceil((b[2] + 1) * sxb) - 1, Math.ceil((b[3] + 1) * syb) - 1]
+        .map((v, i) => Math.min(Math.max(v, 0), i % 2 === 0 ? img.W - 1 : img.H - 1));
+    });
+    const keep = boxNms(boxes, ious, o.box_nms_thresh)
+      .sort((a, b) => ious[b] - ious[a]).slice(0, m.text.max_proposals); // Array.sort is stable
+    return {lows: keep.map((i) => lows[i]), iou: keep.map((i) => ious[i]), points: keep.map((i) => points[i])};
+  }
+  // torchvision.ops.nms: highest score first; drop boxes whose IoU with a kept one exceeds the threshold
+  function boxNms(boxes, scores, threshold) {
+    const order = scores.map((_, i) => i).sort((a, b) => scores[b] - scores[a]);
+    const area = boxes.map((b) => (b[2] - b[0]) * (b[3] - b[1]));
+    const removed = new Uint8Array(boxes.length), keep = [];
+    for (const i of order) {
+      if (removed[i]) continue;
+      keep.push(i);
+      for (const j of order) {
+        if (removed[j] || j === i) continue;
+        const w = Math.max(0, Math.min(boxes[i][2], boxes[j][2]) - Math.max(boxes[i][0], boxes[j][0]));
+        const h = Math.max(0, Math.min(boxes[i][3], boxes[j][3]) - Math.max(boxes[i][1], boxes[j][1]));
+        if ((w * h) / (area[i] + area[j] - w * h) > threshold) removed[j] = 1;
+      }
+    }
+    return keep;
+  }
+
+  // the proposals' CLIP crop embeddings (textsam.text.scoring, the "crop" view), once per image
   async function cropEmbeddings() {
     if (img.crops) return img.crops;
-    const cand = await candidates();
-    const n = cand.masks.length, L = cand.size, area = img.H * img.W;
-    img.proposals = {masks: [], boxes: []};
+    const props = await proposalSet();
+    const n = props.masks.length;
     if (n === 0) { img.crops = []; return img.crops; }
-    const logits = new Float32Array(n * L * L);
-    cand.masks.forEach((mk, i) => { for (let p = 0; p < L * L; p++) logits[i * L * L + p] = mk[p] * 2 - 1; });
-    const up = await upsample(logits, n);
-    for (let i = 0; i < n; i++) {
-      const mask = new Uint8Array(area);
-      for (let p = 0; p < area; p++) mask[p] = up[i * area + p] > 0 ? 1 : 0;
-      img.proposals.masks.push(mask);
-      img.proposals.boxes.push(maskBox(mask, img.H, img.W));
-    }
     const recipe = api.manifest.text.clip_image, R = recipe.size, enlarge = api.manifest.text.engine.enlarge;
     const batch = new Float32Array(n * 3 * R * R);
-    img.proposals.boxes.forEach((box, i) => {
+    props.boxes.forEach((box, i) => {
       const [x0, y0, x1, y1] = [box[0], box[1], box[2] + 1, box[3] + 1];
       const side = Math.max(1.0, Math.max(x1 - x0, y1 - y0) * enlarge), cx = (x0 + x1) / 2, cy = (y0 + y1) / 2;
       const wx0 = roundHalfEven(cx - side / 2), wy0 = roundHalfEven(cy - side / 2);
@@ -693,19 +775,19 @@
     return Array.from(mean, (v) => v / norm);
   }
 
-  // the presence answer (textsam.text.engine.TextEngine.rank over the locator's candidates)
-  async function presence(phrase, userPoints, userBox) {
-    const e = api.manifest.text.engine, crops = await cropEmbeddings();
-    const n = crops.length;
-    if (n === 0) return 0;
+  // textsam.text.engine.TextEngine.rank: the proposal(s) a phrase names and its presence. A user's positive
+  // click or box keeps only the proposals it touches (all of them when none does).
+  async function rank(phrase, userPoints, userBox) {
+    const e = api.manifest.text.engine, crops = await cropEmbeddings(), props = img.proposals;
     const q = parse(phrase);
+    if (crops.length === 0) return {q, chosen: [], presence: 0};
     const texts = [q.head].concat(q.anchor ? [q.anchor] : []);
     const emb = await Promise.all(texts.map(ensemble));
     const cos = emb.map((t) => crops.map((c) => c.reduce((s, v, k) => s + v * t[k], 0)));
     let allowed = null;
     const positives = userPoints.filter((p) => p[2] === 1);
     if (userBox || positives.length) {
-      allowed = img.proposals.masks.map((mask) => {
+      allowed = props.masks.map((mask) => {
         let ok = true;
         for (const [x, y] of positives) {
           const xi = Math.min(Math.max(roundHalfEven(x), 0), img.W - 1), yi = Math.min(Math.max(roundHalfEven(y), 0), img.H - 1);
@@ -725,19 +807,20 @@
       if (!allowed.some(Boolean)) allowed = null;
     }
     const scale = api.manifest.text.logit_scale;
-    const iou = img.candidates.scores;
     const softmax = (row) => {
-      const logits = row.map((c, i) => (allowed && !allowed[i] ? -Infinity : scale * (c + e.iou_weight * iou[i])));
+      const logits = row.map((c, i) => (allowed && !allowed[i] ? -Infinity : scale * (c + e.iou_weight * props.iou[i])));
       const mx = Math.max(...logits), ex = logits.map((v) => Math.exp(v - mx)), s = ex.reduce((a, b) => a + b, 0);
       return ex.map((v) => v / s);
     };
-    const probs = resolve(q, softmax(cos[0]), img.proposals.boxes, [img.H, img.W], q.anchor ? softmax(cos[1]) : null);
+    const probs = resolve(q, softmax(cos[0]), props.boxes, [img.H, img.W], q.anchor ? softmax(cos[1]) : null);
     const member = cos[0].map((c, i) => (1 / (1 + Math.exp(-e.presence_gain * (c - e.presence_bias)))) * (allowed && !allowed[i] ? 0 : 1));
     if (q.group) {
-      const above = member.filter((v) => v >= e.presence_threshold);
-      return above.length ? Math.max(...above) : member[argmax(probs)];
+      let chosen = member.map((_, i) => i).sort((a, b) => member[b] - member[a]).filter((i) => member[i] >= e.presence_threshold);
+      if (!chosen.length) chosen = [argmax(probs)];
+      return {q, chosen, presence: Math.max(...chosen.map((i) => member[i]))};
     }
-    return member[argmax(probs)];
+    const best = argmax(probs);
+    return {q, chosen: [best], presence: member[best]};
   }
 
   // the locator's click for a phrase (original pixels), as TextPrompter.locate
@@ -787,31 +870,61 @@
     return {phrase, points: points.map(([x, y, l]) => [x, y, l === undefined ? 1 : (l ? 1 : 0)]), box: box || null};
   }
 
+  // a prompt (original pixels) in the decoder's frame, SAM's ONNX convention: points, then the box's corners
+  // (labels 2, 3) or a padding point
+  function decoderPrompt(points, box) {
+    const sx = img.inputW / img.W, sy = img.inputH / img.H;
+    const out = points.map(([x, y, l]) => [x * sx, y * sy, l]);
+    if (box) out.push([box[0] * sx, box[1] * sy, 2], [box[2] * sx, box[3] * sy, 3]);
+    else out.push([0, 0, -1]);
+    return out;
+  }
+
   async function segment(prompt = {}) {
     await api.ready;
     const t0 = now();
     const {phrase, points, box} = checkPrompt(prompt);
-    const m = api.manifest, S = m.img_size;
-    let pts = points.slice(), textRow = null, pres = null;
+    const m = api.manifest;
+    let pts = points.slice(), promptBox = box, textRow = null, pres = null;
     if (phrase !== null) {
-      [textRow] = await encodeTexts([phrase]);
-      pres = await presence(phrase, points, box);
-      if (!points.length && !box) pts = [[...(await locate(phrase, textRow)), 1]];
+      const ranked = await rank(phrase, points, box);
+      pres = ranked.presence;
+      if (m.text.mode === 'head') { // the head's tokens, and its locator's click when the user gave no click or box
+        [textRow] = await encodeTexts([phrase]);
+        if (!points.length && !box) pts = [[...(await locate(phrase, textRow)), 1]];
+      } else if (ranked.chosen.length) { // the engine's chosen proposal: its box and its click
+        const props = img.proposals;
+        const asBox = (i) => { const b = props.boxes[i]; return [b[0], b[1], b[2] + 1, b[3] + 1]; };
+        if (ranked.q.group) return finish(t0, await groupMask(ranked.chosen.map((i) => [asBox(i), props.points[i]]), points), pres, phrase, points, box);
+        pts.push([...props.points[ranked.chosen[0]], 1]);
+        if (!box) promptBox = asBox(ranked.chosen[0]);
+      } else if (!points.length && !box) { // no proposal on the image: nothing to prompt with
+        return finish(t0, {mask: new Uint8Array(img.H * img.W), score: 0}, pres, phrase, points, box);
+      }
     }
-    const sx = img.inputW / img.W, sy = img.inputH / img.H;
-    const prompt0 = pts.map(([x, y, l]) => [x * sx, y * sy, l]);
-    if (box) prompt0.push([box[0] * sx, box[1] * sy, 2], [box[2] * sx, box[3] * sy, 3]);
-    else prompt0.push([0, 0, -1]);
-    const {low, iou, size} = await decode([prompt0], textRow ? textRow.embedding : null);
-    const best = argmax(iou, 1, 4);
-    const area = size * size;
+    const {low, iou, size} = await decode([decoderPrompt(pts, promptBox)], textRow ? textRow.embedding : null);
+    const best = argmax(iou, 1, 4), area = size * size;
     const logits = await upsample(low.slice(best * area, (best + 1) * area), 1);
-    const mask = new Uint8Array(img.H * img.W);
-    for (let p = 0; p < mask.length; p++) mask[p] = logits[p] > m.mask_threshold ? 1 : 0;
+    return finish(t0, {mask: threshold(logits), score: iou[best]}, pres, phrase, points, box);
+  }
+  function threshold(logits) {
+    const mask = new Uint8Array(img.H * img.W), t = api.manifest.mask_threshold;
+    for (let p = 0; p < mask.length; p++) mask[p] = logits[p] > t ? 1 : 0;
+    return mask;
+  }
+  function finish(t0, {mask, score}, presence, phrase, points, box) {
     api.timings.update_ms = now() - t0;
-    const found = pres === null || points.length > 0 || box !== null || pres >= m.text.engine.presence_threshold;
-    void S;
-    return {width: img.W, height: img.H, mask, score: iou[best], presence: pres, found};
+    const found = phrase === null || points.length > 0 || box !== null || presence >= api.manifest.text.engine.presence_threshold;
+    return {width: img.W, height: img.H, mask, score, presence, found};
+  }
+  // a group phrase ("all the X"): every member's box and click (with the user's clicks) in one decoder batch, the
+  // single-mask output, the union of their masks (TextSamPredictor._predict_group)
+  async function groupMask(members, userPoints) {
+    const {low, iou, size} = await decode(members.map(([b, c]) => decoderPrompt([...userPoints, [...c, 1]], b)));
+    const area = size * size, union = new Float32Array(area).fill(-Infinity);
+    members.forEach((_, i) => { for (let p = 0; p < area; p++) union[p] = Math.max(union[p], low[i * 4 * area + p]); });
+    const score = members.reduce((s, _, i) => s + iou[i * 4], 0) / members.length;
+    return {mask: threshold(await upsample(union, 1)), score};
   }
 
   api.loadImage = loadImage;
@@ -819,7 +932,7 @@
   api.cocoRle = cocoRle;
   api._internal = {tokenize: (s) => tokenize(s, api.manifest.text.context_length), parse, expand, resizePIL, deepestPoint,
     candidates: async () => (await candidates()).masks.length, UserError,
-    proposals: async () => { const crops = await cropEmbeddings(); return {boxes: img.proposals.boxes, crops: crops.map((c) => Array.from(c))}; },
+    proposals: async () => { const crops = await cropEmbeddings(); return {boxes: img.proposals.boxes, iou: img.proposals.iou, points: img.proposals.points, crops: crops.map((c) => Array.from(c))}; },
     ensemble};
 
   api.ready = (async () => {
