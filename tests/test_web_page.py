@@ -14,6 +14,7 @@ see the README's set-up) is missing.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shutil
@@ -77,14 +78,13 @@ def predictor():
     return TextSamPredictor(create_model("shapes_tiny"))
 
 
-@pytest.fixture(scope="module")
-def page_dir(tmp_path_factory: pytest.TempPathFactory, predictor) -> Path:  # noqa: ANN001
+def _export(model, folder: Path, **kwargs) -> Path:  # noqa: ANN001
     if not RUNTIME.is_file():
         pytest.skip(f"onnxruntime-web is not cached at {RUNTIME}: run `textsam export --web DIR` once with network "
                     "(the README's set-up does)")
     from textsam.export.web import export_web
 
-    out = export_web(predictor.model, tmp_path_factory.mktemp("web") / "page", runtime=RUNTIME)
+    out = export_web(model, folder, runtime=RUNTIME, **kwargs)
     for name, image, _ in _scenes():
         Image.fromarray(image).save(out / name)
     shutil.copyfile(EXAMPLE, out / "shapes.png")
@@ -94,38 +94,55 @@ def page_dir(tmp_path_factory: pytest.TempPathFactory, predictor) -> Path:  # no
 
 
 @pytest.fixture(scope="module")
-def server(page_dir: Path):
-    from textsam.app.static import static_server
-
-    srv = static_server(page_dir)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{srv.server_port}"
-    srv.shutdown()
-    srv.server_close()
+def page_dir(tmp_path_factory: pytest.TempPathFactory, predictor) -> Path:  # noqa: ANN001
+    return _export(predictor.model, tmp_path_factory.mktemp("web") / "page")
 
 
 @pytest.fixture(scope="module")
-def page(server: str):
+def browser():
     if not CHROMIUM.exists():
         pytest.skip("Debian chromium not installed at /usr/bin/chromium (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
-    requests: list[str] = []
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        pg = browser.new_page(accept_downloads=True)
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield b
+        b.close()
+
+
+@contextlib.contextmanager
+def _open_page(browser, folder: Path):  # noqa: ANN001
+    """The exported page served by ``textsam app --static``'s server, open in its own browser context; checks at
+    the end that no request left the folder."""
+    from textsam.app.static import static_server
+
+    srv = static_server(folder)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    server = f"http://127.0.0.1:{srv.server_port}"
+    requests: list[str] = []
+    context = browser.new_context(accept_downloads=True)
+    try:
+        pg = context.new_page()
         pg.set_default_timeout(TIMEOUT)
         pg.on("request", lambda r: requests.append(r.url))
         errors: list[str] = []
         pg.on("pageerror", lambda e: errors.append(str(e)))
         pg.goto(f"{server}/index.html")
-        pg.wait_for_function("window.textsam && window.textsam.manifest !== null && window.textsam.ready")
+        pg.wait_for_function("window.textsam && window.textsam.ready")
         pg.evaluate("textsam.ready")
-        pg.requests, pg.errors = requests, errors  # type: ignore[attr-defined]
+        pg.errors = errors  # type: ignore[attr-defined]
         yield pg
-        browser.close()
+    finally:
+        context.close()
+        srv.shutdown()
+        srv.server_close()
     outside = [u for u in requests if not (u.startswith(server + "/") or u.startswith(("data:", "blob:")))]
     assert not outside, f"the page reached outside its folder: {outside[:5]}"
+
+
+@pytest.fixture(scope="module")
+def page(browser, page_dir: Path):  # noqa: ANN001
+    with _open_page(browser, page_dir) as pg:
+        yield pg
 
 
 def _segment(page, prompt: dict) -> tuple[np.ndarray, float, float | None]:  # noqa: ANN001
@@ -278,3 +295,30 @@ def test_api_rejects_bad_prompts_with_a_message(page, prompt: dict, expected: st
     page.evaluate("textsam.loadImage('shapes.png')")
     message = page.evaluate("(p) => textsam.segment(p).then(() => 'no error', (e) => e.message)", prompt)
     assert expected in message
+
+
+def test_page_without_a_text_head_runs_the_engine_as_python_does(browser, tmp_path: Path) -> None:  # noqa: ANN001
+    """shapes_tiny without its head: the page's proposals (grid clicks, IoU and stability filters, box NMS), CLIP
+    crop ranking, spatial words and group phrases give Python's masks and presence."""
+    from textsam import TextSamPredictor, create_model
+
+    predictor = TextSamPredictor(create_model("shapes_tiny", text_head=False))
+    folder = _export(predictor.model, tmp_path / "engine")
+    assert json.loads((folder / "manifest.json").read_text())["text"]["mode"] == "engine"
+    ious, gaps = [], []
+    with _open_page(browser, folder) as page:
+        for name, image, named in _scenes()[:3]:
+            page.evaluate("(url) => textsam.loadImage(url)", name)
+            predictor.set_image(image)
+            phrase, mask = named[0]
+            x, y = _deepest(mask)
+            for prompt in [{"text": phrase}, {"text": phrase, "points": [[x, y, 1]]}, {"text": "all the shapes"},
+                           {"text": "the shape on the left"}, {"text": "the biggest shape"}]:
+                ours, score, presence = _segment(page, prompt)
+                ref, ref_score, ref_presence = _python(predictor, prompt)
+                ious.append(_iou(ours, ref))
+                gaps.append(abs(presence - ref_presence))
+                assert ious[-1] >= 0.98, (name, prompt, ious[-1])
+        assert not page.errors, page.errors
+    assert max(gaps) < 0.02, max(gaps)
+    print(f"\nweb page, engine: {len(ious)} prompts, min IoU {min(ious):.4f}, max presence gap {max(gaps):.2e}")

@@ -291,23 +291,19 @@ def export_web(model: TextSam, out_dir: str | Path, *, name: str | None = None, 
     return out_dir
 
 
+def _example_prompts(model: TextSam) -> tuple[Tensor, Tensor, Tensor]:
+    """Tracing inputs: an image embedding ``(1, C, h, w)`` and two prompts of three points (input frame)."""
+    pe = model.prompt_encoder
+    emb = torch.randn(1, pe.embed_dim, *pe.image_embedding_size)
+    return emb, torch.rand(2, 3, 2) * model.img_size, torch.tensor([[1.0, 0.0, -1.0]] * 2)
+
+
 def _export_graphs(model: TextSam, out: Path, *, mode: str | None, opset: int, quantize: bool) -> dict[str, str]:
     """Trace every graph into ``out``; returns graph name -> file name."""
-    pe = model.prompt_encoder
-    c, (h, w), s = pe.embed_dim, pe.image_embedding_size, model.img_size
-    low = pe.mask_input_size[0]
-    emb = torch.randn(1, c, h, w)
-    coords, labels = torch.rand(2, 3, 2) * s, torch.tensor([[1.0, 0.0, -1.0]] * 2)
+    s, low = model.img_size, model.prompt_encoder.mask_input_size[0]
+    emb, coords, labels = _example_prompts(model)
     graphs = {"encoder": "encoder.onnx", "decoder": "decoder.onnx", "upsample": "upsample.onnx"}
-    encoder_file = out / "encoder.onnx"
-    _export(_Encoder(model), (torch.randn(1, 3, s, s),), encoder_file, ["image"], ["embedding"], {}, opset)
-    if quantize:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        quantized = out / "encoder.int8.onnx"
-        quantize_dynamic(str(encoder_file), str(quantized), weight_type=QuantType.QUInt8)
-        encoder_file.unlink()
-        graphs["encoder"] = quantized.name
+    _export(_Encoder(model), (torch.randn(1, 3, s, s),), out / "encoder.onnx", ["image"], ["embedding"], {}, opset)
     points = {"point_coords": {0: "B", 1: "N"}, "point_labels": {0: "B", 1: "N"}}
     outs = ["low_res_masks", "iou_predictions"]
     _export(_Decoder(model), (emb, coords, labels), out / "decoder.onnx",
@@ -315,18 +311,41 @@ def _export_graphs(model: TextSam, out: Path, *, mode: str | None, opset: int, q
     _export(_Upsample(model), (torch.randn(2, 1, low, low), torch.tensor([96.0, 128.0])), out / "upsample.onnx",
             ["low_res_masks", "orig_im_size"], ["masks"], {"low_res_masks": {0: "B"}, "masks": {0: "B", 2: "H", 3: "W"}},
             opset)
-    if mode is None:
-        return graphs
+    if mode is not None:
+        _export_clip(model.text_encoder, out, opset)
+        graphs.update(clip_text="clip_text.onnx", clip_image="clip_image.onnx")
+    if mode == "head":
+        _export_head(model, out, opset)
+        graphs.update(decoder_text="decoder_text.onnx", locator="locator.onnx")
+    if quantize:  # the big towers; the decoder and the head stay float
+        for name in ("encoder", "clip_text", "clip_image"):
+            if name in graphs:
+                graphs[name] = _quantize(out / graphs[name])
+    return graphs
+
+
+def _quantize(path: Path) -> str:
+    """``path`` with its MatMul/Gemm weights as 8-bit integers (onnxruntime's dynamic quantisation), written as
+    ``<name>.int8.onnx`` in place of the float graph; returns the new file name."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantized = path.with_name(f"{path.stem}.int8.onnx")
+    quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QUInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    path.unlink()
+    return quantized.name
+
+
+def _export_head(model: TextSam, out: Path, opset: int) -> None:
+    """The text head's graphs: ``decoder_text.onnx`` (its tokens after the points) and ``locator.onnx``."""
+    s, low = model.img_size, model.prompt_encoder.mask_input_size[0]
+    emb, coords, labels = _example_prompts(model)
     encoder = model.text_encoder
     d = encoder.embed_dim
-    _export_clip(encoder, out, opset)
-    graphs.update(clip_text="clip_text.onnx", clip_image="clip_image.onnx")
-    if mode == "engine":
-        return graphs
+    points = {"point_coords": {0: "B", 1: "N"}, "point_labels": {0: "B", 1: "N"}}
+    outs = ["low_res_masks", "iou_predictions"]
     _export(_Decoder(model, with_text=True), (emb, coords, labels, torch.randn(2, d)), out / "decoder_text.onnx",
             ["image_embeddings", "point_coords", "point_labels", "text_embedding"], outs,
             {**points, "text_embedding": {0: "B"}}, opset)
-    t = encoder.context_length
     word_dim = int(encoder.clip.ln_final.normalized_shape[0])
     masks = (torch.rand(1, 3, low, low) > 0.5).float()
     _export(_Locator(model), (emb, masks, torch.rand(1, 3, s, s), torch.randn(1, d), torch.randn(1, 5, word_dim),
@@ -334,8 +353,6 @@ def _export_graphs(model: TextSam, out: Path, *, mode: str | None, opset: int, q
             out / "locator.onnx", ["image_embeddings", "masks", "rgb", "text_embedding", "words", "word_mask"],
             ["scores"], {"masks": {1: "M"}, "words": {1: "T"}, "word_mask": {1: "T"}, "scores": {1: "M"}},
             max(opset, LOCATOR_OPSET))
-    graphs.update(decoder_text="decoder_text.onnx", locator="locator.onnx")
-    return graphs
 
 
 def _export_clip(encoder, out: Path, opset: int) -> None:  # noqa: ANN001 - a TextEncoder

@@ -39,7 +39,7 @@ RUNTIME_FILES = {
     "package/dist/ort-wasm-simd-threaded.mjs": "ort-wasm-simd-threaded.mjs",
     "package/dist/ort-wasm-simd-threaded.wasm": "ort-wasm-simd-threaded.wasm",
     "package/package.json": "onnxruntime-web.package.json",  # its licence (MIT) and provenance
-    
+
 }
 _WORDING = Wording(error=DownloadError, noun="onnxruntime-web package", folder="the textsam cache",
                    elsewhere="set TEXTSAM_HOME to a folder you can write to")
