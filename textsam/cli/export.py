@@ -37,6 +37,8 @@ def add_parser(subparsers: Subparsers) -> None:
                    help=f"write the browser page's folder (default model: {WEB_DEFAULT_MODEL}, with text)")
     p.add_argument("--web-runtime", type=Path, metavar="FILE.tgz",
                    help="the onnxruntime-web npm tarball to vendor (default: the pinned one, downloaded once)")
+    p.add_argument("--fetch-web-runtime", action="store_true",
+                   help="only download the pinned onnxruntime-web into the cache (--web does it on first use) and exit")
     p.add_argument("--fast", action="store_true",
                    help="--web: the lighter text engine of the CPU fast path (8x8 proposal clicks, 16 CLIP crops)")
     p.add_argument("--quantize", action="store_true",
@@ -48,6 +50,11 @@ def run_export(args: argparse.Namespace) -> int:
     """Check the output path and opset, build the model, write the graph (or the page) and print its size."""
     from textsam.export.onnx import check_export
 
+    if args.fetch_web_runtime:
+        from textsam.export.web_runtime import fetch_runtime
+
+        print(f"onnxruntime-web: {fetch_runtime(args.web_runtime)}")
+        return EXIT_OK
     if args.web is not None:
         if args.output is not None or args.text or args.return_single_mask:
             raise UsageError("--web writes a whole folder: drop -o, --text and --return-single-mask")

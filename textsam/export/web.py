@@ -23,8 +23,11 @@ the locator's click seeds (k-means of the embedding, regions, deepest points), t
 NMS over the candidates, the deepest point of the chosen one, PIL's resampling for the model input and the
 CLIP crops, the CLIP tokenizer, the phrase templates, the spatial-word parser, and the presence answer.
 
-What a folder holds depends on the model: the text graphs (``decoder_text``, ``locator``) need a text head
-with a locator (the bundled ``shapes_tiny``); without one the page takes clicks and a box only.
+What a folder holds depends on the model's text path (:func:`text_mode`): with a text head that has a
+locator (the bundled ``shapes_tiny``), every graph above; without a head (the published models, or
+``create_model(..., text_head=False)``), no ``decoder_text`` and ``locator``: the page runs the training-free
+engine (grid proposals, CLIP crops, spatial words). A model whose text path the page cannot follow (dense CLIP
+grounding, blur or mask views) gets a page for clicks and a box, and ``manifest.json`` says why.
 """
 
 from __future__ import annotations

@@ -571,7 +571,7 @@
 
   // the decoder on a batch of point prompts: low-res logits (B, 4, L, L) and IoU (B, 4)
   async function decode(prompts, textEmbedding) {
-    const nPoints = Math.max(...prompts.map((p) => p.length));
+    const nPoints = Math.max(0, ...prompts.map((p) => p.length));
     const b = prompts.length;
     const coords = new Float32Array(b * nPoints * 2), labels = new Float32Array(b * nPoints).fill(-1);
     prompts.forEach((p, i) => p.forEach(([x, y, l], j) => {
@@ -887,6 +887,11 @@
     const m = api.manifest;
     let pts = points.slice(), promptBox = box, textRow = null, pres = null;
     if (phrase !== null) {
+      // every sentence this phrase needs in one text-tower call: the phrase (a head's input) and the template
+      // sentences of its head noun phrase (and anchor) for the ranking
+      const q = parse(phrase), templates = m.text.templates;
+      await encodeTexts([...(m.text.mode === 'head' ? [phrase] : []), ...expand(q.head, templates),
+        ...(q.anchor ? expand(q.anchor, templates) : [])]);
       const ranked = await rank(phrase, points, box);
       pres = ranked.presence;
       if (m.text.mode === 'head') { // the head's tokens, and its locator's click when the user gave no click or box
@@ -898,11 +903,11 @@
         if (ranked.q.group) return finish(t0, await groupMask(ranked.chosen.map((i) => [asBox(i), props.points[i]]), points), pres, phrase, points, box);
         pts.push([...props.points[ranked.chosen[0]], 1]);
         if (!box) promptBox = asBox(ranked.chosen[0]);
-      } else if (!points.length && !box) { // no proposal on the image: nothing to prompt with
-        return finish(t0, {mask: new Uint8Array(img.H * img.W), score: 0}, pres, phrase, points, box);
       }
     }
-    const {low, iou, size} = await decode([decoderPrompt(pts, promptBox)], textRow ? textRow.embedding : null);
+    // no prompt at all (a phrase on an image without proposals): SAM's answer to an empty prompt, as Python gives
+    const empty = !pts.length && !promptBox && !textRow;
+    const {low, iou, size} = await decode([empty ? [] : decoderPrompt(pts, promptBox)], textRow ? textRow.embedding : null);
     const best = argmax(iou, 1, 4), area = size * size;
     const logits = await upsample(low.slice(best * area, (best + 1) * area), 1);
     return finish(t0, {mask: threshold(logits), score: iou[best]}, pres, phrase, points, box);
