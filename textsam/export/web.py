@@ -179,6 +179,7 @@ def _manifest(model: TextSam, name: str, graphs: dict[str, str], options: TextOp
         "pixel_mean": [float(v) for v in model.pixel_mean.flatten()],
         "pixel_std": [float(v) for v in model.pixel_std.flatten()],
         "embedding_size": list(pe.image_embedding_size),
+        "embedding_channels": pe.embed_dim,
         "low_res_size": list(pe.mask_input_size),
         "mask_threshold": float(model.mask_threshold),
         "graphs": graphs,

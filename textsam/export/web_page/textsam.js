@@ -950,5 +950,23 @@
     const names = Object.keys(api.manifest.graphs);
     await Promise.all(names.map(session));
     if (api.manifest.text) await loadTokenizer(api.manifest.text.tokenizer);
+    await warmUp();
   })();
+
+  // one small run of each prompt-time graph, so that the first click or phrase does not pay for the sessions'
+  // first-run set-up
+  async function warmUp() {
+    const m = api.manifest, [h, w] = m.embedding_size, L = m.low_res_size[0];
+    const c = m.embedding_channels;
+    const emb = new ort.Tensor('float32', new Float32Array(c * h * w), [1, c, h, w]);
+    const feeds = {image_embeddings: emb, point_coords: f32([0, 0], [1, 1, 2]), point_labels: f32([-1], [1, 1])};
+    await run('decoder', feeds);
+    await run('upsample', {low_res_masks: f32(new Float32Array(L * L), [1, 1, L, L]), orig_im_size: f32([8, 8], [2])});
+    if (m.text) {
+      const T = m.text.context_length, tokens = new BigInt64Array(T);
+      tokens[0] = BigInt(tokenizer.sot); tokens[1] = BigInt(tokenizer.eot);
+      const out = await run('clip_text', {tokens: new ort.Tensor('int64', tokens, [1, T])});
+      if (m.graphs.decoder_text) await run('decoder_text', {...feeds, text_embedding: out.embedding});
+    }
+  }
 })();
