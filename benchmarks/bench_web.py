@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import shutil
 import statistics
 import tempfile
 import threading
@@ -77,12 +78,18 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="repeats of each update (the best is kept)")
     args = parser.parse_args()
-
-    from playwright.sync_api import sync_playwright
-
     model = textsam.create_model(args.model, pretrained=not args.random, text_head=False if args.no_text_head else None)
     options = default_options(model).fast() if args.fast else None
     work = Path(tempfile.mkdtemp(prefix="bench_web_"))
+    try:
+        run(args, model, options, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # a published model's folder is 0.3-1 GB
+
+
+def run(args: argparse.Namespace, model: textsam.TextSam, options, work: Path) -> None:  # noqa: ANN001
+    from playwright.sync_api import sync_playwright
+
     t = time.perf_counter()
     folder = export_web(model, work / "page", quantize=args.quantize, options=options)
     export_s = time.perf_counter() - t

@@ -228,3 +228,9 @@ def test_static_server_sends_the_folder_with_isolation_headers(tiny_page) -> Non
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_cli_app_static_refuses_a_folder_that_is_not_a_page(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["app", "--static", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is not an exported page" in err and f"textsam export --web {tmp_path}" in err

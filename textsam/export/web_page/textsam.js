@@ -446,17 +446,25 @@
       if (!response.ok) throw new UserError(`cannot open ${source}: HTTP ${response.status}`);
       blob = await response.blob();
     }
+    const notAnImage = () => new UserError(`${blob.name || 'this file'} is not an image the browser can read: choose a PNG, JPEG, WebP or GIF`);
+    // the size first, from the file's header (an <img> learns it without decoding every pixel)
+    const url = URL.createObjectURL(blob);
+    const [w0, h0] = await new Promise((resolve, reject) => {
+      const el = new Image();
+      el.onload = () => resolve([el.naturalWidth, el.naturalHeight]);
+      el.onerror = () => reject(notAnImage());
+      el.src = url;
+    }).finally(() => URL.revokeObjectURL(url));
+    if (w0 * h0 > MAX_PIXELS) {
+      throw new UserError(`the image is too large (${w0} x ${h0} pixels): the page takes up to ${MAX_PIXELS / 1e6} megapixels; downscale it first`);
+    }
     let bitmap;
     try {
       bitmap = await createImageBitmap(blob, {imageOrientation: 'from-image', colorSpaceConversion: 'none', premultiplyAlpha: 'none'});
     } catch (err) {
-      throw new UserError(`${blob.name || 'this file'} is not an image the browser can read: choose a PNG, JPEG, WebP or GIF`);
+      throw notAnImage();
     }
     const {width: W, height: H} = bitmap;
-    if (W * H > MAX_PIXELS) {
-      bitmap.close();
-      throw new UserError(`the image is too large (${W} x ${H} pixels): the page takes up to ${MAX_PIXELS / 1e6} megapixels; downscale it first`);
-    }
     const canvas = new OffscreenCanvas(W, H);
     const ctx = canvas.getContext('2d', {willReadFrequently: true});
     ctx.drawImage(bitmap, 0, 0);
