@@ -206,7 +206,28 @@ CASES = [
     Case("output-replaces-earlier-export", _export_to(_existing_output), 0, ("wrote",),
          may_change=lambda t: [_output(t)], after=_written),
     Case("device-cuda", _device_case, 2, ("no cuda device", "--device cpu")),
+    # the browser page (textsam export --web DIR)
+    Case("web-runtime-offline", lambda t: ["export", "--web", str(t / "page")], 2,
+         ("onnxruntime-web", "npm pack onnxruntime-web@", "--web-runtime file.tgz"), after=lambda t: _no_page(t)),
+    Case("web-runtime-missing", lambda t: ["export", "--web", str(t / "page"), "--web-runtime", str(t / "ort.tgz")], 2,
+         ("ort.tgz does not exist", "npm pack onnxruntime-web@"), after=lambda t: _no_page(t)),
+    Case("web-runtime-wrong-file", lambda t: (t / "ort.tgz").write_bytes(b"not it") and
+         ["export", "--web", str(t / "page"), "--web-runtime", str(t / "ort.tgz")], 2,
+         ("is not onnxruntime-web",), after=lambda t: _no_page(t)),
+    Case("web-folder-of-the-users-files", lambda t: ["export", "--web", str(_folder(t))], 2,
+         ("is not an exported page", "new or empty folder")),
+    Case("web-folder-under-a-file", lambda t: ["export", "--web", str(_under_a_file(t).parent / "page")], 2,
+         ("notes.txt is a file",)),
+    Case("web-with-output-file", lambda t: ["export", "--web", str(t / "page"), "-o", str(_output(t))], 2,
+         ("--web writes a whole folder", "drop -o"), after=lambda t: _no_page(t)),
+    Case("static-not-a-page", lambda t: ["app", "--static", str(_folder(t))], 2,
+         ("is not an exported page", "textsam export --web")),
 ]
+
+
+def _no_page(tmp: Path) -> None:
+    assert not (tmp / "page").exists(), "a page folder was written"
+    assert not [p for p in tmp.iterdir() if p.name.endswith(".part")], "a temporary folder was left"
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

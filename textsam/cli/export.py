@@ -77,11 +77,14 @@ def _run_web(args: argparse.Namespace) -> int:
     from textsam.export.web import check_web_folder, export_web
     from textsam.text.prompter import default_options
 
+    from textsam.export.web_runtime import fetch_runtime
+
     args.model = args.model or WEB_DEFAULT_MODEL
     check_web_folder(args.web, args.opset)  # before the model build
+    runtime = fetch_runtime(args.web_runtime)  # the same: a missing runtime is said before minutes of work
     model = create_model_from_args(args)
     options = default_options(model).fast() if args.fast else None
-    out = export_web(model, args.web, name=args.model, runtime=args.web_runtime, opset=args.opset,
+    out = export_web(model, args.web, name=args.model, runtime=runtime, opset=args.opset,
                      quantize=args.quantize, options=options)
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"wrote {out} ({size / 1e6:.1f} MB); serve it with: textsam app --static {out}")
