@@ -54,6 +54,15 @@ def images(model: str, n: int) -> list[tuple[str, np.ndarray, list[str]]]:
             for i, f in enumerate(files[:n])]
 
 
+# the longest time the page's main thread was busy (a 10 ms timer that fires late): what a user feels as a freeze
+STALL_MONITOR = """() => {
+  let last = performance.now(), worst = 0, timer;
+  const tick = () => { const t = performance.now(); worst = Math.max(worst, t - last - 10); last = t; timer = setTimeout(tick, 10); };
+  timer = setTimeout(tick, 10);
+  window.__stall = {stop: () => { clearTimeout(timer); return worst; }};
+}"""
+
+
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
@@ -75,6 +84,8 @@ def main() -> None:
     parser.add_argument("--no-text-head", action="store_true")
     parser.add_argument("--fast", action="store_true", help="the lighter text engine (TextOptions.fast)")
     parser.add_argument("--quantize", action="store_true", help="8-bit encoder and CLIP weights")
+    parser.add_argument("--worker", choices=["auto", "on", "off"], default="auto",
+                        help="onnxruntime-web in its proxy worker (auto: for 1024-px models)")
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="repeats of each update (the best is kept)")
     args = parser.parse_args()
@@ -91,7 +102,8 @@ def run(args: argparse.Namespace, model: textsam.TextSam, options, work: Path) -
     from playwright.sync_api import sync_playwright
 
     t = time.perf_counter()
-    folder = export_web(model, work / "page", quantize=args.quantize, options=options)
+    worker = {"auto": None, "on": True, "off": False}[args.worker]
+    folder = export_web(model, work / "page", quantize=args.quantize, options=options, worker=worker)
     export_s = time.perf_counter() - t
     size_mb = sum(f.stat().st_size for f in folder.iterdir()) / 1e6
     predictor = textsam.TextSamPredictor(model, text_options=options)
@@ -114,9 +126,11 @@ def run(args: argparse.Namespace, model: textsam.TextSam, options, work: Path) -
         threads = page.evaluate("ort.env.wasm.numThreads")
         has_text = page.evaluate("textsam.manifest.text !== null")
         for name, image, phrases in scenes:
+            page.evaluate(STALL_MONITOR)
             page.evaluate("(u) => textsam.loadImage(u)", name)
             for key, value in page.evaluate("textsam.timings").items():
                 rows.setdefault(key, []).append(value)
+            rows.setdefault("page stall during loadImage", []).append(page.evaluate("window.__stall.stop()"))
             predictor.set_image(image)
             h, w = image.shape[:2]
             click = [w * 0.45, h * 0.55, 1]
@@ -138,7 +152,7 @@ def run(args: argparse.Namespace, model: textsam.TextSam, options, work: Path) -
         browser.close()
     server.shutdown()
     print(f"model {args.model}{' (random weights)' if args.random else ''}{' quantized' if args.quantize else ''}"
-          f"{' fast' if args.fast else ''}: folder {size_mb:.1f} MB, export {export_s:.1f} s, page ready "
+          f"{' fast' if args.fast else ''}, worker {args.worker}: folder {size_mb:.1f} MB, export {export_s:.1f} s, page ready "
           f"{ready_s:.1f} s, {threads} wasm thread(s), {len(scenes)} images")
     print(f"{'':28s}{'median':>10s}{'max':>10s}{'target':>10s}")
     for key, values in rows.items():

@@ -312,12 +312,14 @@ def test_api_rejects_bad_prompts_with_a_message(page, prompt: dict, expected: st
 
 def test_page_without_a_text_head_runs_the_engine_as_python_does(browser, tmp_path: Path) -> None:  # noqa: ANN001
     """shapes_tiny without its head: the page's proposals (grid clicks, IoU and stability filters, box NMS), CLIP
-    crop ranking, spatial words and group phrases give Python's masks and presence."""
+    crop ranking, spatial words and group phrases give Python's masks and presence; onnxruntime runs in its proxy
+    worker, as it does for the published models."""
     from textsam import TextSamPredictor, create_model
 
     predictor = TextSamPredictor(create_model("shapes_tiny", text_head=False))
-    folder = _export(predictor.model, tmp_path / "engine")
-    assert json.loads((folder / "manifest.json").read_text())["text"]["mode"] == "engine"
+    folder = _export(predictor.model, tmp_path / "engine", worker=True)  # the published models' set-up
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["text"]["mode"] == "engine" and manifest["worker"] is True
     ious, gaps = [], []
     with _open_page(browser, folder) as page:
         for name, image, named in _scenes()[:3]:

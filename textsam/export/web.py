@@ -57,6 +57,7 @@ WEB_FORMAT = 1  # manifest.json's "format": the page refuses a folder of another
 PAGE_DIR = Path(__file__).with_name("web_page")
 PAGE_FILES = ("index.html", "textsam.js")
 TOKENIZER_FILE = "bpe_simple_vocab_16e6.txt.gz"
+WORKER_MIN_IMG_SIZE = 512  # models with inputs this large run in onnxruntime-web's proxy worker
 LOCATOR_OPSET = 20  # the silhouettes' affine_grid needs ONNX AffineGrid (opset 20)
 
 
@@ -180,6 +181,8 @@ def _manifest(model: TextSam, name: str, graphs: dict[str, str], options: TextOp
         "pixel_std": [float(v) for v in model.pixel_std.flatten()],
         "embedding_size": list(pe.image_embedding_size),
         "embedding_channels": pe.embed_dim,
+        # the 1024-px encoders take seconds in WebAssembly: the page then runs onnxruntime in its proxy worker
+        "worker": model.img_size >= WORKER_MIN_IMG_SIZE,
         "low_res_size": list(pe.mask_input_size),
         "mask_threshold": float(model.mask_threshold),
         "graphs": graphs,
@@ -246,7 +249,8 @@ def check_web_folder(out_dir: str | Path, opset: int = 17) -> Path:
 
 
 def export_web(model: TextSam, out_dir: str | Path, *, name: str | None = None, runtime: str | Path | None = None,
-               opset: int = 17, quantize: bool = False, options: TextOptions | None = None) -> Path:
+               opset: int = 17, quantize: bool = False, options: TextOptions | None = None,
+               worker: bool | None = None) -> Path:
     """Write the static page folder for ``model`` into ``out_dir`` (see the module docstring); returns it.
 
     ``runtime``: the onnxruntime-web tarball to vendor (default: the pinned one, downloaded once). ``options``: the
@@ -281,6 +285,8 @@ def export_web(model: TextSam, out_dir: str | Path, *, name: str | None = None, 
 
             shutil.copyfile(open_clip.tokenizer.default_bpe(), tmp / TOKENIZER_FILE)
         manifest = _manifest(model, name, graphs, options, mode)
+        if worker is not None:
+            manifest["worker"] = worker
         manifest["text_unavailable"] = why_not
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
         for file in PAGE_FILES:

@@ -427,10 +427,15 @@
     }
     return sessions[name];
   }
+  // For a big model onnxruntime-web runs in its proxy worker (manifest "worker": the page stays responsive while
+  // the encoder computes for seconds). The worker takes the inputs' buffers over, so each run then gets copies
+  // and cached tensors (the image embedding) stay usable.
   async function run(name, feeds) {
     const s = await session(name);
     const used = {};
-    for (const k of s.inputNames) used[k] = feeds[k];
+    for (const k of s.inputNames) {
+      used[k] = api.manifest.worker ? new ort.Tensor(feeds[k].type, feeds[k].data.slice(), feeds[k].dims) : feeds[k];
+    }
     return s.run(used);
   }
   const f32 = (data, dims) => new ort.Tensor('float32', data instanceof Float32Array ? data : Float32Array.from(data), dims);
@@ -954,6 +959,7 @@
     api.manifest = await response.json();
     if (api.manifest.format !== 1) throw new Error(`manifest.json has format ${api.manifest.format}; this page reads format 1`);
     ort.env.wasm.wasmPaths = new URL('./', location.href).href;
+    ort.env.wasm.proxy = Boolean(api.manifest.worker);
     ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
     const names = Object.keys(api.manifest.graphs);
     await Promise.all(names.map(session));
