@@ -248,6 +248,7 @@ def test_typing_a_phrase_and_clicking_give_the_python_masks(page, predictor) -> 
     image = np.array(Image.open(EXAMPLE).convert("RGB"))
     predictor.set_image(image)
     page.click("#clear")
+    assert page.is_disabled("#download-png") and page.is_disabled("#download-json")  # nothing to download yet
     page.set_input_files("#file", str(EXAMPLE))
     page.wait_for_function("document.querySelector('#message').textContent.includes('240 x 180')")
     before = page.text_content("#message")
