@@ -10,9 +10,11 @@
 //
 // The steps follow textsam's Python predictor (TextSamPredictor.predict(..., multimask_output=True), best mask):
 // PIL's resampling for the model input and the CLIP crops, the CLIP tokenizer, the phrase templates, the
-// spatial-word parser, the locator's click seeds (k-means of the image embedding, 4-connected regions, deepest
-// points), mask NMS, and the presence answer (CLIP crops of the candidates). The ONNX graphs are described in
-// textsam/export/web.py.
+// spatial-word parser, and the model's text path (manifest text.mode): "head", a text head's tokens and its
+// locator's click (seeds from k-means of the image embedding, 4-connected regions, deepest points; candidate
+// masks, mask NMS), or "engine", the training-free engine (grid proposals, IoU and stability filters, box NMS,
+// the chosen proposal's box and click); both answer presence from CLIP crops of the candidates. The ONNX graphs
+// are described in textsam/export/web.py.
 (function () {
   'use strict';
 
@@ -83,7 +85,7 @@
     const half = 1 << (PRECISION_BITS - 1);
     const H = coeffs(w, ow, filter), V = coeffs(h, oh, filter);
     const needH = ow !== w, needV = oh !== h;
-    let src = rgb, sh = h, sw = w, first = 0;
+    let src = rgb, sw = w, first = 0;
     if (needH) {
       first = V.bounds[0];
       const last = V.bounds[oh * 2 - 2] + V.bounds[oh * 2 - 1];
@@ -103,7 +105,7 @@
           tmp[o] = clip8(s0); tmp[o + 1] = clip8(s1); tmp[o + 2] = clip8(s2);
         }
       }
-      src = tmp; sh = rows; sw = ow;
+      src = tmp; sw = ow;
     }
     if (!needV) return src;
     const out = new Uint8Array(oh * ow * 3);
@@ -119,7 +121,6 @@
         out[o] = clip8(s0); out[o + 1] = clip8(s1); out[o + 2] = clip8(s2);
       }
     }
-    void sh;
     return out;
   }
 
