@@ -75,9 +75,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 def _run_web(args: argparse.Namespace) -> int:
     from textsam.export.web import check_web_folder, export_web
-    from textsam.text.prompter import default_options
-
     from textsam.export.web_runtime import fetch_runtime
+    from textsam.text.prompter import default_options
 
     args.model = args.model or WEB_DEFAULT_MODEL
     check_web_folder(args.web, args.opset)  # before the model build
