@@ -218,7 +218,7 @@ def _manifest(model: TextSam, name: str, graphs: dict[str, str], options: TextOp
     return out
 
 
-def text_mode(model: TextSam, options) -> tuple[str | None, str | None]:  # noqa: ANN001
+def text_mode(model: TextSam, options: TextOptions) -> tuple[str | None, str | None]:
     """How the page answers text for this model: ``("head", None)`` (a text head with a locator: its tokens and
     click, the engine's presence), ``("engine", None)`` (no head: the training-free engine chooses), or
     ``(None, why)`` when it cannot."""
@@ -255,8 +255,8 @@ def export_web(model: TextSam, out_dir: str | Path, *, name: str | None = None, 
 
     ``runtime``: the onnxruntime-web tarball to vendor (default: the pinned one, downloaded once). ``options``: the
     text settings the page follows (default: the model's own; ``TextOptions().fast()`` for a lighter engine). ``quantize``:
-    the image encoder's weights as 8-bit integers (onnxruntime's dynamic quantisation; a smaller folder, a
-    slightly different mask). The folder is written under a temporary name and renamed, so a failed export
+    the image encoder's and the CLIP towers' weights as 8-bit integers (onnxruntime's dynamic quantisation; a
+    smaller folder, slightly different masks). The folder is written under a temporary name and renamed, so a failed export
     leaves nothing behind; an existing folder is replaced only when it is an earlier export (its
     ``manifest.json`` says so)."""
     from ..text.prompter import default_options
@@ -301,6 +301,10 @@ def export_web(model: TextSam, out_dir: str | Path, *, name: str | None = None, 
     return out_dir
 
 
+_POINT_AXES = {"point_coords": {0: "B", 1: "N"}, "point_labels": {0: "B", 1: "N"}}  # dynamic axes of the decoders
+_DECODER_OUTPUTS = ["low_res_masks", "iou_predictions"]
+
+
 def _example_prompts(model: TextSam) -> tuple[Tensor, Tensor, Tensor]:
     """Tracing inputs: an image embedding ``(1, C, h, w)`` and two prompts of three points (input frame)."""
     pe = model.prompt_encoder
@@ -314,10 +318,8 @@ def _export_graphs(model: TextSam, out: Path, *, mode: str | None, opset: int, q
     emb, coords, labels = _example_prompts(model)
     graphs = {"encoder": "encoder.onnx", "decoder": "decoder.onnx", "upsample": "upsample.onnx"}
     _export(_Encoder(model), (torch.randn(1, 3, s, s),), out / "encoder.onnx", ["image"], ["embedding"], {}, opset)
-    points = {"point_coords": {0: "B", 1: "N"}, "point_labels": {0: "B", 1: "N"}}
-    outs = ["low_res_masks", "iou_predictions"]
     _export(_Decoder(model), (emb, coords, labels), out / "decoder.onnx",
-            ["image_embeddings", "point_coords", "point_labels"], outs, points, opset)
+            ["image_embeddings", "point_coords", "point_labels"], _DECODER_OUTPUTS, _POINT_AXES, opset)
     _export(_Upsample(model), (torch.randn(2, 1, low, low), torch.tensor([96.0, 128.0])), out / "upsample.onnx",
             ["low_res_masks", "orig_im_size"], ["masks"], {"low_res_masks": {0: "B"}, "masks": {0: "B", 2: "H", 3: "W"}},
             opset)
@@ -351,11 +353,9 @@ def _export_head(model: TextSam, out: Path, opset: int) -> None:
     emb, coords, labels = _example_prompts(model)
     encoder = model.text_encoder
     d = encoder.embed_dim
-    points = {"point_coords": {0: "B", 1: "N"}, "point_labels": {0: "B", 1: "N"}}
-    outs = ["low_res_masks", "iou_predictions"]
     _export(_Decoder(model, with_text=True), (emb, coords, labels, torch.randn(2, d)), out / "decoder_text.onnx",
-            ["image_embeddings", "point_coords", "point_labels", "text_embedding"], outs,
-            {**points, "text_embedding": {0: "B"}}, opset)
+            ["image_embeddings", "point_coords", "point_labels", "text_embedding"], _DECODER_OUTPUTS,
+            {**_POINT_AXES, "text_embedding": {0: "B"}}, opset)
     word_dim = int(encoder.clip.ln_final.normalized_shape[0])
     masks = (torch.rand(1, 3, low, low) > 0.5).float()
     _export(_Locator(model), (emb, masks, torch.rand(1, 3, s, s), torch.randn(1, d), torch.randn(1, 5, word_dim),
