@@ -26,6 +26,7 @@ from typing import BinaryIO
 from textsam.errors import DownloadError, TextSamError
 
 __all__ = [
+    "textsam_home",
     "RemoteFile",
     "Wording",
     "download_file",
@@ -46,6 +47,16 @@ CHUNK_SIZE = 1 << 20
 TIMEOUT_S = 60.0
 _TRUE = {"1", "true", "yes"}
 OFFLINE_VARS = ("TEXTSAM_OFFLINE", "HF_HUB_OFFLINE")
+
+
+def textsam_home() -> Path:
+    """textsam's cache folder: ``$TEXTSAM_HOME`` if set, else ``$XDG_CACHE_HOME/textsam`` (``~/.cache/textsam`` by
+    default). Each kind of download has its subfolder (``checkpoints/``, ``web/``). Not created here."""
+    home = os.environ.get("TEXTSAM_HOME")
+    if home:
+        return Path(home).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "textsam"
 
 
 @dataclass(frozen=True)

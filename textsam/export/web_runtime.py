@@ -17,11 +17,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tarfile
 from pathlib import Path
 
-from ..download import RemoteFile, Wording, download_file, is_offline, offline_reason, sha256_file
+from ..download import (
+    RemoteFile,
+    Wording,
+    download_file,
+    is_offline,
+    offline_reason,
+    sha256_file,
+    textsam_home,
+)
 from ..errors import DownloadError, InputError
 
 __all__ = ["ORT_WEB_VERSION", "ORT_WEB", "RUNTIME_FILES", "runtime_cache_path", "fetch_runtime", "vendor_runtime"]
@@ -46,10 +53,9 @@ _WORDING = Wording(error=DownloadError, noun="onnxruntime-web package", folder="
 
 
 def runtime_cache_path() -> Path:
-    """Where the pinned tarball is kept: ``$TEXTSAM_HOME/web/onnxruntime-web-<version>.tgz``."""
-    home = os.environ.get("TEXTSAM_HOME")
-    base = Path(home).expanduser() if home else Path.home() / ".cache" / "textsam"
-    return base / "web" / f"onnxruntime-web-{ORT_WEB_VERSION}.tgz"
+    """Where the pinned tarball is kept: ``web/onnxruntime-web-<version>.tgz`` in textsam's cache folder
+    (:func:`~textsam.download.textsam_home`)."""
+    return textsam_home() / "web" / f"onnxruntime-web-{ORT_WEB_VERSION}.tgz"
 
 
 def fetch_runtime(source: str | Path | None = None, *, progress: bool = True) -> Path:

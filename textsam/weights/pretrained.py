@@ -32,6 +32,7 @@ from textsam.download import (
     offline_reason,
     part_path,
     sha256_file,
+    textsam_home,
 )
 from textsam.download import verify_file as _verify_remote
 from textsam.errors import WeightsError
@@ -199,14 +200,7 @@ def cache_dir() -> Path:
     ``$XDG_CACHE_HOME/textsam/checkpoints`` (``~/.cache/textsam/checkpoints`` by default).
     The folder is not created here.
     """
-    home = os.environ.get("TEXTSAM_HOME")
-    if home:
-        root = Path(home).expanduser()
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-        root = base / "textsam"
-    return root / "checkpoints"
+    return textsam_home() / "checkpoints"
 
 
 def get_entry(name: str) -> WeightsEntry:
