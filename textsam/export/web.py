@@ -115,15 +115,8 @@ class _ClipText(nn.Module):
         self.encoder = encoder
 
     def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        clip = self.encoder.clip
-        length = tokens.shape[1]
-        x = clip.token_embedding(tokens) + clip.positional_embedding[:length]
-        words = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask[:length, :length]))
-        end = tokens.argmax(dim=-1)
-        pooled = words[torch.arange(words.shape[0]), end]
-        proj = clip.text_projection
-        pooled = proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
-        return F.normalize(pooled, dim=-1), words
+        pooled, words, _ = self.encoder.embed_tokens(tokens, with_words=True, trim=False)
+        return pooled, words
 
 
 class _ClipImage(nn.Module):

@@ -231,7 +231,8 @@ class TextEncoder(nn.Module):
         """Token ids ``(N, context_length)`` int64 of (already cleaned) phrases, on the tower's device."""
         return self.tokenizer(list(phrases)).to(self._device())
 
-    def embed_tokens(self, tokens: Tensor, with_words: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+    def embed_tokens(self, tokens: Tensor, with_words: bool = False, *,
+                     trim: bool = True) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         """Unit embeddings ``(N, D)`` of token ids ``(N, L)``, with autograd (for training the tower).
 
         ``with_words``: also the last-layer per-token features ``(N, L', W)`` (after the final layer norm,
@@ -242,7 +243,8 @@ class TextEncoder(nn.Module):
 
         For open_clip's causal text towers the padding after the last real token cannot influence the
         pooled (end-of-text) feature, so the sequence is cut to the longest real length first: the
-        same embedding, several times faster for short phrases than running all 77 positions.
+        same embedding, several times faster for short phrases than running all 77 positions. ``trim=False`` keeps
+        every position (``L' = L``): a traced graph (the browser page's) must not fix the length it saw.
         """
         clip = self.clip
         if not self._has_causal_tower():
@@ -250,7 +252,7 @@ class TextEncoder(nn.Module):
                 raise InputError(f"the CLIP text tower of {self.model_name!r} gives no per-token features here; "
                                  "use a text head without a word path (word_tokens = false)")
             return clip.encode_text(tokens, normalize=True)
-        length = int((tokens != 0).sum(dim=1).max().item())
+        length = int((tokens != 0).sum(dim=1).max().item()) if trim else tokens.shape[1]
         length = max(1, min(length, tokens.shape[1]))
         tokens = tokens[:, :length]
         cast_dtype = clip.transformer.get_cast_dtype()
