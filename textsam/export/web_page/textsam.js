@@ -639,8 +639,7 @@
     if (api.manifest.text.mode === 'head') {
       const cand = await candidates();
       lows = cand.masks.map((mk) => Float32Array.from(mk, (v) => v * 2 - 1));
-      props.iou = cand.scores.slice();
-      props.points = cand.masks.map(() => [0, 0]);
+      props.iou = cand.scores.slice(); // no clicks: the head's locator clicks, the engine only answers presence
     } else {
       const found = await gridProposals();
       lows = found.lows; props.iou = found.iou; props.points = found.points;
@@ -949,10 +948,8 @@
   api.loadImage = loadImage;
   api.segment = segment;
   api.cocoRle = cocoRle;
-  api._internal = {tokenize: (s) => tokenize(s, api.manifest.text.context_length), parse, expand, resizePIL, deepestPoint,
-    candidates: async () => (await candidates()).masks.length, UserError,
-    proposals: async () => { const crops = await cropEmbeddings(); return {boxes: img.proposals.boxes, iou: img.proposals.iou, points: img.proposals.points, crops: crops.map((c) => Array.from(c))}; },
-    ensemble};
+  // the ports of Python code, for the tests that compare them with the originals
+  api._internal = {tokenize: (s) => tokenize(s, api.manifest.text.context_length), parse, resizePIL};
 
   api.ready = (async () => {
     const response = await fetch('manifest.json');
