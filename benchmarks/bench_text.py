@@ -65,6 +65,9 @@ def bench_ours(name: str, image: np.ndarray, repeats: int, fast: bool = False,
         pred.predict(text=next(fresh))
 
     out["new image + new phrase"] = best_of(total, max(1, repeats - 1))
+    engine = pred.text.engine
+    print(f"textsam {name:10s} {'proposal clicks, crops':28s} {engine.clicks:6d}, {len(engine._crops)} "
+          f"({len(engine.proposals(pred))} proposals)", flush=True)
     if new_image_only:
         return out
     out["text, cached phrase"] = best_of(lambda: pred.predict(text="a truck"), repeats)

@@ -34,7 +34,7 @@ from PIL import Image
 
 import textsam
 from textsam.app.static import static_server
-from textsam.export.web import export_web
+from textsam.export.web import export_web, page_options
 from textsam.text.prompter import default_options
 
 CHROMIUM = "/usr/bin/chromium"
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace, model: textsam.TextSam, options, work: Path) -
     folder = export_web(model, work / "page", quantize=args.quantize, options=options, worker=worker)
     export_s = time.perf_counter() - t
     size_mb = sum(f.stat().st_size for f in folder.iterdir()) / 1e6
-    predictor = textsam.TextSamPredictor(model, text_options=options)
+    predictor = textsam.TextSamPredictor(model, text_options=page_options(options or default_options(model)))
     scenes = images(args.model, args.images)
     for name, image, _ in scenes:
         Image.fromarray(image).save(folder / name)

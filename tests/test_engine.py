@@ -150,3 +150,77 @@ def test_a_vocabulary_on_an_image_without_proposals_equals_single_calls() -> Non
 def test_a_user_click_keeps_the_candidates_it_touches(engine_predictor) -> None:
     out = engine_predictor.predict(text="circle", point_coords=np.array([[100.0, 57.0]]), point_labels=np.array([1]))
     assert out.masks[0][57, 100] and not out.masks[0][57, 27]  # the blue circle, where the user clicked
+
+
+def test_a_full_mask_token_is_the_towers_own_image_embedding() -> None:
+    """A mask covering every patch sees what the tower's class token sees: the same embedding as open_clip's
+    encode_image on the same input; each mask token is independent of the other masks in the pass."""
+    import open_clip
+
+    from textsam.text.grounding import DenseClip
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None).eval()
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)
+    dense = DenseClip(model, 224)
+    masks = np.zeros((3, 224, 224), bool)
+    masks[0] = True
+    masks[1, :112, :112] = True
+    masks[2, 150:, 30:200] = True
+    tokens = dense.mask_embeddings(image, masks)
+    pixels, _ = dense.prepare(image)
+    with torch.no_grad():
+        ref = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1)[0]
+    torch.testing.assert_close(tokens[0], ref, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(dense.mask_embeddings(image, masks[1:2])[0], tokens[1], atol=2e-5, rtol=1e-4)
+    assert float(tokens[1] @ tokens[2]) < 0.999  # different patches, different embeddings
+
+
+def test_cell_coverage_counts_the_pixels_of_each_patch() -> None:
+    import open_clip
+
+    from textsam.text.grounding import DenseClip, Geometry
+
+    model = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None).eval()
+    dense = DenseClip(model, 224)
+    geometry = Geometry.create(112, 224, 224, 16)  # half-height image: 7 x 14 cells of 16 px
+    masks = np.zeros((1, 112, 224), bool)
+    masks[0, 16:32, 32:48] = True  # exactly cell (row 1, col 2)
+    masks[0, 64:72, 0:16] = True   # half of cell (row 4, col 0)
+    cover = dense.cell_coverage(masks, geometry)
+    assert cover.shape == (1, 7, 14)
+    assert cover[0, 1, 2] == 1.0 and cover[0, 4, 0] == 0.5 and cover.sum() == 1.5
+
+
+def test_the_shortlist_crops_only_the_best_mask_tokens() -> None:
+    """A plain phrase crops ``shortlist`` proposals, a spatial phrase twice as many, a group phrase every one;
+    the answer is the best crop among the phrase's own shortlist, whatever else is cached."""
+    import dataclasses
+
+    model = textsam.create_model("shapes_tiny", text_head=False)
+    options = textsam.TextSamPredictor(model).text.options
+    grid = dataclasses.replace(options, engine=dataclasses.replace(options.engine, seeds="grid"))  # many proposals
+    engine_predictor = textsam.TextSamPredictor(model, text_options=grid)
+    engine_predictor.set_image(_scene())
+    engine = engine_predictor.text.engine
+    n = len(engine.proposals(engine_predictor))
+    k = engine.options.shortlist
+    assert n > 2 * k >= 2, "the scene must have more proposals than a spatial shortlist"
+    text = engine_predictor.text
+    for phrase, expected in [("the red circle", k), ("the leftmost circle", 2 * k), ("all the circles", n)]:
+        engine._crops = {}
+        (ranked,) = text.engine_rank(engine_predictor, [phrase])
+        assert len(engine._crops) == expected, phrase
+        assert int(torch.isfinite(ranked.cosines).sum()) == expected
+    # shortlist=0: every proposal is cropped and ranked, the earlier engine
+    everything = dataclasses.replace(engine.options, shortlist=0)
+    full = textsam.TextSamPredictor(engine_predictor.model, text_options=dataclasses.replace(
+        text.options, engine=everything))
+    full.set_image(_scene())
+    (ranked,) = full.text.engine_rank(full, ["the red circle"])
+    assert len(full.text.engine._crops) == n and torch.isfinite(ranked.cosines).all()
+    (short,) = text.engine_rank(engine_predictor, ["the red circle"])
+    kept = torch.isfinite(short.cosines)
+    torch.testing.assert_close(short.cosines[kept], ranked.cosines[kept])  # the same crops, cached or not
+    assert short.chosen[0] == int(ranked.cosines.masked_fill(~kept, -2).argmax())

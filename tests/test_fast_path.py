@@ -10,7 +10,14 @@ import pytest
 
 from textsam.cli import main
 from textsam.cli.common import predictor_from_args, resolve_fast_model
-from textsam.text.options import FAST_MAX_PROPOSALS, FAST_POINTS_PER_SIDE, InstanceOptions, TextOptions
+from textsam.text.options import (
+    FAST_MAX_PROPOSALS,
+    FAST_MAX_SEEDS,
+    FAST_POINTS_PER_SIDE,
+    FAST_SHORTLIST,
+    InstanceOptions,
+    TextOptions,
+)
 
 
 def test_fast_options_lighten_only_the_engine() -> None:
@@ -18,6 +25,9 @@ def test_fast_options_lighten_only_the_engine() -> None:
     fast = base.fast()
     assert fast.engine.proposals.points_per_side == FAST_POINTS_PER_SIDE == 8
     assert fast.engine.max_proposals == FAST_MAX_PROPOSALS == 16
+    assert fast.engine.max_seeds == FAST_MAX_SEEDS < base.engine.max_seeds
+    assert fast.engine.shortlist == FAST_SHORTLIST < base.engine.shortlist
+    assert fast.engine.token_input_scale == 1.0 < base.engine.token_input_scale
     assert fast.instances == base.instances and fast.locator == base.locator and fast.scoring == base.scoring
     assert fast.engine.proposals.pred_iou_thresh == base.engine.proposals.pred_iou_thresh
     assert fast.fast() == fast  # applying it twice changes nothing

@@ -71,8 +71,11 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def predictor():
     from textsam import TextSamPredictor, create_model
+    from textsam.export.web import page_options
+    from textsam.text.prompter import default_options
 
-    return TextSamPredictor(create_model("shapes_tiny"))
+    model = create_model("shapes_tiny")
+    return TextSamPredictor(model, text_options=page_options(default_options(model)))
 
 
 def _export(model, folder: Path, **kwargs) -> Path:  # noqa: ANN001
@@ -316,8 +319,11 @@ def test_page_without_a_text_head_runs_the_engine_as_python_does(browser, tmp_pa
     crop ranking, spatial words and group phrases give Python's masks and presence; onnxruntime runs in its proxy
     worker, as it does for the published models."""
     from textsam import TextSamPredictor, create_model
+    from textsam.export.web import page_options
+    from textsam.text.prompter import default_options
 
-    predictor = TextSamPredictor(create_model("shapes_tiny", text_head=False))
+    model = create_model("shapes_tiny", text_head=False)
+    predictor = TextSamPredictor(model, text_options=page_options(default_options(model)))
     folder = _export(predictor.model, tmp_path / "engine", worker=True)  # the published models' set-up
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["text"]["mode"] == "engine" and manifest["worker"] is True

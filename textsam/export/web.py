@@ -32,6 +32,8 @@ grounding, blur or mask views) gets a page for clicks and a box, and ``manifest.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import os
@@ -51,7 +53,7 @@ from .onnx import OnnxPromptDecoder, check_export
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["export_web", "check_web_folder", "text_mode", "PAGE_FILES", "WEB_FORMAT"]
+__all__ = ["export_web", "check_web_folder", "text_mode", "page_options", "PAGE_FILES", "WEB_FORMAT"]
 
 WEB_FORMAT = 1  # manifest.json's "format": the page refuses a folder of another format
 PAGE_DIR = Path(__file__).with_name("web_page")
@@ -211,6 +213,14 @@ def _manifest(model: TextSam, name: str, graphs: dict[str, str], options: TextOp
     return out
 
 
+def page_options(options: TextOptions) -> TextOptions:
+    """The text options the page follows for ``options``: the same, except that its engine clicks SAM's grid and
+    crops every proposal (``seeds="grid"``, ``shortlist=0``): the page computes neither embedding seeds for the
+    engine nor mask tokens. ``TextSamPredictor(model, text_options=page_options(...))`` gives the page's masks."""
+    engine = dataclasses.replace(options.engine, seeds="grid", shortlist=0)
+    return dataclasses.replace(options, engine=engine)
+
+
 def text_mode(model: TextSam, options: TextOptions) -> tuple[str | None, str | None]:
     """How the page answers text for this model: ``("head", None)`` (a text head with a locator: its tokens and
     click, the engine's presence), ``("engine", None)`` (no head: the training-free engine chooses), or
@@ -247,7 +257,8 @@ def export_web(model: TextSam, out_dir: str | Path, *, name: str | None = None, 
     """Write the static page folder for ``model`` into ``out_dir`` (see the module docstring); returns it.
 
     ``runtime``: the onnxruntime-web tarball to vendor (default: the pinned one, downloaded once). ``options``: the
-    text settings the page follows (default: the model's own; ``TextOptions().fast()`` for a lighter engine). ``quantize``:
+    text settings the page follows (default: the model's own; ``TextOptions().fast()`` for a lighter engine), through
+    :func:`page_options`. ``quantize``:
     the image encoder's and the CLIP towers' weights as 8-bit integers (onnxruntime's dynamic quantisation; a
     smaller folder, slightly different masks). The folder is written under a temporary name and renamed, so a failed export
     leaves nothing behind; an existing folder is replaced only when it is an earlier export (its
@@ -263,7 +274,7 @@ def export_web(model: TextSam, out_dir: str | Path, *, name: str | None = None, 
 
         attach_text(model, pretrained=getattr(model, "pretrained", True))
         model.text_encoder.float().eval().cpu()
-    options = options or default_options(model)
+    options = page_options(options or default_options(model))
     mode, why_not = text_mode(model, options)
     tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.part")
     shutil.rmtree(tmp, ignore_errors=True)

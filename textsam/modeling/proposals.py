@@ -273,16 +273,18 @@ def generate_proposals(predictor: TextSamPredictor, options: ProposalOptions) ->
     return data
 
 
-def quick_proposals(predictor: TextSamPredictor, options: ProposalOptions, limit: int) -> Proposals:
+def quick_proposals(predictor: TextSamPredictor, options: ProposalOptions, limit: int,
+                    points: np.ndarray | None = None) -> Proposals:
     """Proposals of the predictor's current image without crop layers, filtered and de-duplicated at the
     decoder's low resolution; the best ``limit`` by predicted IoU are upsampled to the image (see the module
-    docstring). ``options.crop_n_layers`` and ``min_mask_region_area`` do not apply here."""
+    docstring). ``points (P, 2)``: the clicks (x, y, original pixels; default: the options' first grid).
+    ``options.crop_n_layers`` and ``min_mask_region_area`` do not apply here."""
     size, input_size = predictor.original_size, predictor.input_size
     if size is None or input_size is None:
         raise InputError("no image is set: call predictor.set_image(image) before generating proposals")
     model = predictor.model
     h, w = size
-    points = options.grids()[0] * np.array([w, h])[None]
+    points = options.grids()[0] * np.array([w, h])[None] if points is None else np.asarray(points, np.float64)
     new_h, new_w = input_size
     lows, ious, stabs, pts = [], [], [], []
     for start in range(0, len(points), options.points_per_batch):

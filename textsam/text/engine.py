@@ -4,23 +4,32 @@ Per image (computed on the first text request, shared by every phrase after it):
 
 1. proposals: SAM's automatic mask generation on the image embedding, filtered at the decoder's resolution
    (:func:`~textsam.modeling.proposals.quick_proposals`, with :class:`EngineOptions`'s ``proposals``), the
-   best ``max_proposals`` by predicted IoU;
-2. crop embeddings: each proposal's isolated views through the CLIP image tower
-   (:mod:`textsam.text.scoring`), ``(N, V, D)``.
+   best ``max_proposals`` by predicted IoU; the clicks are one per region of the image embedding
+   (:func:`~textsam.modeling.seeds.embedding_seeds`, ``seeds="embedding"``) or SAM's regular grid
+   (``seeds="grid"``, ``proposals.points_per_side`` squared);
+2. mask tokens: one pass of the CLIP image tower over the whole image with one extra class token per
+   proposal that sees only the proposal's patches (:meth:`~textsam.text.grounding.DenseClip.mask_embeddings`),
+   ``(N, D)``: a first CLIP score for every proposal at the price of one tower pass;
+3. crop embeddings, on demand and cached per proposal: each shortlisted proposal's isolated views through the
+   CLIP image tower (:mod:`textsam.text.scoring`), ``(V, D)`` each.
 
 Per phrase (a vocabulary of P phrases is one text batch and one matrix product):
 
-3. :func:`~textsam.text.spatial.parse` splits the phrase into the head noun phrase CLIP scores and the words
+4. :func:`~textsam.text.spatial.parse` splits the phrase into the head noun phrase CLIP scores and the words
    geometry resolves;
-4. each proposal's score is ``s_i = mean_v cos(view_iv, head) + iou_weight * predicted_iou_i``; CLIP's own
-   logit scale turns the scores into probabilities over the proposals, which
+5. the shortlist: the ``shortlist`` proposals whose mask tokens are closest to the head phrase (twice as many
+   for a phrase with spatial words or an anchor, every proposal for a group phrase or ``instances="all"``;
+   ``shortlist=0`` shortlists every proposal); only they are cropped and can be chosen;
+6. each shortlisted proposal's score is ``s_i = mean_v cos(view_iv, head) + iou_weight * predicted_iou_i``;
+   CLIP's own logit scale turns the scores into probabilities over the shortlist, which
    :func:`~textsam.text.spatial.resolve` re-ranks by geometry;
-5. presence: ``sigmoid(gain * (c - bias))`` with ``c`` the head's crop cosine on the chosen proposal (on every
+7. presence: ``sigmoid(gain * (c - bias))`` with ``c`` the head's crop cosine on the chosen proposal (on every
    proposal for a group phrase, "all X"); the chosen proposal(s) and the presence go back to the predictor,
    which decodes the proposal's box and click together with any text-head tokens and the user's prompts in
    one decoder call.
 
-Frames: proposal boxes and clicks are pixels of the original image.
+A phrase's answer depends only on the phrase and the image (its own shortlist), so a vocabulary gives what
+phrase-by-phrase calls give. Frames: proposal boxes and clicks are pixels of the original image.
 """
 
 from __future__ import annotations
@@ -33,7 +42,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from ..modeling.proposals import ProposalOptions, Proposals, quick_proposals
+from ..modeling.seeds import embedding_seeds
+from .grounding import DenseClip
 from .scoring import crop_views, encode_views
 from .spatial import Query, parse, resolve
 
@@ -54,7 +66,14 @@ class EngineOptions:
     (:data:`~textsam.text.scoring.VIEWS`) and the window size around each proposal's box. iou_weight: weight of
     SAM's predicted IoU in a proposal's score. presence_bias / presence_gain: the presence calibration (the
     crop cosine at which presence is 0.5, and the slope); presence_threshold: below it a phrase is "not found"
-    (``instances="all"`` returns no mask; a group keeps only members above it).
+    (``instances="all"`` returns no mask; a group keeps only members above it). shortlist: how many proposals
+    per phrase the mask tokens pass on to the crops (see the module docstring; 0: every proposal is cropped).
+    token_input_scale: the mask-token pass runs the tower at this multiple of its native input size (rounded
+    to whole patches: 336 px for a 224-px ViT-B/16), so that small proposals still cover whole patches.
+    seeds / clusters / min_region_tokens / max_seeds: where the proposal clicks come from (see the module
+    docstring): one click per region (of at least ``min_region_tokens`` tokens) of ``clusters`` k-means groups
+    of the image embedding, largest regions first, at most ``max_seeds`` (``"embedding"``); or the
+    ``proposals`` grid (``"grid"``).
     """
 
     enabled: bool = True
@@ -67,12 +86,26 @@ class EngineOptions:
     presence_bias: float = 0.2
     presence_gain: float = 20.0
     presence_threshold: float = 0.5
+    shortlist: int = 4
+    token_input_scale: float = 1.5
+    seeds: str = "embedding"
+    clusters: int = 16
+    min_region_tokens: int = 3
+    max_seeds: int = 32
+
+    def __post_init__(self) -> None:
+        if self.shortlist < 0 or self.max_proposals < 1 or self.token_input_scale <= 0:
+            raise InputError("engine shortlist must be >= 0, max_proposals >= 1 and token_input_scale > 0")
+        if self.seeds not in ("embedding", "grid"):
+            raise InputError(f"unknown engine seeds {self.seeds!r}; choose 'embedding' or 'grid'")
+        if min(self.clusters, self.min_region_tokens, self.max_seeds) < 1:
+            raise InputError("engine clusters, min_region_tokens and max_seeds must be >= 1")
 
 
 @dataclass
 class Ranked:
-    """One phrase on one image. ``probs (N,)``: the final probability of each proposal; ``cosines (N,)``: the
-    head phrase's crop cosines; ``chosen``: the proposal(s) answering the phrase (several for a group, best
+    """One phrase on one image. ``probs (N,)``: the final probability of each proposal (0 outside the phrase's
+    shortlist); ``cosines (N,)``: the head phrase's crop cosines (-inf outside the shortlist); ``chosen``: the proposal(s) answering the phrase (several for a group, best
     first; empty when the image has no proposal); ``presence`` in [0, 1]."""
 
     query: Query
@@ -83,67 +116,114 @@ class Ranked:
 
 
 class TextEngine:
-    """Per-image state of the engine for one predictor (proposals and their crop embeddings)."""
+    """Per-image state of the engine for one predictor (proposals, their mask tokens and crop embeddings)."""
 
     def __init__(self, options: EngineOptions) -> None:
         self.options = options
         self.reset()
 
     def reset(self) -> None:
+        self.clicks = 0  # proposal clicks decoded for the current image
         self._proposals: Proposals | None = None
-        self._crops: Tensor | None = None
+        self._tokens: Tensor | None = None
+        self._crops: dict[int, Tensor] = {}
 
     def proposals(self, predictor) -> Proposals:  # noqa: ANN001 - a TextSamPredictor (no import: no cycle)
         """The current image's proposals (computed once per image), at most ``max_proposals``."""
         if self._proposals is None:
-            self._proposals = quick_proposals(predictor, self.options.proposals, self.options.max_proposals)
+            o = self.options
+            points = None
+            if o.seeds == "embedding":
+                (h, w), (new_h, new_w) = predictor.original_size, predictor.input_size
+                clicks = embedding_seeds(predictor.get_image_embedding(), predictor.input_size,
+                                         predictor.model.img_size, clusters=o.clusters,
+                                         min_tokens=o.min_region_tokens, max_seeds=o.max_seeds)
+                points = clicks * np.array([w / new_w, h / new_h])[None]  # model input -> original pixels
+            self._proposals = quick_proposals(predictor, o.proposals, o.max_proposals, points)
+            self.clicks = len(points) if points is not None else len(o.proposals.grids()[0])
         return self._proposals
 
-    def crop_embeddings(self, predictor, clip: torch.nn.Module) -> Tensor:  # noqa: ANN001
-        """Unit CLIP embeddings ``(N, V, D)`` of the proposals' views (computed once per image)."""
-        if self._crops is None:
-            props = self.proposals(predictor)
-            if len(props) == 0:
-                self._crops = torch.zeros(0, len(self.options.views), 0)
-            else:
-                boxes = props.boxes.numpy().astype(np.float64)
-                boxes[:, 2:] += 1  # inclusive -> exclusive ends
-                views = crop_views(predictor.image, props.masks.numpy(), boxes, self.options.views,
-                                   enlarge=self.options.enlarge)
-                self._crops = encode_views(clip, views)
-        return self._crops
+    def token_embeddings(self, predictor, clip: torch.nn.Module) -> Tensor:  # noqa: ANN001
+        """Unit CLIP embeddings ``(N, D)`` of the proposals' mask tokens (one tower pass, once per image)."""
+        if self._tokens is None:
+            visual = clip.visual
+            native = visual.image_size if isinstance(visual.image_size, int) else visual.image_size[0]
+            patch = visual.patch_size if isinstance(visual.patch_size, int) else visual.patch_size[0]
+            size = max(1, round(native * self.options.token_input_scale / patch)) * patch
+            self._tokens = DenseClip(clip, size).mask_embeddings(predictor.image, self.proposals(predictor).masks.numpy())
+        return self._tokens
+
+    def crop_embeddings(self, predictor, clip: torch.nn.Module,  # noqa: ANN001
+                        indices: Sequence[int] | None = None) -> Tensor:
+        """Unit CLIP embeddings ``(len(indices), V, D)`` of the views of proposals ``indices`` (default: every
+        proposal); each proposal is cropped and encoded once per image, in one batch for those not yet done."""
+        props = self.proposals(predictor)
+        indices = list(range(len(props))) if indices is None else [int(i) for i in indices]
+        missing = [i for i in dict.fromkeys(indices) if i not in self._crops]
+        if missing:
+            boxes = props.boxes[missing].numpy().astype(np.float64)
+            boxes[:, 2:] += 1  # inclusive -> exclusive ends
+            views = crop_views(predictor.image, props.masks[missing].numpy(), boxes, self.options.views,
+                               enlarge=self.options.enlarge)
+            for i, emb in zip(missing, encode_views(clip, views)):
+                self._crops[i] = emb
+        if not indices:
+            return torch.zeros(0, len(self.options.views), 0)
+        return torch.stack([self._crops[i] for i in indices])
+
+    def _shortlist(self, first: Tensor, k: int) -> Tensor:
+        """``(N,)`` bool: the ``k`` proposals with the highest first scores ``first (N,)`` (-inf: not allowed)."""
+        short = torch.zeros(first.shape[0], dtype=torch.bool)
+        allowed = torch.isfinite(first)
+        if k >= int(allowed.sum()):
+            return allowed
+        short[first.topk(k).indices] = True
+        return short
 
     def rank(self, predictor, encoder, phrases: Sequence[str], templates: Sequence[str],  # noqa: ANN001
-             allowed: Tensor | None = None) -> list[Ranked]:
+             allowed: Tensor | None = None, every: bool = False) -> list[Ranked]:
         """Rank the proposals for every phrase (see the module docstring); ``allowed (N,)`` bool keeps only
-        those proposals (e.g. the ones a user's click touches)."""
+        those proposals (e.g. the ones a user's click touches); ``every``: shortlist every proposal (for
+        ``instances="all"``)."""
         o = self.options
         props = self.proposals(predictor)
-        crops = self.crop_embeddings(predictor, encoder.clip)
         queries = [parse(p) for p in phrases]
         texts = list(dict.fromkeys(t for q in queries for t in ([q.head] + ([q.anchor] if q.anchor else []))))
         out = []
-        if len(props) == 0:
+        n = len(props)
+        if n == 0:
             for q in queries:
                 out.append(Ranked(q, torch.zeros(0), torch.zeros(0), [], 0.0))
             return out
-        emb = encoder.encode_ensembles(texts, templates).to(crops.device)  # (T, D): one text batch
-        cos = torch.einsum("nvd,td->tn", crops, emb) / crops.shape[1]  # mean over views: (T, N)
+        emb = encoder.encode_ensembles(texts, templates)  # (T, D): one text batch
+        index = {t: i for i, t in enumerate(texts)}
+        wide = [every or q.group or o.shortlist == 0 for q in queries]
+        if all(wide):
+            first = torch.zeros(len(texts), n)
+        else:
+            tokens = self.token_embeddings(predictor, encoder.clip)
+            first = emb.to(tokens) @ tokens.T  # (T, N): the mask tokens' cosines
+        if allowed is not None:
+            first = first.masked_fill(~allowed.cpu(), float("-inf"))
+        shortlists = []  # per query: its head's and its anchor's shortlist, (N,) bool each
+        for q, w in zip(queries, wide):
+            k = n if w else (2 * o.shortlist if (q.directions or q.anchor) else o.shortlist)
+            shortlists.append([self._shortlist(first[index[t]], k) for t in [q.head] + ([q.anchor] if q.anchor else [])])
+        needed = [int(i) for i in torch.stack([s for pair in shortlists for s in pair]).any(0).nonzero().flatten()]
+        crops = torch.zeros(n, len(o.views), emb.shape[1])
+        crops[needed] = self.crop_embeddings(predictor, encoder.clip, needed).to(crops)
+        cos = torch.einsum("nvd,td->tn", crops, emb.to(crops)) / crops.shape[1]  # mean over views: (T, N)
         scale = float(encoder.clip.logit_scale.detach().exp()) if hasattr(encoder.clip, "logit_scale") else 100.0
         iou = props.predicted_iou.to(cos)
-        logits = scale * (cos + o.iou_weight * iou)
-        if allowed is not None:
-            logits = logits.masked_fill(~allowed.to(logits.device), float("-inf"))
-        index = {t: i for i, t in enumerate(texts)}
         size = predictor.original_size
-        for q in queries:
-            c = cos[index[q.head]]
-            head = logits[index[q.head]].softmax(0)
-            anchor = logits[index[q.anchor]].softmax(0) if q.anchor else None
+        for q, pair in zip(queries, shortlists):
+            c = cos[index[q.head]].masked_fill(~pair[0], float("-inf"))
+            head = (scale * (c + o.iou_weight * iou)).softmax(0)
+            anchor = None
+            if q.anchor:
+                anchor = (scale * (cos[index[q.anchor]] + o.iou_weight * iou)).masked_fill(~pair[1], float("-inf")).softmax(0)
             probs = resolve(q, head, props.boxes, size, anchor)
             member = torch.sigmoid(o.presence_gain * (c - o.presence_bias))
-            if allowed is not None:
-                member = member * allowed.to(member)
             if q.group:
                 chosen = [int(i) for i in torch.argsort(member, descending=True) if member[i] >= o.presence_threshold]
                 chosen = chosen or [int(probs.argmax())]

@@ -164,7 +164,7 @@ class DenseClip:
         """``(H, W, 3)`` uint8 -> normalised, padded ``(3, size, size)`` float32 tensor on the CPU."""
         _check_image(image)
         geometry = Geometry.create(image.shape[0], image.shape[1], size, self.patch_size)
-        pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+        pixels = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None]
         if (geometry.resized_h, geometry.resized_w) != image.shape[:2]:
             pixels = F.interpolate(
                 pixels,
@@ -221,6 +221,75 @@ class DenseClip:
         pixels, geometry = self.prepare(image)
         feats = self.dense_features(pixels)[0]
         return feats[: geometry.grid_h, : geometry.grid_w].contiguous(), geometry
+
+    def cell_coverage(self, masks: np.ndarray, geometry: Geometry) -> np.ndarray:
+        """The fraction of each grid cell a mask covers: ``masks (N, H, W)`` bool, original frame ->
+        ``(N, grid_h, grid_w)`` float64 in [0, 1]. A cell spans original pixels ``[j p / scale, (j + 1) p / scale)``
+        (the parts of the last cells that are padding do not count); cells wider than 16 pixels are sampled every
+        ``cell // 8`` pixels in each direction (at least 64 samples a cell)."""
+        masks = np.asarray(masks, dtype=bool)
+        p = self.patch_size
+        step = max(1, int(min(p / geometry.scale_x, p / geometry.scale_y) // 8))
+        sampled = masks[:, step // 2 :: step, step // 2 :: step]
+        h, w = sampled.shape[1:]
+
+        def edges(count: int, scale: float, length: int) -> np.ndarray:
+            # cell boundaries in sampled pixels: sample i sits at original pixel i * step + step // 2
+            pixel = np.minimum(np.arange(count + 1) * p / scale, (length - 1) * step + step // 2 + 1)
+            out = np.ceil((pixel - step // 2) / step).astype(np.int64).clip(0, length)
+            out[-1] = length
+            return out
+
+        rows = edges(geometry.grid_h, geometry.scale_y, h)
+        cols = edges(geometry.grid_w, geometry.scale_x, w)
+        # reduceat needs starts inside the array; an empty cell (no sample) counts as uncovered
+        sums = np.add.reduceat(np.add.reduceat(sampled, np.minimum(rows[:-1], h - 1), axis=1, dtype=np.int64),
+                               np.minimum(cols[:-1], w - 1), axis=2)
+        area = np.diff(rows)[:, None] * np.diff(cols)[None, :]
+        return np.where(area > 0, sums / np.maximum(area, 1), 0.0)
+
+    @torch.no_grad()
+    def mask_embeddings(self, image: np.ndarray, masks: np.ndarray, min_cover: float = 0.5) -> torch.Tensor:
+        """Unit CLIP embeddings ``(N, D)`` float32 of ``masks (N, H, W)`` bool (original frame) from ONE pass of the
+        image tower over the whole ``image (H, W, 3)`` uint8.
+
+        Each mask gets its own class token (the tower's class embedding at the class position), which in every
+        block attends only to itself and to the patches the mask covers (at least ``min_cover`` of the cell; a
+        mask smaller than that takes its best-covered cells); the patch tokens and the image's class token never
+        attend to the mask tokens, so they are what the plain tower computes. The mask token's output, through
+        ``ln_post`` and ``proj``, is the mask's embedding (mask class tokens, Ding et al., ICML 2023; the SAM
+        paper limits CLIP's output token to the mask's patches the same way). Cost: the tower at
+        ``input_size`` plus ``N`` tokens, whatever ``N``.
+        """
+        pixels, geometry = self.prepare(image)
+        cover = self.cell_coverage(masks, geometry)  # (N, gh, gw)
+        n = cover.shape[0]
+        if n == 0:
+            return torch.zeros(0, self.visual.proj.shape[1])
+        flat = cover.reshape(n, -1)
+        inside = flat >= min_cover
+        best = flat.max(axis=1, keepdims=True)
+        inside |= ~inside.any(axis=1, keepdims=True) & (flat >= best) & (best > 0)
+        inside[~inside.any(axis=1), :] = True  # an empty mask reads the whole image
+        side = self.input_size // self.patch_size
+        cells = np.zeros((n, side, side), dtype=bool)
+        cells[:, : geometry.grid_h, : geometry.grid_w] = inside.reshape(n, geometry.grid_h, geometry.grid_w)
+        g = side * side
+        length = 1 + g + n
+        blocked = torch.ones(length, length, dtype=torch.bool)
+        blocked[: 1 + g, : 1 + g] = False  # the plain tower
+        blocked[1 + g :, 1 : 1 + g] = torch.from_numpy(~cells.reshape(n, g))
+        blocked[1 + g + torch.arange(n), 1 + g + torch.arange(n)] = False
+        attn_mask = torch.zeros(length, length, dtype=self.dtype, device=self.device)
+        attn_mask.masked_fill_(blocked.to(self.device), float("-inf"))
+        x = self._embed(pixels)
+        x = torch.cat([x, x[:, :1].expand(1, n, x.shape[-1])], dim=1)
+        batch_first = getattr(self.visual.transformer, "batch_first", True)
+        for block in self.visual.transformer.resblocks:
+            x = block(x, attn_mask=attn_mask) if batch_first else \
+                block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+        out = self.visual.ln_post(x[0, 1 + g :]) @ self.visual.proj
+        return F.normalize(out.float(), dim=-1)
 
     def to_native(self, image: np.ndarray) -> torch.Tensor:
         """``(h, w, 3)`` uint8 -> ``(3, n, n)`` normalised CPU tensor at the CLIP's native size ``n``."""

@@ -235,10 +235,12 @@ class TextPrompter:
         return self.options.engine.enabled and hasattr(getattr(self.model.text_encoder, "clip", None), "visual")
 
     def engine_rank(self, predictor, phrases: Sequence[str], user_points: np.ndarray | None = None,  # noqa: ANN001
-                    user_labels: np.ndarray | None = None, user_box: np.ndarray | None = None) -> list[Ranked]:
+                    user_labels: np.ndarray | None = None, user_box: np.ndarray | None = None,
+                    every: bool = False) -> list[Ranked]:
         """The engine's answer for each phrase on the predictor's current image. A model whose text head has a
         locator shares the locator's candidate objects with the engine (one candidate pass per image). A
-        user's positive click or box keeps only the candidates it touches (all of them when none does)."""
+        user's positive click or box keeps only the candidates it touches (all of them when none does).
+        ``every``: every candidate is scored by its crops (for ``instances="all"``), not only the shortlist."""
         self.ensure_text_encoder()
         if self.model.text_locator is not None and self.engine._proposals is None:
             self.engine._proposals = self._regions_as_proposals(predictor)
@@ -259,7 +261,8 @@ class TextPrompter:
                 allowed &= inside >= 0.5 * masks.flatten(1).sum(1).clamp_min(1)
             if not allowed.any():
                 allowed = None
-        return self.engine.rank(predictor, self.model.text_encoder, phrases, self.templates(), allowed=allowed)
+        return self.engine.rank(predictor, self.model.text_encoder, phrases, self.templates(), allowed=allowed,
+                                every=every)
 
     def _regions_as_proposals(self, predictor):  # noqa: ANN001, ANN202
         """The locator's candidate objects as engine proposals (original-frame masks, boxes and clicks)."""
@@ -378,7 +381,7 @@ class TextPrompter:
         tok = tokens[0] if tokens is not None else None
         limit = self.options.instances.max_instances
         if self.engine_enabled and predictor is not None:
-            (ranked,) = self.engine_rank(predictor, [phrase])
+            (ranked,) = self.engine_rank(predictor, [phrase], every=True)
             props = self.engine.proposals(predictor)
             o = self.options.engine
             member = torch.sigmoid(o.presence_gain * (ranked.cosines - o.presence_bias)) if len(props) else None
