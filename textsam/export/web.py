@@ -33,7 +33,6 @@ grounding, blur or mask views) gets a page for clicks and a box, and ``manifest.
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import logging
 import os
