@@ -27,7 +27,6 @@ def test_fast_options_lighten_only_the_engine() -> None:
     assert fast.engine.max_proposals == FAST_MAX_PROPOSALS == 16
     assert fast.engine.max_seeds == FAST_MAX_SEEDS < base.engine.max_seeds
     assert fast.engine.shortlist == FAST_SHORTLIST < base.engine.shortlist
-    assert fast.engine.token_input_scale == 1.0 < base.engine.token_input_scale
     assert fast.instances == base.instances and fast.locator == base.locator and fast.scoring == base.scoring
     assert fast.engine.proposals.pred_iou_thresh == base.engine.proposals.pred_iou_thresh
     assert fast.fast() == fast  # applying it twice changes nothing

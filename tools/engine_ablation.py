@@ -1,8 +1,10 @@
-"""Ablation of the training-free engine on the first N images of the synthetic test split: each term of the
-proposal score (the CLIP views, SAM's predicted IoU) and the spatial resolver, one at a time, with
+"""Ablation of the training-free engine on the first N images of the synthetic test split: where the proposal
+clicks come from (embedding seeds or SAM's grid), the mask-token shortlist, each term of the proposal score (the
+CLIP views, SAM's predicted IoU, the mask tokens alone) and the spatial resolver, one at a time, with
 ``shapes_tiny``'s SAM and CLIP (``text_head=False``). Prints mIoU per phrase kind and the presence rates.
 
-    python tools/engine_ablation.py [N]      # needs runs/shapes_data (textsam data synth --out runs/shapes_data)
+    python tools/engine_ablation.py [N [NAME ...]]   # needs runs/shapes_data (textsam data synth --out runs/shapes_data);
+                                                     # NAMEs: run only the variants whose names contain one
 """
 
 from __future__ import annotations
@@ -26,23 +28,36 @@ def main() -> None:
     def engine(**changes: object) -> textsam.TextOptions:
         return dataclasses.replace(base, engine=dataclasses.replace(base.engine, **changes))
 
-    variants = {
-        "crop (default)": (base, False),
-        "crop + mask": (engine(views=("crop", "mask")), False),
-        "crop + blur": (engine(views=("crop", "blur")), False),
-        "mask only": (engine(views=("mask",)), False),
-        "crop + SAM IoU (0.5)": (engine(iou_weight=0.5), False),
-        "no spatial words": (base, True),
+    def tokens_as_crops(self, predictor, clip, indices=None):  # noqa: ANN001, ANN202 - the mask tokens alone
+        tokens = self.token_embeddings(predictor, clip)
+        return tokens[list(range(len(tokens))) if indices is None else list(indices)][:, None]
+
+    variants = {  # name: (options, what to patch)
+        "default (seeds, shortlist 4, crop)": (base, None),
+        "fast()": (base.fast(), None),
+        "every proposal cropped (shortlist 0)": (engine(shortlist=0), None),
+        "grid clicks (16 x 16)": (engine(seeds="grid"), None),
+        "grid, every proposal cropped (earlier engine)": (engine(seeds="grid", shortlist=0), None),
+        "mask tokens alone (no crops)": (engine(shortlist=0), ("textsam.text.engine.TextEngine.crop_embeddings",
+                                                              tokens_as_crops)),
+        "mask tokens at 2x native size": (engine(token_input_scale=2.0), None),
+        "crop + mask": (engine(views=("crop", "mask")), None),
+        "crop + blur": (engine(views=("crop", "blur")), None),
+        "mask only": (engine(views=("mask",)), None),
+        "crop + SAM IoU (0.5)": (engine(iou_weight=0.5), None),
+        "no spatial words": (base, ("textsam.text.engine.resolve", lambda q, head, *a, **k: head)),
     }
-    for name, (options, no_spatial) in variants.items():
+    only = sys.argv[2:]
+    for name, (options, patch) in variants.items():
+        if only and not any(o in name for o in only):
+            continue
         t0 = time.perf_counter()
-        with mock.patch("textsam.text.engine.resolve", lambda q, head, *a, **k: head) if no_spatial \
-                else mock.patch.object(sys, "argv", sys.argv):
+        with mock.patch(*patch) if patch else mock.patch.object(sys, "argv", sys.argv):
             predictor = textsam.TextSamPredictor(model, text_options=options)
             scores = bench.score({k: bench.run_item(predictor, k) for k in keys}, keys)
         kinds = scores.details["by phrase kind"]
         m = scores.metrics
-        print(f"{name:22s} mIoU {100 * m['mIoU']:.1f}  attribute {100 * kinds['attribute']['mIoU']:.1f}  "
+        print(f"{name:46s} mIoU {100 * m['mIoU']:.1f}  attribute {100 * kinds['attribute']['mIoU']:.1f}  "
               f"category {100 * kinds['category']['mIoU']:.1f}  spatial {100 * kinds['spatial']['mIoU']:.1f}  "
               f"present found {100 * m.get('presence: present found', 0):.1f}%  "
               f"absent found {100 * m.get('presence: absent found', 0):.1f}%  ({time.perf_counter() - t0:.0f} s)",

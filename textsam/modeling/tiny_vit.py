@@ -418,7 +418,9 @@ class TinyViT(nn.Module):
             raise ValueError(
                 f"TinyViT expects a (B, {self.in_chans}, H, W) image tensor, got shape {tuple(x.shape)}"
             )
-        x = self.patch_embed(x)
+        # channels-last: the convolution stage at 1/4 resolution (a 256 x 256 map of 64-256 channels at 1024 px)
+        # runs its depthwise and 1x1 convolutions about twice as fast in oneDNN's NHWC kernels; same values
+        x = self.patch_embed(x.contiguous(memory_format=torch.channels_last))
         for layer in self.layers:
             x = layer(x)
         return self.neck(x)

@@ -58,10 +58,10 @@ __all__ = ["EngineOptions", "Ranked", "TextEngine"]
 class EngineOptions:
     """The training-free engine (see the module docstring).
 
-    proposals: SAM automatic-mask-generation settings for text requests (a coarser grid and looser filters
-    than ``generate()``'s defaults: a new image costs ``points_per_side**2`` clicks, decoded 32 at a time, which
-    on a CPU is as fast as one batch of 256 and keeps the per-click image tokens to about 0.8 GB for SAM's
-    64 x 64 embedding instead of 6.4 GB).
+    proposals: SAM automatic-mask-generation settings for text requests (looser filters than ``generate()``'s
+    defaults; its grid, ``points_per_side**2`` clicks, is used with ``seeds="grid"``); clicks are decoded 32 at a
+    time, which on a CPU is as fast as one batch of 256 and keeps the per-click image tokens to about 0.8 GB
+    for SAM's 64 x 64 embedding instead of 6.4 GB.
     max_proposals: the best proposals by predicted IoU kept for CLIP scoring. views / enlarge: the crop views
     (:data:`~textsam.text.scoring.VIEWS`) and the window size around each proposal's box. iou_weight: weight of
     SAM's predicted IoU in a proposal's score. presence_bias / presence_gain: the presence calibration (the
@@ -69,7 +69,8 @@ class EngineOptions:
     (``instances="all"`` returns no mask; a group keeps only members above it). shortlist: how many proposals
     per phrase the mask tokens pass on to the crops (see the module docstring; 0: every proposal is cropped).
     token_input_scale: the mask-token pass runs the tower at this multiple of its native input size (rounded
-    to whole patches: 336 px for a 224-px ViT-B/16), so that small proposals still cover whole patches.
+    to whole patches; 1: the size CLIP was trained at, 224 px for ViT-B/16, without interpolated positions; on
+    the synthetic proxy 1.5x and 2x scored the same).
     seeds / clusters / min_region_tokens / max_seeds: where the proposal clicks come from (see the module
     docstring): one click per region (of at least ``min_region_tokens`` tokens) of ``clusters`` k-means groups
     of the image embedding, largest regions first, at most ``max_seeds`` (``"embedding"``); or the
@@ -87,7 +88,7 @@ class EngineOptions:
     presence_gain: float = 20.0
     presence_threshold: float = 0.5
     shortlist: int = 4
-    token_input_scale: float = 1.5
+    token_input_scale: float = 1.0
     seeds: str = "embedding"
     clusters: int = 16
     min_region_tokens: int = 3
@@ -105,8 +106,9 @@ class EngineOptions:
 @dataclass
 class Ranked:
     """One phrase on one image. ``probs (N,)``: the final probability of each proposal (0 outside the phrase's
-    shortlist); ``cosines (N,)``: the head phrase's crop cosines (-inf outside the shortlist); ``chosen``: the proposal(s) answering the phrase (several for a group, best
-    first; empty when the image has no proposal); ``presence`` in [0, 1]."""
+    shortlist); ``cosines (N,)``: the head phrase's crop cosines (-inf outside the shortlist); ``chosen``: the
+    proposal(s) answering the phrase (several for a group, best first; empty when the image has no proposal);
+    ``presence`` in [0, 1]."""
 
     query: Query
     probs: Tensor

@@ -63,7 +63,6 @@ FAST_POINTS_PER_SIDE = 8  # the fast path's proposal grid, for seeds="grid" (Tex
 FAST_MAX_SEEDS = 24  # the fast path's proposal clicks from the embedding
 FAST_MAX_PROPOSALS = 16
 FAST_SHORTLIST = 3  # proposals cropped per phrase
-FAST_TOKEN_INPUT_SCALE = 1.0  # the mask-token pass at the tower's native size
 FAST_MODEL = "mobile_sam"  # the model of the CLI's --fast when no --model is given
 
 
@@ -128,15 +127,13 @@ class TextOptions:
 
     def fast(self) -> TextOptions:
         """These options with the CPU fast path's engine: at most 24 proposal clicks from the image embedding (8 x 8
-        with ``seeds="grid"``), the best 16 proposals kept, the mask tokens at the CLIP tower's native size (224 px
-        for ViT-B/16 instead of 336) and 3 crops per phrase (instead of 4). On the synthetic proxy (shapes_tiny's
-        SAM and CLIP through the engine, 200 test images) it costs 0.7 mIoU (54.4 against 55.1); every other option
-        is kept."""
+        with ``seeds="grid"``) instead of 32, the best 16 proposals kept instead of 32, and 3 crops per phrase
+        instead of 4. On the synthetic proxy (shapes_tiny's SAM and CLIP through the engine, 200 test images) it
+        costs 0.7 mIoU (54.4 against 55.1); every other option is kept."""
         e = self.engine
         engine = dataclasses.replace(
             e, max_proposals=min(e.max_proposals, FAST_MAX_PROPOSALS), max_seeds=min(e.max_seeds, FAST_MAX_SEEDS),
             shortlist=min(e.shortlist, FAST_SHORTLIST) if e.shortlist else FAST_SHORTLIST,
-            token_input_scale=min(e.token_input_scale, FAST_TOKEN_INPUT_SCALE),
             proposals=dataclasses.replace(e.proposals, points_per_side=FAST_POINTS_PER_SIDE))
         return dataclasses.replace(self, engine=engine)
 
