@@ -224,3 +224,21 @@ def test_the_shortlist_crops_only_the_best_mask_tokens() -> None:
     kept = torch.isfinite(short.cosines)
     torch.testing.assert_close(short.cosines[kept], ranked.cosines[kept])  # the same crops, cached or not
     assert short.chosen[0] == int(ranked.cosines.masked_fill(~kept, -2).argmax())
+
+
+def test_a_tower_without_mask_tokens_crops_every_proposal(monkeypatch) -> None:
+    """A CLIP tower that is not open_clip's plain ViT (a ResNet CLIP) has no mask tokens: every proposal is then
+    cropped, as the earlier engine did, instead of failing."""
+    import textsam.text.engine as engine_module
+    from textsam.errors import InputError
+
+    def no_tokens(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise InputError("dense CLIP features need an open_clip ViT image tower")
+
+    monkeypatch.setattr(engine_module, "DenseClip", no_tokens)
+    predictor = textsam.TextSamPredictor(textsam.create_model("shapes_tiny", text_head=False))
+    predictor.set_image(_scene())
+    out = predictor.predict(text="the red circle")
+    engine = predictor.text.engine
+    assert len(engine._crops) == len(engine.proposals(predictor)) > engine.options.shortlist
+    assert out.info["prompts"]["box"][2] < 64  # still the left (red) circle

@@ -127,7 +127,7 @@ class TextEngine:
     def reset(self) -> None:
         self.clicks = 0  # proposal clicks decoded for the current image
         self._proposals: Proposals | None = None
-        self._tokens: Tensor | None = None
+        self._tokens: Tensor | bool | None = None  # False: the tower has no mask tokens
         self._crops: dict[int, Tensor] = {}
 
     def proposals(self, predictor) -> Proposals:  # noqa: ANN001 - a TextSamPredictor (no import: no cycle)
@@ -145,15 +145,22 @@ class TextEngine:
             self.clicks = len(points) if points is not None else len(o.proposals.grids()[0])
         return self._proposals
 
-    def token_embeddings(self, predictor, clip: torch.nn.Module) -> Tensor:  # noqa: ANN001
-        """Unit CLIP embeddings ``(N, D)`` of the proposals' mask tokens (one tower pass, once per image)."""
+    def token_embeddings(self, predictor, clip: torch.nn.Module) -> Tensor | None:  # noqa: ANN001
+        """Unit CLIP embeddings ``(N, D)`` of the proposals' mask tokens (one tower pass, once per image); None
+        for a tower that is not open_clip's plain ViT (e.g. a ResNet CLIP: every proposal is then cropped)."""
         if self._tokens is None:
             visual = clip.visual
-            native = visual.image_size if isinstance(visual.image_size, int) else visual.image_size[0]
-            patch = visual.patch_size if isinstance(visual.patch_size, int) else visual.patch_size[0]
-            size = max(1, round(native * self.options.token_input_scale / patch)) * patch
-            self._tokens = DenseClip(clip, size).mask_embeddings(predictor.image, self.proposals(predictor).masks.numpy())
-        return self._tokens
+            try:
+                native = visual.image_size if isinstance(visual.image_size, int) else visual.image_size[0]
+                patch = visual.patch_size if isinstance(visual.patch_size, int) else visual.patch_size[0]
+                size = max(1, round(native * self.options.token_input_scale / patch)) * patch
+                dense = DenseClip(clip, size)
+            except (AttributeError, InputError) as err:
+                logger.info("no mask tokens for this CLIP tower (%s): every proposal is cropped", err)
+                self._tokens = False
+                return None
+            self._tokens = dense.mask_embeddings(predictor.image, self.proposals(predictor).masks.numpy())
+        return self._tokens if self._tokens is not False else None
 
     def crop_embeddings(self, predictor, clip: torch.nn.Module,  # noqa: ANN001
                         indices: Sequence[int] | None = None) -> Tensor:
@@ -200,10 +207,11 @@ class TextEngine:
         emb = encoder.encode_ensembles(texts, templates)  # (T, D): one text batch
         index = {t: i for i, t in enumerate(texts)}
         wide = [every or q.group or o.shortlist == 0 for q in queries]
-        if all(wide):
+        tokens = None if all(wide) else self.token_embeddings(predictor, encoder.clip)
+        if tokens is None:
+            wide = [True] * len(queries)
             first = torch.zeros(len(texts), n)
         else:
-            tokens = self.token_embeddings(predictor, encoder.clip)
             first = emb.to(tokens) @ tokens.T  # (T, N): the mask tokens' cosines
         if allowed is not None:
             first = first.masked_fill(~allowed.cpu(), float("-inf"))
