@@ -11,7 +11,11 @@ transformers' Sam3Model and through GroundingDINO-tiny + SAM ViT-B (segment-anyt
 their default configs, in the same process.
 
     python benchmarks/bench_text.py [--image PATH] [--repeats 3] [--models sam_vit_b,mobile_sam] [--skip-others]
-                                    [--fast] [--new-image-only]
+                                    [--fast] [--new-image-only] [--peers-bf16]
+
+``--fast`` times :meth:`textsam.TextSamPredictor.fast` as the CLI builds it (on a CPU with native bf16: the
+encoder, the proposal clicks and the CLIP image tower in bf16); ``--peers-bf16`` gives the other two systems
+bf16 autocast as well, so the fast path is also compared with peers given the same precision.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 import torch
 
 import textsam
+from textsam.precision import autocast
 from textsam.text.options import InstanceOptions, TextOptions
 from textsam.transforms import load_image
 
@@ -53,9 +58,8 @@ def bench_ours(name: str, image: np.ndarray, repeats: int, fast: bool = False,
     engine = EngineOptions(proposals=dataclasses.replace(defaults, pred_iou_thresh=0.0, stability_score_thresh=0.0,
                                                          box_nms_thresh=1.0), presence_threshold=0.0)
     options = TextOptions(instances=InstanceOptions(max_instances=8), engine=engine)
-    if fast:
-        options = options.fast()
-    pred = textsam.TextSamPredictor(model, text_options=options)
+    # the fast path as the CLI builds it: TextOptions.fast and, with native bf16, a bf16 encoder
+    pred = textsam.TextSamPredictor.fast(model, options) if fast else textsam.TextSamPredictor(model, text_options=options)
     out: dict[str, float] = {}
     fresh = iter(PHRASES * 8)
 
@@ -67,7 +71,8 @@ def bench_ours(name: str, image: np.ndarray, repeats: int, fast: bool = False,
     out["new image + new phrase"] = best_of(total, max(1, repeats - 1))
     engine = pred.text.engine
     print(f"textsam {name:10s} {'proposal clicks, crops':28s} {engine.clicks:6d}, {len(engine._crops)} "
-          f"({len(engine.proposals(pred))} proposals)", flush=True)
+          f"({len(engine.proposals(pred))} proposals; encoder {pred.image_precision}, engine "
+          f"{engine.precision(pred)})", flush=True)
     if new_image_only:
         return out
     out["text, cached phrase"] = best_of(lambda: pred.predict(text="a truck"), repeats)
@@ -106,7 +111,27 @@ def bench_ours(name: str, image: np.ndarray, repeats: int, fast: bool = False,
     return out
 
 
-def bench_sam3(image: np.ndarray) -> float:
+def fast_parity(name: str, image: np.ndarray) -> tuple[float, float]:
+    """The fast path's masks for clicks and a box against fp32's (random weights, the same image): min and mean
+    binary-mask IoU over 5 prompts x 3 masks (what bf16 in the encoder changes; the text engine's own choice is
+    the proxy's business)."""
+    model = textsam.create_model(name, pretrained=False, clip=None)
+    full, fast = textsam.TextSamPredictor(model), textsam.TextSamPredictor.fast(model)
+    for p in (full, fast):
+        p.set_image(image)
+    h, w = image.shape[:2]
+    prompts = [dict(point_coords=np.array([[x * w, y * h]]), point_labels=np.array([1]))
+               for x, y in [(0.45, 0.55), (0.2, 0.3), (0.7, 0.6), (0.5, 0.2)]]
+    prompts.append(dict(box=np.array([0.1 * w, 0.2 * h, 0.6 * w, 0.7 * h])))
+    ious = []
+    for kw in prompts:
+        for a, b in zip(full.predict(**kw).masks, fast.predict(**kw).masks):
+            union = (a | b).sum()
+            ious.append(float((a & b).sum() / union) if union else 1.0)
+    return min(ious), float(np.mean(ious))
+
+
+def bench_sam3(image: np.ndarray, precision: str = "fp32") -> float:
     from transformers import Sam3Config, Sam3Model
 
     model = Sam3Model(Sam3Config()).eval()
@@ -118,13 +143,13 @@ def bench_sam3(image: np.ndarray) -> float:
     ids = torch.randint(1000, 20000, (1, 8))
 
     def run() -> None:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast("cpu", precision):
             model(pixel_values=pixels, input_ids=ids, attention_mask=torch.ones_like(ids))
 
     return best_of(run, 1)
 
 
-def bench_gdino_sam(image: np.ndarray) -> float:
+def bench_gdino_sam(image: np.ndarray, precision: str = "fp32") -> float:
     from segment_anything import SamPredictor, sam_model_registry
     from transformers import GroundingDinoConfig, GroundingDinoForObjectDetection
 
@@ -139,10 +164,12 @@ def bench_gdino_sam(image: np.ndarray) -> float:
 
     def run() -> None:
         with torch.inference_mode():
-            out = det(pixel_values=pixels, input_ids=ids, attention_mask=torch.ones_like(ids))
-            cx, cy, bw, bh = out.pred_boxes[0, out.logits[0].max(-1).values.argmax()].tolist()
-            box = np.array([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h])
-            sam.set_image(image)
+            with autocast("cpu", precision):  # the detector and SAM's encoder (its predict returns numpy: fp32)
+                out = det(pixel_values=pixels, input_ids=ids, attention_mask=torch.ones_like(ids))
+                cx, cy, bw, bh = out.pred_boxes[0, out.logits[0].max(-1).values.argmax()].float().tolist()
+                box = np.array([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h])
+                sam.set_image(image)
+            sam.features = sam.features.float()
             sam.predict(box=np.clip(box, 0, [w, h, w, h]), multimask_output=False)
 
     return best_of(run, 1)
@@ -157,6 +184,8 @@ def main() -> None:
     parser.add_argument("--fast", action="store_true",
                         help="also time each model on the fast path (TextOptions.fast: the CLI's --fast)")
     parser.add_argument("--new-image-only", action="store_true", help="time only a new image + a new phrase")
+    parser.add_argument("--peers-bf16", action="store_true",
+                        help="also time Sam3Model and GroundingDINO + SAM under bf16 autocast (as the fast path)")
     args = parser.parse_args()
     image = load_image(args.image) if args.image.exists() else np.random.default_rng(0).integers(
         0, 255, (1200, 1800, 3), dtype=np.uint8)
@@ -167,6 +196,9 @@ def main() -> None:
             label = f"{name} --fast"
             totals[label] = bench_ours(name, image, args.repeats, fast=True, new_image_only=True)["new image + new phrase"]
             print(f"textsam {label:17s} {'new image + new phrase':28s} {totals[label] * 1000:9.0f} ms", flush=True)
+            low, mean = fast_parity(name, image)
+            print(f"textsam {label:17s} masks against fp32 (5 prompts): binary-mask IoU min {low:.4f}, mean {mean:.4f}",
+                  flush=True)
         res = bench_ours(name, image, args.repeats, new_image_only=args.new_image_only)
         totals[name] = res["new image + new phrase"]
         for key, secs in res.items():
@@ -185,6 +217,13 @@ def main() -> None:
         print(f"{'GroundingDINO-tiny + SAM ViT-B, new image + phrase':48s} {gdino * 1000:9.0f} ms")
         for name, secs in totals.items():
             print(f"speed-up of textsam {name}: {sam3 / secs:.1f}x Sam3Model, {gdino / secs:.1f}x GroundingDINO+SAM")
+        if args.peers_bf16:
+            sam3, gdino = bench_sam3(image, "bf16"), bench_gdino_sam(image, "bf16")
+            print(f"{'Sam3Model, bf16 autocast':48s} {sam3 * 1000:9.0f} ms")
+            print(f"{'GroundingDINO-tiny + SAM ViT-B, bf16 autocast':48s} {gdino * 1000:9.0f} ms")
+            for name, secs in totals.items():
+                print(f"speed-up of textsam {name} against the bf16 peers: {sam3 / secs:.1f}x Sam3Model, "
+                      f"{gdino / secs:.1f}x GroundingDINO+SAM")
 
 
 if __name__ == "__main__":

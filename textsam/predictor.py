@@ -6,7 +6,6 @@ Without text the results equal segment-anything's ``SamPredictor`` for the same 
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -17,12 +16,11 @@ from . import transforms
 from .errors import InputError
 from .model import TextSam
 from .ops import mask_nms
+from .precision import Precision, autocast, check_precision, native_bf16
 from .prompts import PromptBatch, check_mask_input, check_points_and_box
 from .text.options import TextOptions
 from .text.prompter import TextPrompt, TextPrompter
 
-Precision = Literal["fp32", "bf16", "fp16"]
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 DECODE_CHUNK = 32  # prompts per decoder call: memory stays bounded whatever the batch size
 UPSAMPLE_BUDGET = 1 << 25  # full-resolution logits (floats) upsampled at once
 
@@ -75,12 +73,23 @@ class TextSamPredictor:
     def __init__(
         self, model: TextSam, *, image_precision: Precision = "fp32", text_options: TextOptions | None = None
     ) -> None:
-        if image_precision not in ("fp32", "bf16", "fp16"):
-            raise InputError(f"image_precision must be 'fp32', 'bf16' or 'fp16', not {image_precision!r}")
+        check_precision(image_precision, "image_precision")
         self.model = model
         self.image_precision = image_precision
         self.text = TextPrompter(model, text_options)
         self.reset_image()
+
+    @classmethod
+    def fast(cls, model: TextSam, text_options: TextOptions | None = None) -> TextSamPredictor:
+        """The CPU fast path (``--fast`` in the CLI, the app and the labeller): ``text_options`` (default: the
+        model file's own) made fast (:meth:`~textsam.text.options.TextOptions.fast`: fewer proposal clicks and
+        crops, the engine's proposal clicks and CLIP image tower in bf16) and, where the model's device runs
+        bf16 natively (:func:`textsam.precision.native_bf16`), the image encoder in bf16 too. Everything else,
+        the final decoder call included, stays fp32; on a device without native bf16 everything does."""
+        from .text.prompter import default_options
+
+        options = (text_options or default_options(model)).fast()
+        return cls(model, image_precision="bf16" if native_bf16(model.device) else "fp32", text_options=options)
 
     # ----------------------------------------------------------------------------------- image
     def reset_image(self) -> None:
@@ -122,10 +131,7 @@ class TextSamPredictor:
             self.text.set_image(rgb)  # dense CLIP features, so later text prompts are fast
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
-        ctx: Any = contextlib.nullcontext()
-        if self.image_precision != "fp32":
-            ctx = torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.image_precision])
-        with ctx:
+        with autocast(self.device, self.image_precision):
             features = self.model.image_encoder(x)
         return features.float()
 

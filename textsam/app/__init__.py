@@ -21,6 +21,8 @@ __all__ = ["DEMO_MODEL", "add_arguments"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The app's options: ``--model``, ``--host``, ``--port``, ``--share``, ``--static``, ``--fast`` (``textsam app`` and
     ``python app/app.py``)."""
+    from textsam.cli.common import FAST_HELP  # here: textsam.cli imports this module
+
     parser.add_argument("--model", default=DEMO_MODEL, metavar="NAME",
                         help=f"model selected at start (default: {DEMO_MODEL}, the bundled offline demo model)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
@@ -29,4 +31,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--static", metavar="DIR", default=None,
                         help="serve a page exported with `textsam export --web DIR` instead (it runs in the browser)")
     parser.add_argument("--fast", action="store_true",
-                        help="the CPU fast path's text engine for every model (8x8 proposal clicks, 16 CLIP crops)")
+                        help=f"the CPU fast path for every model: {FAST_HELP}")

@@ -46,12 +46,10 @@ def default_model_factory(name: str) -> Any:
 
 
 def fast_predictor(model: Any) -> Any:
-    """A ``TextSamPredictor`` with the model's own text options made fast (``textsam app --fast``; see
-    :meth:`textsam.text.options.TextOptions.fast`)."""
+    """The fast path's ``TextSamPredictor`` (``textsam app --fast``; see :meth:`textsam.TextSamPredictor.fast`)."""
     import textsam
-    from textsam.text.prompter import default_options
 
-    return textsam.TextSamPredictor(model, text_options=default_options(model).fast())
+    return textsam.TextSamPredictor.fast(model)
 
 
 def image_key(image: np.ndarray) -> str:

@@ -35,6 +35,11 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
+# what --fast changes besides the model (TextSamPredictor.fast, TextOptions.fast), for every command's help
+FAST_HELP = ("a lighter text engine (at most 24 proposal clicks, 16 proposals, 3 CLIP crops per phrase) with the "
+             "image encoder, the proposal clicks and the CLIP image tower in bf16 where the CPU or GPU computes bf16 "
+             "natively")
+
 def print_error(message: object) -> None:
     """``textsam: error: <message>`` on stderr."""
     print(f"{PROG}: error: {message}", file=sys.stderr)
@@ -130,8 +135,7 @@ def add_model_options(
         p.add_argument("--device", metavar="DEVICE", help=device_help)
     if fast:
         p.add_argument("--fast", action="store_true",
-                       help="the CPU fast path: mobile_sam unless --model is given, and a lighter text engine "
-                            "(8x8 proposal clicks, 16 CLIP crops; TextOptions.fast)")
+                       help=f"the CPU fast path: mobile_sam unless --model is given, and {FAST_HELP}")
 
 
 def create_model_from_args(args: argparse.Namespace) -> Any:
@@ -144,14 +148,13 @@ def create_model_from_args(args: argparse.Namespace) -> Any:
 
 
 def predictor_from_args(args: argparse.Namespace) -> Any:
-    """A ``TextSamPredictor`` of :func:`create_model_from_args`'s model; with ``--fast``, the model's own text
-    options made fast (:meth:`~textsam.text.options.TextOptions.fast`)."""
+    """A ``TextSamPredictor`` of :func:`create_model_from_args`'s model; with ``--fast``, the fast path
+    (:meth:`textsam.TextSamPredictor.fast`)."""
     import textsam
-    from textsam.text.prompter import default_options
 
     model = create_model_from_args(args)
     if getattr(args, "fast", False):
-        return textsam.TextSamPredictor(model, text_options=default_options(model).fast())
+        return textsam.TextSamPredictor.fast(model)
     return textsam.TextSamPredictor(model)
 
 

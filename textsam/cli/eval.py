@@ -19,7 +19,15 @@ from typing import Any
 
 from textsam.errors import InputError
 
-from .common import EXIT_OK, Subparsers, add_command, add_model_options, add_no_progress, text_head_arg
+from .common import (
+    EXIT_OK,
+    FAST_HELP,
+    Subparsers,
+    add_command,
+    add_model_options,
+    add_no_progress,
+    text_head_arg,
+)
 
 __all__ = ["add_parser", "run_eval"]
 
@@ -45,8 +53,7 @@ def add_parser(subparsers: Subparsers) -> None:
     p.add_argument("--split", metavar="NAME", help="split (COCO: val2017; refer: a refs split; synthetic: test)")
     add_model_options(p, device_help="cpu, cuda, cuda:1 (default: cpu; under torchrun cuda = cuda:LOCAL_RANK)")
     p.add_argument("--fast", action="store_true",
-                   help="the CPU fast path's lighter text engine (8x8 proposal clicks, 16 CLIP crops; the model "
-                        "stays --model)")
+                   help=f"the CPU fast path: {FAST_HELP} (the model stays --model)")
     p.add_argument("--templates", metavar="NAME|FILE",
                    help="prompt templates: default, imagenet80, single, or a file with one template per line")
     p.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N images")

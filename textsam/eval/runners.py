@@ -169,7 +169,7 @@ def predictor_factory(
         if templates:
             options = replace(options, scoring=replace(options.scoring, templates=tuple(templates["templates"])))
         if fast:
-            options = options.fast()
+            return textsam.TextSamPredictor.fast(net, options)
         return textsam.TextSamPredictor(net, text_options=options)
 
     return build

@@ -214,9 +214,10 @@ def _manifest(model: TextSam, name: str, graphs: dict[str, str], options: TextOp
 
 def page_options(options: TextOptions) -> TextOptions:
     """The text options the page follows for ``options``: the same, except that its engine clicks SAM's grid and
-    crops every proposal (``seeds="grid"``, ``shortlist=0``): the page computes neither embedding seeds for the
-    engine nor mask tokens. ``TextSamPredictor(model, text_options=page_options(...))`` gives the page's masks."""
-    engine = dataclasses.replace(options.engine, seeds="grid", shortlist=0)
+    crops every proposal in fp32 (``seeds="grid"``, ``shortlist=0``, ``precision="fp32"``): the page computes
+    neither embedding seeds for the engine nor mask tokens, and its graphs are fp32.
+    ``TextSamPredictor(model, text_options=page_options(...))`` gives the page's masks."""
+    engine = dataclasses.replace(options.engine, seeds="grid", shortlist=0, precision="fp32")
     return dataclasses.replace(options, engine=engine)
 
 

@@ -56,12 +56,11 @@ class _Labeller:
 
     def __init__(self, model_args: dict[str, Any], phrases: list[str], instances: Mode) -> None:
         import textsam
-        from textsam.text.prompter import default_options
 
         model_args = dict(model_args)
         name, fast = model_args.pop("name"), model_args.pop("fast", False)
         model = textsam.create_model(name, **model_args)
-        self.predictor = textsam.TextSamPredictor(model, text_options=default_options(model).fast() if fast else None)
+        self.predictor = textsam.TextSamPredictor.fast(model) if fast else textsam.TextSamPredictor(model)
         self.phrases = phrases
         self.instances = instances
 

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
+from ..precision import autocast
 from ..transforms import get_preprocess_shape
 
 if TYPE_CHECKING:
@@ -274,11 +275,12 @@ def generate_proposals(predictor: TextSamPredictor, options: ProposalOptions) ->
 
 
 def quick_proposals(predictor: TextSamPredictor, options: ProposalOptions, limit: int,
-                    points: np.ndarray | None = None) -> Proposals:
+                    points: np.ndarray | None = None, precision: str = "fp32") -> Proposals:
     """Proposals of the predictor's current image without crop layers, filtered and de-duplicated at the
     decoder's low resolution; the best ``limit`` by predicted IoU are upsampled to the image (see the module
     docstring). ``points (P, 2)``: the clicks (x, y, original pixels; default: the options' first grid).
-    ``options.crop_n_layers`` and ``min_mask_region_area`` do not apply here."""
+    ``options.crop_n_layers`` and ``min_mask_region_area`` do not apply here. ``precision``: the clicks' decoder
+    calls run in it (:func:`textsam.precision.autocast`; their logits are returned to fp32 before filtering)."""
     size, input_size = predictor.original_size, predictor.input_size
     if size is None or input_size is None:
         raise InputError("no image is set: call predictor.set_image(image) before generating proposals")
@@ -295,8 +297,9 @@ def quick_proposals(predictor: TextSamPredictor, options: ProposalOptions, limit
         in_points = torch.as_tensor(coords, device=model.device)[:, None]
         in_labels = torch.ones(len(coords), 1, dtype=torch.int, device=model.device)
         threshold = options.pred_iou_thresh if options.pred_iou_thresh > 0.0 else -math.inf
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(model.device, precision):
             iou, low, rows = model.decode_confident(predictor.get_image_embedding(), (in_points, in_labels), threshold)
+        iou, low = iou.float(), low.float()
         m = iou.shape[1]
         keep = iou[rows].flatten() > options.pred_iou_thresh if options.pred_iou_thresh > 0.0 else \
             torch.ones(len(rows) * m, dtype=torch.bool, device=iou.device)

@@ -127,13 +127,15 @@ class TextOptions:
 
     def fast(self) -> TextOptions:
         """These options with the CPU fast path's engine: at most 24 proposal clicks from the image embedding (8 x 8
-        with ``seeds="grid"``) instead of 32, the best 16 proposals kept instead of 32, and 3 crops per phrase
-        instead of 4. On the synthetic proxy (shapes_tiny's SAM and CLIP through the engine, 200 test images) it
-        costs 0.7 mIoU (54.4 against 55.1); every other option is kept."""
+        with ``seeds="grid"``) instead of 32, the best 16 proposals kept instead of 32, 3 crops per phrase
+        instead of 4, and the proposal clicks' decoding and the CLIP image tower in bf16 where the device computes
+        it natively (``EngineOptions.precision``). On the synthetic proxy (shapes_tiny's SAM and CLIP through the
+        engine, 200 test images) it costs 0.7 mIoU (54.4 against 55.1); every other option is kept.
+        :meth:`textsam.TextSamPredictor.fast` adds the image encoder in bf16."""
         e = self.engine
         engine = dataclasses.replace(
             e, max_proposals=min(e.max_proposals, FAST_MAX_PROPOSALS), max_seeds=min(e.max_seeds, FAST_MAX_SEEDS),
-            shortlist=min(e.shortlist, FAST_SHORTLIST) if e.shortlist else FAST_SHORTLIST,
+            shortlist=min(e.shortlist, FAST_SHORTLIST) if e.shortlist else FAST_SHORTLIST, precision="bf16",
             proposals=dataclasses.replace(e.proposals, points_per_side=FAST_POINTS_PER_SIDE))
         return dataclasses.replace(self, engine=engine)
 

@@ -1,0 +1,111 @@
+"""bf16 where it is only an approximation's business: the engine's proposals and CLIP image tower, and the fast
+path's image encoder; fp32 elsewhere and on devices without native bf16."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+import textsam
+import textsam.precision as precision
+import textsam.predictor as predictor_module
+import textsam.text.engine as engine_module
+from textsam.errors import InputError
+from textsam.text.options import EngineOptions, TextOptions
+
+
+def _scene() -> np.ndarray:
+    im = Image.new("RGB", (128, 128), (200, 200, 190))
+    d = ImageDraw.Draw(im)
+    d.ellipse([10, 40, 45, 75], fill=(220, 40, 40))
+    d.ellipse([85, 40, 120, 75], fill=(40, 80, 220))
+    d.rectangle([45, 95, 80, 125], fill=(230, 200, 40))
+    return np.asarray(im)
+
+
+def test_precision_names_are_checked_and_fp32_autocast_does_nothing() -> None:
+    with pytest.raises(InputError, match="'fp32', 'bf16' or 'fp16'"):
+        precision.check_precision("int8", "image_precision")
+    with pytest.raises(InputError, match="engine precision"):
+        EngineOptions(precision="fp16")
+    with precision.autocast("cpu", "fp32"):
+        assert not torch.is_autocast_enabled("cpu")
+    with precision.autocast("cpu", "bf16"):
+        assert torch.is_autocast_enabled("cpu")
+    assert precision.native_bf16("meta") is False
+    assert isinstance(precision.native_bf16("cpu"), bool)
+
+
+def test_a_bf16_image_tower_is_a_cached_copy_outside_the_state_dict(clip_spec: str) -> None:
+    from textsam.text.clip import TextEncoder
+
+    encoder = TextEncoder.create(clip_spec, None)
+    keys = set(encoder.state_dict())
+    assert encoder.image_model("fp32") is encoder.clip
+    tower = encoder.image_model("bf16")
+    assert tower is encoder.image_model("bf16")  # made once
+    assert next(tower.parameters()).dtype == torch.bfloat16
+    assert next(encoder.clip.visual.parameters()).dtype == torch.float32  # the model's own tower is untouched
+    assert set(encoder.state_dict()) == keys
+    size = encoder.clip.visual.image_size
+    size = size if isinstance(size, int) else size[0]
+    x = torch.rand(3, 3, size, size)
+    with torch.inference_mode():
+        full = torch.nn.functional.normalize(encoder.clip.encode_image(x), dim=-1)
+        half = torch.nn.functional.normalize(tower.encode_image(x.bfloat16()).float(), dim=-1)
+    assert torch.nn.functional.cosine_similarity(full, half).min() > 0.99
+    with pytest.raises(InputError, match="precision"):
+        encoder.image_model("int8")
+
+
+@pytest.fixture(scope="module")
+def engine_model() -> textsam.TextSam:
+    return textsam.create_model("shapes_tiny", text_head=False)
+
+
+def test_a_bf16_engine_runs_in_bf16_only_where_the_device_has_it(engine_model: textsam.TextSam,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    base = textsam.TextSamPredictor(engine_model).text.options
+    options = dataclasses.replace(base, engine=dataclasses.replace(base.engine, precision="bf16"))
+    half = textsam.TextSamPredictor(engine_model, text_options=options)
+    full = textsam.TextSamPredictor(engine_model)
+    for p in (half, full):
+        p.set_image(_scene())
+    for native in (True, False):
+        monkeypatch.setattr(engine_module, "native_bf16", lambda device, native=native: native)
+        assert half.text.engine.precision(half) == ("bf16" if native else "fp32")
+        assert full.text.engine.precision(full) == "fp32"
+    monkeypatch.setattr(engine_module, "native_bf16", lambda device: True)
+    seen: list[torch.dtype] = []
+    original = engine_model.mask_decoder.predict_confident
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine_model.mask_decoder, "predict_confident", spy)
+    for phrase in ("the red circle", "the blue circle", "the yellow square"):
+        a, b = half.predict(text=phrase), full.predict(text=phrase)
+        inter = (a.masks[0] & b.masks[0]).sum()
+        assert inter / max(1, (a.masks[0] | b.masks[0]).sum()) > 0.9, phrase  # the same object
+        assert a.presence == pytest.approx(b.presence, abs=0.05)
+    assert seen == [torch.bfloat16, torch.float32]  # each predictor's proposal clicks, once per image
+    tower = engine_model.text_encoder.image_model("bf16")
+    assert half.text.engine._tokens is not None and len(half.text.engine._crops) > 0
+    assert next(tower.parameters()).dtype == torch.bfloat16
+
+
+def test_the_fast_predictor_adds_a_bf16_encoder_only_on_native_bf16(engine_model: textsam.TextSam,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    for native in (True, False):
+        monkeypatch.setattr(predictor_module, "native_bf16", lambda device, native=native: native)
+        fast = textsam.TextSamPredictor.fast(engine_model)
+        assert fast.image_precision == ("bf16" if native else "fp32")
+        assert fast.text.options == textsam.TextSamPredictor(engine_model).text.options.fast()
+        assert fast.text.options.engine.precision == "bf16"
+    given = TextOptions(engine=EngineOptions(max_proposals=5))
+    assert textsam.TextSamPredictor.fast(engine_model, given).text.options == given.fast()
