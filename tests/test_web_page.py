@@ -315,9 +315,9 @@ def test_api_rejects_bad_prompts_with_a_message(page, prompt: dict, expected: st
 
 
 def test_page_without_a_text_head_runs_the_engine_as_python_does(browser, tmp_path: Path) -> None:  # noqa: ANN001
-    """shapes_tiny without its head: the page's proposals (grid clicks, IoU and stability filters, box NMS), CLIP
-    crop ranking, spatial words and group phrases give Python's masks and presence; onnxruntime runs in its proxy
-    worker, as it does for the published models."""
+    """shapes_tiny without its head: the page's proposals (one click per region of the image embedding, IoU and
+    stability filters, box NMS), CLIP crop ranking, spatial words and group phrases give Python's clicks, masks
+    and presence; onnxruntime runs in its proxy worker, as it does for the published models."""
     from textsam import TextSamPredictor, create_model
     from textsam.export.web import page_options
     from textsam.text.prompter import default_options
@@ -341,6 +341,10 @@ def test_page_without_a_text_head_runs_the_engine_as_python_does(browser, tmp_pa
                 ious.append(_iou(ours, ref))
                 gaps.append(abs(presence - ref_presence))
                 assert ious[-1] >= 0.98, (name, prompt, ious[-1])
+            engine = predictor.text.engine
+            clicks = np.array(page.evaluate("() => textsam._internal.proposalPoints()"), dtype=np.float64)
+            assert engine.options.seeds == "embedding" and engine.clicks < 64  # the embedding's regions, not a grid
+            np.testing.assert_allclose(clicks, engine.proposals(predictor).points.numpy(), atol=1e-6)
         assert not page.errors, page.errors
     assert max(gaps) < 0.02, max(gaps)
     print(f"\nweb page, engine: {len(ious)} prompts, min IoU {min(ious):.4f}, max presence gap {max(gaps):.2e}")

@@ -40,7 +40,7 @@ def add_parser(subparsers: Subparsers) -> None:
     p.add_argument("--fetch-web-runtime", action="store_true",
                    help="only download the pinned onnxruntime-web into the cache (--web does it on first use) and exit")
     p.add_argument("--fast", action="store_true",
-                   help="--web: the lighter text engine of the CPU fast path (8x8 proposal clicks, 16 CLIP crops; fp32)")
+                   help="--web: the lighter text engine of the CPU fast path (at most 24 proposal clicks, 16 CLIP crops; fp32)")
     p.add_argument("--quantize", action="store_true",
                    help="--web: the image encoder's weights as 8-bit integers (smaller, slightly different masks)")
     p.set_defaults(handler=run_export)

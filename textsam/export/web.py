@@ -26,7 +26,7 @@ CLIP crops, the CLIP tokenizer, the phrase templates, the spatial-word parser, a
 What a folder holds depends on the model's text path (:func:`text_mode`): with a text head that has a
 locator (the bundled ``shapes_tiny``), every graph above; without a head (the published models, or
 ``create_model(..., text_head=False)``), no ``decoder_text`` and ``locator``: the page runs the training-free
-engine (grid proposals, CLIP crops, spatial words). A model whose text path the page cannot follow (dense CLIP
+engine (proposals from the embedding's regions, CLIP crops, spatial words). A model whose text path the page cannot follow (dense CLIP
 grounding, blur or mask views) gets a page for clicks and a box, and ``manifest.json`` says why.
 """
 
@@ -203,7 +203,9 @@ def _manifest(model: TextSam, name: str, graphs: dict[str, str], options: TextOp
                                       "max_seeds": lo.max_seeds, "min_iou": lo.min_iou, "nms_iou": lo.nms_iou,
                                       "max_candidates": lo.max_candidates}
         else:
-            out["text"]["proposals"] = {"points_per_side": po.points_per_side, "points_per_batch": po.points_per_batch,
+            out["text"]["proposals"] = {"seeds": eo.seeds, "clusters": eo.clusters,
+                                        "min_region_tokens": eo.min_region_tokens, "max_seeds": eo.max_seeds,
+                                        "points_per_side": po.points_per_side, "points_per_batch": po.points_per_batch,
                                         "pred_iou_thresh": po.pred_iou_thresh,
                                         "stability_score_thresh": po.stability_score_thresh,
                                         "stability_score_offset": po.stability_score_offset,
@@ -213,11 +215,11 @@ def _manifest(model: TextSam, name: str, graphs: dict[str, str], options: TextOp
 
 
 def page_options(options: TextOptions) -> TextOptions:
-    """The text options the page follows for ``options``: the same, except that its engine clicks SAM's grid and
-    crops every proposal in fp32 (``seeds="grid"``, ``shortlist=0``, ``precision="fp32"``): the page computes
-    neither embedding seeds for the engine nor mask tokens, and its graphs are fp32.
-    ``TextSamPredictor(model, text_options=page_options(...))`` gives the page's masks."""
-    engine = dataclasses.replace(options.engine, seeds="grid", shortlist=0, precision="fp32")
+    """The text options the page follows for ``options``: the same, except that its engine crops every proposal,
+    in fp32 (``shortlist=0``, ``precision="fp32"``): the page has no mask tokens (they need a CLIP graph with an
+    attention-mask input) and its graphs are fp32. ``TextSamPredictor(model, text_options=page_options(...))``
+    gives the page's masks."""
+    engine = dataclasses.replace(options.engine, shortlist=0, precision="fp32")
     return dataclasses.replace(options, engine=engine)
 
 

@@ -12,7 +12,7 @@
 // PIL's resampling for the model input and the CLIP crops, the CLIP tokenizer, the phrase templates, the
 // spatial-word parser, and the model's text path (manifest text.mode): "head", a text head's tokens and its
 // locator's click (seeds from k-means of the image embedding, 4-connected regions, deepest points; candidate
-// masks, mask NMS), or "engine", the training-free engine (grid proposals, IoU and stability filters, box NMS,
+// masks, mask NMS), or "engine", the training-free engine (proposals clicked per region of the embedding, IoU and stability filters, box NMS,
 // the chosen proposal's box and click); both answer presence from CLIP crops of the candidates. The ONNX graphs
 // are described in textsam/export/web.py.
 (function () {
@@ -509,9 +509,10 @@
     return {width: W, height: H};
   }
 
-  // textsam.modeling.seeds.embedding_seeds: one click per region of the image embedding (model-input frame)
-  function embeddingSeeds() {
-    const m = api.manifest, lo = m.text.locator;
+  // textsam.modeling.seeds.embedding_seeds: one click per region of the image embedding (model-input frame);
+  // lo: {clusters, min_region_tokens, max_seeds} (the locator's, or the engine's)
+  function embeddingSeeds(lo) {
+    const m = api.manifest;
     const [, c, h, w] = img.embedding.dims;
     const data = img.embedding.data;
     const patch = m.img_size / w;
@@ -601,7 +602,7 @@
   async function candidates() {
     if (img.candidates) return img.candidates;
     const lo = api.manifest.text.locator, thr = api.manifest.mask_threshold;
-    const seeds = embeddingSeeds();
+    const seeds = embeddingSeeds(api.manifest.text.locator);
     const masks = [], scores = [];
     if (seeds.length) {
       const {low, iou, size} = await decode(seeds.map(([x, y]) => [[x, y, 1], [0, 0, -1]]));
@@ -641,7 +642,7 @@
       lows = cand.masks.map((mk) => Float32Array.from(mk, (v) => v * 2 - 1));
       props.iou = cand.scores.slice(); // no clicks: the head's locator clicks, the engine only answers presence
     } else {
-      const found = await gridProposals();
+      const found = await engineProposals();
       lows = found.lows; props.iou = found.iou; props.points = found.points;
     }
     const n = lows.length, area = img.H * img.W;
@@ -660,13 +661,20 @@
     return props;
   }
 
-  // quick_proposals: grid clicks decoded in batches, predicted-IoU and stability filters, box NMS, the best by IoU
-  async function gridProposals() {
+  // quick_proposals: the engine's clicks (TextEngine.proposals: one per region of the image embedding, or SAM's
+  // grid) decoded in batches, predicted-IoU and stability filters, box NMS, the best by IoU
+  async function engineProposals() {
     const m = api.manifest, o = m.text.proposals, thr = m.mask_threshold, S = m.img_size;
-    const n = o.points_per_side, grid = [];
-    for (let j = 0; j < n; j++) for (let i = 0; i < n; i++) {
-      const off = 1 / (2 * n), step = n > 1 ? (1 - 2 * off) / (n - 1) : 0;
-      grid.push([(off + i * step) * img.W, (off + j * step) * img.H]);
+    const grid = [];
+    if (o.seeds === 'embedding') { // model-input frame -> original pixels, as TextEngine.proposals does
+      const rx = img.W / img.inputW, ry = img.H / img.inputH;
+      for (const [x, y] of embeddingSeeds(o)) grid.push([x * rx, y * ry]);
+    } else {
+      const n = o.points_per_side;
+      for (let j = 0; j < n; j++) for (let i = 0; i < n; i++) {
+        const off = 1 / (2 * n), step = n > 1 ? (1 - 2 * off) / (n - 1) : 0;
+        grid.push([(off + i * step) * img.W, (off + j * step) * img.H]);
+      }
     }
     const sx = img.inputW / img.W, sy = img.inputH / img.H;
     const lows = [], ious = [], points = [];
@@ -949,7 +957,8 @@
   api.segment = segment;
   api.cocoRle = cocoRle;
   // the ports of Python code, for the tests that compare them with the originals
-  api._internal = {tokenize: (s) => tokenize(s, api.manifest.text.context_length), parse, resizePIL};
+  api._internal = {tokenize: (s) => tokenize(s, api.manifest.text.context_length), parse, resizePIL,
+    proposalPoints: () => (img && img.proposals ? img.proposals.points : null)};
 
   api.ready = (async () => {
     const response = await fetch('manifest.json');
