@@ -26,8 +26,9 @@ CLIP crops, the CLIP tokenizer, the phrase templates, the spatial-word parser, a
 What a folder holds depends on the model's text path (:func:`text_mode`): with a text head that has a
 locator (the bundled ``shapes_tiny``), every graph above; without a head (the published models, or
 ``create_model(..., text_head=False)``), no ``decoder_text`` and ``locator``: the page runs the training-free
-engine (proposals from the embedding's regions, CLIP crops, spatial words). A model whose text path the page cannot follow (dense CLIP
-grounding, blur or mask views) gets a page for clicks and a box, and ``manifest.json`` says why.
+engine (proposals from the embedding's regions, CLIP crops, spatial words). A model whose text path the page
+cannot follow (dense CLIP grounding, blur or mask views) gets a page for clicks and a box, and ``manifest.json``
+says why.
 """
 
 from __future__ import annotations

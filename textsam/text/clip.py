@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError, WeightsError
-from ..precision import DTYPES
+from ..precision import DTYPES, check_precision
 from .templates import clean_phrase, expand
 
 logger = logging.getLogger(__name__)
@@ -311,8 +311,7 @@ class TextEncoder(nn.Module):
         precision and device, about 2 bytes a parameter: 172 MB for ViT-B/16; the fp32 tower is untouched)."""
         if precision == "fp32":
             return self.clip
-        if precision not in DTYPES:
-            raise InputError(f"image tower precision must be 'fp32', 'bf16' or 'fp16', not {precision!r}")
+        check_precision(precision, "image tower precision")
         device = next(self.clip.visual.parameters()).device
         key = (precision, str(device))
         with self._cache_lock:

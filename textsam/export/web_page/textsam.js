@@ -12,9 +12,9 @@
 // PIL's resampling for the model input and the CLIP crops, the CLIP tokenizer, the phrase templates, the
 // spatial-word parser, and the model's text path (manifest text.mode): "head", a text head's tokens and its
 // locator's click (seeds from k-means of the image embedding, 4-connected regions, deepest points; candidate
-// masks, mask NMS), or "engine", the training-free engine (proposals clicked per region of the embedding, IoU and stability filters, box NMS,
-// the chosen proposal's box and click); both answer presence from CLIP crops of the candidates. The ONNX graphs
-// are described in textsam/export/web.py.
+// masks, mask NMS), or "engine", the training-free engine (proposals clicked per region of the embedding, IoU
+// and stability filters, box NMS, the chosen proposal's box and click); both answer presence from CLIP crops of
+// the candidates. The ONNX graphs are described in textsam/export/web.py.
 (function () {
   'use strict';
 
