@@ -109,3 +109,35 @@ def test_the_fast_predictor_adds_a_bf16_encoder_only_on_native_bf16(engine_model
         assert fast.text.options.engine.precision == "bf16"
     given = TextOptions(engine=EngineOptions(max_proposals=5))
     assert textsam.TextSamPredictor.fast(engine_model, given).text.options == given.fast()
+
+
+def test_the_bf16_cpu_attention_is_the_biased_softmax_attention(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The encoder's chunked bf16 attention (plain matmuls, the decomposed rel-pos bias added in place) computes
+    what scaled_dot_product_attention with the bias mask computes, in several chunks of query rows."""
+    import textsam.modeling.image_encoder as image_encoder
+
+    torch.manual_seed(0)
+    attn = image_encoder.Attention(64, num_heads=4, use_rel_pos=True, input_size=(8, 12)).eval()
+    with torch.no_grad():
+        attn.rel_pos_h.normal_(0, 0.5)
+        attn.rel_pos_w.normal_(0, 0.5)
+    x = torch.randn(2, 8, 12, 64)
+    monkeypatch.setattr(image_encoder, "LOW_PRECISION_QUERIES", 24)  # 2 image lines a chunk: 4 chunks
+    calls = []
+    original = image_encoder.Attention._attend_chunked
+
+    def spy(self, *args):  # noqa: ANN001, ANN002, ANN202
+        calls.append(args[0].dtype)
+        return original(self, *args)
+
+    monkeypatch.setattr(image_encoder.Attention, "_attend_chunked", spy)
+    with torch.inference_mode():
+        full = attn(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            chunked = attn(x).float()
+            monkeypatch.setattr(image_encoder, "_low_precision_cpu", lambda q: False)
+            masked = attn(x).float()
+    assert calls == [torch.bfloat16]  # fp32 and the masked run took scaled_dot_product_attention
+    scale = full.abs().mean()
+    assert (chunked - masked).abs().mean() < 0.02 * scale
+    assert (chunked - full).abs().mean() < 0.02 * scale and (masked - full).abs().mean() < 0.02 * scale

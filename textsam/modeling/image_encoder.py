@@ -49,6 +49,15 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
     return rel_pos[relative.long()]
 
 
+LOW_PRECISION_QUERIES = 128  # queries per chunk of the bf16/fp16 CPU attention (Attention._attend_chunked)
+
+
+def _low_precision_cpu(q: torch.Tensor) -> bool:
+    """Whether ``q`` takes the chunked attention: bf16/fp16 inference on a CPU (not traced, no autograd)."""
+    return (q.dtype in (torch.bfloat16, torch.float16) and q.device.type == "cpu" and not torch.jit.is_tracing()
+            and not torch.is_grad_enabled())
+
+
 class Attention(nn.Module):
     """Multi-head attention over a ``(B, H, W, C)`` token map with decomposed relative positions."""
 
@@ -84,6 +93,8 @@ class Attention(nn.Module):
         else:
             rh = get_rel_pos(h, h, self.rel_pos_h)
             rw = get_rel_pos(w, w, self.rel_pos_w)
+            if _low_precision_cpu(q):
+                return self._attend_chunked(q, k, v, rh, rw, h, w).transpose(1, 2).reshape(b, n, -1)
             # Rows of whole image lines per chunk, so the bias chunk stays bounded.
             rows = max(1, min(h, _BIAS_CHUNK_ELEMENTS // max(1, b * self.num_heads * w * n)))
             if rows >= h:
@@ -96,6 +107,30 @@ class Attention(nn.Module):
                     bias = self._bias(qc, rh[r0:r1], rw, r1 - r0, w)
                     out[:, :, r0 * w : r1 * w] = F.scaled_dot_product_attention(qc, k, v, attn_mask=bias)
         return out.transpose(1, 2).reshape(b, n, -1)
+
+    def _attend_chunked(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rh: torch.Tensor, rw: torch.Tensor,
+                        h: int, w: int) -> torch.Tensor:
+        """``softmax(q k^T scale + bias) v`` with plain matrix products, ``LOW_PRECISION_QUERIES`` queries at a time
+        (whole image lines): ``q, k, v (B, heads, N, d)`` -> ``(B, heads, N, d)``. For bf16/fp16 on a CPU, where
+        ``scaled_dot_product_attention`` with a bias mask runs at a quarter of the GEMM rate: the logits of a chunk
+        stay in cache, and the decomposed bias is added to them in place instead of being materialised."""
+        b, nh, _, d = q.shape
+        kh, kw = rh.shape[1], rw.shape[1]
+        kt = (k.transpose(-1, -2) * self.scale).contiguous()  # once: each chunk's matmul would copy a view
+        v = v.contiguous()
+        out = torch.empty_like(q)
+        rows = max(1, LOW_PRECISION_QUERIES // w)
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            qc = q[:, :, r0 * w : r1 * w]
+            r_q = qc.reshape(b, nh, r1 - r0, w, d)
+            rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, rh[r0:r1])
+            rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, rw)
+            logits = (qc @ kt).view(b, nh, r1 - r0, w, kh, kw)
+            logits += rel_h[..., :, None]
+            logits += rel_w[..., None, :]
+            out[:, :, r0 * w : r1 * w] = logits.view(b, nh, (r1 - r0) * w, kh * kw).softmax(-1) @ v
+        return out
 
     @staticmethod
     def _bias(q: torch.Tensor, rh: torch.Tensor, rw: torch.Tensor, qh: int, w: int) -> torch.Tensor:
