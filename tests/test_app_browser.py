@@ -7,6 +7,7 @@ Skips when Chromium or Playwright is missing.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -75,9 +76,11 @@ class Page:
                                     arg=pattern)
         return self.status()
 
-    def upload(self, path: Path, expect: str = "Loaded") -> None:
+    def upload(self, path: Path, expect: str | None = None) -> None:
+        """Upload ``path`` and wait for the status ``expect`` (default: "Loaded <its name>", so that a page that
+        already shows another image's "Loaded ..." does not satisfy the wait before this upload is handled)."""
         self.page.locator("#upload input[type=file]").set_input_files(str(path))
-        self.wait_status(expect)
+        self.wait_status(expect if expect is not None else "Loaded " + re.escape(path.name))
 
     def canvas_src(self) -> str:
         self.page.wait_for_function("() => { const i = document.querySelector('#canvas img');"
