@@ -135,9 +135,42 @@ def test_the_bf16_cpu_attention_is_the_biased_softmax_attention(monkeypatch: pyt
         full = attn(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             chunked = attn(x).float()
-            monkeypatch.setattr(image_encoder, "_low_precision_cpu", lambda q: False)
+            monkeypatch.setattr(image_encoder, "_chunk_queries", lambda q: 0)
             masked = attn(x).float()
-    assert calls == [torch.bfloat16]  # fp32 and the masked run took scaled_dot_product_attention
+    assert calls == [torch.bfloat16]  # fp32 (96 tokens: fused) and the masked run took scaled_dot_product_attention
     scale = full.abs().mean()
     assert (chunked - masked).abs().mean() < 0.02 * scale
     assert (chunked - full).abs().mean() < 0.02 * scale and (masked - full).abs().mean() < 0.02 * scale
+
+
+def test_the_fp32_global_attention_in_chunks_equals_the_fused_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp32 global attention on a CPU runs in chunks of query lines (no materialised bias); the result equals
+    scaled_dot_product_attention with the bias mask to fp32 rounding, and windows keep the fused kernel."""
+    import textsam.modeling.image_encoder as image_encoder
+
+    torch.manual_seed(0)
+    attn = image_encoder.Attention(64, num_heads=4, use_rel_pos=True, input_size=(8, 12)).eval()
+    with torch.no_grad():
+        attn.rel_pos_h.normal_(0, 0.5)
+        attn.rel_pos_w.normal_(0, 0.5)
+    x = torch.randn(2, 8, 12, 64)
+    monkeypatch.setattr(image_encoder, "FP32_QUERIES", 36)  # 3 image lines a chunk, the last one shorter
+    monkeypatch.setattr(image_encoder, "FP32_CHUNKED_MIN_TOKENS", 96)
+    calls = []
+    original = image_encoder.Attention._attend_chunked
+
+    def spy(self, *args):  # noqa: ANN001, ANN002, ANN202
+        calls.append(args[-1])
+        return original(self, *args)
+
+    monkeypatch.setattr(image_encoder.Attention, "_attend_chunked", spy)
+    with torch.inference_mode():
+        chunked = attn(x)
+        monkeypatch.setattr(image_encoder, "FP32_CHUNKED_MIN_TOKENS", 97)  # now "a window": the fused kernel
+        fused = attn(x)
+    monkeypatch.setattr(image_encoder, "FP32_CHUNKED_MIN_TOKENS", 96)
+    with torch.enable_grad():  # autograd (training) keeps the fused kernel
+        fused_grad_mode = attn(x).detach()
+    assert calls == [36]
+    assert torch.allclose(chunked, fused, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(fused, fused_grad_mode, atol=1e-6)

@@ -33,7 +33,15 @@ class MLPBlock(nn.Module):
         self.act = act()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin2(self.act(self.lin1(x)))
+        hidden = self.lin1(x)
+        if not hidden.requires_grad and not torch.jit.is_tracing():
+            # inference: the activation in place, one (tokens x mlp_dim) buffer fewer (ViT-B at 1024: 48 MB, a
+            # fresh allocation per block that costs page faults); same values
+            if type(self.act) is nn.GELU and self.act.approximate == "none":
+                return self.lin2(torch.ops.aten.gelu_(hidden))
+            if type(self.act) is nn.ReLU:
+                return self.lin2(torch.relu_(hidden))
+        return self.lin2(self.act(hidden))
 
 
 class MLP(nn.Module):

@@ -50,12 +50,20 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
 
 
 LOW_PRECISION_QUERIES = 128  # queries per chunk of the bf16/fp16 CPU attention (Attention._attend_chunked)
+FP32_QUERIES = 32  # queries per chunk of the fp32 CPU global attention
+FP32_CHUNKED_MIN_TOKENS = 1024  # fp32 attention over fewer tokens (the 14 x 14 windows) keeps the fused kernel
 
 
-def _low_precision_cpu(q: torch.Tensor) -> bool:
-    """Whether ``q`` takes the chunked attention: bf16/fp16 inference on a CPU (not traced, no autograd)."""
-    return (q.dtype in (torch.bfloat16, torch.float16) and q.device.type == "cpu" and not torch.jit.is_tracing()
-            and not torch.is_grad_enabled())
+def _chunk_queries(q: torch.Tensor) -> int:
+    """Queries per chunk of :meth:`Attention._attend_chunked` for ``q (B, heads, N, d)``, or 0 for the fused
+    ``scaled_dot_product_attention``. The chunked path is for inference on a CPU (not traced, no autograd): in
+    bf16/fp16 always (the fused kernel with a bias mask runs at a quarter of the GEMM rate there), in fp32 for
+    global attention (materialising its 4096 x 4096 bias per head costs a third of the attention's time)."""
+    if q.device.type != "cpu" or torch.jit.is_tracing() or torch.is_grad_enabled():
+        return 0
+    if q.dtype in (torch.bfloat16, torch.float16):
+        return LOW_PRECISION_QUERIES
+    return FP32_QUERIES if q.dtype == torch.float32 and q.shape[2] >= FP32_CHUNKED_MIN_TOKENS else 0
 
 
 class Attention(nn.Module):
@@ -93,8 +101,9 @@ class Attention(nn.Module):
         else:
             rh = get_rel_pos(h, h, self.rel_pos_h)
             rw = get_rel_pos(w, w, self.rel_pos_w)
-            if _low_precision_cpu(q):
-                return self._attend_chunked(q, k, v, rh, rw, h, w).transpose(1, 2).reshape(b, n, -1)
+            queries = _chunk_queries(q)
+            if queries:
+                return self._attend_chunked(q, k, v, rh, rw, h, w, queries).transpose(1, 2).reshape(b, n, -1)
             # Rows of whole image lines per chunk, so the bias chunk stays bounded.
             rows = max(1, min(h, _BIAS_CHUNK_ELEMENTS // max(1, b * self.num_heads * w * n)))
             if rows >= h:
@@ -109,17 +118,17 @@ class Attention(nn.Module):
         return out.transpose(1, 2).reshape(b, n, -1)
 
     def _attend_chunked(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rh: torch.Tensor, rw: torch.Tensor,
-                        h: int, w: int) -> torch.Tensor:
-        """``softmax(q k^T scale + bias) v`` with plain matrix products, ``LOW_PRECISION_QUERIES`` queries at a time
-        (whole image lines): ``q, k, v (B, heads, N, d)`` -> ``(B, heads, N, d)``. For bf16/fp16 on a CPU, where
-        ``scaled_dot_product_attention`` with a bias mask runs at a quarter of the GEMM rate: the logits of a chunk
-        stay in cache, and the decomposed bias is added to them in place instead of being materialised."""
+                        h: int, w: int, queries: int = LOW_PRECISION_QUERIES) -> torch.Tensor:
+        """``softmax(q k^T scale + bias) v`` with plain matrix products, about ``queries`` queries at a time
+        (whole image lines): ``q, k, v (B, heads, N, d)`` -> ``(B, heads, N, d)``. On a CPU (see
+        :func:`_chunk_queries`): the logits of a chunk stay in cache, and the decomposed bias is added to them in
+        place instead of being materialised."""
         b, nh, _, d = q.shape
         kh, kw = rh.shape[1], rw.shape[1]
         kt = (k.transpose(-1, -2) * self.scale).contiguous()  # once: each chunk's matmul would copy a view
         v = v.contiguous()
         out = torch.empty_like(q)
-        rows = max(1, LOW_PRECISION_QUERIES // w)
+        rows = max(1, queries // w)
         for r0 in range(0, h, rows):
             r1 = min(h, r0 + rows)
             qc = q[:, :, r0 * w : r1 * w]
