@@ -128,6 +128,35 @@ def test_vocabulary_in_one_pass_equals_single_calls(engine_predictor) -> None:
         assert a.presence == pytest.approx(b.presence, abs=1e-6)
 
 
+def test_phrases_choosing_the_same_object_share_one_decoder_row(engine_predictor) -> None:
+    """Phrases whose chosen proposal is the same object have identical prompts: the vocabulary decodes and
+    upsamples it once, and every phrase still gets what its own predict() call gives."""
+    phrases = ["the red circle", "a red circle", "red circle", "the blue circle"]
+    prompts = engine_predictor.text.prompts_for(phrases, engine_predictor)
+    distinct = {(p.points.tobytes(), p.box.tobytes()) for p in prompts}
+    assert len(distinct) < len(phrases)  # the three red circles are one object
+    rows = []
+    decoder = engine_predictor.model.mask_decoder
+    original = decoder.forward
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        rows.append(kwargs["sparse_prompt_embeddings"].shape[0])
+        return original(*args, **kwargs)
+
+    decoder.forward = spy
+    try:
+        many = engine_predictor.predict_phrases(phrases)
+    finally:
+        decoder.forward = original
+    assert rows == [len(distinct)]
+    for phrase, a in zip(phrases, many):
+        b = engine_predictor.predict(text=phrase)
+        assert (a.masks == b.masks).all() and a.presence == pytest.approx(b.presence, abs=1e-6)
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+        assert a.info["labels"] == [phrase] * len(a.masks)
+    assert not np.shares_memory(many[0].masks, many[1].masks)
+
+
 def test_a_vocabulary_on_an_image_without_proposals_equals_single_calls() -> None:
     """A real photo gives shapes_tiny's SAM no confident proposal: every phrase then has nothing to prompt
     with, and the vocabulary must still answer each phrase as predict() does (it raised an IndexError)."""

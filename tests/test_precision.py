@@ -60,6 +60,33 @@ def test_a_bf16_image_tower_is_a_cached_copy_outside_the_state_dict(clip_spec: s
     assert torch.nn.functional.cosine_similarity(full, half).min() > 0.99
     with pytest.raises(InputError, match="precision"):
         encoder.image_model("int8")
+    with torch.no_grad():  # new weights (an optimizer step, load_state_dict): the copy is made again
+        next(encoder.clip.visual.parameters()).add_(0.01)
+    assert encoder.image_model("bf16") is not tower
+
+
+def test_bf16_phrase_embeddings_come_from_a_cached_copy_of_the_text_transformer(clip_spec: str) -> None:
+    """encode(precision="bf16"): a bf16 copy of the text transformer (no per-call weight casts), a cache of its
+    own, embeddings close to fp32's; a change of the tower's weights makes the copy again."""
+    from textsam.text.clip import TextEncoder
+
+    encoder = TextEncoder.create(clip_spec, None)
+    keys = set(encoder.state_dict())
+    phrases = ["a red circle", "the dog on the left", "a zebra"]
+    full = encoder.encode(phrases)
+    half = encoder.encode(phrases, precision="bf16")
+    copy = encoder.text_transformer("bf16")
+    assert copy is encoder.text_transformer("bf16") and copy is not encoder.clip.transformer
+    assert next(copy.parameters()).dtype == torch.bfloat16 and set(encoder.state_dict()) == keys
+    assert (full * half).sum(-1).min() > 0.99 and not torch.equal(full, half)
+    assert torch.equal(encoder.encode(phrases), full)  # the fp32 cache is not the bf16 one
+    calls = encoder.tower_calls
+    assert torch.equal(encoder.encode(phrases, precision="bf16"), half) and encoder.tower_calls == calls
+    with torch.no_grad():
+        next(encoder.clip.transformer.parameters()).add_(0.01)
+    assert encoder.text_transformer("bf16") is not copy
+    with pytest.raises(InputError, match="precision"):
+        encoder.encode(phrases, precision="int8")
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +97,10 @@ def engine_model() -> textsam.TextSam:
 def test_a_bf16_engine_runs_in_bf16_only_where_the_device_has_it(engine_model: textsam.TextSam,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     base = textsam.TextSamPredictor(engine_model).text.options
-    options = dataclasses.replace(base, engine=dataclasses.replace(base.engine, precision="bf16"))
-    half = textsam.TextSamPredictor(engine_model, text_options=options)
-    full = textsam.TextSamPredictor(engine_model)
+    assert base.engine.precision == "bf16"  # the default: bf16 where the device has it
+    options = dataclasses.replace(base, engine=dataclasses.replace(base.engine, precision="fp32"))
+    half = textsam.TextSamPredictor(engine_model)
+    full = textsam.TextSamPredictor(engine_model, text_options=options)
     for p in (half, full):
         p.set_image(_scene())
     for native in (True, False):
@@ -94,6 +122,11 @@ def test_a_bf16_engine_runs_in_bf16_only_where_the_device_has_it(engine_model: t
         assert inter / max(1, (a.masks[0] | b.masks[0]).sum()) > 0.9, phrase  # the same object
         assert a.presence == pytest.approx(b.presence, abs=0.05)
     assert seen == [torch.bfloat16, torch.float32]  # each predictor's proposal clicks, once per image
+    # the phrases' embeddings too: the bf16 engine's in a cache of their own, close to fp32's
+    encoder = engine_model.text_encoder
+    assert set(encoder._low_precision_caches) == {"bf16"} and set(encoder._low_precision_caches["bf16"]) == set(encoder._cache)
+    for sentence, emb in encoder._cache.items():
+        assert float(emb @ encoder._low_precision_caches["bf16"][sentence]) > 0.995
     tower = engine_model.text_encoder.image_model("bf16")
     assert half.text.engine._tokens is not None and len(half.text.engine._crops) > 0
     assert next(tower.parameters()).dtype == torch.bfloat16

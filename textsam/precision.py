@@ -1,11 +1,12 @@
 """Reduced precision where it is only an approximation's business: which devices run bf16 natively, and the
 autocast context of a precision name.
 
-textsam computes in fp32 by default (SAM's exact numbers). bf16 is opt-in: ``TextSamPredictor(...,
-image_precision="bf16")`` for the image encoder, ``EngineOptions(precision="bf16")`` for the text engine's
-proposal clicks and CLIP image tower, and both together on the CPU fast path (:meth:`TextSamPredictor.fast`).
-On a device without native bf16 arithmetic (a CPU without AVX-512 BF16 or AMX) bf16 is emulated and slower than
-fp32, so the fast path keeps fp32 there.
+SAM itself computes in fp32 by default (the image encoder and every decoder call that makes a returned mask:
+SAM's exact numbers); ``TextSamPredictor(..., image_precision="bf16")`` opts the encoder into bf16, and the CPU
+fast path (:meth:`TextSamPredictor.fast`) does so where bf16 is native. The text engine's approximate work (which
+proposal answers a phrase: the proposal clicks, the CLIP towers) runs in bf16 by default where bf16 is native
+(``EngineOptions(precision="bf16")``; ``"fp32"`` opts out). On a device without native bf16 arithmetic (a CPU
+without AVX-512 BF16 or AMX) bf16 is emulated and slower than fp32, so fp32 is kept there.
 """
 
 from __future__ import annotations

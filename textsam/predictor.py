@@ -59,6 +59,16 @@ class Prediction(_PredictionFields):
         return self
 
 
+
+def _prompt_key(tp: TextPrompt) -> tuple | None:
+    """A hashable key of a text prompt's decoder input (clicks, labels, box), or None when it has its own
+    tokens (a text head's: never shared between phrases)."""
+    if tp.tokens is not None:
+        return None
+    box = None if tp.box is None else np.asarray(tp.box, np.float64).tobytes()
+    return (np.asarray(tp.points, np.float64).tobytes(), np.asarray(tp.labels, np.int64).tobytes(), box)
+
+
 class TextSamPredictor:
     """Set an image once with :meth:`set_image`, then call :meth:`predict` for each prompt.
 
@@ -318,17 +328,36 @@ class TextSamPredictor:
                 tp.located = click[0].tolist()  # type: ignore[attr-defined]
             singles.append((i, tp))
         if singles:
-            low_res, iou = self._decode_low_res(self.features, *self._text_batch([tp for _, tp in singles]),
-                                                multimask_output)
-            for row, (i, tp) in enumerate(singles):
-                out[i] = self._text_answer(phrases[i], tp, low_res[row : row + 1], iou[row : row + 1], return_logits)
+            # phrases whose prompts are identical (the same chosen proposal and no per-phrase tokens, e.g. several
+            # absent classes falling on one object) share one decoder row and one upsampling: the same masks
+            rows: dict[tuple, int] = {}
+            unique: list[TextPrompt] = []
+            row_of = []
+            for _, tp in singles:
+                key = _prompt_key(tp)
+                if key is None or key not in rows:
+                    if key is not None:
+                        rows[key] = len(unique)
+                    row_of.append(len(unique))
+                    unique.append(tp)
+                else:
+                    row_of.append(rows[key])
+            low_res, iou = self._decode_low_res(self.features, *self._text_batch(unique), multimask_output)
+            finished: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+            for row, (i, tp) in zip(row_of, singles):
+                if row not in finished:
+                    finished[row] = self._finish(low_res[row : row + 1], iou[row : row + 1], return_logits)
+                out[i] = self._text_answer(phrases[i], tp, low_res[row : row + 1], iou[row : row + 1], return_logits,
+                                           finished[row])
         for i in groups:
             out[i] = self._predict_group(phrases[i], prompts[i], None, None, return_logits)
         return [o for o in out if o is not None]
 
     def _text_answer(self, text: str, tp: TextPrompt, low_res: torch.Tensor, iou: torch.Tensor,
-                     return_logits: bool) -> Prediction:
-        """One phrase's decoded masks ``(1, M, h, w)`` as a Prediction, ordered by the text ranking."""
+                     return_logits: bool,
+                     finished: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> Prediction:
+        """One phrase's decoded masks ``(1, M, h, w)`` as a Prediction, ordered by the text ranking. ``finished``:
+        :meth:`_finish` of these masks in the decoder's order, when already computed (shared by phrases)."""
         text_scores = self.text.mask_text_scores(low_res[0], text).cpu()
         ranking = iou[0].cpu() + self.text.options.scoring.text_weight * text_scores
         order = torch.argsort(ranking, descending=True)
@@ -339,7 +368,10 @@ class TextSamPredictor:
             "found": self._found(tp.presence)}
         if getattr(tp, "located", None) is not None:
             info["prompts"]["located"] = tp.located  # type: ignore[attr-defined]
-        masks, scores, low = self._finish(low_res[:, order], iou[:, order], return_logits)
+        if finished is None:
+            masks, scores, low = self._finish(low_res[:, order], iou[:, order], return_logits)
+        else:  # upsampling is per mask, so reordering after it gives the same arrays
+            masks, scores, low = (a[:, order.numpy()] for a in finished)
         return Prediction(masks[0], scores[0], low[0], info, tp.presence)
 
     def generate(self, **kwargs: Any) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError, WeightsError
-from ..precision import DTYPES, check_precision
+from ..precision import DTYPES, autocast, check_precision
 from .templates import clean_phrase, expand
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,37 @@ def parse_clip_spec(spec: str) -> tuple[str, str | None]:
         name, tag = spec.split("/", 1)
         return name, tag or None
     return spec, None
+
+
+def _low_precision_copy(copies: dict, module: nn.Module, precision: str,
+                        wrap: Callable[[nn.Module], nn.Module] | None = None) -> nn.Module:
+    """``module`` in ``precision`` (bf16/fp16), a copy made on first use and kept in ``copies`` once per precision
+    and device, outside any state dict (the fp32 module is untouched). The copy is made again when the module's
+    weights have changed since (an optimizer step, ``load_state_dict``: every in-place change bumps a tensor's
+    version counter). ``wrap``: what is kept is ``wrap(copy)``."""
+    device = next(module.parameters()).device
+    key = (precision, str(device))
+    versions = tuple(p._version for p in module.parameters())
+    entry = copies.get(key)
+    if entry is None or entry[0] != versions:
+        low = copy.deepcopy(module).to(DTYPES[precision]).eval()
+        entry = copies[key] = (versions, wrap(low) if wrap else low)
+    return entry[1]
+
+
+def _sequence_first(transformer: nn.Module) -> nn.Module:
+    """An open_clip text ``Transformer`` made to run its blocks on ``(L, N, D)`` tokens (it transposes once, into
+    a contiguous tensor) when every attention in it is a plain ``nn.MultiheadAttention``: the same values. A
+    batch-first MultiheadAttention with a mask projects a transposed view, which in bf16 on a CPU becomes a
+    batched matmul against a copy of the weight per token position (three quarters of a phrase's time)."""
+    attentions = [m for m in transformer.modules() if isinstance(m, nn.MultiheadAttention)]
+    blocks = getattr(transformer, "resblocks", None)
+    if (getattr(transformer, "batch_first", False) and attentions and blocks is not None
+            and len(attentions) == len(blocks)):
+        transformer.batch_first = False
+        for attention in attentions:
+            attention.batch_first = False
+    return transformer
 
 
 class ImageTower(nn.Module):
@@ -88,11 +119,13 @@ class TextEncoder(nn.Module):
         self.cache_size = cache_size
         self._cache: OrderedDict[str, Tensor] = OrderedDict()
         self._word_cache: OrderedDict[str, tuple[Tensor, Tensor]] = OrderedDict()
+        self._low_precision_caches: dict[str, OrderedDict[str, Tensor]] = {}  # encode(precision="bf16"), ...
         self._cache_lock = threading.Lock()  # predictors on several threads share one encoder
         self.tower_calls = 0  # text-tower forward passes run so far (for cache measurements)
         # reduced-precision copies of the image tower, by (precision, device); a plain dict, not submodules,
         # so they are never part of the state dict
-        self._image_towers: dict[tuple[str, str], ImageTower] = {}
+        self._image_towers: dict[tuple[str, str], tuple[tuple[int, ...], ImageTower]] = {}
+        self._text_towers: dict[tuple[str, str], tuple[tuple[int, ...], nn.Module]] = {}  # the text transformer's
 
     @classmethod
     def create(
@@ -189,17 +222,23 @@ class TextEncoder(nn.Module):
                            "used: %r...", n, self.context_length, phrase[:60])
 
     @torch.inference_mode()
-    def encode(self, phrases: str | Sequence[str]) -> Tensor:
-        """Unit CLIP embeddings ``(N, D)`` (float32) of phrases; cached phrases skip the text tower."""
+    def encode(self, phrases: str | Sequence[str], precision: str = "fp32") -> Tensor:
+        """Unit CLIP embeddings ``(N, D)`` (float32) of phrases; cached phrases skip the text tower.
+
+        ``precision``: the text tower's transformer (``"bf16"``: a bf16 copy of it, :meth:`text_transformer`,
+        about 1.7x faster on a CPU with native bf16, cosine with fp32's embedding >= 0.9999 for ViT-B/16; a cache
+        of its own)."""
         items = [phrases] if isinstance(phrases, str) else list(phrases)
         if not items:
             raise InputError("no phrase given")
+        check_precision(precision, "text tower precision")
         cleaned = [clean_phrase(p) for p in items]
 
         def compute(missing: list[str]) -> list[Tensor]:
-            return list(self.embed_tokens(self.tokenize(missing)).float())
+            return list(self.embed_tokens(self.tokenize(missing), precision=precision).float())
 
-        return torch.stack(self._cached(self._cache, cleaned, compute))
+        cache = self._cache if precision == "fp32" else self._low_precision_caches.setdefault(precision, OrderedDict())
+        return torch.stack(self._cached(cache, cleaned, compute))
 
     @torch.inference_mode()
     def encode_words(self, phrases: str | Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
@@ -249,8 +288,8 @@ class TextEncoder(nn.Module):
         """Token ids ``(N, context_length)`` int64 of (already cleaned) phrases, on the tower's device."""
         return self.tokenizer(list(phrases)).to(self._device())
 
-    def embed_tokens(self, tokens: Tensor, with_words: bool = False, *,
-                     trim: bool = True) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+    def embed_tokens(self, tokens: Tensor, with_words: bool = False, *, trim: bool = True,
+                     precision: str = "fp32") -> Tensor | tuple[Tensor, Tensor, Tensor]:
         """Unit embeddings ``(N, D)`` of token ids ``(N, L)``, with autograd (for training the tower).
 
         ``with_words``: also the last-layer per-token features ``(N, L', W)`` (after the final layer norm,
@@ -263,20 +302,25 @@ class TextEncoder(nn.Module):
         pooled (end-of-text) feature, so the sequence is cut to the longest real length first: the
         same embedding, several times faster for short phrases than running all 77 positions. ``trim=False`` keeps
         every position (``L' = L``): a traced graph (the browser page's) must not fix the length it saw.
+
+        ``precision`` (inference only): the transformer's precision (:meth:`text_transformer`); the token and
+        position embeddings, the final layer norm and the projection stay fp32.
         """
         clip = self.clip
         if not self._has_causal_tower():
             if with_words:
                 raise InputError(f"the CLIP text tower of {self.model_name!r} gives no per-token features here; "
                                  "use a text head without a word path (word_tokens = false)")
-            return clip.encode_text(tokens, normalize=True)
+            with autocast(tokens.device, precision):
+                return clip.encode_text(tokens, normalize=True).float()
         length = int((tokens != 0).sum(dim=1).max().item()) if trim else tokens.shape[1]
         length = max(1, min(length, tokens.shape[1]))
         tokens = tokens[:, :length]
-        cast_dtype = clip.transformer.get_cast_dtype()
+        transformer = self.text_transformer(precision)
+        cast_dtype = clip.transformer.get_cast_dtype() if precision == "fp32" else DTYPES[precision]
         x = clip.token_embedding(tokens).to(cast_dtype) + clip.positional_embedding[:length].to(cast_dtype)
-        x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
-        words = clip.ln_final(x)
+        x = transformer(x, attn_mask=clip.attn_mask[:length, :length].to(cast_dtype))
+        words = clip.ln_final(x if precision == "fp32" else x.to(clip.ln_final.weight.dtype))
         end = tokens.argmax(dim=-1)  # the end-of-text token has the largest id
         x = words[torch.arange(words.shape[0], device=words.device), end]
         proj = clip.text_projection
@@ -294,30 +338,39 @@ class TextEncoder(nn.Module):
         compared with image features."""
         return self.encode_ensembles([phrase], templates)[0]
 
-    def encode_ensembles(self, phrases: Sequence[str], templates: Sequence[str]) -> Tensor:
-        """:meth:`encode_ensemble` of several phrases, ``(P, D)``: every sentence in one text-tower batch."""
+    def encode_ensembles(self, phrases: Sequence[str], templates: Sequence[str], precision: str = "fp32") -> Tensor:
+        """:meth:`encode_ensemble` of several phrases, ``(P, D)``: every sentence in one text-tower batch (in
+        ``precision``, see :meth:`encode`)."""
         groups = [expand(p, templates) if templates else [clean_phrase(p)] for p in phrases]
-        emb = self.encode([s for group in groups for s in group])
+        emb = self.encode([s for group in groups for s in group], precision)
         means = torch.stack([chunk.mean(0) for chunk in torch.split(emb, [len(g) for g in groups])])
         return means / means.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
     def clear_cache(self) -> None:
         self._cache.clear()
         self._word_cache.clear()
+        self._low_precision_caches.clear()
 
     def image_model(self, precision: str = "fp32") -> nn.Module:
         """What to run images through in ``precision``: the CLIP itself for ``fp32``; for ``bf16``/``fp16`` an
-        :class:`ImageTower` holding a copy of the image tower in that precision (made on first use, once per
-        precision and device, about 2 bytes a parameter: 172 MB for ViT-B/16; the fp32 tower is untouched)."""
+        :class:`ImageTower` holding a copy of the image tower in that precision (:func:`_low_precision_copy`:
+        172 MB for ViT-B/16; the fp32 tower is untouched)."""
         if precision == "fp32":
             return self.clip
         check_precision(precision, "image tower precision")
-        device = next(self.clip.visual.parameters()).device
-        key = (precision, str(device))
         with self._cache_lock:
-            if key not in self._image_towers:
-                self._image_towers[key] = ImageTower(copy.deepcopy(self.clip.visual).to(DTYPES[precision]).eval())
-            return self._image_towers[key]
+            return _low_precision_copy(self._image_towers, self.clip.visual, precision, ImageTower)
+
+    def text_transformer(self, precision: str = "fp32") -> nn.Module:
+        """The text tower's transformer in ``precision``: the CLIP's own for ``fp32``; for ``bf16``/``fp16`` a copy
+        in that precision (:func:`_low_precision_copy`: 76 MB for ViT-B/16's), run sequence-first
+        (:func:`_sequence_first`). A copy, not autocast: autocast casts every weight on every call, which costs
+        more than a short phrase's own text pass."""
+        if precision == "fp32":
+            return self.clip.transformer
+        check_precision(precision, "text tower precision")
+        with self._cache_lock:
+            return _low_precision_copy(self._text_towers, self.clip.transformer, precision, _sequence_first)
 
     def set_text_tower_trainable(self, trainable: bool) -> None:
         """Train (or freeze) the text tower only; the visual tower and the logit scale stay frozen."""
