@@ -51,7 +51,7 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
 
 LOW_PRECISION_QUERIES = 128  # queries per chunk of the bf16/fp16 CPU attention (Attention._attend_chunked)
 FP32_QUERIES = 32  # queries per chunk of the fp32 CPU global attention
-FP32_CHUNKED_MIN_TOKENS = 1024  # fp32 attention over fewer tokens (the 14 x 14 windows) keeps the fused kernel
+FP32_CHUNKED_MIN_TOKENS = 2048  # fp32 attention over fewer tokens (windows; a 32 x 32 map: shapes_tiny) keeps the fused kernel
 
 
 def _chunk_queries(q: torch.Tensor) -> int:
