@@ -93,7 +93,7 @@ class TextSamPredictor:
     def fast(cls, model: TextSam, text_options: TextOptions | None = None) -> TextSamPredictor:
         """The CPU fast path (``--fast`` in the CLI, the app and the labeller): ``text_options`` (default: the
         model file's own) made fast (:meth:`~textsam.text.options.TextOptions.fast`: fewer proposal clicks and
-        crops, the engine's proposal clicks and CLIP image tower in bf16) and, where the model's device runs
+        crops, the engine's proposal clicks and CLIP towers in bf16) and, where the model's device runs
         bf16 natively (:func:`textsam.precision.native_bf16`), the image encoder in bf16 too. Everything else,
         the final decoder call included, stays fp32; on a device without native bf16 everything does."""
         from .text.prompter import default_options

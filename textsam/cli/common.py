@@ -36,9 +36,9 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 # what --fast changes besides the model (TextSamPredictor.fast, TextOptions.fast), for every command's help
-FAST_HELP = ("a lighter text engine (at most 24 proposal clicks, 16 proposals, 3 CLIP crops per phrase) with the "
-             "image encoder, the proposal clicks and the CLIP image tower in bf16 where the CPU or GPU computes bf16 "
-             "natively")
+FAST_HELP = ("a lighter text engine (at most 24 proposal clicks, 16 proposals, 3 CLIP crops per phrase) and the "
+             "image encoder in bf16 where the CPU or GPU computes bf16 natively (the engine's proposal clicks and "
+             "CLIP towers run in bf16 there anyway)")
 
 def print_error(message: object) -> None:
     """``textsam: error: <message>`` on stderr."""
