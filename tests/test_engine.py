@@ -204,6 +204,16 @@ def test_a_full_mask_token_is_the_towers_own_image_embedding() -> None:
     torch.testing.assert_close(tokens[0], ref, atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(dense.mask_embeddings(image, masks[1:2])[0], tokens[1], atol=2e-5, rtol=1e-4)
     assert float(tokens[1] @ tokens[2]) < 0.999  # different patches, different embeddings
+    # the pass pads its mask tokens to a multiple of 8 (few distinct sequence lengths) and drops the padding
+    lengths = []
+    block = model.visual.transformer.resblocks[0]
+    hook = block.register_forward_pre_hook(lambda module, args: lengths.append(args[0].shape))
+    try:
+        assert dense.mask_embeddings(image, masks).shape == (3, 512)
+        assert dense.mask_embeddings(image, np.concatenate([masks] * 3)).shape == (9, 512)
+    finally:
+        hook.remove()
+    assert [max(shape[:2]) for shape in lengths] == [1 + 196 + 8, 1 + 196 + 16]
 
 
 def test_cell_coverage_counts_the_pixels_of_each_patch() -> None:

@@ -114,6 +114,9 @@ def maskclip_last_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return y + block.ls_2(block.mlp(block.ln_2(y)))
 
 
+MASK_TOKEN_BUCKET = 8  # DenseClip.mask_embeddings pads its mask tokens to a multiple of this
+
+
 class DenseClip:
     """Dense (per-patch) CLIP image features in the joint image-text space.
 
@@ -259,7 +262,7 @@ class DenseClip:
         attend to the mask tokens, so they are what the plain tower computes. The mask token's output, through
         ``ln_post`` and ``proj``, is the mask's embedding (mask class tokens, Ding et al., ICML 2023; the SAM
         paper limits CLIP's output token to the mask's patches the same way). Cost: the tower at
-        ``input_size`` plus ``N`` tokens, whatever ``N``.
+        ``input_size`` plus ``N`` tokens (rounded up to a multiple of :data:`MASK_TOKEN_BUCKET`), whatever ``N``.
         """
         pixels, geometry = self.prepare(image)
         cover = self.cell_coverage(masks, geometry)  # (N, gh, gw)
@@ -271,6 +274,12 @@ class DenseClip:
         best = flat.max(axis=1, keepdims=True)
         inside |= ~inside.any(axis=1, keepdims=True) & (flat >= best) & (best > 0)
         inside[~inside.any(axis=1), :] = True  # an empty mask reads the whole image
+        # whole-image tokens up to a multiple of MASK_TOKEN_BUCKET, their outputs dropped: the tower then sees a
+        # few sequence lengths, not one per proposal count (each new length kept native memory in bf16 on a CPU:
+        # +4.8% RSS over 100 images, flat with the buckets)
+        real = n
+        n += -n % MASK_TOKEN_BUCKET
+        inside = np.concatenate([inside, np.ones((n - real, inside.shape[1]), dtype=bool)])
         side = self.input_size // self.patch_size
         cells = np.zeros((n, side, side), dtype=bool)
         cells[:, : geometry.grid_h, : geometry.grid_w] = inside.reshape(n, geometry.grid_h, geometry.grid_w)
@@ -288,7 +297,7 @@ class DenseClip:
         for block in self.visual.transformer.resblocks:
             x = block(x, attn_mask=attn_mask) if batch_first else \
                 block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
-        out = self.visual.ln_post(x[0, 1 + g :]) @ self.visual.proj
+        out = self.visual.ln_post(x[0, 1 + g : 1 + g + real]) @ self.visual.proj
         return F.normalize(out.float(), dim=-1)
 
     def to_native(self, image: np.ndarray) -> torch.Tensor:
