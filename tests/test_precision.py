@@ -207,3 +207,16 @@ def test_the_fp32_global_attention_in_chunks_equals_the_fused_kernel(monkeypatch
     assert calls == [36]
     assert torch.allclose(chunked, fused, atol=1e-5, rtol=1e-5)
     assert torch.allclose(fused, fused_grad_mode, atol=1e-6)
+
+
+def test_low_precision_copies_of_a_model_made_under_inference_mode(clip_spec: str) -> None:
+    """Inference tensors keep no version counter; the bf16 copies are still made once and work."""
+    from textsam.text.clip import TextEncoder
+
+    with torch.inference_mode():
+        encoder = TextEncoder.create(clip_spec, None)
+        tower = encoder.image_model("bf16")
+        assert tower is encoder.image_model("bf16")
+        assert encoder.text_transformer("bf16") is encoder.text_transformer("bf16")
+        half = encoder.encode(["a red circle"], precision="bf16")
+    assert (half * encoder.encode(["a red circle"])).sum() > 0.99

@@ -52,10 +52,12 @@ def _low_precision_copy(copies: dict, module: nn.Module, precision: str,
     """``module`` in ``precision`` (bf16/fp16), a copy made on first use and kept in ``copies`` once per precision
     and device, outside any state dict (the fp32 module is untouched). The copy is made again when the module's
     weights have changed since (an optimizer step, ``load_state_dict``: every in-place change bumps a tensor's
-    version counter). ``wrap``: what is kept is ``wrap(copy)``."""
+    version counter; for a model made under ``torch.inference_mode``, which keeps none, only new weight storage is
+    noticed). ``wrap``: what is kept is ``wrap(copy)``."""
     device = next(module.parameters()).device
     key = (precision, str(device))
-    versions = tuple(p._version for p in module.parameters())
+    # inference tensors (a model made under torch.inference_mode) keep no version counter: their storage stands in
+    versions = tuple(p.data_ptr() if p.is_inference() else p._version for p in module.parameters())
     entry = copies.get(key)
     if entry is None or entry[0] != versions:
         low = copy.deepcopy(module).to(DTYPES[precision]).eval()
