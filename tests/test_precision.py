@@ -144,9 +144,8 @@ def test_the_fast_predictor_adds_a_bf16_encoder_only_on_native_bf16(engine_model
     assert textsam.TextSamPredictor.fast(engine_model, given).text.options == given.fast()
 
 
-def test_the_bf16_cpu_attention_is_the_biased_softmax_attention(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The encoder's chunked bf16 attention (plain matmuls, the decomposed rel-pos bias added in place) computes
-    what scaled_dot_product_attention with the bias mask computes, in several chunks of query rows."""
+def _biased_attention() -> tuple[torch.nn.Module, torch.Tensor]:
+    """A small rel-pos attention on an 8 x 12 token map with strong biases, and a batch of 2 inputs."""
     import textsam.modeling.image_encoder as image_encoder
 
     torch.manual_seed(0)
@@ -154,7 +153,15 @@ def test_the_bf16_cpu_attention_is_the_biased_softmax_attention(monkeypatch: pyt
     with torch.no_grad():
         attn.rel_pos_h.normal_(0, 0.5)
         attn.rel_pos_w.normal_(0, 0.5)
-    x = torch.randn(2, 8, 12, 64)
+    return attn, torch.randn(2, 8, 12, 64)
+
+
+def test_the_bf16_cpu_attention_is_the_biased_softmax_attention(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The encoder's chunked bf16 attention (plain matmuls, the decomposed rel-pos bias added in place) computes
+    what scaled_dot_product_attention with the bias mask computes, in several chunks of query rows."""
+    import textsam.modeling.image_encoder as image_encoder
+
+    attn, x = _biased_attention()
     monkeypatch.setattr(image_encoder, "LOW_PRECISION_QUERIES", 24)  # 2 image lines a chunk: 4 chunks
     calls = []
     original = image_encoder.Attention._attend_chunked
@@ -181,12 +188,7 @@ def test_the_fp32_global_attention_in_chunks_equals_the_fused_kernel(monkeypatch
     scaled_dot_product_attention with the bias mask to fp32 rounding, and windows keep the fused kernel."""
     import textsam.modeling.image_encoder as image_encoder
 
-    torch.manual_seed(0)
-    attn = image_encoder.Attention(64, num_heads=4, use_rel_pos=True, input_size=(8, 12)).eval()
-    with torch.no_grad():
-        attn.rel_pos_h.normal_(0, 0.5)
-        attn.rel_pos_w.normal_(0, 0.5)
-    x = torch.randn(2, 8, 12, 64)
+    attn, x = _biased_attention()
     monkeypatch.setattr(image_encoder, "FP32_QUERIES", 36)  # 3 image lines a chunk, the last one shorter
     monkeypatch.setattr(image_encoder, "FP32_CHUNKED_MIN_TOKENS", 96)
     calls = []
