@@ -7,17 +7,17 @@ kept), and a vocabulary of 20 phrases against one phrase, both as the first text
 (target: at most 2x) and with the proposals already computed (then only the text tower differs). A random
 text tower embeds every phrase alike, so its 20 phrases shortlist, crop and choose the same few proposals; the
 vocabulary is timed again with each phrase given its own random direction (``distinct``), phrases that
-disagree as a trained CLIP's do: more crops and more decoder rows, the case a user's vocabulary is closer to. Random weights give near-identical masks for every click,
-so the proposal filters are relaxed (every mask kept, no NMS) and the engine scores its full
-``max_proposals`` crops: the worst case of a real image. Then the same new-image request through
+disagree as a trained CLIP's do: more crops and more decoder rows, the case a user's vocabulary is closer to.
+Random weights give near-identical masks for every click, so the proposal filters are relaxed (every mask kept,
+no NMS) and the engine keeps its full ``max_proposals``: the worst case of a real image. Then the same new-image request through
 transformers' Sam3Model and through GroundingDINO-tiny + SAM ViT-B (segment-anything), random weights from
 their default configs, in the same process.
 
     python benchmarks/bench_text.py [--image PATH] [--repeats 3] [--models sam_vit_b,mobile_sam] [--skip-others]
                                     [--fast] [--new-image-only] [--peers-bf16]
 
-``--fast`` times :meth:`textsam.TextSamPredictor.fast` as the CLI builds it (on a CPU with native bf16: the
-encoder, the proposal clicks and the CLIP image tower in bf16); ``--peers-bf16`` gives the other two systems
+``--fast`` times :meth:`textsam.TextSamPredictor.fast` as the CLI builds it (the lighter engine and, on a CPU
+with native bf16, the encoder in bf16; the engine's own work is bf16 there by default); ``--peers-bf16`` gives the other two systems
 bf16 autocast as well, so the fast path is also compared with peers given the same precision.
 """
 

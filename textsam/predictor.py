@@ -59,7 +59,6 @@ class Prediction(_PredictionFields):
         return self
 
 
-
 def _prompt_key(tp: TextPrompt) -> tuple | None:
     """A hashable key of a text prompt's decoder input (clicks, labels, box), or None when it has its own
     tokens (a text head's: never shared between phrases)."""
@@ -334,14 +333,9 @@ class TextSamPredictor:
             unique: list[TextPrompt] = []
             row_of = []
             for _, tp in singles:
-                key = _prompt_key(tp)
-                if key is None or key not in rows:
-                    if key is not None:
-                        rows[key] = len(unique)
-                    row_of.append(len(unique))
+                row_of.append(rows.setdefault(_prompt_key(tp) or (id(tp),), len(unique)))
+                if row_of[-1] == len(unique):
                     unique.append(tp)
-                else:
-                    row_of.append(rows[key])
             low_res, iou = self._decode_low_res(self.features, *self._text_batch(unique), multimask_output)
             finished: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
             for row, (i, tp) in zip(row_of, singles):

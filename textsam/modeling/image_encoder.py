@@ -58,7 +58,7 @@ def _chunk_queries(q: torch.Tensor) -> int:
     """Queries per chunk of :meth:`Attention._attend_chunked` for ``q (B, heads, N, d)``, or 0 for the fused
     ``scaled_dot_product_attention``. The chunked path is for inference on a CPU (not traced, no autograd): in
     bf16/fp16 always (the fused kernel with a bias mask runs at a quarter of the GEMM rate there), in fp32 for
-    global attention (materialising its 4096 x 4096 bias per head costs a third of the attention's time)."""
+    global attention (materialising its 4096 x 4096 bias per head costs about a quarter of its time)."""
     if q.device.type != "cpu" or torch.jit.is_tracing() or torch.is_grad_enabled():
         return 0
     if q.dtype in (torch.bfloat16, torch.float16):
@@ -118,7 +118,7 @@ class Attention(nn.Module):
         return out.transpose(1, 2).reshape(b, n, -1)
 
     def _attend_chunked(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rh: torch.Tensor, rw: torch.Tensor,
-                        h: int, w: int, queries: int = LOW_PRECISION_QUERIES) -> torch.Tensor:
+                        h: int, w: int, queries: int) -> torch.Tensor:
         """``softmax(q k^T scale + bias) v`` with plain matrix products, about ``queries`` queries at a time
         (whole image lines): ``q, k, v (B, heads, N, d)`` -> ``(B, heads, N, d)``. On a CPU (see
         :func:`_chunk_queries`): the logits of a chunk stay in cache, and the decomposed bias is added to them in

@@ -74,8 +74,8 @@ class EngineOptions:
     on a device that computes it natively (:func:`textsam.precision.native_bf16`: a CPU with AVX-512 BF16 or AMX,
     a CUDA GPU with bf16), and in fp32 elsewhere; ``"fp32"`` everywhere. The chosen proposal's final decoder
     call (with the user's clicks and box) stays fp32, so the mask is SAM's fp32 mask for the chosen prompt; bf16
-    only enters which proposal is chosen and its box. About 2x faster on such a CPU (sam_vit_b: 1.8 s against
-    2.8 s after ``set_image``); on the synthetic proxy the same mIoU (55.06 against 55.05).
+    only enters which proposal is chosen and its box. About 1.6x faster on such a CPU (sam_vit_b: 1.7 s against
+    2.8 s after ``set_image``); on the synthetic proxy the same mIoU (54.99-55.07 against 55.05 in fp32).
     token_input_scale: the mask-token pass runs the tower at this multiple of its native input size (rounded
     to whole patches; 1: the size CLIP was trained at, 224 px for ViT-B/16, without interpolated positions; on
     the synthetic proxy 1.5x and 2x scored the same).

@@ -275,8 +275,8 @@ class DenseClip:
         inside |= ~inside.any(axis=1, keepdims=True) & (flat >= best) & (best > 0)
         inside[~inside.any(axis=1), :] = True  # an empty mask reads the whole image
         # whole-image tokens up to a multiple of MASK_TOKEN_BUCKET, their outputs dropped: the tower then sees a
-        # few sequence lengths, not one per proposal count (each new length kept native memory in bf16 on a CPU:
-        # +4.8% RSS over 100 images, flat with the buckets)
+        # few sequence lengths, not one per proposal count (in bf16 on a CPU each new length kept native memory:
+        # RSS climbed image after image; with the buckets it levels off)
         real = n
         n += -n % MASK_TOKEN_BUCKET
         inside = np.concatenate([inside, np.ones((n - real, inside.shape[1]), dtype=bool)])
