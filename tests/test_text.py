@@ -72,6 +72,23 @@ def test_text_embedding_cache_skips_the_tower() -> None:
     assert enc.tower_calls == 2  # only the new phrase ran
 
 
+def test_a_text_copy_shares_the_image_tower_and_owns_its_text_tower() -> None:
+    """``TextEncoder.text_copy``: the image tower is the same module, the text tower a copy with equal values
+    that changes alone (a text head's fine-tuned tower is loaded into it while the original keeps scoring)."""
+    enc = tiny_clip_encoder()
+    phrases = ["a red circle", "the blue square"]
+    before = enc.encode(phrases).clone()
+    copy = enc.text_copy()
+    assert copy.clip.visual is enc.clip.visual and copy.clip.transformer is not enc.clip.transformer
+    assert torch.equal(copy.encode(phrases), before)
+    with torch.no_grad():
+        copy.clip.text_projection.mul_(-1)
+    copy.clear_cache()
+    assert torch.allclose(copy.encode(phrases), -before, atol=1e-6)
+    enc.clear_cache()
+    assert torch.equal(enc.encode(phrases), before)
+
+
 def test_short_sequence_fast_path_equals_open_clip() -> None:
     enc = tiny_clip_encoder()
     phrases = ["a red circle", "the leftmost small blue star on the right", "x"]

@@ -427,6 +427,12 @@ def test_text_tower_fine_tuning_trains_resumes_and_reloads(clip_spec: str, tmp_p
     head = str(tmp_path / "full" / "text_head.safetensors")
     served = textsam.create_model(TRAIN_MODEL, pretrained=False, text_head=head)
     assert torch.allclose(served.text_encoder.encode(phrases), model.text_encoder.encode(phrases), atol=1e-6)
+    # the engine keeps scoring with CLIP's own text tower (the one trained with its image tower), sharing the
+    # image tower with the head's copy, and is never trained
+    assert served.scoring_encoder is served.engine_encoder and served.engine_encoder is not served.text_encoder
+    assert torch.allclose(served.scoring_encoder.encode(phrases), original.encode(phrases), atol=1e-6)
+    assert served.engine_encoder.clip.visual is served.text_encoder.clip.visual
+    assert not any(p.requires_grad for p in served.engine_encoder.parameters())
     alone = tmp_path / "alone" / "text_head.safetensors"
     alone.parent.mkdir()
     shutil.copy(tmp_path / "full" / "text_head.safetensors", alone)

@@ -125,6 +125,25 @@ def test_graphs_compute_what_the_model_computes(tiny_page) -> None:  # noqa: ANN
     assert np.abs(emb_crop - torch.nn.functional.normalize(enc.clip.encode_image(crop), dim=-1).numpy()).max() < 1e-5
 
 
+@torch.inference_mode()
+def test_a_head_with_its_own_text_tower_gets_its_own_text_graph(tmp_path: Path, fake_runtime: Path) -> None:
+    """A text head read through a fine-tuned copy of CLIP's text tower (``model.engine_encoder`` keeps CLIP's
+    own): ``clip_text`` and ``clip_image`` are the engine's CLIP, ``clip_text_head`` the head's tower."""
+    model = textsam.create_model("shapes_tiny")
+    model.engine_encoder, model.text_encoder = model.text_encoder, model.text_encoder.text_copy()
+    with torch.no_grad():
+        model.text_encoder.clip.text_projection.mul_(-1)
+    folder = export_web(model, tmp_path / "page", runtime=fake_runtime)
+    assert json.loads((folder / "manifest.json").read_text())["graphs"]["clip_text_head"] == "clip_text_head.onnx"
+    phrases = ["red circle", "the leftmost blue star"]
+    tokens = model.text_encoder.tokenize(phrases).numpy()
+    (engine,) = _session(folder, "clip_text")({"tokens": tokens})[:1]
+    (head,) = _session(folder, "clip_text_head")({"tokens": tokens})[:1]
+    assert np.abs(engine - model.engine_encoder.encode(phrases).numpy()).max() < 1e-5
+    assert np.abs(head - model.text_encoder.encode(phrases).numpy()).max() < 1e-5
+    assert np.abs(head + engine).max() < 1e-5  # the head's tower is the negated copy
+
+
 def test_manifest_and_folder(tiny_page) -> None:  # noqa: ANN001
     folder, model = tiny_page
     manifest = json.loads((folder / "manifest.json").read_text())

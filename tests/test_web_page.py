@@ -348,3 +348,40 @@ def test_page_without_a_text_head_runs_the_engine_as_python_does(browser, tmp_pa
         assert not page.errors, page.errors
     assert max(gaps) < 0.02, max(gaps)
     print(f"\nweb page, engine: {len(ious)} prompts, min IoU {min(ious):.4f}, max presence gap {max(gaps):.2e}")
+
+
+def test_a_head_with_its_own_text_tower_reads_it_in_the_page(browser, tmp_path: Path) -> None:  # noqa: ANN001
+    """A text head read through a fine-tuned copy of CLIP's text tower (here: the copy's output rotated), the
+    engine scoring with CLIP's own (``model.engine_encoder``): the page's masks and presence match Python's,
+    and the rotation changes some of Python's answers, so a page reading the wrong tower would not match."""
+    import torch
+
+    from textsam import TextSamPredictor, create_model
+    from textsam.export.web import page_options
+    from textsam.text.prompter import default_options
+
+    model = create_model("shapes_tiny")
+    model.engine_encoder, model.text_encoder = model.text_encoder, model.text_encoder.text_copy()
+    dim = model.text_encoder.embed_dim
+    rotation, _ = torch.linalg.qr(torch.randn(dim, dim, generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        model.text_encoder.clip.text_projection.copy_(model.text_encoder.clip.text_projection @ rotation)
+    options = page_options(default_options(model))
+    predictor = TextSamPredictor(model, text_options=options)
+    plain = TextSamPredictor(create_model("shapes_tiny"), text_options=options)
+    folder = _export(model, tmp_path / "head_tower")
+    assert "clip_text_head" in json.loads((folder / "manifest.json").read_text())["graphs"]
+    changed = 0
+    with _open_page(browser, folder) as page:
+        for name, image, named in _scenes()[:2]:
+            page.evaluate("(url) => textsam.loadImage(url)", name)
+            predictor.set_image(image)
+            plain.set_image(image)
+            for phrase, _ in named[:3]:
+                ours, _, presence = _segment(page, {"text": phrase})
+                ref, _, ref_presence = _python(predictor, {"text": phrase})
+                assert _iou(ours, ref) >= 0.98, (name, phrase, _iou(ours, ref))
+                assert abs(presence - ref_presence) < 0.02
+                changed += _iou(ref, _python(plain, {"text": phrase})[0]) < 0.98
+        assert not page.errors, page.errors
+    assert changed > 0

@@ -120,9 +120,11 @@ def attach_text(
         pass
     elif cfg_text is not None and cfg_text.clip_config and name == cfg_text.clip_model and (
             not pretrained or cfg_text.clip_pretrained is None):
-        model.text_encoder = TextEncoder.from_config(name, cfg_text.clip_config, device=model.device)
+        model.text_encoder, model.engine_encoder = TextEncoder.from_config(name, cfg_text.clip_config,
+                                                                           device=model.device), None
     else:
         model.text_encoder = TextEncoder.create(name, tag if pretrained else None, device=model.device)
+        model.engine_encoder = None  # the CLIP asked for scores too
     if head is not None:
         _load_parts(model, head, str(text_head))
     return model
@@ -177,7 +179,11 @@ def _load_parts(model: TextSam, file: TextsamFile, source: str) -> None:
     elif clip_state:
         if model.text_encoder is None:
             raise WeightsError(f"{source} holds a fine-tuned CLIP text tower: attach its CLIP first")
+        if model.engine_encoder is None:  # the engine keeps the CLIP whose towers were trained together
+            model.engine_encoder, model.text_encoder = model.text_encoder, model.text_encoder.text_copy()
         load_text_tower(model.text_encoder, {k: v.to(model.device) for k, v in floats(clip_state).items()}, source)
+    if model.engine_encoder is not None:  # never trained by a text-head run
+        model.engine_encoder.requires_grad_(False)
     if file.text_head is not None:
         projector = TextProjector(file.text_head)
         load_into(projector, floats(file.part("text_projector")), strict=True)

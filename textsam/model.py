@@ -26,7 +26,7 @@ class TextSam(nn.Module):
         prompt_encoder: points/boxes/masks -> tokens.
         mask_decoder: tokens + image embedding -> masks and IoU scores.
         config: the variant this model was built from (kept for metadata and checks).
-        text_encoder: optional ``TextEncoder`` (CLIP text tower) for phrases.
+        text_encoder: optional ``TextEncoder`` (CLIP text tower) for phrases: the one the text head reads.
         text_projector: optional ``TextProjector`` mapping CLIP embeddings to prompt tokens.
         text_locator: optional ``RegionLocator`` turning a phrase into a click (part of the same text head).
     """
@@ -54,6 +54,9 @@ class TextSam(nn.Module):
         self.text_encoder = text_encoder
         self.text_projector = text_projector
         self.text_locator = text_locator
+        # the CLIP the training-free engine (and dense grounding) scores with, when it is not ``text_encoder``:
+        # a text head trained with a fine-tuned text tower keeps the contrastive CLIP here (see scoring_encoder)
+        self.engine_encoder: nn.Module | None = None
         self.default_text_options: dict = {}  # a bundled model's own TextOptions defaults (from its file)
         self.pretrained = True  # whether published weights were asked for (CLIP follows this when lazily loaded)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
@@ -62,6 +65,14 @@ class TextSam(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
+
+    @property
+    def scoring_encoder(self) -> nn.Module | None:
+        """The CLIP that scores image regions against phrases (the engine's crops and mask tokens, dense
+        grounding): ``engine_encoder`` when the model has one, else ``text_encoder``. They differ when a text
+        head was trained with a fine-tuned text tower: the fine-tuned tower no longer matches CLIP's image tower,
+        so the engine keeps the CLIP whose two towers were trained together."""
+        return self.engine_encoder if self.engine_encoder is not None else self.text_encoder
 
     @property
     def img_size(self) -> int:

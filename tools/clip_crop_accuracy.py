@@ -1,7 +1,7 @@
 """How well a model's CLIP names the objects of the synthetic data: ground-truth crops (the engine's crop view)
 classified among every colour-shape pair, among colours alone and among shapes alone.
 
-    python tools/clip_crop_accuracy.py [--split test] [--model shapes_tiny] [--limit 600]
+    python tools/clip_crop_accuracy.py [--split test] [--model shapes_tiny] [--clip local-dir:DIR] [--limit 600]
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ def main() -> None:
     parser.add_argument("--data", default="runs/shapes_data")
     parser.add_argument("--split", default="test")
     parser.add_argument("--model", default="shapes_tiny")
+    parser.add_argument("--clip", default=None, help="another CLIP (NAME/TAG or local-dir:DIR) instead of the model's")
     parser.add_argument("--limit", type=int, default=600, help="objects (at least half visible) to classify")
     args = parser.parse_args()
-    predictor = textsam.TextSamPredictor(textsam.create_model(args.model))
+    predictor = textsam.TextSamPredictor(textsam.create_model(args.model, clip=args.clip))
     predictor.text.ensure_text_encoder()
     encoder, templates = predictor.model.text_encoder, predictor.text.templates()
     root = f"{args.data}/{args.split}"

@@ -183,7 +183,7 @@ def _manifest(model: TextSam, name: str, graphs: dict[str, str], options: TextOp
         "graphs": graphs,
         "text": None,
     }
-    encoder = model.text_encoder
+    encoder = model.scoring_encoder
     if mode is not None:
         lo, eo, po = options.locator, options.engine, options.engine.proposals
         templates = options.scoring.templates
@@ -232,7 +232,7 @@ def text_mode(model: TextSam, options: TextOptions) -> tuple[str | None, str | N
         return None, "it ranks masks by dense CLIP grounding, which the page does not compute"
     if not options.engine.enabled or tuple(options.engine.views) != ("crop",):
         return None, "its text engine is off or uses views other than the plain crop"
-    if model.text_encoder is None or not hasattr(model.text_encoder.clip, "visual"):
+    if model.scoring_encoder is None or not hasattr(model.scoring_encoder.clip, "visual"):
         return None, "it has no CLIP image tower"
     if model.text_projector is None:
         if options.engine.proposals.point_grids is not None:
@@ -330,12 +330,15 @@ def _export_graphs(model: TextSam, out: Path, *, mode: str | None, opset: int, q
     _export(_Upsample(model), (torch.randn(2, 1, low, low), torch.tensor([96.0, 128.0])), out / "upsample.onnx",
             ["low_res_masks", "orig_im_size"], ["masks"], {"low_res_masks": {0: "B"}, "masks": {0: "B", 2: "H", 3: "W"}},
             opset)
-    if mode is not None:
-        _export_clip(model.text_encoder, out, opset)
+    if mode is not None:  # the CLIP that scores the crops: the engine's own when the model has one
+        _export_clip(model.scoring_encoder, out, opset)
         graphs.update(clip_text="clip_text.onnx", clip_image="clip_image.onnx")
     if mode == "head":
         _export_head(model, out, opset)
         graphs.update(decoder_text="decoder_text.onnx", locator="locator.onnx")
+        if model.scoring_encoder is not model.text_encoder:  # the head reads its own (fine-tuned) text tower
+            _export_clip_text(model.text_encoder, out / "clip_text_head.onnx", opset)
+            graphs.update(clip_text_head="clip_text_head.onnx")
     if quantize:  # the big towers; the decoder and the head stay float
         for name in ("encoder", "clip_text", "clip_image"):
             if name in graphs:
@@ -372,12 +375,17 @@ def _export_head(model: TextSam, out: Path, opset: int) -> None:
             max(opset, LOCATOR_OPSET))
 
 
+def _export_clip_text(encoder, path: Path, opset: int) -> None:  # noqa: ANN001 - a TextEncoder
+    """A CLIP text tower as ``path``: token ids -> unit embedding and per-token features."""
+    tokens = encoder.tokenize(["a red circle", "a photo of the blue star."]).cpu()
+    _export(_ClipText(encoder), (tokens,), path, ["tokens"], ["embedding", "words"],
+            {"tokens": {0: "B"}, "embedding": {0: "B"}, "words": {0: "B"}}, opset)
+
+
 def _export_clip(encoder, out: Path, opset: int) -> None:  # noqa: ANN001 - a TextEncoder
     """The CLIP towers: ``clip_text.onnx`` (token ids -> unit embedding and per-token features) and
     ``clip_image.onnx`` (normalised crops -> unit embeddings)."""
-    tokens = encoder.tokenize(["a red circle", "a photo of the blue star."]).cpu()
-    _export(_ClipText(encoder), (tokens,), out / "clip_text.onnx", ["tokens"], ["embedding", "words"],
-            {"tokens": {0: "B"}, "embedding": {0: "B"}, "words": {0: "B"}}, opset)
+    _export_clip_text(encoder, out / "clip_text.onnx", opset)
     r = _clip_recipe(encoder.clip)["size"]
     _export(_ClipImage(encoder.clip), (torch.randn(2, 3, r, r),), out / "clip_image.onnx", ["image"], ["embedding"],
             {"image": {0: "B"}, "embedding": {0: "B"}}, opset)

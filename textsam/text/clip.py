@@ -348,6 +348,15 @@ class TextEncoder(nn.Module):
         means = torch.stack([chunk.mean(0) for chunk in torch.split(emb, [len(g) for g in groups])])
         return means / means.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
+    def text_copy(self) -> TextEncoder:
+        """A TextEncoder with its own copy of this CLIP's text tower and the same image tower (shared, not
+        copied), with empty caches: what a text head's fine-tuned tower is loaded into while this encoder keeps
+        the tower that matches its image tower."""
+        visual = getattr(self.clip, "visual", None)
+        clip = copy.deepcopy(self.clip, memo={id(visual): visual} if visual is not None else None)
+        return type(self)(clip, self.tokenizer, model_name=self.model_name, pretrained=self.pretrained,
+                          cache_size=self.cache_size)
+
     def clear_cache(self) -> None:
         self._cache.clear()
         self._word_cache.clear()

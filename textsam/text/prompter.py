@@ -79,13 +79,13 @@ class TextPrompter:
 
     @property
     def grounding_enabled(self) -> bool:
-        return self.options.grounding.enabled and hasattr(getattr(self.model.text_encoder, "clip", None), "visual")
+        return self.options.grounding.enabled and hasattr(getattr(self.model.scoring_encoder, "clip", None), "visual")
 
     def _dense_clip(self):
         if self._dense is None:
             from .grounding import DenseClip
 
-            self._dense = DenseClip(self.model.text_encoder.clip, input_size=self.options.grounding.clip_input_size)
+            self._dense = DenseClip(self.model.scoring_encoder.clip, input_size=self.options.grounding.clip_input_size)
         return self._dense
 
     def reset(self) -> None:
@@ -117,7 +117,7 @@ class TextPrompter:
 
     def phrase_embedding(self, phrase: str) -> Tensor:
         """Template-ensembled unit CLIP embedding ``(D,)`` of a phrase (cached per template string)."""
-        return self.model.text_encoder.encode_ensemble(phrase, self.templates())
+        return self.model.scoring_encoder.encode_ensemble(phrase, self.templates())
 
     @property
     def can_locate(self) -> bool:
@@ -232,7 +232,7 @@ class TextPrompter:
 
     @property
     def engine_enabled(self) -> bool:
-        return self.options.engine.enabled and hasattr(getattr(self.model.text_encoder, "clip", None), "visual")
+        return self.options.engine.enabled and hasattr(getattr(self.model.scoring_encoder, "clip", None), "visual")
 
     def engine_rank(self, predictor, phrases: Sequence[str], user_points: np.ndarray | None = None,  # noqa: ANN001
                     user_labels: np.ndarray | None = None, user_box: np.ndarray | None = None,
@@ -261,7 +261,7 @@ class TextPrompter:
                 allowed &= inside >= 0.5 * masks.flatten(1).sum(1).clamp_min(1)
             if not allowed.any():
                 allowed = None
-        return self.engine.rank(predictor, self.model.text_encoder, phrases, self.templates(), allowed=allowed,
+        return self.engine.rank(predictor, self.model.scoring_encoder, phrases, self.templates(), allowed=allowed,
                                 every=every)
 
     def _regions_as_proposals(self, predictor):  # noqa: ANN001, ANN202

@@ -443,7 +443,7 @@
 
   // ------------------------------------------------------------------ the current image
   let img = null; // {rgb, H, W, inputH, inputW, embedding, rgbPadded, candidates, proposals, crops}
-  let textCache = new Map();
+  const textCaches = new Map(); // per text graph: sentence -> {embedding, words, end}
 
   async function decodeImage(source) {
     let blob = source;
@@ -770,14 +770,17 @@
   }
 
   // CLIP text: unit embeddings (and per-token features) of sentences, cached
-  async function encodeTexts(sentences) {
+  // graph: 'clip_text' (the CLIP that scores crops) or 'clip_text_head' (a text head's own fine-tuned tower)
+  async function encodeTexts(sentences, graph = 'clip_text') {
     const t = api.manifest.text, T = t.context_length;
+    if (!textCaches.has(graph)) textCaches.set(graph, new Map());
+    const textCache = textCaches.get(graph);
     const missing = [...new Set(sentences.filter((s) => !textCache.has(s)))];
     if (missing.length) {
       const tokens = new BigInt64Array(missing.length * T);
       const rows = missing.map((s) => tokenize(s, T));
       rows.forEach((r, i) => r.forEach((v, j) => { tokens[i * T + j] = BigInt(v); }));
-      const out = await run('clip_text', {tokens: new ort.Tensor('int64', tokens, [missing.length, T])});
+      const out = await run(graph, {tokens: new ort.Tensor('int64', tokens, [missing.length, T])});
       const d = out.embedding.dims[1], w = out.words.dims[2];
       missing.forEach((s, i) => {
         const end = argmax(rows[i]);
@@ -910,13 +913,15 @@
     if (phrase !== null) {
       // every sentence this phrase needs in one text-tower call: the phrase (a head's input) and the template
       // sentences of its head noun phrase (and anchor) for the ranking
-      const q = parse(phrase), templates = m.text.templates;
-      await encodeTexts([...(m.text.mode === 'head' ? [phrase] : []), ...expand(q.head, templates),
+      // (a head with its own text tower: a second call, of that tower)
+      const q = parse(phrase), templates = m.text.templates, headGraph = m.graphs.clip_text_head ? 'clip_text_head' : 'clip_text';
+      const headHere = m.text.mode === 'head' && headGraph === 'clip_text';
+      await encodeTexts([...(headHere ? [phrase] : []), ...expand(q.head, templates),
         ...(q.anchor ? expand(q.anchor, templates) : [])]);
       const ranked = await rank(phrase, points, box);
       pres = ranked.presence;
       if (m.text.mode === 'head') { // the head's tokens, and its locator's click when the user gave no click or box
-        [textRow] = await encodeTexts([phrase]);
+        [textRow] = await encodeTexts([phrase], headGraph);
         if (!points.length && !box) pts = [[...(await locate(phrase, textRow)), 1]];
       } else if (ranked.chosen.length) { // the engine's chosen proposal: its box and its click
         const props = img.proposals;
