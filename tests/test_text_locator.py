@@ -375,3 +375,54 @@ def test_predictor_region_candidates_and_click(tmp_path: Path) -> None:
                                                                    locator=LocatorOptions(enabled=False)))
     off.set_image(image)
     assert "located" not in off.predict(text="the red square").info["prompts"]
+
+
+def test_the_locator_clicks_with_the_engines_second_opinion(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``LocatorOptions.engine_weight``: the engine scores the locator's candidates (for presence) and the click
+    goes to the best ``log_softmax(locator) + weight * log(engine probability + floor)``; weight 0 is the
+    locator alone, a large weight follows the engine."""
+    import dataclasses
+
+    from textsam.text.engine import TextEngine
+    from textsam.text.locator import fuse_with_engine
+    from textsam.text.options import LocatorOptions, TextOptions
+
+    scores = torch.tensor([[2.0, 1.0, float("-inf"), 0.5]])
+    probs = torch.tensor([0.0, 0.9, 0.0, 0.1])
+    fused = fuse_with_engine(scores, probs, 0.5, 1e-3)
+    finite = torch.tensor([0, 1, 3])
+    expected = scores[0, finite].log_softmax(0) + 0.5 * torch.log(probs[finite] + 1e-3)
+    assert torch.allclose(fused[0, finite], expected) and fused[0, 2] == float("-inf")
+    assert int(fused.argmax()) == 1 and int(fuse_with_engine(scores, probs, 0.0, 1e-3).argmax()) == 0
+
+    model = textsam.create_model("shapes_tiny")
+    image = np.full((128, 128, 3), 90, np.uint8)
+    image[20:50, 70:110] = (220, 40, 40)  # a red box
+    image[80:110, 10:40] = (40, 60, 220)  # a blue box
+    image[15:40, 10:45] = (40, 180, 60)  # a green box
+
+    def located(weight: float) -> int:
+        options = TextOptions(locator=LocatorOptions(engine_weight=weight))
+        predictor = textsam.TextSamPredictor(model, text_options=dataclasses.replace(
+            options, grounding=dataclasses.replace(options.grounding, enabled=False)))
+        predictor.set_image(image)
+        x, y = predictor.predict(text="the red square").info["prompts"]["located"]
+        regions = predictor.text._regions
+        k = regions.shape[-1] / 128
+        inside = [i for i, r in enumerate(regions) if r[int((y + 0.5) * k), int((x + 0.5) * k)]]
+        assert len(inside) >= 1 and len(regions) >= 2
+        return inside[0]
+
+    own = located(0.0)
+    original = TextEngine.rank
+
+    def engine_prefers_another(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        out = original(self, *args, **kwargs)
+        n = out[0].probs.numel()
+        other = torch.zeros(n)
+        other[(own + 1) % n] = 1.0
+        return [dataclasses.replace(r, probs=other) for r in out]
+
+    monkeypatch.setattr(TextEngine, "rank", engine_prefers_another)
+    assert located(0.0) == own
+    assert located(50.0) != own
