@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 from ..model import TextSam
-from ..text.options import ENGINE_FLOOR, TextOptions
+from ..text.options import TextOptions
 from .onnx import OnnxPromptDecoder, check_export
 
 logger = logging.getLogger(__name__)
@@ -202,8 +202,7 @@ def _manifest(model: TextSam, name: str, graphs: dict[str, str], options: TextOp
         if mode == "head":
             out["text"]["locator"] = {"clusters": lo.clusters, "min_region_tokens": lo.min_region_tokens,
                                       "max_seeds": lo.max_seeds, "min_iou": lo.min_iou, "nms_iou": lo.nms_iou,
-                                      "max_candidates": lo.max_candidates, "engine_weight": lo.engine_weight,
-                                      "engine_floor": ENGINE_FLOOR}
+                                      "max_candidates": lo.max_candidates}
         else:
             out["text"]["proposals"] = {"seeds": eo.seeds, "clusters": eo.clusters,
                                         "min_region_tokens": eo.min_region_tokens, "max_seeds": eo.max_seeds,

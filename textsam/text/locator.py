@@ -85,17 +85,6 @@ def saturating_score(content: Tensor, g: Tensor, pos: Tensor, beta: Tensor, gate
 
 
 
-def fuse_with_engine(scores: Tensor, engine_probs: Tensor, weight: float, floor: float) -> Tensor:
-    """The locator's choice with the training-free engine's opinion of the same candidates: ``(B, N)``
-    ``log_softmax(scores) + weight * log(engine_probs + floor)`` (``engine_probs (N,)`` or ``(B, N)``: the
-    engine's final probability of each candidate, 0 outside its shortlist; invalid candidates stay -inf).
-
-    A product of experts: the head learned the phrases of its training data, CLIP's crops know what a thing
-    looks like. Measured on the synthetic proxy only (shapes_tiny's head and small CLIP): see the README."""
-    fused = scores.float().log_softmax(dim=-1) + weight * torch.log(engine_probs.to(scores.device).float() + floor)
-    return fused.masked_fill(~torch.isfinite(scores), float("-inf"))
-
-
 def lowres_rgb(image: np.ndarray, img_size: int, size: int) -> Tensor:
     """``image (H, W, 3)`` uint8 RGB -> ``(3, size, size)`` float in [0, 1]: resized to the model input (longest
     side ``img_size``), zero-padded to a square as the model input is, then area-averaged to ``size``."""

@@ -66,10 +66,6 @@ FAST_SHORTLIST = 3  # proposals cropped per phrase
 FAST_MODEL = "mobile_sam"  # the model of the CLI's --fast when no --model is given
 
 
-ENGINE_WEIGHT = 0.3  # the engine's share in the locator's choice (LocatorOptions.engine_weight)
-ENGINE_FLOOR = 1e-3  # the engine probability a candidate outside its shortlist counts as, in that choice
-
-
 @dataclass(frozen=True)
 class LocatorOptions:
     """A text head's locator: a phrase without a click or box of the user's gets the locator's click.
@@ -81,10 +77,6 @@ class LocatorOptions:
     into connected regions of at least ``min_region_tokens`` tokens, at most ``max_seeds``;
     :func:`textsam.modeling.seeds.embedding_seeds`), 9-30 clicks on the synthetic scenes; ``seeds="grid"`` a
     ``grid`` x ``grid`` grid (256 clicks at 16). Small batches keep the per-click image tokens in cache.
-    engine_weight: the engine scores the same candidates (for the presence answer); the locator clicks the
-    candidate with the best ``log_softmax(locator scores) + engine_weight * log(engine probability + 1e-3)``, a
-    product of the two experts with the engine's probability to the power ``engine_weight`` (0: the locator
-    alone). See :func:`textsam.text.locator.fuse_with_engine` for what was measured.
     """
 
     enabled: bool = True
@@ -97,13 +89,10 @@ class LocatorOptions:
     min_iou: float = 0.5
     nms_iou: float = 0.7
     max_candidates: int = 32
-    engine_weight: float = ENGINE_WEIGHT
 
     def __post_init__(self) -> None:
         if self.seeds not in SEED_KINDS:
             raise InputError(f"unknown locator seeds {self.seeds!r}; choose one of {', '.join(SEED_KINDS)}")
-        if self.engine_weight < 0:
-            raise InputError("locator engine_weight must be >= 0 (0: the locator alone)")
         counts = (self.clusters, self.min_region_tokens, self.max_seeds, self.grid, self.points_per_batch,
                   self.max_candidates)
         if min(counts) < 1:

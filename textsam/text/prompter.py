@@ -66,7 +66,6 @@ class TextPrompter:
         self._regions: Tensor | None = None  # candidate object masks of the current image (region locator)
         self._region_scores: Tensor | None = None  # their predicted IoU
         self._region_colours: Tensor | None = None  # their pixels' colour statistics
-        self._ranked: dict[str, Ranked] = {}  # the engine's answer per phrase on the current image (the locator's)
         self.engine = TextEngine(self.options.engine)
 
     # ---------------------------------------------------------------------------- set-up
@@ -95,7 +94,6 @@ class TextPrompter:
         self._regions = None
         self._region_scores = None
         self._region_colours = None
-        self._ranked = {}
         self.engine.reset()
 
     @torch.inference_mode()
@@ -138,8 +136,7 @@ class TextPrompter:
         """The locator's click for ``phrase``: ``(1, 2)`` x, y in original-image pixels, the deepest pixel of the
         candidate object it scores best (``image``, the original ``(H, W, 3)`` uint8 picture, is needed by a
         locator that reads pixel colours)."""
-        from .locator import fuse_with_engine, lowres_rgb, region_colours
-        from .options import ENGINE_FLOOR
+        from .locator import lowres_rgb, region_colours
 
         self.ensure_text_encoder()
         locator = self.model.text_locator
@@ -159,9 +156,6 @@ class TextPrompter:
             with torch.inference_mode():
                 inputs = self._phrase_inputs([phrase], words=bool(locator.word_dim))
                 scores = locator.scores(features, regions[None], None, *inputs, colours=colours)
-                ranked, weight = self._ranked.get(phrase), self.options.locator.engine_weight
-                if weight > 0 and ranked is not None and ranked.probs.numel() == scores.shape[-1]:
-                    scores = fuse_with_engine(scores, ranked.probs, weight, ENGINE_FLOOR)
                 xy = locator.click(regions[None], scores, s / regions.shape[-1])[0].cpu().numpy()
         ratio = np.array([original_size[1] / input_size[1], original_size[0] / input_size[0]])
         return ((xy + 0.5) * ratio - 0.5)[None]
@@ -267,11 +261,8 @@ class TextPrompter:
                 allowed &= inside >= 0.5 * masks.flatten(1).sum(1).clamp_min(1)
             if not allowed.any():
                 allowed = None
-        ranked = self.engine.rank(predictor, self.model.scoring_encoder, phrases, self.templates(), allowed=allowed,
-                                  every=every)
-        if self.model.text_locator is not None and allowed is None and not every:  # the locator's second opinion
-            self._ranked.update(zip(phrases, ranked))
-        return ranked
+        return self.engine.rank(predictor, self.model.scoring_encoder, phrases, self.templates(), allowed=allowed,
+                                every=every)
 
     def _regions_as_proposals(self, predictor):  # noqa: ANN001, ANN202
         """The locator's candidate objects as engine proposals (original-frame masks, boxes and clicks)."""

@@ -841,15 +841,14 @@
     if (q.group) {
       let chosen = member.map((_, i) => i).sort((a, b) => member[b] - member[a]).filter((i) => member[i] >= e.presence_threshold);
       if (!chosen.length) chosen = [argmax(probs)];
-      return {q, chosen, presence: Math.max(...chosen.map((i) => member[i])), probs};
+      return {q, chosen, presence: Math.max(...chosen.map((i) => member[i]))};
     }
     const best = argmax(probs);
-    return {q, chosen: [best], presence: member[best], probs};
+    return {q, chosen: [best], presence: member[best]};
   }
 
-  // the locator's click for a phrase (original pixels), as TextPrompter.locate; engineProbs: the engine's
-  // probabilities of the same candidates, fused as textsam.text.locator.fuse_with_engine does
-  async function locate(phrase, textRow, engineProbs) {
+  // the locator's click for a phrase (original pixels), as TextPrompter.locate
+  async function locate(phrase, textRow) {
     const m = api.manifest, cand = await candidates(), L = cand.size, S = m.img_size;
     const ratio = [img.W / img.inputW, img.H / img.inputH];
     let xy;
@@ -866,14 +865,7 @@
         text_embedding: f32(textRow.embedding, [1, textRow.embedding.length]), words: f32(textRow.words, [1, T, W]),
         word_mask: new ort.Tensor('bool', wordMask, [1, T]),
       });
-      let scores = Array.from(out.scores.data);
-      const w = m.text.locator.engine_weight;
-      if (w > 0 && engineProbs && engineProbs.length === scores.length) {
-        const finite = scores.filter(Number.isFinite), mx = Math.max(...finite);
-        const lse = mx + Math.log(finite.reduce((a, v) => a + Math.exp(v - mx), 0));
-        scores = scores.map((v, i) => (Number.isFinite(v) ? v - lse + w * Math.log(engineProbs[i] + m.text.locator.engine_floor) : -Infinity));
-      }
-      const best = argmax(scores);
+      const best = argmax(out.scores.data);
       const [px, py] = deepestPoint(cand.masks[best], L, L);
       const scale = S / L;
       xy = [(px + 0.5) * scale - 0.5, (py + 0.5) * scale - 0.5];
@@ -930,7 +922,7 @@
       pres = ranked.presence;
       if (m.text.mode === 'head') { // the head's tokens, and its locator's click when the user gave no click or box
         [textRow] = await encodeTexts([phrase], headGraph);
-        if (!points.length && !box) pts = [[...(await locate(phrase, textRow, ranked.probs)), 1]];
+        if (!points.length && !box) pts = [[...(await locate(phrase, textRow)), 1]];
       } else if (ranked.chosen.length) { // the engine's chosen proposal: its box and its click
         const props = img.proposals;
         const asBox = (i) => { const b = props.boxes[i]; return [b[0], b[1], b[2] + 1, b[3] + 1]; };
