@@ -15,6 +15,10 @@ Graphs (float32; ``B`` prompts, ``N`` points, ``S`` = ``img_size``, ``L`` = the 
 | ``locator.onnx`` | ``image_embeddings``, ``masks (1, M, L, L)`` 0/1, ``rgb (1, 3, S, S)`` in [0, 1], ``text_embedding (1, D)``, ``words (1, T, W)``, ``word_mask (1, T)`` | ``scores (1, M)`` |
 | ``clip_text.onnx`` | ``tokens (B, T)`` int64 | ``embedding (B, D)`` unit, ``words (B, T, W)`` |
 | ``clip_image.onnx`` | ``image (B, 3, R, R)`` open_clip-normalised | ``embedding (B, D)`` unit |
+| ``clip_text_head.onnx`` | as ``clip_text.onnx``: a text head's own fine-tuned tower (only for such a head) | the same |
+
+``clip_text`` and ``clip_image`` are the CLIP that scores crops (``model.scoring_encoder``); a head trained with
+a fine-tuned text tower reads its phrases through ``clip_text_head``.
 
 Point labels follow SAM's ONNX convention (-1 padding, 0 negative, 1 positive, 2/3 box corners; the caller
 appends a (0, 0, -1) point when there is no box). What the graphs do not hold, because it is data-dependent
