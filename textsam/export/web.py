@@ -344,7 +344,7 @@ def _export_graphs(model: TextSam, out: Path, *, mode: str | None, opset: int, q
             _export_clip_text(model.text_encoder, out / "clip_text_head.onnx", opset)
             graphs.update(clip_text_head="clip_text_head.onnx")
     if quantize:  # the big towers; the decoder and the head stay float
-        for name in ("encoder", "clip_text", "clip_image"):
+        for name in ("encoder", "clip_text", "clip_image", "clip_text_head"):
             if name in graphs:
                 graphs[name] = _quantize(out / graphs[name])
     return graphs

@@ -914,7 +914,8 @@
       // every sentence this phrase needs in one text-tower call: the phrase (a head's input) and the template
       // sentences of its head noun phrase (and anchor) for the ranking
       // (a head with its own text tower: a second call, of that tower)
-      const q = parse(phrase), templates = m.text.templates, headGraph = m.graphs.clip_text_head ? 'clip_text_head' : 'clip_text';
+      const q = parse(phrase), templates = m.text.templates;
+      const headGraph = m.graphs.clip_text_head ? 'clip_text_head' : 'clip_text';
       const headHere = m.text.mode === 'head' && headGraph === 'clip_text';
       await encodeTexts([...(headHere ? [phrase] : []), ...expand(q.head, templates),
         ...(q.anchor ? expand(q.anchor, templates) : [])]);
