@@ -36,7 +36,7 @@ from ..config import SHAPES_TINY_CLIP_CFG
 from ..text.grounding import OPENAI_MEAN, OPENAI_STD
 from ..text.grounding_maps import square_crop
 from .batches import StepSampler
-from .data import BASIC_COLOUR_WORDS, ClipInput, build_entries, coco_of, crop_params, greyscale
+from .data import ClipInput, build_entries, coco_of, crop_params
 
 logger = logging.getLogger(__name__)
 
@@ -100,9 +100,8 @@ class CropTextDataset(torch.utils.data.Dataset):
 
     def __init__(self, clip_input: ClipInput, *, source: Any = None, crops: Sequence[np.ndarray] = (),
                  phrases: Sequence[str] = (), seed: int = 0, enlarge: tuple[float, float] = (1.0, 2.0),
-                 grey_prob: float = 0.5, min_area: float = 64.0, greyscale_prob: float = 0.0) -> None:
+                 grey_prob: float = 0.5, min_area: float = 64.0) -> None:
         self.clip_input, self.seed, self.enlarge, self.grey_prob = clip_input, seed, enlarge, grey_prob
-        self.greyscale_prob = greyscale_prob
         self.source, self.crops = source, list(crops)
         self.entries = build_entries(source, 1024, min_area) if source is not None else []
         self.phrases = [e.phrase for e in self.entries] if source is not None else list(phrases)
@@ -115,23 +114,13 @@ class CropTextDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, str]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         if self.source is None:
-            crop, phrase, key = self.crops[index], self.phrases[index], f"crop{index}"
-        else:
-            e = self.entries[index]
-            coco = coco_of(self.source)
-            mask = np.logical_or.reduce([np.asarray(coco.mask(a), dtype=bool) for a in e.ann_ids])
-            enlarge, grey = crop_params(self.seed + epoch, e.key, 0, self.enlarge, self.grey_prob)
-            crop = square_crop(coco.load_image(e.image_id), mask, enlarge, self.clip_input.fill, grey_outside=grey)
-            phrase, key = e.phrase, e.key
-        if self.greyscale_prob > 0 and crop_params(self.seed + epoch, key, 1, (1, 1), self.greyscale_prob)[1]:
-            crop, phrase = greyscale(crop), without_colour(phrase)
-        return self.clip_input(crop), phrase
-
-
-def without_colour(phrase: str) -> str:
-    """``phrase`` without its colour words (:data:`~textsam.train.data.BASIC_COLOUR_WORDS`): the caption of its
-    crop's greyscale view ("the small red circle" -> "the small circle")."""
-    return " ".join(w for w in phrase.split() if w.lower().strip(",.") not in BASIC_COLOUR_WORDS)
+            return self.clip_input(self.crops[index]), self.phrases[index]
+        e = self.entries[index]
+        coco = coco_of(self.source)
+        mask = np.logical_or.reduce([np.asarray(coco.mask(a), dtype=bool) for a in e.ann_ids])
+        enlarge, grey = crop_params(self.seed + epoch, e.key, 0, self.enlarge, self.grey_prob)
+        crop = square_crop(coco.load_image(e.image_id), mask, enlarge, self.clip_input.fill, grey_outside=grey)
+        return self.clip_input(crop), e.phrase
 
 
 @dataclass(frozen=True)
@@ -225,9 +214,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=ClipPretrainConfig.lr)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--greyscale-prob", type=float, default=0.0,
-                        help="show a crop in greyscale, its phrase without colour words, with this probability (so "
-                             "that shape is learned apart from colour)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
@@ -242,8 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         source = CocoDataset(root / "instances.json", root / "images")
     cfg = ClipPretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                              num_workers=args.num_workers, device=args.device)
-    ds = CropTextDataset(clip_input_for(cfg.model_cfg), source=source, seed=args.seed,
-                         greyscale_prob=args.greyscale_prob)
+    ds = CropTextDataset(clip_input_for(cfg.model_cfg), source=source, seed=args.seed)
     result = pretrain_clip(ds, args.out, cfg, progress=True)
     print(f"{result.path} (final loss {result.losses[-1]:.4f})")
     return 0
