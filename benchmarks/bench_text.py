@@ -69,7 +69,7 @@ def bench_ours(name: str, image: np.ndarray, repeats: int, fast: bool = False,
     fresh = iter(PHRASES * 8)
 
     def total() -> None:
-        model.text_encoder.clear_cache()
+        model.scoring_encoder.clear_cache()
         pred.set_image(image)
         pred.predict(text=next(fresh))
 
@@ -83,7 +83,7 @@ def bench_ours(name: str, image: np.ndarray, repeats: int, fast: bool = False,
     out["text, cached phrase"] = best_of(lambda: pred.predict(text="a truck"), repeats)
 
     def new_phrase() -> None:
-        model.text_encoder.clear_cache()
+        model.scoring_encoder.clear_cache()
         pred.predict(text=next(fresh))
 
     out["text, new phrase"] = best_of(new_phrase, repeats)
@@ -91,11 +91,11 @@ def bench_ours(name: str, image: np.ndarray, repeats: int, fast: bool = False,
     vocabulary = (PHRASES + ["a bus", "a wall", "a sign", "a bike"])[:20]
 
     def one() -> None:
-        model.text_encoder.clear_cache()
+        model.scoring_encoder.clear_cache()
         pred.predict_phrases(vocabulary[:1])
 
     def twenty() -> None:
-        model.text_encoder.clear_cache()
+        model.scoring_encoder.clear_cache()
         pred.predict_phrases(vocabulary)
 
     out["vocabulary: 1 phrase"] = best_of(one, repeats)
@@ -105,7 +105,7 @@ def bench_ours(name: str, image: np.ndarray, repeats: int, fast: bool = False,
         best = float("inf")
         for _ in range(max(1, repeats - 1)):
             pred.set_image(image)
-            model.text_encoder.clear_cache()
+            model.scoring_encoder.clear_cache()
             t0 = time.perf_counter()
             fn()
             best = min(best, time.perf_counter() - t0)
@@ -117,7 +117,7 @@ def bench_ours(name: str, image: np.ndarray, repeats: int, fast: bool = False,
     # A random text tower embeds every phrase alike, so the 20 phrases shortlist, crop and choose the same few
     # proposals, which a real CLIP's 20 classes do not: the same requests again with each phrase's embedding
     # replaced by its own random direction (the text tower still runs), the case of phrases that disagree.
-    with distinct_phrase_embeddings(model.text_encoder):
+    with distinct_phrase_embeddings(model.scoring_encoder):
         out["distinct: 1 phrase"] = after_set_image(lambda: pred.predict_phrases(vocabulary[:1]))
         out["distinct: 20 phrases"] = after_set_image(lambda: pred.predict_phrases(vocabulary))
         report_vocabulary(name, pred, vocabulary, "distinct embeddings")
