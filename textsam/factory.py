@@ -120,11 +120,11 @@ def attach_text(
         pass
     elif cfg_text is not None and cfg_text.clip_config and name == cfg_text.clip_model and (
             not pretrained or cfg_text.clip_pretrained is None):
-        model.text_encoder, model.engine_encoder = TextEncoder.from_config(name, cfg_text.clip_config,
-                                                                           device=model.device), None
+        model.text_encoder = TextEncoder.from_config(name, cfg_text.clip_config, device=model.device)
+        model.engine_encoder = None  # the CLIP asked for scores too
     else:
         model.text_encoder = TextEncoder.create(name, tag if pretrained else None, device=model.device)
-        model.engine_encoder = None  # the CLIP asked for scores too
+        model.engine_encoder = None
     if head is not None:
         _load_parts(model, head, str(text_head))
     return model
