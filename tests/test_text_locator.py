@@ -152,7 +152,7 @@ def test_bundle_and_unpack_round_trip_keep_the_locator(tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert shapes_tiny_bundle.main(["--unpack", str(path), "--out", str(run)]) == 0
     head = TextHeadOptions(num_text_tokens=4, word_tokens=True, locator_dim=128, locator_appearance="colour",
-                           locator_factors="separate")
+                           locator_factors="separate", locator_presence=True)
     phrases = ["the leftmost star", "all red objects"]
     with torch.no_grad():
         want = model.text_projector(model.text_encoder.encode(phrases))

@@ -101,7 +101,9 @@ class TextHeadConfig:
     vector also reads the CLIP tower's per-token features (their width). locator_appearance: ``"embedding"``
     (the image embedding averaged over a candidate) or ``"colour"`` (its pixels' colour statistics).
     locator_factors: ``"joint"`` (one match over all candidate features) or ``"separate"`` (a sum of
-    silhouette, appearance and geometry matches).
+    silhouette, appearance and geometry matches). locator_presence: the locator also answers whether each
+    candidate shows what the phrase names (a logistic readout of its content matches, trained with phrases
+    that name nothing in the image), which then is the text request's presence.
     """
 
     clip_dim: int
@@ -112,6 +114,7 @@ class TextHeadConfig:
     locator_word_dim: int = 0
     locator_appearance: str = "embedding"
     locator_factors: str = "joint"
+    locator_presence: bool = False
 
     def __post_init__(self) -> None:
         if min(self.clip_dim, self.token_dim, self.num_tokens, self.hidden_dim) < 1:
@@ -122,12 +125,14 @@ class TextHeadConfig:
             raise ValueError(f"locator_appearance must be 'embedding' or 'colour', got {self.locator_appearance!r}")
         if self.locator_factors not in ("joint", "separate"):
             raise ValueError(f"locator_factors must be 'joint' or 'separate', got {self.locator_factors!r}")
+        if self.locator_presence and not self.locator_dim:
+            raise ValueError("locator_presence needs a locator (locator_dim > 0)")
 
     @property
     def has_locator(self) -> bool:
         return self.locator_dim > 0
 
-    def to_dict(self) -> dict[str, int | str]:
+    def to_dict(self) -> dict[str, int | str | bool]:
         return {f: getattr(self, f) for f in self.__dataclass_fields__}
 
     @classmethod

@@ -216,7 +216,10 @@ class TextSamPredictor:
                                "box": None if tp.box is None else np.asarray(tp.box).tolist()}
             if located:  # the text head's locator clicks
                 assert self.input_size is not None
-                click = self.text.locate(text, features, self.input_size, self.original_size, self.image)
+                click, located_presence = self.text.locate_with_presence(text, features, self.input_size,
+                                                                         self.original_size, self.image)
+                if located_presence is not None:
+                    presence = located_presence
                 coords = click if coords is None else np.concatenate([coords, click])
                 labels = np.ones(1, np.int64) if labels is None else np.concatenate([labels, np.ones(1, np.int64)])
                 info["prompts"]["located"] = click[0].tolist()
@@ -321,9 +324,10 @@ class TextSamPredictor:
                 out[i] = self.predict(text=phrase, multimask_output=multimask_output, return_logits=return_logits)
                 continue
             if located:
-                click = self.text.locate(phrase, self.features, self.input_size, self.original_size, self.image)
+                click, located_presence = self.text.locate_with_presence(phrase, self.features, self.input_size,
+                                                                         self.original_size, self.image)
                 tp = TextPrompt(np.concatenate([tp.points, click]), np.concatenate([tp.labels, np.ones(1, np.int64)]),
-                                tp.box, tp.tokens, tp.presence)
+                                tp.box, tp.tokens, tp.presence if located_presence is None else located_presence)
                 tp.located = click[0].tolist()  # type: ignore[attr-defined]
             singles.append((i, tp))
         if singles:

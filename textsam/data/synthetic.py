@@ -28,7 +28,8 @@ Phrases (``kind``):
 
 Absent phrases (``absent.json``, drawn from a random stream of their own, so the rest is unchanged): per
 image, "the {colour} {shape}" for a shape in the image in a colour it does not have there, a colour in the
-image on a shape that does not have it, and "the {shape}" for a shape not in the image.
+image on a shape that does not have it (in train and val only seen pairs: a held-out pair is never named
+there, not even as a negative), and "the {shape}" for a shape not in the image.
 
 Everything is written into a hidden ``root/.synth-partial-<pid>/`` folder first and moved into place at
 the end, so an interrupted run leaves no half-written dataset; a root that already holds any of these
@@ -63,7 +64,9 @@ __all__ = ["GENERATOR_VERSION", "SPLITS", "split_pairs", "make_phrases", "absent
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "1.1"  # 1.1: absent.json (presence negatives); everything else as 1.0
+# 1.1: absent.json (presence negatives); 1.2: train's and val's absent phrases name only seen pairs (test, and
+# everything else, as 1.1)
+GENERATOR_VERSION = "1.2"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 MIN_VISIBLE = 0.4
 MAX_IMAGE_SIZE = 4096  # pixels per side; larger images take gigabytes per worker
@@ -219,21 +222,27 @@ def _render_one(task: tuple[Any, ...]) -> dict[str, Any]:
                 "z": z,
             }
         )
-    absent = absent_phrases(anns, np.random.default_rng(np.random.SeedSequence([seed, split_index + 1, index, 7])))
+    # train and val name only their own (seen) pairs; test's negatives may name any pair
+    allowed = None if SPLITS[split_index] == "test" else {tuple(p) for p in pairs}
+    absent = absent_phrases(anns, np.random.default_rng(np.random.SeedSequence([seed, split_index + 1, index, 7])),
+                            allowed)
     return {"background": kind, "anns": anns, "phrases": make_phrases(anns, rng, size), "absent": absent}
 
 
-def absent_phrases(objects: list[dict[str, Any]], rng: np.random.Generator) -> list[str]:
-    """Phrases naming nothing in the image (see the module docstring): at most three."""
+def absent_phrases(objects: list[dict[str, Any]], rng: np.random.Generator,
+                   pairs: set[tuple[str, str]] | None = None) -> list[str]:
+    """Phrases naming nothing in the image (see the module docstring): at most three. ``pairs``: the (colour,
+    shape) pairs a "the {colour} {shape}" phrase may name (None: any; train and val give their seen pairs, so
+    a held-out pair is never named in them, not even as a negative)."""
     present = {(o["colour"], o["shape"]) for o in objects}
     shapes, colours = sorted({o["shape"] for o in objects}), sorted({o["colour"] for o in objects})
     out = []
     shape = shapes[int(rng.integers(len(shapes)))]
-    others = [c for c in COLOURS if (c, shape) not in present]
+    others = [c for c in COLOURS if (c, shape) not in present and (pairs is None or (c, shape) in pairs)]
     if others:
         out.append(f"the {others[int(rng.integers(len(others)))]} {shape}")
     colour = colours[int(rng.integers(len(colours)))]
-    others = [s for s in SHAPES if (colour, s) not in present]
+    others = [s for s in SHAPES if (colour, s) not in present and (pairs is None or (colour, s) in pairs)]
     if others:
         out.append(f"the {colour} {others[int(rng.integers(len(others)))]}")
     missing = [s for s in SHAPES if s not in shapes]

@@ -12,7 +12,7 @@ Graphs (float32; ``B`` prompts, ``N`` points, ``S`` = ``img_size``, ``L`` = the 
 | ``decoder.onnx`` | ``image_embeddings``, ``point_coords (B, N, 2)`` input frame, ``point_labels (B, N)`` | ``low_res_masks (B, 4, L, L)``, ``iou_predictions (B, 4)`` |
 | ``decoder_text.onnx`` | the same and ``text_embedding (B, D)`` (a text head's tokens follow the points) | the same |
 | ``upsample.onnx`` | ``low_res_masks (B, 1, L, L)``, ``orig_im_size (2,)`` (H, W) | ``masks (B, 1, H, W)`` logits, original frame |
-| ``locator.onnx`` | ``image_embeddings``, ``masks (1, M, L, L)`` 0/1, ``rgb (1, 3, S, S)`` in [0, 1], ``text_embedding (1, D)``, ``words (1, T, W)``, ``word_mask (1, T)`` | ``scores (1, M)`` |
+| ``locator.onnx`` | ``image_embeddings``, ``masks (1, M, L, L)`` 0/1, ``rgb (1, 3, S, S)`` in [0, 1], ``text_embedding (1, D)``, ``words (1, T, W)``, ``word_mask (1, T)`` | ``scores (1, M)``, and ``presence (1, M)`` logits for a locator with a presence readout |
 | ``clip_text.onnx`` | ``tokens (B, T)`` int64 | ``embedding (B, D)`` unit, ``words (B, T, W)`` |
 | ``clip_image.onnx`` | ``image (B, 3, R, R)`` open_clip-normalised | ``embedding (B, D)`` unit |
 | ``clip_text_head.onnx`` | as ``clip_text.onnx``: a text head's own fine-tuned tower (only for such a head) | the same |
@@ -112,7 +112,9 @@ class _Locator(nn.Module):
             low = F.adaptive_avg_pool2d(rgb, self.size)[0]  # lowres_rgb's pooling of the padded input
             colours = region_colours(low, masks[0] > 0.5)[None]
         word_inputs = (words, word_mask) if self.locator.word_dim else (None, None)
-        return self.locator.scores(image_embeddings, masks, None, text_embedding, *word_inputs, colours=colours)
+        scores, presence = self.locator.scores_and_presence(image_embeddings, masks, None, text_embedding,
+                                                            *word_inputs, colours=colours)
+        return scores if presence is None else (scores, presence)
 
 
 class _ClipText(nn.Module):
@@ -206,7 +208,8 @@ def _manifest(model: TextSam, name: str, graphs: dict[str, str], options: TextOp
         if mode == "head":
             out["text"]["locator"] = {"clusters": lo.clusters, "min_region_tokens": lo.min_region_tokens,
                                       "max_seeds": lo.max_seeds, "min_iou": lo.min_iou, "nms_iou": lo.nms_iou,
-                                      "max_candidates": lo.max_candidates}
+                                      "max_candidates": lo.max_candidates,
+                                      "presence": getattr(model.text_locator, "presence", None) is not None}
         else:
             out["text"]["proposals"] = {"seeds": eo.seeds, "clusters": eo.clusters,
                                         "min_region_tokens": eo.min_region_tokens, "max_seeds": eo.max_seeds,
@@ -371,12 +374,14 @@ def _export_head(model: TextSam, out: Path, opset: int) -> None:
             ["image_embeddings", "point_coords", "point_labels", "text_embedding"], _DECODER_OUTPUTS,
             {**_POINT_AXES, "text_embedding": {0: "B"}}, opset)
     word_dim = int(encoder.clip.ln_final.normalized_shape[0])
+    presence = getattr(model.text_locator, "presence", None) is not None  # its own presence readout
     masks = (torch.rand(1, 3, low, low) > 0.5).float()
     _export(_Locator(model), (emb, masks, torch.rand(1, 3, s, s), torch.randn(1, d), torch.randn(1, 5, word_dim),
                               torch.ones(1, 5, dtype=torch.bool)),
             out / "locator.onnx", ["image_embeddings", "masks", "rgb", "text_embedding", "words", "word_mask"],
-            ["scores"], {"masks": {1: "M"}, "words": {1: "T"}, "word_mask": {1: "T"}, "scores": {1: "M"}},
-            max(opset, LOCATOR_OPSET))
+            ["scores", "presence"] if presence else ["scores"],
+            {"masks": {1: "M"}, "words": {1: "T"}, "word_mask": {1: "T"}, "scores": {1: "M"},
+             **({"presence": {1: "M"}} if presence else {})}, max(opset, LOCATOR_OPSET))
 
 
 def _export_clip_text(encoder, path: Path, opset: int) -> None:  # noqa: ANN001 - a TextEncoder

@@ -28,6 +28,12 @@ circles are never purple teaches, and which fails on exactly the pairs held out 
 candidate's deepest pixel becomes the click (:meth:`RegionLocator.click`). Trained with
 :meth:`RegionLocator.loss`: minus the log softmax mass on the target candidates.
 
+With ``locator_presence`` the locator also says whether a candidate shows what the phrase names, whatever its
+position: ``presence_i = sigmoid(w . c_i + b)``, ``c_i`` the candidate's content matches (one per feature
+group with separate factors: a weighted sum can ask for the silhouette AND the colour to match). A request's
+presence is the chosen candidate's. Trained with :meth:`RegionLocator.presence_loss` on phrases that name
+something in the image and phrases that name nothing in it (:mod:`textsam.train.locator_presence`).
+
 Masks are low-resolution decoder masks ``(L, L)`` in the padded model-input frame.
 """
 
@@ -192,6 +198,11 @@ class RegionLocator(nn.Module):
         self.slope = nn.Linear(hidden_dim, 2)
         self.gate = nn.Linear(hidden_dim, 1)
         self.beta = nn.Parameter(torch.tensor(2.0))
+        self.presence: nn.Linear | None = None
+        if config.locator_presence:
+            self.presence = nn.Linear(1 if self.factors == "joint" else 3, 1)
+            nn.init.ones_(self.presence.weight)
+            nn.init.zeros_(self.presence.bias)
 
     @classmethod
     def from_config(cls, config: TextHeadConfig) -> RegionLocator:
@@ -242,17 +253,29 @@ class RegionLocator(nn.Module):
         ``image_embedding (B or 1, C, h, w)`` for the phrases ``emb (B, D)`` (``words (B, T, W)`` and
         ``word_mask (B, T)`` when the locator reads per-token features); invalid candidates get -inf.
         ``colours (B, N, 6)``: :func:`region_colours` of the candidates (needed with colour appearance)."""
+        return self.scores_and_presence(image_embedding, masks, valid, emb, words, word_mask, colours=colours)[0]
+
+    def scores_and_presence(self, image_embedding: Tensor, masks: Tensor, valid: Tensor | None, emb: Tensor,
+                            words: Tensor | None = None, word_mask: Tensor | None = None, *,
+                            colours: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """:meth:`scores` and, with ``locator_presence``, each candidate's presence logit ``(B, N)`` (-inf for
+        invalid candidates; None without the readout)."""
         g = self.phrase(emb, words, word_mask)
         r, centroid = self.region_vectors(image_embedding, masks, valid, colours)
         if self.factors == "joint":
-            content = (self.query(g)[:, None] * r).sum(-1) / math.sqrt(self.hidden_dim)
-            content = content + self.joint(g[:, None] * r)[..., 0]
+            factors = ((self.query(g)[:, None] * r).sum(-1) / math.sqrt(self.hidden_dim)
+                       + self.joint(g[:, None] * r)[..., 0])[..., None]
         else:
-            content = sum((q(g)[:, None] * r[:, :, f]).sum(-1) / math.sqrt(self.hidden_dim)
-                          + joint(g[:, None] * r[:, :, f])[..., 0]
-                          for f, (q, joint) in enumerate(zip(self.factor_query, self.factor_joint, strict=True)))
-        scores = saturating_score(content, g, centroid.transpose(1, 2), self.beta, self.gate, self.slope)
-        return scores if valid is None else scores.masked_fill(~valid.bool(), float("-inf"))
+            factors = torch.stack([(q(g)[:, None] * r[:, :, f]).sum(-1) / math.sqrt(self.hidden_dim)
+                                   + joint(g[:, None] * r[:, :, f])[..., 0]
+                                   for f, (q, joint) in enumerate(zip(self.factor_query, self.factor_joint, strict=True))],
+                                  dim=-1)  # (B, N, F): one content match per feature group
+        scores = saturating_score(factors.sum(-1), g, centroid.transpose(1, 2), self.beta, self.gate, self.slope)
+        presence = self.presence(factors)[..., 0] if self.presence is not None else None
+        if valid is not None:
+            scores = scores.masked_fill(~valid.bool(), float("-inf"))
+            presence = presence.masked_fill(~valid.bool(), float("-inf")) if presence is not None else None
+        return scores, presence
 
     @staticmethod
     def click(masks: Tensor, scores: Tensor, scale: float) -> Tensor:
@@ -263,6 +286,19 @@ class RegionLocator(nn.Module):
         rows = torch.arange(masks.shape[0], device=masks.device)
         best = masks[rows, scores.detach().argmax(dim=-1)].bool()
         return (deepest_points(best).float() + 0.5) * scale - 0.5
+
+    @staticmethod
+    def presence_loss(presence: Tensor, target: Tensor, absent: Tensor) -> Tensor:
+        """``(B,)`` binary cross-entropy of the phrase being in the image: ``presence (B, N)`` logits (-inf for
+        invalid candidates), ``target (B, N)`` the candidates a present phrase names, ``absent (B,)`` True for a
+        phrase that names nothing in the image. A present phrase's logit is its best target candidate's (its
+        other candidates are left free: "the leftmost circle" names every circle's content); an absent phrase's
+        is its best candidate's. 0 for a present phrase without a target candidate (nothing to learn from)."""
+        best_target = presence.masked_fill(~target.bool(), float("-inf")).amax(dim=-1)
+        logit = torch.where(absent, presence.amax(dim=-1), best_target).float()
+        use = absent | target.any(dim=-1)
+        loss = F.binary_cross_entropy_with_logits(logit.clamp(-50, 50), (~absent).float(), reduction="none")
+        return torch.where(use, loss, torch.zeros_like(loss))
 
     @staticmethod
     def loss(scores: Tensor, target: Tensor) -> Tensor:

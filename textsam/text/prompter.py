@@ -136,6 +136,19 @@ class TextPrompter:
         """The locator's click for ``phrase``: ``(1, 2)`` x, y in original-image pixels, the deepest pixel of the
         candidate object it scores best (``image``, the original ``(H, W, 3)`` uint8 picture, is needed by a
         locator that reads pixel colours)."""
+        return self.locate_with_presence(phrase, features, input_size, original_size, image)[0]
+
+    @property
+    def locator_answers_presence(self) -> bool:
+        """Whether the text head's locator has its own presence readout (then it answers presence for the
+        requests it clicks for, and the engine is not asked)."""
+        return self.can_locate and getattr(self.model.text_locator, "presence", None) is not None
+
+    def locate_with_presence(self, phrase: str, features: Tensor, input_size: tuple[int, int],
+                             original_size: tuple[int, int], image: np.ndarray | None = None
+                             ) -> tuple[np.ndarray, float | None]:
+        """:meth:`locate`'s click and the chosen candidate's presence in [0, 1] (None for a locator without a
+        presence readout; 0 when the image has no candidate)."""
         from .locator import lowres_rgb, region_colours
 
         self.ensure_text_encoder()
@@ -150,15 +163,18 @@ class TextPrompter:
                 rgb = lowres_rgb(image, s, regions.shape[-1]).to(regions.device)
                 self._region_colours = region_colours(rgb, regions)[None]
             colours = self._region_colours
+        presence = None if locator.presence is None else 0.0
         if len(regions) == 0:  # nothing found: the image centre
             xy = np.array([input_size[1] / 2 - 0.5, input_size[0] / 2 - 0.5])
         else:
             with torch.inference_mode():
                 inputs = self._phrase_inputs([phrase], words=bool(locator.word_dim))
-                scores = locator.scores(features, regions[None], None, *inputs, colours=colours)
+                scores, logits = locator.scores_and_presence(features, regions[None], None, *inputs, colours=colours)
                 xy = locator.click(regions[None], scores, s / regions.shape[-1])[0].cpu().numpy()
+                if logits is not None:
+                    presence = float(torch.sigmoid(logits[0, scores[0].argmax()].float()))
         ratio = np.array([original_size[1] / input_size[1], original_size[0] / input_size[0]])
-        return ((xy + 0.5) * ratio - 0.5)[None]
+        return ((xy + 0.5) * ratio - 0.5)[None], presence
 
     @torch.inference_mode()
     def region_candidates(self, features: Tensor, input_size: tuple[int, int]) -> Tensor:
@@ -306,6 +322,10 @@ class TextPrompter:
             return None
         self.ensure_text_encoder()
         tokens = self.text_tokens(list(phrases))
+        if not engine_prompts and self.locator_answers_presence and user_box is None and user_points is None:
+            # the head's locator clicks and answers presence (see locate_with_presence): nothing for the engine
+            return [TextPrompt(np.zeros((0, 2)), np.zeros((0,), np.int64), None,
+                               tokens[i] if tokens is not None else None, None) for i in range(len(phrases))]
         ranked_all = self.engine_rank(predictor, list(phrases), user_points, user_labels, user_box)
         props = self.engine.proposals(predictor)
         out = []

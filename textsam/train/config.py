@@ -242,7 +242,8 @@ class TextHeadOptions:
     ``locator_factors``: ``"joint"`` or ``"separate"``); ``word_tokens``: its phrase vector also reads the
     CLIP tower's per-token features (text recipe only); ``locate_text``: text-alone samples get its click in
     training, as the predictor gives it at inference. ``blind_text``: the text-blind baseline, the head sees
-    a zero vector instead of the phrase.
+    a zero vector instead of the phrase. ``locator_presence``: the locator has a presence readout (kept from the
+    start weights; it is trained by ``python -m textsam.train.locator_presence``, not by these recipes).
     """
 
     num_text_tokens: int | None = None
@@ -254,6 +255,7 @@ class TextHeadOptions:
     max_regions: int = 16
     locate_text: bool = False
     blind_text: bool = False
+    locator_presence: bool = False
 
     def __post_init__(self) -> None:
         check_types(self, "[text_head] ")
@@ -272,6 +274,8 @@ class TextHeadOptions:
         if self.locate_text and not self.locator_dim:
             raise InputError("[text_head] locate_text = true gives text samples the locator's click: set "
                              "locator_dim > 0")
+        if self.locator_presence and not self.locator_dim:
+            raise InputError("[text_head] locator_presence = true is a readout of the locator: set locator_dim > 0")
         if self.word_tokens and not self.locator_dim:
             raise InputError("[text_head] word_tokens = true gives the locator the CLIP tower's per-token "
                              "features: set locator_dim > 0")
@@ -284,6 +288,7 @@ class TextHeadOptions:
             hidden_dim=self.projector_hidden_dim, locator_dim=self.locator_dim,
             locator_word_dim=word_dim if self.word_tokens and self.locator_dim else 0,
             locator_appearance=self.locator_appearance, locator_factors=self.locator_factors,
+            locator_presence=self.locator_presence,
         )
 
 

@@ -104,7 +104,8 @@ def load_text_head(projector: Any, locator: Any, start: StartWeights) -> None:
     except CheckpointMismatchError as err:
         raise InputError(f"the text head in {start.source} does not fit this config's (missing "
                          f"{err.missing[:3]}, unknown {err.unexpected[:3]}): check [text_head] num_text_tokens, "
-                         "projector_hidden_dim, locator_dim, locator_appearance, locator_factors and word_tokens"
+                         "projector_hidden_dim, locator_dim, locator_appearance, locator_factors, locator_presence and "
+                         "word_tokens"
                          ) from None
     if locator is not None and not start.locator and start.projector:
         logger.info("%s has no locator: it starts untrained", start.source)

@@ -851,7 +851,8 @@
   async function locate(phrase, textRow) {
     const m = api.manifest, cand = await candidates(), L = cand.size, S = m.img_size;
     const ratio = [img.W / img.inputW, img.H / img.inputH];
-    let xy;
+    // a locator with its own presence readout answers presence too: the chosen candidate's (0 without any)
+    let xy, presence = m.text.locator.presence ? 0 : null;
     if (cand.masks.length === 0) {
       xy = [img.inputW / 2 - 0.5, img.inputH / 2 - 0.5];
     } else {
@@ -869,8 +870,9 @@
       const [px, py] = deepestPoint(cand.masks[best], L, L);
       const scale = S / L;
       xy = [(px + 0.5) * scale - 0.5, (py + 0.5) * scale - 0.5];
+      if (out.presence) presence = 1 / (1 + Math.exp(-out.presence.data[best]));
     }
-    return [(xy[0] + 0.5) * ratio[0] - 0.5, (xy[1] + 0.5) * ratio[1] - 0.5];
+    return {xy: [(xy[0] + 0.5) * ratio[0] - 0.5, (xy[1] + 0.5) * ratio[1] - 0.5], presence};
   }
 
   function checkPrompt({text, points, box}) {
@@ -917,13 +919,22 @@
       const q = parse(phrase), templates = m.text.templates;
       const headGraph = m.graphs.clip_text_head ? 'clip_text_head' : 'clip_text';
       const headHere = m.text.mode === 'head' && headGraph === 'clip_text';
-      await encodeTexts([...(headHere ? [phrase] : []), ...expand(q.head, templates),
-        ...(q.anchor ? expand(q.anchor, templates) : [])]);
-      const ranked = await rank(phrase, points, box);
-      pres = ranked.presence;
+      // a head whose locator answers presence, asked without a click or box: the engine is not needed
+      const locatorAnswers = m.text.mode === 'head' && m.text.locator.presence && !points.length && !box;
+      let ranked = null;
+      if (!locatorAnswers) {
+        await encodeTexts([...(headHere ? [phrase] : []), ...expand(q.head, templates),
+          ...(q.anchor ? expand(q.anchor, templates) : [])]);
+        ranked = await rank(phrase, points, box);
+        pres = ranked.presence;
+      }
       if (m.text.mode === 'head') { // the head's tokens, and its locator's click when the user gave no click or box
         [textRow] = await encodeTexts([phrase], headGraph);
-        if (!points.length && !box) pts = [[...(await locate(phrase, textRow)), 1]];
+        if (!points.length && !box) {
+          const located = await locate(phrase, textRow);
+          pts = [[...located.xy, 1]];
+          if (located.presence !== null) pres = located.presence;
+        }
       } else if (ranked.chosen.length) { // the engine's chosen proposal: its box and its click
         const props = img.proposals;
         const asBox = (i) => { const b = props.boxes[i]; return [b[0], b[1], b[2] + 1, b[3] + 1]; };
