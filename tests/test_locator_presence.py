@@ -146,3 +146,29 @@ def test_bad_data_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture)
     assert "instances.json" in capsys.readouterr().err
     assert main(["--model", "sam_vit_b", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "--text-head" in capsys.readouterr().err
+
+
+def test_a_group_and_all_instances_are_the_candidates_the_locator_finds(trained: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from textsam.transforms import load_image
+
+    model = textsam.create_model("shapes_tiny", text_head=trained / "run" / "model.safetensors")
+    predictor = textsam.TextSamPredictor(model)
+    root = trained / "syn" / "test"
+    info = json.loads((root / "instances.json").read_text())["images"][0]
+    predictor.set_image(load_image(str(root / "images" / info["file_name"])))
+    monkeypatch.setattr(type(predictor.text), "engine_rank", lambda *a, **k: pytest.fail("the engine was asked"))
+    text = predictor.text
+    for phrase in ("all the objects", "every shape"):
+        _, scores, presence = text.locator_readout(phrase, predictor.get_image_embedding(), predictor.input_size,
+                                                   predictor.image)
+        members, answer = text.locator_members(phrase, predictor)
+        want = [int(i) for i in torch.argsort(scores, descending=True) if presence[i] >= 0.5]
+        assert members == want and answer == pytest.approx(float(presence.max()))
+        out = predictor.predict(text=phrase)
+        assert out.presence == pytest.approx(answer)
+        if members:  # one mask: the union of every member's mask, decoded in one batch
+            assert len(out.info["prompts"]["members"]) == len(members)
+        every = predictor.predict(text=phrase, instances="all")
+        assert every.presence == pytest.approx(answer)
+        assert len(every.masks) <= max(1, len(members)) and (len(every.masks) > 0) == bool(members)

@@ -108,16 +108,18 @@ def test_graphs_compute_what_the_model_computes(tiny_page) -> None:  # noqa: ANN
     from textsam.text.locator import lowres_rgb, region_colours
 
     regions = predictor.text.region_candidates(emb, predictor.input_size)
-    ref = model.text_locator.scores(emb, regions[None], None, ref_pooled, ref_words, mask,
-                                    colours=region_colours(lowres_rgb(image, 128, 128), regions)[None])
+    ref, ref_presence = model.text_locator.scores_and_presence(
+        emb, regions[None], None, ref_pooled, ref_words, mask,
+        colours=region_colours(lowres_rgb(image, 128, 128), regions)[None])
     rgb = np.zeros((1, 3, 128, 128), np.float32)
     rgb[0, :, :96, :] = resized[0].numpy() / 255
     full_words = np.zeros((1, 32, ref_words.shape[2]), np.float32)
     full_words[0, : ref_words.shape[1]] = ref_words[0].numpy()
-    (scores,) = _session(folder, "locator")({"image_embeddings": emb.numpy(), "masks": regions[None].float().numpy(),
-                                             "rgb": rgb, "text_embedding": ref_pooled.numpy(), "words": full_words,
-                                             "word_mask": np.arange(32)[None] < ref_words.shape[1]})
+    scores, presence = _session(folder, "locator")({
+        "image_embeddings": emb.numpy(), "masks": regions[None].float().numpy(), "rgb": rgb,
+        "text_embedding": ref_pooled.numpy(), "words": full_words, "word_mask": np.arange(32)[None] < ref_words.shape[1]})
     assert np.abs(scores - ref.numpy()).max() < 1e-2 and scores.argmax() == int(ref.argmax())
+    assert np.abs(presence - ref_presence.numpy()).max() < 1e-2  # the shipped locator's presence readout
     from textsam.text.scoring import clip_preprocess
 
     crop = clip_preprocess(enc.clip)(Image.fromarray(image))[None]

@@ -27,6 +27,7 @@ from ..modeling.seeds import embedding_seeds
 from ..ops import mask_nms
 from .engine import Ranked, TextEngine
 from .options import TextOptions
+from .spatial import parse
 
 logger = logging.getLogger(__name__)
 
@@ -144,37 +145,65 @@ class TextPrompter:
         requests it clicks for, and the engine is not asked)."""
         return self.can_locate and getattr(self.model.text_locator, "presence", None) is not None
 
-    def locate_with_presence(self, phrase: str, features: Tensor, input_size: tuple[int, int],
-                             original_size: tuple[int, int], image: np.ndarray | None = None
-                             ) -> tuple[np.ndarray, float | None]:
-        """:meth:`locate`'s click and the chosen candidate's presence in [0, 1] (None for a locator without a
-        presence readout; 0 when the image has no candidate)."""
+    def locator_readout(self, phrase: str, features: Tensor, input_size: tuple[int, int],
+                        image: np.ndarray | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """The locator on the current image's candidates: candidate masks ``(M, L, L)`` bool (low-res, input
+        frame), their scores ``(M,)`` and presence probabilities ``(M,)`` (None for a locator without a presence
+        readout); scores and presence are None when the image has no candidate."""
         from .locator import lowres_rgb, region_colours
 
         self.ensure_text_encoder()
         locator = self.model.text_locator
-        s = self.model.img_size
         regions = self.region_candidates(features, input_size)
+        if len(regions) == 0:
+            return regions, None, None
         colours = None
         if locator.appearance_kind == "colour":
             if image is None:
                 raise InputError("this text head's locator reads pixel colours: pass the image")
             if self._region_colours is None:  # once per image, like the candidates
-                rgb = lowres_rgb(image, s, regions.shape[-1]).to(regions.device)
+                rgb = lowres_rgb(image, self.model.img_size, regions.shape[-1]).to(regions.device)
                 self._region_colours = region_colours(rgb, regions)[None]
             colours = self._region_colours
-        presence = None if locator.presence is None else 0.0
-        if len(regions) == 0:  # nothing found: the image centre
+        with torch.inference_mode():
+            inputs = self._phrase_inputs([phrase], words=bool(locator.word_dim))
+            scores, logits = locator.scores_and_presence(features, regions[None], None, *inputs, colours=colours)
+        return regions, scores[0], None if logits is None else torch.sigmoid(logits[0].float())
+
+    def locate_with_presence(self, phrase: str, features: Tensor, input_size: tuple[int, int],
+                             original_size: tuple[int, int], image: np.ndarray | None = None
+                             ) -> tuple[np.ndarray, float | None]:
+        """:meth:`locate`'s click and the chosen candidate's presence in [0, 1] (None for a locator without a
+        presence readout; 0 when the image has no candidate)."""
+        regions, scores, presence = self.locator_readout(phrase, features, input_size, image)
+        answer = None if self.model.text_locator.presence is None else 0.0
+        if scores is None:  # nothing found: the image centre
             xy = np.array([input_size[1] / 2 - 0.5, input_size[0] / 2 - 0.5])
         else:
-            with torch.inference_mode():
-                inputs = self._phrase_inputs([phrase], words=bool(locator.word_dim))
-                scores, logits = locator.scores_and_presence(features, regions[None], None, *inputs, colours=colours)
-                xy = locator.click(regions[None], scores, s / regions.shape[-1])[0].cpu().numpy()
-                if logits is not None:
-                    presence = float(torch.sigmoid(logits[0, scores[0].argmax()].float()))
+            xy = self.model.text_locator.click(regions[None], scores[None], self.model.img_size / regions.shape[-1])
+            xy = xy[0].cpu().numpy()
+            if presence is not None:
+                answer = float(presence[scores.argmax()])
         ratio = np.array([original_size[1] / input_size[1], original_size[0] / input_size[0]])
-        return ((xy + 0.5) * ratio - 0.5)[None], presence
+        return ((xy + 0.5) * ratio - 0.5)[None], answer
+
+    def locator_members(self, phrase: str, predictor) -> tuple[list[int], float]:  # noqa: ANN001
+        """For a locator with a presence readout: the candidates whose presence passes the threshold, best
+        score first (indices into the candidates, which are also the engine's proposals for a head), and the
+        phrase's presence (the highest candidate presence; 0 without candidates)."""
+        _, scores, presence = self.locator_readout(phrase, predictor.get_image_embedding(), predictor.input_size,
+                                                   predictor.image)
+        if scores is None or presence is None:
+            return [], 0.0
+        order = torch.argsort(scores, descending=True).tolist()
+        threshold = self.options.engine.presence_threshold
+        return [int(i) for i in order if presence[i] >= threshold], float(presence.max())
+
+    def _head_proposals(self, predictor):  # noqa: ANN001, ANN202
+        """The locator's candidates as proposals in original pixels (shared with the engine, once per image)."""
+        if self.engine._proposals is None:
+            self.engine._proposals = self._regions_as_proposals(predictor)
+        return self.engine.proposals(predictor)
 
     @torch.inference_mode()
     def region_candidates(self, features: Tensor, input_size: tuple[int, int]) -> Tensor:
@@ -323,9 +352,20 @@ class TextPrompter:
         self.ensure_text_encoder()
         tokens = self.text_tokens(list(phrases))
         if not engine_prompts and self.locator_answers_presence and user_box is None and user_points is None:
-            # the head's locator clicks and answers presence (see locate_with_presence): nothing for the engine
-            return [TextPrompt(np.zeros((0, 2)), np.zeros((0,), np.int64), None,
-                               tokens[i] if tokens is not None else None, None) for i in range(len(phrases))]
+            # the head's locator clicks and answers presence (see locate_with_presence): nothing for the engine.
+            # A group phrase ("all the X") is every candidate whose presence passes the threshold.
+            out = []
+            for i, phrase in enumerate(phrases):
+                prompt = TextPrompt(np.zeros((0, 2)), np.zeros((0,), np.int64), None,
+                                    tokens[i] if tokens is not None else None, None)
+                if parse(phrase).group:
+                    members, presence = self.locator_members(phrase, predictor)
+                    if members:
+                        props = self._head_proposals(predictor)
+                        prompt.members = [self._as_box_and_click(props, j) for j in members]
+                        prompt.presence, prompt.group = presence, True
+                out.append(prompt)
+            return out
         ranked_all = self.engine_rank(predictor, list(phrases), user_points, user_labels, user_box)
         props = self.engine.proposals(predictor)
         out = []
@@ -400,6 +440,17 @@ class TextPrompter:
         tokens = self.text_tokens([phrase])
         tok = tokens[0] if tokens is not None else None
         limit = self.options.instances.max_instances
+        if self.locator_answers_presence and predictor is not None:
+            # every candidate the locator says shows the phrase, best score first
+            members, presence = self.locator_members(phrase, predictor)
+            props = self._head_proposals(predictor)
+            _, _, each = self.locator_readout(phrase, predictor.get_image_embedding(), predictor.input_size,
+                                              predictor.image)
+            prompts = []
+            for i in members[:limit]:
+                box, click = self._as_box_and_click(props, i)
+                prompts.append(TextPrompt(click[None], np.ones(1, np.int64), box, tok, float(each[i])))
+            return prompts, presence
         if self.engine_enabled and predictor is not None:
             (ranked,) = self.engine_rank(predictor, [phrase], every=True)
             props = self.engine.proposals(predictor)

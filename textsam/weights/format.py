@@ -216,6 +216,7 @@ def head_config_from_tensors(tensors: Mapping[str, Tensor]) -> TextHeadConfig:
             "locator_word_dim": 0 if words is None else int(words.shape[0]),
             "locator_appearance": "colour" if appearance.shape[1] == 6 else "embedding",
             "locator_factors": "separate" if "text_locator.factor_query.0.weight" in tensors else "joint",
+            "locator_presence": "text_locator.presence.weight" in tensors,
         }
     return TextHeadConfig(clip_dim=int(first.shape[1]), token_dim=int(type_embed.shape[1]),
                           num_tokens=int(type_embed.shape[0]), hidden_dim=int(first.shape[0]), **locator)

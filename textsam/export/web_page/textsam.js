@@ -593,7 +593,11 @@
       coords[(i * nPoints + j) * 2] = x; coords[(i * nPoints + j) * 2 + 1] = y; labels[i * nPoints + j] = l;
     }));
     const feeds = {image_embeddings: img.embedding, point_coords: f32(coords, [b, nPoints, 2]), point_labels: f32(labels, [b, nPoints])};
-    if (textEmbedding) feeds.text_embedding = f32(textEmbedding, [1, textEmbedding.length]);
+    if (textEmbedding) { // the phrase's embedding on every row of the batch
+      const d = textEmbedding.length, rows = new Float32Array(b * d);
+      for (let i = 0; i < b; i++) rows.set(textEmbedding, i * d);
+      feeds.text_embedding = f32(rows, [b, d]);
+    }
     const out = await run(textEmbedding ? 'decoder_text' : 'decoder', feeds);
     return {low: out.low_res_masks.data, iou: out.iou_predictions.data, size: out.low_res_masks.dims[2]};
   }
@@ -852,7 +856,7 @@
     const m = api.manifest, cand = await candidates(), L = cand.size, S = m.img_size;
     const ratio = [img.W / img.inputW, img.H / img.inputH];
     // a locator with its own presence readout answers presence too: the chosen candidate's (0 without any)
-    let xy, presence = m.text.locator.presence ? 0 : null;
+    let xy, presence = m.text.locator.presence ? 0 : null, members = [], groupPresence = 0;
     if (cand.masks.length === 0) {
       xy = [img.inputW / 2 - 0.5, img.inputH / 2 - 0.5];
     } else {
@@ -870,9 +874,26 @@
       const [px, py] = deepestPoint(cand.masks[best], L, L);
       const scale = S / L;
       xy = [(px + 0.5) * scale - 0.5, (py + 0.5) * scale - 0.5];
-      if (out.presence) presence = 1 / (1 + Math.exp(-out.presence.data[best]));
+      if (out.presence) {
+        // every candidate's presence; those over the threshold, best score first, are a group phrase's members
+        const each = Array.from(out.presence.data, (v) => 1 / (1 + Math.exp(-v)));
+        presence = each[best];
+        const thr = m.text.engine.presence_threshold, s = out.scores.data;
+        members = each.map((_, i) => i).sort((a, b) => s[b] - s[a]).filter((i) => each[i] >= thr);
+        groupPresence = Math.max(...each);
+      }
     }
-    return {xy: [(xy[0] + 0.5) * ratio[0] - 0.5, (xy[1] + 0.5) * ratio[1] - 0.5], presence};
+    return {xy: [(xy[0] + 0.5) * ratio[0] - 0.5, (xy[1] + 0.5) * ratio[1] - 0.5], presence, members, groupPresence};
+  }
+
+  // a candidate's click as a proposal's (TextPrompter._regions_as_proposals): its deepest low-res pixel, in
+  // original pixels, inside the image
+  function candidateClick(i) {
+    const cand = img.candidates, L = cand.size, scale = api.manifest.img_size / L;
+    const [px, py] = deepestPoint(cand.masks[i], L, L);
+    const ratio = [img.W / img.inputW, img.H / img.inputH];
+    const x = (px + 0.5) * scale * ratio[0] - 0.5, y = (py + 0.5) * scale * ratio[1] - 0.5;
+    return [Math.min(Math.max(x, 0), img.W - 1), Math.min(Math.max(y, 0), img.H - 1)];
   }
 
   function checkPrompt({text, points, box}) {
@@ -932,6 +953,15 @@
         [textRow] = await encodeTexts([phrase], headGraph);
         if (!points.length && !box) {
           const located = await locate(phrase, textRow);
+          if (locatorAnswers && q.group && located.members.length) { // "all the X": the union of its members
+            const props = await proposalSet();
+            const members = located.members.map((i) => {
+              const b = props.boxes[i];
+              return [[b[0], b[1], b[2] + 1, b[3] + 1], candidateClick(i)];
+            });
+            return finish(t0, await groupMask(members, points, textRow.embedding), located.groupPresence, phrase,
+              points, box);
+          }
           pts = [[...located.xy, 1]];
           if (located.presence !== null) pres = located.presence;
         }
@@ -962,8 +992,9 @@
   }
   // a group phrase ("all the X"): every member's box and click (with the user's clicks) in one decoder batch, the
   // single-mask output, the union of their masks (TextSamPredictor._predict_group)
-  async function groupMask(members, userPoints) {
-    const {low, iou, size} = await decode(members.map(([b, c]) => decoderPrompt([...userPoints, [...c, 1]], b)));
+  async function groupMask(members, userPoints, textEmbedding = null) {
+    const {low, iou, size} = await decode(members.map(([b, c]) => decoderPrompt([...userPoints, [...c, 1]], b)),
+      textEmbedding);
     const area = size * size, union = new Float32Array(area).fill(-Infinity);
     members.forEach((_, i) => { for (let p = 0; p < area; p++) union[p] = Math.max(union[p], low[i * 4 * area + p]); });
     const score = members.reduce((s, _, i) => s + iou[i * 4], 0) / members.length;
