@@ -157,8 +157,7 @@ def build_candidates(predictor, root: Path, split: str, out: Path, options: Pres
         result.extend(chunk)
         if progress:
             done = min(c0 + CHUNK, len(images))
-            print(f"candidates: {done}/{len(images)} images ({time.perf_counter() - start:.0f} s)", file=sys.stderr,
-                  flush=True)
+            logger.info("candidates: %d/%d images (%.0f s)", done, len(images), time.perf_counter() - start)
     return result
 
 
@@ -241,8 +240,8 @@ def train_presence(model, data: list[ImageCandidates], options: PresenceOptions,
         opt.step()
         last = {"rank": float(rank.detach()), "presence": float(pres.detach())}
         if progress and (step % 100 == 0 or step == options.steps - 1):
-            print(f"step {step + 1}/{options.steps}: rank {last['rank']:.3f}, presence {last['presence']:.3f} "
-                  f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+            logger.info("step %d/%d: rank %.3f, presence %.3f (%.0f s)", step + 1, options.steps, last["rank"],
+                        last["presence"], time.perf_counter() - start)
     locator.eval()
     locator.requires_grad_(False)
     return last
@@ -281,6 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-images", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         import textsam
 
