@@ -187,17 +187,17 @@ class TextPrompter:
         ratio = np.array([original_size[1] / input_size[1], original_size[0] / input_size[0]])
         return ((xy + 0.5) * ratio - 0.5)[None], answer
 
-    def locator_members(self, phrase: str, predictor) -> tuple[list[int], float]:  # noqa: ANN001
+    def locator_members(self, phrase: str, predictor) -> tuple[list[int], Tensor | None]:  # noqa: ANN001
         """For a locator with a presence readout: the candidates whose presence passes the threshold, best
-        score first (indices into the candidates, which are also the engine's proposals for a head), and the
-        phrase's presence (the highest candidate presence; 0 without candidates)."""
+        score first (indices into the candidates, which are also the engine's proposals for a head), and every
+        candidate's presence ``(M,)`` (None without candidates; the phrase's presence is its maximum)."""
         _, scores, presence = self.locator_readout(phrase, predictor.get_image_embedding(), predictor.input_size,
                                                    predictor.image)
         if scores is None or presence is None:
-            return [], 0.0
+            return [], None
         order = torch.argsort(scores, descending=True).tolist()
         threshold = self.options.engine.presence_threshold
-        return [int(i) for i in order if presence[i] >= threshold], float(presence.max())
+        return [int(i) for i in order if presence[i] >= threshold], presence
 
     def _head_proposals(self, predictor):  # noqa: ANN001, ANN202
         """The locator's candidates as proposals in original pixels (shared with the engine, once per image)."""
@@ -287,9 +287,8 @@ class TextPrompter:
         user's positive click or box keeps only the candidates it touches (all of them when none does).
         ``every``: every candidate is scored by its crops (for ``instances="all"``), not only the shortlist."""
         self.ensure_text_encoder()
-        if self.model.text_locator is not None and self.engine._proposals is None:
-            self.engine._proposals = self._regions_as_proposals(predictor)
-        props = self.engine.proposals(predictor)
+        props = self._head_proposals(predictor) if self.model.text_locator is not None else \
+            self.engine.proposals(predictor)
         allowed = None
         if len(props) and (user_box is not None or (user_points is not None and (user_labels == 1).any())):
             allowed = torch.ones(len(props), dtype=torch.bool)
@@ -359,11 +358,11 @@ class TextPrompter:
                 prompt = TextPrompt(np.zeros((0, 2)), np.zeros((0,), np.int64), None,
                                     tokens[i] if tokens is not None else None, None)
                 if parse(phrase).group:
-                    members, presence = self.locator_members(phrase, predictor)
-                    if members:
+                    members, each = self.locator_members(phrase, predictor)
+                    if members and each is not None:
                         props = self._head_proposals(predictor)
                         prompt.members = [self._as_box_and_click(props, j) for j in members]
-                        prompt.presence, prompt.group = presence, True
+                        prompt.presence, prompt.group = float(each.max()), True
                 out.append(prompt)
             return out
         ranked_all = self.engine_rank(predictor, list(phrases), user_points, user_labels, user_box)
@@ -442,15 +441,13 @@ class TextPrompter:
         limit = self.options.instances.max_instances
         if self.locator_answers_presence and predictor is not None:
             # every candidate the locator says shows the phrase, best score first
-            members, presence = self.locator_members(phrase, predictor)
+            members, each = self.locator_members(phrase, predictor)
             props = self._head_proposals(predictor)
-            _, _, each = self.locator_readout(phrase, predictor.get_image_embedding(), predictor.input_size,
-                                              predictor.image)
             prompts = []
             for i in members[:limit]:
                 box, click = self._as_box_and_click(props, i)
                 prompts.append(TextPrompt(click[None], np.ones(1, np.int64), box, tok, float(each[i])))
-            return prompts, presence
+            return prompts, 0.0 if each is None else float(each.max())
         if self.engine_enabled and predictor is not None:
             (ranked,) = self.engine_rank(predictor, [phrase], every=True)
             props = self.engine.proposals(predictor)
