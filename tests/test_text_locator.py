@@ -366,7 +366,7 @@ def test_predictor_region_candidates_and_click(tmp_path: Path) -> None:
     calls = predictor.text.region_candidates(predictor.features, predictor.input_size)
     assert calls is regions  # cached for the image
     with pytest.raises(InputError, match="pixel colours"):
-        predictor.text.locate("red", predictor.features, predictor.input_size, predictor.original_size)
+        predictor.text.locate_with_presence("red", predictor.features, predictor.input_size, predictor.original_size)
     assert "located" not in predictor.predict(text="the red square", point_coords=np.array([[5, 5]]),
                                               point_labels=np.array([1])).info["prompts"]
     predictor.set_image(image)

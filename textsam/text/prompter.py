@@ -5,7 +5,7 @@ Sources of prompts, all ending as tokens of the decoder's sparse slot:
   resolved by geometry; the chosen proposal becomes a box and a click, and every answer has a presence;
 - a trained text head: the CLIP text embedding -> ``K`` learned tokens (``TextProjector``);
 - the text head's locator, when it has one: the phrase chooses among candidate objects and its click is
-  given as a positive point (:meth:`TextPrompter.locate`; used when the user gives no click or box); with a
+  given as a positive point (:meth:`TextPrompter.locate_with_presence`; used when the user gives no click or box); with a
   text head the engine only answers presence (:attr:`TextPrompter.engine_chooses`);
 - dense CLIP grounding (MaskCLIP points, off by default; kept for comparison).
 """
@@ -132,13 +132,6 @@ class TextPrompter:
             return emb.to(device), feats.to(device), mask.to(device)
         return self.model.text_encoder.encode(list(phrases)).to(device), None, None
 
-    def locate(self, phrase: str, features: Tensor, input_size: tuple[int, int],
-               original_size: tuple[int, int], image: np.ndarray | None = None) -> np.ndarray:
-        """The locator's click for ``phrase``: ``(1, 2)`` x, y in original-image pixels, the deepest pixel of the
-        candidate object it scores best (``image``, the original ``(H, W, 3)`` uint8 picture, is needed by a
-        locator that reads pixel colours)."""
-        return self.locate_with_presence(phrase, features, input_size, original_size, image)[0]
-
     @property
     def locator_answers_presence(self) -> bool:
         """Whether the text head's locator has its own presence readout (then it answers presence for the
@@ -173,7 +166,9 @@ class TextPrompter:
     def locate_with_presence(self, phrase: str, features: Tensor, input_size: tuple[int, int],
                              original_size: tuple[int, int], image: np.ndarray | None = None
                              ) -> tuple[np.ndarray, float | None]:
-        """:meth:`locate`'s click and the chosen candidate's presence in [0, 1] (None for a locator without a
+        """The locator's click for ``phrase``: ``(1, 2)`` x, y in original-image pixels, the deepest pixel of the
+        candidate object it scores best (``image``, the original ``(H, W, 3)`` uint8 picture, is needed by a
+        locator that reads pixel colours), and that candidate's presence in [0, 1] (None for a locator without a
         presence readout; 0 when the image has no candidate)."""
         regions, scores, presence = self.locator_readout(phrase, features, input_size, image)
         answer = None if self.model.text_locator.presence is None else 0.0

@@ -851,7 +851,7 @@
     return {q, chosen: [best], presence: member[best]};
   }
 
-  // the locator's click for a phrase (original pixels), as TextPrompter.locate
+  // the locator's click for a phrase (original pixels) and its presence, as TextPrompter.locate_with_presence
   async function locate(phrase, textRow) {
     const m = api.manifest, cand = await candidates(), L = cand.size, S = m.img_size;
     const ratio = [img.W / img.inputW, img.H / img.inputH];
