@@ -95,7 +95,7 @@ def test_unpacking_the_shipped_model_and_assembling_it_again_gives_the_same_file
     out = tmp_path / "again.safetensors"
     assert shapes_tiny_bundle.main(["--sam", str(run), "--text", str(run), "--clip", str(run / "clip"),
                                     "--data", str(tmp_path / "data"), "--out", str(out),
-                                    "--text-options", json.dumps({"grounding": False})]) == 0
+                                    "--text-options", json.dumps(fmt.read(shipped_path).text_options)]) == 0
     shipped, again = fmt.read(shipped_path), fmt.read(out)
     from textsam.text.options import TextOptions
 

@@ -38,7 +38,7 @@ def _v1_bundle(shipped: TextsamFile, path: Path) -> dict[str, torch.Tensor]:
                     "text_projector.word_out.bias": torch.zeros(width)})
     head = shipped.text_head
     meta = {"format": "textsam.bundle", "model": "shapes_tiny", "clip_name": shipped.clip.model,
-            "clip_config": shipped.clip.config, "training": {"note": "v1"}, "text_options": {"grounding": False},
+            "clip_config": shipped.clip.config, "training": {"note": "v1"}, "text_options": dict(shipped.text_options),
             "text_head": {"clip_dim": head.clip_dim, "token_dim": head.token_dim, "num_tokens": head.num_tokens,
                           "hidden_dim": head.hidden_dim, "word_dim": head.locator_word_dim, "word_heads": 4,
                           "locator_dim": head.locator_dim, "locator_kind": "regions",

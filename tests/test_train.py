@@ -603,6 +603,69 @@ def test_clip_pretrain_lowers_infonce_and_saves_local_dir(tmp_path: Path) -> Non
     assert encoder.embed_dim == 32
 
 
+def test_clip_adapt_locks_the_text_tower_and_rebuilds_the_patches(tmp_path: Path, clip_spec: str) -> None:
+    """``--init --lock-text --patch-size --class-fraction --grey-prob``: the image tower learns (loss falls), the
+    text tower is bit-identical, the saved folder loads with the new patch size, colour-free crops go grey."""
+    import open_clip
+
+    from textsam.train.clip_pretrain import (
+        ClipPretrainConfig,
+        CropTextDataset,
+        clip_input_for,
+        load_initial_clip,
+        names_no_colour,
+        pretrain_clip,
+        with_patch_size,
+    )
+
+    first = load_initial_clip(clip_spec)
+    before = {k: v.clone() for k, v in first.model.state_dict().items()}
+    init = with_patch_size(first, 4)
+    cfg = init.model_cfg
+    assert cfg["vision_cfg"]["patch_size"] == 4 and first.model_cfg["vision_cfg"]["patch_size"] == 8
+    assert init.model.visual.positional_embedding.shape[0] == 1 + 8 * 8
+    assert torch.equal(init.model.visual.positional_embedding[0], before["visual.positional_embedding"][0])
+    assert torch.equal(init.model.visual.proj, before["visual.proj"])
+    # on a flat image the new patch filter responds as the old one did
+    flat = torch.full((1, 3, 8, 8), 0.3)
+    old = torch.nn.functional.conv2d(flat, before["visual.conv1.weight"], stride=8)
+    new = torch.nn.functional.conv2d(flat, init.model.visual.conv1.weight, stride=4)
+    torch.testing.assert_close(new, old.expand_as(new), rtol=1e-5, atol=1e-5)
+
+    rng = np.random.default_rng(0)
+    crops, phrases = [], []
+    for i in range(16):
+        color = list(COLORS)[i % 4]
+        shape = "square" if (i // 4) % 2 == 0 else "circle"
+        crop = np.full((24, 24, 3), 128, np.uint8)
+        yy, xx = np.mgrid[:24, :24]
+        r = int(rng.integers(6, 10))
+        m = (np.abs(xx - 12) <= r) & (np.abs(yy - 12) <= r) if shape == "square" else (xx - 12) ** 2 + (yy - 12) ** 2 <= r * r
+        crop[m] = COLORS[color]
+        crops.append(crop)
+        phrases.append(f"{color} {shape}")
+    ds = CropTextDataset(clip_input_for(cfg), crops=crops, phrases=phrases)
+    classes = CropTextDataset(clip_input_for(cfg), crops=crops, phrases=[p.split()[1] for p in phrases], grey_prob=1.0)
+    assert names_no_colour("the leftmost circle") and not names_no_colour("all Red things")
+    grey = classes[0][0]
+    assert torch.allclose(grey[0] * 0.26862954 + 0.48145466, grey[1] * 0.26130258 + 0.4578275, atol=1e-5)
+    config = ClipPretrainConfig(model_cfg=cfg, steps=25, batch_size=16, lr=2e-3, warmup_steps=2, lock_text=True,
+                                logit_scale=20.0, class_fraction=0.25)
+    result = pretrain_clip(ds, tmp_path / "adapted", config, init=init, classes=classes)
+    assert result.losses[-1] < 0.8 * result.losses[0], result.losses
+    after = result.model.state_dict()
+    text_keys = [k for k in before if not k.startswith("visual.")]
+    assert text_keys and all(torch.equal(after[k], before[k]) for k in text_keys)
+    assert not torch.equal(after["visual.proj"], before["visual.proj"])
+    loaded = open_clip.create_model(f"local-dir:{result.path}").eval()
+    assert loaded.visual.conv1.weight.shape[-1] == 4
+    image = torch.stack([ds[i][0] for i in range(3)])
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_image(image), result.model.encode_image(image))
+    with pytest.raises(InputError, match="classes"):
+        pretrain_clip(ds, tmp_path / "x", config, init=init)
+
+
 # ------------------------------------------------------------ CLI + the real dataset readers
 
 

@@ -11,7 +11,8 @@ Modules, in the order a run uses them:
   ``recipes`` (the model, its text head and the ``Recipe``), ``prompt_model`` (the trainable graph and its
   losses, through ``TextSam.decode``), ``losses`` (SAM's), ``evaluate``;
 - ``loop`` (``train``), ``checkpoints``, ``run_folder`` (what an output folder holds, resume), ``signals``;
-- ``clip_pretrain`` (a small CLIP from scratch).
+- ``clip_pretrain`` (a small CLIP from scratch, or an existing CLIP's image tower adapted with its text tower locked);
+- ``locator_presence`` (a region locator's presence readout, on the model's own candidates).
 
 Import the submodules directly (``textsam.train.loop.train``); nothing here is imported by inference code.
 """

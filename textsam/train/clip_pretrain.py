@@ -11,7 +11,18 @@ The result is an open_clip ``local-dir`` folder (``open_clip_config.json`` with 
 ``open_clip.create_model("local-dir:DIR")``, ``open_clip.get_tokenizer("local-dir:DIR")`` and
 ``textsam.text.clip.TextEncoder.create("local-dir:DIR", None)``.
 
-Run: ``python -m textsam.train.clip_pretrain --data ROOT --split train --out DIR [--steps N]``.
+Adapting an existing CLIP instead (``--init``): start from a CLIP (open_clip ``NAME/TAG``, ``local-dir:DIR``,
+or a textsam model whose file holds a whole CLIP, e.g. ``shapes_tiny``) and, with ``--lock-text``, train only
+its image tower against the locked text tower's template-ensembled phrase embeddings (LiT's recipe with the
+other tower locked: every phrase the text tower could embed before still embeds the same, so a text head
+trained on that tower keeps working). Two sources of supervision that name no colour help a tower that
+tells shapes apart by their colour: ``--class-fraction`` of every batch are single instances captioned by their
+category name alone, and ``--grey-prob`` shows a crop whose phrase names no colour in greyscale with that
+probability. ``--patch-size`` rebuilds the image tower with another patch size (its blocks start from the
+initial tower's, the position embedding interpolated).
+
+Run: ``python -m textsam.train.clip_pretrain --data ROOT --split train --out DIR [--steps N]``, or
+``... --init shapes_tiny --lock-text --class-fraction 0.5 --grey-prob 0.5 --patch-size 4``.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ import argparse
 import json
 import logging
 import math
+import re
 from collections.abc import Sequence
 from copy import deepcopy
 from dataclasses import dataclass, field
@@ -33,10 +45,11 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ..config import SHAPES_TINY_CLIP_CFG
+from ..errors import InputError
 from ..text.grounding import OPENAI_MEAN, OPENAI_STD
 from ..text.grounding_maps import square_crop
 from .batches import StepSampler
-from .data import ClipInput, build_entries, coco_of, crop_params
+from .data import BASIC_COLOUR_WORDS, ClipInput, build_entries, coco_of, crop_params, greyscale
 
 logger = logging.getLogger(__name__)
 
@@ -94,14 +107,22 @@ def info_nce(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, groups: T
     return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
 
 
+def names_no_colour(phrase: str, words: frozenset[str] = frozenset(BASIC_COLOUR_WORDS)) -> bool:
+    """Whether ``phrase`` names no colour (none of ``words``): its crop may then be shown in greyscale."""
+    return not (set(re.findall(r"[a-z]+", phrase.lower())) & words)
+
+
 class CropTextDataset(torch.utils.data.Dataset):
     """``(crop (3, n, n), phrase)`` pairs: in-memory ``crops`` (uint8 ``(s, s, 3)``) or made on the fly from
-    a ``CocoDataset``/``ReferDataset`` (one target per instance / expression), random per ``(epoch, index)``."""
+    a ``CocoDataset``/``ReferDataset`` (one target per instance, phrased by its category name / one per
+    expression), random per ``(epoch, index)``. ``grey_prob``: probability that a crop whose phrase names no
+    colour is shown in greyscale (ITU-R 601 luma)."""
 
     def __init__(self, clip_input: ClipInput, *, source: Any = None, crops: Sequence[np.ndarray] = (),
                  phrases: Sequence[str] = (), seed: int = 0, enlarge: tuple[float, float] = (1.0, 2.0),
-                 grey_prob: float = 0.5, min_area: float = 64.0) -> None:
-        self.clip_input, self.seed, self.enlarge, self.grey_prob = clip_input, seed, enlarge, grey_prob
+                 grey_outside_prob: float = 0.5, min_area: float = 64.0, grey_prob: float = 0.0) -> None:
+        self.clip_input, self.seed, self.enlarge = clip_input, seed, enlarge
+        self.grey_outside_prob, self.grey_prob = grey_outside_prob, grey_prob
         self.source, self.crops = source, list(crops)
         self.entries = build_entries(source, 1024, min_area) if source is not None else []
         self.phrases = [e.phrase for e in self.entries] if source is not None else list(phrases)
@@ -113,18 +134,29 @@ class CropTextDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, str]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
+        phrase = self.phrases[index]
         if self.source is None:
-            return self.clip_input(self.crops[index]), self.phrases[index]
-        e = self.entries[index]
-        coco = coco_of(self.source)
-        mask = np.logical_or.reduce([np.asarray(coco.mask(a), dtype=bool) for a in e.ann_ids])
-        enlarge, grey = crop_params(self.seed + epoch, e.key, 0, self.enlarge, self.grey_prob)
-        crop = square_crop(coco.load_image(e.image_id), mask, enlarge, self.clip_input.fill, grey_outside=grey)
-        return self.clip_input(crop), e.phrase
+            crop, name = self.crops[index], str(index)
+        else:
+            e = self.entries[index]
+            coco = coco_of(self.source)
+            mask = np.logical_or.reduce([np.asarray(coco.mask(a), dtype=bool) for a in e.ann_ids])
+            enlarge, grey_outside = crop_params(self.seed + epoch, e.key, 0, self.enlarge, self.grey_outside_prob)
+            crop = square_crop(coco.load_image(e.image_id), mask, enlarge, self.clip_input.fill,
+                               grey_outside=grey_outside)
+            name = e.key
+        if self.grey_prob > 0 and names_no_colour(phrase) and \
+                crop_params(self.seed + epoch, name, 1, (1.0, 1.0), self.grey_prob)[1]:
+            crop = greyscale(crop)
+        return self.clip_input(crop), phrase
 
 
 @dataclass(frozen=True)
 class ClipPretrainConfig:
+    """``lock_text``: train the image tower only, against the text tower's fixed, template-ensembled phrase
+    embeddings, at the fixed temperature ``logit_scale`` (None: the initial CLIP's). ``class_fraction``: the share
+    of every batch drawn from the category-name dataset given to :func:`pretrain_clip` as ``classes``."""
+
     model_cfg: dict[str, Any] = field(default_factory=lambda: deepcopy(SMALL_CLIP_CFG))
     steps: int = 2000
     batch_size: int = 128
@@ -135,6 +167,15 @@ class ClipPretrainConfig:
     num_workers: int = 0
     log_every: int = 50
     device: str | None = None  # default: cuda when available, else cpu
+    lock_text: bool = False
+    logit_scale: float | None = None
+    class_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.class_fraction < 1.0:
+            raise InputError(f"class_fraction must be in [0, 1), got {self.class_fraction}")
+        if self.logit_scale is not None and not self.lock_text:
+            raise InputError("a fixed logit_scale is for lock_text training; a CLIP trained whole learns its own")
 
 
 def _collate(items: list[tuple[Tensor, str]]) -> tuple[Tensor, list[str]]:
@@ -151,6 +192,31 @@ def batch_loss(model: nn.Module, tokenizer: Any, crops: Tensor, phrases: Sequenc
     return info_nce(img, txt, model.logit_scale, ids)
 
 
+def locked_text_loss(model: nn.Module, table: dict[str, Tensor], scale: float, crops: Tensor,
+                     phrases: Sequence[str]) -> Tensor:
+    """InfoNCE of one batch against the locked text tower's phrase embeddings ``table`` (phrase -> ``(D,)``)."""
+    device = crops.device
+    uniq = list(dict.fromkeys(phrases))
+    ids = torch.tensor([uniq.index(p) for p in phrases], device=device)
+    img = model.encode_image(crops, normalize=True)
+    txt = torch.stack([table[p] for p in uniq]).to(device)[ids]
+    return info_nce(img, txt, torch.tensor(math.log(scale), device=device), ids)
+
+
+def phrase_table(model: nn.Module, tokenizer: Any, phrases: Sequence[str], batch: int = 256) -> dict[str, Tensor]:
+    """Unit template-ensembled embeddings (:data:`~textsam.text.templates.DEFAULT_TEMPLATES`, as the engine
+    scores phrases) of every distinct phrase, by the model's text tower."""
+    from ..text.clip import TextEncoder
+    from ..text.templates import DEFAULT_TEMPLATES
+
+    encoder = TextEncoder(model, tokenizer, model_name="clip_pretrain", pretrained=None, cache_size=0)
+    uniq = sorted(set(phrases))
+    with torch.no_grad():
+        emb = torch.cat([encoder.encode_ensembles(uniq[i : i + batch], DEFAULT_TEMPLATES)
+                         for i in range(0, len(uniq), batch)])
+    return dict(zip(uniq, emb.cpu()))
+
+
 @dataclass
 class PretrainResult:
     path: Path  # the local-dir folder
@@ -158,13 +224,87 @@ class PretrainResult:
     losses: list[float]  # per step
 
 
+@dataclass(frozen=True)
+class InitialClip:
+    """A CLIP to start from: the model, its open_clip ``model_cfg`` and its tokenizer."""
+
+    model: nn.Module
+    model_cfg: dict[str, Any]
+    tokenizer: Any
+
+
+def load_initial_clip(spec: str) -> InitialClip:
+    """The CLIP named by ``spec``: ``NAME/TAG`` (open_clip's registry, published weights), ``NAME/@/FILE`` or
+    ``local-dir:DIR`` (e.g. the ``clip/`` folder of an unpacked bundle)."""
+    import open_clip
+
+    from ..text.clip import TextEncoder, parse_clip_spec
+
+    name, tag = parse_clip_spec(spec)
+    encoder = TextEncoder.create(name, tag)
+    if name.startswith("local-dir:"):
+        cfg = json.loads((Path(name[len("local-dir:"):]) / CONFIG_FILE).read_text(encoding="utf-8"))["model_cfg"]
+    else:
+        cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        raise InputError(f"open_clip has no config for {name!r}")
+    return InitialClip(encoder.clip, deepcopy(cfg), encoder.tokenizer)
+
+
+def with_patch_size(init: InitialClip, patch_size: int) -> InitialClip:
+    """``init`` with a ViT image tower of ``patch_size`` pixel patches (same input size, width and depth; its
+    model is changed in place), started from its present tower: blocks, norms, class token and projection
+    copied, the position embedding interpolated (bicubic) to the new grid, the patch filter averaged to the new
+    size (so a flat patch gives the same response)."""
+    clip, model_cfg = init.model, init.model_cfg
+    vision = model_cfg["vision_cfg"]
+    size = int(vision["image_size"])
+    if size % patch_size:
+        raise InputError(f"patch size {patch_size} does not divide the image size {size}")
+    cfg = deepcopy(model_cfg)
+    cfg["vision_cfg"]["patch_size"] = patch_size
+    new = build_clip(cfg).visual
+    state = dict(clip.visual.state_dict())
+    old_grid = size // int(vision["patch_size"])
+    grid = size // patch_size
+    pos = state["positional_embedding"]
+    patches = pos[1:].reshape(1, old_grid, old_grid, -1).permute(0, 3, 1, 2)
+    patches = F.interpolate(patches, (grid, grid), mode="bicubic", align_corners=False)
+    state["positional_embedding"] = torch.cat([pos[:1], patches.permute(0, 2, 3, 1).reshape(grid * grid, -1)])
+    weight = state["conv1.weight"]  # (width, 3, p, p): average to the new size, keeping its response to flat input
+    state["conv1.weight"] = F.interpolate(weight, (patch_size, patch_size), mode="area") * (
+        weight.shape[-1] / patch_size) ** 2
+    new.load_state_dict(state)
+    clip.visual = new.to(next(clip.parameters()).device)
+    return InitialClip(clip, cfg, init.tokenizer)
+
+
 def pretrain_clip(dataset: CropTextDataset, out_dir: str | Path, config: ClipPretrainConfig = ClipPretrainConfig(),
-                  *, progress: bool = False) -> PretrainResult:
-    """Train a CLIP from scratch on ``dataset`` and save it as a ``local-dir`` folder."""
+                  *, init: InitialClip | None = None, classes: CropTextDataset | None = None,
+                  progress: bool = False) -> PretrainResult:
+    """Train a CLIP on ``dataset`` (from scratch with ``config.model_cfg``, or from ``init`` with its own config;
+    ``classes``: the category-name crops that make ``config.class_fraction`` of every batch) and save it as a
+    ``local-dir`` folder."""
     torch.manual_seed(config.seed)
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = build_clip(config.model_cfg).train().to(device)
-    tokenizer = clip_tokenizer(int(config.model_cfg["text_cfg"]["context_length"]))
+    if (classes is None) != (config.class_fraction == 0.0):
+        raise InputError("give a classes dataset exactly when class_fraction > 0")
+    if init is not None:
+        model, model_cfg, tokenizer = init.model.to(device), init.model_cfg, init.tokenizer
+    else:
+        model_cfg = config.model_cfg
+        model = build_clip(model_cfg).to(device)
+        tokenizer = clip_tokenizer(int(model_cfg["text_cfg"]["context_length"]))
+    table: dict[str, Tensor] = {}
+    if config.lock_text:
+        model.eval()
+        table = phrase_table(model, tokenizer, [*dataset.phrases, *(classes.phrases if classes else [])])
+        model.requires_grad_(False)
+        model.visual.requires_grad_(True)
+        model.visual.train()
+        scale = config.logit_scale if config.logit_scale is not None else float(model.logit_scale.exp())
+    else:
+        model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
@@ -177,26 +317,39 @@ def pretrain_clip(dataset: CropTextDataset, out_dir: str | Path, config: ClipPre
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress_)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    batch = min(config.batch_size, len(dataset))
-    sampler = StepSampler(len(dataset), seed=config.seed, batch_size=batch, steps=config.steps)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=_collate,
-                                         num_workers=config.num_workers, pin_memory=device.type == "cuda")
+    n_classes = int(round(config.batch_size * config.class_fraction)) if classes is not None else 0
+    loaders = []
+    for data, size, seed in ((dataset, config.batch_size - n_classes, config.seed),
+                             (classes, n_classes, config.seed + 1)):
+        if data is None or size == 0:
+            continue
+        sampler = StepSampler(len(data), seed=seed, batch_size=min(size, len(data)), steps=config.steps)
+        loaders.append(torch.utils.data.DataLoader(data, batch_sampler=sampler, collate_fn=_collate,
+                                                   num_workers=config.num_workers,
+                                                   pin_memory=device.type == "cuda"))
     from tqdm.auto import tqdm
 
     losses: list[float] = []
-    for step, (crops, phrases) in enumerate(tqdm(loader, total=config.steps, disable=not progress, desc="clip")):
-        loss = batch_loss(model, tokenizer, crops, phrases)
+    batches = zip(*loaders)
+    for step, parts in enumerate(tqdm(batches, total=config.steps, disable=not progress, desc="clip")):
+        crops = torch.cat([c for c, _ in parts]).to(device, non_blocking=True)
+        phrases = [p for _, ps in parts for p in ps]
+        if config.lock_text:
+            loss = locked_text_loss(model, table, scale, crops, phrases)
+        else:
+            loss = batch_loss(model, tokenizer, crops, phrases)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
+        if not config.lock_text:
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
         losses.append(float(loss.detach()))
         if (step + 1) % config.log_every == 0:
             logger.info("clip step %d loss %.4f", step + 1, sum(losses[-config.log_every:]) / config.log_every)
-    return PretrainResult(save_local_dir(model.eval(), config.model_cfg, out_dir), model, losses)
+    return PretrainResult(save_local_dir(model.eval(), model_cfg, out_dir), model, losses)
 
 
 def clip_input_for(model_cfg: dict[str, Any]) -> ClipInput:
@@ -215,8 +368,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--init", metavar="CLIP", help="start from this CLIP (NAME/TAG, NAME/@/FILE or local-dir:DIR) "
+                        "instead of a random small one")
+    parser.add_argument("--lock-text", action="store_true", help="train the image tower only (needs --init)")
+    parser.add_argument("--logit-scale", type=float, help="fixed temperature with --lock-text (default: the CLIP's)")
+    parser.add_argument("--class-fraction", type=float, default=0.0,
+                        help="share of every batch: single instances captioned by their category name")
+    parser.add_argument("--grey-prob", type=float, default=0.0,
+                        help="probability that a crop whose phrase names no colour is shown in greyscale")
+    parser.add_argument("--patch-size", type=int, help="rebuild the image tower with this patch size (needs --init)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    if (args.lock_text or args.patch_size) and not args.init:
+        parser.error("--lock-text and --patch-size adapt an existing CLIP: give --init")
     root = Path(args.data) / args.split
     if (root / "refs.json").is_file():
         from ..data.refer import ReferDataset
@@ -226,10 +390,19 @@ def main(argv: list[str] | None = None) -> int:
         from ..data.coco import CocoDataset
 
         source = CocoDataset(root / "instances.json", root / "images")
-    cfg = ClipPretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                             num_workers=args.num_workers, device=args.device)
-    ds = CropTextDataset(clip_input_for(cfg.model_cfg), source=source, seed=args.seed)
-    result = pretrain_clip(ds, args.out, cfg, progress=True)
+    init = load_initial_clip(args.init) if args.init else None
+    if init is not None and args.patch_size:
+        init = with_patch_size(init, args.patch_size)
+    model_cfg = init.model_cfg if init is not None else deepcopy(SMALL_CLIP_CFG)
+    cfg = ClipPretrainConfig(model_cfg=model_cfg, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                             seed=args.seed, num_workers=args.num_workers, device=args.device,
+                             lock_text=args.lock_text, logit_scale=args.logit_scale,
+                             class_fraction=args.class_fraction)
+    clip_input = clip_input_for(model_cfg)
+    ds = CropTextDataset(clip_input, source=source, seed=args.seed, grey_prob=args.grey_prob)
+    classes = (CropTextDataset(clip_input, source=coco_of(source), seed=args.seed, grey_prob=args.grey_prob)
+               if args.class_fraction > 0 else None)
+    result = pretrain_clip(ds, args.out, cfg, init=init, classes=classes, progress=True)
     print(f"{result.path} (final loss {result.losses[-1]:.4f})")
     return 0
 
