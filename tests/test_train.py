@@ -560,12 +560,8 @@ def test_torchrun_two_processes_match_single_process(clip_spec: str, tmp_path: P
 # ---------------------------------------------------------------------------- 5. CLIP pretraining
 
 
-def test_clip_pretrain_lowers_infonce_and_saves_local_dir(tmp_path: Path) -> None:
-    import open_clip
-
-    from textsam.text.clip import TextEncoder
-    from textsam.train.clip_pretrain import ClipPretrainConfig, CropTextDataset, clip_input_for, pretrain_clip
-
+def _coloured_shape_crops() -> tuple[list[np.ndarray], list[str]]:
+    """16 crops ``(24, 24, 3)`` of a coloured square or circle on grey, and their phrases ("red square")."""
     rng = np.random.default_rng(0)
     crops, phrases = [], []
     for i in range(16):
@@ -578,6 +574,16 @@ def test_clip_pretrain_lowers_infonce_and_saves_local_dir(tmp_path: Path) -> Non
         crop[m] = COLORS[color]
         crops.append(crop)
         phrases.append(f"{color} {shape}")
+    return crops, phrases
+
+
+def test_clip_pretrain_lowers_infonce_and_saves_local_dir(tmp_path: Path) -> None:
+    import open_clip
+
+    from textsam.text.clip import TextEncoder
+    from textsam.train.clip_pretrain import ClipPretrainConfig, CropTextDataset, clip_input_for, pretrain_clip
+
+    crops, phrases = _coloured_shape_crops()
     cfg = ClipPretrainConfig(model_cfg=TINY_CLIP_CFG, steps=25, batch_size=16, lr=2e-3, warmup_steps=2)
     ds = CropTextDataset(clip_input_for(cfg.model_cfg), crops=crops, phrases=phrases)
     result = pretrain_clip(ds, tmp_path / "clip", cfg)
@@ -632,18 +638,7 @@ def test_clip_adapt_locks_the_text_tower_and_rebuilds_the_patches(tmp_path: Path
     new = torch.nn.functional.conv2d(flat, init.model.visual.conv1.weight, stride=4)
     torch.testing.assert_close(new, old.expand_as(new), rtol=1e-5, atol=1e-5)
 
-    rng = np.random.default_rng(0)
-    crops, phrases = [], []
-    for i in range(16):
-        color = list(COLORS)[i % 4]
-        shape = "square" if (i // 4) % 2 == 0 else "circle"
-        crop = np.full((24, 24, 3), 128, np.uint8)
-        yy, xx = np.mgrid[:24, :24]
-        r = int(rng.integers(6, 10))
-        m = (np.abs(xx - 12) <= r) & (np.abs(yy - 12) <= r) if shape == "square" else (xx - 12) ** 2 + (yy - 12) ** 2 <= r * r
-        crop[m] = COLORS[color]
-        crops.append(crop)
-        phrases.append(f"{color} {shape}")
+    crops, phrases = _coloured_shape_crops()
     ds = CropTextDataset(clip_input_for(cfg), crops=crops, phrases=phrases)
     classes = CropTextDataset(clip_input_for(cfg), crops=crops, phrases=[p.split()[1] for p in phrases], grey_prob=1.0)
     assert names_no_colour("the leftmost circle") and not names_no_colour("all Red things")
