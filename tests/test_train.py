@@ -609,9 +609,9 @@ def test_clip_pretrain_lowers_infonce_and_saves_local_dir(tmp_path: Path) -> Non
     assert encoder.embed_dim == 32
 
 
-def test_clip_adapt_locks_the_text_tower_and_rebuilds_the_patches(tmp_path: Path, clip_spec: str) -> None:
-    """``--init --lock-text --patch-size --class-fraction --grey-prob``: the image tower learns (loss falls), the
-    text tower is bit-identical, the saved folder loads with the new patch size, colour-free crops go grey."""
+def test_clip_adapt_locks_the_text_tower(tmp_path: Path, clip_spec: str) -> None:
+    """``--init --lock-text --class-fraction --grey-prob``: the image tower learns (loss falls), the text tower
+    is bit-identical, the saved folder loads and encodes the same, colour-free crops go grey."""
     import open_clip
 
     from textsam.train.clip_pretrain import (
@@ -621,23 +621,11 @@ def test_clip_adapt_locks_the_text_tower_and_rebuilds_the_patches(tmp_path: Path
         load_initial_clip,
         names_no_colour,
         pretrain_clip,
-        with_patch_size,
     )
 
-    first = load_initial_clip(clip_spec)
-    before = {k: v.clone() for k, v in first.model.state_dict().items()}
-    init = with_patch_size(first, 4)
+    init = load_initial_clip(clip_spec)
+    before = {k: v.clone() for k, v in init.model.state_dict().items()}
     cfg = init.model_cfg
-    assert cfg["vision_cfg"]["patch_size"] == 4 and first.model_cfg["vision_cfg"]["patch_size"] == 8
-    assert init.model.visual.positional_embedding.shape[0] == 1 + 8 * 8
-    assert torch.equal(init.model.visual.positional_embedding[0], before["visual.positional_embedding"][0])
-    assert torch.equal(init.model.visual.proj, before["visual.proj"])
-    # on a flat image the new patch filter responds as the old one did
-    flat = torch.full((1, 3, 8, 8), 0.3)
-    old = torch.nn.functional.conv2d(flat, before["visual.conv1.weight"], stride=8)
-    new = torch.nn.functional.conv2d(flat, init.model.visual.conv1.weight, stride=4)
-    torch.testing.assert_close(new, old.expand_as(new), rtol=1e-5, atol=1e-5)
-
     crops, phrases = _coloured_shape_crops()
     ds = CropTextDataset(clip_input_for(cfg), crops=crops, phrases=phrases)
     classes = CropTextDataset(clip_input_for(cfg), crops=crops, phrases=[p.split()[1] for p in phrases], grey_prob=1.0)
@@ -653,7 +641,6 @@ def test_clip_adapt_locks_the_text_tower_and_rebuilds_the_patches(tmp_path: Path
     assert text_keys and all(torch.equal(after[k], before[k]) for k in text_keys)
     assert not torch.equal(after["visual.proj"], before["visual.proj"])
     loaded = open_clip.create_model(f"local-dir:{result.path}").eval()
-    assert loaded.visual.conv1.weight.shape[-1] == 4
     image = torch.stack([ds[i][0] for i in range(3)])
     with torch.no_grad():
         assert torch.equal(loaded.encode_image(image), result.model.encode_image(image))

@@ -11,18 +11,17 @@ The result is an open_clip ``local-dir`` folder (``open_clip_config.json`` with 
 ``open_clip.create_model("local-dir:DIR")``, ``open_clip.get_tokenizer("local-dir:DIR")`` and
 ``textsam.text.clip.TextEncoder.create("local-dir:DIR", None)``.
 
-Adapting an existing CLIP instead (``--init``): start from a CLIP (open_clip ``NAME/TAG``, ``local-dir:DIR``,
-or a textsam model whose file holds a whole CLIP, e.g. ``shapes_tiny``) and, with ``--lock-text``, train only
+Adapting an existing CLIP instead (``--init``): start from a CLIP (open_clip ``NAME/TAG``, ``NAME/@/FILE`` or
+``local-dir:DIR``, e.g. the ``clip/`` folder of a bundle unpacked by ``tools/shapes_tiny_bundle.py``) and, with ``--lock-text``, train only
 its image tower against the locked text tower's template-ensembled phrase embeddings (LiT's recipe with the
 other tower locked: every phrase the text tower could embed before still embeds the same, so a text head
 trained on that tower keeps working). Two sources of supervision that name no colour help a tower that
 tells shapes apart by their colour: ``--class-fraction`` of every batch are single instances captioned by their
 category name alone, and ``--grey-prob`` shows a crop whose phrase names no colour in greyscale with that
-probability. ``--patch-size`` rebuilds the image tower with another patch size (its blocks start from the
-initial tower's, the position embedding interpolated).
+probability.
 
 Run: ``python -m textsam.train.clip_pretrain --data ROOT --split train --out DIR [--steps N]``, or
-``... --init shapes_tiny --lock-text --class-fraction 0.5 --grey-prob 0.5 --patch-size 4``.
+``... --init local-dir:DIR --lock-text --logit-scale 30 --class-fraction 0.5 --grey-prob 0.5``.
 """
 
 from __future__ import annotations
@@ -251,34 +250,6 @@ def load_initial_clip(spec: str) -> InitialClip:
     return InitialClip(encoder.clip, deepcopy(cfg), encoder.tokenizer)
 
 
-def with_patch_size(init: InitialClip, patch_size: int) -> InitialClip:
-    """``init`` with a ViT image tower of ``patch_size`` pixel patches (same input size, width and depth; its
-    model is changed in place), started from its present tower: blocks, norms, class token and projection
-    copied, the position embedding interpolated (bicubic) to the new grid, the patch filter averaged to the new
-    size (so a flat patch gives the same response)."""
-    clip, model_cfg = init.model, init.model_cfg
-    vision = model_cfg["vision_cfg"]
-    size = int(vision["image_size"])
-    if size % patch_size:
-        raise InputError(f"patch size {patch_size} does not divide the image size {size}")
-    cfg = deepcopy(model_cfg)
-    cfg["vision_cfg"]["patch_size"] = patch_size
-    new = build_clip(cfg).visual
-    state = dict(clip.visual.state_dict())
-    old_grid = size // int(vision["patch_size"])
-    grid = size // patch_size
-    pos = state["positional_embedding"]
-    patches = pos[1:].reshape(1, old_grid, old_grid, -1).permute(0, 3, 1, 2)
-    patches = F.interpolate(patches, (grid, grid), mode="bicubic", align_corners=False)
-    state["positional_embedding"] = torch.cat([pos[:1], patches.permute(0, 2, 3, 1).reshape(grid * grid, -1)])
-    weight = state["conv1.weight"]  # (width, 3, p, p): average to the new size, keeping its response to flat input
-    state["conv1.weight"] = F.interpolate(weight, (patch_size, patch_size), mode="area") * (
-        weight.shape[-1] / patch_size) ** 2
-    new.load_state_dict(state)
-    clip.visual = new.to(next(clip.parameters()).device)
-    return InitialClip(clip, cfg, init.tokenizer)
-
-
 def pretrain_clip(dataset: CropTextDataset, out_dir: str | Path, config: ClipPretrainConfig = ClipPretrainConfig(),
                   *, init: InitialClip | None = None, classes: CropTextDataset | None = None,
                   progress: bool = False) -> PretrainResult:
@@ -376,11 +347,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="share of every batch: single instances captioned by their category name")
     parser.add_argument("--grey-prob", type=float, default=0.0,
                         help="probability that a crop whose phrase names no colour is shown in greyscale")
-    parser.add_argument("--patch-size", type=int, help="rebuild the image tower with this patch size (needs --init)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    if (args.lock_text or args.patch_size) and not args.init:
-        parser.error("--lock-text and --patch-size adapt an existing CLIP: give --init")
+    if args.lock_text and not args.init:
+        parser.error("--lock-text adapts an existing CLIP: give --init")
     root = Path(args.data) / args.split
     if (root / "refs.json").is_file():
         from ..data.refer import ReferDataset
@@ -391,8 +361,6 @@ def main(argv: list[str] | None = None) -> int:
 
         source = CocoDataset(root / "instances.json", root / "images")
     init = load_initial_clip(args.init) if args.init else None
-    if init is not None and args.patch_size:
-        init = with_patch_size(init, args.patch_size)
     model_cfg = init.model_cfg if init is not None else deepcopy(SMALL_CLIP_CFG)
     cfg = ClipPretrainConfig(model_cfg=model_cfg, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                              seed=args.seed, num_workers=args.num_workers, device=args.device,
