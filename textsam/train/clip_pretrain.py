@@ -362,10 +362,13 @@ def main(argv: list[str] | None = None) -> int:
         source = CocoDataset(root / "instances.json", root / "images")
     init = load_initial_clip(args.init) if args.init else None
     model_cfg = init.model_cfg if init is not None else deepcopy(SMALL_CLIP_CFG)
-    cfg = ClipPretrainConfig(model_cfg=model_cfg, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                             seed=args.seed, num_workers=args.num_workers, device=args.device,
-                             lock_text=args.lock_text, logit_scale=args.logit_scale,
-                             class_fraction=args.class_fraction)
+    try:
+        cfg = ClipPretrainConfig(model_cfg=model_cfg, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                 seed=args.seed, num_workers=args.num_workers, device=args.device,
+                                 lock_text=args.lock_text, logit_scale=args.logit_scale,
+                                 class_fraction=args.class_fraction)
+    except InputError as err:
+        parser.error(str(err))
     clip_input = clip_input_for(model_cfg)
     ds = CropTextDataset(clip_input, source=source, seed=args.seed, grey_prob=args.grey_prob)
     classes = (CropTextDataset(clip_input, source=coco_of(source), seed=args.seed, grey_prob=args.grey_prob)
