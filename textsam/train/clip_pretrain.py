@@ -30,7 +30,6 @@ import argparse
 import json
 import logging
 import math
-import re
 from collections.abc import Sequence
 from copy import deepcopy
 from dataclasses import dataclass, field
@@ -48,7 +47,7 @@ from ..errors import InputError
 from ..text.grounding import OPENAI_MEAN, OPENAI_STD
 from ..text.grounding_maps import square_crop
 from .batches import StepSampler
-from .data import BASIC_COLOUR_WORDS, ClipInput, build_entries, coco_of, crop_params, greyscale
+from .data import ClipInput, build_entries, coco_of, crop_params, greyscale, names_no_colour
 
 logger = logging.getLogger(__name__)
 
@@ -104,11 +103,6 @@ def info_nce(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, groups: T
     pos = (groups[:, None] == groups[None, :]).float()
     targets = pos / pos.sum(dim=1, keepdim=True)
     return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
-
-
-def names_no_colour(phrase: str, words: frozenset[str] = frozenset(BASIC_COLOUR_WORDS)) -> bool:
-    """Whether ``phrase`` names no colour (none of ``words``): its crop may then be shown in greyscale."""
-    return not (set(re.findall(r"[a-z]+", phrase.lower())) & words)
 
 
 class CropTextDataset(torch.utils.data.Dataset):

@@ -9,6 +9,7 @@ made by :class:`~textsam.train.samples.SegmentationDataset`.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from .config import TrainConfig
 
 __all__ = ["Entry", "CombinedSource", "coco_of", "build_entries", "open_source", "SemanticLabels", "ClipInput", "BASIC_COLOUR_WORDS",
-           "colour_words", "greyscale", "crop_params"]
+           "colour_words", "names_no_colour", "greyscale", "crop_params"]
 
 
 @dataclass(frozen=True)
@@ -273,6 +274,11 @@ def crop_params(seed: int, key: str, variant: int, enlarge: tuple[float, float],
     key_int = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
     rng = np.random.default_rng([seed, key_int, variant, 1])
     return float(rng.uniform(enlarge[0], enlarge[1])), bool(rng.random() < grey_prob)
+
+
+def names_no_colour(phrase: str, words: frozenset[str] = frozenset(BASIC_COLOUR_WORDS)) -> bool:
+    """Whether ``phrase`` names none of the colour ``words`` (so its target may be shown in greyscale)."""
+    return not (set(re.findall(r"[a-z]+", phrase.lower())) & words)
 
 
 def colour_words(semantic: SemanticLabels | None) -> frozenset[str]:

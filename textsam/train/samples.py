@@ -22,7 +22,6 @@ on ``(seed, epoch, index)``, never on global RNG state, worker count or rank.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +38,7 @@ from ..text.locator import lowres_rgb, region_colours
 from ..transforms import get_preprocess_shape, resize_longest_side
 from .batches import BOX, POINT, TEXT_KINDS, Sample
 from .cache import EmbeddingCache
-from .data import ClipInput, Entry, SemanticLabels, coco_of, crop_params, greyscale
+from .data import ClipInput, Entry, SemanticLabels, coco_of, crop_params, greyscale, names_no_colour
 
 __all__ = ["SampleOptions", "SegmentationDataset"]
 
@@ -146,7 +145,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def _names_no_colour(self, phrase: str) -> bool:
         words = self.options.colour_words
-        return bool(words) and not (set(re.findall(r"[a-z]+", phrase.lower())) & words)
+        return bool(words) and names_no_colour(phrase, words)
 
     def _may_be_grey(self, kind: int, phrase: str) -> bool:
         if kind in (POINT, BOX):
