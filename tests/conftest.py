@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,14 @@ def clip_spec(tmp_path_factory: pytest.TempPathFactory) -> str:
 # so that no worker is left with a long file at the end.
 HEAVY_FIRST = ("test_recipes.py", "test_app_load.py", "test_label_ray.py", "test_parity_vit_b.py", "test_faults_segment.py", "test_train.py",
                "test_faults_train.py", "test_eval_runs.py", "test_faults_eval.py", "test_text_locator.py")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A suite started in the background of a non-interactive shell (``nohup pytest &``) inherits SIGINT as
+    ignored, and so would every command a test starts: give it back its default meaning (KeyboardInterrupt here;
+    a Python handler becomes the default action in a child at exec), so the SIGINT tests test the real thing."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:

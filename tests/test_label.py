@@ -217,6 +217,28 @@ def test_bad_output_folders_are_refused_untouched(images: Path, reference: Path,
     assert _files(reference) == before
 
 
+def test_new_bundled_weights_are_another_request(images: Path, reference: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The store keys a bundled model by its weights file's bytes, not its name: the same bytes reuse every
+    answer; new weights under the same name are refused as another request (no stale labels)."""
+    import shutil
+
+    import textsam.weights.pretrained as pretrained
+
+    before, package = _files(reference), tmp_path / "package"
+    package.mkdir()
+    shutil.copy(pretrained.bundled_path("shapes_tiny"), package / pretrained.BUNDLED["shapes_tiny"])
+    monkeypatch.setattr(pretrained, "PACKAGE_WEIGHTS", package)
+    CALLS.clear()
+    assert _label(images, "--classes", CLASSES, "-o", reference, capsys=capsys) == 0  # same bytes, new place
+    assert CALLS == [] and _files(reference) == before
+    weights = package / pretrained.BUNDLED["shapes_tiny"]
+    weights.write_bytes(weights.read_bytes() + b" ")  # other bytes, same name
+    assert _label(images, "--classes", CLASSES, "-o", reference) == 2
+    assert "another request" in capsys.readouterr().err and CALLS == [] and _files(reference) == before
+
+
 def test_an_unreadable_image_is_skipped_and_listed(images: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "in"

@@ -304,8 +304,20 @@ def _file_digest(path: Path) -> str | None:
         return None
 
 
+def _bundled_weights_digest(model: str) -> str | None:
+    """sha256 of the weights file a bundled model name loads (None: not a bundled model, or no such file)."""
+    from textsam.config import MODEL_CONFIGS
+    from textsam.weights.pretrained import BUNDLED, PACKAGE_WEIGHTS
+
+    config = MODEL_CONFIGS.get(model)
+    if config is None or config.weights not in BUNDLED:
+        return None
+    return _file_digest(PACKAGE_WEIGHTS / BUNDLED[config.weights])
+
+
 def _model_key(args: argparse.Namespace) -> dict[str, Any]:
-    """What names the model in a request (a checkpoint or head file is named by path, size and mtime)."""
+    """What names the model in a request (a checkpoint or head file is named by path, size and mtime; a bundled
+    model by its weights file's sha256, so that new bundled weights are a new request)."""
     def file_key(value: Any) -> Any:
         if value is None:
             return None
@@ -315,6 +327,9 @@ def _model_key(args: argparse.Namespace) -> dict[str, Any]:
 
     key = {"model": args.model, "checkpoint": file_key(args.checkpoint), "clip": getattr(args, "clip", None),
            "text_head": file_key(getattr(args, "text_head", None))}
+    bundled = _bundled_weights_digest(args.model) if args.checkpoint is None else None
+    if bundled is not None:  # a bundled model's bytes change with the package: the name alone does not pin them
+        key["weights"] = bundled
     if getattr(args, "fast", False):  # only when given, so requests written before --fast keep their keys
         key["fast"] = True
     return key

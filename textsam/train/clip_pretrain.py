@@ -17,8 +17,9 @@ its image tower against the locked text tower's template-ensembled phrase embedd
 other tower locked: every phrase the text tower could embed before still embeds the same, so a text head
 trained on that tower keeps working). Two sources of supervision that name no colour help a tower that
 tells shapes apart by their colour: ``--class-fraction`` of every batch are single instances captioned by their
-category name alone, and ``--grey-prob`` shows a crop whose phrase names no colour in greyscale with that
-probability.
+category name alone, ``--grey-prob`` shows a crop whose phrase names no colour in greyscale with that
+probability, and ``--hue-prob`` turns the hue of such a crop (when it is not greyed) by a random angle, so that
+colour is no cue for a caption that does not name it.
 
 Run: ``python -m textsam.train.clip_pretrain --data ROOT --split train --out DIR [--steps N]``, or
 ``... --init local-dir:DIR --lock-text --logit-scale 30 --class-fraction 0.5 --grey-prob 0.5``.
@@ -47,7 +48,7 @@ from ..errors import InputError
 from ..text.grounding import OPENAI_MEAN, OPENAI_STD
 from ..text.grounding_maps import square_crop
 from .batches import StepSampler
-from .data import ClipInput, build_entries, coco_of, crop_params, greyscale, names_no_colour
+from .data import ClipInput, build_entries, coco_of, crop_params, greyscale, names_no_colour, rotate_hue
 
 logger = logging.getLogger(__name__)
 
@@ -109,13 +110,15 @@ class CropTextDataset(torch.utils.data.Dataset):
     """``(crop (3, n, n), phrase)`` pairs: in-memory ``crops`` (uint8 ``(s, s, 3)``) or made on the fly from
     a ``CocoDataset``/``ReferDataset`` (one target per instance, phrased by its category name / one per
     expression), random per ``(epoch, index)``. ``grey_prob``: probability that a crop whose phrase names no
-    colour is shown in greyscale (ITU-R 601 luma)."""
+    colour is shown in greyscale (ITU-R 601 luma); ``hue_prob``: probability that such a crop, when not greyed, has
+    its hue turned by a uniform random angle (:func:`~textsam.train.data.rotate_hue`)."""
 
     def __init__(self, clip_input: ClipInput, *, source: Any = None, crops: Sequence[np.ndarray] = (),
                  phrases: Sequence[str] = (), seed: int = 0, enlarge: tuple[float, float] = (1.0, 2.0),
-                 grey_outside_prob: float = 0.5, min_area: float = 64.0, grey_prob: float = 0.0) -> None:
+                 grey_outside_prob: float = 0.5, min_area: float = 64.0, grey_prob: float = 0.0,
+                 hue_prob: float = 0.0) -> None:
         self.clip_input, self.seed, self.enlarge = clip_input, seed, enlarge
-        self.grey_outside_prob, self.grey_prob = grey_outside_prob, grey_prob
+        self.grey_outside_prob, self.grey_prob, self.hue_prob = grey_outside_prob, grey_prob, hue_prob
         self.source, self.crops = source, list(crops)
         self.entries = build_entries(source, 1024, min_area) if source is not None else []
         self.phrases = [e.phrase for e in self.entries] if source is not None else list(phrases)
@@ -138,9 +141,13 @@ class CropTextDataset(torch.utils.data.Dataset):
             crop = square_crop(coco.load_image(e.image_id), mask, enlarge, self.clip_input.fill,
                                grey_outside=grey_outside)
             name = e.key
-        if self.grey_prob > 0 and names_no_colour(phrase) and \
-                crop_params(self.seed + epoch, name, 1, (1.0, 1.0), self.grey_prob)[1]:
-            crop = greyscale(crop)
+        if (self.grey_prob > 0 or self.hue_prob > 0) and names_no_colour(phrase):
+            if crop_params(self.seed + epoch, name, 1, (1.0, 1.0), self.grey_prob)[1]:
+                crop = greyscale(crop)
+            else:
+                turn, rotate = crop_params(self.seed + epoch, name, 2, (0.0, 1.0), self.hue_prob)
+                if rotate:
+                    crop = rotate_hue(crop, turn)
         return self.clip_input(crop), phrase
 
 
@@ -341,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="share of every batch: single instances captioned by their category name")
     parser.add_argument("--grey-prob", type=float, default=0.0,
                         help="probability that a crop whose phrase names no colour is shown in greyscale")
+    parser.add_argument("--hue-prob", type=float, default=0.0,
+                        help="probability that such a crop, when not greyed, has its hue turned by a random angle")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     if args.lock_text and not args.init:
@@ -364,8 +373,12 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         parser.error(str(err))
     clip_input = clip_input_for(model_cfg)
-    ds = CropTextDataset(clip_input, source=source, seed=args.seed, grey_prob=args.grey_prob)
-    classes = (CropTextDataset(clip_input, source=coco_of(source), seed=args.seed, grey_prob=args.grey_prob)
+    for name in ("grey_prob", "hue_prob"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            parser.error(f"--{name.replace('_', '-')} must lie in [0, 1]")
+    augment = {"grey_prob": args.grey_prob, "hue_prob": args.hue_prob}
+    ds = CropTextDataset(clip_input, source=source, seed=args.seed, **augment)
+    classes = (CropTextDataset(clip_input, source=coco_of(source), seed=args.seed, **augment)
                if args.class_fraction > 0 else None)
     result = pretrain_clip(ds, args.out, cfg, init=init, classes=classes, progress=True)
     print(f"{result.path} (final loss {result.losses[-1]:.4f})")

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .config import TrainConfig
 
 __all__ = ["Entry", "CombinedSource", "coco_of", "build_entries", "open_source", "SemanticLabels", "ClipInput", "BASIC_COLOUR_WORDS",
-           "colour_words", "names_no_colour", "greyscale", "crop_params"]
+           "colour_words", "names_no_colour", "greyscale", "rotate_hue", "crop_params"]
 
 
 @dataclass(frozen=True)
@@ -267,6 +267,16 @@ def greyscale(image: np.ndarray) -> np.ndarray:
     """``(H, W, 3)`` uint8 RGB -> the same shape with the ITU-R 601 luma in every channel."""
     luma = image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     return np.repeat(np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def rotate_hue(image: np.ndarray, turn: float) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB with every pixel's hue turned by ``turn`` of a full circle (HSV; saturation and
+    value kept, so greys stay grey): a colour the caption does not name becomes a nuisance, not a cue."""
+    from PIL import Image
+
+    hsv = np.asarray(Image.fromarray(np.ascontiguousarray(image[..., :3])).convert("HSV")).copy()
+    hsv[..., 0] = (hsv[..., 0].astype(np.int32) + int(round(turn * 256))) % 256
+    return np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"))
 
 
 def crop_params(seed: int, key: str, variant: int, enlarge: tuple[float, float], grey_prob: float) -> tuple[float, bool]:
