@@ -648,6 +648,28 @@ def test_clip_adapt_locks_the_text_tower(tmp_path: Path, clip_spec: str) -> None
         pretrain_clip(ds, tmp_path / "x", config, init=init)
 
 
+def test_clip_crops_hue_turn_only_where_the_caption_names_no_colour() -> None:
+    """``hue_prob``: a crop whose phrase names no colour gets its hue turned (greys stay grey, a third of a turn
+    maps red to green), a crop whose phrase names its colour never; the same (epoch, index) gives the same crop."""
+    from textsam.train.clip_pretrain import CropTextDataset, clip_input_for
+    from textsam.train.data import rotate_hue
+
+    rgb = np.array([[[255, 0, 0], [128, 128, 128], [0, 0, 255]]], np.uint8)
+    assert rotate_hue(rgb, 1 / 3).tolist() == [[[0, 255, 0], [128, 128, 128], [255, 0, 0]]]
+    assert rotate_hue(rgb, 1.0).tolist() == rgb.tolist()
+    crops, phrases = _coloured_shape_crops()
+    clip_input = clip_input_for(TINY_CLIP_CFG)
+    plain = CropTextDataset(clip_input, crops=crops, phrases=[p.split()[1] for p in phrases])
+    turned = CropTextDataset(clip_input, crops=crops, phrases=[p.split()[1] for p in phrases], hue_prob=1.0)
+    named = CropTextDataset(clip_input, crops=crops, phrases=phrases, hue_prob=1.0)
+    changed = [not torch.equal(turned[(0, i)][0], plain[(0, i)][0]) for i in range(len(crops))]
+    assert sum(changed) >= len(crops) - 1  # a turn of (almost) zero may leave one crop as it was
+    assert all(torch.equal(named[(0, i)][0], plain[(0, i)][0]) for i in range(len(crops)))
+    assert torch.equal(turned[(3, 5)][0], turned[(3, 5)][0]) and not torch.equal(turned[(3, 5)][0], turned[(4, 5)][0])
+    corner = turned[(0, 0)][0][:, 0, 0]  # the grey background keeps its grey
+    torch.testing.assert_close(corner, plain[(0, 0)][0][:, 0, 0])
+
+
 # ------------------------------------------------------------ CLI + the real dataset readers
 
 
