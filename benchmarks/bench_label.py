@@ -79,6 +79,8 @@ def coco(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         rc = main(argv)
         dt = time.perf_counter() - start
+        if rc != 0:  # e.g. OUT holds another request's labels: score nothing rather than the old files
+            raise SystemExit(f"textsam label ({mode}) failed with exit code {rc}: nothing scored")
         pred = json.loads((out / "instances.json").read_text())
         ids = {im["id"]: by_name[im["file_name"]] for im in pred["images"]}
         name_of = {c["id"]: c["name"] for c in pred["categories"]}

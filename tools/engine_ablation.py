@@ -1,7 +1,8 @@
 """Ablation of the training-free engine on the first N images of the synthetic test split: where the proposal
-clicks come from (embedding seeds or SAM's grid), the mask-token shortlist, each term of the proposal score (the
-CLIP views, SAM's predicted IoU, the mask tokens alone) and the spatial resolver, one at a time, with
-``shapes_tiny``'s SAM and CLIP (``text_head=False``). Prints mIoU per phrase kind and the presence rates.
+clicks come from (embedding seeds or SAM's grid), the proposal filters, the mask-token shortlist, each term of the
+proposal score (the CLIP views, SAM's predicted IoU, the mask tokens alone) and the spatial resolver, one at a
+time from ``shapes_tiny``'s own engine options (its bundle's ``text_options``), with its SAM and CLIP
+(``text_head=False``). Prints mIoU per phrase kind and the presence rates.
 
     python tools/engine_ablation.py [N [NAME ...]]   # needs runs/shapes_data (textsam data synth --out runs/shapes_data);
                                                      # NAMEs: run only the variants whose names contain one
@@ -33,7 +34,7 @@ def main() -> None:
         return tokens[list(range(len(tokens))) if indices is None else list(indices)][:, None]
 
     variants = {  # name: (options, what to patch)
-        "default (seeds, shortlist 4, crop)": (base, None),
+        "default (the model's own engine options)": (base, None),
         "fast()": (base.fast(), None),
         "every proposal cropped (shortlist 0)": (engine(shortlist=0), None),
         "grid clicks (16 x 16)": (engine(seeds="grid"), None),
@@ -41,9 +42,13 @@ def main() -> None:
         "mask tokens alone (no crops)": (engine(shortlist=0), ("textsam.text.engine.TextEngine.crop_embeddings",
                                                               tokens_as_crops)),
         "mask tokens at 2x native size": (engine(token_input_scale=2.0), None),
+        "crop only": (engine(views=("crop",)), None),
         "crop + mask": (engine(views=("crop", "mask")), None),
         "crop + blur": (engine(views=("crop", "blur")), None),
         "mask only": (engine(views=("mask",)), None),
+        "shortlist 4": (engine(shortlist=4), None),
+        "SAM's stricter filters (IoU 0.7, stability 0.9)": (engine(proposals=dataclasses.replace(
+            base.engine.proposals, pred_iou_thresh=0.7, stability_score_thresh=0.9)), None),
         "crop + SAM IoU (0.5)": (engine(iou_weight=0.5), None),
         "no spatial words": (base, ("textsam.text.engine.resolve", lambda q, head, *a, **k: head)),
     }
