@@ -167,7 +167,15 @@ def test_a_vocabulary_on_an_image_without_proposals_equals_single_calls() -> Non
     photo = SHARED_DATA / "sam_demo_images" / "groceries.jpg"
     if not photo.is_file():
         pytest.skip(f"shared test data not found at {photo}")
-    predictor = textsam.TextSamPredictor(textsam.create_model("shapes_tiny", text_head=False))
+    import dataclasses
+
+    from textsam.text.engine import EngineOptions
+
+    model = textsam.create_model("shapes_tiny", text_head=False)
+    options = textsam.TextSamPredictor(model).text.options  # the bundle's relaxed filters find a few on it:
+    strict = dataclasses.replace(options, engine=dataclasses.replace(  # SAM's text-request defaults find none
+        options.engine, proposals=EngineOptions().proposals))
+    predictor = textsam.TextSamPredictor(model, text_options=strict)
     predictor.set_image(load_image(photo))
     assert len(predictor.text.engine.proposals(predictor)) == 0
     phrases = ["dog", "the biggest fruit", "a zebra"]
@@ -239,7 +247,8 @@ def test_the_shortlist_crops_only_the_best_mask_tokens() -> None:
 
     model = textsam.create_model("shapes_tiny", text_head=False)
     options = textsam.TextSamPredictor(model).text.options
-    grid = dataclasses.replace(options, engine=dataclasses.replace(options.engine, seeds="grid"))  # many proposals
+    grid = dataclasses.replace(options, engine=dataclasses.replace(options.engine, seeds="grid",  # many proposals
+                                                                   shortlist=4))
     engine_predictor = textsam.TextSamPredictor(model, text_options=grid)
     engine_predictor.set_image(_scene())
     engine = engine_predictor.text.engine
@@ -274,8 +283,13 @@ def test_a_tower_without_mask_tokens_crops_every_proposal(monkeypatch) -> None:
     def no_tokens(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise InputError("dense CLIP features need an open_clip ViT image tower")
 
+    import dataclasses
+
     monkeypatch.setattr(engine_module, "DenseClip", no_tokens)
-    predictor = textsam.TextSamPredictor(textsam.create_model("shapes_tiny", text_head=False))
+    model = textsam.create_model("shapes_tiny", text_head=False)
+    options = textsam.TextSamPredictor(model).text.options
+    predictor = textsam.TextSamPredictor(model, text_options=dataclasses.replace(
+        options, engine=dataclasses.replace(options.engine, shortlist=2)))  # fewer than the scene's proposals
     predictor.set_image(_scene())
     out = predictor.predict(text="the red circle")
     engine = predictor.text.engine
