@@ -30,9 +30,9 @@ CLIP crops, the CLIP tokenizer, the phrase templates, the spatial-word parser, a
 What a folder holds depends on the model's text path (:func:`text_mode`): with a text head that has a
 locator (the bundled ``shapes_tiny``), every graph above; without a head (the published models, or
 ``create_model(..., text_head=False)``), no ``decoder_text`` and ``locator``: the page runs the training-free
-engine (proposals from the embedding's regions, CLIP crops, spatial words). A model whose text path the page
-cannot follow (dense CLIP grounding, blur or mask views) gets a page for clicks and a box, and ``manifest.json``
-says why.
+engine (proposals from the embedding's regions, CLIP crops, spatial words; the plain crop view only, see
+:func:`page_options`). A model whose text path the page cannot follow (dense CLIP grounding) gets a page for
+clicks and a box, and ``manifest.json`` says why.
 """
 
 from __future__ import annotations
@@ -224,10 +224,12 @@ def _manifest(model: TextSam, name: str, graphs: dict[str, str], options: TextOp
 
 def page_options(options: TextOptions) -> TextOptions:
     """The text options the page follows for ``options``: the same, except that its engine crops every proposal,
-    in fp32 (``shortlist=0``, ``precision="fp32"``): the page has no mask tokens (they need a CLIP graph with an
-    attention-mask input) and its graphs are fp32. ``TextSamPredictor(model, text_options=page_options(...))``
-    gives the page's masks."""
-    engine = dataclasses.replace(options.engine, shortlist=0, precision="fp32")
+    in fp32, with the plain crop view alone (``shortlist=0``, ``precision="fp32"``, ``views=("crop",)``): the page
+    has no mask tokens (they need a CLIP graph with an attention-mask input), its graphs are fp32, and its script
+    makes the crop view only (a model whose engine also uses the masked or blurred view, as the bundled
+    shapes_tiny's does, is scored in the page by its crop view). ``TextSamPredictor(model,
+    text_options=page_options(...))`` gives the page's masks."""
+    engine = dataclasses.replace(options.engine, shortlist=0, precision="fp32", views=("crop",))
     return dataclasses.replace(options, engine=engine)
 
 
@@ -237,8 +239,10 @@ def text_mode(model: TextSam, options: TextOptions) -> tuple[str | None, str | N
     ``(None, why)`` when it cannot."""
     if options.grounding.enabled:
         return None, "it ranks masks by dense CLIP grounding, which the page does not compute"
-    if not options.engine.enabled or tuple(options.engine.views) != ("crop",):
-        return None, "its text engine is off or uses views other than the plain crop"
+    if not options.engine.enabled:
+        return None, "its text engine is off"
+    if tuple(options.engine.views) != ("crop",):
+        return None, "its text engine uses views other than the plain crop (see page_options)"
     if model.scoring_encoder is None or not hasattr(model.scoring_encoder.clip, "visual"):
         return None, "it has no CLIP image tower"
     if model.text_projector is None:
