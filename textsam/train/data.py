@@ -276,7 +276,7 @@ def rotate_hue(image: np.ndarray, turn: float) -> np.ndarray:
 
     hsv = np.asarray(Image.fromarray(np.ascontiguousarray(image[..., :3])).convert("HSV")).copy()
     hsv[..., 0] = (hsv[..., 0].astype(np.int32) + int(round(turn * 256))) % 256
-    return np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"))
+    return np.array(Image.fromarray(hsv, "HSV").convert("RGB"))  # writable, as torch.from_numpy wants
 
 
 def crop_params(seed: int, key: str, variant: int, enlarge: tuple[float, float], grey_prob: float) -> tuple[float, bool]:
