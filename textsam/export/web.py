@@ -241,8 +241,6 @@ def text_mode(model: TextSam, options: TextOptions) -> tuple[str | None, str | N
         return None, "it ranks masks by dense CLIP grounding, which the page does not compute"
     if not options.engine.enabled:
         return None, "its text engine is off"
-    if tuple(options.engine.views) != ("crop",):
-        return None, "its text engine uses views other than the plain crop (see page_options)"
     if model.scoring_encoder is None or not hasattr(model.scoring_encoder.clip, "visual"):
         return None, "it has no CLIP image tower"
     if model.text_projector is None:
