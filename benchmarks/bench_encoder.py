@@ -8,7 +8,7 @@ change the time), and its ratio to the floor is printed; the issue's targets are
 Then a profile of one forward splits the time into the GEMM-like ops and the rest (attention's softmax and
 bias, LayerNorm, GELU, layout copies, window partitioning), the rest by op.
 
-    python benchmarks/bench_encoder.py [--model sam_vit_b] [--repeats 3] [--profile]
+    python benchmarks/bench_encoder.py [--model sam_vit_b] [--repeats 3] [--profile] [--precisions fp32,bf16]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import textsam
+from textsam.precision import native_bf16
 
 GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::linear", "aten::matmul",
             "aten::_convolution", "aten::mkldnn_convolution", "aten::convolution",
@@ -52,7 +53,13 @@ def main() -> None:
     parser.add_argument("--model", default="sam_vit_b")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="also split one forward's time by op")
+    parser.add_argument("--precisions", default=None,
+                        help="comma-separated, of fp32,bf16 (default: both on a CPU with native bf16, else fp32: "
+                             "emulated bf16 takes tens of minutes and says nothing about the floor)")
     args = parser.parse_args()
+    precisions = (args.precisions or ("fp32,bf16" if native_bf16("cpu") else "fp32")).split(",")
+    if "bf16" not in precisions:
+        print("bf16 skipped: this CPU has no native bf16 (AVX-512 BF16 or AMX); --precisions fp32,bf16 forces it")
     torch.manual_seed(0)
     model = textsam.create_model(args.model, pretrained=False)
     image = np.random.default_rng(0).integers(0, 255, (768, 1024, 3), dtype=np.uint8)
@@ -66,6 +73,8 @@ def main() -> None:
     print(f"{args.model} encoder: {flops / 1e9:.0f} GFLOP per image, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        if precision not in precisions:
+            continue
         predictor = textsam.TextSamPredictor(model, image_precision=precision)
         secs = best(lambda p=predictor: p.set_image(image), args.repeats)
         rate = gemm_rate(dtype, m, k, n, args.repeats)
