@@ -58,7 +58,9 @@ def main() -> None:
                              "emulated bf16 takes tens of minutes and says nothing about the floor)")
     args = parser.parse_args()
     precisions = (args.precisions or ("fp32,bf16" if native_bf16("cpu") else "fp32")).split(",")
-    if "bf16" not in precisions:
+    if not precisions or set(precisions) - {"fp32", "bf16"}:
+        parser.error(f"--precisions takes fp32, bf16 or both, not {args.precisions!r}")
+    if args.precisions is None and "bf16" not in precisions:
         print("bf16 skipped: this CPU has no native bf16 (AVX-512 BF16 or AMX); --precisions fp32,bf16 forces it")
     torch.manual_seed(0)
     model = textsam.create_model(args.model, pretrained=False)
