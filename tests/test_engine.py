@@ -295,3 +295,48 @@ def test_a_tower_without_mask_tokens_crops_every_proposal(monkeypatch) -> None:
     engine = predictor.text.engine
     assert len(engine._crops) == len(engine.proposals(predictor)) > engine.options.shortlist
     assert out.info["prompts"]["box"][2] < 64  # still the left (red) circle
+
+
+def test_membership_reads_the_crop_view_and_the_choice_every_view() -> None:
+    """With crop + blur views, a group phrase's members and ``instances="all"`` read each proposal's cosine in
+    the plain crop view (the calibrated yes/no per object), while the scores that rank the proposals, and a
+    single phrase's presence, are the mean over the views; with the crop view alone the two are the same."""
+    import dataclasses
+
+    model = textsam.create_model("shapes_tiny", text_head=False)
+    options = textsam.TextSamPredictor(model).text.options
+    both = dataclasses.replace(options, engine=dataclasses.replace(options.engine, views=("crop", "blur")))
+    predictor = textsam.TextSamPredictor(model, text_options=both)
+    predictor.set_image(_scene())
+    engine, text = predictor.text.engine, predictor.text
+    o = engine.options
+    for phrase in ["all the circles", "the red circle"]:
+        (ranked,) = text.engine_rank(predictor, [phrase])
+        emb = model.scoring_encoder.encode_ensembles([parse(phrase).head], text.templates())[0]
+        short = torch.isfinite(ranked.cosines)
+        crops = torch.stack([engine._crops[int(i)] for i in torch.nonzero(short).flatten()])  # (S, 2, D)
+        torch.testing.assert_close(ranked.cosines[short], (crops @ emb).mean(1), atol=1e-5, rtol=1e-5)
+        expected = torch.sigmoid(o.presence_gain * ((crops[:, 0] @ emb) - o.presence_bias))
+        torch.testing.assert_close(ranked.members[short], expected, atol=1e-5, rtol=1e-5)
+        assert (ranked.members[~short] == 0).all()
+        assert not torch.allclose(crops[:, 0] @ emb, (crops @ emb).mean(1), atol=1e-3)  # the views disagree
+        if parse(phrase).group:
+            assert ranked.chosen == [int(i) for i in torch.argsort(ranked.members, descending=True)
+                                     if ranked.members[i] >= o.presence_threshold] or len(ranked.chosen) == 1
+        else:
+            best = ranked.chosen[0]
+            assert ranked.presence == pytest.approx(float(torch.sigmoid(o.presence_gain * (ranked.cosines[best]
+                                                                                           - o.presence_bias))))
+    # "all" keeps the proposals whose membership passes, in the ranking's order
+    prompts, _ = text.instance_prompts("circle", predictor.image, predictor=predictor)
+    (ranked,) = text.engine_rank(predictor, ["circle"], every=True)
+    kept = [i for i in torch.argsort(ranked.probs, descending=True).tolist() if ranked.members[i] >= o.presence_threshold]
+    assert kept
+    assert [p.presence for p in prompts] == pytest.approx([float(ranked.members[i]) for i in kept][:8])
+    crop_only = dataclasses.replace(options, engine=dataclasses.replace(options.engine, views=("crop",)))
+    single = textsam.TextSamPredictor(model, text_options=crop_only)
+    single.set_image(_scene())
+    (ranked,) = single.text.engine_rank(single, ["all the circles"])
+    short = torch.isfinite(ranked.cosines)
+    torch.testing.assert_close(ranked.members[short], torch.sigmoid(
+        o.presence_gain * (ranked.cosines[short] - o.presence_bias)))

@@ -447,7 +447,7 @@ class TextPrompter:
             (ranked,) = self.engine_rank(predictor, [phrase], every=True)
             props = self.engine.proposals(predictor)
             o = self.options.engine
-            member = torch.sigmoid(o.presence_gain * (ranked.cosines - o.presence_bias)) if len(props) else None
+            member = ranked.members
             order = [int(i) for i in torch.argsort(ranked.probs, descending=True)] if len(props) else []
             keep = [i for i in order if member[i] >= o.presence_threshold][:limit]
             prompts = []
