@@ -299,8 +299,9 @@ def test_a_tower_without_mask_tokens_crops_every_proposal(monkeypatch) -> None:
 
 def test_membership_reads_the_crop_view_and_the_choice_every_view() -> None:
     """With crop + blur views, a group phrase's members and ``instances="all"`` read each proposal's cosine in
-    the plain crop view (the calibrated yes/no per object), while the scores that rank the proposals, and a
-    single phrase's presence, are the mean over the views; with the crop view alone the two are the same."""
+    the plain crop view (the calibrated yes/no per object; "all"'s presence is the best member's), while the
+    scores that rank the proposals, and a single phrase's presence, are the mean over the views; with the crop
+    view alone the two are the same."""
     import dataclasses
 
     model = textsam.create_model("shapes_tiny", text_head=False)
@@ -328,11 +329,12 @@ def test_membership_reads_the_crop_view_and_the_choice_every_view() -> None:
             assert ranked.presence == pytest.approx(float(torch.sigmoid(o.presence_gain * (ranked.cosines[best]
                                                                                            - o.presence_bias))))
     # "all" keeps the proposals whose membership passes, in the ranking's order
-    prompts, _ = text.instance_prompts("circle", predictor.image, predictor=predictor)
+    prompts, presence = text.instance_prompts("circle", predictor.image, predictor=predictor)
     (ranked,) = text.engine_rank(predictor, ["circle"], every=True)
     kept = [i for i in torch.argsort(ranked.probs, descending=True).tolist() if ranked.members[i] >= o.presence_threshold]
     assert kept
     assert [p.presence for p in prompts] == pytest.approx([float(ranked.members[i]) for i in kept][:8])
+    assert presence == pytest.approx(float(ranked.members.max()))  # found exactly when a member passes
     crop_only = dataclasses.replace(options, engine=dataclasses.replace(options.engine, views=("crop",)))
     single = textsam.TextSamPredictor(model, text_options=crop_only)
     single.set_image(_scene())

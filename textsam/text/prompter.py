@@ -454,7 +454,7 @@ class TextPrompter:
             for i in keep:
                 box, click = self._as_box_and_click(props, i)
                 prompts.append(TextPrompt(click[None], np.ones(1, np.int64), box, tok, float(member[i])))
-            return prompts, ranked.presence
+            return prompts, float(member.max()) if len(props) else 0.0  # found exactly when a member passes
         if not self.grounding_enabled:
             return [self.prompt_for(phrase, image, negative=negative, predictor=predictor)], None
         from .grounding import instance_candidates
