@@ -12,7 +12,11 @@ process's peak RSS (``VmHWM``) and its RSS after every image:
   ``segment`` with shapes_tiny (text head + engine), ``label`` with shapes_tiny (10 classes), and clicks and a
   box with mobile_sam; the target is RSS after the last image within 5% of RSS after the 10th.
 
+Each child keeps freed memory in the process as the ``textsam`` command does (``textsam/allocator.py``);
+``--glibc-settings`` measures glibc's own malloc settings instead.
+
     python benchmarks/bench_memory.py [--models mobile_sam,sam_vit_b,sam_vit_h] [--images 100] [--skip-peak]
+                                      [--glibc-settings]
 """
 
 from __future__ import annotations
@@ -51,15 +55,18 @@ def _image(i: int) -> np.ndarray:
     return img
 
 
-def child(mode: str, model_name: str, images: int) -> dict:
+def child(mode: str, model_name: str, images: int, keep_memory: bool) -> dict:
     import dataclasses
 
     import torch
 
     import textsam
+    from textsam.allocator import keep_freed_memory
     from textsam.text.options import EngineOptions, TextOptions
     from textsam.transforms import load_image
 
+    if keep_memory:
+        keep_freed_memory()
     torch.manual_seed(0)
     pretrained = model_name == "shapes_tiny"
     if pretrained:
@@ -93,9 +100,9 @@ def child(mode: str, model_name: str, images: int) -> dict:
     return {"after_load_mb": after_load, "peak_mb": _status("VmHWM"), "rss_mb": rss}
 
 
-def run_child(mode: str, model: str, images: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", mode, model, str(images)], capture_output=True,
-                         text=True, check=False)
+def run_child(mode: str, model: str, images: int, keep_memory: bool) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", mode, model, str(images), str(int(keep_memory))],
+                         capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(f"{mode} {model} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -106,21 +113,25 @@ def main() -> None:
     parser.add_argument("--models", default="mobile_sam,sam_vit_b,sam_vit_h")
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--skip-peak", action="store_true")
-    parser.add_argument("--child", nargs=3, metavar=("MODE", "MODEL", "IMAGES"), help=argparse.SUPPRESS)
+    parser.add_argument("--glibc-settings", action="store_true",
+                        help="glibc's own malloc settings instead of keep_freed_memory (what the textsam command does)")
+    parser.add_argument("--child", nargs=4, metavar=("MODE", "MODEL", "IMAGES", "KEEP"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], args.child[1], int(args.child[2]))))
+        print(json.dumps(child(args.child[0], args.child[1], int(args.child[2]), args.child[3] == "1")))
         return
+    keep = not args.glibc_settings
+    print("malloc: " + ("freed memory kept (textsam.allocator.keep_freed_memory)" if keep else "glibc's own settings"))
     if not args.skip_peak:
         print(f"peak RSS, one {'truck photo' if PHOTO.exists() else 'random 1800x1200 image'} (random weights):")
         for model in args.models.split(","):
             for mode in ("peak-segment", "peak-label"):
-                r = run_child(mode, model, 1)
+                r = run_child(mode, model, 1, keep)
                 print(f"  {model:10s} {mode[5:]:8s} model loaded {r['after_load_mb']:7.0f} MB   peak {r['peak_mb']:7.0f} MB",
                       flush=True)
     print(f"growth over {args.images} images in one process (target: last within {GROWTH_LIMIT:.0%} of the 10th):")
     for mode, model in (("segment", "shapes_tiny"), ("label", "shapes_tiny"), ("clicks", "mobile_sam")):
-        r = run_child(mode, model, args.images)
+        r = run_child(mode, model, args.images, keep)
         tenth, last = r["rss_mb"][9], r["rss_mb"][-1]
         verdict = "ok" if last <= tenth * (1 + GROWTH_LIMIT) else "MISSED"
         print(f"  {mode:8s} {model:11s} RSS after 10: {tenth:7.0f} MB, after {args.images}: {last:7.0f} MB "

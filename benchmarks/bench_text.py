@@ -15,7 +15,10 @@ transformers' Sam3Model and through GroundingDINO-tiny + SAM ViT-B (segment-anyt
 their default configs, in the same process.
 
     python benchmarks/bench_text.py [--image PATH] [--repeats 3] [--models sam_vit_b,mobile_sam] [--skip-others]
-                                    [--fast] [--new-image-only] [--peers-bf16]
+                                    [--fast] [--new-image-only] [--peers-bf16] [--glibc-settings]
+
+The process keeps freed memory for reuse as the ``textsam`` command does (``textsam/allocator.py``; the peers
+in the same process get it too); ``--glibc-settings`` times glibc's own malloc settings instead.
 
 ``--fast`` times :meth:`textsam.TextSamPredictor.fast` as the CLI builds it (the lighter engine and, on a CPU
 with native bf16, the encoder in bf16; the engine's own work is bf16 there by default); ``--peers-bf16`` gives the other two systems
@@ -35,6 +38,7 @@ import numpy as np
 import torch
 
 import textsam
+from textsam.allocator import keep_freed_memory
 from textsam.precision import autocast
 from textsam.text.options import InstanceOptions, TextOptions
 from textsam.transforms import load_image
@@ -237,10 +241,14 @@ def main() -> None:
     parser.add_argument("--new-image-only", action="store_true", help="time only a new image + a new phrase")
     parser.add_argument("--peers-bf16", action="store_true",
                         help="also time Sam3Model and GroundingDINO + SAM under bf16 autocast (as the fast path)")
+    parser.add_argument("--glibc-settings", action="store_true",
+                        help="glibc's own malloc settings instead of keep_freed_memory (what the textsam command does)")
     args = parser.parse_args()
+    kept = False if args.glibc_settings else keep_freed_memory()
     image = load_image(args.image) if args.image.exists() else np.random.default_rng(0).integers(
         0, 255, (1200, 1800, 3), dtype=np.uint8)
-    print(f"image {image.shape[1]}x{image.shape[0]}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"image {image.shape[1]}x{image.shape[0]}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"malloc: {'freed memory kept' if kept else 'C library settings'}")
     totals = {}
     for name in args.models.split(","):
         if args.fast:

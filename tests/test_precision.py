@@ -183,14 +183,13 @@ def test_the_bf16_cpu_attention_is_the_biased_softmax_attention(monkeypatch: pyt
     assert (chunked - full).abs().mean() < 0.02 * scale and (masked - full).abs().mean() < 0.02 * scale
 
 
-def test_the_fp32_global_attention_in_chunks_equals_the_fused_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
-    """fp32 global attention on a CPU runs in chunks of query lines (no materialised bias); the result equals
-    scaled_dot_product_attention with the bias mask to fp32 rounding, and windows keep the fused kernel."""
+def test_the_fp32_cpu_attention_takes_the_fused_kernel_in_line_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp32 attention on a CPU takes scaled_dot_product_attention with the rel-pos bias as a mask, the bias made
+    for a few image lines at a time when it would be large; the chunks give the one-mask result to fp32 rounding,
+    and so does the plain-matmul path (the bf16 one) run in fp32."""
     import textsam.modeling.image_encoder as image_encoder
 
     attn, x = _biased_attention()
-    monkeypatch.setattr(image_encoder, "FP32_QUERIES", 36)  # 3 image lines a chunk, the last one shorter
-    monkeypatch.setattr(image_encoder, "FP32_CHUNKED_MIN_TOKENS", 96)
     calls = []
     original = image_encoder.Attention._attend_chunked
 
@@ -199,16 +198,27 @@ def test_the_fp32_global_attention_in_chunks_equals_the_fused_kernel(monkeypatch
         return original(self, *args)
 
     monkeypatch.setattr(image_encoder.Attention, "_attend_chunked", spy)
+    biases = []
+    original_bias = image_encoder.Attention._bias
+
+    def bias_spy(*args):  # noqa: ANN002, ANN202
+        biases.append(args[-2])  # the image lines of this chunk
+        return original_bias(*args)
+
+    monkeypatch.setattr(image_encoder.Attention, "_bias", staticmethod(bias_spy))
     with torch.inference_mode():
+        whole = attn(x)
+        assert calls == [] and biases == [8]
+        # 2 inputs x 4 heads x 12 columns x 96 keys per image line: 3 lines a chunk, the last one shorter
+        monkeypatch.setattr(image_encoder, "_BIAS_CHUNK_ELEMENTS", 3 * 2 * 4 * 12 * 96)
+        biases.clear()
+        lines = attn(x)
+        assert calls == [] and biases == [3, 3, 2]
+        monkeypatch.setattr(image_encoder, "_chunk_queries", lambda q: 36)
         chunked = attn(x)
-        monkeypatch.setattr(image_encoder, "FP32_CHUNKED_MIN_TOKENS", 97)  # now "a window": the fused kernel
-        fused = attn(x)
-    monkeypatch.setattr(image_encoder, "FP32_CHUNKED_MIN_TOKENS", 96)
-    with torch.enable_grad():  # autograd (training) keeps the fused kernel
-        fused_grad_mode = attn(x).detach()
     assert calls == [36]
-    assert torch.allclose(chunked, fused, atol=1e-5, rtol=1e-5)
-    assert torch.allclose(fused, fused_grad_mode, atol=1e-6)
+    assert torch.allclose(lines, whole, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(chunked, whole, atol=1e-5, rtol=1e-5)
 
 
 def test_low_precision_copies_of_a_model_made_under_inference_mode(clip_spec: str) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from textsam.errors import InputError, TextSamError
 
+from ..allocator import keep_freed_memory
 from . import DEMO_MODEL, add_arguments
 from .canvas import to_image_xy
 from .handlers import MODE_POSITIVE, MODES, Session, View, WebApp
@@ -264,6 +265,7 @@ def main(argv: list[str] | None = None, examples_dir: str | Path | None = None) 
     parser = argparse.ArgumentParser(description="textsam web app")
     add_arguments(parser)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    keep_freed_memory()  # the app's own process: each image reuses the last one's pages (textsam/allocator.py)
     try:
         return run(parser.parse_args(argv), examples_dir)
     except TextSamError as err:

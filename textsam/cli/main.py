@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from textsam.errors import TextSamError
 
+from ..allocator import keep_freed_memory
 from . import app, data, eval, export, label, segment, train, weights
 from .common import (
     EXIT_FAILURE,
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         verbose = bool(args.verbose)
         _setup_logging(verbose)
+        keep_freed_memory()  # this process is ours: each image reuses the last one's pages (textsam/allocator.py)
         handler: Handler = args.handler
         return int(handler(args))
     except UsageError as err:
