@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 import textsam
+from textsam.allocator import keep_freed_memory
 from textsam.data.shapes_render import COLOURS, SHAPES, background, paint, sample_scene
 from textsam.text.options import LocatorOptions, TextOptions
 from textsam.transforms import load_image
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--images", type=int, default=8)
     args = parser.parse_args()
+    keep_freed_memory()  # as the textsam command does (textsam/allocator.py)
     model = textsam.create_model("shapes_tiny")
     images = scenes(args.images)
     print(f"shapes_tiny, {len(images)} images, torch {torch.__version__}, {torch.get_num_threads()} threads")

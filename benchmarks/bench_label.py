@@ -116,6 +116,9 @@ def cli() -> None:
     c.add_argument("--out", default="runs/label_eval")
     c.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
+    from textsam.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the textsam command does (textsam/allocator.py)
     speed(args) if args.what == "speed" else coco(args)
 
 

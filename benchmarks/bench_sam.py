@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 import textsam
+from textsam.allocator import keep_freed_memory
 from textsam.transforms import load_image
 
 DEFAULT_IMAGE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sam_demo_images" / "truck.jpg"
@@ -54,6 +55,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
+    keep_freed_memory()  # as the textsam command does (textsam/allocator.py)
     if args.threads:
         torch.set_num_threads(args.threads)
     from segment_anything import SamPredictor, sam_model_registry

@@ -183,10 +183,11 @@ def test_the_bf16_cpu_attention_is_the_biased_softmax_attention(monkeypatch: pyt
     assert (chunked - full).abs().mean() < 0.02 * scale and (masked - full).abs().mean() < 0.02 * scale
 
 
-def test_the_fp32_cpu_attention_takes_the_fused_kernel_in_line_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_fp32_cpu_attention_fused_in_line_chunks_or_chunked_equals_one_mask(monkeypatch: pytest.MonkeyPatch) -> None:
     """fp32 attention on a CPU takes scaled_dot_product_attention with the rel-pos bias as a mask, the bias made
-    for a few image lines at a time when it would be large; the chunks give the one-mask result to fp32 rounding,
-    and so does the plain-matmul path (the bf16 one) run in fp32."""
+    for a few image lines at a time when it would be large; on an AVX-512 CPU (``FP32_CHUNKED``) global attention
+    runs as plain matmuls in chunks of query lines instead. Both give the one-mask result to fp32 rounding;
+    windows (fewer than ``FP32_CHUNKED_MIN_TOKENS``) and autograd keep the fused kernel."""
     import textsam.modeling.image_encoder as image_encoder
 
     attn, x = _biased_attention()
@@ -206,6 +207,9 @@ def test_the_fp32_cpu_attention_takes_the_fused_kernel_in_line_chunks(monkeypatc
         return original_bias(*args)
 
     monkeypatch.setattr(image_encoder.Attention, "_bias", staticmethod(bias_spy))
+    monkeypatch.setattr(image_encoder, "FP32_CHUNKED", False)
+    monkeypatch.setattr(image_encoder, "FP32_CHUNKED_MIN_TOKENS", 96)
+    monkeypatch.setattr(image_encoder, "FP32_QUERIES", 36)  # 3 image lines a chunk, the last one shorter
     with torch.inference_mode():
         whole = attn(x)
         assert calls == [] and biases == [8]
@@ -214,11 +218,19 @@ def test_the_fp32_cpu_attention_takes_the_fused_kernel_in_line_chunks(monkeypatc
         biases.clear()
         lines = attn(x)
         assert calls == [] and biases == [3, 3, 2]
-        monkeypatch.setattr(image_encoder, "_chunk_queries", lambda q: 36)
+        monkeypatch.setattr(image_encoder, "FP32_CHUNKED", True)
         chunked = attn(x)
+        assert calls == [36]
+        monkeypatch.setattr(image_encoder, "FP32_CHUNKED_MIN_TOKENS", 97)  # now "a window": the fused kernel
+        attn(x)
+        assert calls == [36]
+    monkeypatch.setattr(image_encoder, "FP32_CHUNKED_MIN_TOKENS", 96)
+    with torch.enable_grad():  # autograd (training) keeps the fused kernel
+        fused_grad_mode = attn(x).detach()
     assert calls == [36]
     assert torch.allclose(lines, whole, atol=1e-5, rtol=1e-5)
     assert torch.allclose(chunked, whole, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(fused_grad_mode, whole, atol=1e-5, rtol=1e-5)
 
 
 def test_low_precision_copies_of_a_model_made_under_inference_mode(clip_spec: str) -> None:

@@ -3,7 +3,8 @@
 Arithmetic follows segment-anything's ``ImageEncoderViT``; the speed-ups keep the same numbers:
 - attention runs through ``scaled_dot_product_attention`` with the decomposed relative-position
   bias as an additive mask, in query chunks for the global blocks so the 4096x4096 bias is never
-  materialised whole (bf16/fp16 on a CPU: plain matmuls with the bias added in place, ``_attend_chunked``);
+  materialised whole (on a CPU in bf16/fp16, and in fp32 where the CPU has AVX-512: plain matmuls with the
+  bias added in place, ``_attend_chunked``);
 - in windowed blocks the qkv projection runs on the unpadded tokens and the padding rows get the qkv
   bias (what a zero token projects to), and the output projection runs after cropping.
 """
@@ -51,17 +52,27 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
 
 
 LOW_PRECISION_QUERIES = 128  # queries per chunk of the bf16/fp16 CPU attention (Attention._attend_chunked)
+FP32_QUERIES = 32  # queries per chunk of the fp32 CPU global attention, where it is chunked (FP32_CHUNKED)
+FP32_CHUNKED_MIN_TOKENS = 2048  # fp32 attention over fewer tokens (windows; a 32 x 32 map: shapes_tiny) keeps the fused kernel
+# fp32 global attention runs chunked on a CPU with AVX-512, whose small products (64 queries x 64 channels x 4096
+# keys) run near its GEMM rate: a ViT-B global block took 510 ms there against the fused kernel's 694 ms. On an
+# AVX2 CPU the fused kernel with the bias made for a few image lines at a time wins: 0.47-0.54 s against
+# 0.64-0.67 s (2-core AMD EPYC, torch 2.14).
+FP32_CHUNKED = "AVX512" in torch.backends.cpu.get_cpu_capability()
 
 
 def _chunk_queries(q: torch.Tensor) -> int:
     """Queries per chunk of :meth:`Attention._attend_chunked` for ``q (B, heads, N, d)``, or 0 for the fused
-    ``scaled_dot_product_attention`` with the bias as a mask (in chunks of image lines, ``_BIAS_CHUNK_ELEMENTS``).
-    The chunked path is for bf16/fp16 inference on a CPU (not traced, no autograd), where the fused kernel with a
-    bias mask runs at a quarter of the GEMM rate. In fp32 the fused kernel wins (torch 2.14, 2-core AVX2 CPU, one
-    ViT-B global block: 0.47-0.54 s against 0.64-0.67 s chunked)."""
+    ``scaled_dot_product_attention`` with the bias as a mask (made a few image lines at a time,
+    ``_BIAS_CHUNK_ELEMENTS``). The chunked path is for inference on a CPU (not traced, no autograd): in bf16/fp16
+    always (the fused kernel with a bias mask runs at a quarter of the GEMM rate there), in fp32 for global
+    attention on an AVX-512 CPU (``FP32_CHUNKED``)."""
     if q.device.type != "cpu" or torch.jit.is_tracing() or torch.is_grad_enabled():
         return 0
-    return LOW_PRECISION_QUERIES if q.dtype in (torch.bfloat16, torch.float16) else 0
+    if q.dtype in (torch.bfloat16, torch.float16):
+        return LOW_PRECISION_QUERIES
+    chunked = FP32_CHUNKED and q.dtype == torch.float32 and q.shape[2] >= FP32_CHUNKED_MIN_TOKENS
+    return FP32_QUERIES if chunked else 0
 
 
 class Attention(nn.Module):
