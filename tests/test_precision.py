@@ -244,3 +244,23 @@ def test_low_precision_copies_of_a_model_made_under_inference_mode(clip_spec: st
         assert encoder.text_transformer("bf16") is encoder.text_transformer("bf16")
         half = encoder.encode(["a red circle"], precision="bf16")
     assert (half * encoder.encode(["a red circle"])).sum() > 0.99
+
+
+@pytest.mark.slow
+def test_the_encoder_compiles_and_matches_eager_at_inference() -> None:
+    """torch.compile (inductor) of the encoder at inference, where the rel-pos bias mask is otherwise built with
+    ``out=`` (which the compiler cannot lay out): the compiled encoder gives the eager embedding."""
+    from textsam.modeling.image_encoder import ImageEncoderViT
+
+    torch.manual_seed(0)
+    enc = ImageEncoderViT(img_size=128, patch_size=16, embed_dim=64, depth=2, num_heads=4, out_chans=32,
+                          window_size=3, global_attn_indexes=(1,)).eval()  # 8 x 8 map: padded windows, a global block
+    with torch.no_grad():
+        for blk in enc.blocks:
+            blk.attn.rel_pos_h.normal_(0, 0.5)
+            blk.attn.rel_pos_w.normal_(0, 0.5)
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        eager = enc(x)
+        compiled = torch.compile(enc)(x)
+    assert torch.allclose(compiled, eager, atol=1e-4, rtol=1e-4)

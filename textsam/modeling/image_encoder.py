@@ -159,7 +159,7 @@ class Attention(nn.Module):
         rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, rw)
         kh, kw = rh.shape[1], rw.shape[1]
         if torch.jit.is_tracing() or torch.compiler.is_compiling() or (torch.is_grad_enabled() and (q.requires_grad or rh.requires_grad or rw.requires_grad)):
-            # training, or an ONNX export (whose tracer has no out= form)
+            # training, an ONNX export or torch.compile (their tracers have no out= form)
             return (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape(b, nh, qh * w, kh * kw)
         bias = q.new_empty((b, nh, qh, w, kh, kw))  # contiguous, so SDPA takes it without a copy
         torch.add(rel_h.unsqueeze(-1), rel_w.unsqueeze(-2), out=bias)
