@@ -56,7 +56,9 @@ class _Labeller:
 
     def __init__(self, model_args: dict[str, Any], phrases: list[str], instances: Mode) -> None:
         import textsam
+        from textsam.allocator import keep_freed_memory
 
+        keep_freed_memory()  # an actor has its worker process to itself: each image reuses the last one's pages
         model_args = dict(model_args)
         name, fast = model_args.pop("name"), model_args.pop("fast", False)
         model = textsam.create_model(name, **model_args)
