@@ -32,6 +32,7 @@ DEFAULT_KEEP_BYTES = 1 << 30  # free heap top kept: more than any model's per-im
 # mallopt parameters (glibc's malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -46,7 +47,8 @@ def _glibc() -> ctypes.CDLL | None:
 
 def keep_freed_memory(keep_bytes: int = DEFAULT_KEEP_BYTES) -> bool:
     """Make glibc's ``malloc`` keep freed memory for reuse (see the module docstring): no block is served by its
-    own ``mmap``, and up to ``keep_bytes`` of free heap top stay in the process. Process-wide and lasting.
+    own ``mmap``, up to ``keep_bytes`` of free heap top stay in the process, and threads started afterwards share
+    the main heap. Process-wide and lasting: call it at the start of the process, before its threads.
 
     Returns whether the setting was applied: ``False`` on a C library other than glibc, or when the environment
     variable ``TEXTSAM_KEEP_FREED_MEMORY`` is ``0``.
@@ -59,4 +61,8 @@ def keep_freed_memory(keep_bytes: int = DEFAULT_KEEP_BYTES) -> bool:
     if libc is None:
         return False
     keep = min(int(keep_bytes), 2**31 - 1)  # mallopt takes a C int
-    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, keep))
+    # One arena: a thread's own arena (the app answers requests in worker threads) is built from 64 MB heaps and
+    # gets blocks larger than that from mmap again, whatever M_MMAP_MAX says. Threads created after this call
+    # share the main heap (textsam's threads allocate few, large blocks, so they rarely wait on its lock).
+    return (bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, keep))
+            and bool(libc.mallopt(_M_ARENA_MAX, 1)))
