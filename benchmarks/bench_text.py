@@ -248,7 +248,7 @@ def main() -> None:
     image = load_image(args.image) if args.image.exists() else np.random.default_rng(0).integers(
         0, 255, (1200, 1800, 3), dtype=np.uint8)
     print(f"image {image.shape[1]}x{image.shape[0]}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"malloc: {'freed memory kept' if kept else 'C library settings'}")
+          f"malloc: {'freed memory kept' if kept else 'glibc settings'}")
     totals = {}
     for name in args.models.split(","):
         if args.fast:

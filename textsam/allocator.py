@@ -1,22 +1,22 @@
 """Keeping freed memory in the process, so that each image's activations are not faulted in again (glibc).
 
 glibc's ``malloc`` serves every block over its mmap threshold (at most 32 MB) with a fresh ``mmap`` and hands it
-back to the kernel when it is freed, and returns the heap's free top past its trim threshold (at most 64 MB). A
-SAM encoder's activations are such blocks (ViT-B at 1024: qkv 38 MB, the MLP's hidden 50 MB, the windowed
-attention's padded qkv and mask 45 MB, in each of 12 blocks), so every ``set_image`` faults in and zeroes 2-4 GB
-of new pages: 0.46-1.05 million page faults, which cost 0.4-1.8 s (6-20%) of ViT-B's ``set_image`` on a 2-core
-CPU (``benchmarks/bench_encoder.py`` prints the time both ways, alternating in one process). :func:`keep_freed_memory` tells ``malloc`` to serve
-every block from its heap and to keep up to ``keep_bytes`` of free heap top, so the next image reuses the pages
-of the last one. The price is memory: the resident size stays near the peak of one image instead of falling back
-after it, and the peak rises by 5-8% (``benchmarks/bench_memory.py``, sam_vit_b on a 2-core CPU: segment 2674 ->
-2892 MB, label 3007 -> 3161 MB); glibc's heap also grows by up to about 0.5 GB of same-size blocks before it
-starts reusing them.
+back to the kernel when it is freed, and returns the heap's free top past its trim threshold (at most 64 MB). A SAM
+encoder's activations are such blocks (ViT-B at 1024: qkv 38 MB, the MLP's hidden 50 MB, the windowed attention's
+padded qkv and mask 45 MB, in each of 12 blocks), so every ``set_image`` faults in and zeroes 2-4 GB of new pages:
+0.46-1.05 million page faults, which cost 0.4-1.8 s (6-20%) of ViT-B's ``set_image`` on a 2-core CPU
+(``benchmarks/bench_encoder.py`` prints the time both ways, alternating in one process). :func:`keep_freed_memory`
+tells ``malloc`` to serve every block from its heap and to keep up to ``keep_bytes`` of free heap top, so the next
+image reuses the pages of the last one. The price is memory: the resident size stays near the peak of one image
+instead of falling back after it, and the peak rises by 5-8% (``benchmarks/bench_memory.py``, sam_vit_b on a 2-core
+CPU: segment 2674 -> 2892 MB, label 3007 -> 3161 MB); glibc's heap also grows by up to about 0.5 GB of same-size
+blocks before it starts reusing them.
 
 It changes the whole process's allocator, so textsam calls it only in the processes it owns (the ``textsam``
-command, the web app, the Ray labeller's actors, the benchmarks), never on import; a program that uses the API calls it itself. Set
-``TEXTSAM_KEEP_FREED_MEMORY=0`` to keep glibc's defaults. On other C libraries (macOS, Windows, musl) it does
-nothing and returns ``False``: a caching allocator (jemalloc, tcmalloc through ``LD_PRELOAD``) does the same job
-there.
+command, the web app, the Ray labeller's actors, the benchmarks), never on import; a program that uses the API
+calls it itself. Set ``TEXTSAM_KEEP_FREED_MEMORY=0`` to keep glibc's defaults. On other C libraries (macOS,
+Windows, musl) it does nothing and returns ``False``: a caching allocator (jemalloc, tcmalloc through
+``LD_PRELOAD``) does the same job there.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ class _Labeller:
         import textsam
         from textsam.allocator import keep_freed_memory
 
-        keep_freed_memory()  # an actor has its worker process to itself: each image reuses the last one's pages
+        keep_freed_memory()  # an actor has its worker process to itself (textsam/allocator.py; not timed under Ray)
         model_args = dict(model_args)
         name, fast = model_args.pop("name"), model_args.pop("fast", False)
         model = textsam.create_model(name, **model_args)
