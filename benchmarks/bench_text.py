@@ -60,9 +60,11 @@ def best_of(fn, repeats: int) -> float:
 
 def bench_ours(name: str, image: np.ndarray, repeats: int, fast: bool = False,
                new_image_only: bool = False) -> dict[str, float]:
+    from textsam.factory import fast_clip
     from textsam.text.options import EngineOptions
 
-    model = textsam.create_model(name, pretrained=False, clip="ViT-B-16-quickgelu")
+    # the fast path as the CLI builds it: ViT-B/32 for a published SAM (textsam.factory.fast_clip)
+    model = textsam.create_model(name, pretrained=False, clip=fast_clip(name) if fast else "ViT-B-16-quickgelu")
     # every proposal kept and every phrase "present" (random weights): the engine does all of its work
     defaults = EngineOptions().proposals
     engine = EngineOptions(proposals=dataclasses.replace(defaults, pred_iou_thresh=0.0, stability_score_thresh=0.0,

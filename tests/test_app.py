@@ -315,6 +315,15 @@ def test_app_fast_serves_the_fast_engine(monkeypatch):
     predictor = captured["predictor_factory"](model)
     assert predictor.text.options == default_options(model).fast()
     assert cli.build_parser().parse_args(["app"]).fast is False
+    # ... and a published SAM is built with the fast path's CLIP (ViT-B/32), a bundled model with its own
+    from textsam.app.serving import fast_model_factory
+
+    assert captured["model_factory"] is fast_model_factory
+    built = {}
+    monkeypatch.setattr(textsam, "create_model", lambda name, **kw: built.setdefault(name, kw))
+    fast_model_factory("mobile_sam")
+    fast_model_factory("shapes_tiny")
+    assert built["mobile_sam"]["clip"] == "ViT-B-32-quickgelu/openai" and built["shapes_tiny"]["clip"] is None
 
 
 def test_app_wrapper_uses_bundled_examples(monkeypatch):

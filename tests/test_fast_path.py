@@ -89,3 +89,72 @@ def test_eval_fast_uses_the_fast_engine_and_says_so(tmp_path: Path, monkeypatch:
     assert built and built[0].engine.proposals.points_per_side == FAST_POINTS_PER_SIDE
     assert json.loads((out / "run.json").read_text())["model"]["engine"] == "fast (TextOptions.fast)"
     assert main(command) == 2  # the same folder with another engine is refused
+
+
+def test_fast_clip_is_vit_b32_for_a_published_sam_only(tmp_path: Path) -> None:
+    """The fast path's CLIP (OpenAI ViT-B/32) replaces the default ViT-B/16 of a published SAM; a CLIP asked for,
+    a bundled model's own CLIP and a text head's CLIP are kept."""
+    from textsam.factory import fast_clip
+    from textsam.text.clip import FAST_CLIP
+
+    spec = "/".join(FAST_CLIP)
+    assert spec == "ViT-B-32-quickgelu/openai"
+    for name in ("mobile_sam", "sam_vit_b", "sam_vit_h"):
+        assert fast_clip(name) == spec
+    assert fast_clip("shapes_tiny") is None  # its head was trained on its own CLIP
+    assert fast_clip("mobile_sam", "ViT-B-16-quickgelu/openai") == "ViT-B-16-quickgelu/openai"
+    head = tmp_path / "head.safetensors"
+    head.write_bytes(b"")
+    assert fast_clip("sam_vit_b", text_head=head) is None
+    assert fast_clip("sam_vit_b", text_head=False) == spec  # no head: the engine alone
+
+
+def test_fast_resolves_the_clip_into_the_request() -> None:
+    """``--fast`` names its CLIP in ``args.clip``, so a segment or label request's key says which CLIP answered."""
+    from textsam.cli.segment import _model_key
+
+    fast = _args(fast=True)
+    resolve_fast_model(fast, "sam_vit_b")
+    assert (fast.model, fast.clip) == ("mobile_sam", "ViT-B-32-quickgelu/openai")
+    assert _model_key(fast)["clip"] == "ViT-B-32-quickgelu/openai" and _model_key(fast)["fast"] is True
+    plain = _args()
+    resolve_fast_model(plain, "sam_vit_b")
+    assert plain.clip is None
+    chosen = _args(fast=True, model="sam_vit_b", clip="ViT-B-16-quickgelu/openai")
+    resolve_fast_model(chosen, "sam_vit_b")
+    assert chosen.clip == "ViT-B-16-quickgelu/openai"
+    bundled = _args(fast=True, model="shapes_tiny", no_text_head=True)
+    resolve_fast_model(bundled, "sam_vit_b")
+    assert bundled.clip is None
+
+
+def test_fast_builds_a_published_sam_with_the_fast_clip(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's ``--fast`` model (random weights here: no network) carries a ViT-B/32 CLIP, 49 patches a crop."""
+    import textsam
+
+    real = textsam.create_model
+    monkeypatch.setattr(textsam, "create_model", lambda name, **kw: real(name, **{**kw, "pretrained": False}))
+    args = _args(fast=True)
+    resolve_fast_model(args, "sam_vit_b")
+    predictor = predictor_from_args(args)
+    clip = predictor.model.scoring_encoder
+    assert (clip.model_name, clip.clip.visual.patch_size) == ("ViT-B-32-quickgelu", (32, 32))
+    assert predictor.text.options.engine.shortlist == FAST_SHORTLIST
+
+
+def test_eval_fast_names_the_fast_clip_of_a_published_sam(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``textsam eval ... --model mobile_sam --fast`` builds its predictors with ViT-B/32 and says so in run.json's
+    model description (no model is built here: the benchmark run is replaced)."""
+    from textsam.data.synthetic import generate
+    from textsam.eval import runners
+
+    generate(tmp_path / "syn", seed=0, num_train=0, num_val=0, num_test=1, image_size=64)
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(runners, "predictor_factory", lambda *a, **kw: seen.update(kw) or (lambda: None))
+    monkeypatch.setattr(runners, "run_benchmark", lambda *a, **kw: seen.update(info=kw["model_info"]) or {})
+    command = ["eval", "synthetic", "--data", str(tmp_path / "syn"), "--model", "mobile_sam", "--limit", "1",
+               "--no-progress", "--out", str(tmp_path / "out")]
+    main([*command, "--fast"])
+    assert seen["clip"] == "ViT-B-32-quickgelu/openai" and seen["info"]["clip"] == "ViT-B-32-quickgelu/openai"
+    main(command)
+    assert seen["clip"] is None and seen["info"]["clip"] is None

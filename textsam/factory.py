@@ -94,6 +94,26 @@ def _clip_name_tag(model: TextSam, clip: str | None, head: TextsamFile | None) -
     return (cfg.clip_model, cfg.clip_pretrained) if cfg is not None else DEFAULT_CLIP
 
 
+def fast_clip(name: str, clip: str | None = None, text_head: str | Path | bool | None = None,
+              checkpoint: str | Path | None = None) -> str | None:
+    """The CLIP (``"NAME/TAG"``) the CPU fast path builds model ``name`` with: ``clip`` when one is asked for;
+    else :data:`~textsam.text.clip.FAST_CLIP` (OpenAI's ViT-B/32) for a model whose config names the default
+    published CLIP (OpenAI's ViT-B/16: the published SAMs), unless a text head file or a textsam checkpoint
+    (which may carry its own head and CLIP) is given; else None: the model's own CLIP (a bundled model such as
+    ``shapes_tiny`` keeps the CLIP its head was trained with)."""
+    from .text.clip import DEFAULT_CLIP, FAST_CLIP
+    from .weights.format import is_textsam_file
+
+    if clip is not None:
+        return clip
+    cfg = get_config(name).text
+    if cfg is None or (cfg.clip_model, cfg.clip_pretrained) != DEFAULT_CLIP or cfg.clip_config:
+        return None
+    if isinstance(text_head, (str, Path)) or (checkpoint is not None and is_textsam_file(checkpoint)):
+        return None
+    return "/".join(FAST_CLIP)
+
+
 def attach_text(
     model: TextSam,
     *,

@@ -36,6 +36,8 @@ def main() -> None:
     variants = {  # name: (options, what to patch)
         "default (the model's own engine options)": (base, None),
         "fast()": (base.fast(), None),
+        "fast(), mask tokens on a grid half as fine": (dataclasses.replace(base.fast(), engine=dataclasses.replace(
+            base.fast().engine, token_input_scale=0.5)), None),
         "every proposal cropped (shortlist 0)": (engine(shortlist=0), None),
         "grid clicks (16 x 16)": (engine(seeds="grid"), None),
         "grid, every proposal cropped (earlier engine)": (engine(seeds="grid", shortlist=0), None),

@@ -45,6 +45,22 @@ def default_model_factory(name: str) -> Any:
         return textsam.create_model(name, pretrained=False)
 
 
+def fast_model_factory(name: str) -> Any:
+    """:func:`default_model_factory` for ``textsam app --fast``: a published SAM gets the fast path's CLIP
+    (:func:`textsam.factory.fast_clip`, ViT-B/32), loaded when the model is."""
+    import textsam
+    from textsam.factory import fast_clip
+
+    clip = fast_clip(name)
+    try:
+        return textsam.create_model(name, clip=clip)
+    except WeightsError as err:
+        if name != DEMO_MODEL:
+            raise
+        logger.warning("%s weights unavailable (%s); using random weights", name, err)
+        return textsam.create_model(name, pretrained=False, clip=clip)
+
+
 def fast_predictor(model: Any) -> Any:
     """The fast path's ``TextSamPredictor`` (``textsam app --fast``; see :meth:`textsam.TextSamPredictor.fast`)."""
     import textsam

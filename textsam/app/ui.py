@@ -21,7 +21,14 @@ from ..allocator import keep_freed_memory
 from . import DEMO_MODEL, add_arguments
 from .canvas import to_image_xy
 from .handlers import MODE_POSITIVE, MODES, Session, View, WebApp
-from .serving import check_address, fast_predictor, port_in_use, serving_plan, short_message
+from .serving import (
+    check_address,
+    fast_model_factory,
+    fast_predictor,
+    port_in_use,
+    serving_plan,
+    short_message,
+)
 from .uploads import DEFAULT_MAX_PIXELS
 
 __all__ = ["build_demo", "launch", "run", "main", "add_arguments", "write_examples"]
@@ -243,9 +250,10 @@ def run(args: argparse.Namespace, examples_dir: str | Path | None = None) -> int
     restore = _sigterm_stops_server()
     demo = None
     try:
-        factory = fast_predictor if getattr(args, "fast", False) else None
+        fast = getattr(args, "fast", False)
         demo = build_demo(default_model=args.model, examples_dir=examples_dir, workers=workers,
-                          predictor_factory=factory)
+                          model_factory=fast_model_factory if fast else None,
+                          predictor_factory=fast_predictor if fast else None)
         allowed = [str(examples_dir)] if examples_dir is not None else None
         launch(demo, host=args.host, port=args.port, share=args.share, allowed_paths=allowed)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM before Gradio's own wait loop took over

@@ -36,9 +36,11 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 # what --fast changes besides the model (TextSamPredictor.fast, TextOptions.fast), for every command's help
-FAST_HELP = ("a lighter text engine (at most 24 proposal clicks, 16 proposals, 3 CLIP crops per phrase) and the "
-             "image encoder in bf16 where the CPU or GPU computes bf16 natively (the engine's proposal clicks and "
-             "CLIP towers run in bf16 there anyway)")
+FAST_HELP = ("CLIP ViT-B/32 (OpenAI) for a published SAM unless --clip is given, a lighter text engine (at most "
+             "24 proposal clicks, 16 proposals, 3 CLIP crops per phrase) and the image encoder in bf16 where the "
+             "CPU or GPU computes bf16 natively (the engine's proposal clicks and CLIP towers run in bf16 there "
+             "anyway)")
+
 
 def print_error(message: object) -> None:
     """``textsam: error: <message>`` on stderr."""
@@ -159,11 +161,18 @@ def predictor_from_args(args: argparse.Namespace) -> Any:
 
 
 def resolve_fast_model(args: argparse.Namespace, default: str) -> None:
-    """Set ``args.model`` when it was not given: the fast path's model with ``--fast``, else ``default``."""
+    """Set ``args.model`` when it was not given: the fast path's model with ``--fast``, else ``default``; with
+    ``--fast``, set ``args.clip`` to the fast path's CLIP when none was given (:func:`textsam.factory.fast_clip`:
+    ViT-B/32 for a published SAM), so that a request's key names the CLIP that answered it."""
     from textsam.text.options import FAST_MODEL
 
+    fast = getattr(args, "fast", False)
     if args.model is None:
-        args.model = FAST_MODEL if getattr(args, "fast", False) else default
+        args.model = FAST_MODEL if fast else default
+    if fast and hasattr(args, "clip"):
+        from textsam.factory import fast_clip
+
+        args.clip = fast_clip(args.model, args.clip, text_head_arg(args), getattr(args, "checkpoint", None))
 
 
 def text_head_arg(args: argparse.Namespace) -> Path | bool | None:

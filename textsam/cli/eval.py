@@ -129,6 +129,10 @@ def run_eval(args: argparse.Namespace) -> int:
 
         get_config(args.model)  # an unknown name or device fails before any output is written
         check_device(args.device)
+        if args.fast:  # the fast path's CLIP for a published SAM (ViT-B/32), named in the run's description
+            from textsam.factory import fast_clip
+
+            args.clip = fast_clip(args.model, args.clip, text_head_arg(args), args.checkpoint)
         model_info = {
             "name": args.model,
             "checkpoint": None if args.checkpoint is None else str(args.checkpoint),
