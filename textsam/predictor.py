@@ -94,7 +94,9 @@ class TextSamPredictor:
         model file's own) made fast (:meth:`~textsam.text.options.TextOptions.fast`: fewer proposal clicks and
         crops, the engine's proposal clicks and CLIP towers in bf16) and, where the model's device runs
         bf16 natively (:func:`textsam.precision.native_bf16`), the image encoder in bf16 too. Everything else,
-        the final decoder call included, stays fp32; on a device without native bf16 everything does."""
+        the final decoder call included, stays fp32; on a device without native bf16 everything does. The
+        model keeps its CLIP: the CLI builds a published SAM's fast model with ViT-B/32
+        (``create_model(name, clip=textsam.factory.fast_clip(name))``), which makes each CLIP crop 4x cheaper."""
         from .text.prompter import default_options
 
         options = (text_options or default_options(model)).fast()

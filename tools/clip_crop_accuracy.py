@@ -1,5 +1,7 @@
 """How well a model's CLIP names the objects of the synthetic data: ground-truth crops (the engine's crop view)
-classified among every colour-shape pair, among colours alone and among shapes alone.
+classified among every colour-shape pair, among colours alone and among shapes alone; and how far apart its
+text tower puts the phrases a crop must be told between (two shapes of one colour, two shape names): no image
+tower can separate phrases whose text embeddings coincide.
 
     python tools/clip_crop_accuracy.py [--split test] [--model shapes_tiny] [--clip local-dir:DIR] [--limit 600]
 """
@@ -50,6 +52,17 @@ def main() -> None:
         best = (crops @ encoder.encode_ensembles(names, templates).T).argmax(1)
         return float(np.mean([names[int(i)] == t for i, t in zip(best, truth)]))
 
+    pairs = encoder.encode_ensembles([f"{c} {s}" for c in colours for s in shapes], templates)
+    pairs = pairs.view(len(colours), len(shapes), -1)
+    same_colour = torch.einsum("csd,ctd->cst", pairs, pairs)  # (colour, shape, shape)
+    other = ~torch.eye(len(shapes), dtype=torch.bool)
+    c, i, j = np.unravel_index(int(same_colour.masked_fill(~other, -2).argmax()), same_colour.shape)
+    names = encoder.encode_ensembles(shapes, templates)
+    name_cos = (names @ names.T).masked_fill(~other, -2)
+    a, b = np.unravel_index(int(name_cos.argmax()), name_cos.shape)
+    print(f"text tower: two shapes of one colour, cosine mean {float(same_colour[:, other].mean()):.3f}, max "
+          f"{float(same_colour[c, i, j]):.3f} ('{colours[c]} {shapes[i]}' / '{colours[c]} {shapes[j]}'); two shape "
+          f"names, mean {float(name_cos[other].mean()):.3f}, max {float(name_cos[a, b]):.3f} ({shapes[a]} / {shapes[b]})")
     print(f"{args.model} CLIP on {len(labels)} ground-truth crops of the {args.split} split: "
           f"colour + shape {accuracy([f'{c} {s}' for c in colours for s in shapes], [f'{c} {s}' for c, s in labels]):.1%}, "
           f"colour {accuracy([f'{c} shape' for c in colours], [f'{c} shape' for c, _ in labels]):.1%}, "

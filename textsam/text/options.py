@@ -130,10 +130,10 @@ class TextOptions:
         with ``seeds="grid"``) instead of 32, the best 16 proposals kept instead of 32, 3 crops per phrase
         instead of 4, and the engine in bf16 where the device computes it natively (``EngineOptions.precision``,
         also the default; a model file or caller that chose fp32 gets bf16 here). On the synthetic proxy
-        (shapes_tiny's SAM and CLIP through the engine, 200 test images) the fewer clicks and crops cost 0.7 mIoU
-        (54.4 against 55.1, ``tools/engine_ablation.py``), and the whole fast path with bf16 measured 55.06
-        against 55.05 (``textsam eval synthetic --no-text-head [--fast]`` on a CPU with AVX-512 BF16); every other
-        option is kept.
+        (shapes_tiny's SAM and CLIP through the engine, 200 test images, ``tools/engine_ablation.py``) the fewer
+        clicks, proposals and crops cost 3.0 mIoU with this round's bundle (73.9 -> 70.9), 0.7 with session 30's
+        (54.4 against 55.1), where the whole fast path with bf16 measured 55.06 against 55.05 (``textsam eval
+        synthetic --no-text-head [--fast]`` on a CPU with AVX-512 BF16); every other option is kept.
         :meth:`textsam.TextSamPredictor.fast` adds the image encoder in bf16."""
         e = self.engine
         engine = dataclasses.replace(
