@@ -26,6 +26,7 @@ from .common import (
     add_command,
     add_model_options,
     add_no_progress,
+    resolve_fast_model,
     text_head_arg,
 )
 
@@ -129,10 +130,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
         get_config(args.model)  # an unknown name or device fails before any output is written
         check_device(args.device)
-        if args.fast:  # the fast path's CLIP for a published SAM (ViT-B/32), named in the run's description
-            from textsam.factory import fast_clip
-
-            args.clip = fast_clip(args.model, args.clip, text_head_arg(args), args.checkpoint)
+        resolve_fast_model(args, args.model)  # --fast: its CLIP (ViT-B/32 for a published SAM), named in run.json
         model_info = {
             "name": args.model,
             "checkpoint": None if args.checkpoint is None else str(args.checkpoint),
