@@ -158,3 +158,26 @@ def test_eval_fast_names_the_fast_clip_of_a_published_sam(tmp_path: Path, monkey
     assert seen["clip"] == "ViT-B-32-quickgelu/openai" and seen["info"]["clip"] == "ViT-B-32-quickgelu/openai"
     main(command)
     assert seen["clip"] is None and seen["info"]["clip"] is None
+
+
+@pytest.mark.parametrize(("error", "expected"), [
+    (RuntimeError("Failed to download weights for tag 'openai': no connection"),
+     r"cannot get the CLIP weights ViT-B-32-quickgelu/openai .*fast path's CLIP: --clip ViT-B-16-quickgelu/openai"),
+    (OSError("offline"), r"cannot get the CLIP weights .*--clip ViT-B-16-quickgelu/openai keeps the default"),
+    (RuntimeError("Model config for ViT-B-32-quickgelu not found"), r"open_clip.list_pretrained\(\) lists"),
+])
+def test_the_fast_clip_that_cannot_be_downloaded_says_what_to_do(monkeypatch: pytest.MonkeyPatch, error: Exception,
+                                                                 expected: str) -> None:
+    """Without network the fast path's CLIP names the way back to the default CLIP (and a local file); an unknown
+    name still points at open_clip's list (open_clip's own errors, raised here without touching the network)."""
+    import open_clip
+
+    from textsam.errors import WeightsError
+    from textsam.text.clip import FAST_CLIP, TextEncoder
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(open_clip, "create_model", fail)
+    with pytest.raises(WeightsError, match=expected):
+        TextEncoder.create(*FAST_CLIP)

@@ -155,16 +155,19 @@ class TextEncoder(nn.Module):
                 device=device,
                 cache_dir=str(cache_dir) if cache_dir else None,
             )
-        except RuntimeError as err:  # open_clip raises RuntimeError for unknown names/tags
+        except (RuntimeError, OSError) as err:
             detail = str(err).split("\n")[0][:160]
+            # open_clip raises RuntimeError for unknown names and tags, and for weights it failed to download
+            if isinstance(err, RuntimeError) and "download" not in str(err).lower():
+                raise WeightsError(
+                    f"cannot create CLIP model {model_name!r} with weights {pretrained!r} ({detail}). "
+                    f"open_clip.list_pretrained() lists the valid NAME/TAG pairs."
+                ) from err
+            fast = (" (ViT-B/32 is the CPU fast path's CLIP: --clip "
+                    f"{'/'.join(DEFAULT_CLIP)} keeps the default one)" if (model_name, pretrained) == FAST_CLIP else "")
             raise WeightsError(
-                f"cannot create CLIP model {model_name!r} with weights {pretrained!r} ({detail}). "
-                f"open_clip.list_pretrained() lists the valid NAME/TAG pairs."
-            ) from err
-        except OSError as err:  # download failures, missing files, offline hub
-            raise WeightsError(
-                f"cannot get the CLIP weights {model_name}/{pretrained} ({err}). Without network, download "
-                "them elsewhere and pass a local file as --clip NAME/@/path/to/open_clip_model.safetensors "
+                f"cannot get the CLIP weights {model_name}/{pretrained} ({detail}){fast}. Without network, "
+                "download them elsewhere and pass a local file as --clip NAME/@/path/to/open_clip_model.safetensors "
                 "or a folder as --clip local-dir:/path (with open_clip_config.json)."
             ) from err
         tokenizer = open_clip.get_tokenizer(model_name)
