@@ -121,3 +121,21 @@ def test_generate_equals_the_official_generator_vit_b(shared_data: Path, crop_n_
     predictor.set_image(image)
     ours = predictor.generate(**kwargs)
     _compare(ref, ours)
+
+
+def test_mask_boxes_equal_segment_anythings() -> None:
+    """``masks_to_boxes`` (reductions on a uint8 view) gives segment-anything's ``batched_mask_to_box`` on masks
+    that are empty, a single pixel, touch the edges, or are a strided view."""
+    from segment_anything.utils.amg import batched_mask_to_box
+
+    from textsam.modeling.proposals import masks_to_boxes
+
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(6, 70, 90, generator=g) > 0.995
+    masks[0] = False
+    masks[1] = False
+    masks[1, 69, 89] = True
+    masks[2, :, 0] = True
+    strided = (torch.rand(4, 140, 270, generator=g) > 0.999)[:, ::2, 1::3]
+    for m in (masks, strided, masks.transpose(1, 2)):
+        assert torch.equal(masks_to_boxes(m), batched_mask_to_box(m))
