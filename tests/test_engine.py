@@ -189,6 +189,19 @@ def test_a_user_click_keeps_the_candidates_it_touches(engine_predictor) -> None:
     assert out.masks[0][57, 100] and not out.masks[0][57, 27]  # the blue circle, where the user clicked
 
 
+def test_a_user_box_keeps_the_candidates_mostly_inside_it(engine_predictor) -> None:
+    engine = engine_predictor.text.engine
+    for box, inside, outside in (([80, 37, 120, 77], (57, 100), (57, 27)), ([7, 37, 47, 77], (57, 27), (57, 100))):
+        out = engine_predictor.predict(text="circle", box=np.array(box, float))
+        assert out.masks[0][inside] and not out.masks[0][outside]
+        (ranked,) = engine_predictor.text.engine_rank(engine_predictor, ["circle"], user_box=np.array(box, float))
+        masks = engine.proposals(engine_predictor).masks
+        x0, y0, x1, y1 = box
+        for i in torch.nonzero(ranked.probs > 0).flatten():  # every candidate left lies mostly in the box
+            assert masks[i, y0 : y1 + 1, x0 : x1 + 1].sum() >= 0.5 * masks[i].sum()
+        assert masks[ranked.chosen[0]][inside]
+
+
 def test_a_full_mask_token_is_the_towers_own_image_embedding() -> None:
     """A mask covering every patch sees what the tower's class token sees: the same embedding as open_clip's
     encode_image on the same input; each mask token is independent of the other masks in the pass."""
