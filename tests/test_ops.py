@@ -17,6 +17,29 @@ def test_mask_nms_keeps_the_best_of_overlapping_masks_and_drops_empty_ones() -> 
     assert mask_nms(masks, np.array([0.9, 0.95, 0.5, 0.99]), 0.7) == [1, 2]  # mask 3 is empty
 
 
+def test_mask_nms_is_greedy_nms_on_pycocotools_mask_iou() -> None:
+    """The same masks as greedy NMS on pycocotools' mask IoU, at thresholds that ties and near-ties meet."""
+    import pycocotools.mask as mask_utils
+
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        n = int(rng.integers(1, 8))
+        masks = np.zeros((n, 40, 50), bool)
+        for i in range(n):
+            y, x = rng.integers(0, 30, 2)
+            masks[i, y : y + rng.integers(1, 15), x : x + rng.integers(1, 25)] = True
+        masks[rng.integers(0, n)] &= rng.random((40, 50)) > 0.3
+        scores = rng.random(n)
+        rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+        iou = mask_utils.iou(rles, rles, [0] * n)
+        for threshold in (0.0, 0.3, 0.5, 0.7, 1.0):
+            keep: list[int] = []
+            for i in np.argsort(-scores):
+                if masks[i].any() and all(iou[i, j] <= threshold for j in keep):
+                    keep.append(int(i))
+            assert mask_nms(masks, scores, threshold) == keep
+
+
 def test_mask_nms_of_no_masks_is_empty() -> None:  # a flat image gives no candidates (was a ValueError)
     assert mask_nms(np.zeros((0, 8, 8), bool), np.zeros(0), 0.7) == []
 
