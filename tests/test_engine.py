@@ -355,3 +355,38 @@ def test_membership_reads_the_crop_view_and_the_choice_every_view() -> None:
     short = torch.isfinite(ranked.cosines)
     torch.testing.assert_close(ranked.members[short], torch.sigmoid(
         o.presence_gain * (ranked.cosines[short] - o.presence_bias)))
+
+
+def test_every_instance_decodes_each_proposal_once_per_image_and_answers_as_alone() -> None:
+    """``instances="all"`` over a vocabulary: a proposal asked for by several phrases is decoded once per image
+    (the decoder sees only rows it has not seen), and each phrase's answer equals its answer on a fresh
+    predictor; a new image decodes afresh."""
+    model = textsam.create_model("shapes_tiny", text_head=False)
+    phrases = ["circle", "all the shapes", "the red circle", "square", "a zebra"]
+    shared = textsam.TextSamPredictor(model)
+    shared.set_image(_scene())
+    rows = []
+    original = model.mask_decoder.forward
+
+    def spy(*args, **kwargs):
+        rows.append(kwargs["sparse_prompt_embeddings"].shape[0])
+        return original(*args, **kwargs)
+
+    model.mask_decoder.forward = spy
+    try:
+        answers = [shared.predict(text=p, instances="all") for p in phrases]
+        decoded = sum(rows)
+        asked = sum(len(shared.text.instance_prompts(p, shared.image, predictor=shared)[0]) for p in phrases)
+        assert decoded == len(shared._candidate_rows) < asked  # each proposal once, fewer than the phrases asked
+        rows.clear()
+        shared.set_image(_scene())
+        shared.predict(text=phrases[0], instances="all")
+        assert sum(rows) > 0  # a new image decodes again
+    finally:
+        model.mask_decoder.forward = original
+    for phrase, answer in zip(phrases, answers):
+        alone = textsam.TextSamPredictor(model)
+        alone.set_image(_scene())
+        single = alone.predict(text=phrase, instances="all")
+        assert answer.masks.shape == single.masks.shape and (answer.masks == single.masks).all()
+        assert np.allclose(answer.scores, single.scores, atol=1e-5) and answer.presence == single.presence

@@ -109,6 +109,9 @@ class TextSamPredictor:
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
         self.image: np.ndarray | None = None
+        # instances="all": the decoded rows of candidates that are a box and clicks alone (no text-head tokens),
+        # by their prompts; the phrases of a vocabulary ask for the same proposals again and again
+        self._candidate_rows: dict[bytes, tuple[torch.Tensor, torch.Tensor]] = {}
         if hasattr(self, "text"):
             self.text.reset()
 
@@ -276,7 +279,7 @@ class TextSamPredictor:
             low_side = self.model.prompt_encoder.mask_input_size
             return Prediction(np.zeros((0, h, w), bool), np.zeros(0, np.float32), np.zeros((0, *low_side), np.float32),
                               {"ranking": np.zeros(0), "labels": [], "prompts": [], "found": False}, presence)
-        low_res, iou = self._decode_low_res(self.features, *self._text_batch(cands), True)
+        low_res, iou = self._decode_candidates(cands)
         best = iou.argmax(dim=1)
         rows = torch.arange(len(cands))
         low_best, iou_best = low_res[rows, best], iou[rows, best]  # (B, h, w), (B,)
@@ -433,6 +436,25 @@ class TextSamPredictor:
             coords, labels, box_arr, masks, self.original_size, self.model.img_size, self.device
         )
         return Prediction(*self._decode(features, batch, None, multimask_output, return_logits))
+
+    def _decode_candidates(self, cands: list[TextPrompt]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``instances="all"``'s multimask decode of every candidate: low-res logits ``(B, 3, 4h, 4w)`` and IoU
+        ``(B, 3)``. When every candidate is a box and the same number of clicks with no text-head tokens (the
+        engine's proposals), each is one row of the decoder whatever phrase asked for it, so its row is decoded
+        once per image (the missing ones in one batch) and reused: a vocabulary's phrases mostly ask for the same
+        proposals. Otherwise (text-head tokens, mixed prompts) the candidates are one decoder batch as before."""
+        sizes = {len(c.points) for c in cands}
+        if any(c.tokens is not None or c.box is None for c in cands) or len(sizes) != 1:
+            return self._decode_low_res(self.features, *self._text_batch(cands), True)
+        keys = [np.concatenate([np.asarray(c.points, np.float64).ravel(), np.asarray(c.labels, np.float64).ravel(),
+                                np.asarray(c.box, np.float64).ravel()]).tobytes() for c in cands]
+        fresh = [keys.index(k) for k in dict.fromkeys(keys) if k not in self._candidate_rows]  # first of each
+        if fresh:
+            low, iou = self._decode_low_res(self.features, *self._text_batch([cands[i] for i in fresh]), True)
+            for j, i in enumerate(fresh):
+                self._candidate_rows[keys[i]] = (low[j], iou[j])
+        rows = [self._candidate_rows[k] for k in keys]
+        return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
 
     def _text_batch(self, prompts: list[TextPrompt]) -> tuple[PromptBatch, torch.Tensor | None]:
         """Several text prompts as one decoder batch: points padded with "not a point" (-1) labels."""
