@@ -32,26 +32,10 @@ def short_message(err: BaseException, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def default_model_factory(name: str) -> Any:
-    """``create_model(name)``; the demo model falls back to random weights when its file is missing."""
+def default_model_factory(name: str, clip: str | None = None) -> Any:
+    """``create_model(name, clip=clip)``; the demo model falls back to random weights when its file is missing."""
     import textsam
 
-    try:
-        return textsam.create_model(name)
-    except WeightsError as err:
-        if name != DEMO_MODEL:
-            raise
-        logger.warning("%s weights unavailable (%s); using random weights", name, err)
-        return textsam.create_model(name, pretrained=False)
-
-
-def fast_model_factory(name: str) -> Any:
-    """:func:`default_model_factory` for ``textsam app --fast``: a published SAM gets the fast path's CLIP
-    (:func:`textsam.factory.fast_clip`, ViT-B/32), loaded when the model is."""
-    import textsam
-    from textsam.factory import fast_clip
-
-    clip = fast_clip(name)
     try:
         return textsam.create_model(name, clip=clip)
     except WeightsError as err:
@@ -59,6 +43,14 @@ def fast_model_factory(name: str) -> Any:
             raise
         logger.warning("%s weights unavailable (%s); using random weights", name, err)
         return textsam.create_model(name, pretrained=False, clip=clip)
+
+
+def fast_model_factory(name: str) -> Any:
+    """:func:`default_model_factory` for ``textsam app --fast``: a published SAM gets the fast path's CLIP
+    (:func:`textsam.factory.fast_clip`, ViT-B/32), loaded when the model is."""
+    from textsam.factory import fast_clip
+
+    return default_model_factory(name, fast_clip(name))
 
 
 def fast_predictor(model: Any) -> Any:
