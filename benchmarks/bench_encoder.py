@@ -4,14 +4,16 @@ The floor is the encoder's own multiply-adds (counted by ``torch.utils.flop_coun
 matmul, convolution and attention of one forward) divided by the rate of a plain GEMM of the encoder's
 commonest shape (the MLP's ``(4096 x 768) @ (768 x 3072)`` for ViT-B at 1024, into a preallocated output), in
 the same precision, best of 10. ``set_image`` is timed the same way (best of ``--repeats``, random weights: the values do not
-change the time), and its ratio to the floor is printed; the issue's targets are 1.15x (fp32) and 1.3x (bf16). It is
+change the time), and its ratio to the floor is printed; the issue's targets are 1.15x (fp32) and 1.3x (bf16).
+``int8`` (the CPU fast path's encoder where bf16 is not native, :mod:`textsam.quantize`) is printed against the
+fp32 floor and fp32's time in the same run (its linear layers no longer run at the fp32 GEMM rate). It is
 timed twice, alternating: with freed memory kept in the process (:func:`textsam.allocator.keep_freed_memory`, what the
 ``textsam`` command does) and with glibc's own settings (each block over 32 MB a fresh ``mmap``, so every image's
 activations are faulted in again); the minor page faults of one call are printed beside each.
 Then a profile of one forward splits the time into the GEMM-like ops and the rest (attention's softmax and
 bias, LayerNorm, GELU, layout copies, window partitioning), the rest by op.
 
-    python benchmarks/bench_encoder.py [--model sam_vit_b] [--repeats 3] [--profile] [--precisions fp32,bf16]
+    python benchmarks/bench_encoder.py [--model sam_vit_b] [--repeats 3] [--profile] [--precisions fp32,bf16,int8]
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import textsam
 from textsam.allocator import _glibc, keep_freed_memory
 from textsam.precision import native_bf16
+from textsam.quantize import int8_supported
 
 GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::linear", "aten::matmul",
             "aten::_convolution", "aten::mkldnn_convolution", "aten::convolution",
@@ -87,12 +90,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="also split one forward's time by op")
     parser.add_argument("--precisions", default=None,
-                        help="comma-separated, of fp32,bf16 (default: both on a CPU with native bf16, else fp32: "
-                             "emulated bf16 takes tens of minutes and says nothing about the floor)")
+                        help="comma-separated, of fp32,bf16,int8 (default: fp32, bf16 on a CPU with native bf16 "
+                             "(emulated bf16 takes tens of minutes and says nothing about the floor), int8 where "
+                             "the CPU has the x86 quantized engine)")
     args = parser.parse_args()
-    precisions = (args.precisions or ("fp32,bf16" if native_bf16("cpu") else "fp32")).split(",")
-    if not precisions or set(precisions) - {"fp32", "bf16"}:
-        parser.error(f"--precisions takes fp32, bf16 or both, not {args.precisions!r}")
+    default = ["fp32"] + (["bf16"] if native_bf16("cpu") else []) + (["int8"] if int8_supported("cpu") else [])
+    precisions = args.precisions.split(",") if args.precisions else default
+    if not precisions or set(precisions) - {"fp32", "bf16", "int8"} or "fp32" not in precisions:
+        parser.error(f"--precisions takes fp32 and any of bf16, int8, not {args.precisions!r}")
     if args.precisions is None and "bf16" not in precisions:
         print("bf16 skipped: this CPU has no native bf16 (AVX-512 BF16 or AMX); --precisions fp32,bf16 forces it")
     torch.manual_seed(0)
@@ -121,6 +126,13 @@ def main() -> None:
                   f"{faults} minor page faults", flush=True)
         if args.profile:
             profile(enc, x, dtype)
+        if precision == "fp32":
+            fp32_floor, fp32_secs = floor, timed["freed memory kept"][0]
+    if "int8" in precisions:
+        predictor = textsam.TextSamPredictor(model, image_precision="int8")
+        secs = alternating(lambda p=predictor: p.set_image(image), args.repeats)["freed memory kept"][0]
+        print(f"  int8 (linear layers): set_image, freed memory kept {secs:6.2f} s   {secs / fp32_floor:4.2f}x the fp32 "
+              f"floor, {fp32_secs / secs:4.2f}x faster than fp32", flush=True)
 
 
 def profile(enc: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype) -> None:

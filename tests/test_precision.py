@@ -59,7 +59,7 @@ def test_a_bf16_image_tower_is_a_cached_copy_outside_the_state_dict(clip_spec: s
         half = torch.nn.functional.normalize(tower.encode_image(x.bfloat16()).float(), dim=-1)
     assert torch.nn.functional.cosine_similarity(full, half).min() > 0.99
     with pytest.raises(InputError, match="precision"):
-        encoder.image_model("int8")
+        encoder.image_model("int4")
     with torch.no_grad():  # new weights (an optimizer step, load_state_dict): the copy is made again
         next(encoder.clip.visual.parameters()).add_(0.01)
     assert encoder.image_model("bf16") is not tower
@@ -132,14 +132,23 @@ def test_a_bf16_engine_runs_in_bf16_only_where_the_device_has_it(engine_model: t
     assert next(tower.parameters()).dtype == torch.bfloat16
 
 
-def test_the_fast_predictor_adds_a_bf16_encoder_only_on_native_bf16(engine_model: textsam.TextSam,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    for native in (True, False):
-        monkeypatch.setattr(predictor_module, "native_bf16", lambda device, native=native: native)
+def test_the_fast_predictor_takes_bf16_where_native_else_int8_else_fp32(engine_model: textsam.TextSam,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    for native, int8, expected in ((True, True, "bf16"), (False, True, "int8"), (False, False, "fp32")):
+        for module in (predictor_module, engine_module):
+            monkeypatch.setattr(module, "native_bf16", lambda device, native=native: native)
+            monkeypatch.setattr(module, "int8_supported", lambda device, int8=int8: int8)
         fast = textsam.TextSamPredictor.fast(engine_model)
-        assert fast.image_precision == ("bf16" if native else "fp32")
+        assert fast.image_precision == expected
         assert fast.text.options == textsam.TextSamPredictor(engine_model).text.options.fast()
-        assert fast.text.options.engine.precision == "bf16"
+        assert fast.text.options.engine.precision == "int8"
+        assert fast.text.engine.precision(fast) == expected  # the engine's CLIP image tower alike
+    # an encoder that does not say int8 suits it (mobile_sam's TinyViT) keeps fp32; the CLIP tower still int8
+    for module in (predictor_module, engine_module):
+        monkeypatch.setattr(module, "int8_supported", lambda device: True)
+    monkeypatch.setattr(engine_model.image_encoder, "int8_fast_path", False, raising=False)
+    fast = textsam.TextSamPredictor.fast(engine_model)
+    assert (fast.image_precision, fast.text.engine.precision(fast)) == ("fp32", "int8")
     given = TextOptions(engine=EngineOptions(max_proposals=5))
     assert textsam.TextSamPredictor.fast(engine_model, given).text.options == given.fast()
 

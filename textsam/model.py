@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from .config import ModelConfig
 from .modeling.mask_decoder import MaskDecoder
 from .modeling.prompt_encoder import PromptEncoder
+from .precision import reduced_copy
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -59,6 +60,7 @@ class TextSam(nn.Module):
         self.engine_encoder: nn.Module | None = None
         self.default_text_options: dict = {}  # a bundled model's own TextOptions defaults (from its file)
         self.pretrained = True  # whether published weights were asked for (CLIP follows this when lazily loaded)
+        self._reduced_encoders: dict = {}  # image_encoder_in's int8 copy, outside the state dict
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
 
@@ -73,6 +75,15 @@ class TextSam(nn.Module):
         head was trained with a fine-tuned text tower: the fine-tuned tower no longer matches CLIP's image tower,
         so the engine keeps the CLIP whose two towers were trained together."""
         return self.engine_encoder if self.engine_encoder is not None else self.text_encoder
+
+    def image_encoder_in(self, precision: str) -> nn.Module:
+        """The image encoder to run in ``precision``: ``image_encoder`` itself for fp32, bf16 and fp16 (the
+        predictor runs it under autocast); for ``int8`` a copy with int8 linear layers (:mod:`textsam.quantize`,
+        a CPU module), made on first use and again after the encoder's weights change
+        (:func:`textsam.precision.reduced_copy`)."""
+        if precision != "int8":
+            return self.image_encoder
+        return reduced_copy(self._reduced_encoders, self.image_encoder, "int8")
 
     @property
     def img_size(self) -> int:

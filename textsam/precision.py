@@ -6,26 +6,34 @@ SAM's exact numbers); ``TextSamPredictor(..., image_precision="bf16")`` opts the
 fast path (:meth:`TextSamPredictor.fast`) does so where bf16 is native. The text engine's approximate work (which
 proposal answers a phrase: the proposal clicks, the CLIP towers) runs in bf16 by default where bf16 is native
 (``EngineOptions(precision="bf16")``; ``"fp32"`` opts out). On a device without native bf16 arithmetic (a CPU
-without AVX-512 BF16 or AMX) bf16 is emulated and slower than fp32, so fp32 is kept there.
+without AVX-512 BF16 or AMX) bf16 is emulated and slower than fp32, so fp32 is kept there, except on the fast
+path: ``"int8"`` (the encoder's and the CLIP image tower's linear layers in int8, :mod:`textsam.quantize`) is what
+:meth:`TextSamPredictor.fast` and :meth:`TextOptions.fast` choose on an x86 CPU without native bf16.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
+from torch import nn
 
 from .errors import InputError
 
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["fp32", "bf16", "fp16", "int8"]
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def check_precision(precision: str, what: str) -> None:
-    """Raise :class:`InputError` unless ``precision`` is one of ``fp32``, ``bf16``, ``fp16``."""
-    if precision not in ("fp32", *DTYPES):
-        raise InputError(f"{what} must be 'fp32', 'bf16' or 'fp16', not {precision!r}")
+def check_precision(precision: str, what: str, *, int8: bool = False) -> None:
+    """Raise :class:`InputError` unless ``precision`` is one of ``fp32``, ``bf16``, ``fp16`` (or ``int8`` where
+    ``int8``: the linear layers of an image tower or encoder, :mod:`textsam.quantize`)."""
+    names = ("fp32", *DTYPES) + (("int8",) if int8 else ())
+    if precision not in names:
+        listed = ", ".join(repr(n) for n in names[:-1]) + f" or {names[-1]!r}"
+        raise InputError(f"{what} must be {listed}, not {precision!r}")
 
 
 def native_bf16(device: torch.device | str) -> bool:
@@ -42,7 +50,32 @@ def native_bf16(device: torch.device | str) -> bool:
 
 
 def autocast(device: torch.device | str, precision: str) -> Any:
-    """A context running ``device``'s matrix products in ``precision`` (a no-op for ``fp32``)."""
-    if precision == "fp32":
+    """A context running ``device``'s matrix products in ``precision`` (a no-op for ``fp32``, and for ``int8``,
+    whose modules are copies, :func:`reduced_copy`)."""
+    if precision in ("fp32", "int8"):
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=DTYPES[precision])
+
+
+def reduced_copy(copies: dict, module: nn.Module, precision: str,
+                 wrap: Callable[[nn.Module], nn.Module] | None = None) -> nn.Module:
+    """``module`` in ``precision`` (bf16/fp16: its parameters cast; int8: its linear layers quantised,
+    :func:`textsam.quantize.int8_copy`), a copy made on first use and kept in ``copies`` once per precision and
+    device, outside any state dict (the fp32 module is untouched). The copy is made again when the module's
+    weights have changed since (an optimizer step, ``load_state_dict``: every in-place change bumps a tensor's
+    version counter; for a model made under ``torch.inference_mode``, which keeps none, only new weight storage is
+    noticed). ``wrap``: what is kept is ``wrap(copy)``."""
+    device = next(module.parameters()).device
+    key = (precision, str(device))
+    # inference tensors (a model made under torch.inference_mode) keep no version counter: their storage stands in
+    versions = tuple(p.data_ptr() if p.is_inference() else p._version for p in module.parameters())
+    entry = copies.get(key)
+    if entry is None or entry[0] != versions:
+        if precision == "int8":
+            from .quantize import int8_copy
+
+            low = int8_copy(module)
+        else:
+            low = copy.deepcopy(module).to(DTYPES[precision]).eval()
+        entry = copies[key] = (versions, wrap(low) if wrap else low)
+    return entry[1]

@@ -39,7 +39,8 @@ class ArgumentParser(argparse.ArgumentParser):
 FAST_HELP = ("CLIP ViT-B/32 (OpenAI) for a published SAM unless --clip is given, a lighter text engine (at most "
              "24 proposal clicks, 16 proposals, 3 CLIP crops per phrase) and the image encoder in bf16 where the "
              "CPU or GPU computes bf16 natively (the engine's proposal clicks and CLIP towers run in bf16 there "
-             "anyway)")
+             "anyway), else, on an x86 CPU, the linear layers of CLIP's image tower and of a ViT image encoder "
+             "(sam_vit_b/l/h; not mobile_sam's) in int8")
 
 
 def print_error(message: object) -> None:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError, WeightsError
-from ..precision import DTYPES, autocast, check_precision
+from ..precision import DTYPES, autocast, check_precision, reduced_copy
 from .templates import clean_phrase, expand
 
 logger = logging.getLogger(__name__)
@@ -49,24 +49,6 @@ def parse_clip_spec(spec: str) -> tuple[str, str | None]:
         name, tag = spec.split("/", 1)
         return name, tag or None
     return spec, None
-
-
-def _low_precision_copy(copies: dict, module: nn.Module, precision: str,
-                        wrap: Callable[[nn.Module], nn.Module] | None = None) -> nn.Module:
-    """``module`` in ``precision`` (bf16/fp16), a copy made on first use and kept in ``copies`` once per precision
-    and device, outside any state dict (the fp32 module is untouched). The copy is made again when the module's
-    weights have changed since (an optimizer step, ``load_state_dict``: every in-place change bumps a tensor's
-    version counter; for a model made under ``torch.inference_mode``, which keeps none, only new weight storage is
-    noticed). ``wrap``: what is kept is ``wrap(copy)``."""
-    device = next(module.parameters()).device
-    key = (precision, str(device))
-    # inference tensors (a model made under torch.inference_mode) keep no version counter: their storage stands in
-    versions = tuple(p.data_ptr() if p.is_inference() else p._version for p in module.parameters())
-    entry = copies.get(key)
-    if entry is None or entry[0] != versions:
-        low = copy.deepcopy(module).to(DTYPES[precision]).eval()
-        entry = copies[key] = (versions, wrap(low) if wrap else low)
-    return entry[1]
 
 
 def _sequence_first(transformer: nn.Module) -> nn.Module:
@@ -371,24 +353,25 @@ class TextEncoder(nn.Module):
 
     def image_model(self, precision: str = "fp32") -> nn.Module:
         """What to run images through in ``precision``: the CLIP itself for ``fp32``; for ``bf16``/``fp16`` an
-        :class:`ImageTower` holding a copy of the image tower in that precision (:func:`_low_precision_copy`:
-        172 MB for ViT-B/16; the fp32 tower is untouched)."""
+        :class:`ImageTower` holding a copy of the image tower in that precision (:func:`textsam.precision.reduced_copy`:
+        172 MB for ViT-B/16; the fp32 tower is untouched); for ``int8`` one whose linear layers are int8
+        (:mod:`textsam.quantize`; a CPU tower; inputs and outputs fp32)."""
         if precision == "fp32":
             return self.clip
-        check_precision(precision, "image tower precision")
+        check_precision(precision, "image tower precision", int8=True)
         with self._cache_lock:
-            return _low_precision_copy(self._image_towers, self.clip.visual, precision, ImageTower)
+            return reduced_copy(self._image_towers, self.clip.visual, precision, ImageTower)
 
     def text_transformer(self, precision: str = "fp32") -> nn.Module:
         """The text tower's transformer in ``precision``: the CLIP's own for ``fp32``; for ``bf16``/``fp16`` a copy
-        in that precision (:func:`_low_precision_copy`: 76 MB for ViT-B/16's), run sequence-first
+        in that precision (:func:`textsam.precision.reduced_copy`: 76 MB for ViT-B/16's), run sequence-first
         (:func:`_sequence_first`). A copy, not autocast: autocast casts every weight on every call, which costs
         more than a short phrase's own text pass."""
         if precision == "fp32":
             return self.clip.transformer
         check_precision(precision, "text tower precision")
         with self._cache_lock:
-            return _low_precision_copy(self._text_towers, self.clip.transformer, precision, _sequence_first)
+            return reduced_copy(self._text_towers, self.clip.transformer, precision, _sequence_first)
 
     def set_text_tower_trainable(self, trainable: bool) -> None:
         """Train (or freeze) the text tower only; the visual tower and the logit scale stay frozen."""

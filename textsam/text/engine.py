@@ -50,6 +50,7 @@ from ..errors import InputError
 from ..modeling.proposals import ProposalOptions, Proposals, quick_proposals
 from ..modeling.seeds import embedding_seeds
 from ..precision import native_bf16
+from ..quantize import int8_supported
 from .grounding import DenseClip
 from .scoring import crop_views, encode_views
 from .spatial import Query, parse, resolve
@@ -80,6 +81,9 @@ class EngineOptions:
     call (with the user's clicks and box) stays fp32, so the mask is SAM's fp32 mask for the chosen prompt; bf16
     only enters which proposal is chosen and its box. About 1.6x faster on such a CPU (sam_vit_b: 1.7 s against
     2.8 s after ``set_image``); on the synthetic proxy the same mIoU (54.99-55.07 against 55.05 in fp32).
+    ``"int8"`` (the fast path's, :meth:`TextOptions.fast`): as ``"bf16"`` where bf16 is native; on a CPU without
+    it (most x86 laptops and desktops), the CLIP image tower's linear layers in int8 (:mod:`textsam.quantize`;
+    the proposal clicks and the text tower stay fp32); fp32 elsewhere.
     token_input_scale: the mask-token pass runs the tower at this multiple of its native input size (rounded
     to whole patches; 1: the size CLIP was trained at, 224 px for ViT-B/16, without interpolated positions; on
     the synthetic proxy 1.5x and 2x scored the same).
@@ -110,8 +114,8 @@ class EngineOptions:
     def __post_init__(self) -> None:
         if self.shortlist < 0 or self.max_proposals < 1 or self.token_input_scale <= 0:
             raise InputError("engine shortlist must be >= 0, max_proposals >= 1 and token_input_scale > 0")
-        if self.precision not in ("fp32", "bf16"):
-            raise InputError(f"engine precision must be 'fp32' or 'bf16', not {self.precision!r}")
+        if self.precision not in ("fp32", "bf16", "int8"):
+            raise InputError(f"engine precision must be 'fp32', 'bf16' or 'int8', not {self.precision!r}")
         if self.seeds not in ("embedding", "grid"):
             raise InputError(f"unknown engine seeds {self.seeds!r}; choose 'embedding' or 'grid'")
         if min(self.clusters, self.min_region_tokens, self.max_seeds) < 1:
@@ -164,9 +168,15 @@ class TextEngine:
         return self._proposals
 
     def precision(self, predictor) -> str:  # noqa: ANN001
-        """The precision the engine's approximate work runs in on the predictor's device (see ``precision``)."""
-        if self.options.precision != "fp32" and native_bf16(predictor.device):
-            return self.options.precision
+        """The precision the engine's approximate work runs in on the predictor's device (see ``precision``):
+        ``"bf16"`` where the device computes bf16 natively (for the options ``"bf16"`` and ``"int8"``), else
+        ``"int8"`` for the options ``"int8"`` on a CPU with int8 linear layers (:mod:`textsam.quantize`: the CLIP
+        image tower only), else ``"fp32"``."""
+        wanted = self.options.precision
+        if wanted != "fp32" and native_bf16(predictor.device):
+            return "bf16"
+        if wanted == "int8" and int8_supported(predictor.device):
+            return "int8"
         return "fp32"
 
     def token_embeddings(self, predictor, clip: torch.nn.Module) -> Tensor | None:  # noqa: ANN001
@@ -228,10 +238,12 @@ class TextEngine:
             for q in queries:
                 out.append(Ranked(q, torch.zeros(0), torch.zeros(0), torch.zeros(0), [], 0.0))
             return out
-        emb = encoder.encode_ensembles(texts, templates, self.precision(predictor))  # (T, D): one text batch
+        precision = self.precision(predictor)
+        # one text batch; int8 is for the image tower (a phrase's text pass is cached and short)
+        emb = encoder.encode_ensembles(texts, templates, "fp32" if precision == "int8" else precision)  # (T, D)
         index = {t: i for i, t in enumerate(texts)}
         wide = [every or q.group or o.shortlist == 0 for q in queries]
-        tower = encoder.image_model(self.precision(predictor))
+        tower = encoder.image_model(precision)
         tokens = None if all(wide) else self.token_embeddings(predictor, tower)
         if tokens is None:
             wide = [True] * len(queries)

@@ -128,8 +128,9 @@ class TextOptions:
     def fast(self) -> TextOptions:
         """These options with the CPU fast path's engine: at most 24 proposal clicks from the image embedding (8 x 8
         with ``seeds="grid"``) instead of 32, the best 16 proposals kept instead of 32, 3 crops per phrase
-        instead of 4, and the engine in bf16 where the device computes it natively (``EngineOptions.precision``,
-        also the default; a model file or caller that chose fp32 gets bf16 here). On the synthetic proxy
+        instead of 4, and the engine in bf16 where the device computes it natively, else with the CLIP image
+        tower's linear layers in int8 on a CPU that has them (``EngineOptions.precision="int8"``; a model file or
+        caller that chose fp32 gets it here). On the synthetic proxy
         (shapes_tiny's SAM and CLIP through the engine, 200 test images, ``tools/engine_ablation.py``) the fewer
         clicks, proposals and crops cost 3.0 mIoU with this round's bundle (73.9 -> 70.9), 0.7 with session 30's
         (54.4 against 55.1), where the whole fast path with bf16 measured 55.06 against 55.05 (``textsam eval
@@ -138,7 +139,7 @@ class TextOptions:
         e = self.engine
         engine = dataclasses.replace(
             e, max_proposals=min(e.max_proposals, FAST_MAX_PROPOSALS), max_seeds=min(e.max_seeds, FAST_MAX_SEEDS),
-            shortlist=min(e.shortlist, FAST_SHORTLIST) if e.shortlist else FAST_SHORTLIST, precision="bf16",
+            shortlist=min(e.shortlist, FAST_SHORTLIST) if e.shortlist else FAST_SHORTLIST, precision="int8",
             proposals=dataclasses.replace(e.proposals, points_per_side=FAST_POINTS_PER_SIDE))
         return dataclasses.replace(self, engine=engine)
 
