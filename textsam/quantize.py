@@ -6,9 +6,12 @@ natively (AVX2 ``vpmaddubsw``/``vpmaddwd``, AVX-512 VNNI) through PyTorch's x86/
 output channel, activations quantised per call from their own range (dynamic quantisation), int32
 accumulation, fp32 out. Everything else (attention's products, convolutions, LayerNorm) stays fp32.
 
-Measured on a 2-core AMD EPYC (AVX2), random weights: SAM ViT-B's encoder 7.5-7.9 s -> 6.0-6.1 s at 1024 px,
-MobileSAM's 1.10 -> 0.68 s; on the synthetic proxy (shapes_tiny, 100 test images) text mIoU 83.80 -> 83.81 with
-the learned head and 72.95 -> 72.62 through the engine with the encoder and CLIP image tower both int8.
+Measured on a 2-core AMD EPYC (AVX2), random weights: SAM ViT-B's encoder 1.21-1.36x faster at 1024 px
+(``benchmarks/bench_encoder.py``: 10.39 -> 8.62 s in one run; 7.5-8.8 -> 5.9-6.4 s in others), binary masks of
+clicks against fp32's IoU 0.97 min; on the synthetic proxy (shapes_tiny, encoder and CLIP image tower int8) text
+mIoU 83.80 -> 83.81 with the learned head (100 test images), 70.95 -> 70.61 through the fast engine (200).
+MobileSAM's TinyViT ran 1.6x faster but its random-weight masks agreed with fp32's at IoU 0.77-0.95 min, so
+the fast path keeps it fp32 (``ImageEncoderViT.int8_fast_path``).
 
 PyTorch marks its eager quantisation API as deprecated in favour of torchao (whose CPU int8 products run
 through ``torch._int_mm``, about 50x slower than fbgemm on such a CPU), so :func:`int8_supported` checks that
