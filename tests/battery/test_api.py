@@ -110,7 +110,7 @@ CALLS = [
     Call("batch-1000-boxes", lambda p, t: p.predict_batch(boxes=np.tile([[5.0, 5, 40, 40]], (1000, 1)),
                                                           multimask_output=False)),
     Call("phrases-empty-list", lambda p, t: p.predict_phrases([]), InputError, ("at least one phrase",)),
-    Call("precision-unknown", lambda p, t: textsam.TextSamPredictor(p.model, image_precision="int8"), InputError,
+    Call("precision-unknown", lambda p, t: textsam.TextSamPredictor(p.model, image_precision="int4"), InputError,
          ("fp32",)),
     Call("model-unknown", lambda p, t: textsam.create_model("sam_vit_q"), InputError, ("unknown model",)),
     Call("model-checkpoint-missing", lambda p, t: textsam.create_model("sam_vit_b", checkpoint=t / "x.pth"),
