@@ -7,8 +7,9 @@ fast path (:meth:`TextSamPredictor.fast`) does so where bf16 is native. The text
 proposal answers a phrase: the proposal clicks, the CLIP towers) runs in bf16 by default where bf16 is native
 (``EngineOptions(precision="bf16")``; ``"fp32"`` opts out). On a device without native bf16 arithmetic (a CPU
 without AVX-512 BF16 or AMX) bf16 is emulated and slower than fp32, so fp32 is kept there, except on the fast
-path: ``"int8"`` (the encoder's and the CLIP image tower's linear layers in int8, :mod:`textsam.quantize`) is what
-:meth:`TextSamPredictor.fast` and :meth:`TextOptions.fast` choose on an x86 CPU without native bf16.
+path: ``"int8"`` (the linear layers of SAM's ViT encoder and of the CLIP image tower in int8,
+:mod:`textsam.quantize`) is what :meth:`TextSamPredictor.fast` and :meth:`TextOptions.fast` choose on an x86 CPU
+without native bf16.
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ class TextSamPredictor:
         crops, the engine's proposal clicks and CLIP towers in bf16 where the device runs bf16 natively,
         else the CLIP image tower's linear layers in int8) and the image encoder in bf16 where the device runs
         bf16 natively (:func:`textsam.precision.native_bf16`), else, for SAM's ViT encoders, in int8 on a CPU
-        with PyTorch's x86 quantized engine (:mod:`textsam.quantize`: sam_vit_b's encoder 1.3x faster on an AVX2
+        with PyTorch's x86 quantized engine (:mod:`textsam.quantize`: sam_vit_b's encoder 1.2-1.4x faster on an AVX2
         CPU; mobile_sam's TinyViT keeps fp32, its int8 masks agreed less with fp32's), else fp32.
         Everything else, the final decoder call included, stays fp32. The
         model keeps its CLIP: the CLI builds a published SAM's fast model with ViT-B/32
