@@ -66,9 +66,7 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the eager API's deprecation notice (see the module docstring)
-            float_copy = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
-            float_copy.load_state_dict(linear.state_dict())
-            self.inner = quantize_dynamic(nn.Sequential(float_copy.float().cpu().eval()),
+            self.inner = quantize_dynamic(nn.Sequential(copy.deepcopy(linear).float().cpu().eval()),
                                           {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)[0]
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().cpu().clone(),
                              persistent=False)
