@@ -171,6 +171,7 @@ def test_the_bf16_cpu_attention_is_the_biased_softmax_attention(monkeypatch: pyt
     import textsam.modeling.image_encoder as image_encoder
 
     attn, x = _biased_attention()
+    monkeypatch.setattr(image_encoder, "BF16_AMX", False)  # a CPU without AMX tiles: the chunked path
     monkeypatch.setattr(image_encoder, "LOW_PRECISION_QUERIES", 24)  # 2 image lines a chunk: 4 chunks
     calls = []
     original = image_encoder.Attention._attend_chunked
@@ -190,6 +191,47 @@ def test_the_bf16_cpu_attention_is_the_biased_softmax_attention(monkeypatch: pyt
     scale = full.abs().mean()
     assert (chunked - masked).abs().mean() < 0.02 * scale
     assert (chunked - full).abs().mean() < 0.02 * scale and (masked - full).abs().mean() < 0.02 * scale
+
+
+def test_the_bf16_amx_attention_folds_the_bias_into_the_products(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU with AMX tiles (``BF16_AMX``) bf16 global attention runs the fused kernel with the decomposed bias
+    folded into the products (extra query channels, one-hot key channels) and windows run the fused kernel with
+    the bias made by one product with a 0/1 expansion; both compute the biased softmax attention: against fp32,
+    as close as the chunked path, and the folded path closer than the masked one (no rounded bf16 bias)."""
+    import textsam.modeling.image_encoder as image_encoder
+
+    attn, x = _biased_attention()
+    monkeypatch.setattr(image_encoder, "BF16_AMX", True)
+    monkeypatch.setattr(image_encoder, "FOLDED_MIN_TOKENS", 96)  # the 8 x 12 map counts as global attention
+    folded_calls = []
+    original = image_encoder.Attention._attend_folded
+
+    def spy(self, *args):  # noqa: ANN001, ANN002, ANN202
+        folded_calls.append(args[0].shape)
+        return original(self, *args)
+
+    monkeypatch.setattr(image_encoder.Attention, "_attend_folded", spy)
+    with torch.inference_mode():
+        full = attn(x)
+        assert folded_calls == []  # fp32 does not fold
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            folded = attn(x).float()
+            assert folded_calls == [(2, 4, 96, 16)]
+            monkeypatch.setattr(image_encoder, "FOLDED_MIN_TOKENS", 97)  # now "a window": the masked fused kernel
+            masked = attn(x).float()
+            assert len(folded_calls) == 1
+            q = torch.randn(2, 4, 96, 16, dtype=torch.bfloat16)
+            rh, rw = attn.rel_pos_h[:15].to(torch.bfloat16), attn.rel_pos_w[:23].to(torch.bfloat16)
+            rh, rw = image_encoder.get_rel_pos(8, 8, rh), image_encoder.get_rel_pos(12, 12, rw)
+            made = image_encoder.Attention._bias(q, rh, rw, 8, 12).float()
+    # the bias made by the expansion product is the broadcast sum of the same bf16 terms, rounded once
+    r_q = q.reshape(2, 4, 8, 12, 16)
+    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, rh).float().unsqueeze(-1)
+    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, rw).float().unsqueeze(-2)
+    assert torch.equal(made, (rel_h + rel_w).to(torch.bfloat16).float().reshape(2, 4, 96, 96))
+    scale = full.abs().mean()
+    assert (folded - full).abs().mean() < 0.02 * scale and (masked - full).abs().mean() < 0.02 * scale
+    assert (folded - full).abs().max() <= (masked - full).abs().max() * 1.5
 
 
 def test_the_fp32_cpu_attention_fused_in_line_chunks_or_chunked_equals_one_mask(monkeypatch: pytest.MonkeyPatch) -> None:

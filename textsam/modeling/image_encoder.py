@@ -4,7 +4,8 @@ Arithmetic follows segment-anything's ``ImageEncoderViT``; the speed-ups keep th
 - attention runs through ``scaled_dot_product_attention`` with the decomposed relative-position
   bias as an additive mask, in query chunks for the global blocks so the 4096x4096 bias is never
   materialised whole (on a CPU in bf16/fp16, and in fp32 where the CPU has AVX-512: plain matmuls with the
-  bias added in place, ``_attend_chunked``);
+  bias added in place, ``_attend_chunked``; in bf16 on a CPU with AMX the fused kernel, global attention with
+  the bias folded into the products, ``_attend_folded``);
 - in windowed blocks the qkv projection runs on the unpadded tokens and the padding rows get the qkv
   bias (what a zero token projects to), and the output projection runs after cropping.
 """
@@ -59,15 +60,37 @@ FP32_CHUNKED_MIN_TOKENS = 2048  # fp32 attention over fewer tokens (windows; a 3
 # AVX2 CPU the fused kernel with the bias made for a few image lines at a time wins: 0.47-0.54 s against
 # 0.64-0.67 s (2-core AMD EPYC, torch 2.14).
 FP32_CHUNKED = "AVX512" in torch.backends.cpu.get_cpu_capability()
+# bf16 attention on a CPU with AMX tiles (``BF16_AMX``) runs in the fused kernel, whose bf16 products run on AMX
+# there: global attention (at least ``FOLDED_MIN_TOKENS`` tokens) with the decomposed bias folded into the
+# products and no mask (``Attention._attend_folded``), windows with the bias as a mask (made by one small matrix
+# product, ``Attention._bias``). A ViT-B global block's attention took 127 ms folded against 180 ms for the fused
+# kernel with a mask and 314 ms for the chunked matmuls (whose separate bf16 softmax dominates), a window block's
+# 17 ms against 54 ms chunked (2-core Xeon with AMX, torch 2.14). Without AMX (AVX-512 BF16 only) the chunked
+# matmuls win (4.6 s against 6.1 s for the masked kernel a ViT-B image).
+BF16_AMX = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+FOLDED_MIN_TOKENS = 2048
+
+
+def _inference_on_cpu(q: torch.Tensor) -> bool:
+    return q.device.type == "cpu" and not torch.jit.is_tracing() and not torch.is_grad_enabled()
+
+
+def _folds_bias(q: torch.Tensor) -> bool:
+    """Whether attention over ``q (B, heads, N, d)`` runs :meth:`Attention._attend_folded`: bf16 inference on a
+    CPU with AMX over at least ``FOLDED_MIN_TOKENS`` tokens (global attention; see ``BF16_AMX``)."""
+    return (BF16_AMX and q.dtype == torch.bfloat16 and q.shape[2] >= FOLDED_MIN_TOKENS and _inference_on_cpu(q)
+            and not torch.compiler.is_compiling())
 
 
 def _chunk_queries(q: torch.Tensor) -> int:
     """Queries per chunk of :meth:`Attention._attend_chunked` for ``q (B, heads, N, d)``, or 0 for the fused
     ``scaled_dot_product_attention`` with the bias as a mask (made a few image lines at a time,
-    ``_BIAS_CHUNK_ELEMENTS``). The chunked path is for inference on a CPU (not traced, no autograd): in bf16/fp16
-    always (the fused kernel with a bias mask runs at a quarter of the GEMM rate there), in fp32 for global
-    attention on an AVX-512 CPU (``FP32_CHUNKED``)."""
-    if q.device.type != "cpu" or torch.jit.is_tracing() or torch.is_grad_enabled():
+    ``_BIAS_CHUNK_ELEMENTS``). The chunked path is for inference on a CPU (not traced, no autograd): in fp16, and
+    in bf16 on a CPU without AMX (the fused kernel with a bias mask runs at a quarter of the GEMM rate there;
+    ``BF16_AMX``), in fp32 for global attention on an AVX-512 CPU (``FP32_CHUNKED``)."""
+    if not _inference_on_cpu(q):
+        return 0
+    if q.dtype == torch.bfloat16 and BF16_AMX:
         return 0
     if q.dtype in (torch.bfloat16, torch.float16):
         return LOW_PRECISION_QUERIES
@@ -110,6 +133,8 @@ class Attention(nn.Module):
         else:
             rh = get_rel_pos(h, h, self.rel_pos_h)
             rw = get_rel_pos(w, w, self.rel_pos_w)
+            if _folds_bias(q):
+                return self._attend_folded(q, k, v, rh, rw, h, w).transpose(1, 2).reshape(b, n, -1)
             queries = _chunk_queries(q)
             if queries:
                 return self._attend_chunked(q, k, v, rh, rw, h, w, queries).transpose(1, 2).reshape(b, n, -1)
@@ -150,6 +175,31 @@ class Attention(nn.Module):
             out[:, :, r0 * w : r1 * w] = logits.view(b, nh, (r1 - r0) * w, kh * kw).softmax(-1) @ v
         return out
 
+    def _attend_folded(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rh: torch.Tensor, rw: torch.Tensor,
+                       h: int, w: int) -> torch.Tensor:
+        """``softmax(q k^T scale + bias) v`` in one call of the fused kernel without a mask: ``q, k, v (B, heads,
+        N, d)`` -> ``(B, heads, N, d)``, ``N = h * w`` (self-attention over the token map). The decomposed bias is
+        folded into the products: each query gains its ``rel_h (kh)`` and ``rel_w (kw)`` terms as channels, each
+        key the one-hot channels of its row and column, each value zeros there, so ``q' . k'`` is ``q . k scale +
+        rel_h[key row] + rel_w[key column]`` summed in the kernel's fp32 accumulator (no rounded bf16 bias). The
+        channels are padded to a multiple of 32. For bf16 on a CPU with AMX (:func:`_folds_bias`)."""
+        b, nh, n, d = q.shape
+        kh, kw = rh.shape[1], rw.shape[1]
+        e = -(-(d + kh + kw) // 32) * 32
+        r_q = q.reshape(b, nh, h, w, d)
+        qf = q.new_zeros(b, nh, n, e)
+        torch.mul(q, self.scale, out=qf[..., :d])
+        qf[..., d : d + kh] = torch.einsum("bnhwc,hkc->bnhwk", r_q, rh).reshape(b, nh, n, kh)
+        qf[..., d + kh : d + kh + kw] = torch.einsum("bnhwc,wkc->bnhwk", r_q, rw).reshape(b, nh, n, kw)
+        kf = k.new_zeros(b, nh, n, e)
+        kf[..., :d] = k
+        keys = torch.arange(n, device=k.device)
+        kf[..., keys, d + keys // kw] = 1
+        kf[..., keys, d + kh + keys % kw] = 1
+        vf = v.new_zeros(b, nh, n, e)
+        vf[..., :d] = v
+        return F.scaled_dot_product_attention(qf, kf, vf, scale=1.0)[..., :d]
+
     @staticmethod
     def _bias(q: torch.Tensor, rh: torch.Tensor, rw: torch.Tensor, qh: int, w: int) -> torch.Tensor:
         """Decomposed rel-pos bias ``(B, heads, qh*w, Hk*Wk)`` for query rows ``qh`` (unscaled q)."""
@@ -162,7 +212,14 @@ class Attention(nn.Module):
             # training, an ONNX export or torch.compile (their tracers have no out= form)
             return (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape(b, nh, qh * w, kh * kw)
         bias = q.new_empty((b, nh, qh, w, kh, kw))  # contiguous, so SDPA takes it without a copy
-        torch.add(rel_h.unsqueeze(-1), rel_w.unsqueeze(-2), out=bias)
+        if q.dtype in (torch.bfloat16, torch.float16):
+            # rel_h + rel_w as one product with a 0/1 expansion (kh + kw, kh * kw): the same sums (one fp32 add,
+            # rounded once), about 10x faster than bf16's broadcast add over a window's small last dimensions
+            expand = torch.cat([torch.eye(kh, dtype=q.dtype, device=q.device).repeat_interleave(kw, 1),
+                                torch.eye(kw, dtype=q.dtype, device=q.device).repeat(1, kh)])
+            torch.mm(torch.cat([rel_h, rel_w], -1).view(-1, kh + kw), expand, out=bias.view(-1, kh * kw))
+        else:
+            torch.add(rel_h.unsqueeze(-1), rel_w.unsqueeze(-2), out=bias)
         return bias.view(b, nh, qh * w, kh * kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -200,8 +257,11 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, C)`` -> ``(B, H, W, C)``."""
-        x = x + (self._windowed_attention(self.norm1(x)) if self.window_size > 0 else self.attn(self.norm1(x)))
-        return x + self.mlp(self.norm2(x))
+        attended = self._windowed_attention(self.norm1(x)) if self.window_size > 0 else self.attn(self.norm1(x))
+        # under autocast the branches come back in bf16/fp16 and the residual stays fp32: converting first is
+        # about 3x faster on a CPU than the mixed-dtype add (same values)
+        x = x + attended.to(x.dtype)
+        return x + self.mlp(self.norm2(x)).to(x.dtype)
 
     def _windowed_attention(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape
