@@ -326,7 +326,9 @@ def test_membership_reads_the_crop_view_and_the_choice_every_view() -> None:
     o = engine.options
     for phrase in ["all the circles", "the red circle"]:
         (ranked,) = text.engine_rank(predictor, [phrase])
-        emb = model.scoring_encoder.encode_ensembles([parse(phrase).head], text.templates())[0]
+        # the engine's own precision for the phrase (bf16 on a CPU with native bf16; int8 is for image towers)
+        precision = {"int8": "fp32"}.get(engine.precision(predictor), engine.precision(predictor))
+        emb = model.scoring_encoder.encode_ensembles([parse(phrase).head], text.templates(), precision)[0]
         short = torch.isfinite(ranked.cosines)
         crops = torch.stack([engine._crops[int(i)] for i in torch.nonzero(short).flatten()])  # (S, 2, D)
         torch.testing.assert_close(ranked.cosines[short], (crops @ emb).mean(1), atol=1e-5, rtol=1e-5)
