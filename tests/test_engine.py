@@ -8,7 +8,8 @@ import torch
 from PIL import Image, ImageDraw
 
 import textsam
-from textsam.text.scoring import clip_preprocess, crop_views, encode_views
+from textsam.errors import InputError
+from textsam.text.scoring import clip_preprocess, crop_views, encode_views, tower_input_size
 from textsam.text.spatial import parse, resolve
 
 
@@ -34,6 +35,30 @@ def test_crop_embeddings_equal_open_clips_own_encode_image() -> None:
     assert ours.shape == (2, 3, 512)
     x = preprocess(views[0][0])
     torch.testing.assert_close(clip_preprocess(model)(views[0][0]), x)  # the same transform, rebuilt from the model
+
+
+def test_large_views_are_shrunk_by_an_integer_factor_before_the_towers_resize() -> None:
+    """``max_side``: a view whose shorter side is at least twice ``max_side`` is reduced by ``side // max_side``
+    (block means), smaller views are left alone, and the tower's 224 px input hardly changes."""
+    import open_clip
+
+    torch.manual_seed(0)
+    model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-16-quickgelu", pretrained=None)
+    assert tower_input_size(model) == 224
+    yy, xx = np.mgrid[0:1000, 0:1500]
+    image = np.stack([(xx * 255 // 1500), (yy * 255 // 1000), ((xx + yy) % 256)], -1).astype(np.uint8)
+    masks = np.ones((2, 1000, 1500), bool)
+    boxes = np.array([[0, 0, 1500, 1000], [100, 100, 300, 300]], float)  # windows of 1950 and 260 px
+    plain = crop_views(image, masks, boxes, ("crop", "blur"))
+    shrunk = crop_views(image, masks, boxes, ("crop", "blur"), max_side=672)
+    assert plain[0][0].size == (1950, 1950) and shrunk[0][0].size == (975, 975)  # 1950 // 672 = 2
+    assert plain[0][1].size == shrunk[0][1].size == (1500, 1000)  # 1000 // 672 = 1: left alone
+    assert shrunk[1][0].size == plain[1][0].size == (260, 260)
+    assert np.array_equal(np.asarray(shrunk[0][0]), np.asarray(plain[0][0].reduce(2)))
+    a, b = preprocess(plain[0][0]), preprocess(shrunk[0][0])
+    assert float((a - b).abs().mean()) < 0.02  # CLIP's normalised units: a fraction of a grey level
+    with pytest.raises(InputError, match="max_side"):
+        crop_views(image, masks, boxes, ("crop",), max_side=0)
 
 
 @pytest.mark.parametrize(("phrase", "head", "directions", "rank", "relation", "anchor", "group"), [

@@ -11,7 +11,8 @@ Per image (computed on the first text request, shared by every phrase after it):
    proposal that sees only the proposal's patches (:meth:`~textsam.text.grounding.DenseClip.mask_embeddings`),
    ``(N, D)``: a first CLIP score for every proposal at the price of one tower pass;
 3. crop embeddings, on demand and cached per proposal: each shortlisted proposal's isolated views through the
-   CLIP image tower (:mod:`textsam.text.scoring`), ``(V, D)`` each.
+   CLIP image tower (:mod:`textsam.text.scoring`; a view over 6x the tower's input side is first shrunk by an
+   integer factor, :func:`~textsam.text.scoring.crop_views`'s ``max_side``), ``(V, D)`` each.
 
 Per phrase (a vocabulary of P phrases is one text batch and one matrix product):
 
@@ -52,7 +53,7 @@ from ..modeling.seeds import embedding_seeds
 from ..precision import native_bf16
 from ..quantize import int8_supported
 from .grounding import DenseClip
-from .scoring import crop_views, encode_views
+from .scoring import crop_views, encode_views, tower_input_size
 from .spatial import Query, parse, resolve
 
 logger = logging.getLogger(__name__)
@@ -206,8 +207,9 @@ class TextEngine:
         if missing:
             boxes = props.boxes[missing].numpy().astype(np.float64)
             boxes[:, 2:] += 1  # inclusive -> exclusive ends
+            size = tower_input_size(clip)
             views = crop_views(predictor.image, props.masks[missing].numpy(), boxes, self.options.views,
-                               enlarge=self.options.enlarge)
+                               enlarge=self.options.enlarge, max_side=3 * size if size else None)
             for i, emb in zip(missing, encode_views(clip, views)):
                 self._crops[i] = emb
         if not indices:
