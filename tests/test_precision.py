@@ -165,6 +165,21 @@ def _biased_attention() -> tuple[torch.nn.Module, torch.Tensor]:
     return attn, torch.randn(2, 8, 12, 64)
 
 
+def _record_calls(monkeypatch: pytest.MonkeyPatch, method: str, record) -> list:  # noqa: ANN001
+    """Wrap ``Attention.<method>`` so that each call appends ``record(args)`` to the returned list."""
+    import textsam.modeling.image_encoder as image_encoder
+
+    calls = []
+    original = getattr(image_encoder.Attention, method)
+
+    def spy(self, *args):  # noqa: ANN001, ANN002, ANN202
+        calls.append(record(args))
+        return original(self, *args)
+
+    monkeypatch.setattr(image_encoder.Attention, method, spy)
+    return calls
+
+
 def test_the_bf16_cpu_attention_is_the_biased_softmax_attention(monkeypatch: pytest.MonkeyPatch) -> None:
     """The encoder's chunked bf16 attention (plain matmuls, the decomposed rel-pos bias added in place) computes
     what scaled_dot_product_attention with the bias mask computes, in several chunks of query rows."""
@@ -173,14 +188,7 @@ def test_the_bf16_cpu_attention_is_the_biased_softmax_attention(monkeypatch: pyt
     attn, x = _biased_attention()
     monkeypatch.setattr(image_encoder, "BF16_AMX", False)  # a CPU without AMX tiles: the chunked path
     monkeypatch.setattr(image_encoder, "LOW_PRECISION_QUERIES", 24)  # 2 image lines a chunk: 4 chunks
-    calls = []
-    original = image_encoder.Attention._attend_chunked
-
-    def spy(self, *args):  # noqa: ANN001, ANN002, ANN202
-        calls.append(args[0].dtype)
-        return original(self, *args)
-
-    monkeypatch.setattr(image_encoder.Attention, "_attend_chunked", spy)
+    calls = _record_calls(monkeypatch, "_attend_chunked", lambda args: args[0].dtype)
     with torch.inference_mode():
         full = attn(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -203,14 +211,7 @@ def test_the_bf16_amx_attention_folds_the_bias_into_the_products(monkeypatch: py
     attn, x = _biased_attention()
     monkeypatch.setattr(image_encoder, "BF16_AMX", True)
     monkeypatch.setattr(image_encoder, "FOLDED_MIN_TOKENS", 96)  # the 8 x 12 map counts as global attention
-    folded_calls = []
-    original = image_encoder.Attention._attend_folded
-
-    def spy(self, *args):  # noqa: ANN001, ANN002, ANN202
-        folded_calls.append(args[0].shape)
-        return original(self, *args)
-
-    monkeypatch.setattr(image_encoder.Attention, "_attend_folded", spy)
+    folded_calls = _record_calls(monkeypatch, "_attend_folded", lambda args: args[0].shape)
     with torch.inference_mode():
         full = attn(x)
         assert folded_calls == []  # fp32 does not fold
@@ -242,14 +243,7 @@ def test_the_fp32_cpu_attention_fused_in_line_chunks_or_chunked_equals_one_mask(
     import textsam.modeling.image_encoder as image_encoder
 
     attn, x = _biased_attention()
-    calls = []
-    original = image_encoder.Attention._attend_chunked
-
-    def spy(self, *args):  # noqa: ANN001, ANN002, ANN202
-        calls.append(args[-1])
-        return original(self, *args)
-
-    monkeypatch.setattr(image_encoder.Attention, "_attend_chunked", spy)
+    calls = _record_calls(monkeypatch, "_attend_chunked", lambda args: args[-1])
     biases = []
     original_bias = image_encoder.Attention._bias
 
