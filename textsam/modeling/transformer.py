@@ -128,8 +128,10 @@ class TwoWayTransformer(nn.Module):
 
         Returns ``(tokens (B, N, C), image (B, h*w, C))``.
         """
-        keys = image_embedding.flatten(2).permute(0, 2, 1)
-        key_pe = image_pe.flatten(2).permute(0, 2, 1)
+        # contiguous (B, h*w, C): the permuted views keep (B, C, h, w) memory order, which every add and norm of
+        # the image tokens would then inherit, reading channels with a stride of h*w
+        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
+        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
         queries = point_embedding
         for layer in self.layers:
             queries, keys = layer(queries=queries, keys=keys, query_pe=point_embedding, key_pe=key_pe)
