@@ -89,6 +89,39 @@ def test_bf16_phrase_embeddings_come_from_a_cached_copy_of_the_text_transformer(
         encoder.encode(phrases, precision="int8")
 
 
+def test_reduced_towers_run_quick_gelu_as_silu_with_rescaled_weights() -> None:
+    """The bf16 and int8 tower copies fold OpenAI CLIP's QuickGELU into SiLU (c_fc x 1.702, c_proj / 1.702): the
+    same function (checked in fp32 on a folded copy), the fp32 towers keep open_clip's modules."""
+    import copy
+
+    from open_clip.transformer import QuickGELU
+
+    from textsam.text.clip import fold_quick_gelu
+
+    from .tiny import tiny_clip_encoder
+
+    encoder = tiny_clip_encoder()
+    x = torch.rand(2, 3, 64, 64)
+    folded = copy.deepcopy(encoder.clip.visual)
+    with torch.no_grad():
+        fold_quick_gelu(folded)
+    kinds = lambda m: {type(a).__name__ for a in m.modules() if isinstance(a, (QuickGELU, torch.nn.SiLU))}  # noqa: E731
+    assert kinds(encoder.clip.visual) == {"QuickGELU"} and kinds(folded) == {"SiLU"}
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), encoder.clip.visual(x), atol=1e-5, rtol=1e-4)
+        assert not torch.equal(folded.transformer.resblocks[0].mlp.c_fc.weight,
+                               encoder.clip.visual.transformer.resblocks[0].mlp.c_fc.weight)
+    for tower in (encoder.image_model("bf16").visual, encoder.text_transformer("bf16")):
+        assert kinds(tower) == {"SiLU"}
+    assert kinds(encoder.clip) == {"QuickGELU"}  # the model's own towers are untouched
+    if torch.backends.quantized.engine in ("x86", "fbgemm", "onednn"):
+        int8 = encoder.image_model("int8")
+        assert kinds(int8.visual) == {"SiLU"}
+        with torch.inference_mode():
+            cos = torch.nn.functional.cosine_similarity(int8.encode_image(x), encoder.clip.encode_image(x))
+        assert cos.min() > 0.99
+
+
 @pytest.fixture(scope="module")
 def engine_model() -> textsam.TextSam:
     return textsam.create_model("shapes_tiny", text_head=False)

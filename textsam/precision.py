@@ -59,24 +59,31 @@ def autocast(device: torch.device | str, precision: str) -> Any:
 
 
 def reduced_copy(copies: dict, module: nn.Module, precision: str,
-                 wrap: Callable[[nn.Module], nn.Module] | None = None) -> nn.Module:
+                 wrap: Callable[[nn.Module], nn.Module] | None = None,
+                 prepare: Callable[[nn.Module], None] | None = None) -> nn.Module:
     """``module`` in ``precision`` (bf16/fp16: its parameters cast; int8: its linear layers quantised,
     :func:`textsam.quantize.int8_copy`), a copy made on first use and kept in ``copies`` once per precision and
     device, outside any state dict (the fp32 module is untouched). The copy is made again when the module's
     weights have changed since (an optimizer step, ``load_state_dict``: every in-place change bumps a tensor's
     version counter; for a model made under ``torch.inference_mode``, which keeps none, only new weight storage is
-    noticed). ``wrap``: what is kept is ``wrap(copy)``."""
+    noticed). ``prepare``: an in-place rewrite of the fp32 copy (same function) before it is cast or quantised;
+    ``wrap``: what is kept is ``wrap(copy)``."""
     device = next(module.parameters()).device
     key = (precision, str(device))
     # inference tensors (a model made under torch.inference_mode) keep no version counter: their storage stands in
     versions = tuple(p.data_ptr() if p.is_inference() else p._version for p in module.parameters())
     entry = copies.get(key)
     if entry is None or entry[0] != versions:
+        source = module
+        if prepare is not None:
+            source = copy.deepcopy(module)
+            with torch.no_grad():
+                prepare(source)
         if precision == "int8":
             from .quantize import int8_copy
 
-            low = int8_copy(module)
+            low = int8_copy(source)
         else:
-            low = copy.deepcopy(module).to(DTYPES[precision]).eval()
+            low = (source if source is not module else copy.deepcopy(module)).to(DTYPES[precision]).eval()
         entry = copies[key] = (versions, wrap(low) if wrap else low)
     return entry[1]
