@@ -74,16 +74,15 @@ def reduced_copy(copies: dict, module: nn.Module, precision: str,
     versions = tuple(p.data_ptr() if p.is_inference() else p._version for p in module.parameters())
     entry = copies.get(key)
     if entry is None or entry[0] != versions:
-        source = module
+        low = copy.deepcopy(module)
         if prepare is not None:
-            source = copy.deepcopy(module)
             with torch.no_grad():
-                prepare(source)
+                prepare(low)
         if precision == "int8":
             from .quantize import int8_copy
 
-            low = int8_copy(source)
+            low = int8_copy(low)
         else:
-            low = (source if source is not module else copy.deepcopy(module)).to(DTYPES[precision]).eval()
+            low = low.to(DTYPES[precision]).eval()
         entry = copies[key] = (versions, wrap(low) if wrap else low)
     return entry[1]
