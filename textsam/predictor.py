@@ -23,7 +23,9 @@ from .text.options import TextOptions
 from .text.prompter import TextPrompt, TextPrompter
 
 DECODE_CHUNK = 32  # prompts per decoder call: memory stays bounded whatever the batch size
-UPSAMPLE_BUDGET = 1 << 25  # full-resolution logits (floats) upsampled at once
+# full-resolution logits (floats) upsampled at once: 32 MB, so a request's transient memory hardly depends on how
+# many masks it returns (16 boxes on an 1800 x 1200 photo: 299-303 ms against 304-315 ms with 128 MB)
+UPSAMPLE_BUDGET = 1 << 23
 
 
 class _PredictionFields(NamedTuple):

@@ -14,7 +14,7 @@ filters it when the dataset is built, so changing ``min_score`` or ``min_presenc
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -83,7 +83,8 @@ def label_image(predictor: TextSamPredictor, image: np.ndarray | Image.Image, ph
     predictor.set_image(image)
     h, w = predictor.original_size or (0, 0)
     if instances == "all":
-        predictions = [predictor.predict(text=p, instances="all") for p in phrases]
+        # one phrase's full-size masks alive at a time: each is encoded before the next phrase is answered
+        predictions: Iterable[Any] = (predictor.predict(text=p, instances="all") for p in phrases)
     else:
         predictions = predictor.predict_phrases(list(phrases))
     answers, found = [], []
