@@ -2,7 +2,9 @@
 
 Builds the official vit_b (random weights, saved as an official checkpoint file), loads that file into
 textsam, and times on this machine's CPU:
-  set_image at 1024 (fp32, and textsam with image_precision="bf16"), one-point predict, 16 boxes in one call.
+  set_image at 1024 (fp32, and textsam with image_precision="bf16"), one-point predict, 16 boxes in one call, and
+  automatic mask generation on a 16 x 16 grid (the image's embedding included: segment-anything's generator
+  embeds the image itself; otherwise its defaults, which ``TextSamPredictor.generate`` shares; one timed round).
 Prints each best-of-N time (interleaved runs) and the ratio ours / official (lower is better); the bf16 line also prints the
 IoU of its binary masks with the fp32 ones.
 
@@ -58,7 +60,7 @@ def main() -> None:
     keep_freed_memory()  # as the textsam command does (textsam/allocator.py)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from segment_anything import SamPredictor, sam_model_registry
+    from segment_anything import SamAutomaticMaskGenerator, SamPredictor, sam_model_registry
 
     if args.image.exists():
         image = load_image(args.image)
@@ -106,6 +108,15 @@ def main() -> None:
         args.repeats,
     )
     rows.append(("16 boxes in one call (1 mask each)", t["ref"], t["ours"], 0.5))
+    generator = SamAutomaticMaskGenerator(sam, points_per_side=16)
+
+    def ours_everything() -> None:
+        ours.set_image(image)
+        ours.generate(points_per_side=16)
+
+    with torch.inference_mode():
+        t = timed({"ref": lambda: generator.generate(image), "ours": ours_everything}, 1)
+    rows.append(("generate(), 16 x 16 grid, with set_image", t["ref"], t["ours"], 1.0))
 
     print(f"{'what':38s} {'official s':>10s} {'textsam s':>10s} {'ratio':>6s} {'target':>7s}")
     for name, a, b, target in rows:
