@@ -203,6 +203,34 @@ def test_sessions_do_not_share_prompts(app, scene):
     assert a.out_dir != b.out_dir
 
 
+def test_a_sessions_requests_run_one_at_a_time(scene):
+    """Every page handler of a session holds the session's lock (a click's export step and the next click never
+    interleave, so their outputs reach the page in order); a session copied for a new browser session has its
+    own lock, and gr.State can still read the session's fields."""
+    import copy
+    import dataclasses
+
+    demo = ui.build_demo(model_factory, predictor_factory=PerfectPredictor, default_model="shapes_tiny")
+    app = demo.textsam
+    s, other = app.new_session(), app.new_session()
+    app.upload(s, str(scene))
+    app.click(s, 90, 70, MODE_POSITIVE, "red square")
+    assert s.lock() is s.lock() and copy.deepcopy(s).lock() is not s.lock() and dataclasses.asdict(s)
+    handlers = [f.fn for f in demo.fns.values() if f.inputs and type(f.inputs[0]).__name__ == "State"]
+    names = {h.__name__ for h in handlers}
+    assert {"on_export", "handler", "on_model"} <= names, names
+    export = next(h for h in handlers if h.__name__ == "on_export")
+    finished = []
+    with s.lock():  # another request of this session is running
+        worker = threading.Thread(target=lambda: finished.append(export(s)))
+        worker.start()
+        worker.join(0.5)
+        assert not finished  # waits for it
+        assert export(other)[0] is other  # another session does not wait
+    worker.join(10)
+    assert finished and finished[0][4].endswith("Downloads ready.")
+
+
 @pytest.fixture(scope="module")
 def bad_files(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("bad")

@@ -10,14 +10,16 @@ Frames: clicks are ``(x, y)`` pixels of the original image, boxes ``x0, y0, x1, 
 
 from __future__ import annotations
 
+import copy
 import logging
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 MODE_POSITIVE, MODE_NEGATIVE, MODE_BOX = "Positive click", "Negative click", "Box (2 clicks)"
 MODES = [MODE_POSITIVE, MODE_NEGATIVE, MODE_BOX]
+_NEW_LOCK = threading.Lock()
 
 
 @dataclass
@@ -52,6 +55,17 @@ class Session:
     runs: int = 0  # results shown so far (numbered in the status line)
     last: Outcome | None = None  # the latest result, until export() writes its downloads
     exported: int = 0  # the run whose downloads are on the page
+
+    def lock(self) -> threading.RLock:
+        """The session's lock, which the page's handlers hold so that one session's requests run one at a time
+        (``build_demo``). Made on first use and not a field: ``gr.State`` deep-copies the initial session for
+        every browser session and reads its fields as a dict, and a lock can be neither."""
+        with _NEW_LOCK:
+            return self.__dict__.setdefault("_lock", threading.RLock())
+
+    def __deepcopy__(self, memo: dict) -> Session:
+        """A copy without the lock (the copy makes its own)."""
+        return Session(**{f.name: copy.deepcopy(getattr(self, f.name), memo) for f in fields(self)})
 
     def snapshot(self) -> tuple:
         return (list(self.points), None if self.box is None else list(self.box), self.corner)

@@ -9,6 +9,7 @@ and prompts live in its own ``gr.State``. Gradio is imported when a page is buil
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import shutil
 from collections.abc import Callable, Sequence
@@ -88,6 +89,17 @@ def build_demo(
     app = WebApp(model_factory, predictor_factory, default_model=default_model, max_pixels=max_pixels,
                  cache_size=cache_size, cache_bytes=cache_bytes, workers=workers, models=models)
     examples = write_examples(examples_dir if examples_dir is not None else app.workdir / "examples")
+
+    def one_at_a_time(fn: Callable[..., tuple]) -> Callable[..., tuple]:
+        """``fn(session, ...)`` holding the session's lock: one session's requests run one at a time, so a
+        request's export step (the second step of every request) and the next click cannot interleave, whose
+        outputs could otherwise reach the page out of order (the next result's status over the earlier
+        step's "Downloads ready"). Other sessions are not held up."""
+        @functools.wraps(fn)  # the signature too: gradio reads the event-data parameter from it
+        def run(s: Session, *args: Any) -> tuple:
+            with s.lock():
+                return fn(s, *args)
+        return run
 
     def outputs(s: Session, v: View) -> tuple:
         return s, v.canvas, v.status  # the canvas is at display_factor scale; on_select maps clicks back
@@ -193,7 +205,8 @@ def build_demo(
             (model_dd.change, on_model, [state, model_dd], {"outputs": [*outs, model_dd]}),
         ]:
             extra.setdefault("outputs", outs)
-            event(fn, inputs, **extra, **ui).then(on_export, [state], export_outs, **ui)
+            event(one_at_a_time(fn), inputs, **extra, **ui).then(
+                one_at_a_time(on_export), [state], export_outs, **ui)
         api_btn.click(on_api, [api_image, api_text, api_points, api_box, api_all], [api_overlay, api_json],
                       api_name="segment", preprocess=False)
     demo.queue(default_concurrency_limit=concurrency_limit, max_size=64)
