@@ -184,9 +184,10 @@ class TextEngine:
         """Unit CLIP embeddings ``(N, D)`` of the proposals' mask tokens (one tower pass, once per image); None
         for a tower that is not open_clip's plain ViT (e.g. a ResNet CLIP: every proposal is then cropped)."""
         if self._tokens is None:
-            visual = clip.visual
+            visual, native = clip.visual, tower_input_size(clip)
             try:
-                native = visual.image_size if isinstance(visual.image_size, int) else visual.image_size[0]
+                if native is None:
+                    raise AttributeError("the tower has no image_size")
                 patch = visual.patch_size if isinstance(visual.patch_size, int) else visual.patch_size[0]
                 size = max(1, round(native * self.options.token_input_scale / patch)) * patch
                 dense = DenseClip(clip, size)
