@@ -48,6 +48,11 @@ PHRASES = ["a truck", "the wheel", "a window", "the tyre", "a door", "the sky", 
            "a red car", "the mirror", "a light", "a roof", "the grass", "a fence", "a cloud"]
 
 
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def best_of(fn, repeats: int) -> float:
     fn()
     best = float("inf")
@@ -188,46 +193,56 @@ def fast_parity(name: str, image: np.ndarray) -> tuple[float, float]:
     return min(ious), float(np.mean(ious))
 
 
-def bench_sam3(image: np.ndarray, precision: str = "fp32") -> float:
+def bench_sam3(image: np.ndarray, precision: str = "fp32", device: str | torch.device = "cpu") -> float:
+    """transformers' Sam3Model (default config, random weights): one image and one phrase, best of 1 after a
+    warm-up, on ``device`` (synchronised on CUDA)."""
     from transformers import Sam3Config, Sam3Model
 
-    model = Sam3Model(Sam3Config()).eval()
+    device = torch.device(device)
+    with device:  # made on the device: random initialisation of its 0.8 B weights is slow on a CPU
+        model = Sam3Model(Sam3Config()).eval()
     size = model.config.vision_config.image_size if hasattr(model.config, "vision_config") else 1008
     size = size if isinstance(size, int) else size[0]
     pixels = torch.nn.functional.interpolate(
         torch.as_tensor(image).permute(2, 0, 1)[None].float() / 255, (size, size), mode="bilinear"
-    )
-    ids = torch.randint(1000, 20000, (1, 8))
+    ).to(device)
+    ids = torch.randint(1000, 20000, (1, 8), device=device)
 
     def run() -> None:
-        with torch.inference_mode(), autocast("cpu", precision):
+        with torch.inference_mode(), autocast(device, precision):
             model(pixel_values=pixels, input_ids=ids, attention_mask=torch.ones_like(ids))
+        synchronize(device)
 
     return best_of(run, 1)
 
 
-def bench_gdino_sam(image: np.ndarray, precision: str = "fp32") -> float:
+def bench_gdino_sam(image: np.ndarray, precision: str = "fp32", device: str | torch.device = "cpu") -> float:
+    """GroundingDINO-tiny (transformers, default config) for the phrase's box, then segment-anything's SAM ViT-B
+    with that box, random weights, on ``device`` (synchronised on CUDA)."""
     from segment_anything import SamPredictor, sam_model_registry
     from transformers import GroundingDinoConfig, GroundingDinoForObjectDetection
 
-    det = GroundingDinoForObjectDetection(GroundingDinoConfig()).eval()
-    sam = SamPredictor(sam_model_registry["vit_b"]().eval())
+    device = torch.device(device)
+    with device:
+        det = GroundingDinoForObjectDetection(GroundingDinoConfig()).eval()
+    sam = SamPredictor(sam_model_registry["vit_b"]().eval().to(device))
     h, w = image.shape[:2]
     scale = 800 / min(h, w)
     pixels = torch.nn.functional.interpolate(
         torch.as_tensor(image).permute(2, 0, 1)[None].float() / 255, (int(h * scale), int(w * scale)), mode="bilinear"
-    )
-    ids = torch.randint(1000, 20000, (1, 8))
+    ).to(device)
+    ids = torch.randint(1000, 20000, (1, 8), device=device)
 
     def run() -> None:
         with torch.inference_mode():
-            with autocast("cpu", precision):  # the detector and SAM's encoder (its predict returns numpy: fp32)
+            with autocast(device, precision):  # the detector and SAM's encoder (its predict returns numpy: fp32)
                 out = det(pixel_values=pixels, input_ids=ids, attention_mask=torch.ones_like(ids))
                 cx, cy, bw, bh = out.pred_boxes[0, out.logits[0].max(-1).values.argmax()].float().tolist()
                 box = np.array([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h])
                 sam.set_image(image)
             sam.features = sam.features.float()
             sam.predict(box=np.clip(box, 0, [w, h, w, h]), multimask_output=False)
+        synchronize(device)
 
     return best_of(run, 1)
 
