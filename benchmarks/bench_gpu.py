@@ -3,13 +3,15 @@ in fp32 and bf16, with and without ``torch.compile``, beside transformers' Sam3M
 ViT-B on the same GPU (random weights everywhere, so only compute is compared; the same photo for all).
 
     python benchmarks/bench_gpu.py [--device cuda] [--images DIR] [--models sam_vit_b,sam_vit_h,mobile_sam]
-                                   [--repeats 5] [--no-compile] [--no-peers] [--budget 480] [--out FILE.md]
+                                   [--compile-models sam_vit_b] [--repeats 5] [--no-compile] [--no-peers]
+                                   [--budget 480] [--out FILE.md]
     python benchmarks/bench_gpu.py --device cpu --quick --out table.md   # the same code on the CPU, in seconds
 
 Rows (each the best of ``--repeats`` after one warm-up; CUDA is synchronised around every timed call):
 
 - ``set_image`` of each SAM at 1024 px, fp32 and bf16 (``TextSamPredictor(image_precision=...)``), eager, then
-  with the image encoder compiled (``model.image_encoder.compile()``; the first call's compile time is printed),
+  with the image encoder compiled for ``--compile-models`` (``model.image_encoder.compile()``; the first call's
+  compile time is printed),
   beside the matrix-product floor of the encoder's FLOPs (``torch.utils.flop_counter``) at the dtype's measured
   GEMM rate on this card;
 - ``predict``: one click, and 16 boxes in one call (fp32);
@@ -30,10 +32,12 @@ On a lent GPU machine (no network; its image has torch, transformers and timm): 
 wheels, made here by ``bash tools/gpu_wheels.sh`` (into ``.whl/``, with the SAM demo photos copied into ``.gpu/``),
 and one call runs everything::
 
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \
-    PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 python3 benchmarks/bench_gpu.py --images .gpu --out $OUT/gpu.md
+    set -o pipefail; python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \
+    PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 python3 benchmarks/bench_gpu.py --images .gpu --out $OUT/gpu.md \
+    2>&1 | tee $OUT/gpu.log
 
-(``carry``: ``.whl`` and ``.gpu``).
+(``carry``: ``.whl`` and ``.gpu``; ``timeout_s`` 600). That environment (Python 3.12, torch 2.11, transformers 5.17
+and these wheels) ran the whole script on this project's CPU (``--device cpu``) before any GPU was lent.
 """
 
 from __future__ import annotations
@@ -277,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="sam_vit_b,sam_vit_h,mobile_sam", help="SAMs for set_image and predict")
     parser.add_argument("--text-models", default="sam_vit_b,mobile_sam", help="SAMs for the text rows")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--compile-models", default="sam_vit_b",
+                        help="SAMs whose set_image is also timed with the encoder compiled (each compile takes a while)")
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
     parser.add_argument("--no-peers", action="store_true", help="leave out Sam3Model and GroundingDINO + SAM")
     parser.add_argument("--budget", type=float, default=480.0, help="seconds after which rows not started are skipped")
@@ -308,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
             table.add("GEMM rate", f"{precision}, {n}^3", f"{rate / 1e12:.1f} TFLOP/s",
                       "TF32 off" if precision == "fp32" and device.type == "cuda" else "")
     for model_name in args.models.split(","):
-        bench_sam(table, model_name, images[0], device, args.repeats, not args.no_compile, rates)
+        compiled = not args.no_compile and model_name in args.compile_models.split(",")
+        bench_sam(table, model_name, images[0], device, args.repeats, compiled, rates)
     clip = None if args.quick else "ViT-B-16-quickgelu"
     for model_name in args.text_models.split(","):
         bench_text(table, model_name, images, device, args.repeats, clip)

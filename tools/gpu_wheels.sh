@@ -5,8 +5,9 @@
 # timm, safetensors, huggingface_hub, regex, tqdm, numpy and pillow. Run in the repository root:
 #     bash tools/gpu_wheels.sh
 # then, on the device (one call; see benchmarks/bench_gpu.py):
-#     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \
-#     PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 python3 benchmarks/bench_gpu.py --images .gpu --out $OUT/gpu.md
+#     set -o pipefail; python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \
+#     PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 python3 benchmarks/bench_gpu.py --images .gpu --out $OUT/gpu.md \
+#     2>&1 | tee $OUT/gpu.log
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .whl .gpu

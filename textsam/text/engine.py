@@ -181,7 +181,7 @@ class TextEngine:
         return "fp32"
 
     def token_embeddings(self, predictor, clip: torch.nn.Module) -> Tensor | None:  # noqa: ANN001
-        """Unit CLIP embeddings ``(N, D)`` of the proposals' mask tokens (one tower pass, once per image); None
+        """Unit CLIP embeddings ``(N, D)`` float32 on the CPU of the proposals' mask tokens (one tower pass, once per image); None
         for a tower that is not open_clip's plain ViT (e.g. a ResNet CLIP: every proposal is then cropped)."""
         if self._tokens is None:
             visual, native = clip.visual, tower_input_size(clip)
@@ -195,7 +195,9 @@ class TextEngine:
                 logger.info("no mask tokens for this CLIP tower (%s): every proposal is cropped", err)
                 self._tokens = False
                 return None
-            self._tokens = dense.mask_embeddings(predictor.image, self.proposals(predictor).masks.numpy())
+            # on the CPU, as every other tensor of the ranking (proposals, crop scores, shortlists): on a GPU the
+            # tower's output would otherwise meet CPU index tensors there
+            self._tokens = dense.mask_embeddings(predictor.image, self.proposals(predictor).masks.numpy()).cpu()
         return self._tokens if self._tokens is not False else None
 
     def crop_embeddings(self, predictor, clip: torch.nn.Module,  # noqa: ANN001
