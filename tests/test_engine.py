@@ -73,11 +73,60 @@ def test_large_views_are_shrunk_by_an_integer_factor_before_the_towers_resize() 
     ("bottom right pizza", "pizza", ("bottom", "right"), 0, None, None, False),
     ("the woman in the middle", "woman", ("middle",), 0, None, None, False),
     ("a photo of a dog", "photo of a dog", (), 0, None, None, False),
+    # written by people (RefCOCOS, ../shared/data/refcocos_on_coco_tiny): sides of an anchor, the earliest relation,
+    # the clause after a comma, the viewer, pronoun anchors, side words that are garments or body parts
+    ("the grey car on the left side of a red car", "grey car", (), 0, "left", "red car", False),
+    ("the person on the right hand side of the person wearing a hat", "person", (), 0, "right", "person wearing a hat",
+     False),
+    ("a pot on the stovetop next to the coffee machine", "pot", (), 0, "on", "stovetop next to the coffee machine", False),
+    ("the person standing on the bench, wearing a hat", "person wearing a hat", (), 0, "on", "bench", False),
+    ("the cup next to the bread, not containing wine", "cup", (), 0, "near", "bread", False),
+    ("the spinning chair that is closest to the wine bottle", "spinning chair", (), 0, "near", "wine bottle", False),
+    ("the silver car that is furthest from the red bus", "silver car", (), 0, "far", "red bus", False),
+    ("the motorcycle being leaned on by the person in a striped shirt", "motorcycle being leaned on", (), 0, "near",
+     "person in a striped shirt", False),
+    ("the man farthest from the camera", "man", ("small",), 0, None, None, False),
+    ("the elephant fifth farthest from the camera", "elephant", ("small",), 4, None, None, False),
+    ("the suitcase with a cat on it", "suitcase with a cat on it", (), 0, None, None, False),
+    ("the person in a white top carrying a bag", "person in a white top carrying a bag", (), 0, None, None, False),
+    ("the remote held in the right hand of a person", "remote held in the right hand of a person", (), 0, None, None,
+     False),
+    ("the giraffe in the middle with its mouth open", "giraffe with its mouth open", ("middle",), 0, None, None, False),
+    ("far right person", "person", ("right",), 0, None, None, False),
 ])
 def test_parse(phrase, head, directions, rank, relation, anchor, group) -> None:
     q = parse(phrase)
     assert (q.head, q.directions, q.rank, q.relation, q.anchor, q.group) == (head, directions, rank, relation, anchor,
                                                                             group)
+
+
+def test_a_negated_relation_prefers_the_candidates_outside_it() -> None:
+    """"the cup that is not on the table": the relation is negated (the head drops "that is not"), and resolve then
+    prefers the candidates that do not stand in it to the anchor; "far from" is the opposite of "near"."""
+    q = parse("the cross that is not next to the dog")
+    assert (q.head, q.relation, q.anchor, q.negated) == ("cross", "near", "dog", True)
+    assert parse("the cross next to the dog").negated is False
+    assert parse("the cup that isn't on the table").negated is True
+    # crosses at 0 (beside the dog at 1) and at 3 (far from it)
+    boxes = torch.tensor([[0, 0, 10, 10], [12, 0, 22, 10], [40, 0, 50, 10], [200, 0, 210, 10]], dtype=torch.float)
+    head = torch.tensor([0.45, 0.05, 0.05, 0.45])
+    anchor = torch.tensor([0.01, 0.97, 0.01, 0.01])
+    size = (10, 210)
+    assert int(resolve(parse("the cross next to the dog"), head, boxes, size, anchor).argmax()) == 0
+    assert int(resolve(q, head, boxes, size, anchor).argmax()) == 3
+    assert int(resolve(parse("the cross far from the dog"), head, boxes, size, anchor).argmax()) == 3
+
+
+def test_parse_keeps_the_synthetic_phrases_as_they_were() -> None:
+    """The proxy's own phrase forms (the synthetic generator's spatial, attribute and category templates) parse as
+    before the rules for people's phrases were added."""
+    cases = {"the leftmost star": ("star", ("left",)), "the topmost red shape": ("red shape", ("top",)),
+             "the square on the right": ("square", ("right",)), "the upper circle": ("circle", ("top",)),
+             "the lower heart": ("heart", ("bottom",)), "the large green square": ("green square", ("big",)),
+             "the purple hexagon": ("purple hexagon", ())}
+    for phrase, (head, directions) in cases.items():
+        q = parse(phrase)
+        assert (q.head, q.directions, q.relation) == (head, directions, None), phrase
 
 
 def test_resolve_superlatives_ordinals_and_relations() -> None:

@@ -298,3 +298,22 @@ def test_writer_dispatch_and_polygons(tmp_path: Path, monkeypatch: pytest.Monkey
     assert doc["annotations"][0]["segmentation"] == polys and doc["annotations"][0]["score"] == 0.9
     with pytest.raises(InputError, match="not one of the categories"):
         coco_dict([image], ["square"])
+
+
+def test_label_builds_a_named_model_on_the_device_asked_for(monkeypatch, images: Path) -> None:
+    """``textsam.label(..., model="name", device="cuda")`` builds the model there (the CLI's --device does the same
+    through its predictor); without ``device`` it is create_model's default."""
+    import textsam
+
+    built = []
+    real = textsam.create_model
+
+    def create(name, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        built.append(kwargs.get("device"))
+        return real(name, **{**kwargs, "device": "cpu"})
+
+    monkeypatch.setattr(textsam, "create_model", create)
+    first = sorted(images.glob("*.png"))[:1]
+    textsam.label(first, ["red circle"], model="shapes_tiny", device="cuda")
+    textsam.label(first, ["red circle"], model="shapes_tiny")
+    assert built == ["cuda", None]

@@ -40,6 +40,23 @@ def test_precision_names_are_checked_and_fp32_autocast_does_nothing() -> None:
     assert isinstance(precision.native_bf16("cpu"), bool)
 
 
+def test_native_bf16_on_a_gpu_is_ampere_or_newer_of_that_device(monkeypatch) -> None:
+    """Older GPUs (a T4, a V100) only emulate bf16, which torch.cuda.is_bf16_supported() counts as support: bf16
+    is native from compute capability 8, read for the device asked about."""
+    asked = []
+
+    def capability(device):  # noqa: ANN001, ANN202
+        asked.append(torch.device(device).index)
+        return {0: (7, 5), 1: (8, 0), 2: (9, 0)}[torch.device(device).index]
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
+    assert [precision.native_bf16(f"cuda:{i}") for i in range(3)] == [False, True, True]
+    assert asked == [0, 1, 2]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert precision.native_bf16("cuda:1") is False
+
+
 def test_a_bf16_image_tower_is_a_cached_copy_outside_the_state_dict(clip_spec: str) -> None:
     from textsam.text.clip import TextEncoder
 

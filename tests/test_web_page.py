@@ -207,14 +207,19 @@ def test_tokenizer_parser_and_resampling_match_python(page, predictor) -> None: 
     phrases = ["red circle", "a photo of the Blue STAR.", "the second hexagon from the left", "  all   the hearts ",
                "the cross left of the big square", "purple thing in the top right corner", "don't pick the 3rd one!",
                "café crème", "naïve 😀 emoji", "x" * 200, "the smallest object", "the circle next to the triangle",
-               "1st star from the right", "the heart on the very left side", "e-mail & co. (test) #42"]
+               "1st star from the right", "the heart on the very left side", "e-mail & co. (test) #42",
+               "the grey car on the left hand side of a red car", "the cup that is not next to the plate",
+               "the person on the bench, wearing a hat, not holding a glass", "the man farthest from the camera",
+               "the second light closest to the camera", "the suitcase with a cat on it", "a white top with stripes",
+               "the remote in the right hand of a person", "the giraffe in the middle with its mouth open",
+               "the car furthest from the bus", "far right person", "the motorcycle leaned on by the man"]
     js_tokens = page.evaluate("(ps) => ps.map((p) => textsam._internal.tokenize(p))", phrases)
     assert js_tokens == tokenizer(phrases).tolist()
     js_parse = page.evaluate("(ps) => ps.map((p) => textsam._internal.parse(p))", phrases)
     for phrase, ours in zip(phrases, js_parse):
         q = parse(phrase)
-        assert (ours["head"], tuple(ours["directions"]), ours["rank"], ours["relation"], ours["anchor"], ours["group"]) == \
-            (q.head, q.directions, q.rank, q.relation, q.anchor, q.group), phrase
+        assert (ours["head"], tuple(ours["directions"]), ours["rank"], ours["relation"], ours["anchor"], ours["group"],
+                ours["negated"]) == (q.head, q.directions, q.rank, q.relation, q.anchor, q.group, q.negated), phrase
     rng = np.random.default_rng(0)
     for (h, w), (oh, ow), kind in [((37, 53), (64, 64), "bicubic"), ((300, 200), (128, 85), "bilinear"),
                                    ((90, 140), (64, 64), "bicubic"), ((128, 96), (128, 96), "bilinear"),

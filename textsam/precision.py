@@ -38,11 +38,13 @@ def check_precision(precision: str, what: str, *, int8: bool = False) -> None:
 
 
 def native_bf16(device: torch.device | str) -> bool:
-    """Whether ``device`` computes bf16 natively: a CUDA GPU that supports it, or a CPU with AVX-512 BF16 or AMX
-    (where bf16 matrix products run at about twice fp32's rate)."""
+    """Whether ``device`` computes bf16 natively: a CUDA GPU of compute capability 8 or newer (Ampere, Hopper, ...),
+    or a CPU with AVX-512 BF16 or AMX (where bf16 matrix products run at about twice fp32's rate)."""
     device = torch.device(device)
     if device.type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        # compute capability 8 (Ampere) or newer: older GPUs only emulate bf16, which
+        # torch.cuda.is_bf16_supported() also counts; and the capability of this device, not the current one
+        return bool(torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8)
     if device.type == "cpu":
         cpu = torch.cpu
         return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()

@@ -123,12 +123,12 @@ def to_labeled(record: dict[str, Any], file: str, ontology: Ontology, options: L
                         image_id=image_id)
 
 
-def _predictor(model: str | TextSam, predictor: TextSamPredictor | None) -> TextSamPredictor:
+def _predictor(model: str | TextSam, predictor: TextSamPredictor | None, device: str | None = None) -> TextSamPredictor:
     if predictor is not None:
         return predictor
     import textsam
 
-    return textsam.TextSamPredictor(textsam.create_model(model) if isinstance(model, str) else model)
+    return textsam.TextSamPredictor(textsam.create_model(model, device=device) if isinstance(model, str) else model)
 
 
 def label(
@@ -137,6 +137,7 @@ def label(
     *,
     model: str | TextSam = "sam_vit_b",
     predictor: TextSamPredictor | None = None,
+    device: str | None = None,
     min_score: float = 0.0,
     min_presence: float | None = None,
     instances: Mode = "all",
@@ -150,6 +151,7 @@ def label(
             and/or images (``(H, W, 3)`` uint8 RGB arrays or PIL images).
         classes: ``"person,car"``, a list, a ``{phrase: class}`` mapping, or a classes/ontology file.
         model: a model name for :func:`textsam.create_model`, or a model; ignored when ``predictor`` is given.
+        device: where a model given by name runs (``"cuda"``, ``"cpu"``, ...; default: the CPU).
         min_score, min_presence, instances: see :class:`LabelOptions`.
         skip_unreadable: leave out (and log) images that cannot be read instead of raising.
 
@@ -172,7 +174,7 @@ def label(
     else:
         items = [(str(x), Path(x)) if isinstance(x, (str, Path)) else (f"image_{i}.png", x)
                  for i, x in enumerate(images)]
-    pred = _predictor(model, predictor)
+    pred = _predictor(model, predictor, device)
     out: list[LabeledImage] = []
     for file, source in tqdm(items, desc="label", unit="img", disable=not progress):
         try:

@@ -84,8 +84,10 @@ def embedding_seeds(features: Tensor, input_size: tuple[int, int], img_size: int
     patch = img_size / w
     vh = max(1, min(h, int(np.ceil(input_size[0] / patch))))
     vw = max(1, min(w, int(np.ceil(input_size[1] / patch))))
-    x = F.normalize(features[0, :, :vh, :vw].reshape(c, -1).T.float(), dim=1)
-    groups = spherical_kmeans(x, clusters).reshape(vh, vw).cpu().numpy()
+    # on the CPU (at most 4096 x 256 values): on a GPU index_add_'s atomic sums would make the groups, and so the
+    # seeds, vary from run to run near ties, and every argmax of the loop would wait for the device
+    x = F.normalize(features[0, :, :vh, :vw].reshape(c, -1).T.float().cpu(), dim=1)
+    groups = spherical_kmeans(x, clusters).reshape(vh, vw).numpy()
     regions = connected_regions(groups)
     names, sizes = np.unique(regions, return_counts=True)
     order = np.argsort(-sizes, kind="stable")

@@ -192,6 +192,7 @@ class TextPrompter:
             return [], None
         order = torch.argsort(scores, descending=True).tolist()
         threshold = self.options.engine.presence_threshold
+        presence = presence.float().cpu()  # read per candidate below: once off the device, not once per candidate
         return [int(i) for i in order if presence[i] >= threshold], presence
 
     def _head_proposals(self, predictor):  # noqa: ANN001, ANN202

@@ -8,11 +8,27 @@ the final ones:
 
 - superlative (ReCLIP): ``P(i) ~ P(i) * sum_j P(j) [i beyond j along the direction]``; the k-th from one side
   keeps the candidates with about k better matches beyond them;
-- relation (ReCLIP): ``P(i) ~ P_head(i) * sum_{j != i} R(i, j) P_anchor(j)``, ``R`` a geometric predicate;
+- relation (ReCLIP): ``P(i) ~ P_head(i) * sum_{j != i} R(i, j) P_anchor(j)``, ``R`` a geometric predicate in
+  [0, 1] (``1 - R`` for a negated relation, and "far" is ``1 - near``);
 - a phrase with none of these keeps CLIP's probabilities.
 
 Rules over the words, no parser model: a phrase they do not understand falls back to plain scoring (the
-whole phrase is the head). Frames: boxes are ``x0, y0, x1, y1`` pixels of the original image.
+whole phrase is the head). For phrases people write (RefCOCO-style; checked on the 506 expressions of RefCOCOS
+in ``../shared/data/refcocos_on_coco_tiny``):
+
+- the earliest relation in the phrase is the one ("a pot on the stovetop next to the coffee machine": on the
+  stovetop), the longest where several start at the same word ("on the left hand side of" over "on");
+- the anchor runs to the first comma; the clauses after it describe the head again ("the person on the bench,
+  wearing a hat"), except a negative one ("..., not holding a glass"), which CLIP cannot score;
+- "not" / "isn't" / "neither" right before the relation (after "that is", "who is") negates it (``negated``:
+  the candidates least in that relation), and linking words ("that is", "located", "and") leave the head;
+- a pronoun, a part of the head ("spots on its face"), a place ("on the front") or the viewer ("facing the
+  camera") is no anchor; "closest to / farthest from the camera" are superlatives (nearest = biggest), while
+  "closest to / farthest from the X" are relations ("near", "far");
+- side words that name a garment or a body part stay in the head ("a white top with ...", "the right hand of").
+
+The same rules run in the browser page (``textsam/export/web_page/textsam.js``; a test compares the two).
+Frames: boxes are ``x0, y0, x1, y1`` pixels of the original image.
 """
 
 from __future__ import annotations
@@ -45,14 +61,45 @@ _SUPERLATIVE_WORDS = {
 _SIDE_WORDS = {"left": "left", "right": "right", "top": "top", "bottom": "bottom"}
 _ORDINALS = {"first": 0, "1st": 0, "second": 1, "2nd": 1, "third": 2, "3rd": 2, "fourth": 3, "4th": 3,
              "fifth": 4, "5th": 4, "last": -1}
-# relation words (before an anchor noun phrase) -> predicate
+# relation words (before an anchor noun phrase) -> predicate; the earliest in the phrase wins (the longest of
+# those starting at the same word: "on top of" over "on")
 _RELATIONS = [
     ("to the left of", "left"), ("left of", "left"), ("to the right of", "right"), ("right of", "right"),
+    ("on the left of", "left"), ("on the right of", "right"), ("on the left side of", "left"),
+    ("on the right side of", "right"), ("on the left hand side of", "left"), ("on the right hand side of", "right"),
+    ("to the left side of", "left"), ("to the right side of", "right"), ("left side of", "left"),
+    ("right side of", "right"), ("left hand side of", "left"), ("right hand side of", "right"),
     ("on top of", "above"), ("above", "above"), ("over", "above"), ("below", "below"), ("under", "below"),
     ("underneath", "below"), ("beneath", "below"), ("next to", "near"), ("beside", "near"), ("near", "near"),
-    ("by", "near"), ("close to", "near"), ("inside", "inside"), ("within", "inside"),
-    ("on", "on"), ("behind", "behind"), ("in front of", "front"),
+    ("by", "near"), ("close to", "near"), ("closest to", "near"), ("nearest to", "near"), ("inside", "inside"),
+    ("within", "inside"), ("in the middle of", "inside"), ("on", "on"), ("behind", "behind"),
+    ("in front of", "front"), ("far from", "far"), ("farther from", "far"), ("farthest from", "far"),
+    ("further from", "far"), ("furthest from", "far"),
 ]
+# an anchor that is no object of the image: a pronoun ("with numbers on it") or the viewer ("facing the camera")
+_PRONOUNS = {"it", "its", "them", "him", "her", "itself", "themselves", "this", "that", "these", "those", "one",
+             "ones", "other", "others", "each other", "one another"}
+# an anchor beginning with one of these is no other object: a part of the head ("spots on its face"), another
+# preposition ("leaned on by the person": the next relation is the one), or a place in the picture ("on the front")
+_NOT_AN_ANCHOR = {"its", "his", "her", "their", "my", "your", "by", "on", "in", "at", "to", "of", "with", "from",
+                  "front", "back", "side", "top", "bottom", "left", "right", "middle", "center", "centre", "corner",
+                  "edge", "end", "background", "foreground"}
+_VIEWER = r"(?:the\s+)?(?:camera|viewer|photographer|us)"
+# words that end a head before its relation and say nothing of the object ("the cup that is not next to ...")
+_LINKING = {"that", "which", "who", "is", "are", "was", "were", "being", "placed", "located", "standing", "sitting",
+            "lying", "and", "but", "or"}
+_NEGATIONS = {"not", "never", "nor", "neither"}
+# "the remote in the right hand of ...": a side word naming a part of something, not where the object is
+_PARTS = {"hand", "hands", "arm", "arms", "leg", "legs", "foot", "feet", "shoe", "shoes", "eye", "eyes", "ear", "ears",
+          "wing", "wings", "paw", "paws", "glove", "gloves", "sleeve", "knee", "shoulder", "half", "part", "edge"}
+# "a white top with ...", "the top and ...": top / bottom as a garment or a noun, not a position
+_AFTER_NOUN = {"with", "and", "or", "on", "in", "at", "of", "that", "which", "who", "is", "are", "has", "having",
+               "wearing", "holding", ","}
+_COLOURS = {"white", "black", "red", "green", "blue", "yellow", "orange", "purple", "pink", "brown", "grey", "gray",
+            "dark", "light", "striped", "tank", "bikini", "a", "an"}
+# what may follow "on the left", "in the middle" when the side phrase sits inside the phrase (else: only at its end)
+_CLAUSE = (r"with|and|who|that|which|whose|wearing|holding|having|carrying|sitting|standing|looking|facing|"
+           r"in|on|at|near|next|behind|beside|under|above|below|by")
 _GROUP_WORDS = ("all the", "all of the", "all", "every", "each", "both")
 _ARTICLES = re.compile(r"^(the|a|an|this|that)\s+")
 
@@ -61,8 +108,9 @@ _ARTICLES = re.compile(r"^(the|a|an|this|that)\s+")
 class Query:
     """A phrase split for scoring. ``head``: what CLIP scores. ``directions``: superlatives (keys of
     ``_DIRECTIONS``, e.g. ``("bottom", "left")`` for "bottom left"), the first with ``rank`` (0 = the most
-    extreme, 1 = the second, -1 = the other end). ``relation`` and ``anchor``: "the X <relation> the <anchor>".
-    ``group``: every object matching ``head``."""
+    extreme, 1 = the second, -1 = the other end). ``relation`` and ``anchor``: "the X <relation> the <anchor>";
+    ``negated``: "the X not <relation> the <anchor>" (the candidates least in that relation). ``group``: every
+    object matching ``head``."""
 
     text: str
     head: str
@@ -71,14 +119,77 @@ class Query:
     relation: str | None = None
     anchor: str | None = None
     group: bool = False
+    negated: bool = False
 
 
 def _strip(words: str) -> str:
-    words = re.sub(r"\s+", " ", words).strip(" ,.")
+    words = re.sub(r"\s+,", ",", re.sub(r"\s+", " ", words)).strip(" ,.")
     return _ARTICLES.sub("", words).strip() or words
 
 
 _SIDE = r"(left|right|top|bottom|middle|center|centre)"
+
+
+def _head_before(words: str) -> tuple[str, bool]:
+    """The head noun phrase in the ``words`` before a relation, and whether the relation is negated there: linking
+    words at its end are dropped ("the cup that is" -> "cup"), a negation among them ("that is not") negates."""
+    tokens = words.split()
+    negated = False
+    while tokens and (tokens[-1] in _LINKING or tokens[-1] in _NEGATIONS or tokens[-1].endswith("n't")):
+        negated = negated or tokens[-1] in _NEGATIONS or tokens[-1].endswith("n't")
+        tokens.pop()
+    return _tidy(" ".join(tokens)), negated
+
+
+def _tidy(words: str) -> str:
+    """:func:`_strip`, and words that cannot end a noun phrase dropped from its end ("the light that is the",
+    "the wall nor")."""
+    tokens = _strip(words).split()
+    while len(tokens) > 1 and (tokens[-1] in _LINKING or tokens[-1] in _NEGATIONS or tokens[-1] in ("the", "a", "an")):
+        tokens.pop()
+    return _strip(" ".join(tokens))
+
+
+def _described(head: str, more: str) -> str:
+    """``head`` with the comma-separated clauses of ``more`` that describe it ("wearing a hat"); a negative clause
+    ("not holding a glass") says what the object is not, which CLIP cannot score, so it is left out."""
+    kept = [c.strip() for c in more.split(",") if c.strip()]
+    kept = [c for c in kept if not re.match(r"(?:and |but )?(?:not|no|neither|nor|never)\b", c)]
+    return _tidy(" ".join([head, *kept]))
+
+
+def _relation_in(rest: str) -> tuple[str, str, str, bool] | None:
+    """The earliest relation of ``rest`` with a head before it and an anchor object after it: ``(head, relation,
+    anchor, negated)``. The anchor runs to the first comma; what follows the comma describes the head again ("the
+    person on the bench, wearing a hat": anchor "bench", head "person wearing a hat"). A pronoun or the viewer as
+    the anchor is no relation between objects ("with numbers on it", "facing the camera"): the next one is tried."""
+    found = []
+    for words, relation in _RELATIONS:
+        for m in re.finditer(rf"(?<=\s){re.escape(words)}\s+", rest):
+            found.append((m.start(), -len(words), relation, m))
+    for _, _, relation, m in sorted(found, key=lambda f: (f[0], f[1])):
+        after = rest[m.end():]
+        anchor_text, _, more = after.partition(",")
+        anchor = _tidy(anchor_text)
+        if (not anchor or anchor in _PRONOUNS or anchor.split()[0] in _NOT_AN_ANCHOR
+                or re.fullmatch(_VIEWER, anchor)):
+            continue
+        head, negated = _head_before(rest[: m.start()])
+        if not head:
+            continue
+        return _described(head, more), relation, anchor, negated
+    return None
+
+
+def _side_word_kept(words: list[str], i: int) -> bool:
+    """Whether side word ``words[i]`` is part of the head, not a position: "right hand", "left side of" (a
+    relation), "top of"; "a white top with ...", "the top and ..." (a garment or a noun)."""
+    w, nxt = words[i], words[i + 1]
+    if w in ("left", "right") and nxt in _PARTS:
+        return True
+    if w in ("top", "bottom"):
+        return nxt in _AFTER_NOUN or nxt.startswith(",") or (i > 0 and words[i - 1] in _COLOURS)
+    return False
 
 
 def parse(phrase: str) -> Query:
@@ -92,29 +203,40 @@ def parse(phrase: str) -> Query:
             break
     directions: list[str] = []
     rank = 0
+    # "the closest to the camera", "the second farthest from the camera": the viewer is no object of the image,
+    # so these are superlatives (nearest = biggest), as "closest" alone
+    m = re.search(rf"\s(?:(first|second|third|fourth|fifth|1st|2nd|3rd|4th|5th|last)\s+)?(?:(closest|nearest|closer)\s+to"
+                  rf"|(farthest|furthest|farther|further)\s+(?:away\s+)?from)\s+{_VIEWER}(?=[\s,])", rest)
+    if m:
+        directions, rank = ["big" if m.group(2) else "small"], _ORDINALS[m.group(1)] if m.group(1) else 0
+        rest = rest[: m.start()] + " " + rest[m.end():]
     # "the second X from the left", "the last X from the right"
     m = re.search(rf"\s(first|second|third|fourth|fifth|1st|2nd|3rd|4th|5th|last)\s+(.*?)\s*from\s+(?:the\s+)?"
-                  rf"{_SIDE}\s", rest)
-    if m:
+                  rf"{_SIDE}(?=[\s,])", rest)
+    if m and not directions:
         directions, rank = [_SUPERLATIVE_WORDS.get(m.group(3), m.group(3))], _ORDINALS[m.group(1)]
         rest = rest[: m.start()] + " " + m.group(2) + " " + rest[m.end():]
-    # "the X on the left", "the X at the top right", "the X in the middle"
-    m = re.search(rf"\s(?:on|at|in|to)\s+(?:the\s+)?(?:very\s+|far\s+)?{_SIDE}(?:\s+{_SIDE})?(?:\s+(?:side|corner))?\s*$",
-                  rest)
+    # "the X on the left", "the X at the top right", "the X in the middle" (at the end, or before a clause:
+    # "the giraffe in the middle with its mouth open")
+    m = re.search(rf"\s(?:on|at|in|to)\s+(?:the\s+)?(?:very\s+|far\s+)?{_SIDE}(?:\s+{_SIDE})?"
+                  rf"(?:\s+(?:hand\s+)?(?:side|corner))?(?=\s*$|\s*,|\s+(?:{_CLAUSE})\s)", rest)
     if m and not directions:
         directions = [_SUPERLATIVE_WORDS.get(w, w) for w in (m.group(1), m.group(2)) if w]
-        rest = rest[: m.start()] + " "
-    for words, relation in _RELATIONS:  # "the X left of the Y": the anchor is what follows
-        m = re.search(rf"\s(?:that is |which is |who is |is )?{re.escape(words)}\s+(.+)$", rest)
-        if m and rest[: m.start()].strip():
-            anchor, head = _strip(m.group(1)), _strip(rest[: m.start()])
-            if anchor and head:
-                return Query(text, head, tuple(directions), rank, relation=relation, anchor=anchor, group=group)
+        rest = rest[: m.start()] + " " + rest[m.end():]
+    relation = _relation_in(rest)
+    if relation is not None:
+        head, name, anchor, negated = relation
+        return Query(text, head, tuple(directions), rank, relation=name, anchor=anchor, group=group,
+                     negated=negated)
     words = rest.split()
     kept = []
     for i, w in enumerate(words):
         is_last = i == len(words) - 1
-        if w in _SUPERLATIVE_WORDS and not is_last and (w not in ("top", "bottom") or words[i + 1] != "of"):
+        if not is_last and w in _SIDE_WORDS and _side_word_kept(words, i):
+            kept.append(w)
+        elif w in ("far", "very", "extreme") and not is_last and words[i + 1] in _SIDE_WORDS:
+            continue  # "far right person": the side word says it
+        elif w in _SUPERLATIVE_WORDS and not is_last and (w not in ("top", "bottom") or words[i + 1] != "of"):
             directions.append(_SUPERLATIVE_WORDS[w])
         elif w in _SIDE_WORDS and not is_last and words[i + 1] not in ("of", "side"):
             directions.append(_SIDE_WORDS[w])
@@ -122,7 +244,7 @@ def parse(phrase: str) -> Query:
             rank = _ORDINALS[w]
         else:
             kept.append(w)
-    head = _strip(" ".join(kept))
+    head = _tidy(" ".join(kept))
     if not head:  # only spatial words ("second from left"): any object
         head = "object" if directions else text
     return Query(text, head, tuple(dict.fromkeys(directions)), rank, group=group)
@@ -161,10 +283,11 @@ def _relation(boxes: Tensor, relation: str) -> Tensor:
         ix = (torch.minimum(x1[:, None], x1[None]) - torch.maximum(x0[:, None], x0[None])).clamp_min(0)
         iy = (torch.minimum(y1[:, None], y1[None]) - torch.maximum(y0[:, None], y0[None])).clamp_min(0)
         return (ix * iy) / (w * h)[:, None]
-    else:  # near: closeness of the centres, in units of the pair's size
+    else:  # near: closeness of the centres, in units of the pair's size; far: the opposite
         d = torch.sqrt((cx[:, None] - cx[None]) ** 2 + (cy[:, None] - cy[None]) ** 2)
         scale = (w + h)[:, None] / 2 + (w + h)[None] / 2
-        return torch.exp(-d / scale)
+        near = torch.exp(-d / scale)
+        return 1 - near if relation == "far" else near
     return r.float()
 
 
@@ -176,6 +299,8 @@ def resolve(query: Query, head: Tensor, boxes: Tensor, size: tuple[int, int], an
     boxes = boxes.float()
     if query.relation is not None and anchor is not None:
         r = _relation(boxes, query.relation)
+        if query.negated:
+            r = 1 - r
         r.fill_diagonal_(0)
         out = head * (r @ anchor)
     elif query.directions:
@@ -185,7 +310,7 @@ def resolve(query: Query, head: Tensor, boxes: Tensor, size: tuple[int, int], an
             beyond = (key[:, None] > key[None, :]).float()  # beyond[i, j]: i further along the direction than j
             rank = query.rank if n == 0 else 0
             if rank == 0:  # the extreme one (ReCLIP's superlative, counting i itself)
-                out = out * ((beyond + torch.eye(len(head))) @ head)
+                out = out * ((beyond + torch.eye(len(head), device=head.device, dtype=beyond.dtype)) @ head)
             else:  # the k-th from the extreme (k = rank), or the last one (rank -1): count the good matches
                 weight = head / head.max().clamp_min(1e-12)
                 count = beyond.T @ weight if rank > 0 else beyond @ weight  # matches beyond i / behind i

@@ -226,16 +226,81 @@
   const SIDE_WORDS = {left: 'left', right: 'right', top: 'top', bottom: 'bottom'};
   const ORDINALS = {first: 0, '1st': 0, second: 1, '2nd': 1, third: 2, '3rd': 2, fourth: 3, '4th': 3, fifth: 4, '5th': 4, last: -1};
   const RELATIONS = [['to the left of', 'left'], ['left of', 'left'], ['to the right of', 'right'], ['right of', 'right'],
+    ['on the left of', 'left'], ['on the right of', 'right'], ['on the left side of', 'left'],
+    ['on the right side of', 'right'], ['on the left hand side of', 'left'], ['on the right hand side of', 'right'],
+    ['to the left side of', 'left'], ['to the right side of', 'right'], ['left side of', 'left'],
+    ['right side of', 'right'], ['left hand side of', 'left'], ['right hand side of', 'right'],
     ['on top of', 'above'], ['above', 'above'], ['over', 'above'], ['below', 'below'], ['under', 'below'],
     ['underneath', 'below'], ['beneath', 'below'], ['next to', 'near'], ['beside', 'near'], ['near', 'near'],
-    ['by', 'near'], ['close to', 'near'], ['inside', 'inside'], ['within', 'inside'], ['on', 'on'], ['behind', 'behind'],
-    ['in front of', 'front']];
+    ['by', 'near'], ['close to', 'near'], ['closest to', 'near'], ['nearest to', 'near'], ['inside', 'inside'],
+    ['within', 'inside'], ['in the middle of', 'inside'], ['on', 'on'], ['behind', 'behind'],
+    ['in front of', 'front'], ['far from', 'far'], ['farther from', 'far'], ['farthest from', 'far'],
+    ['further from', 'far'], ['furthest from', 'far']];
+  const setOf = (words) => new Set(words.split(' '));
+  const PRONOUNS = new Set(['it', 'its', 'them', 'him', 'her', 'itself', 'themselves', 'this', 'that', 'these', 'those',
+    'one', 'ones', 'other', 'others', 'each other', 'one another']);
+  const NOT_AN_ANCHOR = setOf('its his her their my your by on in at to of with from front back side top bottom left right middle center centre corner edge end background foreground');
+  const VIEWER = '(?:the\\s+)?(?:camera|viewer|photographer|us)';
+  const LINKING = setOf('that which who is are was were being placed located standing sitting lying and but or');
+  const NEGATIONS = setOf('not never nor neither');
+  const PARTS = setOf('hand hands arm arms leg legs foot feet shoe shoes eye eyes ear ears wing wings paw paws glove gloves sleeve knee shoulder half part edge');
+  const AFTER_NOUN = setOf('with and or on in at of that which who is are has having wearing holding ,');
+  const COLOURS = setOf('white black red green blue yellow orange purple pink brown grey gray dark light striped tank bikini a an');
+  const CLAUSE = 'with|and|who|that|which|whose|wearing|holding|having|carrying|sitting|standing|looking|facing|in|on|at|near|next|behind|beside|under|above|below|by';
+  const ORDINAL = '(first|second|third|fourth|fifth|1st|2nd|3rd|4th|5th|last)';
   const GROUP_WORDS = ['all the', 'all of the', 'all', 'every', 'each', 'both'];
   const has = (o, k) => Object.prototype.hasOwnProperty.call(o, k);
   const escapeRe = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  const splitWords = (s) => s.split(/\s+/).filter(Boolean);
   function stripWords(words) {
-    words = words.replace(/\s+/g, ' ').replace(/^[ ,.]+|[ ,.]+$/g, '');
+    words = words.replace(/\s+/g, ' ').replace(/\s+,/g, ',').replace(/^[ ,.]+|[ ,.]+$/g, '');
     return words.replace(/^(the|a|an|this|that)\s+/, '').trim() || words;
+  }
+  const endsNothing = (w) => LINKING.has(w) || NEGATIONS.has(w) || w === 'the' || w === 'a' || w === 'an';
+  function tidy(words) {  // textsam.text.spatial._tidy
+    const tokens = splitWords(stripWords(words));
+    while (tokens.length > 1 && endsNothing(tokens[tokens.length - 1])) tokens.pop();
+    return stripWords(tokens.join(' '));
+  }
+  function headBefore(words) {  // textsam.text.spatial._head_before
+    const tokens = splitWords(words);
+    let negated = false;
+    while (tokens.length) {
+      const w = tokens[tokens.length - 1];
+      if (!(LINKING.has(w) || NEGATIONS.has(w) || w.endsWith("n't"))) break;
+      negated = negated || NEGATIONS.has(w) || w.endsWith("n't");
+      tokens.pop();
+    }
+    return [tidy(tokens.join(' ')), negated];
+  }
+  function described(head, more) {  // textsam.text.spatial._described
+    const kept = more.split(',').map((c) => c.trim()).filter(Boolean)
+      .filter((c) => !/^(?:and |but )?(?:not|no|neither|nor|never)\b/.test(c));
+    return tidy([head, ...kept].join(' '));
+  }
+  function relationIn(rest) {  // textsam.text.spatial._relation_in
+    const found = [];
+    for (const [words, rel] of RELATIONS) {
+      for (const m of rest.matchAll(new RegExp(`(?<=\\s)${escapeRe(words)}\\s+`, 'g'))) found.push([m.index, -words.length, rel, m]);
+    }
+    found.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+    for (const [, , rel, m] of found) {
+      const after = rest.slice(m.index + m[0].length);
+      const comma = after.indexOf(',');
+      const anchor = tidy(comma < 0 ? after : after.slice(0, comma)), more = comma < 0 ? '' : after.slice(comma + 1);
+      if (!anchor || PRONOUNS.has(anchor) || NOT_AN_ANCHOR.has(splitWords(anchor)[0]) ||
+          new RegExp(`^${VIEWER}$`).test(anchor)) continue;
+      const [head, negated] = headBefore(rest.slice(0, m.index));
+      if (!head) continue;
+      return [described(head, more), rel, anchor, negated];
+    }
+    return null;
+  }
+  function sideWordKept(words, i) {  // textsam.text.spatial._side_word_kept
+    const w = words[i], next = words[i + 1];
+    if ((w === 'left' || w === 'right') && PARTS.has(next)) return true;
+    if (w === 'top' || w === 'bottom') return AFTER_NOUN.has(next) || next.startsWith(',') || (i > 0 && COLOURS.has(words[i - 1]));
+    return false;
   }
   const SIDE = '(left|right|top|bottom|middle|center|centre)';
   // textsam.text.spatial.parse
@@ -248,35 +313,40 @@
     }
     let directions = [];
     let rank = 0;
-    let m = rest.match(new RegExp(`\\s(first|second|third|fourth|fifth|1st|2nd|3rd|4th|5th|last)\\s+(.*?)\\s*from\\s+(?:the\\s+)?${SIDE}\\s`));
+    let m = rest.match(new RegExp(`\\s(?:${ORDINAL}\\s+)?(?:(closest|nearest|closer)\\s+to|(farthest|furthest|farther|further)\\s+(?:away\\s+)?from)\\s+${VIEWER}(?=[\\s,])`));
     if (m) {
+      directions = [m[2] ? 'big' : 'small']; rank = m[1] ? ORDINALS[m[1]] : 0;
+      rest = rest.slice(0, m.index) + ' ' + rest.slice(m.index + m[0].length);
+    }
+    m = rest.match(new RegExp(`\\s${ORDINAL}\\s+(.*?)\\s*from\\s+(?:the\\s+)?${SIDE}(?=[\\s,])`));
+    if (m && directions.length === 0) {
       directions = [has(SUPERLATIVE, m[3]) ? SUPERLATIVE[m[3]] : m[3]]; rank = ORDINALS[m[1]];
       rest = rest.slice(0, m.index) + ' ' + m[2] + ' ' + rest.slice(m.index + m[0].length);
     }
-    m = rest.match(new RegExp(`\\s(?:on|at|in|to)\\s+(?:the\\s+)?(?:very\\s+|far\\s+)?${SIDE}(?:\\s+${SIDE})?(?:\\s+(?:side|corner))?\\s*$`));
+    m = rest.match(new RegExp(`\\s(?:on|at|in|to)\\s+(?:the\\s+)?(?:very\\s+|far\\s+)?${SIDE}(?:\\s+${SIDE})?(?:\\s+(?:hand\\s+)?(?:side|corner))?(?=\\s*$|\\s*,|\\s+(?:${CLAUSE})\\s)`));
     if (m && directions.length === 0) {
       directions = [m[1], m[2]].filter(Boolean).map((w) => (has(SUPERLATIVE, w) ? SUPERLATIVE[w] : w));
-      rest = rest.slice(0, m.index) + ' ';
+      rest = rest.slice(0, m.index) + ' ' + rest.slice(m.index + m[0].length);
     }
-    for (const [words, relation] of RELATIONS) {
-      m = rest.match(new RegExp(`\\s(?:that is |which is |who is |is )?${escapeRe(words)}\\s+(.+)$`));
-      if (m && rest.slice(0, m.index).trim()) {
-        const anchor = stripWords(m[1]), head = stripWords(rest.slice(0, m.index));
-        if (anchor && head) return {text, head, directions: [...new Set(directions)], rank, relation, anchor, group};
-      }
+    const rel = relationIn(rest);
+    if (rel) {
+      const [head, relation, anchor, negated] = rel;
+      return {text, head, directions: [...new Set(directions)], rank, relation, anchor, group, negated};
     }
-    const words = rest.split(/\s+/).filter(Boolean);
+    const words = splitWords(rest);
     const kept = [];
     words.forEach((w, i) => {
       const isLast = i === words.length - 1;
-      if (has(SUPERLATIVE, w) && !isLast && (!(w === 'top' || w === 'bottom') || words[i + 1] !== 'of')) directions.push(SUPERLATIVE[w]);
+      if (!isLast && has(SIDE_WORDS, w) && sideWordKept(words, i)) kept.push(w);
+      else if ((w === 'far' || w === 'very' || w === 'extreme') && !isLast && has(SIDE_WORDS, words[i + 1])) { /* "far right": the side word says it */ }
+      else if (has(SUPERLATIVE, w) && !isLast && (!(w === 'top' || w === 'bottom') || words[i + 1] !== 'of')) directions.push(SUPERLATIVE[w]);
       else if (has(SIDE_WORDS, w) && !isLast && words[i + 1] !== 'of' && words[i + 1] !== 'side') directions.push(SIDE_WORDS[w]);
       else if (has(ORDINALS, w) && !isLast && (has(SUPERLATIVE, words[i + 1]) || has(SIDE_WORDS, words[i + 1]))) rank = ORDINALS[w];
       else kept.push(w);
     });
-    let head = stripWords(kept.join(' '));
+    let head = tidy(kept.join(' '));
     if (!head) head = directions.length ? 'object' : text;
-    return {text, head, directions: [...new Set(directions)], rank, relation: null, anchor: null, group};
+    return {text, head, directions: [...new Set(directions)], rank, relation: null, anchor: null, group, negated: false};
   }
   // textsam.text.spatial.resolve: probabilities over candidates re-ranked by geometry (boxes inclusive, pixels)
   function resolve(q, head, boxes, size, anchor) {
@@ -288,7 +358,11 @@
       out = new Float64Array(n);
       for (let i = 0; i < n; i++) {
         let s = 0;
-        for (let j = 0; j < n; j++) if (j !== i) s += relation(boxes, cx, cy, q.relation, i, j) * anchor[j];
+        for (let j = 0; j < n; j++) {
+          if (j === i) continue;
+          const r = relation(boxes, cx, cy, q.relation, i, j);
+          s += (q.negated ? 1 - r : r) * anchor[j];
+        }
         out[i] = head[i] * s;
       }
     } else if (q.directions.length) {
@@ -336,7 +410,8 @@
       return (ix * iy) / (w * h);
     }
     const d = Math.hypot(cx[i] - cx[j], cy[i] - cy[j]);
-    return Math.exp(-d / ((w + h) / 2 + (wj + hj) / 2));
+    const near = Math.exp(-d / ((w + h) / 2 + (wj + hj) / 2));
+    return rel === 'far' ? 1 - near : near;
   }
 
   // ------------------------------------------------------------------ masks: deepest points, NMS, boxes, RLE
