@@ -117,6 +117,23 @@ def test_a_negated_relation_prefers_the_candidates_outside_it() -> None:
     assert int(resolve(parse("the cross far from the dog"), head, boxes, size, anchor).argmax()) == 3
 
 
+def test_a_superlative_with_a_relation_ranks_what_the_relation_leaves() -> None:
+    """"the leftmost cross next to the dog": the relation keeps the crosses beside the dog, the superlative picks
+    the leftmost of those (alone, "the leftmost cross" is the far one on the left)."""
+    q = parse("the leftmost cross next to the dog")
+    assert (q.head, q.directions, q.relation, q.anchor) == ("cross", ("left",), "near", "dog")
+    assert parse("the knife beside the pineapple, third from the left").directions == ("left",)
+    # crosses at 0 (far left, alone), 1 and 2 on either side of the dog (3), and 4 (far right)
+    boxes = torch.tensor([[0, 0, 10, 10], [311, 0, 321, 10], [351, 0, 361, 10], [330, 0, 342, 10], [600, 0, 610, 10]],
+                         dtype=torch.float)
+    head = torch.tensor([0.25, 0.25, 0.25, 0.0, 0.25])
+    anchor = torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0])
+    size = (10, 610)
+    assert int(resolve(parse("the leftmost cross"), head, boxes, size).argmax()) == 0
+    assert int(resolve(q, head, boxes, size, anchor).argmax()) == 1
+    assert int(resolve(parse("the rightmost cross next to the dog"), head, boxes, size, anchor).argmax()) == 2
+
+
 def test_parse_keeps_the_synthetic_phrases_as_they_were() -> None:
     """The proxy's own phrase forms (the synthetic generator's spatial, attribute and category templates) parse as
     before the rules for people's phrases were added."""

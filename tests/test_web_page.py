@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from textsam.export.web_runtime import runtime_cache_path
@@ -201,7 +202,7 @@ def test_page_matches_the_python_predictor_for_text_clicks_and_boxes(page, predi
 
 
 def test_tokenizer_parser_and_resampling_match_python(page, predictor) -> None:  # noqa: ANN001
-    from textsam.text.spatial import parse
+    from textsam.text.spatial import parse, resolve
 
     tokenizer = predictor.model.text_encoder.tokenizer
     phrases = ["red circle", "a photo of the Blue STAR.", "the second hexagon from the left", "  all   the hearts ",
@@ -221,6 +222,20 @@ def test_tokenizer_parser_and_resampling_match_python(page, predictor) -> None: 
         assert (ours["head"], tuple(ours["directions"]), ours["rank"], ours["relation"], ours["anchor"], ours["group"],
                 ours["negated"]) == (q.head, q.directions, q.rank, q.relation, q.anchor, q.group, q.negated), phrase
     rng = np.random.default_rng(0)
+    # the geometry after the parse: relations (negated, far), superlatives, ordinals, and both together
+    for phrase in ["the cross left of the dog", "the cup that is not next to the plate", "the car far from the bus",
+                   "the second bottle from the right on the counter", "the knife beside the pineapple, third from the left",
+                   "bottom right pizza", "the biggest dog", "the last car from the left"]:
+        n = 7
+        head = rng.dirichlet(np.ones(n)).tolist()
+        anchor = rng.dirichlet(np.ones(n)).tolist()
+        xy = rng.uniform(0, 400, (n, 2))
+        boxes = np.concatenate([xy, xy + rng.uniform(5, 80, (n, 2))], 1).round().tolist()
+        js = page.evaluate("([p, h, b, s, a]) => Array.from(textsam._internal.resolve(textsam._internal.parse(p), h, b, s, a))",
+                           [phrase, head, boxes, [480, 500], anchor])
+        q = parse(phrase)
+        ref = resolve(q, torch.tensor(head), torch.tensor(boxes), (480, 500), torch.tensor(anchor) if q.anchor else None)
+        assert np.allclose(js, ref.numpy(), atol=1e-5), phrase
     for (h, w), (oh, ow), kind in [((37, 53), (64, 64), "bicubic"), ((300, 200), (128, 85), "bilinear"),
                                    ((90, 140), (64, 64), "bicubic"), ((128, 96), (128, 96), "bilinear"),
                                    ((20, 31), (128, 77), "bilinear"), ((500, 61), (64, 8), "bicubic")]:

@@ -25,7 +25,8 @@ in ``../shared/data/refcocos_on_coco_tiny``):
 - a pronoun, a part of the head ("spots on its face"), a place ("on the front") or the viewer ("facing the
   camera") is no anchor; "closest to / farthest from the camera" are superlatives (nearest = biggest), while
   "closest to / farthest from the X" are relations ("near", "far");
-- side words that name a garment or a body part stay in the head ("a white top with ...", "the right hand of").
+- side words that name a garment or a body part stay in the head ("a white top with ...", "the right hand of");
+- a superlative beside a relation ranks what the relation leaves ("the leftmost cup on the table").
 
 The same rules run in the browser page (``textsam/export/web_page/textsam.js``; a test compares the two).
 Frames: boxes are ``x0, y0, x1, y1`` pixels of the original image.
@@ -226,10 +227,24 @@ def parse(phrase: str) -> Query:
     relation = _relation_in(rest)
     if relation is not None:
         head, name, anchor, negated = relation
-        return Query(text, head, tuple(directions), rank, relation=name, anchor=anchor, group=group,
-                     negated=negated)
-    words = rest.split()
-    kept = []
+        head, more, more_rank = _superlatives(head)  # "the biggest dog next to the car"
+        head = head or "object"
+        rank = rank if directions else more_rank
+        return Query(text, head, tuple(dict.fromkeys(directions + more)), rank, relation=name, anchor=anchor,
+                     group=group, negated=negated)
+    head, more, more_rank = _superlatives(rest)
+    rank = rank if directions else more_rank
+    directions += more
+    if not head:  # only spatial words ("second from left"): any object
+        head = "object" if directions else text
+    return Query(text, head, tuple(dict.fromkeys(directions)), rank, group=group)
+
+
+def _superlatives(phrase: str) -> tuple[str, list[str], int]:
+    """The superlative and side words of ``phrase`` taken out ("the leftmost red cross", "bottom right pizza",
+    "second largest"): ``(head, directions, rank)``; the head is empty when only such words were there."""
+    words = phrase.split()
+    kept, directions, rank = [], [], 0
     for i, w in enumerate(words):
         is_last = i == len(words) - 1
         if not is_last and w in _SIDE_WORDS and _side_word_kept(words, i):
@@ -244,10 +259,7 @@ def parse(phrase: str) -> Query:
             rank = _ORDINALS[w]
         else:
             kept.append(w)
-    head = _tidy(" ".join(kept))
-    if not head:  # only spatial words ("second from left"): any object
-        head = "object" if directions else text
-    return Query(text, head, tuple(dict.fromkeys(directions)), rank, group=group)
+    return (_tidy(" ".join(kept)) if kept else ""), directions, rank
 
 
 def _key(boxes: Tensor, direction: str, size: tuple[int, int]) -> Tensor:
@@ -293,29 +305,33 @@ def _relation(boxes: Tensor, relation: str) -> Tensor:
 
 def resolve(query: Query, head: Tensor, boxes: Tensor, size: tuple[int, int], anchor: Tensor | None = None) -> Tensor:
     """Final probabilities ``(N,)`` over the candidates from CLIP's ``head (N,)`` probabilities for the head
-    phrase (and ``anchor (N,)`` for a relation's anchor), ``boxes (N, 4)`` pixels of an image of ``size`` (H, W)."""
+    phrase (and ``anchor (N,)`` for a relation's anchor), ``boxes (N, 4)`` pixels of an image of ``size`` (H, W).
+    A phrase with both ("the second bottle from the right on the counter") takes the relation first and the
+    superlative over the candidates that relation leaves."""
     if len(head) < 2:
         return head
     boxes = boxes.float()
+    probs = head
     if query.relation is not None and anchor is not None:
         r = _relation(boxes, query.relation)
         if query.negated:
             r = 1 - r
         r.fill_diagonal_(0)
         out = head * (r @ anchor)
-    elif query.directions:
-        out = head
-        for n, direction in enumerate(query.directions):
-            key = _key(boxes, direction, size)
-            beyond = (key[:, None] > key[None, :]).float()  # beyond[i, j]: i further along the direction than j
-            rank = query.rank if n == 0 else 0
-            if rank == 0:  # the extreme one (ReCLIP's superlative, counting i itself)
-                out = out * ((beyond + torch.eye(len(head), device=head.device, dtype=beyond.dtype)) @ head)
-            else:  # the k-th from the extreme (k = rank), or the last one (rank -1): count the good matches
-                weight = head / head.max().clamp_min(1e-12)
-                count = beyond.T @ weight if rank > 0 else beyond @ weight  # matches beyond i / behind i
-                out = out * torch.exp(-((count - max(rank, 0)) ** 2) / 0.5)
-    else:
-        return head
+        total = out.sum()
+        probs = out / total if total > 0 else head
+    if not query.directions:
+        return probs
+    out = probs
+    for n, direction in enumerate(query.directions):
+        key = _key(boxes, direction, size)
+        beyond = (key[:, None] > key[None, :]).float()  # beyond[i, j]: i further along the direction than j
+        rank = query.rank if n == 0 else 0
+        if rank == 0:  # the extreme one (ReCLIP's superlative, counting i itself)
+            out = out * ((beyond + torch.eye(len(probs), device=probs.device, dtype=beyond.dtype)) @ probs)
+        else:  # the k-th from the extreme (k = rank), or the last one (rank -1): count the good matches
+            weight = probs / probs.max().clamp_min(1e-12)
+            count = beyond.T @ weight if rank > 0 else beyond @ weight  # matches beyond i / behind i
+            out = out * torch.exp(-((count - max(rank, 0)) ** 2) / 0.5)
     total = out.sum()
-    return out / total if total > 0 else head
+    return out / total if total > 0 else probs

@@ -330,11 +330,22 @@
     }
     const rel = relationIn(rest);
     if (rel) {
-      const [head, relation, anchor, negated] = rel;
-      return {text, head, directions: [...new Set(directions)], rank, relation, anchor, group, negated};
+      const [relHead, relation, anchor, negated] = rel;
+      const [h, more, moreRank] = superlatives(relHead);  // "the biggest dog next to the car"
+      if (!directions.length) rank = moreRank;
+      return {text, head: h || 'object', directions: [...new Set([...directions, ...more])], rank, relation, anchor, group,
+        negated};
     }
-    const words = splitWords(rest);
-    const kept = [];
+    const [h, more, moreRank] = superlatives(rest);
+    if (!directions.length) rank = moreRank;
+    directions = [...directions, ...more];
+    const head = h || (directions.length ? 'object' : text);
+    return {text, head, directions: [...new Set(directions)], rank, relation: null, anchor: null, group, negated: false};
+  }
+  function superlatives(phrase) {  // textsam.text.spatial._superlatives
+    const words = splitWords(phrase);
+    const kept = [], directions = [];
+    let rank = 0;
     words.forEach((w, i) => {
       const isLast = i === words.length - 1;
       if (!isLast && has(SIDE_WORDS, w) && sideWordKept(words, i)) kept.push(w);
@@ -344,18 +355,16 @@
       else if (has(ORDINALS, w) && !isLast && (has(SUPERLATIVE, words[i + 1]) || has(SIDE_WORDS, words[i + 1]))) rank = ORDINALS[w];
       else kept.push(w);
     });
-    let head = tidy(kept.join(' '));
-    if (!head) head = directions.length ? 'object' : text;
-    return {text, head, directions: [...new Set(directions)], rank, relation: null, anchor: null, group, negated: false};
+    return [kept.length ? tidy(kept.join(' ')) : '', directions, rank];
   }
   // textsam.text.spatial.resolve: probabilities over candidates re-ranked by geometry (boxes inclusive, pixels)
   function resolve(q, head, boxes, size, anchor) {
     const n = head.length;
     if (n < 2) return head;
     const cx = boxes.map((b) => (b[0] + b[2]) / 2), cy = boxes.map((b) => (b[1] + b[3]) / 2);
-    let out;
-    if (q.relation && anchor) {
-      out = new Float64Array(n);
+    let probs = head;
+    if (q.relation && anchor) {  // the relation first, then the superlatives over what it leaves
+      const out = new Float64Array(n);
       for (let i = 0; i < n; i++) {
         let s = 0;
         for (let j = 0; j < n; j++) {
@@ -365,39 +374,40 @@
         }
         out[i] = head[i] * s;
       }
-    } else if (q.directions.length) {
-      out = Float64Array.from(head);
-      q.directions.forEach((direction, k) => {
-        const [key, sign] = DIRECTIONS[direction];
-        const value = boxes.map((b, i) => {
-          if (key === 'x') return sign * cx[i];
-          if (key === 'y') return sign * cy[i];
-          if (key === 'area') return sign * (b[2] - b[0]) * (b[3] - b[1]);
-          const [h, w] = size;
-          return sign * (((cx[i] - w / 2) / w) ** 2 + ((cy[i] - h / 2) / h) ** 2);
-        });
-        const rank = k === 0 ? q.rank : 0;
-        const mx = Math.max(Math.max(...head), 1e-12);
-        for (let i = 0; i < n; i++) {
-          if (rank === 0) {
-            let s = head[i];
-            for (let j = 0; j < n; j++) if (value[i] > value[j]) s += head[j];
-            out[i] *= s;
-          } else {
-            let count = 0;
-            for (let j = 0; j < n; j++) {
-              if (rank > 0 ? value[j] > value[i] : value[i] > value[j]) count += head[j] / mx;
-            }
-            out[i] *= Math.exp(-((count - Math.max(rank, 0)) ** 2) / 0.5);
-          }
-        }
-      });
-    } else {
-      return head;
+      const total = out.reduce((a, b) => a + b, 0);
+      if (total > 0) probs = Array.from(out, (v) => v / total);
     }
+    if (!q.directions.length) return probs;
+    const out = Float64Array.from(probs);
+    q.directions.forEach((direction, k) => {
+      const [key, sign] = DIRECTIONS[direction];
+      const value = boxes.map((b, i) => {
+        if (key === 'x') return sign * cx[i];
+        if (key === 'y') return sign * cy[i];
+        if (key === 'area') return sign * (b[2] - b[0]) * (b[3] - b[1]);
+        const [h, w] = size;
+        return sign * (((cx[i] - w / 2) / w) ** 2 + ((cy[i] - h / 2) / h) ** 2);
+      });
+      const rank = k === 0 ? q.rank : 0;
+      const mx = Math.max(Math.max(...probs), 1e-12);
+      for (let i = 0; i < n; i++) {
+        if (rank === 0) {
+          let s = probs[i];
+          for (let j = 0; j < n; j++) if (value[i] > value[j]) s += probs[j];
+          out[i] *= s;
+        } else {
+          let count = 0;
+          for (let j = 0; j < n; j++) {
+            if (rank > 0 ? value[j] > value[i] : value[i] > value[j]) count += probs[j] / mx;
+          }
+          out[i] *= Math.exp(-((count - Math.max(rank, 0)) ** 2) / 0.5);
+        }
+      }
+    });
     const total = out.reduce((a, b) => a + b, 0);
-    return total > 0 ? Array.from(out, (v) => v / total) : head;
+    return total > 0 ? Array.from(out, (v) => v / total) : probs;
   }
+  // textsam.text.spatial._relation: how well candidate i stands in the relation to candidate j
   function relation(boxes, cx, cy, rel, i, j) {
     const [x0, y0, x1, y1] = boxes[i], [u0, v0, u1, v1] = boxes[j];
     const w = Math.max(x1 - x0, 1), h = Math.max(y1 - y0, 1), wj = Math.max(u1 - u0, 1), hj = Math.max(v1 - v0, 1);
@@ -1080,7 +1090,7 @@
   api.segment = segment;
   api.cocoRle = cocoRle;
   // the ports of Python code, for the tests that compare them with the originals
-  api._internal = {tokenize: (s) => tokenize(s, api.manifest.text.context_length), parse, resizePIL,
+  api._internal = {tokenize: (s) => tokenize(s, api.manifest.text.context_length), parse, resolve, resizePIL,
     proposalPoints: () => (img && img.proposals ? img.proposals.points : null)};
 
   api.ready = (async () => {
