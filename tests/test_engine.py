@@ -483,3 +483,30 @@ def test_every_instance_decodes_each_proposal_once_per_image_and_answers_as_alon
         single = alone.predict(text=phrase, instances="all")
         assert answer.masks.shape == single.masks.shape and (answer.masks == single.masks).all()
         assert np.allclose(answer.scores, single.scores, atol=1e-5) and answer.presence == single.presence
+
+
+def test_with_a_text_head_the_engine_chooses_for_a_relation_between_two_objects() -> None:
+    """shapes_tiny's head reads a phrase whole and has no geometry between two objects: for "the X left of the Y"
+    the engine chooses among the head's candidates (its box and click join the call with the head's tokens, and
+    it answers presence); other phrases keep the locator's click. A vocabulary decides the same per phrase."""
+    from pathlib import Path
+
+    from textsam.transforms import load_image
+
+    model = textsam.create_model("shapes_tiny")
+    predictor = textsam.TextSamPredictor(model)
+    assert predictor.text.can_locate and not predictor.text.engine_chooses
+    assert predictor.text.engine_resolves("the circle left of the square")
+    assert predictor.text.engine_resolves("the star that is not above the heart")
+    assert not predictor.text.engine_resolves("the leftmost circle")
+    predictor.set_image(load_image(Path(textsam.__file__).parent / "examples" / "shapes.png"))
+    phrases = ["the circle left of the square", "the red circle", "the star that is not above the heart"]
+    singles = [predictor.predict(text=p) for p in phrases]
+    relation, plain, negated = (s.info["prompts"] for s in singles)
+    assert "located" not in relation and relation["box"] is not None and len(relation["points"]) == 1
+    assert "located" not in negated and negated["box"] is not None
+    assert "located" in plain and plain["box"] is None
+    for single, many in zip(singles, predictor.predict_phrases(phrases)):
+        assert many.presence == pytest.approx(single.presence, abs=1e-6)
+        assert np.array_equal(many.masks, single.masks)
+        assert many.info["prompts"]["box"] == single.info["prompts"]["box"]

@@ -158,7 +158,10 @@ def test_page_matches_the_python_predictor_for_text_clicks_and_boxes(page, predi
     ious: dict[str, list[float]] = {"text": [], "click": [], "text+click": [], "box": [], "text+box": []}
     presence_gap = []
     timings = []
-    scenes = [("shapes.png", np.array(Image.open(EXAMPLE).convert("RGB")), [("red circle", None), ("blue square", None)])]
+    # the relation phrases: the head's candidates chosen by the engine (TextPrompter.engine_resolves), in both
+    scenes = [("shapes.png", np.array(Image.open(EXAMPLE).convert("RGB")),
+               [("red circle", None), ("blue square", None), ("the circle left of the square", None),
+                ("the star that is not above the heart", None)])]
     scenes += _scenes()
     for name, image, named in scenes:
         page.evaluate("(url) => textsam.loadImage(url)", name)

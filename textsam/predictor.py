@@ -217,9 +217,11 @@ class TextSamPredictor:
         info: dict[str, Any] = {}
         extra = None
         if text is not None:
-            located = point_coords is None and box is None and self.text.can_locate
+            engine_prompts = self.text.engine_resolves(text)
+            # the head's locator clicks unless the engine chose (a relation between two objects, see engine_resolves)
+            located = point_coords is None and box is None and self.text.can_locate and not engine_prompts
             tp = self.text.prompt_for(text, self.image, negative=negative_text, user_box=boxes, user_points=coords,
-                                      user_labels=labels, predictor=self, engine_prompts=self.text.engine_chooses)
+                                      user_labels=labels, predictor=self, engine_prompts=engine_prompts)
             presence = tp.presence
             if tp.group and tp.members:  # "all the X" asked for one answer: the union of every member
                 return self._predict_group(text, tp, coords, labels, return_logits)
@@ -325,22 +327,23 @@ class TextSamPredictor:
         assert self.image is not None and self.original_size is not None and self.input_size is not None
         if not phrases:
             raise InputError("give at least one phrase")
-        located = self.text.can_locate
-        prompts = self.text.prompts_for(phrases, self, engine_prompts=self.text.engine_chooses)
-        if prompts is None:
-            prompts = [self.text.prompt_for(p, self.image) for p in phrases]
+        # per phrase, as predict(text=phrase) decides: the engine chooses without a text head, and with one for a
+        # phrase relating two objects (TextPrompter.engine_resolves); the head's locator clicks for the others
+        by_engine = [self.text.engine_resolves(p) for p in phrases]
+        locates = [self.text.can_locate and not e for e in by_engine]
+        prompts = self._phrase_prompts(phrases, by_engine)
         singles, groups = [], []
         out: list[Prediction | None] = [None] * len(phrases)
         for i, (phrase, tp) in enumerate(zip(phrases, prompts)):
             if tp.group and tp.members:
                 groups.append(i)
                 continue
-            if not located and not len(tp.points) and tp.box is None and tp.tokens is None:
+            if not locates[i] and not len(tp.points) and tp.box is None and tp.tokens is None:
                 # nothing to prompt with (e.g. no proposal on the image): SAM's answer to an empty prompt, as
                 # predict() gives it (a row of padding clicks in the batch would be another prompt)
                 out[i] = self.predict(text=phrase, multimask_output=multimask_output, return_logits=return_logits)
                 continue
-            if located:
+            if locates[i]:
                 click, located_presence = self.text.locate_with_presence(phrase, self.features, self.input_size,
                                                                          self.original_size, self.image)
                 tp = TextPrompt(np.concatenate([tp.points, click]), np.concatenate([tp.labels, np.ones(1, np.int64)]),
@@ -357,7 +360,17 @@ class TextSamPredictor:
                 row_of.append(rows.setdefault(_prompt_key(tp) or (id(tp),), len(unique)))
                 if row_of[-1] == len(unique):
                     unique.append(tp)
-            low_res, iou = self._decode_low_res(self.features, *self._text_batch(unique), multimask_output)
+            # rows with a box and rows without are two decoder batches (a batch's prompts all have a box or none):
+            # with a text head, a phrase the engine chose for has the proposal's box, the others the locator's click
+            parts = [[k for k, tp in enumerate(unique) if (tp.box is not None) == boxed] for boxed in (True, False)]
+            decoded = {}
+            for part in parts:
+                if part:
+                    low, score = self._decode_low_res(self.features, *self._text_batch([unique[k] for k in part]),
+                                                      multimask_output)
+                    decoded.update({k: (low[j], score[j]) for j, k in enumerate(part)})
+            low_res = torch.stack([decoded[k][0] for k in range(len(unique))])
+            iou = torch.stack([decoded[k][1] for k in range(len(unique))])
             finished: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
             for row, (i, tp) in zip(row_of, singles):
                 if row not in finished:
@@ -367,6 +380,21 @@ class TextSamPredictor:
         for i in groups:
             out[i] = self._predict_group(phrases[i], prompts[i], None, None, return_logits)
         return [o for o in out if o is not None]
+
+    def _phrase_prompts(self, phrases: list[str], by_engine: list[bool]) -> list[TextPrompt]:
+        """Each phrase's prompts for :meth:`predict_phrases`: the engine's (one text batch and one ranking for
+        the phrases it chooses for, ``by_engine``, another for those it only answers presence for), or, with the
+        engine off, :meth:`TextPrompter.prompt_for` phrase by phrase."""
+        out: dict[int, TextPrompt] = {}
+        for chosen in (True, False):
+            part = [i for i, e in enumerate(by_engine) if e is chosen]
+            if not part:
+                continue
+            got = self.text.prompts_for([phrases[i] for i in part], self, engine_prompts=chosen)
+            if got is None:
+                return [self.text.prompt_for(p, self.image) for p in phrases]
+            out.update(zip(part, got))
+        return [out[i] for i in range(len(phrases))]
 
     def _text_answer(self, text: str, tp: TextPrompt, low_res: torch.Tensor, iou: torch.Tensor,
                      return_logits: bool,

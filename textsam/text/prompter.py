@@ -268,8 +268,20 @@ class TextPrompter:
     @property
     def engine_chooses(self) -> bool:
         """Whether the engine's chosen object becomes prompts: for a model without a text head. With a head,
-        the head decides (its tokens, and its locator's click) and the engine answers presence."""
+        the head decides (its tokens, and its locator's click) and the engine answers presence, except for
+        phrases relating their object to another (:meth:`engine_resolves`)."""
         return self.model.text_projector is None
+
+    def engine_resolves(self, phrase: str) -> bool:
+        """Whether the engine chooses the object for ``phrase`` (its box and click join the decoder call, with the
+        head's tokens, and it answers presence): always without a text head; with one, for a phrase that relates
+        its object to another ("the cup left of the plate", "the cat that is not on the sofa"). A head reads a
+        phrase whole and has no geometry between two objects; the engine scores the head noun and the anchor by
+        CLIP and resolves the relation on their boxes (``tools/relation_probe.py`` on the synthetic test split:
+        shapes_tiny's locator 31.1 mIoU on 239 relation phrases, the engine on the same candidates 75.4)."""
+        if self.engine_chooses:
+            return True
+        return self.engine_enabled and parse(phrase).relation is not None
 
     @property
     def engine_enabled(self) -> bool:

@@ -1025,8 +1025,10 @@
       const q = parse(phrase), templates = m.text.templates;
       const headGraph = m.graphs.clip_text_head ? 'clip_text_head' : 'clip_text';
       const headHere = m.text.mode === 'head' && headGraph === 'clip_text';
+      // with a head, the engine chooses for a phrase relating two objects (TextPrompter.engine_resolves)
+      const relational = m.text.mode === 'head' && q.relation !== null;
       // a head whose locator answers presence, asked without a click or box: the engine is not needed
-      const locatorAnswers = m.text.mode === 'head' && m.text.locator.presence && !points.length && !box;
+      const locatorAnswers = m.text.mode === 'head' && m.text.locator.presence && !points.length && !box && !relational;
       let ranked = null;
       if (!locatorAnswers) {
         await encodeTexts([...(headHere ? [phrase] : []), ...expand(q.head, templates),
@@ -1036,7 +1038,18 @@
       }
       if (m.text.mode === 'head') { // the head's tokens, and its locator's click when the user gave no click or box
         [textRow] = await encodeTexts([phrase], headGraph);
-        if (!points.length && !box) {
+        if (relational) { // the engine's choice among the head's candidates: its box and click, with the tokens
+          if (ranked.chosen.length) {
+            const props = await proposalSet();
+            const asBox = (i) => { const b = props.boxes[i]; return [b[0], b[1], b[2] + 1, b[3] + 1]; };
+            if (ranked.q.group) {
+              return finish(t0, await groupMask(ranked.chosen.map((i) => [asBox(i), candidateClick(i)]), points,
+                textRow.embedding), pres, phrase, points, box);
+            }
+            pts.push([...candidateClick(ranked.chosen[0]), 1]);
+            if (!box) promptBox = asBox(ranked.chosen[0]);
+          }
+        } else if (!points.length && !box) {
           const located = await locate(phrase, textRow);
           if (locatorAnswers && q.group && located.members.length) { // "all the X": the union of its members
             const props = await proposalSet();
