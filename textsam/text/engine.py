@@ -181,8 +181,9 @@ class TextEngine:
         return "fp32"
 
     def token_embeddings(self, predictor, clip: torch.nn.Module) -> Tensor | None:  # noqa: ANN001
-        """Unit CLIP embeddings ``(N, D)`` float32 on the CPU of the proposals' mask tokens (one tower pass, once per image); None
-        for a tower that is not open_clip's plain ViT (e.g. a ResNet CLIP: every proposal is then cropped)."""
+        """Unit CLIP embeddings ``(N, D)`` float32, on the CPU, of the proposals' mask tokens (one tower pass, once
+        per image); None for a tower that is not open_clip's plain ViT (e.g. a ResNet CLIP: every proposal is then
+        cropped)."""
         if self._tokens is None:
             visual, native = clip.visual, tower_input_size(clip)
             try:
