@@ -510,3 +510,27 @@ def test_with_a_text_head_the_engine_chooses_for_a_relation_between_two_objects(
         assert many.presence == pytest.approx(single.presence, abs=1e-6)
         assert np.array_equal(many.masks, single.masks)
         assert many.info["prompts"]["box"] == single.info["prompts"]["box"]
+
+
+def test_a_relations_presence_needs_its_anchor(engine_predictor) -> None:
+    """A relation presupposes its anchor: the presence of "the X left of the Y" is the smaller of the chosen
+    object's and the anchor's (the best other shortlisted proposal for the Y), so "the circle left of the
+    hexagon" in a picture without a hexagon is less present than the head alone says."""
+    predictor = engine_predictor
+    text, engine = predictor.text, predictor.text.engine
+    o = engine.options
+    precision = {"int8": "fp32"}.get(engine.precision(predictor), engine.precision(predictor))
+    for phrase in ["the circle left of the square", "the red circle next to the triangle"]:
+        (ranked,) = text.engine_rank(predictor, [phrase])
+        q = parse(phrase)
+        assert len(engine._crops) == len(engine.proposals(predictor))  # every proposal shortlisted: 2 x 8 here
+        emb = predictor.model.scoring_encoder.encode_ensembles([q.head, q.anchor], text.templates(), precision)
+        crops = torch.stack([engine._crops[i] for i in range(len(engine._crops))]).mean(1)  # (N, D), one view
+        head_cos, anchor_cos = (crops @ emb[0]), (crops @ emb[1])
+        best = ranked.chosen[0]
+        anchor_cos[best] = float("-inf")
+        expected = min(torch.sigmoid(o.presence_gain * (head_cos[best] - o.presence_bias)),
+                       torch.sigmoid(o.presence_gain * (anchor_cos.max() - o.presence_bias)))
+        assert ranked.presence == pytest.approx(float(expected), abs=1e-5)
+        (alone,) = text.engine_rank(predictor, [q.head])
+        assert ranked.presence <= alone.presence + 1e-6 or ranked.chosen != alone.chosen

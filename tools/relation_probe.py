@@ -13,7 +13,9 @@ to the anchor (by at least 8% of the image side along the axis, for left / right
 to", the nearest by a factor of 1.5), and the anchor's shape is unique in the image. "not <relation>" is made
 where exactly two objects have the head's shape and one of them stands in the relation. Printed per relation:
 mIoU with the phrase, and with the phrase's head alone ("the circle": what CLIP's choice gives without the
-relation words), so the difference is what the resolver adds.
+relation words), so the difference is what the resolver adds. Presence: the share of these phrases found, and of
+phrases whose anchor is a shape the image does not hold ("the circle left of the hexagon" with no hexagon: each
+shape of the image with each relation against the first absent shape), which should not be.
 """
 
 from __future__ import annotations
@@ -58,6 +60,16 @@ def relation_phrases(anns: list[dict], side: float) -> list[tuple[str, str, str,
     return out
 
 
+def absent_anchor_phrases(anns: list[dict], shapes: tuple[str, ...]) -> list[str]:
+    """Relation phrases whose anchor is a shape the image does not hold ("the circle left of the hexagon" with no
+    hexagon): each object shape of the image with each relation, against the first absent shape."""
+    present = sorted({a["shape"] for a in anns})
+    missing = [s for s in shapes if s not in present]
+    if not missing:
+        return []
+    return [f"the {shape} {name} the {missing[0]}" for shape in present for name in (*AXES, "next to")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("runs/shapes_data/test"))
@@ -70,6 +82,7 @@ def main() -> None:
     import textsam
     from textsam import rle
     from textsam.allocator import keep_freed_memory
+    from textsam.data.shapes_render import SHAPES
     from textsam.transforms import load_image
 
     keep_freed_memory()
@@ -79,24 +92,32 @@ def main() -> None:
         by_image[a["image_id"]].append(a)
     model = textsam.create_model(args.model, text_head=None if args.text_head else False)
     pred = textsam.TextSamPredictor(model)
-    rows = []
+    rows: list[dict] = []
+    absent: list[dict] = []
     for info in coco["images"][: args.limit]:
         anns = sorted(by_image[info["id"]], key=lambda a: a["id"])
         phrases = relation_phrases(anns, float(max(info["width"], info["height"])))
-        if not phrases:
+        if not phrases and not absent_anchor_phrases(anns, SHAPES):
             continue
         pred.set_image(load_image(args.data / "images" / info["file_name"]))
         for relation, phrase, head, target in phrases:
             gt = rle.decode(anns[target]["segmentation"]).astype(bool)
-            ious = []
+            ious, found, presence = [], None, None
             for text in (phrase, head):
-                mask = pred.predict(text=text).masks[0]
+                out = pred.predict(text=text)
+                mask = out.masks[0]
+                if found is None:
+                    found, presence = out.info.get("found"), out.presence
                 union = np.logical_or(mask, gt).sum()
                 ious.append(float(np.logical_and(mask, gt).sum() / union) if union else 1.0)
             rows.append({"image": info["file_name"], "relation": relation, "phrase": phrase, "iou": ious[0],
-                         "head_only_iou": ious[1]})
+                         "head_only_iou": ious[1], "found": bool(found), "presence": presence})
+        for phrase in absent_anchor_phrases(anns, SHAPES):
+            out = pred.predict(text=phrase)
+            absent.append({"image": info["file_name"], "phrase": phrase, "found": bool(out.info.get("found")),
+                           "presence": out.presence})
     if args.out:
-        args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        args.out.write_text("".join(json.dumps(r) + "\n" for r in rows + absent))
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         groups[r["relation"]].append(r)
@@ -110,6 +131,14 @@ def main() -> None:
     if rows:
         print(f"{'all':12s} {len(rows):7d} {100 * np.mean([r['iou'] for r in rows]):6.1f} "
               f"{100 * np.mean([r['head_only_iou'] for r in rows]):9.1f}")
+        print(f"found (presence over the threshold): {np.mean([r['found'] for r in rows]):.1%} of these phrases; "
+              f"{np.mean([a['found'] for a in absent]) if absent else float('nan'):.1%} of {len(absent)} phrases "
+              "whose anchor the image does not hold")
+        pos = np.array([r["presence"] for r in rows if r["presence"] is not None])
+        neg = np.array([a["presence"] for a in absent if a["presence"] is not None])
+        if len(pos) and len(neg):  # the chance that a present phrase's presence is above an absent one's
+            auroc = float(((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg)))
+            print(f"presence AUROC, these phrases against those: {auroc:.3f}")
 
 
 if __name__ == "__main__":

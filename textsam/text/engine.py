@@ -25,7 +25,8 @@ Per phrase (a vocabulary of P phrases is one text batch and one matrix product):
    CLIP's own logit scale turns the scores into probabilities over the shortlist, which
    :func:`~textsam.text.spatial.resolve` re-ranks by geometry;
 7. presence: ``sigmoid(gain * (s - bias))`` with ``s`` the chosen proposal's crop score (its mean over the
-   views); membership, for a group phrase ("all X") and ``instances="all"``: the same calibration on each
+   views); for a relation, the smaller of that and the same of the anchor's best other shortlisted proposal
+   (a relation presupposes its anchor: "the cup left of the laptop" in a photo without a laptop); membership, for a group phrase ("all X") and ``instances="all"``: the same calibration on each
    shortlisted proposal's cosine in the plain ``"crop"`` view when the engine has several views (else the mean).
    The blur view is for ranking: it pastes the object into the blurred whole image, so a small object is a few
    pixels of the tower's input and its cosine falls, which an absolute per-object yes/no must not read (on
@@ -288,5 +289,10 @@ class TextEngine:
             else:
                 best = int(probs.argmax())
                 chosen, presence = [best], float(torch.sigmoid(o.presence_gain * (c[best] - o.presence_bias)))
+            if q.anchor:  # a relation needs its anchor too: the best other shortlisted object for it
+                a = cos[index[q.anchor]].masked_fill(~pair[1], float("-inf"))
+                a[chosen] = float("-inf")
+                top = float(a.max()) if len(a) else float("-inf")
+                presence = min(presence, float(torch.sigmoid(torch.tensor(o.presence_gain * (top - o.presence_bias)))))
             out.append(Ranked(q, probs, c, members, chosen, presence))
         return out

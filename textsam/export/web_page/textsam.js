@@ -927,13 +927,21 @@
     };
     const probs = resolve(q, softmax(cos[0]), props.boxes, [img.H, img.W], q.anchor ? softmax(cos[1]) : null);
     const member = cos[0].map((c, i) => (1 / (1 + Math.exp(-e.presence_gain * (c - e.presence_bias)))) * (allowed && !allowed[i] ? 0 : 1));
+    let chosen, presence;
     if (q.group) {
-      let chosen = member.map((_, i) => i).sort((a, b) => member[b] - member[a]).filter((i) => member[i] >= e.presence_threshold);
+      chosen = member.map((_, i) => i).sort((a, b) => member[b] - member[a]).filter((i) => member[i] >= e.presence_threshold);
       if (!chosen.length) chosen = [argmax(probs)];
-      return {q, chosen, presence: Math.max(...chosen.map((i) => member[i]))};
+      presence = Math.max(...chosen.map((i) => member[i]));
+    } else {
+      chosen = [argmax(probs)];
+      presence = member[chosen[0]];
     }
-    const best = argmax(probs);
-    return {q, chosen: [best], presence: member[best]};
+    if (q.anchor) { // a relation needs its anchor too: the best other object for it (TextEngine.rank)
+      let top = -Infinity;
+      cos[1].forEach((c, i) => { if (!(allowed && !allowed[i]) && !chosen.includes(i)) top = Math.max(top, c); });
+      presence = Math.min(presence, 1 / (1 + Math.exp(-e.presence_gain * (top - e.presence_bias))));
+    }
+    return {q, chosen, presence};
   }
 
   // the locator's click for a phrase (original pixels) and its presence, as TextPrompter.locate_with_presence
