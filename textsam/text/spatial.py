@@ -93,10 +93,11 @@ _NEGATIONS = {"not", "never", "nor", "neither"}
 # "the remote in the right hand of ...": a side word naming a part of something, not where the object is
 _PARTS = {"hand", "hands", "arm", "arms", "leg", "legs", "foot", "feet", "shoe", "shoes", "eye", "eyes", "ear", "ears",
           "wing", "wings", "paw", "paws", "glove", "gloves", "sleeve", "knee", "shoulder", "half", "part", "edge"}
-# "a white top with ...", "the top and ...": top / bottom as a garment or a noun, not a position
+# "a white top with ...", "the top and ...": top / bottom as a garment or a noun, not a position (after one of
+# these words, or before one of _AFTER_NOUN)
 _AFTER_NOUN = {"with", "and", "or", "on", "in", "at", "of", "that", "which", "who", "is", "are", "has", "having",
                "wearing", "holding", ","}
-_COLOURS = {"white", "black", "red", "green", "blue", "yellow", "orange", "purple", "pink", "brown", "grey", "gray",
+_BEFORE_GARMENT = {"white", "black", "red", "green", "blue", "yellow", "orange", "purple", "pink", "brown", "grey", "gray",
             "dark", "light", "striped", "tank", "bikini", "a", "an"}
 # what may follow "on the left", "in the middle" when the side phrase sits inside the phrase (else: only at its end)
 _CLAUSE = (r"with|and|who|that|which|whose|wearing|holding|having|carrying|sitting|standing|looking|facing|"
@@ -189,7 +190,7 @@ def _side_word_kept(words: list[str], i: int) -> bool:
     if w in ("left", "right") and nxt in _PARTS:
         return True
     if w in ("top", "bottom"):
-        return nxt in _AFTER_NOUN or nxt.startswith(",") or (i > 0 and words[i - 1] in _COLOURS)
+        return nxt in _AFTER_NOUN or nxt.startswith(",") or (i > 0 and words[i - 1] in _BEFORE_GARMENT)
     return False
 
 

@@ -245,7 +245,7 @@
   const NEGATIONS = setOf('not never nor neither');
   const PARTS = setOf('hand hands arm arms leg legs foot feet shoe shoes eye eyes ear ears wing wings paw paws glove gloves sleeve knee shoulder half part edge');
   const AFTER_NOUN = setOf('with and or on in at of that which who is are has having wearing holding ,');
-  const COLOURS = setOf('white black red green blue yellow orange purple pink brown grey gray dark light striped tank bikini a an');
+  const BEFORE_GARMENT = setOf('white black red green blue yellow orange purple pink brown grey gray dark light striped tank bikini a an');
   const CLAUSE = 'with|and|who|that|which|whose|wearing|holding|having|carrying|sitting|standing|looking|facing|in|on|at|near|next|behind|beside|under|above|below|by';
   const ORDINAL = '(first|second|third|fourth|fifth|1st|2nd|3rd|4th|5th|last)';
   const GROUP_WORDS = ['all the', 'all of the', 'all', 'every', 'each', 'both'];
@@ -299,7 +299,7 @@
   function sideWordKept(words, i) {  // textsam.text.spatial._side_word_kept
     const w = words[i], next = words[i + 1];
     if ((w === 'left' || w === 'right') && PARTS.has(next)) return true;
-    if (w === 'top' || w === 'bottom') return AFTER_NOUN.has(next) || next.startsWith(',') || (i > 0 && COLOURS.has(words[i - 1]));
+    if (w === 'top' || w === 'bottom') return AFTER_NOUN.has(next) || next.startsWith(',') || (i > 0 && BEFORE_GARMENT.has(words[i - 1]));
     return false;
   }
   const SIDE = '(left|right|top|bottom|middle|center|centre)';
