@@ -97,8 +97,8 @@ _PARTS = {"hand", "hands", "arm", "arms", "leg", "legs", "foot", "feet", "shoe",
 # these words, or before one of _AFTER_NOUN)
 _AFTER_NOUN = {"with", "and", "or", "on", "in", "at", "of", "that", "which", "who", "is", "are", "has", "having",
                "wearing", "holding", ","}
-_BEFORE_GARMENT = {"white", "black", "red", "green", "blue", "yellow", "orange", "purple", "pink", "brown", "grey", "gray",
-            "dark", "light", "striped", "tank", "bikini", "a", "an"}
+_BEFORE_GARMENT = {"white", "black", "red", "green", "blue", "yellow", "orange", "purple", "pink", "brown", "grey",
+                   "gray", "dark", "light", "striped", "tank", "bikini", "a", "an"}
 # what may follow "on the left", "in the middle" when the side phrase sits inside the phrase (else: only at its end)
 _CLAUSE = (r"with|and|who|that|which|whose|wearing|holding|having|carrying|sitting|standing|looking|facing|"
            r"in|on|at|near|next|behind|beside|under|above|below|by")
