@@ -503,6 +503,8 @@ def test_with_a_text_head_the_engine_chooses_for_a_relation_between_two_objects(
     phrases = ["the circle left of the square", "the red circle", "the star that is not above the heart"]
     singles = [predictor.predict(text=p) for p in phrases]
     relation, plain, negated = (s.info["prompts"] for s in singles)
+    assert singles[0].info["query"]["relation"] == "left" and singles[2].info["query"]["negated"] is True
+    assert "query" not in singles[1].info  # the head decided: no engine reading
     assert "located" not in relation and relation["box"] is not None and len(relation["points"]) == 1
     assert "located" not in negated and negated["box"] is not None
     assert "located" in plain and plain["box"] is None
@@ -510,6 +512,7 @@ def test_with_a_text_head_the_engine_chooses_for_a_relation_between_two_objects(
         assert many.presence == pytest.approx(single.presence, abs=1e-6)
         assert np.array_equal(many.masks, single.masks)
         assert many.info["prompts"]["box"] == single.info["prompts"]["box"]
+        assert many.info.get("query") == single.info.get("query")
 
 
 def test_a_relations_presence_needs_its_anchor(engine_predictor) -> None:

@@ -112,3 +112,15 @@ def test_cli_reports_the_located_click(tmp_path) -> None:
     assert main(["segment", str(path), "--model", "shapes_tiny", "--text", "the square", "--point", "88,92",
                  "-o", str(tmp_path / "b"), "--no-progress"]) == 0
     assert "located_click" not in json.loads((tmp_path / "b" / "scene.json").read_text())["prompt"]
+    # a relation: the engine chose, and the JSON says how it read the phrase (a head-decided phrase has no reading)
+    assert "query" not in json.loads((tmp_path / "a" / "scene.json").read_text())["prompt"]
+    assert main(["segment", str(path), "--model", "shapes_tiny", "--text", "the square that is not left of the circle",
+                 "-o", str(tmp_path / "c"), "--no-progress"]) == 0
+    prompt = json.loads((tmp_path / "c" / "scene.json").read_text())["prompt"]
+    assert "located_click" not in prompt
+    assert prompt["query"] == {"head": "square", "directions": [], "rank": 0, "relation": "left", "anchor": "circle",
+                               "negated": True, "group": False}
+    assert main(["segment", str(path), "--model", "shapes_tiny", "--classes", "the square left of the circle,the square",
+                 "-o", str(tmp_path / "d"), "--no-progress"]) == 0
+    answers = json.loads((tmp_path / "d" / "scene.json").read_text())["prompt"]["answers"]
+    assert answers[0]["query"]["relation"] == "left" and "query" not in answers[1]

@@ -21,6 +21,7 @@ from .prompts import PromptBatch, check_mask_input, check_points_and_box
 from .quantize import int8_supported
 from .text.options import TextOptions
 from .text.prompter import TextPrompt, TextPrompter
+from .text.spatial import parse
 
 DECODE_CHUNK = 32  # prompts per decoder call: memory stays bounded whatever the batch size
 # full-resolution logits (floats) upsampled at once: 32 MB, so a request's transient memory hardly depends on how
@@ -48,7 +49,9 @@ class Prediction(_PredictionFields):
     Unpacks like SAM's 3-tuple. For text prompts ``info`` also holds ``ranking`` (the score masks are ordered
     by: predicted IoU plus ``text_weight`` times ``text_scores``, the dense-CLIP score of each mask when
     grounding is on, else 0), ``labels`` (phrase per mask), ``prompts`` (the points/boxes the text became, original pixels; with a
-    text head's locator, ``prompts["located"]`` is its click) and ``found`` (presence over the threshold).
+    text head's locator, ``prompts["located"]`` is its click), ``found`` (presence over the threshold) and, when
+    the training-free engine chose the object, ``query``: how it read the phrase (:meth:`textsam.text.spatial.Query.as_dict`:
+    the head noun phrase CLIP scored, superlatives and their rank, a relation to an anchor, negated or not, a group).
     """
 
     info: dict[str, Any]
@@ -224,7 +227,8 @@ class TextSamPredictor:
                                       user_labels=labels, predictor=self, engine_prompts=engine_prompts)
             presence = tp.presence
             if tp.group and tp.members:  # "all the X" asked for one answer: the union of every member
-                return self._predict_group(text, tp, coords, labels, return_logits)
+                return self._predict_group(text, tp, coords, labels, return_logits,
+                                           engine_prompts and self.text.engine_enabled)
             if len(tp.points):
                 coords = tp.points if coords is None else np.concatenate([coords, tp.points])
                 labels = tp.labels if labels is None else np.concatenate([labels, tp.labels])
@@ -233,6 +237,8 @@ class TextSamPredictor:
             extra = tp.tokens[None] if tp.tokens is not None else None
             info["prompts"] = {"points": tp.points.tolist(), "labels": tp.labels.tolist(),
                                "box": None if tp.box is None else np.asarray(tp.box).tolist()}
+            if engine_prompts and self.text.engine_enabled:  # how the engine read the phrase it chose for
+                info["query"] = parse(text).as_dict()
             if located:  # the text head's locator clicks
                 assert self.input_size is not None
                 click, located_presence = self.text.locate_with_presence(text, features, self.input_size,
@@ -268,9 +274,10 @@ class TextSamPredictor:
         return presence is None or presence >= self.text.options.engine.presence_threshold
 
     def _predict_group(self, text: str, tp: TextPrompt, coords: np.ndarray | None, labels: np.ndarray | None,
-                       return_logits: bool) -> Prediction:
+                       return_logits: bool, engine_read: bool = False) -> Prediction:
         """A group phrase ("all the X") answered as one mask: every member (its box and click, with the text
-        tokens and the user's clicks) in one decoder batch, the union of their masks."""
+        tokens and the user's clicks) in one decoder batch, the union of their masks. ``engine_read``: the
+        engine chose the members (``info["query"]`` is its reading of the phrase)."""
         prompts = []
         for box_i, click in tp.members:
             pts = click[None] if coords is None else np.concatenate([coords, click[None]])
@@ -282,6 +289,8 @@ class TextSamPredictor:
         masks, scores, lows = self._finish(low, score, return_logits)
         info = {"ranking": scores[0], "labels": [text], "found": self._found(tp.presence),
                 "prompts": {"members": [{"box": b.tolist(), "point": c.tolist()} for b, c in tp.members]}}
+        if engine_read:
+            info["query"] = parse(text).as_dict()
         return Prediction(masks[0], scores[0], lows[0], info, tp.presence)
 
     def _predict_all(self, text: str, negative_text: str | None, return_logits: bool) -> Prediction:
@@ -376,9 +385,10 @@ class TextSamPredictor:
                 if row not in finished:
                     finished[row] = self._finish(low_res[row : row + 1], iou[row : row + 1], return_logits)
                 out[i] = self._text_answer(phrases[i], tp, low_res[row : row + 1], iou[row : row + 1], return_logits,
-                                           finished[row])
+                                           finished[row], by_engine[i] and self.text.engine_enabled)
         for i in groups:
-            out[i] = self._predict_group(phrases[i], prompts[i], None, None, return_logits)
+            out[i] = self._predict_group(phrases[i], prompts[i], None, None, return_logits,
+                                         by_engine[i] and self.text.engine_enabled)
         return [o for o in out if o is not None]
 
     def _phrase_prompts(self, phrases: list[str], by_engine: list[bool]) -> list[TextPrompt]:
@@ -398,9 +408,11 @@ class TextSamPredictor:
 
     def _text_answer(self, text: str, tp: TextPrompt, low_res: torch.Tensor, iou: torch.Tensor,
                      return_logits: bool,
-                     finished: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> Prediction:
+                     finished: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                     engine_read: bool = False) -> Prediction:
         """One phrase's decoded masks ``(1, M, h, w)`` as a Prediction, ordered by the text ranking. ``finished``:
-        :meth:`_finish` of these masks in the decoder's order, when already computed (shared by phrases)."""
+        :meth:`_finish` of these masks in the decoder's order, when already computed (shared by phrases).
+        ``engine_read``: the engine chose the object (``info["query"]`` is its reading of the phrase)."""
         text_scores = self.text.mask_text_scores(low_res[0], text).cpu()
         ranking = iou[0].cpu() + self.text.options.scoring.text_weight * text_scores
         order = torch.argsort(ranking, descending=True)
@@ -411,6 +423,8 @@ class TextSamPredictor:
             "found": self._found(tp.presence)}
         if getattr(tp, "located", None) is not None:
             info["prompts"]["located"] = tp.located  # type: ignore[attr-defined]
+        if engine_read:
+            info["query"] = parse(text).as_dict()
         if finished is None:
             masks, scores, low = self._finish(low_res[:, order], iou[:, order], return_logits)
         else:  # upsampling is per mask, so reordering after it gives the same arrays

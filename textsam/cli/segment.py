@@ -266,7 +266,8 @@ def vocabulary_results(predictor: Any, prompt: dict) -> tuple[list[MaskResult], 
                                      all_instances=prompt["instances"] is not None) if found else []
         results.extend(mine)
         answers.append({"text": phrase, "found": found, "masks": len(mine),
-                        "presence": None if presence is None else round(float(presence), 4)})
+                        "presence": None if presence is None else round(float(presence), 4),
+                        **_query(pred)})
     return results, answers
 
 
@@ -357,6 +358,12 @@ def is_finished(out_dir: Path, stem: str, request: str | None) -> bool:
         return False
     files = [doc.get("overlay")] + [r.get("mask_file") for r in doc.get("results", [])]
     return all(isinstance(f, str) and (out_dir / f).is_file() for f in files)
+
+
+def _query(prediction: Any) -> dict[str, Any]:
+    """``{"query": ...}``, how the engine read the phrase it chose for (``Prediction.info["query"]``), or ``{}``."""
+    query = (getattr(prediction, "info", None) or {}).get("query")
+    return {"query": query} if isinstance(query, dict) else {}
 
 
 def _located_click(prediction: Any) -> list[float] | None:
@@ -454,6 +461,8 @@ def run_segment(args: argparse.Namespace) -> int:
             located = _located_click(prediction)
             if located is not None:  # the text head's locator clicked here (x, y in image pixels)
                 asked["located_click"] = located
+            if not prompt.get("phrases"):
+                asked.update(_query(prediction))
             presence = getattr(prediction, "presence", None)
             if presence is not None and not (getattr(prediction, "info", None) or {}).get("found", True):
                 results = []  # an absent phrase: an empty result, said so

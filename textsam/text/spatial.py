@@ -123,6 +123,11 @@ class Query:
     group: bool = False
     negated: bool = False
 
+    def as_dict(self) -> dict:
+        """The reading as plain values (``Prediction.info["query"]``, the CLI's JSON ``prompt.query``)."""
+        return {"head": self.head, "directions": list(self.directions), "rank": self.rank, "relation": self.relation,
+                "anchor": self.anchor, "negated": self.negated, "group": self.group}
+
 
 def _strip(words: str) -> str:
     words = re.sub(r"\s+,", ",", re.sub(r"\s+", " ", words)).strip(" ,.")
