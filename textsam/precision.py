@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import torch
@@ -60,6 +60,14 @@ def autocast(device: torch.device | str, precision: str) -> Any:
     return torch.autocast(device_type=torch.device(device).type, dtype=DTYPES[precision])
 
 
+def weight_versions(weights: nn.Module | Iterable[torch.Tensor]) -> tuple[int, ...]:
+    """What changes when the weights (a module's parameters, or the given tensors) change: each one's version
+    counter (bumped by every in-place change: an optimizer step, ``load_state_dict``), or its storage address for
+    inference tensors (a model made under ``torch.inference_mode``), which keep no counter."""
+    tensors = weights.parameters() if isinstance(weights, nn.Module) else weights
+    return tuple(p.data_ptr() if p.is_inference() else p._version for p in tensors)
+
+
 def reduced_copy(copies: dict, module: nn.Module, precision: str,
                  wrap: Callable[[nn.Module], nn.Module] | None = None,
                  prepare: Callable[[nn.Module], None] | None = None) -> nn.Module:
@@ -72,8 +80,7 @@ def reduced_copy(copies: dict, module: nn.Module, precision: str,
     ``wrap``: what is kept is ``wrap(copy)``."""
     device = next(module.parameters()).device
     key = (precision, str(device))
-    # inference tensors (a model made under torch.inference_mode) keep no version counter: their storage stands in
-    versions = tuple(p.data_ptr() if p.is_inference() else p._version for p in module.parameters())
+    versions = weight_versions(module)
     entry = copies.get(key)
     if entry is None or entry[0] != versions:
         low = copy.deepcopy(module)

@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from ..errors import InputError, WeightsError
 from ..precision import DTYPES, autocast, check_precision, reduced_copy
-from .templates import clean_phrase, expand
+from .prefix import PrefixCache, prefix_ids, supports_prefixes
+from .templates import clean_phrase, expand, get_templates
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +137,9 @@ class TextEncoder(nn.Module):
         # so they are never part of the state dict
         self._image_towers: dict[tuple[str, str], tuple[tuple[int, ...], ImageTower]] = {}
         self._text_towers: dict[tuple[str, str], tuple[tuple[int, ...], nn.Module]] = {}  # the text transformer's
+        # the templates' shared beginnings, run once (encode_ensembles registers them; :mod:`textsam.text.prefix`)
+        self._prefixes = PrefixCache()
+        self._registered_templates: set[tuple[str, ...]] = set()
 
     @classmethod
     def create(
@@ -248,10 +252,21 @@ class TextEncoder(nn.Module):
         cleaned = [clean_phrase(p) for p in items]
 
         def compute(missing: list[str]) -> list[Tensor]:
-            return list(self.embed_tokens(self.tokenize(missing), precision=precision).float())
+            return list(self._embed_sentences(self.tokenize(missing), precision))
 
         cache = self._cache if precision == "fp32" else self._low_precision_caches.setdefault(precision, OrderedDict())
         return torch.stack(self._cached(cache, cleaned, compute))
+
+    def _embed_sentences(self, tokens: Tensor, precision: str) -> Tensor:
+        """Unit embeddings ``(N, D)`` float32 of token ids ``(N, L)`` for :meth:`encode`: through the registered
+        template beginnings (:mod:`textsam.text.prefix`; the same values up to rounding) when some sentence starts
+        with one and the tower allows it, else :meth:`embed_tokens`."""
+        if self._prefixes.prefixes and self._has_causal_tower():
+            transformer = self.text_transformer(precision)
+            if supports_prefixes(self.clip, transformer) and any(self._prefixes.longest(row) > 1 for row in tokens.tolist()):
+                dtype = self.clip.transformer.get_cast_dtype() if precision == "fp32" else DTYPES[precision]
+                return self._prefixes.embed(self.clip, transformer, tokens, dtype)
+        return self.embed_tokens(tokens, precision=precision).float()
 
     @torch.inference_mode()
     def encode_words(self, phrases: str | Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
@@ -355,9 +370,18 @@ class TextEncoder(nn.Module):
         """:meth:`encode_ensemble` of several phrases, ``(P, D)``: every sentence in one text-tower batch (in
         ``precision``, see :meth:`encode`)."""
         groups = [expand(p, templates) if templates else [clean_phrase(p)] for p in phrases]
+        self._register_templates(templates)
         emb = self.encode([s for group in groups for s in group], precision)
         means = torch.stack([chunk.mean(0) for chunk in torch.split(emb, [len(g) for g in groups])])
         return means / means.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    def _register_templates(self, templates: Sequence[str]) -> None:
+        """Make the words before each template's slot a known sentence beginning (once per template list)."""
+        key = tuple(get_templates(templates)) if templates else ()
+        if key and key not in self._registered_templates and self._has_causal_tower():
+            beginnings = [t.split("{}", 1)[0].strip() for t in key]
+            self._prefixes.register([prefix_ids(row) for row in self.tokenize(beginnings)])
+            self._registered_templates.add(key)
 
     def text_copy(self) -> TextEncoder:
         """A TextEncoder with its own copy of this CLIP's text tower and the same image tower (shared, not
