@@ -93,6 +93,13 @@ def test_graphs_compute_what_the_model_computes(tiny_page) -> None:  # noqa: ANN
     assert np.abs(pooled - enc.encode(phrases).numpy()).max() < 1e-5
     ref_pooled, ref_words, mask = enc.encode_words(phrases[:1])
     assert np.abs(words[0, : ref_words.shape[1]] - ref_words[0].numpy()).max() < 1e-4
+    # the graph takes any token length (the manifest says so): cut to the longest sentence (what the page runs), the
+    # same embeddings and per-token features
+    assert json.loads((folder / "manifest.json").read_text())["text"]["any_length"] is True
+    longest = int((enc.tokenize(phrases) != 0).sum(1).max())
+    short_pooled, short_words = _session(folder, "clip_text")({"tokens": enc.tokenize(phrases).numpy()[:, :longest]})
+    assert short_words.shape[1] == longest < words.shape[1]
+    assert np.abs(short_pooled - pooled).max() < 1e-5 and np.abs(short_words - words[:, :longest]).max() < 1e-4
     coords, labels = torch.tensor([[[30.0, 40.0]]]), torch.tensor([[1]])
     tokens = model.text_projector(ref_pooled)
     low, iou = model.decode(emb, points=(coords, labels), extra_tokens=tokens)

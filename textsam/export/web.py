@@ -197,6 +197,9 @@ def _manifest(model: TextSam, name: str, graphs: dict[str, str], options: TextOp
             "mode": mode,
             "tokenizer": TOKENIZER_FILE,
             "context_length": encoder.context_length,
+            # the text graphs take token rows of any length up to context_length: the page runs its sentences'
+            # longest, not all context_length positions (the same embeddings: the tower is causal)
+            "any_length": encoder.causal,
             "clip_dim": encoder.embed_dim,
             "logit_scale": float(encoder.clip.logit_scale.detach().exp()),
             "templates": list(templates) if templates is not None else list(tpl.DEFAULT_TEMPLATES),
@@ -390,7 +393,7 @@ def _export_clip_text(encoder, path: Path, opset: int) -> None:  # noqa: ANN001 
     """A CLIP text tower as ``path``: token ids -> unit embedding and per-token features."""
     tokens = encoder.tokenize(["a red circle", "a photo of the blue star."]).cpu()
     _export(_ClipText(encoder), (tokens,), path, ["tokens"], ["embedding", "words"],
-            {"tokens": {0: "B"}, "embedding": {0: "B"}, "words": {0: "B"}}, opset)
+            {"tokens": {0: "B", 1: "T"}, "embedding": {0: "B"}, "words": {0: "B", 1: "T"}}, opset)
 
 
 def _export_clip(encoder, out: Path, opset: int) -> None:  # noqa: ANN001 - a TextEncoder

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError, WeightsError
 from ..precision import DTYPES, autocast, check_precision, reduced_copy
-from .prefix import PrefixCache, prefix_ids, supports_prefixes
+from .prefix import PrefixCache, prefix_ids, run_blocks, supports_prefixes
 from .templates import clean_phrase, expand, get_templates
 
 logger = logging.getLogger(__name__)
@@ -217,6 +217,12 @@ class TextEncoder(nn.Module):
             return 0
         return int(self.clip.ln_final.normalized_shape[0])
 
+    @property
+    def causal(self) -> bool:
+        """Whether the text tower is open_clip's causal transformer pooled at the end token (OpenAI's CLIPs, the
+        ones textsam trains): a sentence's embedding then ignores whatever follows its end token."""
+        return self._has_causal_tower()
+
     def _has_causal_tower(self) -> bool:
         clip = self.clip
         return (isinstance(getattr(clip, "attn_mask", None), Tensor) and getattr(clip, "text_pool_type", None) == "argmax"
@@ -329,7 +335,8 @@ class TextEncoder(nn.Module):
         For open_clip's causal text towers the padding after the last real token cannot influence the
         pooled (end-of-text) feature, so the sequence is cut to the longest real length first: the
         same embedding, several times faster for short phrases than running all 77 positions. ``trim=False`` keeps
-        every position (``L' = L``): a traced graph (the browser page's) must not fix the length it saw.
+        every position (``L' = L``): a traced graph (the browser page's) must not fix the length it saw; the page
+        cuts the tokens to its sentences' longest itself, which its graph takes (a dynamic length axis).
 
         ``precision`` (inference only): the transformer's precision (:meth:`text_transformer`); the token and
         position embeddings, the final layer norm and the projection stay fp32.
@@ -341,13 +348,22 @@ class TextEncoder(nn.Module):
                                  "use a text head without a word path (word_tokens = false)")
             with autocast(tokens.device, precision):
                 return clip.encode_text(tokens, normalize=True).float()
-        length = int((tokens != 0).sum(dim=1).max().item()) if trim else tokens.shape[1]
-        length = max(1, min(length, tokens.shape[1]))
-        tokens = tokens[:, :length]
+        if trim:
+            length = max(1, min(int((tokens != 0).sum(dim=1).max().item()), tokens.shape[1]))
+            tokens = tokens[:, :length]
+            positions: Tensor | slice = slice(0, length)
+        else:
+            # positions computed from the tokens, so that a traced graph takes rows of any length: slicing by the
+            # traced length (a Python int) would fix the length it saw, and every shape after it
+            positions = torch.ones_like(tokens[0]).cumsum(0) - 1
         transformer = self.text_transformer(precision)
         cast_dtype = clip.transformer.get_cast_dtype() if precision == "fp32" else DTYPES[precision]
-        x = clip.token_embedding(tokens).to(cast_dtype) + clip.positional_embedding[:length].to(cast_dtype)
-        x = transformer(x, attn_mask=clip.attn_mask[:length, :length].to(cast_dtype))
+        x = clip.token_embedding(tokens).to(cast_dtype) + clip.positional_embedding[positions].to(cast_dtype)
+        mask = clip.attn_mask[positions][:, positions]
+        if not trim and supports_prefixes(clip, transformer):
+            x = run_blocks(transformer, x, mask.float())  # traceable at any length (see run_blocks)
+        else:
+            x = transformer(x, attn_mask=mask.to(cast_dtype))
         words = clip.ln_final(x if precision == "fp32" else x.to(clip.ln_final.weight.dtype))
         end = tokens.argmax(dim=-1)  # the end-of-text token has the largest id
         x = words[torch.arange(words.shape[0], device=words.device), end]
@@ -357,7 +373,7 @@ class TextEncoder(nn.Module):
         pooled = torch.nn.functional.normalize(x, dim=-1)
         if not with_words:
             return pooled
-        mask = torch.arange(length, device=tokens.device)[None] <= end[:, None]
+        mask = (torch.ones_like(tokens[0]).cumsum(0) - 1)[None] <= end[:, None]  # positions, as above
         return pooled, words * mask[..., None].to(words.dtype), mask
 
     def encode_ensemble(self, phrase: str, templates: Sequence[str]) -> Tensor:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..precision import weight_versions
 
-__all__ = ["PrefixCache", "prefix_ids", "supports_prefixes"]
+__all__ = ["PrefixCache", "prefix_ids", "run_blocks", "supports_prefixes"]
 
 
 def supports_prefixes(clip: nn.Module, transformer: nn.Module) -> bool:
@@ -143,6 +143,15 @@ class PrefixCache:
             for i, b in enumerate(missing):
                 known[b] = [(k[i, :, : len(b)], v[i, :, : len(b)]) for k, v in per_block]
         return [known[b] for b in wanted]
+
+
+def run_blocks(transformer: nn.Module, x: Tensor, bias: Tensor) -> Tensor:
+    """``x (N, L, W)`` through every block of ``transformer`` (see :func:`supports_prefixes`), run by hand, with
+    the attention bias ``bias (L, L)`` (0 where a position may attend, -inf elsewhere). For a traced graph:
+    ``nn.MultiheadAttention``'s own forward fixes the sequence length it was traced with."""
+    for block in transformer.resblocks:
+        x = _block(block, x, None, None, bias[None, None])[0]
+    return x
 
 
 def _block(block: nn.Module, x: Tensor, past_keys: Tensor | None, past_values: Tensor | None,

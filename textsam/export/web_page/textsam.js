@@ -528,7 +528,7 @@
 
   // ------------------------------------------------------------------ the current image
   let img = null; // {rgb, H, W, inputH, inputW, embedding, rgbPadded, candidates, proposals, crops}
-  const textCaches = new Map(); // per text graph: sentence -> {embedding, words, end}
+  const textCaches = new Map(); // per text graph: sentence -> {embedding, words (length x W), end, length}
 
   async function decodeImage(source) {
     let blob = source;
@@ -866,15 +866,18 @@
     const textCache = textCaches.get(graph);
     const missing = [...new Set(sentences.filter((s) => !textCache.has(s)))];
     if (missing.length) {
-      const tokens = new BigInt64Array(missing.length * T);
       const rows = missing.map((s) => tokenize(s, T));
-      rows.forEach((r, i) => r.forEach((v, j) => { tokens[i * T + j] = BigInt(v); }));
-      const out = await run(graph, {tokens: new ort.Tensor('int64', tokens, [missing.length, T])});
+      // a graph that takes any length runs the longest sentence's tokens, not all T positions: the tower is
+      // causal, so the padding after a sentence's end token never reaches its embedding
+      const n = t.any_length ? Math.max(...rows.map((r) => argmax(r) + 1)) : T;
+      const tokens = new BigInt64Array(missing.length * n);
+      rows.forEach((r, i) => { for (let j = 0; j < n; j++) tokens[i * n + j] = BigInt(r[j]); });
+      const out = await run(graph, {tokens: new ort.Tensor('int64', tokens, [missing.length, n])});
       const d = out.embedding.dims[1], w = out.words.dims[2];
       missing.forEach((s, i) => {
         const end = argmax(rows[i]);
         textCache.set(s, {embedding: out.embedding.data.slice(i * d, (i + 1) * d),
-          words: out.words.data.slice(i * T * w, (i + 1) * T * w), end});
+          words: out.words.data.slice(i * n * w, (i + 1) * n * w), end, length: n});
       });
     }
     return sentences.map((s) => textCache.get(s));
@@ -955,7 +958,7 @@
     } else {
       const n = cand.masks.length, masks = new Float32Array(n * L * L);
       cand.masks.forEach((mk, i) => masks.set(mk, i * L * L));
-      const T = m.text.context_length, W = textRow.words.length / T;
+      const T = textRow.length, W = textRow.words.length / T;
       const wordMask = new Uint8Array(T);
       for (let j = 0; j <= textRow.end; j++) wordMask[j] = 1;
       const out = await run('locator', {
@@ -1138,7 +1141,7 @@
     await run('decoder', feeds);
     await run('upsample', {low_res_masks: f32(new Float32Array(L * L), [1, 1, L, L]), orig_im_size: f32([8, 8], [2])});
     if (m.text) {
-      const T = m.text.context_length, tokens = new BigInt64Array(T);
+      const T = m.text.any_length ? 2 : m.text.context_length, tokens = new BigInt64Array(T);
       tokens[0] = BigInt(tokenizer.sot); tokens[1] = BigInt(tokenizer.eot);
       const out = await run('clip_text', {tokens: new ort.Tensor('int64', tokens, [1, T])});
       if (m.graphs.decoder_text) await run('decoder_text', {...feeds, text_embedding: out.embedding});
