@@ -9,6 +9,8 @@ text tower embeds every phrase alike, so its 20 phrases shortlist, crop and choo
 vocabulary is timed again with each phrase given its own random direction (``distinct``), phrases that
 disagree as a trained CLIP's do: more crops and more decoder rows, the case a user's vocabulary is closer to;
 and, with those phrases, as the labeller asks it (every instance of each phrase).
+Then the text tower alone on the vocabulary's 200 template sentences: whole, and with each template's beginning
+kept as the engine runs them (:mod:`textsam.text.prefix`), in the engine's precisions.
 Random weights give near-identical masks for every click, so the proposal filters are relaxed (every mask kept,
 no NMS) and the engine keeps its full ``max_proposals``: the worst case of a real image. Then the same new-image request through
 transformers' Sam3Model and through GroundingDINO-tiny + SAM ViT-B (segment-anything), random weights from
@@ -39,7 +41,7 @@ import torch
 
 import textsam
 from textsam.allocator import keep_freed_memory
-from textsam.precision import autocast
+from textsam.precision import autocast, native_bf16
 from textsam.text.options import InstanceOptions, TextOptions
 from textsam.transforms import load_image
 
@@ -138,6 +140,25 @@ def bench_ours(name: str, image: np.ndarray, repeats: int, fast: bool = False,
         out["distinct, all instances: 1 phrase"] = after_set_image(lambda: all_instances(pred, vocabulary[:1]))
         out["distinct, all instances: 20 phrases"] = after_set_image(lambda: all_instances(pred, vocabulary))
     return out
+
+
+def text_tower(encoder, precision: str, repeats: int) -> tuple[float, float]:  # noqa: ANN001 - a TextEncoder
+    """Seconds to embed the 20-phrase vocabulary's 200 template sentences in ``precision``: every sentence whole
+    (``embed_tokens``) and as the engine does, each template's beginning kept (:mod:`textsam.text.prefix`)."""
+    from textsam.text.templates import DEFAULT_TEMPLATES, expand
+
+    vocabulary = (PHRASES + ["a bus", "a wall", "a sign", "a bike"])[:20]
+    sentences = [s for p in vocabulary for s in expand(p, DEFAULT_TEMPLATES)]
+    tokens = encoder.tokenize(sentences)
+    encoder.encode_ensembles(vocabulary[:1], DEFAULT_TEMPLATES, precision)  # registers the beginnings, keeps them
+
+    def from_beginnings() -> None:
+        encoder.clear_cache()  # forgets the phrases, keeps the beginnings
+        encoder.encode(sentences, precision)
+
+    with torch.inference_mode():
+        whole = best_of(lambda: encoder.embed_tokens(tokens, precision=precision), repeats)
+    return whole, best_of(from_beginnings, repeats)
 
 
 def all_instances(pred: textsam.TextSamPredictor, phrases: list[str]) -> None:
@@ -293,6 +314,12 @@ def main() -> None:
         cached = res["vocabulary: 20 phrases"] / res["vocabulary: 1 phrase"]
         print(f"textsam {name:10s} {'20 phrases / 1, proposals cached':28s} {cached:9.2f} x  (the phrases' text tower "
               "alone: 10 templates each)")
+        if name == args.models.split(",")[0]:  # the text tower is the same CLIP for every model
+            encoder = textsam.create_model(name, pretrained=False, clip="ViT-B-16-quickgelu").scoring_encoder
+            for precision in ("bf16", "fp32") if native_bf16("cpu") else ("fp32",):
+                whole, kept = text_tower(encoder, precision, args.repeats + 2)
+                print(f"text tower, 200 template sentences, {precision}: whole {whole * 1000:.0f} ms, each template's "
+                      f"beginning kept {kept * 1000:.0f} ms ({whole / kept:.2f}x)", flush=True)
     if not args.skip_others:
         sam3, gdino = bench_sam3(image), bench_gdino_sam(image)
         print(f"{'Sam3Model (transformers), new image + phrase':48s} {sam3 * 1000:9.0f} ms")
