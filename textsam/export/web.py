@@ -18,7 +18,9 @@ Graphs (float32; ``B`` prompts, ``N`` points, ``S`` = ``img_size``, ``L`` = the 
 | ``clip_text_head.onnx`` | as ``clip_text.onnx``: a text head's own fine-tuned tower (only for such a head) | the same |
 
 ``clip_text`` and ``clip_image`` are the CLIP that scores crops (``model.scoring_encoder``); a head trained with
-a fine-tuned text tower reads its phrases through ``clip_text_head``.
+a fine-tuned text tower reads its phrases through ``clip_text_head``. The text graphs take any ``T`` up to the
+tokenizer's context length; for a causal tower (``manifest.json``'s ``text.any_length``) the page runs its
+sentences' longest instead of every position (a new phrase in a mobile_sam page: 902 -> 211 ms).
 
 Point labels follow SAM's ONNX convention (-1 padding, 0 negative, 1 positive, 2/3 box corners; the caller
 appends a (0, 0, -1) point when there is no box). What the graphs do not hold, because it is data-dependent
