@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from tests.tiny import tiny_clip_encoder
+from textsam.precision import weight_versions
 from textsam.text.prefix import PrefixCache, prefix_ids, supports_prefixes
 from textsam.text.templates import DEFAULT_TEMPLATES, expand
 
@@ -59,6 +60,21 @@ def test_kept_beginnings_are_recomputed_when_the_weights_change() -> None:
     with torch.inference_mode():
         torch.testing.assert_close(after, enc.embed_tokens(tokens), atol=1e-5, rtol=0)
     assert not torch.allclose(before, after, atol=1e-4)
+
+
+def test_weight_versions_change_with_new_storage_and_in_place_changes() -> None:
+    """What the kept beginnings and the reduced tower copies follow: a fresh module's weights moved or cast
+    (``.to(device)`` is the same kind of change as this cast: new storage whose version counter starts again)
+    and an in-place step both change it."""
+    layer = torch.nn.Linear(4, 4)
+    first = weight_versions(layer)
+    assert weight_versions(layer) == first
+    layer.double()
+    cast = weight_versions(layer)
+    assert cast != first
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    assert weight_versions(layer) != cast
 
 
 def test_encode_ensembles_runs_the_templates_beginnings_once_with_the_same_values() -> None:

@@ -61,11 +61,12 @@ def autocast(device: torch.device | str, precision: str) -> Any:
 
 
 def weight_versions(weights: nn.Module | Iterable[torch.Tensor]) -> tuple[int, ...]:
-    """What changes when the weights (a module's parameters, or the given tensors) change: each one's version
-    counter (bumped by every in-place change: an optimizer step, ``load_state_dict``), or its storage address for
-    inference tensors (a model made under ``torch.inference_mode``), which keep no counter."""
+    """What changes when the weights (a module's parameters, or the given tensors) change: each one's storage
+    address (new storage: ``.to(device)``, a cast, ``load_state_dict(assign=True)``) and its version counter
+    (bumped by every in-place change: an optimizer step, ``load_state_dict``); inference tensors (a model made
+    under ``torch.inference_mode``) keep no counter, so only their storage counts."""
     tensors = weights.parameters() if isinstance(weights, nn.Module) else weights
-    return tuple(p.data_ptr() if p.is_inference() else p._version for p in tensors)
+    return tuple(v for p in tensors for v in (p.data_ptr(), -1 if p.is_inference() else p._version))
 
 
 def reduced_copy(copies: dict, module: nn.Module, precision: str,
