@@ -483,3 +483,25 @@ def test_load_into_hints_the_right_model(official: nn.Module) -> None:
         load_into(official, {"text_projector.proj.weight": torch.zeros(2, 2)})
     assert len(info.value.missing) == len(official.state_dict())
     assert "more)" in str(info.value)  # long key lists are cut with a count
+
+
+def test_official_weights_load_into_parts_made_without_random_values(tmp_path: Path) -> None:
+    """create_model with an official checkpoint builds SAM's parts on the meta device with empty storage (no random
+    initialisation to overwrite) and the strict load fills every value; a part with non-persistent buffers
+    (mobile_sam's TinyViT index tables, which no checkpoint holds) is built as usual."""
+    import textsam
+    from textsam.factory import build_sam, get_config
+
+    reference = build_sam(get_config("sam_vit_b"))
+    path = tmp_path / "sam_vit_b.pth"
+    torch.save(reference.state_dict(), path)
+    loaded = textsam.create_model("sam_vit_b", checkpoint=path, clip=None)
+    ref_state = reference.state_dict()
+    assert all(torch.equal(v, ref_state[k]) for k, v in loaded.state_dict().items())
+    empty = build_sam(get_config("sam_vit_b"), init=False)
+    assert all(p.device.type == "cpu" for p in empty.parameters())
+    tiny = build_sam(get_config("mobile_sam"), init=False)
+    usual = build_sam(get_config("mobile_sam"))
+    for (name, buf), (_, ref) in zip(tiny.image_encoder.named_buffers(), usual.image_encoder.named_buffers()):
+        if name.endswith("attention_bias_idxs"):
+            assert torch.equal(buf, ref), name

@@ -46,8 +46,24 @@ def build_image_encoder(cfg: ViTEncoderConfig | TinyViTEncoderConfig) -> nn.Modu
     return ImageEncoderViT.from_config(cfg)
 
 
-def build_sam(config: ModelConfig) -> TextSam:
-    """A TextSam with random weights for ``config`` (no text parts)."""
+def build_sam(config: ModelConfig, *, init: bool = True) -> TextSam:
+    """A TextSam with random weights for ``config`` (no text parts).
+
+    ``init=False``: for a strict load that overwrites every parameter and buffer of the image encoder, prompt
+    encoder and mask decoder (:func:`load_sam_weights`), those parts are made on the meta device and given
+    uninitialised storage instead of random values (ViT-H's random initialisation alone took 2.35 s, ViT-B's
+    0.43 s, on the 2-core CPU). Parts with non-persistent buffers (TinyViT's attention index tables, which no
+    checkpoint holds) are built as usual."""
+    if not init:
+        with torch.device("meta"):
+            parts = _sam_parts(config)
+        if not any(m._non_persistent_buffers_set for part in parts for m in part.modules()):
+            return TextSam(*(part.to_empty(device="cpu") for part in parts), config=config)
+    return TextSam(*_sam_parts(config), config=config)
+
+
+def _sam_parts(config: ModelConfig) -> tuple[nn.Module, PromptEncoder, MaskDecoder]:
+    """The image encoder, prompt encoder and mask decoder of ``config``, randomly initialised."""
     grid = config.embedding_size
     pcfg, dcfg = config.prompt_encoder, config.mask_decoder
     prompt_encoder = PromptEncoder(
@@ -69,7 +85,7 @@ def build_sam(config: ModelConfig) -> TextSam:
         iou_head_depth=dcfg.iou_head_depth,
         iou_head_hidden_dim=dcfg.iou_head_hidden_dim,
     )
-    return TextSam(build_image_encoder(config.image_encoder), prompt_encoder, mask_decoder, config=config)
+    return build_image_encoder(config.image_encoder), prompt_encoder, mask_decoder
 
 
 def load_sam_weights(model: TextSam, path: str | Path) -> None:
@@ -296,7 +312,10 @@ def create_model(
 
     config = get_config(name)
     device = check_device(device)
-    model = build_sam(config)
+    # official or published SAM weights are loaded strictly: no random values are made only to be overwritten
+    official = checkpoint is not None and not is_textsam_file(checkpoint)
+    published = checkpoint is None and pretrained and config.weights is not None and config.weights not in BUNDLED
+    model = build_sam(config, init=not (official or published))
     if checkpoint is not None:
         if is_textsam_file(checkpoint):
             load_textsam_file(model, checkpoint, pretrained_clip=pretrained)
