@@ -216,7 +216,9 @@ def test_tokenizer_parser_and_resampling_match_python(page, predictor) -> None: 
                "the person on the bench, wearing a hat, not holding a glass", "the man farthest from the camera",
                "the second light closest to the camera", "the suitcase with a cat on it", "a white top with stripes",
                "the remote in the right hand of a person", "the giraffe in the middle with its mouth open",
-               "the car furthest from the bus", "far right person", "the motorcycle leaned on by the man"]
+               "the car furthest from the bus", "far right person", "the motorcycle leaned on by the man",
+               "the chair close to the fruit and not next to the fridge", "a person under an umbrella but not holding it",
+               "a person who is not on the sidewalk and is carrying a bag"]
     js_tokens = page.evaluate("(ps) => ps.map((p) => textsam._internal.tokenize(p))", phrases)
     assert js_tokens == tokenizer(phrases).tolist()
     js_parse = page.evaluate("(ps) => ps.map((p) => textsam._internal.parse(p))", phrases)

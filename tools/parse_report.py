@@ -36,6 +36,8 @@ CHECKS = [
      lambda p, q: bool(re.search(r"\bnot (next to|on|under|behind|near|in front of|beside|inside|above|below)\b", p))
      and not getattr(q, "negated", False)),
     ("the viewer ('the camera') taken for an object", lambda p, q: (q.anchor or "") in ("camera", "the camera")),
+    ("the anchor runs into another clause ('the fruit and not next to the fridge')",
+     lambda p, q: bool(re.search(r"\b(and (not|no|is|are|has)|but)\b", q.anchor or ""))),
 ]
 
 

@@ -18,8 +18,10 @@ in ``../shared/data/refcocos_on_coco_tiny``):
 
 - the earliest relation in the phrase is the one ("a pot on the stovetop next to the coffee machine": on the
   stovetop), the longest where several start at the same word ("on the left hand side of" over "on");
-- the anchor runs to the first comma; the clauses after it describe the head again ("the person on the bench,
-  wearing a hat"), except a negative one ("..., not holding a glass"), which CLIP cannot score;
+- the anchor runs to the first comma, or to "and" before a negation or a verb, or to "but" ("close to the fruit
+  and not next to the fridge", "under an umbrella but not holding it"); the clauses after it describe the head
+  again ("the person on the bench, wearing a hat"), except a negative one ("..., not holding a glass"), which
+  CLIP cannot score;
 - "not" / "isn't" / "neither" right before the relation (after "that is", "who is") negates it (``negated``:
   the candidates least in that relation), and linking words ("that is", "located", "and") leave the head;
 - a pronoun, a part of the head ("spots on its face"), a place ("on the front") or the viewer ("facing the
@@ -165,17 +167,24 @@ def _described(head: str, more: str) -> str:
     return _tidy(" ".join([head, *kept]))
 
 
+# where an anchor's words end though no comma says so: "and" before a negation or a verb, "but" ("close to the
+# fruit and not next to the fridge", "not on the sidewalk and is carrying a bag", "not inside the bus but near the
+# door"); what follows is another clause about the head, as after a comma
+_CLAUSE_BREAK = re.compile(r"\s+(?:and\s+(?=(?:not|no|never|is|are|was|were|isn't|aren't|located|has|have)\b)|but\s+)")
+
+
 def _relation_in(rest: str) -> tuple[str, str, str, bool] | None:
     """The earliest relation of ``rest`` with a head before it and an anchor object after it: ``(head, relation,
-    anchor, negated)``. The anchor runs to the first comma; what follows the comma describes the head again ("the
-    person on the bench, wearing a hat": anchor "bench", head "person wearing a hat"). A pronoun or the viewer as
+    anchor, negated)``. The anchor runs to the first comma (or clause break, ``_CLAUSE_BREAK``); what follows
+    describes the head again ("the person on the bench, wearing a hat": anchor "bench", head "person wearing a
+    hat"). A pronoun or the viewer as
     the anchor is no relation between objects ("with numbers on it", "facing the camera"): the next one is tried."""
     found = []
     for words, relation in _RELATIONS:
         for m in re.finditer(rf"(?<=\s){re.escape(words)}\s+", rest):
             found.append((m.start(), -len(words), relation, m))
     for _, _, relation, m in sorted(found, key=lambda f: (f[0], f[1])):
-        after = rest[m.end():]
+        after = _CLAUSE_BREAK.sub(", ", rest[m.end():])
         anchor_text, _, more = after.partition(",")
         anchor = _tidy(anchor_text)
         if (not anchor or anchor in _PRONOUNS or anchor.split()[0] in _NOT_AN_ANCHOR

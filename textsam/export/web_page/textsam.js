@@ -278,6 +278,8 @@
       .filter((c) => !/^(?:and |but )?(?:not|no|neither|nor|never)\b/.test(c));
     return tidy([head, ...kept].join(' '));
   }
+  // textsam.text.spatial._CLAUSE_BREAK: where an anchor ends though no comma says so
+  const CLAUSE_BREAK = /\s+(?:and\s+(?=(?:not|no|never|is|are|was|were|isn't|aren't|located|has|have)\b)|but\s+)/g;
   function relationIn(rest) {  // textsam.text.spatial._relation_in
     const found = [];
     for (const [words, rel] of RELATIONS) {
@@ -285,7 +287,7 @@
     }
     found.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
     for (const [, , rel, m] of found) {
-      const after = rest.slice(m.index + m[0].length);
+      const after = rest.slice(m.index + m[0].length).replace(CLAUSE_BREAK, ', ');
       const comma = after.indexOf(',');
       const anchor = tidy(comma < 0 ? after : after.slice(0, comma)), more = comma < 0 ? '' : after.slice(comma + 1);
       if (!anchor || PRONOUNS.has(anchor) || NOT_AN_ANCHOR.has(splitWords(anchor)[0]) ||
