@@ -177,8 +177,8 @@ def _relation_in(rest: str) -> tuple[str, str, str, bool] | None:
     """The earliest relation of ``rest`` with a head before it and an anchor object after it: ``(head, relation,
     anchor, negated)``. The anchor runs to the first comma (or clause break, ``_CLAUSE_BREAK``); what follows
     describes the head again ("the person on the bench, wearing a hat": anchor "bench", head "person wearing a
-    hat"). A pronoun or the viewer as
-    the anchor is no relation between objects ("with numbers on it", "facing the camera"): the next one is tried."""
+    hat"). A pronoun or the viewer as the anchor is no relation between objects ("with numbers on it", "facing
+    the camera"): the next one is tried."""
     found = []
     for words, relation in _RELATIONS:
         for m in re.finditer(rf"(?<=\s){re.escape(words)}\s+", rest):
