@@ -359,11 +359,11 @@ class TextEncoder(nn.Module):
         transformer = self.text_transformer(precision)
         cast_dtype = clip.transformer.get_cast_dtype() if precision == "fp32" else DTYPES[precision]
         x = clip.token_embedding(tokens).to(cast_dtype) + clip.positional_embedding[positions].to(cast_dtype)
-        mask = clip.attn_mask[positions][:, positions]
+        causal = clip.attn_mask[positions][:, positions]
         if not trim and supports_prefixes(clip, transformer):
-            x = run_blocks(transformer, x, mask.float())  # traceable at any length (see run_blocks)
+            x = run_blocks(transformer, x, causal.float())  # traceable at any length (see run_blocks)
         else:
-            x = transformer(x, attn_mask=mask.to(cast_dtype))
+            x = transformer(x, attn_mask=causal.to(cast_dtype))
         words = clip.ln_final(x if precision == "fp32" else x.to(clip.ln_final.weight.dtype))
         end = tokens.argmax(dim=-1)  # the end-of-text token has the largest id
         x = words[torch.arange(words.shape[0], device=words.device), end]
