@@ -61,6 +61,20 @@ def test_large_views_are_shrunk_by_an_integer_factor_before_the_towers_resize() 
         crop_views(image, masks, boxes, ("crop",), max_side=0)
 
 
+def test_a_large_crop_view_is_reduced_without_copying_its_window() -> None:
+    """The crop view of a window at least twice ``max_side`` is exactly ``crop(window).reduce(k)`` (the parts
+    outside the image black), for windows inside, across and beyond the image's edges."""
+    from textsam.text.scoring import _reduced_crop
+
+    rng = np.random.default_rng(3)
+    pil = Image.fromarray(rng.integers(0, 255, (97, 131, 3), dtype=np.uint8))
+    windows = [(-40, -70, 200, 170), (10, 5, 70, 65), (-3, 20, 60, 83), (100, 80, 180, 160), (-500, -500, -100, -100)]
+    for x0, y0, x1, y1 in windows:
+        for k in (2, 3, 7):
+            ref = np.asarray(pil.crop((x0, y0, x1, y1)).reduce(k))
+            assert np.array_equal(np.asarray(_reduced_crop(pil, (x0, y0, x1, y1), k)), ref), ((x0, y0, x1, y1), k)
+
+
 @pytest.mark.parametrize(("phrase", "head", "directions", "rank", "relation", "anchor", "group"), [
     ("the leftmost cross", "cross", ("left",), 0, None, None, False),
     ("the red shape on the left", "red shape", ("left",), 0, None, None, False),

