@@ -88,3 +88,30 @@ def test_encode_ensembles_runs_the_templates_beginnings_once_with_the_same_value
     # the template set by name registers the same beginnings
     enc.clear_cache()
     torch.testing.assert_close(enc.encode_ensembles(PHRASES, "default"), got, atol=1e-6, rtol=0)
+
+
+def test_threads_registering_and_using_beginnings_share_one_encoder() -> None:
+    """Threads with different template lists on one encoder (the app's workers share theirs): every answer is the
+    one a single thread gets, and none fails while another registers beginnings."""
+    import threading
+
+    enc = tiny_clip_encoder(seed=2)
+    lists = [[t] for t in DEFAULT_TEMPLATES] + [list(DEFAULT_TEMPLATES)]
+    expected = [tiny_clip_encoder(seed=2).encode_ensembles(PHRASES, templates) for templates in lists]
+    errors: list[BaseException] = []
+    results: dict[int, torch.Tensor] = {}
+
+    def work(i: int) -> None:
+        try:
+            results[i] = enc.encode_ensembles(PHRASES, lists[i])
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(lists))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i, ref in enumerate(expected):
+        torch.testing.assert_close(results[i], ref, atol=1e-5, rtol=0)

@@ -71,7 +71,9 @@ class PrefixCache:
         self._states: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], dict]] = weakref.WeakKeyDictionary()
 
     def register(self, prefixes: Sequence[tuple[int, ...]]) -> None:
-        self.prefixes.update(dict.fromkeys(p for p in prefixes if len(p) > 1))
+        """Add sentence beginnings (token-id tuples; the start token alone is no beginning worth keeping)."""
+        # a new dict in one assignment: a thread reading the old one (longest) never sees it change size
+        self.prefixes = {**self.prefixes, **dict.fromkeys(p for p in prefixes if len(p) > 1)}
 
     def longest(self, row: Sequence[int]) -> int:
         """Length of the longest registered beginning of the token ids ``row`` (start token, words, end token,
