@@ -160,8 +160,9 @@ def run_blocks(transformer: nn.Module, x: Tensor, bias: Tensor) -> Tensor:
 def _block(block: nn.Module, x: Tensor, past_keys: Tensor | None, past_values: Tensor | None,
            bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """One open_clip pre-norm block on ``x (N, R, W)`` whose attention also reads ``past_keys``/``past_values``
-    ``(N, heads, P, head_dim)`` before the row's own; ``bias (N or 1, 1, R, P + R)`` float32, 0 where a position may attend, -inf elsewhere. Returns the new
-    ``x`` and this block's keys and values of ``x``'s positions ``(N, heads, R, head_dim)``."""
+    ``(N, heads, P, head_dim)`` before the row's own; ``bias (N or 1, 1, R, P + R)`` float32, 0 where a position
+    may attend, -inf elsewhere. Returns the new ``x`` and this block's keys and values of ``x``'s positions
+    ``(N, heads, R, head_dim)``."""
     attn: nn.MultiheadAttention = block.attn
     n, r, w = x.shape
     heads = attn.num_heads
@@ -169,8 +170,8 @@ def _block(block: nn.Module, x: Tensor, past_keys: Tensor | None, past_values: T
     q, k, v = (t.reshape(n, r, heads, w // heads).transpose(1, 2) for t in (q, k, v))
     keys = k if past_keys is None else torch.cat([past_keys, k], dim=2)
     values = v if past_values is None else torch.cat([past_values, v], dim=2)
-    # a plain softmax of the products: for these few, short rows it is several times faster on a CPU than
-    # scaled_dot_product_attention's kernel, which works per row and head
+    # a plain softmax of the products: scaled_dot_product_attention's CPU kernel works row by row and head by head,
+    # and with it 200 template sentences took 142 ms against 111 ms (ViT-B/16's text tower in bf16)
     scores = ((q * (q.shape[-1] ** -0.5)) @ keys.transpose(-1, -2)).float() + bias
     weights = (scores - scores.amax(-1, keepdim=True)).exp()
     out = (weights / weights.sum(-1, keepdim=True)).to(values.dtype) @ values
