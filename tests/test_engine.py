@@ -151,6 +151,32 @@ def test_a_superlative_with_a_relation_ranks_what_the_relation_leaves() -> None:
     assert int(resolve(parse("the rightmost cross next to the dog"), head, boxes, size, anchor).argmax()) == 2
 
 
+def test_a_phrase_relating_its_object_to_several_others_keeps_every_relation() -> None:
+    """A clause after the anchor that begins with a relation is one more relation ("the chair close to the fruit and
+    not next to the fridge"); resolve multiplies them, so the answer stands in all of them (ReCLIP)."""
+    q = parse("the chair close to the fruit and not next to the fridge")
+    assert (q.head, q.relation, q.anchor, q.negated) == ("chair", "near", "fruit", False)
+    assert q.more_relations == (("near", "fridge", True),)
+    assert q.relations == (("near", "fruit", False), ("near", "fridge", True)) and q.anchors == ("fruit", "fridge")
+    assert q.as_dict()["more_relations"] == [["near", "fridge", True]]
+    q2 = parse("the white car next to the red car, in front of the tilted car")
+    assert (q2.head, q2.relations) == ("white car", (("near", "red car", False), ("front", "tilted car", False)))
+    # a clause that is no relation still describes the head (or, negative, is left out), as before
+    q3 = parse("the person on the bench, wearing a hat, not holding a glass")
+    assert (q3.head, q3.more_relations) == ("person wearing a hat", ())
+    assert parse("the cross next to the dog").more_relations == () and parse("the cross").relations == ()
+    # chairs 0, 2 and 4 (CLIP says so); fruit 1 between 0 and 2; fridge 3 beside 2 and 4
+    boxes = torch.tensor([[0, 0, 10, 10], [14, 0, 24, 10], [28, 0, 38, 10], [42, 0, 52, 10], [56, 0, 66, 10]],
+                         dtype=torch.float)
+    head = torch.tensor([0.3, 0.0, 0.4, 0.0, 0.3])
+    fruit = torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0])
+    fridge = torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0])
+    size = (10, 66)
+    assert int(resolve(q, head, boxes, size, fruit).argmax()) == 2  # the first relation alone: beside the fruit
+    both = resolve(q, head, boxes, size, fruit, [fridge])
+    assert int(both.argmax()) == 0 and torch.isclose(both.sum(), torch.tensor(1.0))  # beside the fruit, away from the fridge
+
+
 def test_parse_keeps_the_synthetic_phrases_as_they_were() -> None:
     """The proxy's own phrase forms (the synthetic generator's spatial, attribute and category templates) parse as
     before the rules for people's phrases were added."""
@@ -540,17 +566,20 @@ def test_a_relations_presence_needs_its_anchor(engine_predictor) -> None:
     text, engine = predictor.text, predictor.text.engine
     o = engine.options
     precision = {"int8": "fp32"}.get(engine.precision(predictor), engine.precision(predictor))
-    for phrase in ["the circle left of the square", "the red circle next to the triangle"]:
+    for phrase in ["the circle left of the square", "the red circle next to the triangle",
+                   "the circle left of the square and not next to the yellow square"]:
         (ranked,) = text.engine_rank(predictor, [phrase])
         q = parse(phrase)
         assert len(engine._crops) == len(engine.proposals(predictor))  # every proposal shortlisted: 2 x 8 here
-        emb = predictor.model.scoring_encoder.encode_ensembles([q.head, q.anchor], text.templates(), precision)
+        emb = predictor.model.scoring_encoder.encode_ensembles([q.head, *q.anchors], text.templates(), precision)
         crops = torch.stack([engine._crops[i] for i in range(len(engine._crops))]).mean(1)  # (N, D), one view
-        head_cos, anchor_cos = (crops @ emb[0]), (crops @ emb[1])
+        head_cos = crops @ emb[0]
         best = ranked.chosen[0]
-        anchor_cos[best] = float("-inf")
-        expected = min(torch.sigmoid(o.presence_gain * (head_cos[best] - o.presence_bias)),
-                       torch.sigmoid(o.presence_gain * (anchor_cos.max() - o.presence_bias)))
+        expected = torch.sigmoid(o.presence_gain * (head_cos[best] - o.presence_bias))
+        for k in range(len(q.anchors)):  # each anchor's best other proposal (several relations: every anchor's)
+            anchor_cos = crops @ emb[1 + k]
+            anchor_cos[best] = float("-inf")
+            expected = min(expected, torch.sigmoid(o.presence_gain * (anchor_cos.max() - o.presence_bias)))
         assert ranked.presence == pytest.approx(float(expected), abs=1e-5)
         (alone,) = text.engine_rank(predictor, [q.head])
         assert ranked.presence <= alone.presence + 1e-6 or ranked.chosen != alone.chosen

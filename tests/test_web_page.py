@@ -218,28 +218,33 @@ def test_tokenizer_parser_and_resampling_match_python(page, predictor) -> None: 
                "the remote in the right hand of a person", "the giraffe in the middle with its mouth open",
                "the car furthest from the bus", "far right person", "the motorcycle leaned on by the man",
                "the chair close to the fruit and not next to the fridge", "a person under an umbrella but not holding it",
-               "a person who is not on the sidewalk and is carrying a bag"]
+               "a person who is not on the sidewalk and is carrying a bag",
+               "the white car next to the red car, in front of the tilted car", "yellow taxi, not on the slope, close to the bus"]
     js_tokens = page.evaluate("(ps) => ps.map((p) => textsam._internal.tokenize(p))", phrases)
     assert js_tokens == tokenizer(phrases).tolist()
     js_parse = page.evaluate("(ps) => ps.map((p) => textsam._internal.parse(p))", phrases)
     for phrase, ours in zip(phrases, js_parse):
         q = parse(phrase)
         assert (ours["head"], tuple(ours["directions"]), ours["rank"], ours["relation"], ours["anchor"], ours["group"],
-                ours["negated"]) == (q.head, q.directions, q.rank, q.relation, q.anchor, q.group, q.negated), phrase
+                ours["negated"], tuple(map(tuple, ours["moreRelations"]))) == (
+                    q.head, q.directions, q.rank, q.relation, q.anchor, q.group, q.negated, q.more_relations), phrase
     rng = np.random.default_rng(0)
     # the geometry after the parse: relations (negated, far), superlatives, ordinals, and both together
     for phrase in ["the cross left of the dog", "the cup that is not next to the plate", "the car far from the bus",
                    "the second bottle from the right on the counter", "the knife beside the pineapple, third from the left",
-                   "bottom right pizza", "the biggest dog", "the last car from the left"]:
+                   "bottom right pizza", "the biggest dog", "the last car from the left",
+                   "the leftmost chair close to the fruit and not next to the fridge"]:
         n = 7
         head = rng.dirichlet(np.ones(n)).tolist()
         anchor = rng.dirichlet(np.ones(n)).tolist()
+        more = rng.dirichlet(np.ones(n), size=len(parse(phrase).more_relations)).tolist()
         xy = rng.uniform(0, 400, (n, 2))
         boxes = np.concatenate([xy, xy + rng.uniform(5, 80, (n, 2))], 1).round().tolist()
-        js = page.evaluate("([p, h, b, s, a]) => Array.from(textsam._internal.resolve(textsam._internal.parse(p), h, b, s, a))",
-                           [phrase, head, boxes, [480, 500], anchor])
+        js = page.evaluate("([p, h, b, s, a, m]) => Array.from(textsam._internal.resolve(textsam._internal.parse(p), h, b, s, a, m))",
+                           [phrase, head, boxes, [480, 500], anchor, more])
         q = parse(phrase)
-        ref = resolve(q, torch.tensor(head), torch.tensor(boxes), (480, 500), torch.tensor(anchor) if q.anchor else None)
+        ref = resolve(q, torch.tensor(head), torch.tensor(boxes), (480, 500), torch.tensor(anchor) if q.anchor else None,
+                      [torch.tensor(m) for m in more])
         assert np.allclose(js, ref.numpy(), atol=1e-5), phrase
     for (h, w), (oh, ow), kind in [((37, 53), (64, 64), "bicubic"), ((300, 200), (128, 85), "bilinear"),
                                    ((90, 140), (64, 64), "bicubic"), ((128, 96), (128, 96), "bilinear"),

@@ -51,7 +51,8 @@ class Prediction(_PredictionFields):
     grounding is on, else 0), ``labels`` (phrase per mask), ``prompts`` (the points/boxes the text became, original pixels; with a
     text head's locator, ``prompts["located"]`` is its click), ``found`` (presence over the threshold) and, when
     the training-free engine chose the object, ``query``: how it read the phrase (:meth:`textsam.text.spatial.Query.as_dict`:
-    the head noun phrase CLIP scored, superlatives and their rank, a relation to an anchor, negated or not, a group).
+    the head noun phrase CLIP scored, superlatives and their rank, a relation to an anchor, negated or not, further
+    relations, a group).
     """
 
     info: dict[str, Any]

@@ -22,7 +22,7 @@ DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "refc
     "refcocos_test.source.json"
 COLOUR = r"(?:white|black|red|green|blue|yellow|orange|pink|grey|gray|dark|light|brown|purple)"
 CHECKS = [
-    ("anchor is a pronoun ('with a tag on it')", lambda p, q: q.anchor in ("it", "them", "its", "him", "her")),
+    ("anchor is a pronoun ('with a tag on it')", lambda p, q: bool(set(q.anchors) & {"it", "them", "its", "him", "her"})),
     ("'left / right (hand) side of X' not read as left / right of X",
      lambda p, q: bool(re.search(r"(left|right)( hand)? side of", p)) and q.relation not in ("left", "right")),
     ("a garment 'top' read as a direction ('a white top')",
@@ -34,10 +34,10 @@ CHECKS = [
      lambda p, q: bool(re.search(r"\b(that is|which is|who is|not|the|and|to|from|in the)$", q.head))),
     ("'not' right before a relation, the relation not negated",
      lambda p, q: bool(re.search(r"\bnot (next to|on|under|behind|near|in front of|beside|inside|above|below)\b", p))
-     and not getattr(q, "negated", False)),
-    ("the viewer ('the camera') taken for an object", lambda p, q: (q.anchor or "") in ("camera", "the camera")),
+     and not any(negated for _, _, negated in q.relations)),
+    ("the viewer ('the camera') taken for an object", lambda p, q: bool(set(q.anchors) & {"camera", "the camera"})),
     ("the anchor runs into another clause ('the fruit and not next to the fridge')",
-     lambda p, q: bool(re.search(r"\b(and (not|no|is|are|has)|but)\b", q.anchor or ""))),
+     lambda p, q: any(re.search(r"\b(and (not|no|is|are|has)|but)\b", a) for a in q.anchors)),
 ]
 
 
@@ -50,8 +50,8 @@ def describe(q: Query) -> str:
     parts = [f"head={q.head!r}"]
     if q.directions:
         parts.append(f"directions={q.directions} rank={q.rank}")
-    if q.relation:
-        parts.append(f"{'not ' if getattr(q, 'negated', False) else ''}{q.relation} anchor={q.anchor!r}")
+    for relation, anchor, negated in q.relations:
+        parts.append(f"{'not ' if negated else ''}{relation} anchor={anchor!r}")
     if q.group:
         parts.append("group")
     return ", ".join(parts)
@@ -69,8 +69,9 @@ def main() -> None:
     if args.show:
         for p, q in parsed.items():
             print(f"{p}\n    {describe(q)}")
-    print(f"{len(phrases)} phrases; with a relation {sum(q.relation is not None for q in parsed.values())}, "
-          f"negated {sum(getattr(q, 'negated', False) for q in parsed.values())}, with directions "
+    print(f"{len(phrases)} phrases; with a relation {sum(q.relation is not None for q in parsed.values())} (several: "
+          f"{sum(len(q.relations) > 1 for q in parsed.values())}), one negated "
+          f"{sum(any(n for _, _, n in q.relations) for q in parsed.values())}, with directions "
           f"{sum(bool(q.directions) for q in parsed.values())}")
     for name, bad in CHECKS:
         print(f"{sum(bad(p, q) for p, q in parsed.items()):4d}  {name}")

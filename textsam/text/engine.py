@@ -26,7 +26,8 @@ Per phrase (a vocabulary of P phrases is one text batch and one matrix product):
    :func:`~textsam.text.spatial.resolve` re-ranks by geometry;
 7. presence: ``sigmoid(gain * (s - bias))`` with ``s`` the chosen proposal's crop score (its mean over the
    views); for a relation, the smaller of that and the same of the anchor's best other shortlisted proposal
-   (a relation presupposes its anchor: "the cup left of the laptop" in a photo without a laptop); membership, for a group phrase ("all X") and ``instances="all"``: the same calibration on each
+   (a relation presupposes its anchor: "the cup left of the laptop" in a photo without a laptop; with several
+   relations, every anchor's); membership, for a group phrase ("all X") and ``instances="all"``: the same calibration on each
    shortlisted proposal's cosine in the plain ``"crop"`` view when the engine has several views (else the mean).
    The blur view is for ranking: it pastes the object into the blurred whole image, so a small object is a few
    pixels of the tower's input and its cosine falls, which an absolute per-object yes/no must not read (on
@@ -238,7 +239,7 @@ class TextEngine:
         o = self.options
         props = self.proposals(predictor)
         queries = [parse(p) for p in phrases]
-        texts = list(dict.fromkeys(t for q in queries for t in ([q.head] + ([q.anchor] if q.anchor else []))))
+        texts = list(dict.fromkeys(t for q in queries for t in (q.head, *q.anchors)))
         out = []
         n = len(props)
         if n == 0:
@@ -259,10 +260,10 @@ class TextEngine:
             first = emb.to(tokens) @ tokens.T  # (T, N): the mask tokens' cosines
         if allowed is not None:
             first = first.masked_fill(~allowed.cpu(), float("-inf"))
-        shortlists = []  # per query: its head's and its anchor's shortlist, (N,) bool each
+        shortlists = []  # per query: its head's and its anchors' shortlists, (N,) bool each
         for q, w in zip(queries, wide):
             k = n if w else (2 * o.shortlist if (q.directions or q.anchor) else o.shortlist)
-            shortlists.append([self._shortlist(first[index[t]], k) for t in [q.head] + ([q.anchor] if q.anchor else [])])
+            shortlists.append([self._shortlist(first[index[t]], k) for t in (q.head, *q.anchors)])
         needed = [int(i) for i in torch.stack([s for pair in shortlists for s in pair]).any(0).nonzero().flatten()]
         crops = torch.zeros(n, len(o.views), emb.shape[1])
         crops[needed] = self.crop_embeddings(predictor, tower, needed).to(crops)
@@ -273,15 +274,14 @@ class TextEngine:
         scale = float(encoder.clip.logit_scale.detach().exp()) if hasattr(encoder.clip, "logit_scale") else 100.0
         iou = props.predicted_iou.to(cos)
         size = predictor.original_size
-        for q, pair in zip(queries, shortlists):
-            c = cos[index[q.head]].masked_fill(~pair[0], float("-inf"))
+        for q, lists in zip(queries, shortlists):
+            c = cos[index[q.head]].masked_fill(~lists[0], float("-inf"))
             head = (scale * (c + o.iou_weight * iou)).softmax(0)
-            anchor = None
-            if q.anchor:
-                anchor = (scale * (cos[index[q.anchor]] + o.iou_weight * iou)).masked_fill(~pair[1], float("-inf")).softmax(0)
-            probs = resolve(q, head, props.boxes, size, anchor)
+            anchors = [(scale * (cos[index[a]] + o.iou_weight * iou)).masked_fill(~s, float("-inf")).softmax(0)
+                       for a, s in zip(q.anchors, lists[1:])]
+            probs = resolve(q, head, props.boxes, size, anchors[0] if anchors else None, anchors[1:])
             members = torch.sigmoid(o.presence_gain * (member_cos[index[q.head]] - o.presence_bias)).masked_fill(
-                ~pair[0], 0.0)
+                ~lists[0], 0.0)
             if q.group:
                 chosen = [int(i) for i in torch.argsort(members, descending=True) if members[i] >= o.presence_threshold]
                 chosen = chosen or [int(probs.argmax())]
@@ -289,10 +289,10 @@ class TextEngine:
             else:
                 best = int(probs.argmax())
                 chosen, presence = [best], float(torch.sigmoid(o.presence_gain * (c[best] - o.presence_bias)))
-            if q.anchor:  # a relation needs its anchor too: the best other shortlisted object for it
-                a = cos[index[q.anchor]].masked_fill(~pair[1], float("-inf"))
-                a[chosen] = float("-inf")
-                top = float(a.max()) if len(a) else float("-inf")
+            for a, s in zip(q.anchors, lists[1:]):  # a relation needs its anchor too: the best other shortlisted
+                a_cos = cos[index[a]].masked_fill(~s, float("-inf"))  # object for it (each anchor of several)
+                a_cos[chosen] = float("-inf")
+                top = float(a_cos.max()) if len(a_cos) else float("-inf")
                 presence = min(presence, float(torch.sigmoid(torch.tensor(o.presence_gain * (top - o.presence_bias)))))
             out.append(Ranked(q, probs, c, members, chosen, presence))
         return out

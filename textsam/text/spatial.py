@@ -9,7 +9,7 @@ the final ones:
 - superlative (ReCLIP): ``P(i) ~ P(i) * sum_j P(j) [i beyond j along the direction]``; the k-th from one side
   keeps the candidates with about k better matches beyond them;
 - relation (ReCLIP): ``P(i) ~ P_head(i) * sum_{j != i} R(i, j) P_anchor(j)``, ``R`` a geometric predicate in
-  [0, 1] (``1 - R`` for a negated relation, and "far" is ``1 - near``);
+  [0, 1] (``1 - R`` for a negated relation, and "far" is ``1 - near``); several relations multiply;
 - a phrase with none of these keeps CLIP's probabilities.
 
 Rules over the words, no parser model: a phrase they do not understand falls back to plain scoring (the
@@ -19,9 +19,10 @@ in ``../shared/data/refcocos_on_coco_tiny``):
 - the earliest relation in the phrase is the one ("a pot on the stovetop next to the coffee machine": on the
   stovetop), the longest where several start at the same word ("on the left hand side of" over "on");
 - the anchor runs to the first comma, or to "and" before a negation or a verb, or to "but" ("close to the fruit
-  and not next to the fridge", "under an umbrella but not holding it"); the clauses after it describe the head
-  again ("the person on the bench, wearing a hat"), except a negative one ("..., not holding a glass"), which
-  CLIP cannot score;
+  and not next to the fridge", "under an umbrella but not holding it"); a clause after it that begins with a
+  relation relates the head to one more object ("and not next to the fridge": a second, negated relation),
+  the others describe the head again ("the person on the bench, wearing a hat"), except a negative one ("...,
+  not holding a glass"), which CLIP cannot score;
 - "not" / "isn't" / "neither" right before the relation (after "that is", "who is") negates it (``negated``:
   the candidates least in that relation), and linking words ("that is", "located", "and") leave the head;
 - a pronoun, a part of the head ("spots on its face"), a place ("on the front") or the viewer ("facing the
@@ -37,6 +38,7 @@ Frames: boxes are ``x0, y0, x1, y1`` pixels of the original image.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -113,8 +115,10 @@ class Query:
     """A phrase split for scoring. ``head``: what CLIP scores. ``directions``: superlatives (keys of
     ``_DIRECTIONS``, e.g. ``("bottom", "left")`` for "bottom left"), the first with ``rank`` (0 = the most
     extreme, 1 = the second, -1 = the other end). ``relation`` and ``anchor``: "the X <relation> the <anchor>";
-    ``negated``: "the X not <relation> the <anchor>" (the candidates least in that relation). ``group``: every
-    object matching ``head``."""
+    ``negated``: "the X not <relation> the <anchor>" (the candidates least in that relation). ``more_relations``:
+    the further relations of a phrase that relates its object to several others, ``(relation, anchor, negated)``
+    each ("the chair close to the fruit and not next to the fridge": ``("near", "fridge", True)``). ``group``:
+    every object matching ``head``."""
 
     text: str
     head: str
@@ -124,11 +128,25 @@ class Query:
     anchor: str | None = None
     group: bool = False
     negated: bool = False
+    more_relations: tuple[tuple[str, str, bool], ...] = ()
+
+    @property
+    def relations(self) -> tuple[tuple[str, str, bool], ...]:
+        """Every relation of the phrase, ``(relation, anchor, negated)`` each, the first one first."""
+        if self.relation is None or self.anchor is None:
+            return ()
+        return ((self.relation, self.anchor, self.negated), *self.more_relations)
+
+    @property
+    def anchors(self) -> tuple[str, ...]:
+        """The anchor noun phrases CLIP scores, in the order of :attr:`relations`."""
+        return tuple(anchor for _, anchor, _ in self.relations)
 
     def as_dict(self) -> dict:
         """The reading as plain values (``Prediction.info["query"]``, the CLI's JSON ``prompt.query``)."""
         return {"head": self.head, "directions": list(self.directions), "rank": self.rank, "relation": self.relation,
-                "anchor": self.anchor, "negated": self.negated, "group": self.group}
+                "anchor": self.anchor, "negated": self.negated, "group": self.group,
+                "more_relations": [list(r) for r in self.more_relations]}
 
 
 def _strip(words: str) -> str:
@@ -159,12 +177,40 @@ def _tidy(words: str) -> str:
     return _strip(" ".join(tokens))
 
 
-def _described(head: str, more: str) -> str:
-    """``head`` with the comma-separated clauses of ``more`` that describe it ("wearing a hat"); a negative clause
-    ("not holding a glass") says what the object is not, which CLIP cannot score, so it is left out."""
-    kept = [c.strip() for c in more.split(",") if c.strip()]
-    kept = [c for c in kept if not re.match(r"(?:and |but )?(?:not|no|neither|nor|never)\b", c)]
-    return _tidy(" ".join([head, *kept]))
+def _is_anchor(anchor: str) -> bool:
+    """Whether ``anchor`` (tidied words after a relation) names another object: not empty, no pronoun, no part of
+    the head or place in the picture (``_NOT_AN_ANCHOR``), not the viewer."""
+    return bool(anchor) and anchor not in _PRONOUNS and anchor.split()[0] not in _NOT_AN_ANCHOR and \
+        not re.fullmatch(_VIEWER, anchor)
+
+
+def _clause_relation(clause: str) -> tuple[str, str, bool] | None:
+    """A clause after an anchor that relates the head to one more object ("not next to the fridge", "is located
+    right of the flower"): ``(relation, anchor, negated)``, or None for a clause that does not begin (after linking
+    words and negations) with a relation to an object."""
+    tokens = clause.split()
+    negated = False
+    while tokens and (tokens[0] in _LINKING or tokens[0] in _NEGATIONS or tokens[0].endswith("n't")):
+        negated = negated or tokens[0] in _NEGATIONS or tokens[0].endswith("n't")
+        tokens.pop(0)
+    rest = f" {' '.join(tokens)} "
+    for words, relation in sorted(_RELATIONS, key=lambda r: -len(r[0])):  # the longest: "on top of" over "on"
+        if rest.startswith(f" {words} "):
+            anchor = _tidy(rest[len(words) + 2:])
+            return (relation, anchor, negated) if _is_anchor(anchor) else None
+    return None
+
+
+def _described(head: str, more: str) -> tuple[str, tuple[tuple[str, str, bool], ...]]:
+    """``head`` with the comma-separated clauses of ``more`` that describe it ("wearing a hat"), and the clauses
+    that relate it to another object (:func:`_clause_relation`: "and not next to the fridge"). A negative clause
+    that is no relation ("not holding a glass") says what the object is not, which CLIP cannot score, so it is
+    left out."""
+    clauses = [c.strip() for c in more.split(",") if c.strip()]
+    relations = [r for r in map(_clause_relation, clauses) if r is not None]
+    kept = [c for c in clauses if _clause_relation(c) is None
+            and not re.match(r"(?:and |but )?(?:not|no|neither|nor|never)\b", c)]
+    return _tidy(" ".join([head, *kept])), tuple(relations)
 
 
 # where an anchor's words end though no comma says so: "and" before a negation or a verb, "but" ("close to the
@@ -173,12 +219,13 @@ def _described(head: str, more: str) -> str:
 _CLAUSE_BREAK = re.compile(r"\s+(?:and\s+(?=(?:not|no|never|is|are|was|were|isn't|aren't|located|has|have)\b)|but\s+)")
 
 
-def _relation_in(rest: str) -> tuple[str, str, str, bool] | None:
+def _relation_in(rest: str) -> tuple[str, str, str, bool, tuple[tuple[str, str, bool], ...]] | None:
     """The earliest relation of ``rest`` with a head before it and an anchor object after it: ``(head, relation,
-    anchor, negated)``. The anchor runs to the first comma (or clause break, ``_CLAUSE_BREAK``); what follows
-    describes the head again ("the person on the bench, wearing a hat": anchor "bench", head "person wearing a
-    hat"). A pronoun or the viewer as the anchor is no relation between objects ("with numbers on it", "facing
-    the camera"): the next one is tried."""
+    anchor, negated, more_relations)``. The anchor runs to the first comma (or clause break, ``_CLAUSE_BREAK``);
+    what follows describes the head again ("the person on the bench, wearing a hat": anchor "bench", head "person
+    wearing a hat") or relates it to more objects ("..., not next to the fridge": ``more_relations``). A pronoun
+    or the viewer as the anchor is no relation between objects ("with numbers on it", "facing the camera"): the
+    next one is tried."""
     found = []
     for words, relation in _RELATIONS:
         for m in re.finditer(rf"(?<=\s){re.escape(words)}\s+", rest):
@@ -187,13 +234,13 @@ def _relation_in(rest: str) -> tuple[str, str, str, bool] | None:
         after = _CLAUSE_BREAK.sub(", ", rest[m.end():])
         anchor_text, _, more = after.partition(",")
         anchor = _tidy(anchor_text)
-        if (not anchor or anchor in _PRONOUNS or anchor.split()[0] in _NOT_AN_ANCHOR
-                or re.fullmatch(_VIEWER, anchor)):
+        if not _is_anchor(anchor):
             continue
         head, negated = _head_before(rest[: m.start()])
         if not head:
             continue
-        return _described(head, more), relation, anchor, negated
+        described, more_relations = _described(head, more)
+        return described, relation, anchor, negated, more_relations
     return None
 
 
@@ -241,12 +288,12 @@ def parse(phrase: str) -> Query:
         rest = rest[: m.start()] + " " + rest[m.end():]
     relation = _relation_in(rest)
     if relation is not None:
-        head, name, anchor, negated = relation
+        head, name, anchor, negated, more_relations = relation
         head, more, more_rank = _superlatives(head)  # "the biggest dog next to the car"
         head = head or "object"
         rank = rank if directions else more_rank
         return Query(text, head, tuple(dict.fromkeys(directions + more)), rank, relation=name, anchor=anchor,
-                     group=group, negated=negated)
+                     group=group, negated=negated, more_relations=more_relations)
     head, more, more_rank = _superlatives(rest)
     rank = rank if directions else more_rank
     directions += more
@@ -318,21 +365,26 @@ def _relation(boxes: Tensor, relation: str) -> Tensor:
     return r.float()
 
 
-def resolve(query: Query, head: Tensor, boxes: Tensor, size: tuple[int, int], anchor: Tensor | None = None) -> Tensor:
+def resolve(query: Query, head: Tensor, boxes: Tensor, size: tuple[int, int], anchor: Tensor | None = None,
+            more_anchors: Sequence[Tensor] = ()) -> Tensor:
     """Final probabilities ``(N,)`` over the candidates from CLIP's ``head (N,)`` probabilities for the head
-    phrase (and ``anchor (N,)`` for a relation's anchor), ``boxes (N, 4)`` pixels of an image of ``size`` (H, W).
-    A phrase with both ("the second bottle from the right on the counter") takes the relation first and the
-    superlative over the candidates that relation leaves."""
+    phrase (and ``anchor (N,)`` for a relation's anchor, ``more_anchors`` for those of ``query.more_relations``),
+    ``boxes (N, 4)`` pixels of an image of ``size`` (H, W). Several relations multiply (ReCLIP: ``P(i) ~ P_head(i)
+    * prod_r sum_{j != i} R_r(i, j) P_anchor_r(j)``). A phrase with a relation and a superlative ("the second
+    bottle from the right on the counter") takes the relations first and the superlative over the candidates
+    they leave."""
     if len(head) < 2:
         return head
     boxes = boxes.float()
     probs = head
     if query.relation is not None and anchor is not None:
-        r = _relation(boxes, query.relation)
-        if query.negated:
-            r = 1 - r
-        r.fill_diagonal_(0)
-        out = head * (r @ anchor)
+        out = head
+        for (name, _, negated), p_anchor in zip(query.relations, [anchor, *more_anchors]):
+            r = _relation(boxes, name)
+            if negated:
+                r = 1 - r
+            r.fill_diagonal_(0)
+            out = out * (r @ p_anchor)
         total = out.sum()
         probs = out / total if total > 0 else head
     if not query.directions:

@@ -273,10 +273,30 @@
     }
     return [tidy(tokens.join(' ')), negated];
   }
-  function described(head, more) {  // textsam.text.spatial._described
-    const kept = more.split(',').map((c) => c.trim()).filter(Boolean)
-      .filter((c) => !/^(?:and |but )?(?:not|no|neither|nor|never)\b/.test(c));
-    return tidy([head, ...kept].join(' '));
+  const isAnchor = (anchor) => Boolean(anchor) && !PRONOUNS.has(anchor) && !NOT_AN_ANCHOR.has(splitWords(anchor)[0]) &&
+    !new RegExp(`^${VIEWER}$`).test(anchor);  // textsam.text.spatial._is_anchor
+  const LONGEST_FIRST = [...RELATIONS].sort((a, b) => b[0].length - a[0].length);
+  function clauseRelation(clause) {  // textsam.text.spatial._clause_relation
+    const tokens = splitWords(clause);
+    let negated = false;
+    while (tokens.length && (LINKING.has(tokens[0]) || NEGATIONS.has(tokens[0]) || tokens[0].endsWith("n't"))) {
+      negated = negated || NEGATIONS.has(tokens[0]) || tokens[0].endsWith("n't");
+      tokens.shift();
+    }
+    const rest = ` ${tokens.join(' ')} `;
+    for (const [words, rel] of LONGEST_FIRST) {
+      if (rest.startsWith(` ${words} `)) {
+        const anchor = tidy(rest.slice(words.length + 2));
+        return isAnchor(anchor) ? [rel, anchor, negated] : null;
+      }
+    }
+    return null;
+  }
+  function described(head, more) {  // textsam.text.spatial._described: [head, moreRelations]
+    const clauses = more.split(',').map((c) => c.trim()).filter(Boolean);
+    const relations = clauses.map(clauseRelation).filter(Boolean);
+    const kept = clauses.filter((c) => clauseRelation(c) === null && !/^(?:and |but )?(?:not|no|neither|nor|never)\b/.test(c));
+    return [tidy([head, ...kept].join(' ')), relations];
   }
   // textsam.text.spatial._CLAUSE_BREAK: where an anchor ends though no comma says so
   const CLAUSE_BREAK = /\s+(?:and\s+(?=(?:not|no|never|is|are|was|were|isn't|aren't|located|has|have)\b)|but\s+)/g;
@@ -290,11 +310,10 @@
       const after = rest.slice(m.index + m[0].length).replace(CLAUSE_BREAK, ', ');
       const comma = after.indexOf(',');
       const anchor = tidy(comma < 0 ? after : after.slice(0, comma)), more = comma < 0 ? '' : after.slice(comma + 1);
-      if (!anchor || PRONOUNS.has(anchor) || NOT_AN_ANCHOR.has(splitWords(anchor)[0]) ||
-          new RegExp(`^${VIEWER}$`).test(anchor)) continue;
+      if (!isAnchor(anchor)) continue;
       const [head, negated] = headBefore(rest.slice(0, m.index));
       if (!head) continue;
-      return [described(head, more), rel, anchor, negated];
+      return [...described(head, more), rel, anchor, negated];
     }
     return null;
   }
@@ -332,17 +351,18 @@
     }
     const rel = relationIn(rest);
     if (rel) {
-      const [relHead, relation, anchor, negated] = rel;
+      const [relHead, moreRelations, relation, anchor, negated] = rel;
       const [h, more, moreRank] = superlatives(relHead);  // "the biggest dog next to the car"
       if (!directions.length) rank = moreRank;
       return {text, head: h || 'object', directions: [...new Set([...directions, ...more])], rank, relation, anchor, group,
-        negated};
+        negated, moreRelations, relations: [[relation, anchor, negated], ...moreRelations]};
     }
     const [h, more, moreRank] = superlatives(rest);
     if (!directions.length) rank = moreRank;
     directions = [...directions, ...more];
     const head = h || (directions.length ? 'object' : text);
-    return {text, head, directions: [...new Set(directions)], rank, relation: null, anchor: null, group, negated: false};
+    return {text, head, directions: [...new Set(directions)], rank, relation: null, anchor: null, group, negated: false,
+      moreRelations: [], relations: []};
   }
   function superlatives(phrase) {  // textsam.text.spatial._superlatives
     const words = splitWords(phrase);
@@ -360,22 +380,25 @@
     return [kept.length ? tidy(kept.join(' ')) : '', directions, rank];
   }
   // textsam.text.spatial.resolve: probabilities over candidates re-ranked by geometry (boxes inclusive, pixels)
-  function resolve(q, head, boxes, size, anchor) {
+  function resolve(q, head, boxes, size, anchor, moreAnchors = []) {
     const n = head.length;
     if (n < 2) return head;
     const cx = boxes.map((b) => (b[0] + b[2]) / 2), cy = boxes.map((b) => (b[1] + b[3]) / 2);
     let probs = head;
-    if (q.relation && anchor) {  // the relation first, then the superlatives over what it leaves
-      const out = new Float64Array(n);
-      for (let i = 0; i < n; i++) {
-        let s = 0;
-        for (let j = 0; j < n; j++) {
-          if (j === i) continue;
-          const r = relation(boxes, cx, cy, q.relation, i, j);
-          s += (q.negated ? 1 - r : r) * anchor[j];
+    if (q.relation && anchor) {  // the relations first (they multiply), then the superlatives over what they leave
+      const out = Float64Array.from(head);
+      [anchor, ...moreAnchors].forEach((p, k) => {
+        const [rel, , negated] = q.relations[k];
+        for (let i = 0; i < n; i++) {
+          let s = 0;
+          for (let j = 0; j < n; j++) {
+            if (j === i) continue;
+            const r = relation(boxes, cx, cy, rel, i, j);
+            s += (negated ? 1 - r : r) * p[j];
+          }
+          out[i] *= s;
         }
-        out[i] = head[i] * s;
-      }
+      });
       const total = out.reduce((a, b) => a + b, 0);
       if (total > 0) probs = Array.from(out, (v) => v / total);
     }
@@ -899,7 +922,7 @@
     const e = api.manifest.text.engine, crops = await cropEmbeddings(), props = img.proposals;
     const q = parse(phrase);
     if (crops.length === 0) return {q, chosen: [], presence: 0};
-    const texts = [q.head].concat(q.anchor ? [q.anchor] : []);
+    const texts = [q.head, ...q.relations.map((r) => r[1])];
     const emb = await Promise.all(texts.map(ensemble));
     const cos = emb.map((t) => crops.map((c) => c.reduce((s, v, k) => s + v * t[k], 0)));
     let allowed = null;
@@ -930,7 +953,8 @@
       const mx = Math.max(...logits), ex = logits.map((v) => Math.exp(v - mx)), s = ex.reduce((a, b) => a + b, 0);
       return ex.map((v) => v / s);
     };
-    const probs = resolve(q, softmax(cos[0]), props.boxes, [img.H, img.W], q.anchor ? softmax(cos[1]) : null);
+    const anchors = cos.slice(1).map(softmax);
+    const probs = resolve(q, softmax(cos[0]), props.boxes, [img.H, img.W], anchors.length ? anchors[0] : null, anchors.slice(1));
     const member = cos[0].map((c, i) => (1 / (1 + Math.exp(-e.presence_gain * (c - e.presence_bias)))) * (allowed && !allowed[i] ? 0 : 1));
     let chosen, presence;
     if (q.group) {
@@ -941,9 +965,9 @@
       chosen = [argmax(probs)];
       presence = member[chosen[0]];
     }
-    if (q.anchor) { // a relation needs its anchor too: the best other object for it (TextEngine.rank)
-      let top = -Infinity;
-      cos[1].forEach((c, i) => { if (!(allowed && !allowed[i]) && !chosen.includes(i)) top = Math.max(top, c); });
+    for (const row of cos.slice(1)) { // a relation needs its anchor too (each of several): the best other object
+      let top = -Infinity;  // for it (TextEngine.rank)
+      row.forEach((c, i) => { if (!(allowed && !allowed[i]) && !chosen.includes(i)) top = Math.max(top, c); });
       presence = Math.min(presence, 1 / (1 + Math.exp(-e.presence_gain * (top - e.presence_bias))));
     }
     return {q, chosen, presence};
@@ -1045,7 +1069,7 @@
       let ranked = null;
       if (!locatorAnswers) {
         await encodeTexts([...(headHere ? [phrase] : []), ...expand(q.head, templates),
-          ...(q.anchor ? expand(q.anchor, templates) : [])]);
+          ...q.relations.flatMap((r) => expand(r[1], templates))]);
         ranked = await rank(phrase, points, box);
         pres = ranked.presence;
       }
