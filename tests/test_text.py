@@ -238,3 +238,63 @@ def test_text_head_file_round_trip_and_wrong_models(tmp_path) -> None:
     (tmp_path / "junk.safetensors").write_bytes(b"not a file")
     with pytest.raises(WeightsError):
         read(tmp_path / "junk.safetensors")
+
+
+@pytest.fixture(scope="module")
+def small_clip_file(tmp_path_factory) -> str:
+    """A random open_clip ``ViT-S-32`` in the safetensors form open_clip loads (fp16 storage: half the bytes)."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("clip") / "open_clip_model.safetensors"
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-S-32")
+    save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, str(path))
+    return str(path)
+
+
+def _same_model(ours: torch.nn.Module, ref: torch.nn.Module) -> None:
+    a, b = ours.state_dict(), ref.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a, b = dict(ours.named_buffers()), dict(ref.named_buffers())  # the causal mask no checkpoint holds, too
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert ours.visual.preprocess_cfg == ref.visual.preprocess_cfg
+
+
+@pytest.mark.parametrize("by_tag", [False, True])
+def test_published_clip_weights_load_without_a_random_initialisation(small_clip_file, monkeypatch, by_tag) -> None:
+    """A CLIP with weights (a local file, or a tag whose download is mocked here) is built by open_clip on the meta
+    device and filled by open_clip's own ``load_checkpoint``: the same tensors, causal mask and preprocessing as
+    ``open_clip.create_model(name, pretrained)``, and nothing random made only to be overwritten."""
+    import open_clip
+    import open_clip.factory
+
+    from textsam.text.clip import TextEncoder
+
+    pretrained = small_clip_file
+    if by_tag:  # a tag with its own preprocessing, its file "downloaded"
+        tag = {"url": "https://example.invalid/w.bin", "mean": (0.1, 0.2, 0.3), "std": (0.3, 0.2, 0.1)}
+        for module in (open_clip, open_clip.factory):
+            monkeypatch.setattr(module, "get_pretrained_cfg", lambda name, t: tag if t == "mocked" else {})
+            monkeypatch.setattr(module, "download_pretrained", lambda cfg, cache_dir=None: small_clip_file)
+        pretrained = "mocked"
+    ref = open_clip.create_model("ViT-S-32", pretrained=pretrained).eval()
+    builds = []
+    create = open_clip.create_model
+
+    def spy(*args, **kwargs):
+        builds.append((kwargs.get("device"), kwargs.get("load_weights", True)))
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(open_clip, "create_model", spy)
+    encoder = TextEncoder.create("ViT-S-32", pretrained)
+    assert builds == [("meta", False)]
+    _same_model(encoder.clip, ref)
+    if by_tag:
+        assert encoder.clip.visual.preprocess_cfg["mean"] == (0.1, 0.2, 0.3)
+    tokens = open_clip.get_tokenizer("ViT-S-32")(["a red car", "the dog on the left"])
+    assert torch.equal(encoder.clip.encode_text(tokens), ref.encode_text(tokens))
+    # random weights (no file) and schema names keep open_clip's own build
+    builds.clear()
+    TextEncoder.create("ViT-S-32", None)
+    assert builds == [(None, True)]
