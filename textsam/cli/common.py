@@ -104,11 +104,37 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     return x0, y0, x1, y1
 
 
+CLIP_SYNTAX = ("NAME/TAG (e.g. ViT-B-16-quickgelu/openai), NAME/@/FILE (a weights file), local-dir:FOLDER (with "
+               "open_clip_config.json) or hf-hub:ORG/REPO")
+
+
 def parse_clip(text: str) -> str:
-    """``NAME/TAG`` as open_clip names them, e.g. ``ViT-B-16-quickgelu/openai``."""
+    """A CLIP in the forms :func:`textsam.text.clip.parse_clip_spec` reads: ``NAME/TAG`` as open_clip names them
+    (``ViT-B-16-quickgelu/openai``), ``NAME/@/FILE`` (a local weights file; ``~`` expanded), ``local-dir:FOLDER``
+    (an open_clip folder) or ``hf-hub:ORG/REPO``. A file or folder that is not there is refused here, with what to
+    give instead."""
+    text = text.strip()
+    if text.startswith("local-dir:"):
+        folder = Path(text[len("local-dir:"):]).expanduser()
+        if not (folder / "open_clip_config.json").is_file():
+            raise argparse.ArgumentTypeError(
+                f"{folder} is no open_clip folder (it has no open_clip_config.json); expected {CLIP_SYNTAX}")
+        return f"local-dir:{folder}"
+    if text.startswith("hf-hub:"):
+        if text.count("/") != 1 or text.endswith("/") or text == "hf-hub:/":
+            raise argparse.ArgumentTypeError(f"expected {CLIP_SYNTAX}; got {text!r}")
+        return text
+    if "/@/" in text:
+        name, path = text.split("/@/", 1)
+        file = Path(path).expanduser()
+        if not name or not path:
+            raise argparse.ArgumentTypeError(f"expected {CLIP_SYNTAX}; got {text!r}")
+        if not file.is_file():
+            raise argparse.ArgumentTypeError(f"no CLIP weights file {str(file)!r}: expected {CLIP_SYNTAX}")
+        return f"{name}/@/{file}"
     name, sep, tag = text.partition("/")
     if not sep or not name or not tag or "/" in tag:
-        raise argparse.ArgumentTypeError(f"expected NAME/TAG, e.g. ViT-B-16-quickgelu/openai; got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {CLIP_SYNTAX}; got {text!r}")
     return text
 
 
@@ -130,7 +156,8 @@ def add_model_options(
     p.add_argument("--checkpoint", type=Path, metavar="PATH", help="SAM weights file instead of the published ones")
     if clip:
         p.add_argument("--clip", type=parse_clip, metavar="NAME/TAG",
-                       help="open_clip model, e.g. ViT-B-16-quickgelu/openai")
+                       help="open_clip model, e.g. ViT-B-16-quickgelu/openai; NAME/@/FILE for a weights file you "
+                            "downloaded, local-dir:FOLDER for an open_clip folder")
     p.add_argument("--text-head", type=Path, metavar="PATH", help="trained text head (a textsam weights file)")
     p.add_argument("--no-text-head", action="store_true",
                    help="drop the model's own text head (shapes_tiny): text goes through the training-free engine")
