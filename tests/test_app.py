@@ -354,6 +354,52 @@ def test_app_fast_serves_the_fast_engine(monkeypatch):
     assert built["mobile_sam"]["clip"] == "ViT-B-32-quickgelu/openai" and built["shapes_tiny"]["clip"] is None
 
 
+def test_app_serves_the_weights_it_is_given(monkeypatch, tmp_path):
+    """``textsam app --model NAME --checkpoint / --clip / --text-head / --no-text-head``: that model is built with
+    those weights (a text head you trained, files on a machine without network), the page's other models as
+    published; a file that is not there stops the command before the server starts (exit 2)."""
+    import types
+
+    import torch
+
+    import textsam
+    from textsam import cli
+
+    head = tmp_path / "head.safetensors"
+    head.write_bytes(b"x")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    captured = {}
+    demo = types.SimpleNamespace(close=lambda: None, textsam=types.SimpleNamespace(close=lambda: None))
+    monkeypatch.setattr(ui, "build_demo", lambda **kw: captured.update(kw) or demo)
+    monkeypatch.setattr(ui, "launch", lambda *a, **k: None)
+    built = {}
+    monkeypatch.setattr(textsam, "create_model", lambda name, **kw: built.setdefault(name, kw))
+    threads = torch.get_num_threads()
+    try:
+        for argv, fast_clip in [([], None), (["--fast"], None)]:
+            built.clear()
+            args = cli.build_parser().parse_args(["app", "--model", "sam_vit_b", "--text-head", str(head),
+                                                  "--clip", "ViT-B-16/@/" + str(head), "--port", str(port), *argv])
+            assert ui.run(args) == 0
+            captured["model_factory"]("sam_vit_b")
+            captured["model_factory"]("mobile_sam")
+            assert built["sam_vit_b"] == {"checkpoint": None, "clip": f"ViT-B-16/@/{head}", "text_head": head}
+            assert built["mobile_sam"]["clip"] == ("ViT-B-32-quickgelu/openai" if argv else None)
+            assert built["mobile_sam"].get("text_head") is None and built["mobile_sam"].get("checkpoint") is None
+        args = cli.build_parser().parse_args(["app", "--no-text-head", "--port", str(port)])
+        assert ui.run(args) == 0
+        captured["model_factory"]("shapes_tiny")
+        assert built["shapes_tiny"]["text_head"] is False
+    finally:
+        torch.set_num_threads(threads)
+    captured.clear()
+    assert cli.main(["app", "--checkpoint", str(tmp_path / "none.pth"), "--port", str(port)]) == 2
+    assert cli.main(["app", "--text-head", str(head), "--no-text-head", "--port", str(port)]) == 2
+    assert not captured  # refused before the page was built
+
+
 def test_app_wrapper_uses_bundled_examples(monkeypatch):
     import importlib.util
 

@@ -15,6 +15,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,28 @@ def fast_model_factory(name: str) -> Any:
     from textsam.factory import fast_clip
 
     return default_model_factory(name, fast_clip(name))
+
+
+def weights_model_factory(name: str, *, checkpoint: str | Path | None = None, clip: str | None = None,
+                          text_head: str | Path | bool | None = None, fast: bool = False) -> Callable[[str], Any]:
+    """The app's model factory for ``textsam app --model NAME --checkpoint / --clip / --text-head /
+    --no-text-head``: model ``name`` with those weights (with ``fast``, the fast path's CLIP unless ``clip`` or
+    the weights name one: :func:`textsam.factory.fast_clip`); any other model as :func:`default_model_factory`
+    (or :func:`fast_model_factory`) builds it. A file that is not there is an :class:`InputError` at once."""
+    import textsam
+    from textsam.factory import fast_clip
+
+    for what, path in (("SAM weights", checkpoint), ("text head", text_head)):
+        if isinstance(path, (str, Path)) and not Path(path).is_file():
+            raise InputError(f"{what} file not found: {path}")
+
+    def factory(model_name: str) -> Any:
+        if model_name != name:
+            return fast_model_factory(model_name) if fast else default_model_factory(model_name)
+        chosen = fast_clip(name, clip, text_head, checkpoint) if fast else clip
+        return textsam.create_model(name, checkpoint=checkpoint, clip=chosen, text_head=text_head)
+
+    return factory
 
 
 def fast_predictor(model: Any) -> Any:

@@ -29,6 +29,7 @@ from .serving import (
     port_in_use,
     serving_plan,
     short_message,
+    weights_model_factory,
 )
 from .uploads import DEFAULT_MAX_PIXELS
 
@@ -260,13 +261,17 @@ def run(args: argparse.Namespace, examples_dir: str | Path | None = None) -> int
     torch.set_num_threads(threads)
     logger.info("serving with %d model threads (%d for new images), %d torch thread(s) each", workers, heavy,
                 threads)
+    fast = getattr(args, "fast", False)
+    factory = fast_model_factory if fast else None
+    text_head = _text_head(args)
+    if any(x is not None for x in (getattr(args, "checkpoint", None), getattr(args, "clip", None), text_head)):
+        factory = weights_model_factory(args.model, checkpoint=args.checkpoint, clip=args.clip, text_head=text_head,
+                                        fast=fast)  # checks the files before the server starts
     restore = _sigterm_stops_server()
     demo = None
     try:
-        fast = getattr(args, "fast", False)
         demo = build_demo(default_model=args.model, examples_dir=examples_dir, workers=workers,
-                          model_factory=fast_model_factory if fast else None,
-                          predictor_factory=fast_predictor if fast else None)
+                          model_factory=factory, predictor_factory=fast_predictor if fast else None)
         allowed = [str(examples_dir)] if examples_dir is not None else None
         launch(demo, host=args.host, port=args.port, share=args.share, allowed_paths=allowed)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM before Gradio's own wait loop took over
@@ -277,6 +282,15 @@ def run(args: argparse.Namespace, examples_dir: str | Path | None = None) -> int
             demo.close()
             demo.textsam.close()
     return 0
+
+
+def _text_head(args: argparse.Namespace) -> Path | bool | None:
+    """``create_model``'s ``text_head`` from ``--text-head`` / ``--no-text-head`` (not both)."""
+    if getattr(args, "no_text_head", False):
+        if getattr(args, "text_head", None) is not None:
+            raise InputError("give --text-head FILE or --no-text-head, not both")
+        return False
+    return getattr(args, "text_head", None)
 
 
 def main(argv: list[str] | None = None, examples_dir: str | Path | None = None) -> int:
