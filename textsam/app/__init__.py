@@ -39,15 +39,7 @@ def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
     """``--checkpoint``, ``--clip``, ``--text-head``, ``--no-text-head``: other weights for the model ``--model``
     names (a text head you trained, SAM or CLIP files on a machine without network); the other models of the
     page keep their published weights."""
-    from pathlib import Path
+    from textsam.cli.common import add_weights_options
 
-    from textsam.cli.common import parse_clip
-
-    group = parser.add_argument_group("weights of the --model model (the page's other models keep the published ones)")
-    group.add_argument("--checkpoint", type=Path, metavar="PATH", help="SAM weights file instead of the published ones")
-    group.add_argument("--clip", type=parse_clip, metavar="NAME/TAG",
-                       help="open_clip model, e.g. ViT-B-16-quickgelu/openai; NAME/@/FILE for a weights file, "
-                            "local-dir:FOLDER for an open_clip folder")
-    group.add_argument("--text-head", type=Path, metavar="PATH", help="a text head you trained (a textsam weights file)")
-    group.add_argument("--no-text-head", action="store_true",
-                       help="drop the model's own text head (shapes_tiny): text goes through the training-free engine")
+    add_weights_options(parser.add_argument_group(
+        "weights of the --model model (the page's other models keep the published ones)"))

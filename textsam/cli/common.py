@@ -153,6 +153,17 @@ def add_model_options(
     default_help = "sam_vit_b" + ("; mobile_sam with --fast" if fast else "") + (
         "; shapes_tiny with --example" if example else "")
     p.add_argument("--model", default=default, metavar="NAME", help=f"model name (default: {default_help})")
+    add_weights_options(p, clip=clip)
+    if device:
+        p.add_argument("--device", metavar="DEVICE", help=device_help)
+    if fast:
+        p.add_argument("--fast", action="store_true",
+                       help=f"the CPU fast path: mobile_sam unless --model is given, and {FAST_HELP}")
+
+
+def add_weights_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, clip: bool = True) -> None:
+    """``--checkpoint``, ``--clip`` (with ``clip``), ``--text-head``, ``--no-text-head``: other weights than the
+    model's published ones (``textsam segment``, ``label``, ``export``, ``app``)."""
     p.add_argument("--checkpoint", type=Path, metavar="PATH", help="SAM weights file instead of the published ones")
     if clip:
         p.add_argument("--clip", type=parse_clip, metavar="NAME/TAG",
@@ -161,11 +172,6 @@ def add_model_options(
     p.add_argument("--text-head", type=Path, metavar="PATH", help="trained text head (a textsam weights file)")
     p.add_argument("--no-text-head", action="store_true",
                    help="drop the model's own text head (shapes_tiny): text goes through the training-free engine")
-    if device:
-        p.add_argument("--device", metavar="DEVICE", help=device_help)
-    if fast:
-        p.add_argument("--fast", action="store_true",
-                       help=f"the CPU fast path: mobile_sam unless --model is given, and {FAST_HELP}")
 
 
 def create_model_from_args(args: argparse.Namespace) -> Any:
