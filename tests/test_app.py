@@ -378,7 +378,7 @@ def test_app_serves_the_weights_it_is_given(monkeypatch, tmp_path):
     monkeypatch.setattr(textsam, "create_model", lambda name, **kw: built.setdefault(name, kw))
     threads = torch.get_num_threads()
     try:
-        for argv, fast_clip in [([], None), (["--fast"], None)]:
+        for argv in ([], ["--fast"]):
             built.clear()
             args = cli.build_parser().parse_args(["app", "--model", "sam_vit_b", "--text-head", str(head),
                                                   "--clip", "ViT-B-16/@/" + str(head), "--port", str(port), *argv])

@@ -177,6 +177,38 @@ def test_a_phrase_relating_its_object_to_several_others_keeps_every_relation() -
     assert int(both.argmax()) == 0 and torch.isclose(both.sum(), torch.tensor(1.0))  # beside the fruit, away from the fridge
 
 
+def test_between_relates_the_object_to_two_others() -> None:
+    """"the cup between the plate and the bowl" has two anchors (two "between" entries); "between two trucks"
+    names one kind twice. resolve scores ``sum_{j != l} B(i, j, l) P_plate(j) P_bowl(l)``, B: i's centre on the
+    segment between j's and l's; "not between" prefers the others."""
+    q = parse("the cup between the plate and the bowl")
+    assert (q.head, q.relations) == ("cup", (("between", "plate", False), ("between", "bowl", False)))
+    q2 = parse("the person with black hair between two trucks")
+    assert (q2.head, q2.anchors) == ("person with black hair", ("trucks", "trucks"))
+    q3 = parse("the man positioned between the guy in a shirt and jeans and the woman, on the left")
+    assert q3.anchors == ("guy in a shirt and jeans", "woman") and q3.directions == ("left",)
+    assert parse("the cup between the plates").relations == ()  # no two objects named: plain scoring
+    assert parse("the turned on laptop").relations == ()  # "turned on": a particle, no relation
+    # cups 1 (between the plate 0 and the bowl 2) and 3 (below them)
+    boxes = torch.tensor([[0, 0, 10, 10], [40, 0, 50, 10], [80, 0, 90, 10], [40, 60, 50, 70]], dtype=torch.float)
+    head = torch.tensor([0.0, 0.5, 0.0, 0.5])
+    plate, bowl = torch.tensor([1.0, 0, 0, 0]), torch.tensor([0, 0, 1.0, 0])
+    size = (70, 90)
+    assert torch.allclose(resolve(q, head, boxes, size, plate, [bowl]), torch.tensor([0.0, 1.0, 0.0, 0.0]))
+    away = resolve(parse("the cup not between the plate and the bowl"), head, boxes, size, plate, [bowl])
+    assert int(away.argmax()) == 3
+    # with another relation after it, both must hold: plate 0, cup 1, knife 2, cup 3, bowl 4 in a row (both cups
+    # between the plate and the bowl); the knife decides
+    boxes = torch.tensor([[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10], [60, 0, 70, 10], [80, 0, 90, 10]],
+                         dtype=torch.float)
+    head = torch.tensor([0.0, 0.5, 0.0, 0.5, 0.0])
+    plate, knife, bowl = torch.eye(5)[0], torch.eye(5)[2], torch.eye(5)[4]
+    for side, cup in (("left", 1), ("right", 3)):
+        q4 = parse(f"the cup between the plate and the bowl, {side} of the knife")
+        assert q4.relations[2] == (side, "knife", False)
+        assert int(resolve(q4, head, boxes, (10, 90), plate, [bowl, knife]).argmax()) == cup
+
+
 def test_parse_keeps_the_synthetic_phrases_as_they_were() -> None:
     """The proxy's own phrase forms (the synthetic generator's spatial, attribute and category templates) parse as
     before the rules for people's phrases were added."""

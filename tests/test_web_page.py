@@ -219,7 +219,9 @@ def test_tokenizer_parser_and_resampling_match_python(page, predictor) -> None: 
                "the car furthest from the bus", "far right person", "the motorcycle leaned on by the man",
                "the chair close to the fruit and not next to the fridge", "a person under an umbrella but not holding it",
                "a person who is not on the sidewalk and is carrying a bag",
-               "the white car next to the red car, in front of the tilted car", "yellow taxi, not on the slope, close to the bus"]
+               "the white car next to the red car, in front of the tilted car", "yellow taxi, not on the slope, close to the bus",
+               "the man positioned between the guy in a shirt and jeans and the woman", "the person between two trucks",
+               "the turned on laptop, not between two monitors"]
     js_tokens = page.evaluate("(ps) => ps.map((p) => textsam._internal.tokenize(p))", phrases)
     assert js_tokens == tokenizer(phrases).tolist()
     js_parse = page.evaluate("(ps) => ps.map((p) => textsam._internal.parse(p))", phrases)
@@ -233,7 +235,8 @@ def test_tokenizer_parser_and_resampling_match_python(page, predictor) -> None: 
     for phrase in ["the cross left of the dog", "the cup that is not next to the plate", "the car far from the bus",
                    "the second bottle from the right on the counter", "the knife beside the pineapple, third from the left",
                    "bottom right pizza", "the biggest dog", "the last car from the left",
-                   "the leftmost chair close to the fruit and not next to the fridge"]:
+                   "the leftmost chair close to the fruit and not next to the fridge",
+                   "the cup between the plate and the bowl", "the cup not between two plates, left of the knife"]:
         n = 7
         head = rng.dirichlet(np.ones(n)).tolist()
         anchor = rng.dirichlet(np.ones(n)).tolist()

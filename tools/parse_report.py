@@ -35,6 +35,9 @@ CHECKS = [
     ("'not' right before a relation, the relation not negated",
      lambda p, q: bool(re.search(r"\bnot (next to|on|under|behind|near|in front of|beside|inside|above|below)\b", p))
      and not any(negated for _, _, negated in q.relations)),
+    ("'between X and Y' / 'between two Xs' not read as between",
+     lambda p, q: bool(re.search(r"\bbetween (?:the |a |an )?\S+.* and |\bbetween (?:two|both) ", p))
+     and not any(relation == "between" for relation, _, _ in q.relations)),
     ("the viewer ('the camera') taken for an object", lambda p, q: bool(set(q.anchors) & {"camera", "the camera"})),
     ("the anchor runs into another clause ('the fruit and not next to the fridge')",
      lambda p, q: any(re.search(r"\b(and (not|no|is|are|has)|but)\b", a) for a in q.anchors)),

@@ -9,7 +9,9 @@ the final ones:
 - superlative (ReCLIP): ``P(i) ~ P(i) * sum_j P(j) [i beyond j along the direction]``; the k-th from one side
   keeps the candidates with about k better matches beyond them;
 - relation (ReCLIP): ``P(i) ~ P_head(i) * sum_{j != i} R(i, j) P_anchor(j)``, ``R`` a geometric predicate in
-  [0, 1] (``1 - R`` for a negated relation, and "far" is ``1 - near``); several relations multiply;
+  [0, 1] (``1 - R`` for a negated relation, and "far" is ``1 - near``); several relations multiply; "between
+  the Y and the Z" (or "between two Ys") has two anchors: ``sum_{j != l} B(i, j, l) P_Y(j) P_Z(l)``, ``B`` how
+  well i's centre lies on the segment between j's and l's;
 - a phrase with none of these keeps CLIP's probabilities.
 
 Rules over the words, no parser model: a phrase they do not understand falls back to plain scoring (the
@@ -79,7 +81,7 @@ _RELATIONS = [
     ("by", "near"), ("close to", "near"), ("closest to", "near"), ("nearest to", "near"), ("inside", "inside"),
     ("within", "inside"), ("in the middle of", "inside"), ("on", "on"), ("behind", "behind"),
     ("in front of", "front"), ("far from", "far"), ("farther from", "far"), ("farthest from", "far"),
-    ("further from", "far"), ("furthest from", "far"),
+    ("further from", "far"), ("furthest from", "far"), ("between", "between"), ("in between", "between"),
 ]
 # an anchor that is no object of the image: a pronoun ("with numbers on it") or the viewer ("facing the camera")
 _PRONOUNS = {"it", "its", "them", "him", "her", "itself", "themselves", "this", "that", "these", "those", "one",
@@ -91,8 +93,8 @@ _NOT_AN_ANCHOR = {"its", "his", "her", "their", "my", "your", "by", "on", "in", 
                   "edge", "end", "background", "foreground"}
 _VIEWER = r"(?:the\s+)?(?:camera|viewer|photographer|us)"
 # words that end a head before its relation and say nothing of the object ("the cup that is not next to ...")
-_LINKING = {"that", "which", "who", "is", "are", "was", "were", "being", "placed", "located", "standing", "sitting",
-            "lying", "and", "but", "or"}
+_LINKING = {"that", "which", "who", "is", "are", "was", "were", "being", "placed", "located", "positioned",
+            "situated", "standing", "sitting", "lying", "and", "but", "or"}
 _NEGATIONS = {"not", "never", "nor", "neither"}
 # "the remote in the right hand of ...": a side word naming a part of something, not where the object is
 _PARTS = {"hand", "hands", "arm", "arms", "leg", "legs", "foot", "feet", "shoe", "shoes", "eye", "eyes", "ear", "ears",
@@ -184,10 +186,11 @@ def _is_anchor(anchor: str) -> bool:
         not re.fullmatch(_VIEWER, anchor)
 
 
-def _clause_relation(clause: str) -> tuple[str, str, bool] | None:
-    """A clause after an anchor that relates the head to one more object ("not next to the fridge", "is located
-    right of the flower"): ``(relation, anchor, negated)``, or None for a clause that does not begin (after linking
-    words and negations) with a relation to an object."""
+def _clause_relation(clause: str) -> tuple[tuple[str, str, bool], ...] | None:
+    """A clause after an anchor that relates the head to more objects ("not next to the fridge", "is located
+    right of the flower", "between the cup and the plate"): its ``(relation, anchor, negated)`` entries (two for
+    "between"), or None for a clause that does not begin (after linking words and negations) with a relation to
+    an object."""
     tokens = clause.split()
     negated = False
     while tokens and (tokens[0] in _LINKING or tokens[0] in _NEGATIONS or tokens[0].endswith("n't")):
@@ -197,8 +200,25 @@ def _clause_relation(clause: str) -> tuple[str, str, bool] | None:
     for words, relation in sorted(_RELATIONS, key=lambda r: -len(r[0])):  # the longest: "on top of" over "on"
         if rest.startswith(f" {words} "):
             anchor = _tidy(rest[len(words) + 2:])
-            return (relation, anchor, negated) if _is_anchor(anchor) else None
+            if relation == "between":
+                pair = _between_anchors(anchor)
+                return None if pair is None else tuple((relation, a, negated) for a in pair)
+            return ((relation, anchor, negated),) if _is_anchor(anchor) else None
     return None
+
+
+def _between_anchors(anchor: str) -> tuple[str, str] | None:
+    """The two anchors of "between": "the plate and the bowl" -> ("plate", "bowl"); "two trucks" -> ("trucks",
+    "trucks"); None when the words name no two objects. The anchor words come tidied (no leading article)."""
+    m = re.fullmatch(r"(?:two|2|both)\s+(.+)", anchor)
+    if m:
+        pair = (_tidy(m.group(1)),) * 2
+    else:  # at the "and" before an article where there is one: "the man in a shirt and jeans and the woman"
+        split = re.search(r" and (?=(?:the|a|an) )", anchor) or re.search(r" and ", anchor)
+        if split is None:
+            return None
+        pair = (_tidy(anchor[: split.start()]), _tidy(anchor[split.end():]))
+    return pair if all(_is_anchor(a) for a in pair) else None
 
 
 def _described(head: str, more: str) -> tuple[str, tuple[tuple[str, str, bool], ...]]:
@@ -207,7 +227,7 @@ def _described(head: str, more: str) -> tuple[str, tuple[tuple[str, str, bool], 
     that is no relation ("not holding a glass") says what the object is not, which CLIP cannot score, so it is
     left out."""
     clauses = [c.strip() for c in more.split(",") if c.strip()]
-    relations = [r for r in map(_clause_relation, clauses) if r is not None]
+    relations = [r for found in map(_clause_relation, clauses) if found is not None for r in found]
     kept = [c for c in clauses if _clause_relation(c) is None
             and not re.match(r"(?:and |but )?(?:not|no|neither|nor|never)\b", c)]
     return _tidy(" ".join([head, *kept])), tuple(relations)
@@ -231,15 +251,20 @@ def _relation_in(rest: str) -> tuple[str, str, str, bool, tuple[tuple[str, str, 
         for m in re.finditer(rf"(?<=\s){re.escape(words)}\s+", rest):
             found.append((m.start(), -len(words), relation, m))
     for _, _, relation, m in sorted(found, key=lambda f: (f[0], f[1])):
+        if relation == "on" and rest[: m.start()].split()[-1:] in (["turned"], ["switched"], ["powered"]):
+            continue  # a particle: "the turned on laptop"
         after = _CLAUSE_BREAK.sub(", ", rest[m.end():])
         anchor_text, _, more = after.partition(",")
         anchor = _tidy(anchor_text)
-        if not _is_anchor(anchor):
+        pair = _between_anchors(anchor) if relation == "between" else None
+        if not _is_anchor(anchor) or (relation == "between" and pair is None):
             continue
         head, negated = _head_before(rest[: m.start()])
         if not head:
             continue
         described, more_relations = _described(head, more)
+        if pair is not None:  # "between" spans two entries, its two anchors
+            anchor, more_relations = pair[0], (("between", pair[1], negated), *more_relations)
         return described, relation, anchor, negated, more_relations
     return None
 
@@ -365,6 +390,26 @@ def _relation(boxes: Tensor, relation: str) -> Tensor:
     return r.float()
 
 
+def _between(boxes: Tensor, negated: bool = False) -> Tensor:
+    """``B (N, N, N)`` in [0, 1]: how well candidate i lies between candidates j and l (``1 - B`` when
+    ``negated``). Centres: i's projection onto the segment from j to l falls inside it (``0 < t < 1``), and i lies
+    near the segment (1 on it, 0 at half the segment's length from it or further). 0 where two of i, j, l are the
+    same candidate."""
+    c = torch.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], 1)  # (N, 2)
+    seg = c[None, None, :, :] - c[None, :, None, :]  # (1, N_j, N_l, 2): c_l - c_j
+    rel = c[:, None, None, :] - c[None, :, None, :]  # (N_i, N_j, 1, 2): c_i - c_j
+    length2 = (seg ** 2).sum(-1).clamp_min(1e-6)  # (1, j, l)
+    t = (rel * seg).sum(-1) / length2  # (i, j, l)
+    perp = (rel - t[..., None] * seg).norm(dim=-1) / length2.sqrt()
+    b = ((t > 0) & (t < 1)).float() * (1 - 2 * perp).clamp(0, 1)
+    if negated:
+        b = 1 - b
+    n = len(boxes)
+    eye = torch.eye(n, dtype=torch.bool, device=boxes.device)
+    same = eye[:, :, None] | eye[:, None, :] | eye[None, :, :]  # i == j, i == l or j == l
+    return b.masked_fill(same, 0.0)
+
+
 def resolve(query: Query, head: Tensor, boxes: Tensor, size: tuple[int, int], anchor: Tensor | None = None,
             more_anchors: Sequence[Tensor] = ()) -> Tensor:
     """Final probabilities ``(N,)`` over the candidates from CLIP's ``head (N,)`` probabilities for the head
@@ -379,12 +424,20 @@ def resolve(query: Query, head: Tensor, boxes: Tensor, size: tuple[int, int], an
     probs = head
     if query.relation is not None and anchor is not None:
         out = head
-        for (name, _, negated), p_anchor in zip(query.relations, [anchor, *more_anchors]):
+        relations, anchors = list(query.relations), [anchor, *more_anchors]
+        k = 0
+        while k < min(len(relations), len(anchors)):
+            name, _, negated = relations[k]
+            if name == "between" and k + 1 < len(anchors):  # two entries: sum_{j != l} B(i, j, l) P_a(j) P_b(l)
+                out = out * torch.einsum("ijl,j,l->i", _between(boxes, negated), anchors[k], anchors[k + 1])
+                k += 2
+                continue
             r = _relation(boxes, name)
             if negated:
                 r = 1 - r
             r.fill_diagonal_(0)
-            out = out * (r @ p_anchor)
+            out = out * (r @ anchors[k])
+            k += 1
         total = out.sum()
         probs = out / total if total > 0 else head
     if not query.directions:

@@ -235,13 +235,13 @@
     ['by', 'near'], ['close to', 'near'], ['closest to', 'near'], ['nearest to', 'near'], ['inside', 'inside'],
     ['within', 'inside'], ['in the middle of', 'inside'], ['on', 'on'], ['behind', 'behind'],
     ['in front of', 'front'], ['far from', 'far'], ['farther from', 'far'], ['farthest from', 'far'],
-    ['further from', 'far'], ['furthest from', 'far']];
+    ['further from', 'far'], ['furthest from', 'far'], ['between', 'between'], ['in between', 'between']];
   const setOf = (words) => new Set(words.split(' '));
   const PRONOUNS = new Set(['it', 'its', 'them', 'him', 'her', 'itself', 'themselves', 'this', 'that', 'these', 'those',
     'one', 'ones', 'other', 'others', 'each other', 'one another']);
   const NOT_AN_ANCHOR = setOf('its his her their my your by on in at to of with from front back side top bottom left right middle center centre corner edge end background foreground');
   const VIEWER = '(?:the\\s+)?(?:camera|viewer|photographer|us)';
-  const LINKING = setOf('that which who is are was were being placed located standing sitting lying and but or');
+  const LINKING = setOf('that which who is are was were being placed located positioned situated standing sitting lying and but or');
   const NEGATIONS = setOf('not never nor neither');
   const PARTS = setOf('hand hands arm arms leg legs foot feet shoe shoes eye eyes ear ears wing wings paw paws glove gloves sleeve knee shoulder half part edge');
   const AFTER_NOUN = setOf('with and or on in at of that which who is are has having wearing holding ,');
@@ -287,14 +287,31 @@
     for (const [words, rel] of LONGEST_FIRST) {
       if (rest.startsWith(` ${words} `)) {
         const anchor = tidy(rest.slice(words.length + 2));
-        return isAnchor(anchor) ? [rel, anchor, negated] : null;
+        if (rel === 'between') {
+          const pair = betweenAnchors(anchor);
+          return pair === null ? null : pair.map((a) => [rel, a, negated]);
+        }
+        return isAnchor(anchor) ? [[rel, anchor, negated]] : null;
       }
     }
     return null;
   }
+  function betweenAnchors(anchor) {  // textsam.text.spatial._between_anchors
+    const m = anchor.match(/^(?:two|2|both)\s+(.+)$/);
+    let pair;
+    if (m) {
+      pair = [tidy(m[1]), tidy(m[1])];
+    } else {
+      // at the "and" before an article where there is one: "the man in a shirt and jeans and the woman"
+      const split = anchor.match(/ and (?=(?:the|a|an) )/) || anchor.match(/ and /);
+      if (!split) return null;
+      pair = [tidy(anchor.slice(0, split.index)), tidy(anchor.slice(split.index + split[0].length))];
+    }
+    return pair.every(isAnchor) ? pair : null;
+  }
   function described(head, more) {  // textsam.text.spatial._described: [head, moreRelations]
     const clauses = more.split(',').map((c) => c.trim()).filter(Boolean);
-    const relations = clauses.map(clauseRelation).filter(Boolean);
+    const relations = clauses.map(clauseRelation).filter(Boolean).flat();
     const kept = clauses.filter((c) => clauseRelation(c) === null && !/^(?:and |but )?(?:not|no|neither|nor|never)\b/.test(c));
     return [tidy([head, ...kept].join(' ')), relations];
   }
@@ -307,13 +324,18 @@
     }
     found.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
     for (const [, , rel, m] of found) {
+      const before = splitWords(rest.slice(0, m.index));
+      if (rel === 'on' && ['turned', 'switched', 'powered'].includes(before[before.length - 1])) continue;  // a particle
       const after = rest.slice(m.index + m[0].length).replace(CLAUSE_BREAK, ', ');
       const comma = after.indexOf(',');
       const anchor = tidy(comma < 0 ? after : after.slice(0, comma)), more = comma < 0 ? '' : after.slice(comma + 1);
-      if (!isAnchor(anchor)) continue;
+      const pair = rel === 'between' ? betweenAnchors(anchor) : null;
+      if (!isAnchor(anchor) || (rel === 'between' && pair === null)) continue;
       const [head, negated] = headBefore(rest.slice(0, m.index));
       if (!head) continue;
-      return [...described(head, more), rel, anchor, negated];
+      const [h, moreRelations] = described(head, more);
+      if (pair !== null) return [h, [['between', pair[1], negated], ...moreRelations], rel, pair[0], negated];
+      return [h, moreRelations, rel, anchor, negated];
     }
     return null;
   }
@@ -386,9 +408,25 @@
     const cx = boxes.map((b) => (b[0] + b[2]) / 2), cy = boxes.map((b) => (b[1] + b[3]) / 2);
     let probs = head;
     if (q.relation && anchor) {  // the relations first (they multiply), then the superlatives over what they leave
-      const out = Float64Array.from(head);
-      [anchor, ...moreAnchors].forEach((p, k) => {
-        const [rel, , negated] = q.relations[k];
+      const out = Float64Array.from(head), anchors = [anchor, ...moreAnchors];
+      for (let k = 0; k < Math.min(q.relations.length, anchors.length);) {
+        const [rel, , negated] = q.relations[k], p = anchors[k];
+        if (rel === 'between' && k + 1 < anchors.length) {  // two entries: sum_{j != l} B(i, j, l) Pa(j) Pb(l)
+          const p2 = anchors[k + 1];
+          for (let i = 0; i < n; i++) {
+            let s = 0;
+            for (let j = 0; j < n; j++) {
+              for (let l = 0; l < n; l++) {
+                if (i === j || i === l || j === l) continue;
+                const b = between(cx, cy, i, j, l);
+                s += (negated ? 1 - b : b) * p[j] * p2[l];
+              }
+            }
+            out[i] *= s;
+          }
+          k += 2;
+          continue;
+        }
         for (let i = 0; i < n; i++) {
           let s = 0;
           for (let j = 0; j < n; j++) {
@@ -398,7 +436,8 @@
           }
           out[i] *= s;
         }
-      });
+        k += 1;
+      }
       const total = out.reduce((a, b) => a + b, 0);
       if (total > 0) probs = Array.from(out, (v) => v / total);
     }
@@ -431,6 +470,14 @@
     });
     const total = out.reduce((a, b) => a + b, 0);
     return total > 0 ? Array.from(out, (v) => v / total) : probs;
+  }
+  // textsam.text.spatial._between: how well candidate i lies between candidates j and l (centres)
+  function between(cx, cy, i, j, l) {
+    const sx = cx[l] - cx[j], sy = cy[l] - cy[j], rx = cx[i] - cx[j], ry = cy[i] - cy[j];
+    const length2 = Math.max(sx * sx + sy * sy, 1e-6);
+    const t = (rx * sx + ry * sy) / length2;
+    const perp = Math.hypot(rx - t * sx, ry - t * sy) / Math.sqrt(length2);
+    return t > 0 && t < 1 ? Math.min(Math.max(1 - 2 * perp, 0), 1) : 0;
   }
   // textsam.text.spatial._relation: how well candidate i stands in the relation to candidate j
   function relation(boxes, cx, cy, rel, i, j) {
