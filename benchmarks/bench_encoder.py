@@ -13,7 +13,10 @@ activations are faulted in again); the minor page faults of one call are printed
 Then a profile of one forward splits the time into the GEMM-like ops and the rest (attention's softmax and
 bias, LayerNorm, GELU, layout copies, window partitioning), the rest by op.
 
-    python benchmarks/bench_encoder.py [--model sam_vit_b] [--repeats 3] [--profile] [--precisions fp32,bf16,int8]
+With ``--bound``, the kernels outside the big matmuls are timed alone and the lower bound they set is printed
+(:func:`bound`): global attention is bound by its exponentials, which the matmul floor does not price.
+
+    python benchmarks/bench_encoder.py [--model sam_vit_b] [--repeats 3] [--profile] [--bound] [--precisions fp32,bf16,int8]
 """
 
 from __future__ import annotations
@@ -89,6 +92,8 @@ def main() -> None:
     parser.add_argument("--model", default="sam_vit_b")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="also split one forward's time by op")
+    parser.add_argument("--bound", action="store_true",
+                        help="also time the kernels outside the big matmuls alone and print the lower bound they set")
     parser.add_argument("--precisions", default=None,
                         help="comma-separated, of fp32,bf16,int8 (default: fp32, bf16 on a CPU with native bf16 "
                              "(emulated bf16 takes tens of minutes and says nothing about the floor), int8 where "
@@ -126,6 +131,8 @@ def main() -> None:
                   f"{faults} minor page faults", flush=True)
         if args.profile:
             profile(enc, x, dtype)
+        if args.bound:
+            bound(enc, dtype, rate, floor, args.repeats)
         if precision == "fp32":
             fp32_floor, fp32_secs = floor, timed["freed memory kept"][0]
     if "int8" in precisions:
@@ -133,6 +140,55 @@ def main() -> None:
         secs = alternating(lambda p=predictor: p.set_image(image), args.repeats)["freed memory kept"][0]
         print(f"  int8 (linear layers): set_image, freed memory kept {secs:6.2f} s   {secs / fp32_floor:4.2f}x the fp32 "
               f"floor, {fp32_secs / secs:4.2f}x faster than fp32", flush=True)
+
+
+def bound(enc: torch.nn.Module, dtype: torch.dtype, rate: float, floor: float, repeats: int) -> None:
+    """A lower bound on ``set_image`` from PyTorch's own kernels, each timed alone (best of ``max(repeats, 5)``):
+    the linear layers at the GEMM rate, plus global attention as the fused kernel **without** the relative-position
+    bias (the fastest kernel PyTorch has for it: bound by its exponentials, not its products), the windowed blocks'
+    fused attention, GELU and LayerNorm. The encoder's own global attention with the bias (``Attention.attend``) is
+    timed too: the bound with it in place of the bias-free kernel is the second figure."""
+    import torch.nn.functional as F
+
+    from textsam.modeling.image_encoder import Block
+
+    blocks = [b for b in enc.modules() if isinstance(b, Block)]
+    glob = [b for b in blocks if b.window_size == 0]
+    windowed = [b for b in blocks if b.window_size > 0]
+    h = w = enc.img_size // enc.patch_embed.proj.stride[0]  # the token map
+    c, heads = blocks[0].norm1.normalized_shape[0], blocks[0].attn.num_heads
+    d, hidden, n = c // heads, blocks[0].mlp.lin1.out_features, h * w
+    ws = windowed[0].window_size if windowed else 0
+    windows = (-(-h // ws)) * (-(-w // ws)) if ws else 0
+    r = max(repeats, 5)
+
+    def timed(fn) -> float:  # noqa: ANN001
+        with torch.inference_mode():
+            return best(fn, r)
+
+    q = torch.randn(1, heads, n, d, dtype=dtype)
+    t_global = timed(lambda: F.scaled_dot_product_attention(q, q, q))
+    qw = torch.randn(max(windows, 1), heads, ws * ws or 1, d, dtype=dtype)
+    t_window = timed(lambda: F.scaled_dot_product_attention(qw, qw, qw)) if windowed else 0.0
+    g, tokens = torch.randn(1, h, w, hidden, dtype=dtype), torch.randn(1, h, w, c, dtype=dtype)
+    t_gelu = timed(lambda: F.gelu(g))
+    t_norm = timed(lambda: F.layer_norm(tokens, (c,)))
+    qkv = torch.randn(1, n, 3 * c)
+    attn = glob[0].attn
+    ctx = torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 else torch.autocast("cpu", enabled=False)
+    with ctx:
+        t_biased = timed(lambda: attn.attend(qkv.to(dtype), (h, w)))
+    # the linear layers' multiply-adds: qkv, proj, and the MLP's two, per token, every block
+    linear = 2 * n * len(blocks) * (4 * c * c + 2 * c * hidden)
+    t_linear = linear / rate
+    rest = len(windowed) * t_window + len(blocks) * t_gelu + 2 * len(blocks) * t_norm
+    low = t_linear + len(glob) * t_global + rest
+    with_bias = t_linear + len(glob) * t_biased + rest
+    print(f"    bound: linear layers at the GEMM rate {t_linear:.2f} s; global attention without its bias "
+          f"{t_global * 1e3:.0f} ms a block (the encoder's, with it: {t_biased * 1e3:.0f} ms); windowed attention "
+          f"{t_window * 1e3:.1f} ms a block; GELU {t_gelu * 1e3:.1f} ms; LayerNorm {t_norm * 1e3:.1f} ms")
+    print(f"    bound: {low:.2f} s = {low / floor:.2f}x the floor (global attention without its bias); "
+          f"{with_bias:.2f} s = {with_bias / floor:.2f}x with the encoder's own global attention", flush=True)
 
 
 def profile(enc: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype) -> None:
