@@ -209,6 +209,27 @@ def test_between_relates_the_object_to_two_others() -> None:
         assert int(resolve(q4, head, boxes, (10, 90), plate, [bowl, knife]).argmax()) == cup
 
 
+def test_a_sets_members_stand_where_the_phrase_puts_them() -> None:
+    """support: for "all the cups left of the plate" each candidate's relation terms relative to the best placed
+    one; for "all the cars on the left" the half of the image; 1 for a phrase without geometry."""
+    from textsam.text.spatial import support
+
+    boxes = torch.tensor([[0, 0, 10, 10], [40, 0, 50, 10], [80, 0, 90, 10], [20, 0, 30, 10]], dtype=torch.float)
+    plate = torch.tensor([0.0, 1.0, 0.0, 0.0])
+    size = (10, 90)
+    assert torch.equal(support(parse("all the cups left of the plate"), boxes, size, plate),
+                       torch.tensor([1.0, 0.0, 0.0, 1.0]))
+    assert torch.equal(support(parse("all the cups right of the plate"), boxes, size, plate),
+                       torch.tensor([0.0, 0.0, 1.0, 0.0]))
+    near = support(parse("all the cups next to the plate"), boxes, size, plate)
+    assert near[3] == 1.0 and 0 < near[0] < near[3] and near[1] == 0.0  # relative: the nearest has 1
+    assert torch.equal(support(parse("all the cars on the left"), boxes, size), torch.tensor([1.0, 0.0, 0.0, 1.0]))
+    assert torch.equal(support(parse("all the cars"), boxes, size), torch.ones(4))
+    assert torch.equal(support(parse("the leftmost car"), boxes, size), torch.ones(4))  # one answer: resolve's job
+    assert torch.equal(support(parse("all the cups left of the plate"), boxes, size, torch.tensor([1.0, 0, 0, 0])),
+                       torch.zeros(4))  # nothing stands left of the leftmost: no member
+
+
 def test_parse_keeps_the_synthetic_phrases_as_they_were() -> None:
     """The proxy's own phrase forms (the synthetic generator's spatial, attribute and category templates) parse as
     before the rules for people's phrases were added."""
@@ -588,6 +609,31 @@ def test_with_a_text_head_the_engine_chooses_for_a_relation_between_two_objects(
         assert np.array_equal(many.masks, single.masks)
         assert many.info["prompts"]["box"] == single.info["prompts"]["box"]
         assert many.info.get("query") == single.info.get("query")
+
+
+def test_a_group_or_every_instance_keeps_the_members_in_the_relation() -> None:
+    """"all the red circles left of the blue square" and instances="all" keep only the circles left of it; "all
+    red circles on the left" drops the one in the right half (the engine's members times spatial.support)."""
+    im = Image.new("RGB", (160, 128), (200, 200, 190))
+    d = ImageDraw.Draw(im)
+    d.ellipse([5, 10, 30, 35], fill=(220, 40, 40))       # red circles, left
+    d.ellipse([5, 80, 30, 105], fill=(220, 40, 40))
+    d.ellipse([120, 10, 145, 35], fill=(220, 40, 40))    # red circle, right
+    d.rectangle([60, 50, 90, 80], fill=(40, 80, 220))    # blue square, middle
+    predictor = textsam.TextSamPredictor(textsam.create_model("shapes_tiny", text_head=False))
+    predictor.set_image(np.asarray(im))
+
+    def columns(mask: np.ndarray) -> tuple[int, int]:
+        xs = np.nonzero(mask)[1]
+        return int(xs.min()), int(xs.max())
+
+    every = predictor.predict(text="all red circles").masks[0]
+    assert columns(every) == (5, 145)
+    assert columns(predictor.predict(text="all red circles left of the blue square").masks[0])[1] < 60
+    assert columns(predictor.predict(text="all red circles right of the blue square").masks[0])[0] > 90
+    assert columns(predictor.predict(text="all red circles on the left").masks[0])[1] < 100
+    left = predictor.predict(text="the red circles left of the blue square", instances="all")
+    assert len(left.masks) >= 2 and all(columns(m)[1] < 60 for m in left.masks)
 
 
 def test_a_relations_presence_needs_its_anchor(engine_predictor) -> None:

@@ -205,7 +205,7 @@ def test_page_matches_the_python_predictor_for_text_clicks_and_boxes(page, predi
 
 
 def test_tokenizer_parser_and_resampling_match_python(page, predictor) -> None:  # noqa: ANN001
-    from textsam.text.spatial import parse, resolve
+    from textsam.text.spatial import parse, resolve, support
 
     tokenizer = predictor.model.text_encoder.tokenizer
     phrases = ["red circle", "a photo of the Blue STAR.", "the second hexagon from the left", "  all   the hearts ",
@@ -249,6 +249,12 @@ def test_tokenizer_parser_and_resampling_match_python(page, predictor) -> None: 
         ref = resolve(q, torch.tensor(head), torch.tensor(boxes), (480, 500), torch.tensor(anchor) if q.anchor else None,
                       [torch.tensor(m) for m in more])
         assert np.allclose(js, ref.numpy(), atol=1e-5), phrase
+        group = "all " + phrase.removeprefix("the ")  # a set's members: spatial.support
+        js = page.evaluate("([p, b, s, a, m]) => Array.from(textsam._internal.support(textsam._internal.parse(p), b, s, a, m))",
+                           [group, boxes, [480, 500], anchor if q.anchor else None, more])
+        ref = support(parse(group), torch.tensor(boxes), (480, 500), torch.tensor(anchor) if q.anchor else None,
+                      [torch.tensor(m) for m in more])
+        assert np.allclose(js, ref.numpy(), atol=1e-5), group
     for (h, w), (oh, ow), kind in [((37, 53), (64, 64), "bicubic"), ((300, 200), (128, 85), "bilinear"),
                                    ((90, 140), (64, 64), "bicubic"), ((128, 96), (128, 96), "bilinear"),
                                    ((20, 31), (128, 77), "bilinear"), ((500, 61), (64, 8), "bicubic")]:

@@ -451,8 +451,9 @@ class TextPrompter:
         tokens = self.text_tokens([phrase])
         tok = tokens[0] if tokens is not None else None
         limit = self.options.instances.max_instances
-        if self.locator_answers_presence and predictor is not None:
-            # every candidate the locator says shows the phrase, best score first
+        if self.locator_answers_presence and predictor is not None and not self.engine_resolves(phrase):
+            # every candidate the locator says shows the phrase, best score first (a phrase relating its object to
+            # another goes to the engine, whose members stand in the relation: engine_resolves)
             members, each = self.locator_members(phrase, predictor)
             props = self._head_proposals(predictor)
             prompts = []

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Query", "parse", "resolve"]
+__all__ = ["Query", "parse", "resolve", "support"]
 
 # direction -> (key, sign): key "x"/"y" is the box centre, "area" the box area; sign -1 = smallest first
 _DIRECTIONS = {
@@ -410,6 +410,54 @@ def _between(boxes: Tensor, negated: bool = False) -> Tensor:
     return b.masked_fill(same, 0.0)
 
 
+def _relation_terms(query: Query, boxes: Tensor, anchor: Tensor | None, more_anchors: Sequence[Tensor]) -> Tensor | None:
+    """``prod_r sum_{j != i} R_r(i, j) P_anchor_r(j)`` for each candidate ``(N,)`` (``between``: its two entries'
+    ``sum_{j != l} B(i, j, l) P_a(j) P_b(l)``), or None for a phrase without a relation (or no anchor
+    probabilities). ``boxes (N, 4)`` float pixels."""
+    if query.relation is None or anchor is None:
+        return None
+    out = torch.ones(len(boxes), dtype=anchor.dtype, device=anchor.device)
+    relations, anchors = list(query.relations), [anchor, *more_anchors]
+    k = 0
+    while k < min(len(relations), len(anchors)):
+        name, _, negated = relations[k]
+        if name == "between" and k + 1 < len(anchors):  # two entries: sum_{j != l} B(i, j, l) P_a(j) P_b(l)
+            out = out * torch.einsum("ijl,j,l->i", _between(boxes, negated).to(out), anchors[k], anchors[k + 1])
+            k += 2
+            continue
+        r = _relation(boxes, name).to(out)
+        if negated:
+            r = 1 - r
+        r.fill_diagonal_(0)
+        out = out * (r @ anchors[k])
+        k += 1
+    return out
+
+
+def support(query: Query, boxes: Tensor, size: tuple[int, int], anchor: Tensor | None = None,
+            more_anchors: Sequence[Tensor] = ()) -> Tensor:
+    """How well each candidate ``(N,)`` in [0, 1] stands where the phrase puts it, for the answers that are a set
+    (a group phrase, "all the cups on the table", and ``instances="all"``): its relations' terms (as
+    :func:`resolve` weighs them) divided by the largest candidate's, so the best placed candidate has 1 ("next
+    to" is a matter of degree); and for a group phrase with a side word ("all the cars on the left"), whether its
+    box centre lies in that half of the image. 1 everywhere for a phrase with neither. ``boxes (N, 4)`` pixels
+    of an image of ``size`` (H, W)."""
+    boxes = boxes.float()
+    out = torch.ones(len(boxes))
+    terms = _relation_terms(query, boxes, anchor, more_anchors)
+    if terms is not None:
+        top = terms.max() if len(terms) else terms.new_zeros(())
+        out = (terms / top).clamp(0, 1).float().cpu() if top > 0 else torch.zeros(len(boxes))
+    if query.group:
+        h, w = size
+        cx, cy = ((boxes[:, 0] + boxes[:, 2]) / 2).cpu(), ((boxes[:, 1] + boxes[:, 3]) / 2).cpu()
+        half = {"left": cx < w / 2, "right": cx >= w / 2, "top": cy < h / 2, "bottom": cy >= h / 2}
+        for direction in query.directions:
+            if direction in half:
+                out = out * half[direction].float()
+    return out
+
+
 def resolve(query: Query, head: Tensor, boxes: Tensor, size: tuple[int, int], anchor: Tensor | None = None,
             more_anchors: Sequence[Tensor] = ()) -> Tensor:
     """Final probabilities ``(N,)`` over the candidates from CLIP's ``head (N,)`` probabilities for the head
@@ -422,22 +470,9 @@ def resolve(query: Query, head: Tensor, boxes: Tensor, size: tuple[int, int], an
         return head
     boxes = boxes.float()
     probs = head
-    if query.relation is not None and anchor is not None:
-        out = head
-        relations, anchors = list(query.relations), [anchor, *more_anchors]
-        k = 0
-        while k < min(len(relations), len(anchors)):
-            name, _, negated = relations[k]
-            if name == "between" and k + 1 < len(anchors):  # two entries: sum_{j != l} B(i, j, l) P_a(j) P_b(l)
-                out = out * torch.einsum("ijl,j,l->i", _between(boxes, negated), anchors[k], anchors[k + 1])
-                k += 2
-                continue
-            r = _relation(boxes, name)
-            if negated:
-                r = 1 - r
-            r.fill_diagonal_(0)
-            out = out * (r @ anchors[k])
-            k += 1
+    terms = _relation_terms(query, boxes, anchor, more_anchors)
+    if terms is not None:
+        out = head * terms
         total = out.sum()
         probs = out / total if total > 0 else head
     if not query.directions:

@@ -401,43 +401,68 @@
     });
     return [kept.length ? tidy(kept.join(' ')) : '', directions, rank];
   }
+  // textsam.text.spatial._relation_terms: prod_r sum_{j != i} R_r(i, j) P_anchor_r(j) per candidate (null without
+  // a relation)
+  function relationTerms(q, boxes, cx, cy, anchor, moreAnchors) {
+    if (!q.relation || !anchor) return null;
+    const n = boxes.length, out = new Float64Array(n).fill(1), anchors = [anchor, ...moreAnchors];
+    for (let k = 0; k < Math.min(q.relations.length, anchors.length);) {
+      const [rel, , negated] = q.relations[k], p = anchors[k];
+      if (rel === 'between' && k + 1 < anchors.length) {  // two entries: sum_{j != l} B(i, j, l) Pa(j) Pb(l)
+        const p2 = anchors[k + 1];
+        for (let i = 0; i < n; i++) {
+          let s = 0;
+          for (let j = 0; j < n; j++) {
+            for (let l = 0; l < n; l++) {
+              if (i === j || i === l || j === l) continue;
+              const b = between(cx, cy, i, j, l);
+              s += (negated ? 1 - b : b) * p[j] * p2[l];
+            }
+          }
+          out[i] *= s;
+        }
+        k += 2;
+        continue;
+      }
+      for (let i = 0; i < n; i++) {
+        let s = 0;
+        for (let j = 0; j < n; j++) {
+          if (j === i) continue;
+          const r = relation(boxes, cx, cy, rel, i, j);
+          s += (negated ? 1 - r : r) * p[j];
+        }
+        out[i] *= s;
+      }
+      k += 1;
+    }
+    return out;
+  }
+  // textsam.text.spatial.support: how well each candidate stands where the phrase puts it, for a set's members
+  function support(q, boxes, size, anchor, moreAnchors = []) {
+    const n = boxes.length, cx = boxes.map((b) => (b[0] + b[2]) / 2), cy = boxes.map((b) => (b[1] + b[3]) / 2);
+    let out = new Float64Array(n).fill(1);
+    const terms = relationTerms(q, boxes, cx, cy, anchor, moreAnchors);
+    if (terms) {
+      const top = n ? Math.max(...terms) : 0;
+      out = top > 0 ? Float64Array.from(terms, (t) => Math.min(Math.max(t / top, 0), 1)) : new Float64Array(n);
+    }
+    if (q.group) {
+      const [h, w] = size;
+      const half = {left: (i) => cx[i] < w / 2, right: (i) => cx[i] >= w / 2, top: (i) => cy[i] < h / 2,
+        bottom: (i) => cy[i] >= h / 2};
+      for (const d of q.directions) if (half[d]) for (let i = 0; i < n; i++) if (!half[d](i)) out[i] = 0;
+    }
+    return out;
+  }
   // textsam.text.spatial.resolve: probabilities over candidates re-ranked by geometry (boxes inclusive, pixels)
   function resolve(q, head, boxes, size, anchor, moreAnchors = []) {
     const n = head.length;
     if (n < 2) return head;
     const cx = boxes.map((b) => (b[0] + b[2]) / 2), cy = boxes.map((b) => (b[1] + b[3]) / 2);
     let probs = head;
-    if (q.relation && anchor) {  // the relations first (they multiply), then the superlatives over what they leave
-      const out = Float64Array.from(head), anchors = [anchor, ...moreAnchors];
-      for (let k = 0; k < Math.min(q.relations.length, anchors.length);) {
-        const [rel, , negated] = q.relations[k], p = anchors[k];
-        if (rel === 'between' && k + 1 < anchors.length) {  // two entries: sum_{j != l} B(i, j, l) Pa(j) Pb(l)
-          const p2 = anchors[k + 1];
-          for (let i = 0; i < n; i++) {
-            let s = 0;
-            for (let j = 0; j < n; j++) {
-              for (let l = 0; l < n; l++) {
-                if (i === j || i === l || j === l) continue;
-                const b = between(cx, cy, i, j, l);
-                s += (negated ? 1 - b : b) * p[j] * p2[l];
-              }
-            }
-            out[i] *= s;
-          }
-          k += 2;
-          continue;
-        }
-        for (let i = 0; i < n; i++) {
-          let s = 0;
-          for (let j = 0; j < n; j++) {
-            if (j === i) continue;
-            const r = relation(boxes, cx, cy, rel, i, j);
-            s += (negated ? 1 - r : r) * p[j];
-          }
-          out[i] *= s;
-        }
-        k += 1;
-      }
+    const terms = relationTerms(q, boxes, cx, cy, anchor, moreAnchors);
+    if (terms) {  // the relations first (they multiply), then the superlatives over what they leave
+      const out = Float64Array.from(head, (v, i) => v * terms[i]);
       const total = out.reduce((a, b) => a + b, 0);
       if (total > 0) probs = Array.from(out, (v) => v / total);
     }
@@ -1002,7 +1027,10 @@
     };
     const anchors = cos.slice(1).map(softmax);
     const probs = resolve(q, softmax(cos[0]), props.boxes, [img.H, img.W], anchors.length ? anchors[0] : null, anchors.slice(1));
-    const member = cos[0].map((c, i) => (1 / (1 + Math.exp(-e.presence_gain * (c - e.presence_bias)))) * (allowed && !allowed[i] ? 0 : 1));
+    // a set's members must also stand where the phrase puts them ("all the cups on the table")
+    const placed = support(q, props.boxes, [img.H, img.W], anchors.length ? anchors[0] : null, anchors.slice(1));
+    const member = cos[0].map((c, i) => (1 / (1 + Math.exp(-e.presence_gain * (c - e.presence_bias)))) *
+      (allowed && !allowed[i] ? 0 : 1) * placed[i]);
     let chosen, presence;
     if (q.group) {
       chosen = member.map((_, i) => i).sort((a, b) => member[b] - member[a]).filter((i) => member[i] >= e.presence_threshold);
@@ -1187,7 +1215,7 @@
   api.segment = segment;
   api.cocoRle = cocoRle;
   // the ports of Python code, for the tests that compare them with the originals
-  api._internal = {tokenize: (s) => tokenize(s, api.manifest.text.context_length), parse, resolve, resizePIL,
+  api._internal = {tokenize: (s) => tokenize(s, api.manifest.text.context_length), parse, resolve, support, resizePIL,
     proposalPoints: () => (img && img.proposals ? img.proposals.points : null)};
 
   api.ready = (async () => {
