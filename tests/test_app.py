@@ -146,6 +146,22 @@ def test_click_segments_the_object_and_writes_downloads(app, scene):
     assert s.points == [] and s.last is None and app.export(s) is None and v.status.startswith("Cleared")
 
 
+def test_the_page_says_how_the_engine_read_the_phrase(scene):
+    """When the training-free engine chose the object, the status line says how it read the phrase and the JSON
+    carries ``prompt.query``, as the CLI's does; a plain click says nothing of it."""
+    import textsam
+
+    app = WebApp(lambda name: textsam.create_model("shapes_tiny", text_head=False), default_model="shapes_tiny")
+    s = app.new_session()
+    app.upload(s, {"path": str(scene), "orig_name": "scene.png"})
+    v = app.run(s, "the red square left of the blue circle and not next to the green star")
+    assert "Read as: 'red square', left of 'blue circle', not near 'green star'." in v.status, v.status
+    assert app.export(s).doc["prompt"]["query"]["more_relations"] == [["near", "green star", True]]
+    v = app.click(s, 90, 70, MODE_POSITIVE)
+    assert "Read as" not in v.status and "query" not in app.export(s).doc["prompt"]
+    app.close()
+
+
 @pytest.mark.parametrize("shape, factor", [((150, 200), 2.0), ((90, 60), 4.0), ((700, 900), 1.0),
                                            ((3000, 4000), 0.24)])
 def test_canvas_scale_and_click_mapping(shape, factor):

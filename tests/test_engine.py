@@ -230,6 +230,21 @@ def test_a_sets_members_stand_where_the_phrase_puts_them() -> None:
                        torch.zeros(4))  # nothing stands left of the leftmost: no member
 
 
+def test_a_reading_is_described_in_words() -> None:
+    """Query.describe, the app's "Read as": the head, side words with their rank, every relation."""
+    cases = {
+        "the chair close to the fruit and not next to the fridge": "'chair', near 'fruit', not near 'fridge'",
+        "all cars between the bus and the van": "every 'cars', between 'bus' and 'van'",
+        "the second bottle from the right on the counter": "'bottle', number 2 from the right, on 'counter'",
+        "the last car from the left": "'car', the last from the left",
+        "the leftmost red cross": "'red cross', leftmost",
+        "the cup left of the plate": "'cup', left of 'plate'",
+        "a dog": "'dog'",
+    }
+    for phrase, words in cases.items():
+        assert parse(phrase).describe() == words, phrase
+
+
 def test_parse_keeps_the_synthetic_phrases_as_they_were() -> None:
     """The proxy's own phrase forms (the synthetic generator's spatial, attribute and category templates) parse as
     before the rules for people's phrases were added."""

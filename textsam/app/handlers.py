@@ -165,6 +165,9 @@ def segment(
               "multimask": bool(multimask)}
     if phrase is not None and presence is not None:
         prompt.update(presence=round(float(presence), 4), found=found)
+    query = (getattr(pred, "info", None) or {}).get("query")
+    if phrase is not None and isinstance(query, dict):  # the engine chose: how it read the phrase (as the CLI's JSON)
+        prompt["query"] = query
     canvas = draw_canvas(session.image, np.stack([r.mask for r in results]) if results else None,
                          [r.label for r in results], [r.score for r in results], session.points,
                          session.box, session.corner, display_factor(session.image.shape) if display else 1.0)
@@ -176,6 +179,10 @@ def segment(
         status = (f"Result #{session.runs}: no '{phrase}' found in this image (presence {presence:.2f})"
                   + (f"; the closest match is shown, score {best:.2f}." if results else ".")
                   + f" ({(t1 - t0) * 1e3:.0f} ms)")
+    if "query" in prompt:  # a wrong pick can be traced to the words
+        from textsam.text.spatial import parse
+
+        status += f" Read as: {parse(phrase).describe()}."
     if notes:
         status += " Note: " + " ".join(notes)
     session.last = Outcome(results, prompt, status)

@@ -64,6 +64,12 @@ _SUPERLATIVE_WORDS = {
     "middle": "middle", "center": "middle", "centre": "middle", "central": "middle",
     "big": "big", "large": "big", "huge": "big", "small": "small", "little": "small", "tiny": "small",
 }
+# how Query.describe names them
+_DESCRIBED_DIRECTIONS = {"left": "leftmost", "right": "rightmost", "top": "topmost", "bottom": "bottommost",
+                         "big": "biggest", "small": "smallest", "middle": "most central"}
+_COUNTED_FROM = {"left": "from the left", "right": "from the right", "top": "from the top", "bottom": "from the bottom",
+                 "big": "by size, biggest first", "small": "by size, smallest first", "middle": "from the centre"}
+_DESCRIBED_RELATIONS = {"left": "left of", "right": "right of", "far": "far from", "front": "in front of"}
 # "the X on the left", "the X at the top", "the left X" (as adjectives: only these)
 _SIDE_WORDS = {"left": "left", "right": "right", "top": "top", "bottom": "bottom"}
 _ORDINALS = {"first": 0, "1st": 0, "second": 1, "2nd": 1, "third": 2, "3rd": 2, "fourth": 3, "4th": 3,
@@ -143,6 +149,26 @@ class Query:
     def anchors(self) -> tuple[str, ...]:
         """The anchor noun phrases CLIP scores, in the order of :attr:`relations`."""
         return tuple(anchor for _, anchor, _ in self.relations)
+
+    def describe(self) -> str:
+        """The reading in a few words, for people (the app's status line): ``"'cup', leftmost, left of 'plate',
+        not near 'fridge'"``; ``"every 'car', between 'bus' and 'van'"``."""
+        parts = [("every " if self.group else "") + f"'{self.head}'"]
+        for n, direction in enumerate(self.directions):
+            word = _DESCRIBED_DIRECTIONS[direction]
+            rank = self.rank if n == 0 else 0
+            counted = _COUNTED_FROM[direction]
+            parts.append(word if rank == 0 else f"the last {counted}" if rank < 0 else f"number {rank + 1} {counted}")
+        relations = list(self.relations)
+        k = 0
+        while k < len(relations):
+            name, anchor, negated = relations[k]
+            if name == "between" and k + 1 < len(relations):
+                words, k = f"between '{anchor}' and '{relations[k + 1][1]}'", k + 2
+            else:
+                words, k = f"{_DESCRIBED_RELATIONS.get(name, name)} '{anchor}'", k + 1
+            parts.append(("not " if negated else "") + words)
+        return ", ".join(parts)
 
     def as_dict(self) -> dict:
         """The reading as plain values (``Prediction.info["query"]``, the CLI's JSON ``prompt.query``)."""
