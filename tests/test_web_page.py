@@ -225,6 +225,8 @@ def test_tokenizer_parser_and_resampling_match_python(page, predictor) -> None: 
     js_tokens = page.evaluate("(ps) => ps.map((p) => textsam._internal.tokenize(p))", phrases)
     assert js_tokens == tokenizer(phrases).tolist()
     js_parse = page.evaluate("(ps) => ps.map((p) => textsam._internal.parse(p))", phrases)
+    js_read = page.evaluate("(ps) => ps.map((p) => textsam._internal.describe(textsam._internal.parse(p)))", phrases)
+    assert js_read == [parse(p).describe() for p in phrases]
     for phrase, ours in zip(phrases, js_parse):
         q = parse(phrase)
         assert (ours["head"], tuple(ours["directions"]), ours["rank"], ours["relation"], ours["anchor"], ours["group"],
@@ -360,6 +362,7 @@ def test_page_without_a_text_head_runs_the_engine_as_python_does(browser, tmp_pa
     from textsam import TextSamPredictor, create_model
     from textsam.export.web import page_options
     from textsam.text.prompter import default_options
+    from textsam.text.spatial import parse
 
     model = create_model("shapes_tiny", text_head=False)
     predictor = TextSamPredictor(model, text_options=page_options(default_options(model)))
@@ -380,6 +383,9 @@ def test_page_without_a_text_head_runs_the_engine_as_python_does(browser, tmp_pa
                 ious.append(_iou(ours, ref))
                 gaps.append(abs(presence - ref_presence))
                 assert ious[-1] >= 0.98, (name, prompt, ious[-1])
+            # the page says how the engine read a phrase, as the app does (Query.describe)
+            read = page.evaluate("async (p) => (await textsam.segment({text: p})).read", "the shape on the left")
+            assert read == parse("the shape on the left").describe() == "'shape', leftmost"
             engine = predictor.text.engine
             clicks = np.array(page.evaluate("() => textsam._internal.proposalPoints()"), dtype=np.float64)
             assert engine.options.seeds == "embedding" and engine.clicks < 64  # the embedding's regions, not a grid

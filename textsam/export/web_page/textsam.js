@@ -401,6 +401,27 @@
     });
     return [kept.length ? tidy(kept.join(' ')) : '', directions, rank];
   }
+  // textsam.text.spatial.Query.describe: the reading in a few words, for people
+  const DESCRIBED_DIRECTIONS = {left: 'leftmost', right: 'rightmost', top: 'topmost', bottom: 'bottommost', big: 'biggest',
+    small: 'smallest', middle: 'most central'};
+  const COUNTED_FROM = {left: 'from the left', right: 'from the right', top: 'from the top', bottom: 'from the bottom',
+    big: 'by size, biggest first', small: 'by size, smallest first', middle: 'from the centre'};
+  const DESCRIBED_RELATIONS = {left: 'left of', right: 'right of', far: 'far from', front: 'in front of'};
+  function describe(q) {
+    const parts = [(q.group ? 'every ' : '') + `'${q.head}'`];
+    q.directions.forEach((d, n) => {
+      const rank = n === 0 ? q.rank : 0;
+      parts.push(rank === 0 ? DESCRIBED_DIRECTIONS[d] : rank < 0 ? `the last ${COUNTED_FROM[d]}` : `number ${rank + 1} ${COUNTED_FROM[d]}`);
+    });
+    for (let k = 0; k < q.relations.length;) {
+      const [name, anchor, negated] = q.relations[k];
+      let words;
+      if (name === 'between' && k + 1 < q.relations.length) { words = `between '${anchor}' and '${q.relations[k + 1][1]}'`; k += 2; }
+      else { words = `${has(DESCRIBED_RELATIONS, name) ? DESCRIBED_RELATIONS[name] : name} '${anchor}'`; k += 1; }
+      parts.push((negated ? 'not ' : '') + words);
+    }
+    return parts.join(', ');
+  }
   // textsam.text.spatial._relation_terms: prod_r sum_{j != i} R_r(i, j) P_anchor_r(j) per candidate (null without
   // a relation)
   function relationTerms(q, boxes, cx, cy, anchor, moreAnchors) {
@@ -1129,7 +1150,7 @@
     const t0 = now();
     const {phrase, points, box} = checkPrompt(prompt);
     const m = api.manifest;
-    let pts = points.slice(), promptBox = box, textRow = null, pres = null;
+    let pts = points.slice(), promptBox = box, textRow = null, pres = null, read = null;
     if (phrase !== null) {
       // every sentence this phrase needs in one text-tower call: the phrase (a head's input) and the template
       // sentences of its head noun phrase (and anchor) for the ranking
@@ -1147,6 +1168,7 @@
           ...q.relations.flatMap((r) => expand(r[1], templates))]);
         ranked = await rank(phrase, points, box);
         pres = ranked.presence;
+        if (m.text.mode !== 'head' || relational) read = describe(q);  // the engine chooses: say how it read it
       }
       if (m.text.mode === 'head') { // the head's tokens, and its locator's click when the user gave no click or box
         [textRow] = await encodeTexts([phrase], headGraph);
@@ -1156,7 +1178,7 @@
             const asBox = (i) => { const b = props.boxes[i]; return [b[0], b[1], b[2] + 1, b[3] + 1]; };
             if (ranked.q.group) {
               return finish(t0, await groupMask(ranked.chosen.map((i) => [asBox(i), candidateClick(i)]), points,
-                textRow.embedding), pres, phrase, points, box);
+                textRow.embedding), pres, phrase, points, box, read);
             }
             pts.push([...candidateClick(ranked.chosen[0]), 1]);
             if (!box) promptBox = asBox(ranked.chosen[0]);
@@ -1178,7 +1200,7 @@
       } else if (ranked.chosen.length) { // the engine's chosen proposal: its box and its click
         const props = img.proposals;
         const asBox = (i) => { const b = props.boxes[i]; return [b[0], b[1], b[2] + 1, b[3] + 1]; };
-        if (ranked.q.group) return finish(t0, await groupMask(ranked.chosen.map((i) => [asBox(i), props.points[i]]), points), pres, phrase, points, box);
+        if (ranked.q.group) return finish(t0, await groupMask(ranked.chosen.map((i) => [asBox(i), props.points[i]]), points), pres, phrase, points, box, read);
         pts.push([...props.points[ranked.chosen[0]], 1]);
         if (!box) promptBox = asBox(ranked.chosen[0]);
       }
@@ -1188,17 +1210,18 @@
     const {low, iou, size} = await decode([empty ? [] : decoderPrompt(pts, promptBox)], textRow ? textRow.embedding : null);
     const best = argmax(iou, 1, 4), area = size * size;
     const logits = await upsample(low.slice(best * area, (best + 1) * area), 1);
-    return finish(t0, {mask: threshold(logits), score: iou[best]}, pres, phrase, points, box);
+    return finish(t0, {mask: threshold(logits), score: iou[best]}, pres, phrase, points, box, read);
   }
   function threshold(logits) {
     const mask = new Uint8Array(img.H * img.W), t = api.manifest.mask_threshold;
     for (let p = 0; p < mask.length; p++) mask[p] = logits[p] > t ? 1 : 0;
     return mask;
   }
-  function finish(t0, {mask, score}, presence, phrase, points, box) {
+  // read: how the engine read the phrase when it chose the object (Query.describe), else null
+  function finish(t0, {mask, score}, presence, phrase, points, box, read = null) {
     api.timings.update_ms = now() - t0;
     const found = phrase === null || points.length > 0 || box !== null || presence >= api.manifest.text.engine.presence_threshold;
-    return {width: img.W, height: img.H, mask, score, presence, found};
+    return {width: img.W, height: img.H, mask, score, presence, found, read};
   }
   // a group phrase ("all the X"): every member's box and click (with the user's clicks) in one decoder batch, the
   // single-mask output, the union of their masks (TextSamPredictor._predict_group)
@@ -1215,7 +1238,7 @@
   api.segment = segment;
   api.cocoRle = cocoRle;
   // the ports of Python code, for the tests that compare them with the originals
-  api._internal = {tokenize: (s) => tokenize(s, api.manifest.text.context_length), parse, resolve, support, resizePIL,
+  api._internal = {tokenize: (s) => tokenize(s, api.manifest.text.context_length), parse, resolve, support, describe, resizePIL,
     proposalPoints: () => (img && img.proposals ? img.proposals.points : null)};
 
   api.ready = (async () => {
