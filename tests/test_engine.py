@@ -651,6 +651,35 @@ def test_a_group_or_every_instance_keeps_the_members_in_the_relation() -> None:
     assert len(left.masks) >= 2 and all(columns(m)[1] < 60 for m in left.masks)
 
 
+@pytest.mark.parametrize("head", [False, True])
+def test_a_negative_phrase_steers_away_from_what_it_names(head) -> None:
+    """``negative_text`` (the CLI's ``--negative-text``): a proposal more like the negative phrase than like the
+    phrase is not chosen, nor an instance, and the one it names gets a background click; with a text head, the
+    locator does not click it. Before, the engine and the locator ignored it (shapes_tiny: both modes)."""
+    im = Image.new("RGB", (160, 128), (200, 200, 190))
+    d = ImageDraw.Draw(im)
+    d.ellipse([5, 10, 45, 50], fill=(220, 40, 40))       # red circle, left
+    d.ellipse([100, 60, 140, 100], fill=(40, 80, 220))   # blue circle, right
+    predictor = textsam.TextSamPredictor(textsam.create_model("shapes_tiny", text_head=None if head else False))
+    predictor.set_image(np.asarray(im))
+
+    def columns(mask: np.ndarray) -> tuple[int, int]:
+        xs = np.nonzero(mask)[1]
+        return int(xs.min()), int(xs.max())
+
+    plain = predictor.predict(text="the circle")
+    assert columns(plain.masks[0])[0] >= 100  # this model's own pick: the blue one
+    steered = predictor.predict(text="the circle", negative_text="blue circle")
+    assert columns(steered.masks[0])[1] < 60
+    prompts = steered.info["prompts"]
+    background = [p for p, label in zip(prompts["points"], prompts["labels"]) if label == 0]
+    assert len(background) == 1 and background[0][0] >= 100  # a background click on the blue circle
+    if head:
+        assert prompts["located"][0] < 60  # the locator clicked the other circle
+    every = predictor.predict(text="the circle", instances="all", negative_text="blue circle")
+    assert all(columns(m)[0] < 60 for m in every.masks)
+
+
 def test_a_relations_presence_needs_its_anchor(engine_predictor) -> None:
     """A relation presupposes its anchor: the presence of "the X left of the Y" is the smaller of the chosen
     object's and the anchor's (the best other shortlisted proposal for the Y), so "the circle left of the

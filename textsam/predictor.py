@@ -201,8 +201,10 @@ class TextSamPredictor:
             mask_input: ``(1, 256, 256)`` low-res logits from a previous call.
             multimask_output: 3 candidate masks (best for a single click or a bare phrase) instead of 1.
             return_logits: return float logits instead of boolean masks.
-            negative_text: a phrase to suppress (its region gets a background point and is
-                subtracted from the phrase's similarity).
+            negative_text: a phrase to suppress ("shadow"). With the training-free engine (and a text head's
+                locator), a proposal more like it than like ``text`` is not chosen (nor an instance), and the
+                proposal it names best gets a background click; with dense grounding, its region gets a
+                background point and its similarity is subtracted from the phrase's.
             instances: ``"all"`` returns every instance of the phrase (several grounded candidates
                 decoded in one batch, de-duplicated by mask NMS), best first.
         """
@@ -243,7 +245,8 @@ class TextSamPredictor:
             if located:  # the text head's locator clicks
                 assert self.input_size is not None
                 click, located_presence = self.text.locate_with_presence(text, features, self.input_size,
-                                                                         self.original_size, self.image)
+                                                                         self.original_size, self.image,
+                                                                         exclude=tp.background)
                 if located_presence is not None:
                     presence = located_presence
                 coords = click if coords is None else np.concatenate([coords, click])

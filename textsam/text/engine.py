@@ -134,7 +134,8 @@ class Ranked:
     shortlist); ``cosines (N,)``: the head phrase's crop scores, the mean over the views (-inf outside the
     shortlist); ``members (N,)``: each proposal's membership probability (step 7; 0 outside the shortlist);
     ``chosen``: the proposal(s) answering the phrase (several for a group, best first; empty when the image has
-    no proposal); ``presence`` in [0, 1]."""
+    no proposal); ``presence`` in [0, 1]; ``background``: with a negative phrase, the proposal it names (more like
+    it than like the phrase, not chosen), whose click the decoder gets as a background point, or None."""
 
     query: Query
     probs: Tensor
@@ -142,6 +143,7 @@ class Ranked:
     members: Tensor
     chosen: list[int]
     presence: float
+    background: int | None = None
 
 
 class TextEngine:
@@ -235,14 +237,17 @@ class TextEngine:
         return short
 
     def rank(self, predictor, encoder, phrases: Sequence[str], templates: Sequence[str],  # noqa: ANN001
-             allowed: Tensor | None = None, every: bool = False) -> list[Ranked]:
+             allowed: Tensor | None = None, every: bool = False, negative: str | None = None) -> list[Ranked]:
         """Rank the proposals for every phrase (see the module docstring); ``allowed (N,)`` bool keeps only
         those proposals (e.g. the ones a user's click touches); ``every``: shortlist every proposal (for
-        ``instances="all"``)."""
+        ``instances="all"``). ``negative``: what not to segment ("shadow"), scored by its crops like a head
+        phrase (its own shortlist): a proposal more like it than like the phrase is neither chosen nor a member
+        (unless every candidate is), and its best such proposal is each answer's ``background``."""
         o = self.options
         props = self.proposals(predictor)
         queries = [parse(p) for p in phrases]
-        texts = list(dict.fromkeys(t for q in queries for t in (q.head, *q.anchors)))
+        texts = list(dict.fromkeys([*(t for q in queries for t in (q.head, *q.anchors)),
+                                    *([negative] if negative else [])]))
         out = []
         n = len(props)
         if n == 0:
@@ -261,13 +266,19 @@ class TextEngine:
             first = torch.zeros(len(texts), n)
         else:
             first = emb.to(tokens) @ tokens.T  # (T, N): the mask tokens' cosines
+        unrestricted = first  # what the user does not want need not be where the user clicked
         if allowed is not None:
             first = first.masked_fill(~allowed.cpu(), float("-inf"))
         shortlists = []  # per query: its head's and its anchors' shortlists, (N,) bool each
         for q, w in zip(queries, wide):
             k = n if w else (2 * o.shortlist if (q.directions or q.anchor) else o.shortlist)
             shortlists.append([self._shortlist(first[index[t]], k) for t in (q.head, *q.anchors)])
-        needed = [int(i) for i in torch.stack([s for pair in shortlists for s in pair]).any(0).nonzero().flatten()]
+        negative_list = None
+        if negative:  # its own shortlist, as a head phrase's (every proposal when the requests take every one)
+            negative_list = self._shortlist(unrestricted[index[negative]], n if all(wide) else o.shortlist)
+        needed = [int(i) for i in torch.stack([s for pair in shortlists for s in pair]
+                                              + ([negative_list] if negative_list is not None else [])).any(0)
+                  .nonzero().flatten()]
         crops = torch.zeros(n, len(o.views), emb.shape[1])
         crops[needed] = self.crop_embeddings(predictor, tower, needed).to(crops)
         per_view = torch.einsum("nvd,td->tvn", crops, emb.to(crops))  # (T, V, N)
@@ -277,8 +288,18 @@ class TextEngine:
         scale = float(encoder.clip.logit_scale.detach().exp()) if hasattr(encoder.clip, "logit_scale") else 100.0
         iou = props.predicted_iou.to(cos)
         size = predictor.original_size
+        negative_cos = None
+        if negative_list is not None:
+            negative_cos = cos[index[negative]].masked_fill(~negative_list, float("-inf"))
         for q, lists in zip(queries, shortlists):
             c = cos[index[q.head]].masked_fill(~lists[0], float("-inf"))
+            rejected = None
+            if negative_cos is not None:  # more like what is not wanted than like the phrase
+                rejected = (negative_cos > cos[index[q.head]]) & lists[0]
+                if bool(rejected.sum() < lists[0].sum()):
+                    c = c.masked_fill(rejected, float("-inf"))
+                else:
+                    rejected = None  # every candidate is: the phrase's own ranking stands
             head = (scale * (c + o.iou_weight * iou)).softmax(0)
             anchors = [(scale * (cos[index[a]] + o.iou_weight * iou)).masked_fill(~s, float("-inf")).softmax(0)
                        for a, s in zip(q.anchors, lists[1:])]
@@ -286,6 +307,8 @@ class TextEngine:
             # a set's members must also stand where the phrase puts them ("all the cups on the table")
             members = torch.sigmoid(o.presence_gain * (member_cos[index[q.head]] - o.presence_bias)).masked_fill(
                 ~lists[0], 0.0) * support(q, props.boxes, size, anchors[0] if anchors else None, anchors[1:]).to(cos)
+            if rejected is not None:
+                members = members.masked_fill(rejected, 0.0)
             if q.group:
                 chosen = [int(i) for i in torch.argsort(members, descending=True) if members[i] >= o.presence_threshold]
                 chosen = chosen or [int(probs.argmax())]
@@ -298,5 +321,11 @@ class TextEngine:
                 a_cos[chosen] = float("-inf")
                 top = float(a_cos.max()) if len(a_cos) else float("-inf")
                 presence = min(presence, float(torch.sigmoid(torch.tensor(o.presence_gain * (top - o.presence_bias)))))
-            out.append(Ranked(q, probs, c, members, chosen, presence))
+            background = None
+            if negative_cos is not None and len(negative_cos):
+                j = int(negative_cos.argmax())
+                if (torch.isfinite(negative_cos[j]) and j not in chosen
+                        and bool(negative_cos[j] > cos[index[q.head]][j])):
+                    background = j
+            out.append(Ranked(q, probs, c, members, chosen, presence, background))
         return out

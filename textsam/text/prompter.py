@@ -44,7 +44,8 @@ class TextPrompt:
 
     ``presence``: the engine's answer in [0, 1] (None when no engine ran). ``members``: for a group phrase
     ("all X") or ``instances="all"``, one ``(box, click)`` per object to decode (empty: the phrase's one answer
-    is ``box``/``points``).
+    is ``box``/``points``). ``background``: with a negative phrase, the proposal it names, whose click is among
+    ``points`` with label 0 (a text head's locator does not click it).
     """
 
     points: np.ndarray  # (N, 2) x, y
@@ -54,6 +55,7 @@ class TextPrompt:
     presence: float | None = None
     members: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     group: bool = False
+    background: int | None = None  # the proposal a negative phrase names (its click is a background point)
 
 
 class TextPrompter:
@@ -165,14 +167,18 @@ class TextPrompter:
         return regions, scores[0], None if logits is None else torch.sigmoid(logits[0].float())
 
     def locate_with_presence(self, phrase: str, features: Tensor, input_size: tuple[int, int],
-                             original_size: tuple[int, int], image: np.ndarray | None = None
-                             ) -> tuple[np.ndarray, float | None]:
+                             original_size: tuple[int, int], image: np.ndarray | None = None,
+                             exclude: int | None = None) -> tuple[np.ndarray, float | None]:
         """The locator's click for ``phrase``: ``(1, 2)`` x, y in original-image pixels, the deepest pixel of the
         candidate object it scores best (``image``, the original ``(H, W, 3)`` uint8 picture, is needed by a
         locator that reads pixel colours), and that candidate's presence in [0, 1] (None for a locator without a
-        presence readout; 0 when the image has no candidate)."""
+        presence readout; 0 when the image has no candidate). ``exclude``: a candidate not to choose (what a
+        negative phrase names), unless it is the only one."""
         regions, scores, presence = self.locator_readout(phrase, features, input_size, image)
         answer = None if self.model.text_locator.presence is None else 0.0
+        if scores is not None and exclude is not None and 0 <= exclude < len(scores) and len(scores) > 1:
+            scores = scores.clone()
+            scores[exclude] = float("-inf")
         if scores is None:  # nothing found: the image centre
             xy = np.array([input_size[1] / 2 - 0.5, input_size[0] / 2 - 0.5])
         else:
@@ -291,11 +297,12 @@ class TextPrompter:
 
     def engine_rank(self, predictor, phrases: Sequence[str], user_points: np.ndarray | None = None,  # noqa: ANN001
                     user_labels: np.ndarray | None = None, user_box: np.ndarray | None = None,
-                    every: bool = False) -> list[Ranked]:
+                    every: bool = False, negative: str | None = None) -> list[Ranked]:
         """The engine's answer for each phrase on the predictor's current image. A model whose text head has a
         locator shares the locator's candidate objects with the engine (one candidate pass per image). A
         user's positive click or box keeps only the candidates it touches (all of them when none does).
-        ``every``: every candidate is scored by its crops (for ``instances="all"``), not only the shortlist."""
+        ``every``: every candidate is scored by its crops (for ``instances="all"``), not only the shortlist.
+        ``negative``: what not to segment (:meth:`TextEngine.rank`)."""
         self.ensure_text_encoder()
         props = self._head_proposals(predictor) if self.model.text_locator is not None else \
             self.engine.proposals(predictor)
@@ -317,8 +324,10 @@ class TextPrompter:
                 allowed &= inside.float() >= 0.5 * area.clamp_min(1).float()
             if not allowed.any():
                 allowed = None
+        if negative is not None:
+            negative = clean_phrase(negative)
         return self.engine.rank(predictor, self.model.scoring_encoder, phrases, self.templates(), allowed=allowed,
-                                every=every)
+                                every=every, negative=negative)
 
     def _regions_as_proposals(self, predictor):  # noqa: ANN001, ANN202
         """The locator's candidate objects as engine proposals (original-frame masks, boxes and clicks)."""
@@ -354,10 +363,11 @@ class TextPrompter:
     # ---------------------------------------------------------------------------- prompts
     def prompts_for(self, phrases: Sequence[str], predictor, *, engine_prompts: bool = True,  # noqa: ANN001
                     user_box: np.ndarray | None = None, user_points: np.ndarray | None = None,
-                    user_labels: np.ndarray | None = None) -> list[TextPrompt] | None:
+                    user_labels: np.ndarray | None = None, negative: str | None = None) -> list[TextPrompt] | None:
         """The engine's prompts for several phrases at once (one text batch, one ranking; None when the engine
         is off): each phrase's chosen object as a box and a click (``engine_prompts``; else the engine only
-        answers presence), with the text-head tokens."""
+        answers presence), with the text-head tokens. ``negative``: what not to segment; the proposal it names
+        (:attr:`Ranked.background`) adds a background click."""
         if not (self.engine_enabled and predictor is not None):
             return None
         self.ensure_text_encoder()
@@ -365,6 +375,9 @@ class TextPrompter:
         if not engine_prompts and self.locator_answers_presence and user_box is None and user_points is None:
             # the head's locator clicks and answers presence (see locate_with_presence): nothing for the engine.
             # A group phrase ("all the X") is every candidate whose presence passes the threshold.
+            # With a negative phrase the engine still finds what is not wanted: a background click on it.
+            backgrounds = [r.background for r in self.engine_rank(predictor, list(phrases), negative=negative)] \
+                if negative is not None else [None] * len(phrases)
             out = []
             for i, phrase in enumerate(phrases):
                 prompt = TextPrompt(np.zeros((0, 2)), np.zeros((0,), np.int64), None,
@@ -373,11 +386,13 @@ class TextPrompter:
                     members, each = self.locator_members(phrase, predictor)
                     if members and each is not None:
                         props = self._head_proposals(predictor)
-                        prompt.members = [self._as_box_and_click(props, j) for j in members]
+                        prompt.members = [self._as_box_and_click(props, j) for j in members if j != backgrounds[i]]
                         prompt.presence, prompt.group = float(each.max()), True
+                if backgrounds[i] is not None:
+                    self._add_background(prompt, self.engine.proposals(predictor), backgrounds[i])
                 out.append(prompt)
             return out
-        ranked_all = self.engine_rank(predictor, list(phrases), user_points, user_labels, user_box)
+        ranked_all = self.engine_rank(predictor, list(phrases), user_points, user_labels, user_box, negative=negative)
         props = self.engine.proposals(predictor)
         out = []
         for i, ranked in enumerate(ranked_all):
@@ -389,8 +404,17 @@ class TextPrompter:
                 prompt.points, prompt.labels = pairs[0][1][None], np.ones(1, np.int64)
                 if ranked.query.group:
                     prompt.members = pairs
+            if ranked.background is not None:
+                self._add_background(prompt, props, ranked.background)
             out.append(prompt)
         return out
+
+    def _add_background(self, prompt: TextPrompt, props, index: int) -> None:  # noqa: ANN001 - Proposals
+        """What is not wanted (a negative phrase's proposal ``index``): its click as a background point."""
+        click = self._as_box_and_click(props, index)[1]
+        prompt.points = np.concatenate([prompt.points.reshape(-1, 2), click[None]])
+        prompt.labels = np.concatenate([prompt.labels, np.zeros(1, np.int64)])
+        prompt.background = index
 
     def prompt_for(
         self,
@@ -407,7 +431,7 @@ class TextPrompter:
         """Prompts for one phrase on the current image: the engine's (:meth:`prompts_for`), else grounded
         points (when grounding is on), plus text-head tokens."""
         engine = self.prompts_for([phrase], predictor, engine_prompts=engine_prompts, user_box=user_box,
-                                  user_points=user_points, user_labels=user_labels)
+                                  user_points=user_points, user_labels=user_labels, negative=negative)
         if engine is not None and (engine_prompts or not self.grounding_enabled):
             return engine[0]
         presence = engine[0].presence if engine is not None else None
@@ -456,13 +480,16 @@ class TextPrompter:
             # another goes to the engine, whose members stand in the relation: engine_resolves)
             members, each = self.locator_members(phrase, predictor)
             props = self._head_proposals(predictor)
+            if negative is not None:  # what is not wanted is no instance
+                (ranked,) = self.engine_rank(predictor, [phrase], negative=negative) if self.engine_enabled else (None,)
+                members = [i for i in members if ranked is None or i != ranked.background]
             prompts = []
             for i in members[:limit]:
                 box, click = self._as_box_and_click(props, i)
                 prompts.append(TextPrompt(click[None], np.ones(1, np.int64), box, tok, float(each[i])))
             return prompts, 0.0 if each is None else float(each.max())
         if self.engine_enabled and predictor is not None:
-            (ranked,) = self.engine_rank(predictor, [phrase], every=True)
+            (ranked,) = self.engine_rank(predictor, [phrase], every=True, negative=negative)
             props = self.engine.proposals(predictor)
             o = self.options.engine
             member = ranked.members
