@@ -649,6 +649,13 @@ def test_a_group_or_every_instance_keeps_the_members_in_the_relation() -> None:
     assert columns(predictor.predict(text="all red circles on the left").masks[0])[1] < 100
     left = predictor.predict(text="the red circles left of the blue square", instances="all")
     assert len(left.masks) >= 2 and all(columns(m)[1] < 60 for m in left.masks)
+    # with a text head, the locator's members of "all the X on the left" are those in that half too
+    headed = textsam.TextSamPredictor(textsam.create_model("shapes_tiny"))
+    headed.set_image(np.asarray(im))
+    for side, inside in (("left", lambda cx: cx < 80), ("right", lambda cx: cx >= 80)):
+        members = headed.predict(text=f"all red circles on the {side}").info["prompts"]["members"]
+        assert members and all(inside((m["box"][0] + m["box"][2]) / 2) for m in members), (side, members)
+    assert len(headed.predict(text="all red circles").info["prompts"]["members"]) > len(members)
 
 
 @pytest.mark.parametrize("head", [False, True])

@@ -38,6 +38,11 @@ Per phrase (a vocabulary of P phrases is one text batch and one matrix product):
    presence go back to the predictor, which decodes the proposal's box and click together with any text-head
    tokens and the user's prompts in one decoder call.
 
+8. a negative phrase (``negative_text``, "shadow"): shortlisted and cropped like a head phrase; a shortlisted
+   proposal whose crop score is higher for it than for the phrase is neither chosen nor a member (a two-way
+   zero-shot choice, as CLIP classifies), unless every one is; the proposal it names best, when not chosen, is
+   the answer's ``background``, a background click in the decoder call.
+
 A phrase's answer depends only on the phrase and the image (its own shortlist), so a vocabulary gives what
 phrase-by-phrase calls give. Frames: proposal boxes and clicks are pixels of the original image.
 """

@@ -27,7 +27,7 @@ from ..modeling.seeds import embedding_seeds
 from ..ops import mask_nms
 from .engine import Ranked, TextEngine
 from .options import TextOptions
-from .spatial import parse
+from .spatial import parse, support
 from .templates import clean_phrase
 
 logger = logging.getLogger(__name__)
@@ -382,12 +382,16 @@ class TextPrompter:
             for i, phrase in enumerate(phrases):
                 prompt = TextPrompt(np.zeros((0, 2)), np.zeros((0,), np.int64), None,
                                     tokens[i] if tokens is not None else None, None)
-                if parse(phrase).group:
+                query = parse(phrase)
+                if query.group:
                     members, each = self.locator_members(phrase, predictor)
                     if members and each is not None:
                         props = self._head_proposals(predictor)
-                        prompt.members = [self._as_box_and_click(props, j) for j in members if j != backgrounds[i]]
-                        prompt.presence, prompt.group = float(each.max()), True
+                        # "all the cars on the left": the members in that half of the image (spatial.support)
+                        placed = support(query, props.boxes, predictor.original_size)
+                        members = [j for j in members if j != backgrounds[i] and placed[j] > 0]
+                        prompt.members = [self._as_box_and_click(props, j) for j in members]
+                        prompt.presence, prompt.group = (float(each[members].max()) if members else 0.0), True
                 if backgrounds[i] is not None:
                     self._add_background(prompt, self.engine.proposals(predictor), backgrounds[i])
                 out.append(prompt)
