@@ -29,9 +29,13 @@ def _masks(doc: dict) -> dict[str, list[np.ndarray]]:
     return out
 
 
-def test_a_vocabulary_equals_one_run_per_phrase(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("negative", [[], ["--negative-text", "blue square"]])
+def test_a_vocabulary_equals_one_run_per_phrase(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                negative: list[str]) -> None:
+    """A vocabulary's masks, presence and found equal one run per phrase (with the same --negative-text, what
+    none of the phrases is)."""
     phrases = ["red circle", "green triangle", "all the circles"]  # present, absent, a group
-    code, _ = _run(capsys, "segment", "--example", "-t", phrases[0], "--classes", ",".join(phrases[1:]),
+    code, _ = _run(capsys, "segment", "--example", "-t", phrases[0], "--classes", ",".join(phrases[1:]), *negative,
                    "-o", str(tmp_path / "voc"))
     assert code == 0
     doc = json.loads((tmp_path / "voc" / "shapes.json").read_text())
@@ -40,7 +44,8 @@ def test_a_vocabulary_equals_one_run_per_phrase(tmp_path: Path, capsys: pytest.C
     got = _masks(doc)
     assert sum(a["masks"] for a in answers) == len(doc["results"])
     for phrase, answer in zip(phrases, answers):
-        code, _ = _run(capsys, "segment", "--example", "-t", phrase, "-o", str(tmp_path / phrase.replace(" ", "_")))
+        code, _ = _run(capsys, "segment", "--example", "-t", phrase, *negative,
+                       "-o", str(tmp_path / phrase.replace(" ", "_")))
         assert code == 0
         single = json.loads((tmp_path / phrase.replace(" ", "_") / "shapes.json").read_text())
         assert single["found"] == answer["found"] and single["presence"] == pytest.approx(answer["presence"], abs=1e-4)
@@ -63,6 +68,7 @@ def test_classes_from_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 @pytest.mark.parametrize("argv, words", [
     (["--classes", "red circle,blue square", "--point", "10,10"], "go with one phrase"),
+    (["--classes", "red circle,blue square", "--negative-text", " "], "--negative-text is empty"),
     (["--classes", "red circle,,blue square"], "empty phrase"),
     (["--classes", "missing_classes.txt"], "does not exist"),
     (["-t", "red circle", "--classes", "blue square", "--everything"], "--everything"),

@@ -685,6 +685,17 @@ def test_a_negative_phrase_steers_away_from_what_it_names(head) -> None:
         assert prompts["located"][0] < 60  # the locator clicked the other circle
     every = predictor.predict(text="the circle", instances="all", negative_text="blue circle")
     assert all(columns(m)[0] < 60 for m in every.masks)
+    # a vocabulary with a negative phrase answers as single calls with it do
+    phrases = ["the circle", "a round shape", "all circles"]
+    for phrase, many in zip(phrases, predictor.predict_phrases(phrases, negative_text="blue circle")):
+        single = predictor.predict(text=phrase, negative_text="blue circle")
+        assert np.array_equal(many.masks, single.masks), phrase
+        assert many.presence == pytest.approx(single.presence, abs=1e-6)
+        def backgrounds(prediction: textsam.Prediction) -> list:
+            prompts = prediction.info["prompts"]
+            return [p for p, label in zip(prompts.get("points", []), prompts.get("labels", [])) if label == 0]
+
+        assert backgrounds(many) == backgrounds(single), phrase
 
 
 def test_a_relations_presence_needs_its_anchor(engine_predictor) -> None:

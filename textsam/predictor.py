@@ -330,12 +330,14 @@ class TextSamPredictor:
 
     @torch.inference_mode()
     def predict_phrases(
-        self, phrases: list[str], *, multimask_output: bool = True, return_logits: bool = False
+        self, phrases: list[str], *, multimask_output: bool = True, return_logits: bool = False,
+        negative_text: str | None = None,
     ) -> list[Prediction]:
-        """A vocabulary on the current image: one :class:`Prediction` per phrase, as ``predict(text=phrase)``
-        would give. The image embedding, the proposals and their crop embeddings are shared; the phrases are
-        one text batch and one matrix product, and every phrase's prompts go into one decoder batch (a
-        second one for group phrases, "all the X", which use the single-mask output)."""
+        """A vocabulary on the current image: one :class:`Prediction` per phrase, as ``predict(text=phrase,
+        negative_text=negative_text)`` would give. The image embedding, the proposals and their crop embeddings
+        are shared; the phrases (and the negative phrase, what none of them is) are one text batch and one matrix
+        product, and every phrase's prompts go into one decoder batch (a second one for group phrases, "all the
+        X", which use the single-mask output)."""
         self._require_image()
         assert self.image is not None and self.original_size is not None and self.input_size is not None
         if not phrases:
@@ -344,7 +346,7 @@ class TextSamPredictor:
         # phrase relating two objects (TextPrompter.engine_resolves); the head's locator clicks for the others
         by_engine = [self.text.engine_resolves(p) for p in phrases]
         locates = [self.text.can_locate and not e for e in by_engine]
-        prompts = self._phrase_prompts(phrases, by_engine)
+        prompts = self._phrase_prompts(phrases, by_engine, negative_text)
         singles, groups = [], []
         out: list[Prediction | None] = [None] * len(phrases)
         for i, (phrase, tp) in enumerate(zip(phrases, prompts)):
@@ -354,13 +356,16 @@ class TextSamPredictor:
             if not locates[i] and not len(tp.points) and tp.box is None and tp.tokens is None:
                 # nothing to prompt with (e.g. no proposal on the image): SAM's answer to an empty prompt, as
                 # predict() gives it (a row of padding clicks in the batch would be another prompt)
-                out[i] = self.predict(text=phrase, multimask_output=multimask_output, return_logits=return_logits)
+                out[i] = self.predict(text=phrase, multimask_output=multimask_output, return_logits=return_logits,
+                                      negative_text=negative_text)
                 continue
             if locates[i]:
                 click, located_presence = self.text.locate_with_presence(phrase, self.features, self.input_size,
-                                                                         self.original_size, self.image)
+                                                                         self.original_size, self.image,
+                                                                         exclude=tp.background)
                 tp = TextPrompt(np.concatenate([tp.points, click]), np.concatenate([tp.labels, np.ones(1, np.int64)]),
-                                tp.box, tp.tokens, tp.presence if located_presence is None else located_presence)
+                                tp.box, tp.tokens, tp.presence if located_presence is None else located_presence,
+                                background=tp.background)
                 tp.located = click[0].tolist()  # type: ignore[attr-defined]
             singles.append((i, tp))
         if singles:
@@ -395,18 +400,19 @@ class TextSamPredictor:
                                          by_engine[i] and self.text.engine_enabled)
         return [o for o in out if o is not None]
 
-    def _phrase_prompts(self, phrases: list[str], by_engine: list[bool]) -> list[TextPrompt]:
+    def _phrase_prompts(self, phrases: list[str], by_engine: list[bool], negative: str | None = None
+                        ) -> list[TextPrompt]:
         """Each phrase's prompts for :meth:`predict_phrases`: the engine's (one text batch and one ranking for
         the phrases it chooses for, ``by_engine``, another for those it only answers presence for), or, with the
-        engine off, :meth:`TextPrompter.prompt_for` phrase by phrase."""
+        engine off, :meth:`TextPrompter.prompt_for` phrase by phrase; ``negative``: what none of them is."""
         out: dict[int, TextPrompt] = {}
         for chosen in (True, False):
             part = [i for i, e in enumerate(by_engine) if e is chosen]
             if not part:
                 continue
-            got = self.text.prompts_for([phrases[i] for i in part], self, engine_prompts=chosen)
+            got = self.text.prompts_for([phrases[i] for i in part], self, engine_prompts=chosen, negative=negative)
             if got is None:
-                return [self.text.prompt_for(p, self.image) for p in phrases]
+                return [self.text.prompt_for(p, self.image, negative=negative) for p in phrases]
             out.update(zip(part, got))
         return [out[i] for i in range(len(phrases))]
 

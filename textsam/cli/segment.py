@@ -196,9 +196,9 @@ def _prompt(args: argparse.Namespace) -> dict:
     phrases = read_phrases(args.text, getattr(args, "classes", None))
     text = phrases[0] if len(phrases) == 1 else None
     vocabulary = phrases if len(phrases) > 1 else None
-    if vocabulary and (points or args.box is not None or args.negative_text is not None):
-        raise InputError("clicks, a box and --negative-text go with one phrase: give a single --text, or leave "
-                         "them out to answer the whole vocabulary")
+    if vocabulary and (points or args.box is not None):
+        raise InputError("clicks and a box go with one phrase: give a single --text, or leave them out to answer "
+                         "the whole vocabulary")
     if args.negative_text is not None and not args.negative_text.strip():
         raise InputError("--negative-text is empty: give a phrase or leave the option out.")
     everything = bool(getattr(args, "everything", False))
@@ -256,7 +256,9 @@ def vocabulary_results(predictor: Any, prompt: dict) -> tuple[list[MaskResult], 
     if prompt["instances"] == "all":
         predictions = [predictor.predict(text=p, instances="all") for p in phrases]
     else:
-        predictions = predictor.predict_phrases(phrases, multimask_output=prompt["multimask"])
+        # --negative-text: what none of the phrases is (passed only when given, so older predictors still work)
+        negative = {"negative_text": prompt["negative_text"]} if prompt.get("negative_text") is not None else {}
+        predictions = predictor.predict_phrases(phrases, multimask_output=prompt["multimask"], **negative)
     results: list[MaskResult] = []
     answers = []
     for phrase, pred in zip(phrases, predictions):
