@@ -89,6 +89,7 @@ _RELATIONS = [
     ("in front of", "front"), ("far from", "far"), ("farther from", "far"), ("farthest from", "far"),
     ("further from", "far"), ("furthest from", "far"), ("between", "between"), ("in between", "between"),
 ]
+_LONGEST_FIRST = sorted(_RELATIONS, key=lambda r: -len(r[0]))  # a clause's relation: the longest words that match
 # an anchor that is no object of the image: a pronoun ("with numbers on it") or the viewer ("facing the camera")
 _PRONOUNS = {"it", "its", "them", "him", "her", "itself", "themselves", "this", "that", "these", "those", "one",
              "ones", "other", "others", "each other", "one another"}
@@ -223,7 +224,7 @@ def _clause_relation(clause: str) -> tuple[tuple[str, str, bool], ...] | None:
         negated = negated or tokens[0] in _NEGATIONS or tokens[0].endswith("n't")
         tokens.pop(0)
     rest = f" {' '.join(tokens)} "
-    for words, relation in sorted(_RELATIONS, key=lambda r: -len(r[0])):  # the longest: "on top of" over "on"
+    for words, relation in _LONGEST_FIRST:  # "on top of" over "on"
         if rest.startswith(f" {words} "):
             anchor = _tidy(rest[len(words) + 2:])
             if relation == "between":
@@ -252,10 +253,14 @@ def _described(head: str, more: str) -> tuple[str, tuple[tuple[str, str, bool], 
     that relate it to another object (:func:`_clause_relation`: "and not next to the fridge"). A negative clause
     that is no relation ("not holding a glass") says what the object is not, which CLIP cannot score, so it is
     left out."""
-    clauses = [c.strip() for c in more.split(",") if c.strip()]
-    relations = [r for found in map(_clause_relation, clauses) if found is not None for r in found]
-    kept = [c for c in clauses if _clause_relation(c) is None
-            and not re.match(r"(?:and |but )?(?:not|no|neither|nor|never)\b", c)]
+    relations: list[tuple[str, str, bool]] = []
+    kept = []
+    for clause in (c.strip() for c in more.split(",")):
+        found = _clause_relation(clause) if clause else None
+        if found is not None:
+            relations.extend(found)
+        elif clause and not re.match(r"(?:and |but )?(?:not|no|neither|nor|never)\b", clause):
+            kept.append(clause)
     return _tidy(" ".join([head, *kept])), tuple(relations)
 
 
