@@ -127,3 +127,46 @@ def test_what_is_not_a_textsam_file(tmp_path: Path) -> None:
     partial = write(tmp_path / "c.safetensors", TextsamFile("sam_vit_b", None, None, {"mask_decoder.w": torch.zeros(1)}))
     with pytest.raises(WeightsError, match="cannot stand for a whole SAM"):
         textsam.create_model("sam_vit_b", checkpoint=partial)
+
+
+def test_a_head_tower_beside_a_whole_clip(shipped: TextsamFile, tmp_path: Path) -> None:
+    """Format 3: a whole CLIP (``clip.*``, what the engine scores with) and the text head's own fine-tuned text
+    tower (``head_tower.*``) in one file: the head reads the tower, the engine the CLIP trained whole, both
+    token tables stored sparsely; without the head only the whole CLIP is left."""
+    from textsam.text.clip import is_text_tower_key
+
+    clip = shipped.part("clip")
+    ids = torch.nonzero(clip["token_embedding.weight"].abs().sum(1)).flatten().tolist()
+    generator = torch.Generator().manual_seed(0)
+    tower = {k: (v.float() + 0.05 * torch.randn(v.shape, generator=generator)) if v.is_floating_point() else v
+             for k, v in clip.items() if is_text_tower_key(k)}
+    tensors = {k: v for k, v in shipped.tensors.items() if not k.startswith(("clip.", "head_tower."))}
+    tensors.update({f"clip.{k}": v for k, v in clip.items()})
+    tensors.update({f"head_tower.{k}": v for k, v in tower.items()})
+    file = TextsamFile("shapes_tiny", replace(shipped.clip, tensors="full"), shipped.text_head, tensors)
+    path = write(tmp_path / "m.safetensors", file, sparse_token_ids=ids)
+    back = read(path)
+    assert back.parts[-2:] == ["clip", "head_tower"]
+    assert {"head_tower.token_embedding.ids", "clip.token_embedding.ids"} <= set(back.tensors)
+    assert "head_tower.token_embedding.weight" not in back.tensors
+    assert torch.equal(back.part("head_tower")["token_embedding.weight"][ids], tower["token_embedding.weight"][ids])
+
+    model = textsam.create_model("shapes_tiny", checkpoint=path)
+    head_state, engine_state = model.text_encoder.clip.state_dict(), model.scoring_encoder.clip.state_dict()
+    assert model.scoring_encoder is model.engine_encoder is not model.text_encoder
+    assert model.engine_encoder.clip.visual is model.text_encoder.clip.visual
+    for k in ("transformer.resblocks.0.attn.in_proj_weight", "text_projection", "ln_final.weight"):
+        assert torch.equal(head_state[k], tower[k]), k
+        assert torch.equal(engine_state[k], clip[k].float()), k
+    phrases = ["red circle", "blue square"]
+    assert not torch.allclose(model.text_encoder.encode(phrases), model.engine_encoder.encode(phrases), atol=1e-3)
+    assert not any(p.requires_grad for p in model.engine_encoder.parameters())
+
+    blind = textsam.create_model("shapes_tiny", checkpoint=path, text_head=False)
+    assert blind.engine_encoder is None and blind.scoring_encoder is blind.text_encoder
+    assert torch.allclose(blind.text_encoder.encode(phrases), model.engine_encoder.encode(phrases))
+
+    with pytest.raises(WeightsError, match="goes with a whole CLIP"):
+        write(tmp_path / "bad.safetensors", replace(file, clip=replace(shipped.clip, tensors="text_tower")))
+    with pytest.raises(WeightsError, match="goes with a whole CLIP"):
+        write(tmp_path / "bad.safetensors", replace(file, text_head=None))

@@ -218,6 +218,12 @@ def _load_parts(model: TextSam, file: TextsamFile, source: str) -> None:
         if file.clip.config is None:
             raise WeightsError(f"{source} holds a whole CLIP but not its open_clip config")
         model.text_encoder = TextEncoder.from_config(file.clip.model, file.clip.config, clip_state, device=model.device)
+        model.engine_encoder = None
+        head_tower = file.part("head_tower")
+        if head_tower:  # the head reads its own fine-tuned tower; the engine keeps the CLIP trained whole
+            model.engine_encoder, model.text_encoder = model.text_encoder, model.text_encoder.text_copy()
+            load_text_tower(model.text_encoder, {k: v.to(model.device) for k, v in floats(head_tower).items()},
+                            f"{source} (head_tower)")
     elif clip_state:
         if model.text_encoder is None:
             raise WeightsError(f"{source} holds a fine-tuned CLIP text tower: attach its CLIP first")
@@ -339,6 +345,8 @@ def create_model(
     model.pretrained = pretrained
     if text_head is False:
         model.text_projector = model.text_locator = None
+        if model.engine_encoder is not None:  # the head's own text tower has no reader left
+            model.text_encoder, model.engine_encoder = model.engine_encoder, None
         text_head = None
     elif text_head is True:
         raise InputError("text_head takes a file, False (no head) or None (the model's own), not True")

@@ -29,7 +29,7 @@ def main() -> None:
     args = parser.parse_args()
     predictor = textsam.TextSamPredictor(textsam.create_model(args.model, clip=args.clip))
     predictor.text.ensure_text_encoder()
-    encoder, templates = predictor.model.text_encoder, predictor.text.templates()
+    encoder, templates = predictor.model.scoring_encoder, predictor.text.templates()  # the engine's CLIP
     root = f"{args.data}/{args.split}"
     inst = json.load(open(f"{root}/instances.json", encoding="utf-8"))
     files = {im["id"]: im["file_name"] for im in inst["images"]}

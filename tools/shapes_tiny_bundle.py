@@ -6,15 +6,18 @@
 Stage outputs: ``--sam`` (a run whose SAM parts are taken: image encoder, prompt encoder, decoder), ``--text``
 (a text-recipe run: its own parts, and whatever the start weights it was trained from held, replace the SAM
 stage's; its ``text_head.safetensors`` is the bundle's text head, with the fine-tuned CLIP text tower when there
-is one), ``--clip`` (an open_clip ``local-dir:`` folder from ``textsam.train.clip_pretrain``). The bundle is
-one file in the textsam format (``textsam.weights.format``), fp16, with the whole CLIP (``clip.*``, its
-open_clip config in the header) and its token table stored only for the tokens of the synthetic phrases and
-the prompt templates (plus the 256 byte tokens). ``--text-options``: the model's own text-option defaults.
+is one), ``--clip`` (an open_clip ``local-dir:`` folder from ``textsam.train.clip_pretrain``: the CLIP the
+training-free engine scores with). The bundle is one file in the textsam format (``textsam.weights.format``),
+fp16, with that whole CLIP (``clip.*``, its open_clip config in the header), the text head's fine-tuned text
+tower as ``head_tower.*`` when it differs from that CLIP's own, and their token tables stored only for the tokens
+of the synthetic phrases and the prompt templates (plus the 256 byte tokens). ``--text-options``: the model's
+own text-option defaults.
 
     python tools/shapes_tiny_bundle.py --unpack textsam/weights/shapes_tiny.safetensors --out runs/shipped
 
-writes a bundle back out as a run folder (``model.safetensors`` with every part, the whole CLIP included,
-``text_head.safetensors``, and the CLIP as ``clip/``, an open_clip ``local-dir:``), so a later stage can start
+writes a bundle back out as a run folder (``model.safetensors`` with every part, the whole CLIP and the head's
+tower included, ``text_head.safetensors`` with the head's tower, and the engine's CLIP as ``clip/``, an open_clip
+``local-dir:``), so a later stage can start
 from shipped weights (``checkpoint = "runs/shipped/model.safetensors"``, ``clip = "local-dir:runs/shipped/clip"``)
 and the assembler can take it as ``--sam``/``--clip``.
 
@@ -55,8 +58,9 @@ def _load_sam_parts(model: TextSam, file: fmt.TextsamFile) -> list[str]:
 
 
 def _tower(file: fmt.TextsamFile) -> dict[str, torch.Tensor]:
-    """The CLIP text-tower tensors of ``file`` (from a fine-tuned tower or a whole CLIP; empty: none)."""
-    return {k: v for k, v in file.part("clip").items() if is_text_tower_key(k)}
+    """The text tower a text head of ``file`` reads: its ``head_tower``, else the text-tower tensors of its
+    ``clip`` (a fine-tuned tower or a whole CLIP); empty: none."""
+    return file.part("head_tower") or {k: v for k, v in file.part("clip").items() if is_text_tower_key(k)}
 
 
 def used_token_ids(data_root: Path, tokenizer: Any) -> list[int]:
@@ -129,12 +133,15 @@ def assemble(sam_dir: Path, text_dir: Path, clip_dir: Path, data_root: Path, out
     if _tower(head):
         tower, tower_from = _tower(head), head_path
     encoder = TextEncoder.create(f"local-dir:{clip_dir.resolve()}", None)
-    if tower:
-        load_text_tower(encoder, tower, str(tower_from))
-        text_parts.append("text_encoder (CLIP text tower)")
     tensors = dict(model.sam_state_dict())
     tensors.update({k: v for k, v in head.tensors.items() if k.startswith(("text_projector.", "text_locator."))})
     tensors.update({f"clip.{k}": v for k, v in encoder.clip.state_dict().items()})
+    if tower:
+        load_text_tower(encoder.text_copy(), tower, str(tower_from))  # checks that it fits this CLIP
+        own = encoder.clip.state_dict()
+        if any(not torch.equal(v.float(), own[k].float()) for k, v in tower.items()):
+            tensors.update({f"head_tower.{k}": v.float() for k, v in tower.items()})
+            text_parts.append("head_tower (the text head's fine-tuned CLIP text tower)")
     clip_cfg = json.loads((clip_dir / "open_clip_config.json").read_text())["model_cfg"]
     record: dict[str, Any] = {
         "stages": {"sam": str(sam_dir), "text": str(text_dir), "clip": str(clip_dir)},
@@ -165,19 +172,23 @@ def unpack(bundle: Path, out_dir: Path) -> Path:
         raise InputError(f"{bundle} is not a whole small model (SAM, CLIP with its config, text head)")
     model = build_sam(SHAPES_TINY)
     load_textsam_file(model, bundle)
-    clip = model.text_encoder.clip
+    clip = model.scoring_encoder.clip  # the engine's CLIP, both towers trained together
     save_local_dir(clip, file.clip.config, out_dir / "clip")
     head = {f"text_projector.{k}": v for k, v in model.text_projector.state_dict().items()}
     if model.text_locator is not None:
         head.update({f"text_locator.{k}": v for k, v in model.text_locator.state_dict().items()})
     clip_state = {f"clip.{k}": v for k, v in clip.state_dict().items()}
+    head_tower = {k: v for k, v in model.text_encoder.clip.state_dict().items() if is_text_tower_key(k)}
     training = {"recipe": file.training.get("text_head_recipe", "text"), "unpacked_from": str(bundle)}
     fmt.write(out_dir / "text_head.safetensors", fmt.TextsamFile(
         "shapes_tiny", replace(file.clip, tensors="text_tower"), file.text_head,
-        {**head, **{k: v for k, v in clip_state.items() if is_text_tower_key(k[5:])}}, {}, training))
+        {**head, **{f"clip.{k}": v for k, v in head_tower.items()}}, {}, training))
+    own_tower = model.engine_encoder is None
     fmt.write(out_dir / "model.safetensors", fmt.TextsamFile(
         "shapes_tiny", replace(file.clip, tensors="full"), file.text_head,
-        {**model.sam_state_dict(), **head, **clip_state}, dict(file.text_options), training))
+        {**model.sam_state_dict(), **head, **clip_state,
+         **({} if own_tower else {f"head_tower.{k}": v for k, v in head_tower.items()})},
+        dict(file.text_options), training))
     return out_dir
 
 

@@ -9,10 +9,15 @@ Tensors (any subset; the prefixes are :class:`~textsam.model.TextSam`'s attribut
   from ``clip.config``) or only its text tower (a published CLIP whose text tower was fine-tuned). A whole
   small CLIP may store its token-embedding table sparsely: ``clip.token_embedding.ids`` (int64) and
   ``clip.token_embedding.rows``, the rows of the tokens seen in training (other rows are zero).
+- ``head_tower.*`` (version 3): in a file whose ``clip.*`` is a whole CLIP, the fine-tuned text tower the text
+  head was trained with (open_clip text-tower keys; its token table may be sparse in the same way). The
+  training-free engine scores crops with the whole CLIP, whose two towers were trained together; the text head
+  reads this tower. That is the split a published CLIP with a fine-tuned head has (the head's file holds its
+  tower as ``clip.*`` with ``"tensors": "text_tower"``), in one file.
 
 Header (safetensors metadata key ``"textsam"``), JSON::
 
-    {"format": "textsam", "version": 2,
+    {"format": "textsam", "version": 3,
      "sam_model": "sam_vit_b",                 # the model config the tensors were trained for
      "parts": ["mask_decoder", "text_projector", "text_locator", "clip"],
      "clip": {"model": "ViT-B-16-quickgelu", "pretrained": "openai", "config": null, "tensors": "text_tower"},
@@ -48,10 +53,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["FORMAT", "VERSION", "PARTS", "ClipSpec", "TextsamFile", "is_textsam_file", "read", "write",
            "convert", "head_config_from_tensors"]
 
-FORMAT, VERSION = "textsam", 2
+FORMAT, VERSION = "textsam", 3  # 3: the head_tower part (version-2 files are read unchanged)
 SAM_PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
-PARTS = (*SAM_PARTS, "text_projector", "text_locator", "clip")
-_IDS, _ROWS = "clip.token_embedding.ids", "clip.token_embedding.rows"
+PARTS = (*SAM_PARTS, "text_projector", "text_locator", "clip", "head_tower")
+TOKEN_TABLE_PARTS = ("clip", "head_tower")  # the parts whose token-embedding table may be stored sparsely
 
 
 @dataclass(frozen=True)
@@ -88,10 +93,10 @@ class TextsamFile:
         return [p for p in PARTS if p in found]
 
     def part(self, name: str) -> dict[str, Tensor]:
-        """The tensors of one part, keys without the part prefix (the sparse CLIP token table expanded)."""
+        """The tensors of one part, keys without the part prefix (a sparse CLIP token table expanded)."""
         prefix = f"{name}."
         out = {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
-        if name == "clip" and "token_embedding.ids" in out:
+        if name in TOKEN_TABLE_PARTS and "token_embedding.ids" in out:
             ids, rows = out.pop("token_embedding.ids"), out.pop("token_embedding.rows")
             vocab = int((self.clip.config or {}).get("text_cfg", {}).get("vocab_size", 49408)) if self.clip else 49408
             table = rows.new_zeros(vocab, rows.shape[1])
@@ -158,16 +163,22 @@ def write(path: str | Path, file: TextsamFile, *, dtype: torch.dtype | None = No
     """Write ``file`` to ``path`` (a temporary name first, then renamed); returns the path.
 
     ``dtype``: cast floating tensors (e.g. ``torch.float16`` for a bundled model). ``sparse_token_ids``: store
-    only these rows of a whole CLIP's token-embedding table (see the module docstring).
+    only these rows of the token-embedding tables (``clip.*`` and ``head_tower.*``; see the module docstring).
     """
     unknown = sorted({k.split(".", 1)[0] for k in file.tensors} - set(PARTS))
     if unknown:
         raise WeightsError(f"tensors of unknown parts {unknown}: a textsam file holds {', '.join(PARTS)}")
+    if "head_tower" in file.parts and (file.clip is None or file.clip.tensors != "full" or file.text_head is None):
+        raise WeightsError("a head_tower (the text head's own CLIP text tower) goes with a whole CLIP (clip.*) and "
+                           "a text head; a head for a published CLIP keeps its tower as clip.* (text_tower)")
     tensors = dict(file.tensors)
     if sparse_token_ids is not None:
         ids = torch.as_tensor(sorted(set(sparse_token_ids)), dtype=torch.int64)
-        tensors[_IDS] = ids
-        tensors[_ROWS] = tensors.pop("clip.token_embedding.weight")[ids]
+        for part in TOKEN_TABLE_PARTS:
+            table = tensors.pop(f"{part}.token_embedding.weight", None)
+            if table is not None:
+                tensors[f"{part}.token_embedding.ids"] = ids.clone()
+                tensors[f"{part}.token_embedding.rows"] = table[ids]
     out = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
            for k, v in tensors.items()}
     head = {
