@@ -102,12 +102,15 @@ def test_unpacking_the_shipped_model_and_assembling_it_again_gives_the_same_file
     assert again.text_head == shipped.text_head
     assert TextOptions.from_dict(again.text_options) == TextOptions.from_dict(shipped.text_options)
     assert again.clip.config == shipped.clip.config and again.clip.tensors == "full"
-    rows = "clip.token_embedding.rows"
     assert set(again.tensors) == set(shipped.tensors)
+    tables = [p for p in fmt.TOKEN_TABLE_PARTS if f"{p}.token_embedding.ids" in shipped.tensors]
+    sparse = {f"{p}.token_embedding.{x}" for p in tables for x in ("ids", "rows")}
     for k, v in shipped.tensors.items():
-        if k not in (rows, "clip.token_embedding.ids"):
+        if k not in sparse:
             assert v.dtype == again.tensors[k].dtype and torch.equal(v, again.tensors[k]), k
-    ids, shipped_ids = again.tensors["clip.token_embedding.ids"].tolist(), shipped.tensors["clip.token_embedding.ids"]
-    where = {int(t): i for i, t in enumerate(shipped_ids.tolist())}
-    assert set(ids) <= set(where)
-    assert torch.equal(again.tensors[rows], shipped.tensors[rows][[where[t] for t in ids]])
+    for part in tables:  # the rows of the tokens of the data given, as shipped
+        rows = f"{part}.token_embedding.rows"
+        ids, shipped_ids = again.tensors[f"{part}.token_embedding.ids"].tolist(), shipped.tensors[f"{part}.token_embedding.ids"]
+        where = {int(t): i for i, t in enumerate(shipped_ids.tolist())}
+        assert set(ids) <= set(where)
+        assert torch.equal(again.tensors[rows], shipped.tensors[rows][[where[t] for t in ids]])

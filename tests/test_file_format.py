@@ -97,17 +97,20 @@ def test_a_format_1_head_with_a_tuned_tower_beside_it(shipped: TextsamFile, tmp_
 
 
 def test_round_trip_sparse_token_table_and_header(shipped: TextsamFile, tmp_path: Path) -> None:
-    dense = shipped.part("clip")["token_embedding.weight"]
-    ids = torch.nonzero(dense.abs().sum(1)).flatten().tolist()
-    tensors = {k: v for k, v in shipped.tensors.items() if not k.startswith("clip.token_embedding.")}
-    tensors["clip.token_embedding.weight"] = dense
+    tables = [p for p in ("clip", "head_tower") if shipped.part(p)]
+    dense = {p: shipped.part(p)["token_embedding.weight"] for p in tables}
+    ids = torch.nonzero(dense["clip"].abs().sum(1)).flatten().tolist()
+    tensors = {k: v for k, v in shipped.tensors.items() if ".token_embedding." not in k}
+    tensors.update({f"{p}.token_embedding.weight": table for p, table in dense.items()})
     file = TextsamFile("shapes_tiny", shipped.clip, shipped.text_head, tensors, {"locator": {"grid": 8}},
                        {"stages": [1, 2]})
     path = write(tmp_path / "x.safetensors", file, dtype=torch.float16, sparse_token_ids=ids)
     back = read(path)
-    assert torch.equal(back.part("clip")["token_embedding.weight"], dense.half())
+    for p, table in dense.items():
+        assert torch.equal(back.part(p)["token_embedding.weight"], table.half()), p
     assert back.text_options == {"locator": {"grid": 8}} and back.training == {"stages": [1, 2]}
-    assert back.parts == ["image_encoder", "prompt_encoder", "mask_decoder", "text_projector", "text_locator", "clip"]
+    assert back.parts == ["image_encoder", "prompt_encoder", "mask_decoder", "text_projector", "text_locator",
+                          *tables]
     assert head_config_from_tensors(back.tensors) == shipped.text_head
 
 

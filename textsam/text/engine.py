@@ -39,9 +39,11 @@ Per phrase (a vocabulary of P phrases is one text batch and one matrix product):
    tokens and the user's prompts in one decoder call.
 
 8. a negative phrase (``negative_text``, "shadow"): shortlisted and cropped like a head phrase; a shortlisted
-   proposal whose crop score is higher for it than for the phrase is neither chosen nor a member (a two-way
-   zero-shot choice, as CLIP classifies), unless every one is; the proposal it names best, when not chosen, is
-   the answer's ``background``, a background click in the decoder call.
+   proposal that it names is neither chosen nor a member, unless every one is. It names a proposal whose crop
+   score is higher for it than for the phrase (a two-way zero-shot choice, as CLIP classifies), or that is one of
+   its own members (step 7's calibrated membership: a CLIP may score a generic phrase, "circle", above a specific
+   one, "red circle", on every circle, so the two-way choice alone never rejects the red one). The proposal it
+   names best, when not chosen, is the answer's ``background``, a background click in the decoder call.
 
 A phrase's answer depends only on the phrase and the image (its own shortlist), so a vocabulary gives what
 phrase-by-phrase calls give. Frames: proposal boxes and clicks are pixels of the original image.
@@ -293,14 +295,16 @@ class TextEngine:
         scale = float(encoder.clip.logit_scale.detach().exp()) if hasattr(encoder.clip, "logit_scale") else 100.0
         iou = props.predicted_iou.to(cos)
         size = predictor.original_size
-        negative_cos = None
+        negative_cos = negative_member = None
         if negative_list is not None:
             negative_cos = cos[index[negative]].masked_fill(~negative_list, float("-inf"))
+            negative_member = (torch.sigmoid(o.presence_gain * (member_cos[index[negative]] - o.presence_bias))
+                               >= o.presence_threshold) & negative_list
         for q, lists in zip(queries, shortlists):
             c = cos[index[q.head]].masked_fill(~lists[0], float("-inf"))
             rejected = None
             if negative_cos is not None:  # more like what is not wanted than like the phrase
-                rejected = (negative_cos > cos[index[q.head]]) & lists[0]
+                rejected = ((negative_cos > cos[index[q.head]]) | negative_member) & lists[0]
                 if bool(rejected.sum() < lists[0].sum()):
                     c = c.masked_fill(rejected, float("-inf"))
                 else:
@@ -330,7 +334,7 @@ class TextEngine:
             if negative_cos is not None and len(negative_cos):
                 j = int(negative_cos.argmax())
                 if (torch.isfinite(negative_cos[j]) and j not in chosen
-                        and bool(negative_cos[j] > cos[index[q.head]][j])):
+                        and bool(negative_cos[j] > cos[index[q.head]][j] or negative_member[j])):
                     background = j
             out.append(Ranked(q, probs, c, members, chosen, presence, background))
         return out

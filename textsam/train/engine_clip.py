@@ -338,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the training temperature")
     parser.add_argument("--ranking-scale", type=float, default=EngineClipConfig.ranking_scale,
                         help="the logit scale saved with the CLIP, which the engine ranks with")
+    parser.add_argument("--colourless-fraction", type=float, default=EngineClipConfig.colourless_fraction,
+                        help="share of every batch captioned without colour (greyed or hue-turned crops)")
+    parser.add_argument("--union-fraction", type=float, default=EngineClipConfig.union_fraction,
+                        help="share of every batch that are unions of several objects")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
@@ -348,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = EngineClipConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                   lock_image=args.lock_image, seed=args.seed, logit_scale=args.logit_scale,
-                                  ranking_scale=args.ranking_scale)
+                                  ranking_scale=args.ranking_scale, colourless_fraction=args.colourless_fraction,
+                                  union_fraction=args.union_fraction)
     except InputError as err:
         parser.error(str(err))
     vocabulary = phrase_vocabulary(root / args.split, colours, sorted(coco.categories.values()))
