@@ -87,12 +87,18 @@ def test_graphs_compute_what_the_model_computes(tiny_page) -> None:  # noqa: ANN
     resized = torch.from_numpy(textsam.transforms.resize_longest_side(image, 128).copy()).permute(2, 0, 1)[None].float()
     (ours,) = _session(folder, "encoder")({"image": model.preprocess(resized).numpy()})
     assert np.abs(ours - emb.numpy()).max() < 1e-4
-    enc = model.text_encoder
+    engine, enc = model.scoring_encoder, model.text_encoder  # shapes_tiny: the engine's CLIP, the head's own tower
+    assert engine is not enc
     phrases = ["red circle", "a photo of the blue star."]
     pooled, words = _session(folder, "clip_text")({"tokens": enc.tokenize(phrases).numpy()})
-    assert np.abs(pooled - enc.encode(phrases).numpy()).max() < 1e-5
+    assert np.abs(pooled - engine.encode(phrases).numpy()).max() < 1e-5
+    engine_words = engine.encode_words(phrases[:1])[1]
+    assert np.abs(words[0, : engine_words.shape[1]] - engine_words[0].numpy()).max() < 1e-4
+    head_pooled, head_words = _session(folder, "clip_text_head")({"tokens": enc.tokenize(phrases).numpy()})
+    assert np.abs(head_pooled - enc.encode(phrases).numpy()).max() < 1e-5
+    assert np.abs(head_pooled - pooled).max() > 1e-2  # two towers
     ref_pooled, ref_words, mask = enc.encode_words(phrases[:1])
-    assert np.abs(words[0, : ref_words.shape[1]] - ref_words[0].numpy()).max() < 1e-4
+    assert np.abs(head_words[0, : ref_words.shape[1]] - ref_words[0].numpy()).max() < 1e-4
     # the graph takes any token length (the manifest says so): cut to the longest sentence (what the page runs), the
     # same embeddings and per-token features
     assert json.loads((folder / "manifest.json").read_text())["text"]["any_length"] is True
@@ -158,7 +164,8 @@ def test_manifest_and_folder(tiny_page) -> None:  # noqa: ANN001
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["format"] == 1 and manifest["text"]["mode"] == "head" and manifest["text_unavailable"] is None
     assert manifest["img_size"] == 128 and manifest["text"]["context_length"] == 32
-    assert set(manifest["graphs"]) == {"encoder", "decoder", "upsample", "decoder_text", "locator", "clip_text", "clip_image"}
+    assert set(manifest["graphs"]) == {"encoder", "decoder", "upsample", "decoder_text", "locator", "clip_text", "clip_image",
+                                       "clip_text_head"}
     for name in ["index.html", "textsam.js", "ort.wasm.min.js", "ort-wasm-simd-threaded.wasm", "VENDOR.json",
                  "bpe_simple_vocab_16e6.txt.gz"]:
         assert (folder / name).is_file(), name
