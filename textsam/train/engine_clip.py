@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("%d crops of objects and %d of unions", int((~bank.unions).sum()), int(bank.unions.sum()))
     losses = train_engine_clip(init.model, init.tokenizer, bank, vocabulary, config, mean=mean, std=std, progress=True)
     out = save_local_dir(init.model, init.model_cfg, args.out)
-    print(f"{out} (final loss {sum(losses[-50:]) / len(losses[-50:]):.4f})")
+    logger.info("%s (final loss %.4f)", out, sum(losses[-50:]) / len(losses[-50:]))
     return 0
 
 
