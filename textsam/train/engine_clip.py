@@ -321,6 +321,7 @@ def train_engine_clip(clip: nn.Module, tokenizer: Any, bank: CropBank, vocabular
 
 def main(argv: list[str] | None = None) -> int:
     from ..data.coco import CocoDataset
+    from ..text.grounding import OPENAI_MEAN, OPENAI_STD
     from .clip_pretrain import load_initial_clip, save_local_dir
 
     parser = argparse.ArgumentParser(prog="python -m textsam.train.engine_clip", description=__doc__.split("\n")[0])
@@ -338,10 +339,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="the training temperature")
     parser.add_argument("--ranking-scale", type=float, default=EngineClipConfig.ranking_scale,
                         help="the logit scale saved with the CLIP, which the engine ranks with")
-    parser.add_argument("--colourless-fraction", type=float, default=EngineClipConfig.colourless_fraction,
-                        help="share of every batch captioned without colour (greyed or hue-turned crops)")
-    parser.add_argument("--union-fraction", type=float, default=EngineClipConfig.union_fraction,
-                        help="share of every batch that are unions of several objects")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
@@ -352,15 +349,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = EngineClipConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                   lock_image=args.lock_image, seed=args.seed, logit_scale=args.logit_scale,
-                                  ranking_scale=args.ranking_scale, colourless_fraction=args.colourless_fraction,
-                                  union_fraction=args.union_fraction)
+                                  ranking_scale=args.ranking_scale)
     except InputError as err:
         parser.error(str(err))
     vocabulary = phrase_vocabulary(root / args.split, colours, sorted(coco.categories.values()))
     init = load_initial_clip(args.init)
     cfg = init.model.visual.preprocess_cfg if hasattr(init.model.visual, "preprocess_cfg") else {}
     size = int(init.model_cfg["vision_cfg"]["image_size"])
-    mean, std = cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)), cfg.get("std", (0.26862954, 0.26130258, 0.27577711))
+    mean, std = cfg.get("mean", OPENAI_MEAN), cfg.get("std", OPENAI_STD)
     logger.info("vocabulary: %d phrases; cropping %s", len(vocabulary.phrases), coco.annotation_file)
     refs = root / args.split / "refs.json"
     groups = [r["ann_ids"] for r in json.loads(refs.read_text())] if refs.is_file() else []
