@@ -162,6 +162,28 @@ def test_the_page_says_how_the_engine_read_the_phrase(scene):
     app.close()
 
 
+def test_not_this_phrase_steers_the_text_prompt(scene):
+    """The *Not this* box is the predictor's ``negative_text``: with the training-free engine, "square" picks the
+    red square, and "square" but not "red square" the other object; the JSON keeps it; without a text prompt it
+    is not passed on and the status says so; the API takes it too."""
+    import textsam
+
+    app = WebApp(lambda name: textsam.create_model("shapes_tiny", text_head=False), default_model="shapes_tiny")
+    s = app.new_session()
+    app.upload(s, {"path": str(scene), "orig_name": "scene.png"})
+    app.run(s, "square")
+    assert iou(s.last.results[0].mask, known_mask()) > 0.9
+    v = app.run(s, "square", False, False, "red square")
+    assert iou(s.last.results[0].mask, known_mask()) < 0.1, v.status
+    assert app.export(s).doc["prompt"]["negative_text"] == "red square"
+    v = app.click(s, 90, 70, MODE_POSITIVE, "", False, False, "red square")
+    assert "ignored without one" in v.status and "negative_text" not in app.export(s).doc["prompt"]
+    _, doc = app.api_segment(str(scene), "square", negative="red square")
+    assert doc["prompt"]["negative_text"] == "red square"
+    assert iou(rle.decode(doc["results"][0]["segmentation"]), known_mask()) < 0.1
+    app.close()
+
+
 @pytest.mark.parametrize("shape, factor", [((150, 200), 2.0), ((90, 60), 4.0), ((700, 900), 1.0),
                                            ((3000, 4000), 0.24)])
 def test_canvas_scale_and_click_mapping(shape, factor):

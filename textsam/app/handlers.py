@@ -109,10 +109,12 @@ def _safe_stem(name: str) -> str:
 
 def segment(
     hub: ModelHub, session: Session, text: str | None, *, all_instances: bool = False, multimask: bool = False,
-    display: bool = True,
+    negative: str | None = None, display: bool = True,
 ) -> View:
     """Run the session's prompts (text, clicks, box) in one predict call and draw the canvas
-    (at :func:`display_factor` scale when ``display``, else at the image's size).
+    (at :func:`display_factor` scale when ``display``, else at the image's size). ``negative``: what not to
+    segment ("shadow"), the predictor's ``negative_text``; it refines a text prompt and is ignored without one
+    (the status says so).
 
     The masks keep the predictor's order; without ``multimask`` (and outside *all instances*) the
     predictor is asked for one mask and that one is shown.
@@ -127,6 +129,7 @@ def segment(
     if session.image is None or session.key is None:
         raise InputError("Upload an image (or pick an example) first.")
     phrase = (text or "").strip() or None
+    not_this = (negative or "").strip() or None
     if phrase is None and not session.points and session.box is None:
         raise InputError("Add a click, draw a box or type a text prompt, then press Segment.")
     coords = np.asarray([p[:2] for p in session.points], float) if session.points else None
@@ -135,6 +138,9 @@ def segment(
     notes = []
     if all_instances and phrase is None:
         notes.append("*All instances* needs a text prompt: segmented one object.")
+    if not_this is not None and phrase is None:
+        notes.append("*Not this* refines a text prompt: ignored without one.")
+        not_this = None
     instances = "all" if all_instances and phrase else "one"
     if instances == "all" and (coords is not None or box is not None):
         notes.append("clicks and the box are not used in *all instances* mode.")
@@ -143,6 +149,8 @@ def segment(
     if instances == "all":
         kwargs.update(point_coords=None, point_labels=None, box=None, multimask_output=True)
     check_points_and_box(coords, labels, box, session.image.shape[:2])  # e.g. a point outside the image
+    if not_this is not None:
+        kwargs["negative_text"] = not_this
     try:
         pred = hub.predict(session.model, session.image, session.key, text=phrase, **kwargs)
     except TextSamError as err:
@@ -151,7 +159,8 @@ def segment(
         if instances == "all" or (coords is None and box is None):
             raise InputError(f"Could not segment with the text prompt: {short_message(err)}") from None
         notes.append(f"the text prompt was ignored ({short_message(err, 200)})")
-        phrase = None
+        phrase = not_this = None
+        kwargs.pop("negative_text", None)
         pred = hub.predict(session.model, session.image, session.key, text=None, **kwargs)
     t_pred = time.perf_counter()
     masks, scores = np.asarray(pred.masks), np.asarray(pred.scores, float)
@@ -163,6 +172,8 @@ def segment(
     prompt = {"model": session.model, "text": phrase, "point_coords": [p[:2] for p in session.points],
               "point_labels": [p[2] for p in session.points], "box": session.box, "instances": instances,
               "multimask": bool(multimask)}
+    if not_this is not None:
+        prompt["negative_text"] = not_this
     if phrase is not None and presence is not None:
         prompt.update(presence=round(float(presence), 4), found=found)
     query = (getattr(pred, "info", None) or {}).get("query")
@@ -302,10 +313,12 @@ class WebApp:
         h, w = s.image.shape[:2]
         return self._plain(s, f"Loaded {s.name} ({w}x{h}). Click on an object, draw a box or type a phrase.")
 
-    def run(self, s: Session, text: str | None, all_instances: bool = False, multimask: bool = False) -> View:
-        """Segment with everything the session has (the Segment button); :meth:`export` writes downloads."""
+    def run(self, s: Session, text: str | None, all_instances: bool = False, multimask: bool = False,
+            negative: str | None = None) -> View:
+        """Segment with everything the session has (the Segment button); :meth:`export` writes downloads.
+        ``negative``: the *Not this* phrase (see :func:`segment`)."""
         try:
-            return segment(self.hub, s, text, all_instances=all_instances, multimask=multimask)
+            return segment(self.hub, s, text, all_instances=all_instances, multimask=multimask, negative=negative)
         except TextSamError as err:
             s.last = None
             return self._plain(s, _error(err))
@@ -315,7 +328,7 @@ class WebApp:
         return export(s, self.workdir)
 
     def click(self, s: Session, x: float, y: float, mode: str, text: str | None = None,
-              all_instances: bool = False, multimask: bool = False) -> View:
+              all_instances: bool = False, multimask: bool = False, negative: str | None = None) -> View:
         """A click on the image: a positive/negative point, or a box corner; segments at once."""
         if s.image is None:
             return View(status=_error(InputError("Upload an image (or pick an example) first.")))
@@ -334,14 +347,15 @@ class WebApp:
             s.box = box
         else:
             s.points.append((float(x), float(y), 1 if mode == MODE_POSITIVE else 0))
-        return self.run(s, text, all_instances, multimask)
+        return self.run(s, text, all_instances, multimask, negative)
 
-    def undo(self, s: Session, text: str | None = None, all_instances: bool = False, multimask: bool = False) -> View:
+    def undo(self, s: Session, text: str | None = None, all_instances: bool = False, multimask: bool = False,
+             negative: str | None = None) -> View:
         if s.image is None or not s.history:
             return self._plain(s, "Nothing to undo.")
         s.points, s.box, s.corner = s.history.pop()
         if s.corner is None and (s.points or s.box is not None or (text or "").strip()):
-            return self.run(s, text, all_instances, multimask)
+            return self.run(s, text, all_instances, multimask, negative)
         s.last = None
         return self._plain(s, "Undone: click the opposite corner of the box." if s.corner else "Undone.")
 
@@ -368,11 +382,13 @@ class WebApp:
         return self._plain(s, f"Using `{name}`. {notice}".strip()), name
 
     def api_segment(self, image: Any, text: str | None, points: Any = None, box: Any = None,
-                    all_instances: bool = False, multimask: bool = False) -> tuple[np.ndarray, dict]:
+                    all_instances: bool = False, multimask: bool = False,
+                    negative: str | None = None) -> tuple[np.ndarray, dict]:
         """Stateless segmentation for the ``segment`` API: returns ``(overlay, result JSON)``.
 
         ``points``: ``[[x, y, label], ...]`` pixels (label 1 = foreground, 0 = background);
-        ``box``: ``[x0, y0, x1, y1]`` pixels (top-left, bottom-right) or ``None``. Raises InputError with a
+        ``box``: ``[x0, y0, x1, y1]`` pixels (top-left, bottom-right) or ``None``; ``negative``: what not to
+        segment (``negative_text``, with a text prompt). Raises InputError with a
         clear message (a bad upload, a point outside the image, an inverted or empty box, ...).
         """
         s = self.new_session()
@@ -381,7 +397,8 @@ class WebApp:
         s.points, s.box = parse_points(points), parse_box(box)
         if s.box is not None and (s.box[2] - s.box[0] < 1 or s.box[3] - s.box[1] < 1):
             raise InputError(f"box {s.box} is empty: give x1 > x0 and y1 > y0 (at least a pixel apart)")
-        view = segment(self.hub, s, text, all_instances=bool(all_instances), multimask=bool(multimask), display=False)
+        view = segment(self.hub, s, text, all_instances=bool(all_instances), multimask=bool(multimask),
+                       negative=negative, display=False)
         t0 = time.perf_counter()
         doc = result_doc(s) or {}
         timing = dict(view.timing_ms, export=(time.perf_counter() - t0) * 1e3)

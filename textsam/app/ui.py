@@ -130,9 +130,10 @@ def build_demo(
                    "results": [{k: r[k] for k in ("label", "score", "box_xyxy", "area")} for r in e.doc["results"]]}
         return s, (s.image, e.masks), e.files, summary, f"{s.last.status} Downloads ready."
 
-    def on_select(s: Session, mode: str, text: str, all_inst: bool, multi: bool, evt: gr.SelectData) -> tuple:
+    def on_select(s: Session, mode: str, text: str, all_inst: bool, multi: bool, negative: str,
+                  evt: gr.SelectData) -> tuple:
         x, y = to_image_xy(*evt.index[:2], s.image.shape) if s.image is not None else (0.0, 0.0)
-        return guarded(app.click)(s, x, y, mode, text, all_inst, multi)
+        return guarded(app.click)(s, x, y, mode, text, all_inst, multi, negative)
 
     on_select.__annotations__["evt"] = gr.SelectData  # a real class: gradio finds the event-data parameter
 
@@ -144,9 +145,10 @@ def build_demo(
             return s, gr.skip(), f"**Unexpected error:** {short_message(err)}", s.model
         return (*outputs(s, view), shown)
 
-    def on_api(image: Any, text: str | None, points: Any, box: Any, all_instances: bool) -> tuple:
+    def on_api(image: Any, text: str | None, points: Any, box: Any, all_instances: bool,
+               negative: str | None = None) -> tuple:
         try:
-            return app.api_segment(image, text, points, box, all_instances)
+            return app.api_segment(image, text, points, box, all_instances, negative=negative)
         except TextSamError as err:
             logger.info("segment API: %s", short_message(err, 200))  # the user's mistake: no traceback
             raise gr.Error(short_message(err, 600), print_exception=False) from None
@@ -167,8 +169,11 @@ def build_demo(
                 canvas = gr.Image(label="Click here to add prompts", interactive=False, format="png",
                                   elem_id="canvas", height=420)
                 mode = gr.Radio(MODES, value=MODE_POSITIVE, label="A click adds", elem_id="mode")
-                text = gr.Textbox(label="Text prompt", placeholder="e.g. red circle (Enter to segment)",
-                                  elem_id="text")
+                with gr.Row():
+                    text = gr.Textbox(label="Text prompt", placeholder="e.g. red circle (Enter to segment)",
+                                      elem_id="text", scale=3)
+                    negative = gr.Textbox(label="Not this (optional)", placeholder="e.g. shadow",
+                                          elem_id="negative", scale=2)
                 with gr.Row():
                     all_inst = gr.Checkbox(label="All instances (needs text)", elem_id="all-instances")
                     multi = gr.Checkbox(label="Multimask (3 candidates)", elem_id="multimask")
@@ -189,18 +194,20 @@ def build_demo(
             api_points = gr.JSON(label="points [[x, y, label], ...]")
             api_box = gr.JSON(label="box [x0, y0, x1, y1]")
             api_all = gr.Checkbox(label="all_instances")
+            api_negative = gr.Textbox(label="negative_text")
             api_overlay = gr.Image(format="png", label="overlay")
             api_json = gr.JSON(label="result")
             api_btn = gr.Button("segment")
 
         outs, export_outs = [state, canvas, status], [state, result, files, summary, status]
         ui = dict(api_visibility="private")
-        options = [text, all_inst, multi]
+        options = [text, all_inst, multi, negative]
         for event, fn, inputs, extra in [
             (image_in.change, guarded(app.upload), [state, image_in], dict(preprocess=False)),
             (canvas.select, on_select, [state, mode, *options], {}),
             (seg_btn.click, guarded(app.run), [state, *options], {}),
             (text.submit, guarded(app.run), [state, *options], {}),
+            (negative.submit, guarded(app.run), [state, *options], {}),
             (undo_btn.click, guarded(app.undo), [state, *options], {}),
             (clear_btn.click, guarded(app.clear), [state], {}),
             (model_dd.change, on_model, [state, model_dd], {"outputs": [*outs, model_dd]}),
@@ -208,7 +215,8 @@ def build_demo(
             extra.setdefault("outputs", outs)
             event(one_at_a_time(fn), inputs, **extra, **ui).then(
                 one_at_a_time(on_export), [state], export_outs, **ui)
-        api_btn.click(on_api, [api_image, api_text, api_points, api_box, api_all], [api_overlay, api_json],
+        api_btn.click(on_api, [api_image, api_text, api_points, api_box, api_all, api_negative],
+                      [api_overlay, api_json],
                       api_name="segment", preprocess=False)
     demo.queue(default_concurrency_limit=concurrency_limit, max_size=64)
     demo.textsam = app
