@@ -40,13 +40,14 @@ def _share(monkeypatch: pytest.MonkeyPatch) -> None:
             _MODEL[key] = real_create(name, **kwargs)
         return _MODEL[key]
 
-    def label_image(predictor, image, phrases, *, instances="all"):
+    def label_image(predictor, image, phrases, *, instances="all", negative_text=None):
         arr = np.asarray(image)
         key = (hashlib.sha256(arr.tobytes()).hexdigest(), arr.shape, tuple(phrases), instances,
-               predictor.model.text_projector is None)
+               predictor.model.text_projector is None, negative_text)
         CALLS.append(key[0])
         if key not in _ANSWERS:
-            _ANSWERS[key] = real_label_image(predictor, image, phrases, instances=instances)
+            _ANSWERS[key] = real_label_image(predictor, image, phrases, instances=instances,
+                                             negative_text=negative_text)
         return json.loads(json.dumps(_ANSWERS[key]))
 
     monkeypatch.setattr(textsam, "create_model", create_model)
@@ -199,6 +200,36 @@ def test_bad_classes_are_one_line_exit_2(images: Path, tmp_path: Path, capsys: p
     err = capsys.readouterr().err
     assert [ln for ln in err.splitlines() if ln.startswith("textsam: error:")] and words in err
     assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_negative_text_steers_every_class_and_is_another_request(images: Path, reference: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """``--negative-text``: what none of the classes is, passed to every phrase's request (the engine then keeps
+    keeps the example image's red circle out of its circles); the store takes it as another request; an empty
+    one is exit 2."""
+    import textsam
+    from textsam.label import label
+
+    model = textsam.create_model("shapes_tiny", text_head=False)
+    plain = label([images / "a.png"], "circle", model=model)[0]
+    steered = label([images / "a.png"], "circle", model=model, negative_text="red circle")[0]
+    assert [i for i in plain.instances if _mean_colour(images / "a.png", i.rle)[0] > 150], "a red circle is there"
+    assert not [i for i in steered.instances if _mean_colour(images / "a.png", i.rle)[0] > 150]
+    before = _files(reference)
+    assert _label(images, "--classes", CLASSES, "--negative-text", "red square", "-o", reference) == 2
+    assert "another request" in capsys.readouterr().err and _files(reference) == before
+    assert _label(images, "--classes", CLASSES, "--negative-text", " ", "-o", tmp_path / "out") == 2
+    assert "--negative-text is empty" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    out = tmp_path / "neg"
+    assert _label(images, "--classes", CLASSES, "--no-text-head", "--negative-text", "red square", "-o", out) == 0
+    run = json.loads((out / ".textsam-label" / "run.json").read_text())
+    assert run["request"]["negative_text"] == "red square"
+
+
+def _mean_colour(path: Path, mask_rle: dict) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"))[rle.decode(mask_rle)].mean(0)
 
 
 def test_bad_output_folders_are_refused_untouched(images: Path, reference: Path, tmp_path: Path,

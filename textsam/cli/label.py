@@ -70,6 +70,8 @@ def add_parser(subparsers: Subparsers) -> None:
                    help="keep masks whose predicted IoU is at least S (default 0)")
     p.add_argument("--min-presence", type=_probability, metavar="P",
                    help="keep the classes whose presence is at least P (default: the model's own threshold)")
+    p.add_argument("--negative-text", metavar="PHRASE",
+                   help="what none of the classes is, e.g. 'shadow' (as `textsam segment --negative-text`)")
     p.add_argument("--one-per-class", action="store_true",
                    help="the best mask of each class found, all classes in one pass (faster with many classes) "
                         "instead of every instance")
@@ -105,13 +107,17 @@ def _ontology(args: argparse.Namespace) -> Any:
 
 
 def _request(args: argparse.Namespace, ontology: Any, instances: str) -> dict[str, Any]:
-    """What the labels depend on: the vocabulary, the model, the mode, textsam's version."""
+    """What the labels depend on: the vocabulary, the model, the mode, the negative phrase (only when given, so a
+    run without one resumes a store written before the option existed), textsam's version."""
     from textsam import __version__
 
     from .segment import _model_key
 
-    return {"ontology": [list(pair) for pair in zip(ontology.phrases, ontology.classes)], "model": _model_key(args),
-            "no_text_head": bool(args.no_text_head), "instances": instances, "version": __version__}
+    request = {"ontology": [list(pair) for pair in zip(ontology.phrases, ontology.classes)], "model": _model_key(args),
+               "no_text_head": bool(args.no_text_head), "instances": instances, "version": __version__}
+    if getattr(args, "negative_text", None) is not None:
+        request["negative_text"] = args.negative_text
+    return request
 
 
 def _check_writers(args: argparse.Namespace) -> None:
@@ -190,6 +196,7 @@ def _label_on_ray(args: argparse.Namespace, refs: Any, entries: Any, store: Any,
                   "text_head": text_head_arg(args), "device": device, "fast": bool(getattr(args, "fast", False))}
     gpus = 1.0 if device is not None and str(device).startswith("cuda") else 0.0
     return label_with_ray(refs, entries, store, phrases, model_args, instances=instances,  # type: ignore[arg-type]
+                          negative_text=args.negative_text,
                           workers=args.workers or 2, num_gpus_per_worker=gpus, address=args.ray_address,
                           progress=not args.no_progress)
 
@@ -207,6 +214,8 @@ def run_label(args: argparse.Namespace) -> int:
     if args.inputs and args.inputs[0] == "merge":
         return run_merge(args, list(args.inputs[1:]))
     ontology = _ontology(args)
+    if args.negative_text is not None and not args.negative_text.strip():
+        raise InputError("--negative-text is empty: give a phrase or leave the option out.")
     instances = "one" if args.one_per_class else "all"
     options = LabelOptions(min_score=args.min_score, min_presence=args.min_presence, instances=instances)
     shard = parse_shard(args.shard) if args.shard is not None else None
@@ -246,7 +255,7 @@ def run_label(args: argparse.Namespace) -> int:
             report = _label_on_ray(args, refs, entries, store, ontology.phrases, instances)
         else:
             report = label_into_store(refs, entries, store, ontology.phrases, make_predictor, instances=instances,
-                                      progress=not args.no_progress)
+                                      negative_text=args.negative_text, progress=not args.no_progress)
     except KeyboardInterrupt:
         finished = sum(1 for e in entries if e["key"] is not None and store.has(e["key"]))
         print(f"textsam: interrupted: {finished} of {len(entries)} image(s) are labelled in {out}; run the same "

@@ -54,7 +54,8 @@ def require_ray() -> Any:
 class _Labeller:
     """A Ray Data actor: one predictor, built once; labels a batch of image paths into records (JSON text)."""
 
-    def __init__(self, model_args: dict[str, Any], phrases: list[str], instances: Mode) -> None:
+    def __init__(self, model_args: dict[str, Any], phrases: list[str], instances: Mode,
+                 negative_text: str | None = None) -> None:
         import textsam
         from textsam.allocator import keep_freed_memory
 
@@ -65,6 +66,7 @@ class _Labeller:
         self.predictor = textsam.TextSamPredictor.fast(model) if fast else textsam.TextSamPredictor(model)
         self.phrases = phrases
         self.instances = instances
+        self.negative_text = negative_text
 
     def _one(self, path: str, file: str) -> tuple[str, str]:
         """``(status, payload)``: ``("ok", record JSON)``, ``("skipped", record JSON)`` or ``("failed", error)``."""
@@ -76,7 +78,8 @@ class _Labeller:
         except (TextSamError, OSError) as err:
             return "skipped", json.dumps({"skipped": str(err).replace(path, file)})
         try:
-            record = run.label_image(self.predictor, rgb, self.phrases, instances=self.instances)
+            record = run.label_image(self.predictor, rgb, self.phrases, instances=self.instances,
+                                     negative_text=self.negative_text)
         except TextSamError as err:
             return "skipped", json.dumps({"skipped": str(err)})
         except Exception as err:  # noqa: BLE001 - reported per image; the other images go on
@@ -132,6 +135,7 @@ def label_with_ray(
     model_args: dict[str, Any],
     *,
     instances: Mode = "all",
+    negative_text: str | None = None,
     workers: int = 2,
     num_gpus_per_worker: float = 0.0,
     address: str | None = None,
@@ -178,7 +182,8 @@ def label_with_ray(
         )
         ds = ds.map_batches(
             _Labeller,
-            fn_constructor_kwargs={"model_args": dict(model_args), "phrases": list(phrases), "instances": instances},
+            fn_constructor_kwargs={"model_args": dict(model_args), "phrases": list(phrases), "instances": instances,
+                                   "negative_text": negative_text},
             batch_size=1,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=workers),  # `workers` actors, each built once

@@ -69,8 +69,9 @@ def _round(x: Any) -> float | None:
 
 
 def label_image(predictor: TextSamPredictor, image: np.ndarray | Image.Image, phrases: Sequence[str], *,
-                instances: Mode = "all") -> dict[str, Any]:
-    """Every mask the model gives for each phrase on one image, unfiltered (a store record).
+                instances: Mode = "all", negative_text: str | None = None) -> dict[str, Any]:
+    """Every mask the model gives for each phrase on one image, unfiltered (a store record); ``negative_text``:
+    what none of the phrases is ("shadow", the predictor's ``negative_text`` for every phrase).
 
     Returns ``{"width", "height", "answers": [{"phrase", "presence", "found"}], "instances": [{"phrase", "score",
     "rle"}]}``: masks as COCO RLE of the ``(H, W)`` original frame, ``score`` the predicted IoU, in vocabulary
@@ -82,11 +83,12 @@ def label_image(predictor: TextSamPredictor, image: np.ndarray | Image.Image, ph
 
     predictor.set_image(image)
     h, w = predictor.original_size or (0, 0)
+    negative = {"negative_text": negative_text} if negative_text is not None else {}  # older predictors: none
     if instances == "all":
         # one phrase's full-size masks alive at a time: each is encoded before the next phrase is answered
-        predictions: Iterable[Any] = (predictor.predict(text=p, instances="all") for p in phrases)
+        predictions: Iterable[Any] = (predictor.predict(text=p, instances="all", **negative) for p in phrases)
     else:
-        predictions = predictor.predict_phrases(list(phrases))
+        predictions = predictor.predict_phrases(list(phrases), **negative)
     answers, found = [], []
     for phrase, pred in zip(phrases, predictions):
         info = getattr(pred, "info", None) or {}
@@ -141,6 +143,7 @@ def label(
     min_score: float = 0.0,
     min_presence: float | None = None,
     instances: Mode = "all",
+    negative_text: str | None = None,
     skip_unreadable: bool = False,
     progress: bool = False,
 ) -> list[LabeledImage]:
@@ -153,6 +156,7 @@ def label(
         model: a model name for :func:`textsam.create_model`, or a model; ignored when ``predictor`` is given.
         device: where a model given by name runs (``"cuda"``, ``"cpu"``, ...; default: the CPU).
         min_score, min_presence, instances: see :class:`LabelOptions`.
+        negative_text: what none of the classes is ("shadow", "reflection"): see :func:`label_image`.
         skip_unreadable: leave out (and log) images that cannot be read instead of raising.
 
     Returns:
@@ -184,7 +188,7 @@ def label(
                 raise
             logger.warning("skipped %s: %s", file, err)
             continue
-        record = label_image(pred, rgb, ontology.phrases, instances=options.instances)
+        record = label_image(pred, rgb, ontology.phrases, instances=options.instances, negative_text=negative_text)
         out.append(to_labeled(record, file, ontology, options, image_id=len(out) + 1))
     return out
 
@@ -219,10 +223,12 @@ def label_into_store(
     make_predictor: Callable[[], TextSamPredictor],
     *,
     instances: Mode = "all",
+    negative_text: str | None = None,
     progress: bool = True,
 ) -> LoopReport:
     """Label every image of ``entries`` that has no record in ``store`` yet (the predictor is made only when
-    one is needed); each record is written whole as soon as its image is done. A ``KeyboardInterrupt`` is
+    one is needed; ``negative_text``: see :func:`label_image`); each record is written whole as soon as its
+    image is done. A ``KeyboardInterrupt`` is
     passed on; the records written stay, so the same call again goes on from there.
 
     An image that cannot be read gets a ``{"skipped": reason}`` record; an unexpected error on an image is
@@ -251,7 +257,7 @@ def label_into_store(
                 bar.write(f"textsam: skipped {ref.file}: {reason}", file=sys.stderr)
                 continue
             try:
-                record = label_image(predictor, rgb, phrases, instances=instances)
+                record = label_image(predictor, rgb, phrases, instances=instances, negative_text=negative_text)
             except TextSamError as err:
                 report.skipped.append((ref.file, str(err)))
                 store.write(entry["key"], {"skipped": str(err)})
