@@ -14,6 +14,7 @@ from textsam.train.engine_clip import (
     EngineClipConfig,
     Vocabulary,
     crop_bank,
+    finer_patches,
     main,
     meaning,
     phrase_vocabulary,
@@ -140,3 +141,45 @@ def test_cli_writes_a_clip_the_engine_loads(data: Path, clip_spec: str, tmp_path
     assert encoder.encode(["red circle"]).shape[0] == 1
     trained, start = encoder.clip.state_dict(), TextEncoder.create(clip_spec, None).clip.state_dict()
     assert not torch.equal(trained["visual.proj"], start["visual.proj"])  # both towers trained
+
+
+def test_finer_patches_is_the_tower_on_an_enlarged_input(clip_spec: str, tmp_path: Path) -> None:
+    """``--patch-size``: the tower with patches half as wide gives exactly the old patch embeddings of the input
+    enlarged twice (nearest), and the old tower's output there with the interpolated positions; the config it
+    returns loads back as the same model."""
+    from copy import deepcopy
+
+    import torch.nn.functional as F
+
+    from textsam.text.clip import TextEncoder
+    from textsam.train.clip_pretrain import load_initial_clip, save_local_dir
+
+    init = load_initial_clip(clip_spec)
+    new, cfg = finer_patches(init.model, init.model_cfg, 4)
+    assert (cfg["vision_cfg"]["patch_size"], init.model_cfg["vision_cfg"]["patch_size"]) == (4, 8)
+    x = torch.rand(2, 3, 32, 32)
+    up = F.interpolate(x, scale_factor=2, mode="nearest")
+    with torch.no_grad():
+        torch.testing.assert_close(new.visual.conv1(x), init.model.visual.conv1(up), atol=1e-5, rtol=1e-5)
+        old = deepcopy(init.model)
+        old.visual.positional_embedding, old.visual.grid_size = new.visual.positional_embedding, new.visual.grid_size
+        torch.testing.assert_close(new.encode_image(x), old.encode_image(up), atol=1e-5, rtol=1e-5)
+        assert torch.equal(new.visual.proj, init.model.visual.proj) and new.visual.positional_embedding.shape[0] == 65
+        loaded = TextEncoder.create(f"local-dir:{save_local_dir(new, cfg, tmp_path / 'p4')}", None).clip
+        torch.testing.assert_close(loaded.encode_image(x), new.encode_image(x))
+    with pytest.raises(InputError, match="divide"):
+        finer_patches(init.model, init.model_cfg, 3)
+
+
+def test_cli_patch_size_and_bf16(data: Path, clip_spec: str, tmp_path: Path) -> None:
+    from textsam.text.clip import TextEncoder
+
+    out = tmp_path / "p4"
+    assert main(["--data", str(data), "--init", clip_spec, "--out", str(out), "--steps", "2", "--batch-size", "8",
+                 "--patch-size", "4", "--bf16"]) == 0
+    clip = TextEncoder.create(f"local-dir:{out}", None).clip
+    assert clip.visual.conv1.weight.shape[-1] == 4 and clip.visual.conv1.weight.dtype == torch.float32
+    with pytest.raises(SystemExit):
+        main(["--data", str(data), "--init", clip_spec, "--out", str(out), "--patch-size", "3"])
+    with pytest.raises(InputError, match="precision"):
+        EngineClipConfig(precision="fp16")

@@ -22,7 +22,12 @@ captions whole expressions ("the leftmost star"). Here:
   (:func:`~textsam.train.data.greyscale`, :func:`~textsam.train.data.rotate_hue`); only colourless phrases are
   their positives, and the phrases that name their category in some colour are left out of their softmax;
 - ``lock_image``: train the text tower only (LiT's recipe, image tower locked), e.g. to align a text tower to an
-  image tower before both are trained.
+  image tower before both are trained;
+- ``--patch-size``: start from the initial CLIP with its image tower cut into finer patches
+  (:func:`finer_patches`: the same tower, seeing the crop at a multiple of its resolution), more tokens over an
+  object's outline for the same input;
+- ``precision="bf16"``: the towers' forward passes under bf16 autocast (the weights and the optimiser stay fp32),
+  on a CPU with native bf16 (AVX-512 BF16 / AMX) or a GPU.
 
 - **unions**: SAM also proposes the union of several objects, and a crop of two blue shapes must not match "the
   blue shape" better than each of them does. So the union of every multi-object expression's targets ("all
@@ -60,7 +65,8 @@ from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EngineClipConfig", "Vocabulary", "CropBank", "phrase_vocabulary", "crop_bank", "train_engine_clip"]
+__all__ = ["EngineClipConfig", "Vocabulary", "CropBank", "phrase_vocabulary", "crop_bank", "finer_patches",
+           "train_engine_clip"]
 
 GENERIC_NOUNS = frozenset({"shape", "shapes", "object", "objects", "thing", "things"})
 
@@ -216,10 +222,13 @@ class EngineClipConfig:
     colourless_fraction: float = 0.5
     grey_fraction: float = 0.5  # of the colourless crops; the others get their hue turned
     lock_image: bool = False
+    precision: str = "fp32"  # "bf16": the forward passes under bf16 autocast
     seed: int = 0
     log_every: int = 100
 
     def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16"):
+            raise InputError(f"precision must be 'fp32' or 'bf16', not {self.precision!r}")
         for name in ("colourless_fraction", "grey_fraction", "union_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InputError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
@@ -250,6 +259,44 @@ def _augment(crops: np.ndarray, colourless: np.ndarray, grey: np.ndarray, turns:
     for i in np.flatnonzero(colourless):
         out[i] = greyscale(crops[i]) if grey[i] else rotate_hue(crops[i], float(turns[i]))
     return out
+
+
+def finer_patches(clip: nn.Module, model_cfg: dict[str, Any], patch_size: int) -> tuple[nn.Module, dict[str, Any]]:
+    """A copy of ``clip`` (an open_clip ``CLIP`` with a plain ViT image tower) whose tower cuts its input into
+    ``patch_size`` patches instead of its own ``p`` (a divisor of ``p``), and its config.
+
+    The new tower is the old one looking at its input enlarged ``k = p / patch_size`` times (nearest): each new
+    patch-embedding weight is the sum of the old kernel's ``k x k`` block that saw the same input pixel, so the
+    patch embeddings are exactly those of the enlarged input; the positional embeddings, ``(1 + g*g, C)``, are
+    interpolated (bicubic) to ``(1 + (k*g)**2, C)``. The transformer, the class token and the projection are
+    copied. ``(1 + (k*g)**2)`` tokens: about ``k**2`` times the tower's compute.
+    """
+    from copy import deepcopy
+
+    from ..text.grounding import _resize_pos_embed
+
+    visual = clip.visual
+    old = visual.patch_size if isinstance(visual.patch_size, int) else visual.patch_size[0]
+    if patch_size < 1 or old % patch_size:
+        raise InputError(f"--patch-size must divide the tower's patch size {old}, got {patch_size}")
+    k = old // patch_size
+    cfg = deepcopy(model_cfg)
+    cfg["vision_cfg"]["patch_size"] = patch_size
+    new = deepcopy(clip)
+    if k == 1:
+        return new, cfg
+    weight = visual.conv1.weight.detach()  # (C, 3, p, p)
+    c = weight.shape[0]
+    conv = nn.Conv2d(3, c, kernel_size=patch_size, stride=patch_size, bias=False)
+    conv.weight.data.copy_(weight.view(c, 3, patch_size, k, patch_size, k).sum((3, 5)))
+    new.visual.conv1 = conv
+    grid = tuple(visual.grid_size)
+    finer = (grid[0] * k, grid[1] * k)
+    new.visual.positional_embedding = nn.Parameter(
+        _resize_pos_embed(visual.positional_embedding.detach(), grid, finer).contiguous())
+    new.visual.patch_size = (patch_size, patch_size)
+    new.visual.grid_size = finer
+    return new, cfg
 
 
 def train_engine_clip(clip: nn.Module, tokenizer: Any, bank: CropBank, vocabulary: Vocabulary,
@@ -284,6 +331,8 @@ def train_engine_clip(clip: nn.Module, tokenizer: Any, bank: CropBank, vocabular
     if config.lock_image:
         clip.visual.eval()
     k = bank.crops.shape[1]
+    autocast = torch.autocast(next(clip.parameters()).device.type, dtype=torch.bfloat16,
+                              enabled=config.precision == "bf16")
     losses: list[float] = []
     for step in tqdm(range(config.steps), disable=not progress, desc="engine clip"):
         n_unions = int(round(config.batch_size * config.union_fraction)) if len(unions) else 0
@@ -295,11 +344,12 @@ def train_engine_clip(clip: nn.Module, tokenizer: Any, bank: CropBank, vocabular
         turns = rng.random(config.batch_size)
         crops = _augment(bank.crops[index, view].numpy(), colourless, grey, turns)
         pixels = (torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255 - mean_t) / std_t
-        with torch.set_grad_enabled(not config.lock_image):
-            image = F.normalize(clip.encode_image(pixels), dim=-1)
+        with torch.set_grad_enabled(not config.lock_image), autocast:
+            image = F.normalize(clip.encode_image(pixels).float(), dim=-1)
         templates = rng.integers(len(DEFAULT_TEMPLATES), size=len(vocabulary.phrases))
         texts = [DEFAULT_TEMPLATES[t].format(p) for t, p in zip(templates, vocabulary.phrases)]
-        text = F.normalize(clip.encode_text(tokenizer(texts)), dim=-1)
+        with autocast:
+            text = F.normalize(clip.encode_text(tokenizer(texts)).float(), dim=-1)
         positive = positives[torch.from_numpy(index)]
         shown_without_colour = torch.from_numpy(colourless)[:, None]
         valid = ~shown_without_colour | colourless_phrases[None] | ~positive  # a recoloured crop: its colour
@@ -335,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=EngineClipConfig.batch_size)
     parser.add_argument("--lr", type=float, default=EngineClipConfig.lr)
     parser.add_argument("--lock-image", action="store_true", help="train the text tower only")
+    parser.add_argument("--patch-size", type=int, metavar="P",
+                        help="cut the initial image tower into P-pixel patches first (a divisor of its own)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="the forward passes under bf16 autocast (a CPU with AVX-512 BF16 / AMX, or a GPU)")
     parser.add_argument("--logit-scale", type=float, default=EngineClipConfig.logit_scale,
                         help="the training temperature")
     parser.add_argument("--ranking-scale", type=float, default=EngineClipConfig.ranking_scale,
@@ -349,11 +403,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = EngineClipConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                   lock_image=args.lock_image, seed=args.seed, logit_scale=args.logit_scale,
-                                  ranking_scale=args.ranking_scale)
+                                  ranking_scale=args.ranking_scale, precision="bf16" if args.bf16 else "fp32")
     except InputError as err:
         parser.error(str(err))
     vocabulary = phrase_vocabulary(root / args.split, colours, sorted(coco.categories.values()))
     init = load_initial_clip(args.init)
+    clip, model_cfg = init.model, init.model_cfg
+    if args.patch_size is not None:
+        try:
+            clip, model_cfg = finer_patches(clip, model_cfg, args.patch_size)
+        except InputError as err:
+            parser.error(str(err))
     cfg = init.model.visual.preprocess_cfg if hasattr(init.model.visual, "preprocess_cfg") else {}
     size = int(init.model_cfg["vision_cfg"]["image_size"])
     mean, std = cfg.get("mean", OPENAI_MEAN), cfg.get("std", OPENAI_STD)
@@ -362,8 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     groups = [r["ann_ids"] for r in json.loads(refs.read_text())] if refs.is_file() else []
     bank = crop_bank(coco, size, groups=groups, seed=args.seed)
     logger.info("%d crops of objects and %d of unions", int((~bank.unions).sum()), int(bank.unions.sum()))
-    losses = train_engine_clip(init.model, init.tokenizer, bank, vocabulary, config, mean=mean, std=std, progress=True)
-    out = save_local_dir(init.model, init.model_cfg, args.out)
+    losses = train_engine_clip(clip, init.tokenizer, bank, vocabulary, config, mean=mean, std=std, progress=True)
+    out = save_local_dir(clip, model_cfg, args.out)
     logger.info("%s (final loss %.4f)", out, sum(losses[-50:]) / len(losses[-50:]))
     return 0
 
