@@ -40,6 +40,7 @@ __all__ = [
     "crop_scores",
     "instance_candidates",
     "prompts_from_similarity",
+    "resize_pos_embed",
     "similarity_map",
     "upsample_to_image",
 ]
@@ -75,8 +76,9 @@ def _check_visual(visual: nn.Module) -> None:
             raise InputError("grounding supports open_clip's default ResidualAttentionBlock only")
 
 
-def _resize_pos_embed(pos: torch.Tensor, src: tuple[int, int], dst: tuple[int, int]) -> torch.Tensor:
-    """``(1 + src_h*src_w, C)`` -> ``(1 + dst_h*dst_w, C)``: bicubic on the patch part, class row kept."""
+def resize_pos_embed(pos: torch.Tensor, src: tuple[int, int], dst: tuple[int, int]) -> torch.Tensor:
+    """A ViT's positional embeddings for another patch grid: ``(1 + src_h*src_w, C)`` -> ``(1 + dst_h*dst_w, C)``,
+    bicubic on the patch part, the class row kept."""
     if tuple(src) == tuple(dst):
         return pos
     cls_pos, patch_pos = pos[:1], pos[1:]
@@ -196,7 +198,7 @@ class DenseClip:
         batch, width, grid_h, grid_w = x.shape
         x = x.flatten(2).transpose(1, 2)
         cls = visual.class_embedding.to(x.dtype).view(1, 1, width).expand(batch, 1, width)
-        pos = _resize_pos_embed(visual.positional_embedding, tuple(visual.grid_size), (grid_h, grid_w))
+        pos = resize_pos_embed(visual.positional_embedding, tuple(visual.grid_size), (grid_h, grid_w))
         return visual.ln_pre(torch.cat([cls, x], dim=1) + pos.to(x.dtype))
 
     def _dense_tokens(self, x: torch.Tensor) -> torch.Tensor:

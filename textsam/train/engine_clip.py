@@ -273,7 +273,7 @@ def finer_patches(clip: nn.Module, model_cfg: dict[str, Any], patch_size: int) -
     """
     from copy import deepcopy
 
-    from ..text.grounding import _resize_pos_embed
+    from ..text.grounding import resize_pos_embed
 
     visual = clip.visual
     old = visual.patch_size if isinstance(visual.patch_size, int) else visual.patch_size[0]
@@ -293,7 +293,7 @@ def finer_patches(clip: nn.Module, model_cfg: dict[str, Any], patch_size: int) -
     grid = tuple(visual.grid_size)
     finer = (grid[0] * k, grid[1] * k)
     new.visual.positional_embedding = nn.Parameter(
-        _resize_pos_embed(visual.positional_embedding.detach(), grid, finer).contiguous())
+        resize_pos_embed(visual.positional_embedding.detach(), grid, finer).contiguous())
     new.visual.patch_size = (patch_size, patch_size)
     new.visual.grid_size = finer
     return new, cfg
