@@ -514,8 +514,8 @@ def test_a_tower_without_mask_tokens_crops_every_proposal(monkeypatch) -> None:
 
 def test_membership_reads_the_crop_view_and_the_choice_every_view() -> None:
     """With crop + blur views, a group phrase's members and ``instances="all"`` read each proposal's cosine in
-    the plain crop view (the calibrated yes/no per object; "all"'s presence is the best member's), while the
-    scores that rank the proposals, and a single phrase's presence, are the mean over the views; with the crop
+    the plain crop view (the calibrated yes/no per object; "all"'s presence is the best member's), and so does a
+    single phrase's presence, while the scores that rank the proposals are the mean over the views; with the crop
     view alone the two are the same."""
     import dataclasses
 
@@ -543,8 +543,10 @@ def test_membership_reads_the_crop_view_and_the_choice_every_view() -> None:
                                      if ranked.members[i] >= o.presence_threshold] or len(ranked.chosen) == 1
         else:
             best = ranked.chosen[0]
-            assert ranked.presence == pytest.approx(float(torch.sigmoid(o.presence_gain * (ranked.cosines[best]
-                                                                                           - o.presence_bias))))
+            crop_view = float(engine._crops[best][0] @ emb)
+            assert ranked.presence == pytest.approx(float(torch.sigmoid(torch.tensor(
+                o.presence_gain * (crop_view - o.presence_bias)))), abs=1e-6)
+            assert crop_view != pytest.approx(float(ranked.cosines[best]), abs=1e-4)  # not the mean
     # "all" keeps the proposals whose membership passes, in the ranking's order
     prompts, presence = text.instance_prompts("circle", predictor.image, predictor=predictor)
     (ranked,) = text.engine_rank(predictor, ["circle"], every=True)
@@ -725,7 +727,9 @@ def test_a_relations_presence_needs_its_anchor(engine_predictor) -> None:
         q = parse(phrase)
         assert len(engine._crops) == len(engine.proposals(predictor))  # every proposal shortlisted: 2 x 8 here
         emb = predictor.model.scoring_encoder.encode_ensembles([q.head, *q.anchors], text.templates(), precision)
-        crops = torch.stack([engine._crops[i] for i in range(len(engine._crops))]).mean(1)  # (N, D), one view
+        view = o.views.index("crop") if "crop" in o.views else slice(None)  # presence reads the plain crop view
+        crops = torch.stack([engine._crops[i][view] for i in range(len(engine._crops))])
+        crops = crops.mean(1) if crops.dim() == 3 else crops  # (N, D)
         head_cos = crops @ emb[0]
         best = ranked.chosen[0]
         expected = torch.sigmoid(o.presence_gain * (head_cos[best] - o.presence_bias))

@@ -24,8 +24,10 @@ Per phrase (a vocabulary of P phrases is one text batch and one matrix product):
 6. each shortlisted proposal's score is ``s_i = mean_v cos(view_iv, head) + iou_weight * predicted_iou_i``;
    CLIP's own logit scale turns the scores into probabilities over the shortlist, which
    :func:`~textsam.text.spatial.resolve` re-ranks by geometry;
-7. presence: ``sigmoid(gain * (s - bias))`` with ``s`` the chosen proposal's crop score (its mean over the
-   views); for a relation, the smaller of that and the same of the anchor's best other shortlisted proposal
+7. presence: ``sigmoid(gain * (s - bias))`` with ``s`` the chosen proposal's cosine in the plain ``"crop"`` view
+   when the engine has several views (else the mean over them; the blur view is for ranking, below: on the
+   synthetic proxy, reading the crop view alone raised the presence AUROC from 0.866 to 0.908 on the test split,
+   0.950 to 0.955 on val, each at its recalibrated bias); for a relation, the smaller of that and the same of the anchor's best other shortlisted proposal
    (a relation presupposes its anchor: "the cup left of the laptop" in a photo without a laptop; with several
    relations, every anchor's); membership, for a group phrase ("all X") and ``instances="all"``: the same calibration on each
    shortlisted proposal's cosine in the plain ``"crop"`` view when the engine has several views (else the mean),
@@ -324,9 +326,10 @@ class TextEngine:
                 presence = float(members[chosen].max())
             else:
                 best = int(probs.argmax())
-                chosen, presence = [best], float(torch.sigmoid(o.presence_gain * (c[best] - o.presence_bias)))
+                chosen = [best]
+                presence = float(torch.sigmoid(o.presence_gain * (member_cos[index[q.head]][best] - o.presence_bias)))
             for a, s in zip(q.anchors, lists[1:]):  # a relation needs its anchor too: the best other shortlisted
-                a_cos = cos[index[a]].masked_fill(~s, float("-inf"))  # object for it (each anchor of several)
+                a_cos = member_cos[index[a]].masked_fill(~s, float("-inf"))  # object for it (each anchor of several)
                 a_cos[chosen] = float("-inf")
                 top = float(a_cos.max()) if len(a_cos) else float("-inf")
                 presence = min(presence, float(torch.sigmoid(torch.tensor(o.presence_gain * (top - o.presence_bias)))))
