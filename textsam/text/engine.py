@@ -27,13 +27,13 @@ Per phrase (a vocabulary of P phrases is one text batch and one matrix product):
 7. presence: ``sigmoid(gain * (s - bias))`` with ``s`` the chosen proposal's cosine in the plain ``"crop"`` view
    when the engine has several views (else the mean over them; the blur view is for ranking, below: on the
    synthetic proxy, reading the crop view alone raised the presence AUROC from 0.866 to 0.908 on the test split,
-   0.950 to 0.955 on val, each at its recalibrated bias); for a relation, the smaller of that and the same of the anchor's best other shortlisted proposal
-   (a relation presupposes its anchor: "the cup left of the laptop" in a photo without a laptop; with several
-   relations, every anchor's); membership, for a group phrase ("all X") and ``instances="all"``: the same calibration on each
-   shortlisted proposal's cosine in the plain ``"crop"`` view when the engine has several views (else the mean),
-   times how well the proposal stands where the phrase puts it (:func:`~textsam.text.spatial.support`: its
-   relations, relative to the best placed proposal; a group's side word, "all the cars on the left": the half of
-   the image).
+   0.950 to 0.955 on val, each at its recalibrated bias); for a relation, the smaller of that and the same of
+   the anchor's best other shortlisted proposal (a relation presupposes its anchor: "the cup left of the laptop"
+   in a photo without a laptop; with several relations, every anchor's); membership, for a group phrase ("all X")
+   and ``instances="all"``: the same calibration on each shortlisted proposal's cosine in the plain ``"crop"``
+   view when the engine has several views (else the mean), times how well the proposal stands where the phrase
+   puts it (:func:`~textsam.text.spatial.support`: its relations, relative to the best placed proposal; a group's
+   side word, "all the cars on the left": the half of the image).
    The blur view is for ranking: it pastes the object into the blurred whole image, so a small object is a few
    pixels of the tower's input and its cosine falls, which an absolute per-object yes/no must not read (on
    the synthetic proxy, crop + blur views: groups 63.1 -> 66.8 mIoU on 100 val images). The chosen proposal(s) and the
