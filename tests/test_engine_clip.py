@@ -183,3 +183,17 @@ def test_cli_patch_size_and_bf16(data: Path, clip_spec: str, tmp_path: Path) -> 
         main(["--data", str(data), "--init", clip_spec, "--out", str(out), "--patch-size", "3"])
     with pytest.raises(InputError, match="precision"):
         EngineClipConfig(precision="fp16")
+
+
+def test_cli_device(data: Path, clip_spec: str, tmp_path: Path) -> None:
+    from textsam.text.clip import TextEncoder
+
+    out = tmp_path / "cpu"
+    assert main(["--data", str(data), "--init", clip_spec, "--out", str(out), "--steps", "2", "--batch-size", "8",
+                 "--device", "cpu"]) == 0
+    assert TextEncoder.create(f"local-dir:{out}", None).clip.visual.proj.device.type == "cpu"
+    with pytest.raises(SystemExit):
+        main(["--data", str(data), "--init", clip_spec, "--out", str(out), "--device", "no-such-device"])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            main(["--data", str(data), "--init", clip_spec, "--out", str(out), "--device", "cuda"])

@@ -4,6 +4,10 @@ and the absent phrases split by what the image holds (their colour absent; colou
 no colour word; colour and shape present but not together).
 
     python tools/presence_report.py RUN/results.jsonl [--instances runs/shapes_data/test/instances.json]
+        [--threshold T]
+
+``--threshold``: the found rates (and the split) at presence T instead of the run's own answer, e.g. the
+threshold the val split's run says meets 95% of present expressions, carried to the test split.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results")
     parser.add_argument("--instances", default="runs/shapes_data/test/instances.json")
+    parser.add_argument("--threshold", type=float, help="presence threshold for the found rates (default: the run's)")
     args = parser.parse_args()
     records = [json.loads(line) for line in open(args.results, encoding="utf-8")]
     present = np.array([p["presence"] for r in records for p in r.get("predictions", []) if "presence" in p])
@@ -33,6 +38,9 @@ def main() -> None:
           f"at 0.5 present found {np.mean(present >= 0.5):.1%}, absent found {np.mean(absent >= 0.5):.1%}; "
           f"absent <= 10% needs t = {t10:.4f} (present found {np.mean(present > t10):.1%}); "
           f"present >= 95% needs t = {t95:.4f} (absent found {np.mean(absent >= t95):.1%})")
+    if args.threshold is not None:
+        print(f"at t = {args.threshold:.4f}: present found {np.mean(present >= args.threshold):.1%}, "
+              f"absent found {np.mean(absent >= args.threshold):.1%}")
     inst = json.load(open(args.instances, encoding="utf-8"))
     colours: dict[int, set[str]] = {}
     shapes: dict[int, set[str]] = {}
@@ -54,7 +62,8 @@ def main() -> None:
                 kind = "colour present, shape absent"
             else:
                 kind = "colour and shape present, not together"
-            kinds.setdefault(kind, []).append(bool(a["found"]))
+            found = a["found"] if args.threshold is None else a["presence"] >= args.threshold
+            kinds.setdefault(kind, []).append(bool(found))
     for kind, found in kinds.items():
         print(f"  absent phrases, {kind}: {np.mean(found):.1%} found of {len(found)}")
 

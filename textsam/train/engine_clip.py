@@ -27,7 +27,8 @@ captions whole expressions ("the leftmost star"). Here:
   (:func:`finer_patches`: the same tower, seeing the crop at a multiple of its resolution), more tokens over an
   object's outline for the same input;
 - ``precision="bf16"``: the towers' forward passes under bf16 autocast (the weights and the optimiser stay fp32),
-  on a CPU with native bf16 (AVX-512 BF16 / AMX) or a GPU.
+  on a CPU with native bf16 (AVX-512 BF16 / AMX) or a GPU;
+- ``device``: where it trains (default: cuda when torch sees a GPU, else the CPU); the CLIP comes back on the CPU.
 
 - **unions**: SAM also proposes the union of several objects, and a crop of two blue shapes must not match "the
   blue shape" better than each of them does. So the union of every multi-object expression's targets ("all
@@ -223,6 +224,7 @@ class EngineClipConfig:
     grey_fraction: float = 0.5  # of the colourless crops; the others get their hue turned
     lock_image: bool = False
     precision: str = "fp32"  # "bf16": the forward passes under bf16 autocast
+    device: str | None = None  # torch device; default: cuda when available, else cpu
     seed: int = 0
     log_every: int = 100
 
@@ -309,11 +311,14 @@ def train_engine_clip(clip: nn.Module, tokenizer: Any, bank: CropBank, vocabular
 
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    positives = torch.stack([vocabulary.positives(m) for m in bank.members])  # (N, V)
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    clip.to(device)
+    positives = torch.stack([vocabulary.positives(m) for m in bank.members]).to(device)  # (N, V)
     unions = np.flatnonzero(bank.unions)
     singles = np.flatnonzero(~bank.unions)
-    colourless_phrases = vocabulary.colourless
-    mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    colourless_phrases = vocabulary.colourless.to(device)
+    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
     clip.requires_grad_(False)
     for name, param in clip.named_parameters():
         param.requires_grad_(name != "logit_scale" and not (config.lock_image and name.startswith("visual.")))
@@ -331,7 +336,7 @@ def train_engine_clip(clip: nn.Module, tokenizer: Any, bank: CropBank, vocabular
     if config.lock_image:
         clip.visual.eval()
     k = bank.crops.shape[1]
-    autocast = torch.autocast(next(clip.parameters()).device.type, dtype=torch.bfloat16,
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
                               enabled=config.precision == "bf16")
     losses: list[float] = []
     for step in tqdm(range(config.steps), disable=not progress, desc="engine clip"):
@@ -343,15 +348,15 @@ def train_engine_clip(clip: nn.Module, tokenizer: Any, bank: CropBank, vocabular
         grey = rng.random(config.batch_size) < config.grey_fraction
         turns = rng.random(config.batch_size)
         crops = _augment(bank.crops[index, view].numpy(), colourless, grey, turns)
-        pixels = (torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255 - mean_t) / std_t
+        pixels = (torch.from_numpy(crops).to(device).permute(0, 3, 1, 2).float() / 255 - mean_t) / std_t
         with torch.set_grad_enabled(not config.lock_image), autocast:
             image = F.normalize(clip.encode_image(pixels).float(), dim=-1)
         templates = rng.integers(len(DEFAULT_TEMPLATES), size=len(vocabulary.phrases))
         texts = [DEFAULT_TEMPLATES[t].format(p) for t, p in zip(templates, vocabulary.phrases)]
         with autocast:
-            text = F.normalize(clip.encode_text(tokenizer(texts)).float(), dim=-1)
-        positive = positives[torch.from_numpy(index)]
-        shown_without_colour = torch.from_numpy(colourless)[:, None]
+            text = F.normalize(clip.encode_text(tokenizer(texts).to(device)).float(), dim=-1)
+        positive = positives[torch.from_numpy(index).to(device)]
+        shown_without_colour = torch.from_numpy(colourless).to(device)[:, None]
         valid = ~shown_without_colour | colourless_phrases[None] | ~positive  # a recoloured crop: its colour
         positive = positive & (~shown_without_colour | colourless_phrases[None])  # phrases are neither
         loss = vocabulary_loss(config.logit_scale * image @ text.t(), positive, valid)
@@ -366,6 +371,7 @@ def train_engine_clip(clip: nn.Module, tokenizer: Any, bank: CropBank, vocabular
     with torch.no_grad():
         clip.logit_scale.fill_(math.log(config.ranking_scale))
     clip.eval()
+    clip.cpu()
     return losses
 
 
@@ -393,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the training temperature")
     parser.add_argument("--ranking-scale", type=float, default=EngineClipConfig.ranking_scale,
                         help="the logit scale saved with the CLIP, which the engine ranks with")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
@@ -403,9 +410,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = EngineClipConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                   lock_image=args.lock_image, seed=args.seed, logit_scale=args.logit_scale,
-                                  ranking_scale=args.ranking_scale, precision="bf16" if args.bf16 else "fp32")
+                                  ranking_scale=args.ranking_scale, precision="bf16" if args.bf16 else "fp32",
+                                  device=args.device)
     except InputError as err:
         parser.error(str(err))
+    if args.device is not None:
+        try:
+            device = torch.device(args.device)
+        except RuntimeError as err:
+            parser.error(f"--device {args.device!r}: {err}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            parser.error("--device cuda: torch sees no CUDA device here (leave --device out to train on the CPU)")
     vocabulary = phrase_vocabulary(root / args.split, colours, sorted(coco.categories.values()))
     init = load_initial_clip(args.init)
     clip, model_cfg = init.model, init.model_cfg
