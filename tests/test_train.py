@@ -609,6 +609,29 @@ def test_clip_pretrain_lowers_infonce_and_saves_local_dir(tmp_path: Path) -> Non
     assert encoder.embed_dim == 32
 
 
+def test_clip_pretrain_cli_sizes_a_clip_from_scratch(tmp_path: Path, clip_spec: str) -> None:
+    """``--model-cfg``: open_clip model-config keys over the small default (vision/text key by key); a config
+    open_clip cannot build, malformed JSON, or one given with ``--init`` is a usage error."""
+    synthetic = pytest.importorskip("textsam.data.synthetic")
+    from textsam.text.clip import TextEncoder
+    from textsam.train.clip_pretrain import SMALL_CLIP_CFG, main
+
+    synthetic.generate(tmp_path / "data", seed=0, num_train=3, num_val=0, num_test=0, image_size=64)
+    sized = tmp_path / "sized.json"
+    sized.write_text(json.dumps({"embed_dim": 48, "vision_cfg": {"width": 64, "layers": 2, "head_width": 16}}))
+    base = ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "clip"), "--steps", "2", "--batch-size", "4"]
+    assert main([*base, "--model-cfg", str(sized)]) == 0
+    saved = json.loads((tmp_path / "clip" / "open_clip_config.json").read_text())["model_cfg"]
+    assert saved["embed_dim"] == 48 and saved["vision_cfg"] == {**SMALL_CLIP_CFG["vision_cfg"], "width": 64,
+                                                               "layers": 2, "head_width": 16}
+    assert saved["text_cfg"] == SMALL_CLIP_CFG["text_cfg"]
+    assert TextEncoder.create(f"local-dir:{tmp_path / 'clip'}", None).encode(["red circle"]).shape == (1, 48)
+    for bad in (["--model-cfg", "{not json"], ["--model-cfg", '{"vision_cfg": {"widht": 64}}'],
+                ["--model-cfg", '{"vision_cfg": 3}'], ["--model-cfg", "{}", "--init", clip_spec]):
+        with pytest.raises(SystemExit):
+            main([*base, *bad])
+
+
 def test_clip_adapt_locks_the_text_tower(tmp_path: Path, clip_spec: str) -> None:
     """``--init --lock-text --class-fraction --grey-prob``: the image tower learns (loss falls), the text tower
     is bit-identical, the saved folder loads and encodes the same, colour-free crops go grey."""

@@ -21,8 +21,11 @@ category name alone, ``--grey-prob`` shows a crop whose phrase names no colour i
 probability, and ``--hue-prob`` turns the hue of such a crop (when it is not greyed) by a random angle, so that
 colour is no cue for a caption that does not name it.
 
-Run: ``python -m textsam.train.clip_pretrain --data ROOT --split train --out DIR [--steps N]``, or
-``... --init local-dir:DIR --lock-text --logit-scale 30 --class-fraction 0.5 --grey-prob 0.5``.
+The size of a CLIP trained from scratch is shapes_tiny's (:data:`SMALL_CLIP_CFG`) unless ``--model-cfg`` gives
+open_clip model-config keys over it (:func:`model_cfg_with`), e.g. a wider and deeper tower for a GPU.
+
+Run: ``python -m textsam.train.clip_pretrain --data ROOT --split train --out DIR [--steps N] [--model-cfg JSON]``,
+or ``... --init local-dir:DIR --lock-text --logit-scale 30 --class-fraction 0.5 --grey-prob 0.5``.
 """
 
 from __future__ import annotations
@@ -56,6 +59,20 @@ logger = logging.getLogger(__name__)
 SMALL_CLIP_CFG: dict[str, Any] = SHAPES_TINY_CLIP_CFG  # the architecture shapes_tiny ships
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
+
+
+def model_cfg_with(overrides: dict[str, Any]) -> dict[str, Any]:
+    """:data:`SMALL_CLIP_CFG` with ``overrides`` (an open_clip model config's keys) put in; ``vision_cfg`` and
+    ``text_cfg`` are merged key by key, so ``{"vision_cfg": {"width": 256}}`` keeps the other vision keys."""
+    cfg = deepcopy(SMALL_CLIP_CFG)
+    for key, value in overrides.items():
+        if key in ("vision_cfg", "text_cfg"):
+            if not isinstance(value, dict):
+                raise InputError(f"{key} must be a JSON object of open_clip's {key} keys, got {value!r}")
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg
 
 
 def build_clip(model_cfg: dict[str, Any] = SMALL_CLIP_CFG) -> nn.Module:
@@ -342,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--init", metavar="CLIP", help="start from this CLIP (NAME/TAG, NAME/@/FILE or local-dir:DIR) "
                         "instead of a random small one")
+    parser.add_argument("--model-cfg", metavar="JSON|FILE",
+                        help="a CLIP from scratch of another size: open_clip model-config keys over the small "
+                        "default's, e.g. '{\"embed_dim\": 128, \"vision_cfg\": {\"width\": 256, \"layers\": 6}}' "
+                        "(or a .json file of them)")
     parser.add_argument("--lock-text", action="store_true", help="train the image tower only (needs --init)")
     parser.add_argument("--logit-scale", type=float, help="fixed temperature with --lock-text (default: the CLIP's)")
     parser.add_argument("--class-fraction", type=float, default=0.0,
@@ -354,6 +375,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO)
     if args.lock_text and not args.init:
         parser.error("--lock-text adapts an existing CLIP: give --init")
+    if args.model_cfg is not None and args.init:
+        parser.error("--model-cfg sizes a CLIP trained from scratch; --init brings its own")
+    overrides: dict[str, Any] = {}
+    if args.model_cfg is not None:
+        text = Path(args.model_cfg).read_text(encoding="utf-8") if Path(args.model_cfg).is_file() else args.model_cfg
+        try:
+            overrides = json.loads(text)
+        except json.JSONDecodeError as err:
+            parser.error(f"--model-cfg is neither a JSON object nor a file of one: {err}")
+        if not isinstance(overrides, dict):
+            parser.error("--model-cfg must be a JSON object of open_clip model-config keys")
+        try:  # a config open_clip cannot build stops here, before the data is read
+            build_clip(model_cfg_with(overrides))
+        except (InputError, TypeError, KeyError, ValueError) as err:
+            parser.error(f"--model-cfg: {err}")
     root = Path(args.data) / args.split
     if (root / "refs.json").is_file():
         from ..data.refer import ReferDataset
@@ -364,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
 
         source = CocoDataset(root / "instances.json", root / "images")
     init = load_initial_clip(args.init) if args.init else None
-    model_cfg = init.model_cfg if init is not None else deepcopy(SMALL_CLIP_CFG)
+    model_cfg = init.model_cfg if init is not None else model_cfg_with(overrides)
     try:
         cfg = ClipPretrainConfig(model_cfg=model_cfg, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                  seed=args.seed, num_workers=args.num_workers, device=args.device,
