@@ -110,6 +110,19 @@ def test_a_large_crop_view_is_reduced_without_copying_its_window() -> None:
      False),
     ("the giraffe in the middle with its mouth open", "giraffe with its mouth open", ("middle",), 0, None, None, False),
     ("far right person", "person", ("right",), 0, None, None, False),
+    # what the object is not leaves the head and the anchor (CLIP would prefer the objects it excludes)
+    ("the person wearing a hat not carrying a frisbee", "person wearing a hat", (), 0, None, None, False),
+    ("the person sitting in the middle not wearing a hat", "person", ("middle",), 0, None, None, False),
+    ("the yellow suitcase without a blue tag", "yellow suitcase", (), 0, None, None, False),
+    ("black board that does not have a number on it", "black board", (), 0, None, None, False),
+    ("the man who isn't smiling", "man", (), 0, None, None, False),
+    ("the spoon near a cup that is not empty", "spoon", (), 0, "near", "cup", False),
+    ("the bottle that is not empty and is located on the right side of the flower", "bottle", (), 0, "right", "flower",
+     False),
+    ("the no parking sign", "no parking sign", (), 0, None, None, False),  # nothing before the negation: kept
+    # "anyone", "something": no anchor
+    ("the knife that is neither held by anyone nor placed on the marble surface", "knife", (), 0, "on",
+     "marble surface", False),
 ])
 def test_parse(phrase, head, directions, rank, relation, anchor, group) -> None:
     q = parse(phrase)

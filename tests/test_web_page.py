@@ -221,7 +221,10 @@ def test_tokenizer_parser_and_resampling_match_python(page, predictor) -> None: 
                "a person who is not on the sidewalk and is carrying a bag",
                "the white car next to the red car, in front of the tilted car", "yellow taxi, not on the slope, close to the bus",
                "the man positioned between the guy in a shirt and jeans and the woman", "the person between two trucks",
-               "the turned on laptop, not between two monitors"]
+               "the turned on laptop, not between two monitors", "the person sitting in the middle not wearing a hat",
+               "the spoon near a cup that is not empty", "black board that does not have a number on it",
+               "the knife that is neither held by anyone nor placed on the marble surface", "the no parking sign",
+               "the man who isn't smiling, next to the car without a roof"]
     js_tokens = page.evaluate("(ps) => ps.map((p) => textsam._internal.tokenize(p))", phrases)
     assert js_tokens == tokenizer(phrases).tolist()
     js_parse = page.evaluate("(ps) => ps.map((p) => textsam._internal.parse(p))", phrases)

@@ -31,6 +31,10 @@ in ``../shared/data/refcocos_on_coco_tiny``):
   camera") is no anchor; "closest to / farthest from the camera" are superlatives (nearest = biggest), while
   "closest to / farthest from the X" are relations ("near", "far");
 - side words that name a garment or a body part stay in the head ("a white top with ...", "the right hand of");
+- what the object is not leaves the head and the anchors ("the person not wearing a hat", "the suitcase without a
+  tag", "the bottle that is not empty": "person", "suitcase", "bottle"), as a negative clause after a comma does:
+  CLIP would score the words it reads and prefer the excluded objects; "anyone", "something" and the like are no
+  anchor ("the knife not held by anyone nor placed on the table": not on the table);
 - a superlative beside a relation ranks what the relation leaves ("the leftmost cup on the table").
 
 The same rules run in the browser page (``textsam/export/web_page/textsam.js``; a test compares the two).
@@ -97,12 +101,17 @@ _PRONOUNS = {"it", "its", "them", "him", "her", "itself", "themselves", "this", 
 # preposition ("leaned on by the person": the next relation is the one), or a place in the picture ("on the front")
 _NOT_AN_ANCHOR = {"its", "his", "her", "their", "my", "your", "by", "on", "in", "at", "to", "of", "with", "from",
                   "front", "back", "side", "top", "bottom", "left", "right", "middle", "center", "centre", "corner",
-                  "edge", "end", "background", "foreground"}
+                  "edge", "end", "background", "foreground", "anyone", "anybody", "anything", "someone", "somebody",
+                  "something", "everyone", "everybody", "everything", "nobody", "nothing", "none"}
 _VIEWER = r"(?:the\s+)?(?:camera|viewer|photographer|us)"
 # words that end a head before its relation and say nothing of the object ("the cup that is not next to ...")
 _LINKING = {"that", "which", "who", "is", "are", "was", "were", "being", "placed", "located", "positioned",
             "situated", "standing", "sitting", "lying", "and", "but", "or"}
 _NEGATIONS = {"not", "never", "nor", "neither"}
+# where a description of what the object is not begins ("not wearing a hat", "without a tag", "no hat"), and the
+# words that cannot end what is left before it ("the sign with", "a person standing and")
+_NOT_WORDS = _NEGATIONS | {"no", "without"}
+_DANGLING = {"with", "of", "in", "on", "at", "by", "to", "for", "from", "as", "do", "does", "did", "has", "have", "had"}
 # "the remote in the right hand of ...": a side word naming a part of something, not where the object is
 _PARTS = {"hand", "hands", "arm", "arms", "leg", "legs", "foot", "feet", "shoe", "shoes", "eye", "eyes", "ear", "ears",
           "wing", "wings", "paw", "paws", "glove", "gloves", "sleeve", "knee", "shoulder", "half", "part", "edge"}
@@ -114,7 +123,7 @@ _BEFORE_GARMENT = {"white", "black", "red", "green", "blue", "yellow", "orange",
                    "gray", "dark", "light", "striped", "tank", "bikini", "a", "an"}
 # what may follow "on the left", "in the middle" when the side phrase sits inside the phrase (else: only at its end)
 _CLAUSE = (r"with|and|who|that|which|whose|wearing|holding|having|carrying|sitting|standing|looking|facing|"
-           r"in|on|at|near|next|behind|beside|under|above|below|by")
+           r"in|on|at|near|next|behind|beside|under|above|below|by|not|no|without")
 _GROUP_WORDS = ("all the", "all of the", "all", "every", "each", "both")
 _ARTICLES = re.compile(r"^(the|a|an|this|that)\s+")
 
@@ -204,6 +213,24 @@ def _tidy(words: str) -> str:
     while len(tokens) > 1 and (tokens[-1] in _LINKING or tokens[-1] in _NEGATIONS or tokens[-1] in ("the", "a", "an")):
         tokens.pop()
     return _strip(" ".join(tokens))
+
+
+def _affirmative(words: str) -> str:
+    """``words`` (a head or an anchor) without what they say the object is not: "person wearing a hat not carrying a
+    frisbee" -> "person wearing a hat", "bottle that is not empty" -> "bottle", "suitcase without a blue tag" ->
+    "suitcase", "man who isn't smiling" -> "man". CLIP scores the words it reads, so a negated description would
+    make it prefer the very objects it excludes (the person carrying a frisbee). The cut is at the first negation
+    (``_NOT_WORDS``, or a word ending in "n't"), with the linking words, prepositions and auxiliaries ("that does
+    not") left dangling before it;
+    where no noun phrase comes before the negation ("no parking sign"), the words are kept whole."""
+    tokens = words.split()
+    for i, w in enumerate(tokens):
+        if w in _NOT_WORDS or w.endswith("n't"):
+            kept = tokens[:i]
+            while kept and (kept[-1] in _LINKING or kept[-1] in _DANGLING or kept[-1] in ("the", "a", "an")):
+                kept.pop()
+            return _tidy(" ".join(kept)) if kept else words
+    return words
 
 
 def _is_anchor(anchor: str) -> bool:
@@ -346,11 +373,13 @@ def parse(phrase: str) -> Query:
     if relation is not None:
         head, name, anchor, negated, more_relations = relation
         head, more, more_rank = _superlatives(head)  # "the biggest dog next to the car"
-        head = head or "object"
+        head = _affirmative(head) or "object"
         rank = rank if directions else more_rank
-        return Query(text, head, tuple(dict.fromkeys(directions + more)), rank, relation=name, anchor=anchor,
-                     group=group, negated=negated, more_relations=more_relations)
+        more_relations = tuple((r, _affirmative(a), n) for r, a, n in more_relations)
+        return Query(text, head, tuple(dict.fromkeys(directions + more)), rank, relation=name,
+                     anchor=_affirmative(anchor), group=group, negated=negated, more_relations=more_relations)
     head, more, more_rank = _superlatives(rest)
+    head = _affirmative(head)
     rank = rank if directions else more_rank
     directions += more
     if not head:  # only spatial words ("second from left"): any object

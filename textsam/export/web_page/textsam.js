@@ -239,14 +239,16 @@
   const setOf = (words) => new Set(words.split(' '));
   const PRONOUNS = new Set(['it', 'its', 'them', 'him', 'her', 'itself', 'themselves', 'this', 'that', 'these', 'those',
     'one', 'ones', 'other', 'others', 'each other', 'one another']);
-  const NOT_AN_ANCHOR = setOf('its his her their my your by on in at to of with from front back side top bottom left right middle center centre corner edge end background foreground');
+  const NOT_AN_ANCHOR = setOf('its his her their my your by on in at to of with from front back side top bottom left right middle center centre corner edge end background foreground anyone anybody anything someone somebody something everyone everybody everything nobody nothing none');
   const VIEWER = '(?:the\\s+)?(?:camera|viewer|photographer|us)';
   const LINKING = setOf('that which who is are was were being placed located positioned situated standing sitting lying and but or');
   const NEGATIONS = setOf('not never nor neither');
+  const NOT_WORDS = setOf('not never nor neither no without');  // textsam.text.spatial._NOT_WORDS
+  const DANGLING = setOf('with of in on at by to for from as do does did has have had');
   const PARTS = setOf('hand hands arm arms leg legs foot feet shoe shoes eye eyes ear ears wing wings paw paws glove gloves sleeve knee shoulder half part edge');
   const AFTER_NOUN = setOf('with and or on in at of that which who is are has having wearing holding ,');
   const BEFORE_GARMENT = setOf('white black red green blue yellow orange purple pink brown grey gray dark light striped tank bikini a an');
-  const CLAUSE = 'with|and|who|that|which|whose|wearing|holding|having|carrying|sitting|standing|looking|facing|in|on|at|near|next|behind|beside|under|above|below|by';
+  const CLAUSE = 'with|and|who|that|which|whose|wearing|holding|having|carrying|sitting|standing|looking|facing|in|on|at|near|next|behind|beside|under|above|below|by|not|no|without';
   const ORDINAL = '(first|second|third|fourth|fifth|1st|2nd|3rd|4th|5th|last)';
   const GROUP_WORDS = ['all the', 'all of the', 'all', 'every', 'each', 'both'];
   const has = (o, k) => Object.prototype.hasOwnProperty.call(o, k);
@@ -261,6 +263,15 @@
     const tokens = splitWords(stripWords(words));
     while (tokens.length > 1 && endsNothing(tokens[tokens.length - 1])) tokens.pop();
     return stripWords(tokens.join(' '));
+  }
+  function affirmative(words) {  // textsam.text.spatial._affirmative: what the object is not leaves the words
+    const tokens = splitWords(words);
+    const i = tokens.findIndex((w) => NOT_WORDS.has(w) || w.endsWith("n't"));
+    if (i < 0) return words;
+    const kept = tokens.slice(0, i);
+    while (kept.length && (LINKING.has(kept[kept.length - 1]) || DANGLING.has(kept[kept.length - 1]) ||
+           ['the', 'a', 'an'].includes(kept[kept.length - 1]))) kept.pop();
+    return kept.length ? tidy(kept.join(' ')) : words;
   }
   function headBefore(words) {  // textsam.text.spatial._head_before
     const tokens = splitWords(words);
@@ -373,13 +384,16 @@
     }
     const rel = relationIn(rest);
     if (rel) {
-      const [relHead, moreRelations, relation, anchor, negated] = rel;
+      const [relHead, moreRelationsRead, relation, anchorRead, negated] = rel;
       const [h, more, moreRank] = superlatives(relHead);  // "the biggest dog next to the car"
       if (!directions.length) rank = moreRank;
-      return {text, head: h || 'object', directions: [...new Set([...directions, ...more])], rank, relation, anchor, group,
+      const anchor = affirmative(anchorRead);
+      const moreRelations = moreRelationsRead.map(([r, a, n]) => [r, affirmative(a), n]);
+      return {text, head: affirmative(h) || 'object', directions: [...new Set([...directions, ...more])], rank, relation, anchor, group,
         negated, moreRelations, relations: [[relation, anchor, negated], ...moreRelations]};
     }
-    const [h, more, moreRank] = superlatives(rest);
+    const [hRead, more, moreRank] = superlatives(rest);
+    const h = affirmative(hRead);
     if (!directions.length) rank = moreRank;
     directions = [...directions, ...more];
     const head = h || (directions.length ? 'object' : text);
