@@ -174,9 +174,10 @@ def test_a_phrase_relating_its_object_to_several_others_keeps_every_relation() -
     assert q.as_dict()["more_relations"] == [["near", "fridge", True]]
     q2 = parse("the white car next to the red car, in front of the tilted car")
     assert (q2.head, q2.relations) == ("white car", (("near", "red car", False), ("front", "tilted car", False)))
-    # a clause that is no relation still describes the head (or, negative, is left out), as before
+    # a clause that is no relation still describes the head (or, negative, is what the object is not)
     q3 = parse("the person on the bench, wearing a hat, not holding a glass")
     assert (q3.head, q3.more_relations) == ("person wearing a hat", ())
+    assert q3.excluded == ("person wearing a hat holding a glass",)
     assert parse("the cross next to the dog").more_relations == () and parse("the cross").relations == ()
     # chairs 0, 2 and 4 (CLIP says so); fruit 1 between 0 and 2; fridge 3 beside 2 and 4
     boxes = torch.tensor([[0, 0, 10, 10], [14, 0, 24, 10], [28, 0, 38, 10], [42, 0, 52, 10], [56, 0, 66, 10]],
@@ -671,6 +672,55 @@ def test_a_group_or_every_instance_keeps_the_members_in_the_relation() -> None:
         members = headed.predict(text=f"all red circles on the {side}").info["prompts"]["members"]
         assert members and all(inside((m["box"][0] + m["box"][2]) / 2) for m in members), (side, members)
     assert len(headed.predict(text="all red circles").info["prompts"]["members"]) > len(members)
+
+
+def test_what_a_phrase_excludes_is_a_phrase_clip_can_score() -> None:
+    """A negated description leaves the head (CLIP would read "not red" as "red") and comes back, made positive, as
+    ``excluded``: the engine's negative phrase for that query. Nothing before the negation: the words stay whole."""
+    cases = {
+        "the circle that is not red": ("circle", ("circle that is red",)),
+        "the person wearing a hat not carrying a frisbee": ("person wearing a hat",
+                                                            ("person wearing a hat carrying a frisbee",)),
+        "the smallest bottle without a blue or green cap": ("bottle", ("bottle with a blue or green cap",)),
+        "the man who isn't smiling": ("man", ("man who is smiling",)),
+        "chips that is neither red nor green": ("chips", ("chips that is red or green",)),
+        "all the circles that are not red": ("circles", ("circles that are red",)),
+        "the no parking sign": ("no parking sign", ()),
+        "the red circle": ("red circle", ()),
+    }
+    for phrase, (head, excluded) in cases.items():
+        q = parse(phrase)
+        assert (q.head, q.excluded) == (head, excluded), phrase
+    q = parse("the smallest bottle without a blue or green cap")
+    assert q.directions == ("small",) and q.as_dict()["excluded"] == ["bottle with a blue or green cap"]
+    assert q.describe() == "'bottle', smallest, not like 'bottle with a blue or green cap'"
+    # a superlative inside what is excluded is no direction of the object
+    assert parse("the cup facing right, not the rightmost one").directions == ()
+
+
+@pytest.mark.parametrize("phrase", ["the circle that is not red", "the circle without red colour",
+                                    "the circle which isn't red"])
+def test_a_phrase_that_says_what_the_object_is_not_steers_the_engine_away(phrase) -> None:
+    """"the circle that is not red" through the engine: the red circle is more like "circle that is red" than like
+    "circle", so it is neither chosen nor an instance, and gets the background click; a vocabulary answers as single
+    calls do. Before, CLIP scored "circle that is not red" and chose the red one."""
+    im = Image.new("RGB", (160, 128), (200, 200, 190))
+    d = ImageDraw.Draw(im)
+    d.ellipse([5, 10, 45, 50], fill=(220, 40, 40))       # red circle, left
+    d.ellipse([100, 60, 140, 100], fill=(40, 80, 220))   # blue circle, right
+    predictor = textsam.TextSamPredictor(textsam.create_model("shapes_tiny", text_head=False))
+    predictor.set_image(np.asarray(im))
+    out = predictor.predict(text=phrase)
+    xs = np.nonzero(out.masks[0])[1]
+    assert xs.min() >= 80, (phrase, xs.min())  # the blue circle
+    prompts = out.info["prompts"]
+    background = [p for p, label in zip(prompts["points"], prompts["labels"]) if label == 0]
+    assert len(background) == 1 and background[0][0] < 80  # on the red circle
+    assert out.info["query"]["excluded"] and out.info["query"]["head"] == "circle"
+    every = predictor.predict(text=phrase, instances="all")
+    assert every.masks.shape[0] >= 1 and all(np.nonzero(m)[1].min() >= 80 for m in every.masks)
+    many = predictor.predict_phrases([phrase, "the red circle"])
+    assert np.array_equal(many[0].masks, out.masks) and many[0].presence == pytest.approx(out.presence, abs=1e-6)
 
 
 @pytest.mark.parametrize("head", [False, True])

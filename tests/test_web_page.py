@@ -224,7 +224,9 @@ def test_tokenizer_parser_and_resampling_match_python(page, predictor) -> None: 
                "the turned on laptop, not between two monitors", "the person sitting in the middle not wearing a hat",
                "the spoon near a cup that is not empty", "black board that does not have a number on it",
                "the knife that is neither held by anyone nor placed on the marble surface", "the no parking sign",
-               "the man who isn't smiling, next to the car without a roof"]
+               "the man who isn't smiling, next to the car without a roof", "the circle that is not red",
+               "the smallest bottle without a blue or green cap", "the person on the bench, not holding a glass, wearing a hat",
+               "chips that is neither red nor green", "the cup facing right, not the rightmost one"]
     js_tokens = page.evaluate("(ps) => ps.map((p) => textsam._internal.tokenize(p))", phrases)
     assert js_tokens == tokenizer(phrases).tolist()
     js_parse = page.evaluate("(ps) => ps.map((p) => textsam._internal.parse(p))", phrases)
@@ -233,8 +235,9 @@ def test_tokenizer_parser_and_resampling_match_python(page, predictor) -> None: 
     for phrase, ours in zip(phrases, js_parse):
         q = parse(phrase)
         assert (ours["head"], tuple(ours["directions"]), ours["rank"], ours["relation"], ours["anchor"], ours["group"],
-                ours["negated"], tuple(map(tuple, ours["moreRelations"]))) == (
-                    q.head, q.directions, q.rank, q.relation, q.anchor, q.group, q.negated, q.more_relations), phrase
+                ours["negated"], tuple(map(tuple, ours["moreRelations"])), tuple(ours["excluded"])) == (
+                    q.head, q.directions, q.rank, q.relation, q.anchor, q.group, q.negated, q.more_relations,
+                    q.excluded), phrase
     rng = np.random.default_rng(0)
     # the geometry after the parse: relations (negated, far), superlatives, ordinals, and both together
     for phrase in ["the cross left of the dog", "the cup that is not next to the plate", "the car far from the bus",

@@ -16,6 +16,10 @@ mIoU with the phrase, and with the phrase's head alone ("the circle": what CLIP'
 relation words), so the difference is what the resolver adds. Presence: the share of these phrases found, and of
 phrases whose anchor is a shape the image does not hold ("the circle left of the hexagon" with no hexagon: each
 shape of the image with each relation against the first absent shape), which should not be.
+
+Printed apart, phrases that say what the object is not ("the circle that is not red"), made where exactly two
+objects have the head's shape and their colours differ: the engine takes "circle that is red" as the phrase's
+negative (``textsam.text.spatial.Query.excluded``); before, CLIP read "not red" as "red".
 """
 
 from __future__ import annotations
@@ -60,6 +64,21 @@ def relation_phrases(anns: list[dict], side: float) -> list[tuple[str, str, str,
     return out
 
 
+def negation_phrases(anns: list[dict]) -> list[tuple[str, str, str, int]]:
+    """``("not colour", phrase, head phrase, target annotation index)``: "the circle that is not red" where exactly
+    two objects are circles and only the other one is not red."""
+    shapes: dict[str, list[int]] = defaultdict(list)
+    for i, a in enumerate(anns):
+        shapes[a["shape"]].append(i)
+    out = []
+    for shape, group in shapes.items():
+        if len(group) == 2 and anns[group[0]]["colour"] != anns[group[1]]["colour"]:
+            for excluded, target in (group, group[::-1]):
+                out.append(("not colour", f"the {shape} that is not {anns[excluded]['colour']}", f"the {shape}",
+                            target))
+    return out
+
+
 def absent_anchor_phrases(anns: list[dict], shapes: tuple[str, ...]) -> list[str]:
     """Relation phrases whose anchor is a shape the image does not hold ("the circle left of the hexagon" with no
     hexagon): each object shape of the image with each relation, against the first absent shape."""
@@ -96,7 +115,7 @@ def main() -> None:
     absent: list[dict] = []
     for info in coco["images"][: args.limit]:
         anns = sorted(by_image[info["id"]], key=lambda a: a["id"])
-        phrases = relation_phrases(anns, float(max(info["width"], info["height"])))
+        phrases = relation_phrases(anns, float(max(info["width"], info["height"]))) + negation_phrases(anns)
         if not phrases and not absent_anchor_phrases(anns, SHAPES):
             continue
         pred.set_image(load_image(args.data / "images" / info["file_name"]))
@@ -121,6 +140,8 @@ def main() -> None:
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         groups[r["relation"]].append(r)
+    negations = groups.pop("not colour", [])
+    rows = [r for r in rows if r["relation"] != "not colour"]
     print(f"{args.model} ({'text head' if args.text_head else 'engine only'}), {args.data}, first {args.limit} images:")
     print(f"{'relation':12s} {'phrases':>7s} {'mIoU':>6s} {'head only':>9s}")
     for name in [*AXES, "next to", *[f"not {n}" for n in AXES]]:
@@ -139,6 +160,9 @@ def main() -> None:
         if len(pos) and len(neg):  # the chance that a present phrase's presence is above an absent one's
             auroc = float(((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg)))
             print(f"presence AUROC, these phrases against those: {auroc:.3f}")
+    if negations:
+        print(f"{'not colour':12s} {len(negations):7d} {100 * np.mean([r['iou'] for r in negations]):6.1f} "
+              f"{100 * np.mean([r['head_only_iou'] for r in negations]):9.1f}  (\"the circle that is not red\")")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,12 @@ Per phrase (a vocabulary of P phrases is one text batch and one matrix product):
    score is higher for it than for the phrase (a two-way zero-shot choice, as CLIP classifies), or that is one of
    its own members (step 7's calibrated membership: a CLIP may score a generic phrase, "circle", above a specific
    one, "red circle", on every circle, so the two-way choice alone never rejects the red one). The proposal it
-   names best, when not chosen, is the answer's ``background``, a background click in the decoder call.
+   names best, when not chosen, is the answer's ``background``, a background click in the decoder call. A phrase
+   that says what its object is not ("the circle that is not red") brings its own negative, that description
+   made positive (:attr:`~textsam.text.spatial.Query.excluded`: "circle that is red"), shortlisted as widely as
+   the phrase's head, beside the user's (on the synthetic proxy, 72 such phrases on 200 test images,
+   ``tools/relation_probe.py``: 3.9 mIoU when CLIP read "not red" as "red", 38.7 with the head alone, 60.9
+   with the negative).
 
 A phrase's answer depends only on the phrase and the image (its own shortlist), so a vocabulary gives what
 phrase-by-phrase calls give. Frames: proposal boxes and clicks are pixels of the original image.
@@ -255,8 +260,10 @@ class TextEngine:
         o = self.options
         props = self.proposals(predictor)
         queries = [parse(p) for p in phrases]
+        # each query's negatives: the user's, then what its own words exclude ("the circle that is not red")
+        negatives = [[*([negative] if negative else []), *q.excluded] for q in queries]
         texts = list(dict.fromkeys([*(t for q in queries for t in (q.head, *q.anchors)),
-                                    *([negative] if negative else [])]))
+                                    *(t for ns in negatives for t in ns)]))
         out = []
         n = len(props)
         if n == 0:
@@ -282,12 +289,17 @@ class TextEngine:
         for q, w in zip(queries, wide):
             k = n if w else (2 * o.shortlist if (q.directions or q.anchor) else o.shortlist)
             shortlists.append([self._shortlist(first[index[t]], k) for t in (q.head, *q.anchors)])
-        negative_list = None
-        if negative:  # its own shortlist, as a head phrase's (every proposal when the requests take every one)
-            negative_list = self._shortlist(unrestricted[index[negative]], n if all(wide) else o.shortlist)
+        # a negative's own shortlist, as a head phrase's: the user's, every proposal when the requests take every
+        # one; a query's own, as many as its head's
+        negative_lists: dict[str, Tensor] = {}
+        if negative:
+            negative_lists[negative] = self._shortlist(unrestricted[index[negative]], n if all(wide) else o.shortlist)
+        for q, lists in zip(queries, shortlists):
+            for t in q.excluded:
+                if t not in negative_lists or int(lists[0].sum()) > int(negative_lists[t].sum()):
+                    negative_lists[t] = self._shortlist(unrestricted[index[t]], int(lists[0].sum()))
         needed = [int(i) for i in torch.stack([s for pair in shortlists for s in pair]
-                                              + ([negative_list] if negative_list is not None else [])).any(0)
-                  .nonzero().flatten()]
+                                              + list(negative_lists.values())).any(0).nonzero().flatten()]
         crops = torch.zeros(n, len(o.views), emb.shape[1])
         crops[needed] = self.crop_embeddings(predictor, tower, needed).to(crops)
         per_view = torch.einsum("nvd,td->tvn", crops, emb.to(crops))  # (T, V, N)
@@ -297,16 +309,15 @@ class TextEngine:
         scale = float(encoder.clip.logit_scale.detach().exp()) if hasattr(encoder.clip, "logit_scale") else 100.0
         iou = props.predicted_iou.to(cos)
         size = predictor.original_size
-        negative_cos = negative_member = None
-        if negative_list is not None:
-            negative_cos = cos[index[negative]].masked_fill(~negative_list, float("-inf"))
-            negative_member = (torch.sigmoid(o.presence_gain * (member_cos[index[negative]] - o.presence_bias))
-                               >= o.presence_threshold) & negative_list
-        for q, lists in zip(queries, shortlists):
+        negative_cos = {t: cos[index[t]].masked_fill(~s, float("-inf")) for t, s in negative_lists.items()}
+        negative_member = {t: (torch.sigmoid(o.presence_gain * (member_cos[index[t]] - o.presence_bias))
+                               >= o.presence_threshold) & s for t, s in negative_lists.items()}
+        for q, lists, negs in zip(queries, shortlists, negatives):
             c = cos[index[q.head]].masked_fill(~lists[0], float("-inf"))
             rejected = None
-            if negative_cos is not None:  # more like what is not wanted than like the phrase
-                rejected = ((negative_cos > cos[index[q.head]]) | negative_member) & lists[0]
+            if negs:  # more like what is not wanted than like the phrase
+                rejected = torch.stack([(negative_cos[t] > cos[index[q.head]]) | negative_member[t]
+                                        for t in negs]).any(0) & lists[0]
                 if bool(rejected.sum() < lists[0].sum()):
                     c = c.masked_fill(rejected, float("-inf"))
                 else:
@@ -334,10 +345,11 @@ class TextEngine:
                 top = float(a_cos.max()) if len(a_cos) else float("-inf")
                 presence = min(presence, float(torch.sigmoid(torch.tensor(o.presence_gain * (top - o.presence_bias)))))
             background = None
-            if negative_cos is not None and len(negative_cos):
-                j = int(negative_cos.argmax())
-                if (torch.isfinite(negative_cos[j]) and j not in chosen
-                        and bool(negative_cos[j] > cos[index[q.head]][j] or negative_member[j])):
+            for t in negs:  # the user's negative first
+                j = int(negative_cos[t].argmax()) if len(negative_cos[t]) else -1
+                if (j >= 0 and torch.isfinite(negative_cos[t][j]) and j not in chosen
+                        and bool(negative_cos[t][j] > cos[index[q.head]][j] or negative_member[t][j])):
                     background = j
+                    break
             out.append(Ranked(q, probs, c, members, chosen, presence, background))
         return out

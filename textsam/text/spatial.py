@@ -136,7 +136,8 @@ class Query:
     ``negated``: "the X not <relation> the <anchor>" (the candidates least in that relation). ``more_relations``:
     the further relations of a phrase that relates its object to several others, ``(relation, anchor, negated)``
     each ("the chair close to the fruit and not next to the fridge": ``("near", "fridge", True)``). ``group``:
-    every object matching ``head``."""
+    every object matching ``head``. ``excluded``: what the phrase says the object is not, as a phrase CLIP can
+    score ("the circle that is not red": ``("circle that is red",)``), which the engine takes as a negative phrase."""
 
     text: str
     head: str
@@ -147,6 +148,7 @@ class Query:
     group: bool = False
     negated: bool = False
     more_relations: tuple[tuple[str, str, bool], ...] = ()
+    excluded: tuple[str, ...] = ()
 
     @property
     def relations(self) -> tuple[tuple[str, str, bool], ...]:
@@ -178,13 +180,14 @@ class Query:
             else:
                 words, k = f"{_DESCRIBED_RELATIONS.get(name, name)} '{anchor}'", k + 1
             parts.append(("not " if negated else "") + words)
+        parts.extend(f"not like '{e}'" for e in self.excluded)
         return ", ".join(parts)
 
     def as_dict(self) -> dict:
         """The reading as plain values (``Prediction.info["query"]``, the CLI's JSON ``prompt.query``)."""
         return {"head": self.head, "directions": list(self.directions), "rank": self.rank, "relation": self.relation,
                 "anchor": self.anchor, "negated": self.negated, "group": self.group,
-                "more_relations": [list(r) for r in self.more_relations]}
+                "more_relations": [list(r) for r in self.more_relations], "excluded": list(self.excluded)}
 
 
 def _strip(words: str) -> str:
@@ -215,22 +218,33 @@ def _tidy(words: str) -> str:
     return _strip(" ".join(tokens))
 
 
-def _affirmative(words: str) -> str:
-    """``words`` (a head or an anchor) without what they say the object is not: "person wearing a hat not carrying a
-    frisbee" -> "person wearing a hat", "bottle that is not empty" -> "bottle", "suitcase without a blue tag" ->
-    "suitcase", "man who isn't smiling" -> "man". CLIP scores the words it reads, so a negated description would
-    make it prefer the very objects it excludes (the person carrying a frisbee). The cut is at the first negation
-    (``_NOT_WORDS``, or a word ending in "n't"), with the linking words, prepositions and auxiliaries ("that does
-    not") left dangling before it;
-    where no noun phrase comes before the negation ("no parking sign"), the words are kept whole."""
+# the positive of a negation word, for the phrase of what is excluded ("without" -> "with"; "" drops the word)
+_POSITIVE = {"not": "", "never": "", "neither": "", "nor": "or", "no": "with", "without": "with", "can't": "can",
+             "won't": "will", "cannot": "can"}
+
+
+def _affirmative(words: str) -> tuple[str, str | None]:
+    """``words`` (a head or an anchor) without what they say the object is not, and that description made positive
+    (None when there is none): "person wearing a hat not carrying a frisbee" -> ("person wearing a hat", "carrying a
+    frisbee"), "bottle that is not empty" -> ("bottle", "that is empty"), "suitcase without a tag" -> ("suitcase",
+    "with a tag"), "man who isn't smiling" -> ("man", "who is smiling"). CLIP scores the words it reads, so a
+    negated description would make it prefer the very objects it excludes (the person carrying a frisbee); the
+    engine scores the positive one as a negative phrase instead (:attr:`Query.excluded`). The cut is at the first
+    negation (``_NOT_WORDS``, or a word ending in "n't"), with the linking words, prepositions and auxiliaries
+    ("that does not") left dangling before it; where no noun phrase comes before the negation ("no parking
+    sign"), the words are kept whole."""
     tokens = words.split()
     for i, w in enumerate(tokens):
         if w in _NOT_WORDS or w.endswith("n't"):
             kept = tokens[:i]
             while kept and (kept[-1] in _LINKING or kept[-1] in _DANGLING or kept[-1] in ("the", "a", "an")):
                 kept.pop()
-            return _tidy(" ".join(kept)) if kept else words
-    return words
+            if not kept:
+                return words, None
+            cut = [_POSITIVE.get(t, t[:-3] if t.endswith("n't") else t) if (t in _POSITIVE or t.endswith("n't"))
+                   else t for t in tokens[len(kept):]]
+            return _tidy(" ".join(kept)), " ".join(t for t in cut if t) or None
+    return words, None
 
 
 def _is_anchor(anchor: str) -> bool:
@@ -278,17 +292,17 @@ def _between_anchors(anchor: str) -> tuple[str, str] | None:
 def _described(head: str, more: str) -> tuple[str, tuple[tuple[str, str, bool], ...]]:
     """``head`` with the comma-separated clauses of ``more`` that describe it ("wearing a hat"), and the clauses
     that relate it to another object (:func:`_clause_relation`: "and not next to the fridge"). A negative clause
-    that is no relation ("not holding a glass") says what the object is not, which CLIP cannot score, so it is
-    left out."""
+    that is no relation ("not holding a glass") says what the object is not: it goes last, where
+    :func:`_affirmative` takes it out of the head."""
     relations: list[tuple[str, str, bool]] = []
-    kept = []
+    kept, negative = [], []
     for clause in (c.strip() for c in more.split(",")):
         found = _clause_relation(clause) if clause else None
         if found is not None:
             relations.extend(found)
-        elif clause and not re.match(r"(?:and |but )?(?:not|no|neither|nor|never)\b", clause):
-            kept.append(clause)
-    return _tidy(" ".join([head, *kept])), tuple(relations)
+        elif clause:
+            (negative if re.match(r"(?:and |but )?(?:not|no|neither|nor|never)\b", clause) else kept).append(clause)
+    return _tidy(" ".join([head, *kept, *negative])), tuple(relations)
 
 
 # where an anchor's words end though no comma says so: "and" before a negation or a verb, "but" ("close to the
@@ -372,19 +386,22 @@ def parse(phrase: str) -> Query:
     relation = _relation_in(rest)
     if relation is not None:
         head, name, anchor, negated, more_relations = relation
+        head, excluded = _affirmative(head)
         head, more, more_rank = _superlatives(head)  # "the biggest dog next to the car"
-        head = _affirmative(head) or "object"
+        head = head or "object"
         rank = rank if directions else more_rank
-        more_relations = tuple((r, _affirmative(a), n) for r, a, n in more_relations)
+        more_relations = tuple((r, _affirmative(a)[0], n) for r, a, n in more_relations)
         return Query(text, head, tuple(dict.fromkeys(directions + more)), rank, relation=name,
-                     anchor=_affirmative(anchor), group=group, negated=negated, more_relations=more_relations)
+                     anchor=_affirmative(anchor)[0], group=group, negated=negated, more_relations=more_relations,
+                     excluded=(_tidy(f"{head} {excluded}"),) if excluded else ())
+    rest, excluded = _affirmative(rest)
     head, more, more_rank = _superlatives(rest)
-    head = _affirmative(head)
     rank = rank if directions else more_rank
     directions += more
     if not head:  # only spatial words ("second from left"): any object
         head = "object" if directions else text
-    return Query(text, head, tuple(dict.fromkeys(directions)), rank, group=group)
+    return Query(text, head, tuple(dict.fromkeys(directions)), rank, group=group,
+                 excluded=(_tidy(f"{head} {excluded}"),) if excluded else ())
 
 
 def _superlatives(phrase: str) -> tuple[str, list[str], int]:

@@ -264,14 +264,18 @@
     while (tokens.length > 1 && endsNothing(tokens[tokens.length - 1])) tokens.pop();
     return stripWords(tokens.join(' '));
   }
-  function affirmative(words) {  // textsam.text.spatial._affirmative: what the object is not leaves the words
+  const POSITIVE = {not: '', never: '', neither: '', nor: 'or', no: 'with', without: 'with', "can't": 'can', "won't": 'will',
+    cannot: 'can'};
+  function affirmative(words) {  // textsam.text.spatial._affirmative: [the words without what the object is not, it made positive]
     const tokens = splitWords(words);
     const i = tokens.findIndex((w) => NOT_WORDS.has(w) || w.endsWith("n't"));
-    if (i < 0) return words;
+    if (i < 0) return [words, null];
     const kept = tokens.slice(0, i);
     while (kept.length && (LINKING.has(kept[kept.length - 1]) || DANGLING.has(kept[kept.length - 1]) ||
            ['the', 'a', 'an'].includes(kept[kept.length - 1]))) kept.pop();
-    return kept.length ? tidy(kept.join(' ')) : words;
+    if (!kept.length) return [words, null];
+    const cut = tokens.slice(kept.length).map((t) => (has(POSITIVE, t) ? POSITIVE[t] : t.endsWith("n't") ? t.slice(0, -3) : t));
+    return [tidy(kept.join(' ')), cut.filter(Boolean).join(' ') || null];
   }
   function headBefore(words) {  // textsam.text.spatial._head_before
     const tokens = splitWords(words);
@@ -323,8 +327,9 @@
   function described(head, more) {  // textsam.text.spatial._described: [head, moreRelations]
     const clauses = more.split(',').map((c) => c.trim()).filter(Boolean);
     const relations = clauses.map(clauseRelation).filter(Boolean).flat();
-    const kept = clauses.filter((c) => clauseRelation(c) === null && !/^(?:and |but )?(?:not|no|neither|nor|never)\b/.test(c));
-    return [tidy([head, ...kept].join(' ')), relations];
+    const isNegative = (c) => /^(?:and |but )?(?:not|no|neither|nor|never)\b/.test(c);
+    const others = clauses.filter((c) => clauseRelation(c) === null);  // the negative ones last: affirmative's
+    return [tidy([head, ...others.filter((c) => !isNegative(c)), ...others.filter(isNegative)].join(' ')), relations];
   }
   // textsam.text.spatial._CLAUSE_BREAK: where an anchor ends though no comma says so
   const CLAUSE_BREAK = /\s+(?:and\s+(?=(?:not|no|never|is|are|was|were|isn't|aren't|located|has|have)\b)|but\s+)/g;
@@ -385,19 +390,21 @@
     const rel = relationIn(rest);
     if (rel) {
       const [relHead, moreRelationsRead, relation, anchorRead, negated] = rel;
-      const [h, more, moreRank] = superlatives(relHead);  // "the biggest dog next to the car"
+      const [said, cut] = affirmative(relHead);
+      const [h, more, moreRank] = superlatives(said);  // "the biggest dog next to the car"
       if (!directions.length) rank = moreRank;
-      const anchor = affirmative(anchorRead);
-      const moreRelations = moreRelationsRead.map(([r, a, n]) => [r, affirmative(a), n]);
-      return {text, head: affirmative(h) || 'object', directions: [...new Set([...directions, ...more])], rank, relation, anchor, group,
+      const anchor = affirmative(anchorRead)[0];
+      const moreRelations = moreRelationsRead.map(([r, a, n]) => [r, affirmative(a)[0], n]);
+      const head = h || 'object';
+      return {text, head, excluded: cut ? [tidy(`${head} ${cut}`)] : [], directions: [...new Set([...directions, ...more])], rank, relation, anchor, group,
         negated, moreRelations, relations: [[relation, anchor, negated], ...moreRelations]};
     }
-    const [hRead, more, moreRank] = superlatives(rest);
-    const h = affirmative(hRead);
+    const [said, cut] = affirmative(rest);
+    const [h, more, moreRank] = superlatives(said);
     if (!directions.length) rank = moreRank;
     directions = [...directions, ...more];
     const head = h || (directions.length ? 'object' : text);
-    return {text, head, directions: [...new Set(directions)], rank, relation: null, anchor: null, group, negated: false,
+    return {text, head, excluded: cut ? [tidy(`${head} ${cut}`)] : [], directions: [...new Set(directions)], rank, relation: null, anchor: null, group, negated: false,
       moreRelations: [], relations: []};
   }
   function superlatives(phrase) {  // textsam.text.spatial._superlatives
@@ -434,6 +441,7 @@
       else { words = `${has(DESCRIBED_RELATIONS, name) ? DESCRIBED_RELATIONS[name] : name} '${anchor}'`; k += 1; }
       parts.push((negated ? 'not ' : '') + words);
     }
+    for (const e of q.excluded || []) parts.push(`not like '${e}'`);
     return parts.join(', ');
   }
   // textsam.text.spatial._relation_terms: prod_r sum_{j != i} R_r(i, j) P_anchor_r(j) per candidate (null without
