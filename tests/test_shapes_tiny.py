@@ -119,7 +119,7 @@ def test_cli_reports_the_located_click(tmp_path) -> None:
     prompt = json.loads((tmp_path / "c" / "scene.json").read_text())["prompt"]
     assert "located_click" not in prompt
     assert prompt["query"] == {"head": "square", "directions": [], "rank": 0, "relation": "left", "anchor": "circle",
-                               "negated": True, "group": False, "more_relations": []}
+                               "negated": True, "group": False, "more_relations": [], "excluded": []}
     assert main(["segment", str(path), "--model", "shapes_tiny", "--classes", "the square left of the circle,the square",
                  "-o", str(tmp_path / "d"), "--no-progress"]) == 0
     answers = json.loads((tmp_path / "d" / "scene.json").read_text())["prompt"]["answers"]
