@@ -382,8 +382,10 @@ def test_page_without_a_text_head_runs_the_engine_as_python_does(browser, tmp_pa
             predictor.set_image(image)
             phrase, mask = named[0]
             x, y = _deepest(mask)
+            colour = phrase.split()[0]  # what a phrase excludes: the engine's negative, a background click on it
             for prompt in [{"text": phrase}, {"text": phrase, "points": [[x, y, 1]]}, {"text": "all the shapes"},
-                           {"text": "the shape on the left"}, {"text": "the biggest shape"}]:
+                           {"text": "the shape on the left"}, {"text": "the biggest shape"},
+                           {"text": f"the shape that is not {colour}"}, {"text": f"all shapes without {colour} colour"}]:
                 ours, score, presence = _segment(page, prompt)
                 ref, ref_score, ref_presence = _python(predictor, prompt)
                 ious.append(_iou(ours, ref))

@@ -286,18 +286,20 @@ class TextEngine:
         if allowed is not None:
             first = first.masked_fill(~allowed.cpu(), float("-inf"))
         shortlists = []  # per query: its head's and its anchors' shortlists, (N,) bool each
+        sizes = []  # per query: how many proposals its shortlists take
         for q, w in zip(queries, wide):
             k = n if w else (2 * o.shortlist if (q.directions or q.anchor) else o.shortlist)
+            sizes.append(k)
             shortlists.append([self._shortlist(first[index[t]], k) for t in (q.head, *q.anchors)])
         # a negative's own shortlist, as a head phrase's: the user's, every proposal when the requests take every
         # one; a query's own, as many as its head's
         negative_lists: dict[str, Tensor] = {}
         if negative:
             negative_lists[negative] = self._shortlist(unrestricted[index[negative]], n if all(wide) else o.shortlist)
-        for q, lists in zip(queries, shortlists):
+        for q, k in zip(queries, sizes):
             for t in q.excluded:
-                if t not in negative_lists or int(lists[0].sum()) > int(negative_lists[t].sum()):
-                    negative_lists[t] = self._shortlist(unrestricted[index[t]], int(lists[0].sum()))
+                if t not in negative_lists or k > int(negative_lists[t].sum()):
+                    negative_lists[t] = self._shortlist(unrestricted[index[t]], k)
         needed = [int(i) for i in torch.stack([s for pair in shortlists for s in pair]
                                               + list(negative_lists.values())).any(0).nonzero().flatten()]
         crops = torch.zeros(n, len(o.views), emb.shape[1])

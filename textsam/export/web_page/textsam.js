@@ -1031,15 +1031,18 @@
     return Array.from(mean, (v) => v / norm);
   }
 
-  // textsam.text.engine.TextEngine.rank: the proposal(s) a phrase names and its presence. A user's positive
-  // click or box keeps only the proposals it touches (all of them when none does).
+  // textsam.text.engine.TextEngine.rank: the proposal(s) a phrase names, its presence, and the proposal what the
+  // phrase excludes names (a background click). A user's positive click or box keeps only the proposals it touches
+  // (all of them when none does).
   async function rank(phrase, userPoints, userBox) {
     const e = api.manifest.text.engine, crops = await cropEmbeddings(), props = img.proposals;
     const q = parse(phrase);
-    if (crops.length === 0) return {q, chosen: [], presence: 0};
-    const texts = [q.head, ...q.relations.map((r) => r[1])];
+    if (crops.length === 0) return {q, chosen: [], presence: 0, background: null};
+    const anchorTexts = q.relations.map((r) => r[1]);
+    const texts = [q.head, ...anchorTexts, ...q.excluded];
     const emb = await Promise.all(texts.map(ensemble));
-    const cos = emb.map((t) => crops.map((c) => c.reduce((s, v, k) => s + v * t[k], 0)));
+    const rows = emb.map((t) => crops.map((c) => c.reduce((s, v, k) => s + v * t[k], 0)));
+    const cos = rows.slice(0, 1 + anchorTexts.length), negatives = rows.slice(1 + anchorTexts.length);
     let allowed = null;
     const positives = userPoints.filter((p) => p[2] === 1);
     if (userBox || positives.length) {
@@ -1062,18 +1065,29 @@
       });
       if (!allowed.some(Boolean)) allowed = null;
     }
+    const sig = (c) => 1 / (1 + Math.exp(-e.presence_gain * (c - e.presence_bias)));
+    // what the phrase excludes ("circle that is red"): a candidate more like it than like the head, or one of its
+    // members, is neither chosen nor a member, unless every candidate is
+    let rejected = null;
+    if (negatives.length) {
+      rejected = cos[0].map((c, i) => !(allowed && !allowed[i]) &&
+        negatives.some((row) => row[i] > c || sig(row[i]) >= e.presence_threshold));
+      const candidates = cos[0].filter((_, i) => !(allowed && !allowed[i])).length;
+      if (rejected.filter(Boolean).length >= candidates) rejected = null;
+    }
     const scale = api.manifest.text.logit_scale;
-    const softmax = (row) => {
-      const logits = row.map((c, i) => (allowed && !allowed[i] ? -Infinity : scale * (c + e.iou_weight * props.iou[i])));
+    const softmax = (row, skip = null) => {
+      const logits = row.map((c, i) => (((allowed && !allowed[i]) || (skip && skip[i])) ? -Infinity
+        : scale * (c + e.iou_weight * props.iou[i])));
       const mx = Math.max(...logits), ex = logits.map((v) => Math.exp(v - mx)), s = ex.reduce((a, b) => a + b, 0);
       return ex.map((v) => v / s);
     };
-    const anchors = cos.slice(1).map(softmax);
-    const probs = resolve(q, softmax(cos[0]), props.boxes, [img.H, img.W], anchors.length ? anchors[0] : null, anchors.slice(1));
+    const anchors = cos.slice(1).map((row) => softmax(row));
+    const probs = resolve(q, softmax(cos[0], rejected), props.boxes, [img.H, img.W], anchors.length ? anchors[0] : null, anchors.slice(1));
     // a set's members must also stand where the phrase puts them ("all the cups on the table")
     const placed = support(q, props.boxes, [img.H, img.W], anchors.length ? anchors[0] : null, anchors.slice(1));
-    const member = cos[0].map((c, i) => (1 / (1 + Math.exp(-e.presence_gain * (c - e.presence_bias)))) *
-      (allowed && !allowed[i] ? 0 : 1) * placed[i]);
+    const member = cos[0].map((c, i) => sig(c) * (allowed && !allowed[i] ? 0 : 1) * (rejected && rejected[i] ? 0 : 1) *
+      placed[i]);
     let chosen, presence;
     if (q.group) {
       chosen = member.map((_, i) => i).sort((a, b) => member[b] - member[a]).filter((i) => member[i] >= e.presence_threshold);
@@ -1088,7 +1102,15 @@
       row.forEach((c, i) => { if (!(allowed && !allowed[i]) && !chosen.includes(i)) top = Math.max(top, c); });
       presence = Math.min(presence, 1 / (1 + Math.exp(-e.presence_gain * (top - e.presence_bias))));
     }
-    return {q, chosen, presence};
+    let background = null;  // the proposal what is excluded names best, when it is not chosen
+    for (const row of negatives) {
+      const j = argmax(row);
+      if (Number.isFinite(row[j]) && !chosen.includes(j) && (row[j] > cos[0][j] || sig(row[j]) >= e.presence_threshold)) {
+        background = j;
+        break;
+      }
+    }
+    return {q, chosen, presence, background};
   }
 
   // the locator's click for a phrase (original pixels) and its presence, as TextPrompter.locate_with_presence
@@ -1187,7 +1209,7 @@
       let ranked = null;
       if (!locatorAnswers) {
         await encodeTexts([...(headHere ? [phrase] : []), ...expand(q.head, templates),
-          ...q.relations.flatMap((r) => expand(r[1], templates))]);
+          ...q.relations.flatMap((r) => expand(r[1], templates)), ...q.excluded.flatMap((t) => expand(t, templates))]);
         ranked = await rank(phrase, points, box);
         pres = ranked.presence;
         if (m.text.mode !== 'head' || relational) read = describe(q);  // the engine chooses: say how it read it
@@ -1203,6 +1225,7 @@
                 textRow.embedding), pres, phrase, points, box, read);
             }
             pts.push([...candidateClick(ranked.chosen[0]), 1]);
+            if (ranked.background !== null) pts.push([...candidateClick(ranked.background), 0]);  // what is excluded
             if (!box) promptBox = asBox(ranked.chosen[0]);
           }
         } else if (!points.length && !box) {
@@ -1224,6 +1247,7 @@
         const asBox = (i) => { const b = props.boxes[i]; return [b[0], b[1], b[2] + 1, b[3] + 1]; };
         if (ranked.q.group) return finish(t0, await groupMask(ranked.chosen.map((i) => [asBox(i), props.points[i]]), points), pres, phrase, points, box, read);
         pts.push([...props.points[ranked.chosen[0]], 1]);
+        if (ranked.background !== null) pts.push([...props.points[ranked.background], 0]);  // what is excluded
         if (!box) promptBox = asBox(ranked.chosen[0]);
       }
     }
