@@ -378,9 +378,14 @@ class TextSamPredictor:
                 row_of.append(rows.setdefault(_prompt_key(tp) or (id(tp),), len(unique)))
                 if row_of[-1] == len(unique):
                     unique.append(tp)
-            # rows with a box and rows without are two decoder batches (a batch's prompts all have a box or none):
-            # with a text head, a phrase the engine chose for has the proposal's box, the others the locator's click
-            parts = [[k for k, tp in enumerate(unique) if (tp.box is not None) == boxed] for boxed in (True, False)]
+            # one decoder batch per kind of row: with a box or without (a batch's prompts all have a box or none:
+            # with a text head, a phrase the engine chose for has the proposal's box, the others the locator's click),
+            # and per number of clicks (a row padded with "not a point" tokens decodes differently from itself
+            # alone: a phrase whose negative adds a background click beside one without)
+            kinds: dict[tuple[bool, int], list[int]] = {}
+            for k, tp in enumerate(unique):
+                kinds.setdefault((tp.box is not None, len(tp.points)), []).append(k)
+            parts = list(kinds.values())
             decoded = {}
             for part in parts:
                 if part:

@@ -292,14 +292,11 @@ class TextEngine:
             sizes.append(k)
             shortlists.append([self._shortlist(first[index[t]], k) for t in (q.head, *q.anchors)])
         # a negative's own shortlist, as a head phrase's: the user's, every proposal when the requests take every
-        # one; a query's own, as many as its head's
-        negative_lists: dict[str, Tensor] = {}
-        if negative:
-            negative_lists[negative] = self._shortlist(unrestricted[index[negative]], n if all(wide) else o.shortlist)
-        for q, k in zip(queries, sizes):
-            for t in q.excluded:
-                if t not in negative_lists or k > int(negative_lists[t].sum()):
-                    negative_lists[t] = self._shortlist(unrestricted[index[t]], k)
+        # one; a query's own, as many as its head's (keyed by text and size, so that a query's answer does not
+        # depend on the other phrases of a vocabulary)
+        keys = [[*([(negative, n if all(wide) else o.shortlist)] if negative else []), *((t, k) for t in q.excluded)]
+                for q, k in zip(queries, sizes)]
+        negative_lists = {key: self._shortlist(unrestricted[index[key[0]]], key[1]) for ks in keys for key in ks}
         needed = [int(i) for i in torch.stack([s for pair in shortlists for s in pair]
                                               + list(negative_lists.values())).any(0).nonzero().flatten()]
         crops = torch.zeros(n, len(o.views), emb.shape[1])
@@ -311,10 +308,10 @@ class TextEngine:
         scale = float(encoder.clip.logit_scale.detach().exp()) if hasattr(encoder.clip, "logit_scale") else 100.0
         iou = props.predicted_iou.to(cos)
         size = predictor.original_size
-        negative_cos = {t: cos[index[t]].masked_fill(~s, float("-inf")) for t, s in negative_lists.items()}
-        negative_member = {t: (torch.sigmoid(o.presence_gain * (member_cos[index[t]] - o.presence_bias))
-                               >= o.presence_threshold) & s for t, s in negative_lists.items()}
-        for q, lists, negs in zip(queries, shortlists, negatives):
+        negative_cos = {key: cos[index[key[0]]].masked_fill(~s, float("-inf")) for key, s in negative_lists.items()}
+        negative_member = {key: (torch.sigmoid(o.presence_gain * (member_cos[index[key[0]]] - o.presence_bias))
+                                 >= o.presence_threshold) & s for key, s in negative_lists.items()}
+        for q, lists, negs in zip(queries, shortlists, keys):
             c = cos[index[q.head]].masked_fill(~lists[0], float("-inf"))
             rejected = None
             if negs:  # more like what is not wanted than like the phrase
