@@ -32,9 +32,11 @@ in ``../shared/data/refcocos_on_coco_tiny``):
   "closest to / farthest from the X" are relations ("near", "far");
 - side words that name a garment or a body part stay in the head ("a white top with ...", "the right hand of");
 - what the object is not leaves the head and the anchors ("the person not wearing a hat", "the suitcase without a
-  tag", "the bottle that is not empty": "person", "suitcase", "bottle"), as a negative clause after a comma does:
-  CLIP would score the words it reads and prefer the excluded objects; "anyone", "something" and the like are no
-  anchor ("the knife not held by anyone nor placed on the table": not on the table);
+  tag", "the bottle that is not empty": "person", "suitcase", "bottle"), and so does a negative clause after a
+  comma: CLIP would score the words it reads and prefer the excluded objects. The head's comes back made positive
+  as ``Query.excluded`` ("person wearing a hat"), which the engine takes as the phrase's negative phrase;
+  "anyone", "something" and the like are no anchor ("the knife not held by anyone nor placed on the table": not
+  on the table);
 - a superlative beside a relation ranks what the relation leaves ("the leftmost cup on the table").
 
 The same rules run in the browser page (``textsam/export/web_page/textsam.js``; a test compares the two).
