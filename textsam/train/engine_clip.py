@@ -377,6 +377,7 @@ def train_engine_clip(clip: nn.Module, tokenizer: Any, bank: CropBank, vocabular
 
 def main(argv: list[str] | None = None) -> int:
     from ..data.coco import CocoDataset
+    from ..factory import check_device
     from ..text.grounding import OPENAI_MEAN, OPENAI_STD
     from .clip_pretrain import load_initial_clip, save_local_dir
 
@@ -414,13 +415,10 @@ def main(argv: list[str] | None = None) -> int:
                                   device=args.device)
     except InputError as err:
         parser.error(str(err))
-    if args.device is not None:
-        try:
-            device = torch.device(args.device)
-        except RuntimeError as err:
-            parser.error(f"--device {args.device!r}: {err}")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            parser.error("--device cuda: torch sees no CUDA device here (leave --device out to train on the CPU)")
+    try:
+        check_device(args.device)  # a device this machine does not have is a usage error, before the data is read
+    except InputError as err:
+        parser.error(str(err))
     vocabulary = phrase_vocabulary(root / args.split, colours, sorted(coco.categories.values()))
     init = load_initial_clip(args.init)
     clip, model_cfg = init.model, init.model_cfg
