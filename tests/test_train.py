@@ -627,9 +627,13 @@ def test_clip_pretrain_cli_sizes_a_clip_from_scratch(tmp_path: Path, clip_spec: 
     assert saved["text_cfg"] == SMALL_CLIP_CFG["text_cfg"]
     assert TextEncoder.create(f"local-dir:{tmp_path / 'clip'}", None).encode(["red circle"]).shape == (1, 48)
     for bad in (["--model-cfg", "{not json"], ["--model-cfg", '{"vision_cfg": {"widht": 64}}'],
-                ["--model-cfg", '{"vision_cfg": 3}'], ["--model-cfg", "{}", "--init", clip_spec]):
+                ["--model-cfg", '{"vision_cfg": 3}'], ["--model-cfg", "{}", "--init", clip_spec],
+                ["--model-cfg", str(tmp_path / "missing.json")]):
         with pytest.raises(SystemExit):
             main([*base, *bad])
+    # JSON longer than a file name may be is read as JSON, not tried as a path
+    long = json.dumps({"embed_dim": 48, "vision_cfg": {"width": 64, "layers": 2, "head_width": 16}}) + " " * 300
+    assert main([*base, "--model-cfg", long, "--out", str(tmp_path / "clip_long")]) == 0
 
 
 def test_clip_adapt_locks_the_text_tower(tmp_path: Path, clip_spec: str) -> None:

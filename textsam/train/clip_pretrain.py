@@ -379,7 +379,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--model-cfg sizes a CLIP trained from scratch; --init brings its own")
     overrides: dict[str, Any] = {}
     if args.model_cfg is not None:
-        text = Path(args.model_cfg).read_text(encoding="utf-8") if Path(args.model_cfg).is_file() else args.model_cfg
+        text = args.model_cfg  # a JSON object, or the path of a file that holds one (a long JSON is no path)
+        if not text.lstrip().startswith("{"):
+            try:
+                text = Path(text).read_text(encoding="utf-8")
+            except OSError as err:
+                parser.error(f"--model-cfg is neither a JSON object nor a readable file: {err}")
         try:
             overrides = json.loads(text)
         except json.JSONDecodeError as err:
